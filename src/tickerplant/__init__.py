@@ -1,0 +1,1 @@
+"""tickerplant: a market-data ticker plant."""

@@ -1,0 +1,134 @@
+"""Gap recovery: wait for the other line, then re-request, then replay, then give up.
+
+Sans-I/O like aioquic's loss recovery: :meth:`Recovery.poll` takes ``now``, looks at the
+sequencer's outstanding gaps and returns what to do (:class:`Rerequest`, :class:`Replay`);
+:attr:`Recovery.deadline` says when to call it again. The feed handler performs the actions and
+feeds whatever comes back into the sequencer as data from ``Source.REREQUEST`` or
+``Source.REPLAY``. A gap that no means has filled by ``give_up_after`` is handed back to the
+sequencer as lost, which puts a GapLost marker in the stream: nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tickerplant.session.sequencer import Gap, Sequencer
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryConfig:
+    # The copy on the other line normally lands within microseconds; a line that lost a packet
+    # should not trigger a re-request the other line was about to make unnecessary.
+    line_wait: float = 0.001
+    rerequest: bool = True
+    rerequest_timeout: float = 0.010
+    rerequest_backoff: float = 2.0
+    rerequest_attempts: int = 5
+    max_request: int = 1000  # messages asked for in one request; the server may cap lower
+    max_requests_per_poll: int = 64
+    replay: bool = True
+    # Larger gaps (a late join, a long outage) go to the TCP replay: one stream beats thousands of
+    # UDP requests, and the re-request server is rate limited per source anyway.
+    replay_threshold: int = 20_000
+    replay_retry: float = 0.5
+    give_up_after: float = 2.0
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("line_wait", self.line_wait >= 0, "a delay in seconds, 0 or more"),
+            ("rerequest_timeout", self.rerequest_timeout > 0, "seconds, more than 0"),
+            ("rerequest_backoff", self.rerequest_backoff >= 1, "a factor of 1 or more"),
+            ("rerequest_attempts", self.rerequest_attempts >= 1, "1 or more"),
+            ("max_request", 1 <= self.max_request <= 0xFFFE, "1 to 65534 messages"),
+            ("max_requests_per_poll", self.max_requests_per_poll >= 1, "1 or more"),
+            ("replay_threshold", self.replay_threshold >= 1, "1 or more messages"),
+            ("replay_retry", self.replay_retry >= 0, "seconds, 0 or more"),
+            ("give_up_after", self.give_up_after > self.line_wait, "seconds, above line_wait"),
+        ]
+        for name, ok, fix in checks:
+            if not ok:
+                raise ValueError(f"recovery.{name} = {getattr(self, name)!r}: use {fix}")
+
+
+@dataclass(frozen=True, slots=True)
+class Rerequest:
+    sequence: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    first: int
+    end: int  # exclusive
+
+
+Action = Rerequest | Replay
+
+
+class Recovery:
+    def __init__(self, sequencer: Sequencer, config: RecoveryConfig | None = None) -> None:
+        self.sequencer = sequencer
+        self.config = config or RecoveryConfig()
+        self.replaying: Replay | None = None
+        self._replay_retry_at = 0.0
+        self.deadline: float | None = None
+        self.requests_sent = 0
+        self.replays_started = 0
+        self.replays_failed = 0
+
+    def poll(self, now: float) -> list[Action]:
+        cfg = self.config
+        seq = self.sequencer
+        actions: list[Action] = []
+        deadline = float("inf")
+        requests = 0
+        for gap in list(seq.gaps):
+            if self._covered_by_replay(gap):
+                continue  # the replay's own timeout bounds it
+            opened = gap.record.opened_at
+            give_up_at = opened + cfg.give_up_after
+            if now >= give_up_at:
+                seq.give_up(gap, now)
+                continue
+            deadline = min(deadline, give_up_at)
+            if now < opened + cfg.line_wait:
+                deadline = min(deadline, opened + cfg.line_wait)
+                continue
+            if cfg.rerequest and gap.size <= cfg.replay_threshold:
+                if gap.requested_start != gap.start:
+                    gap.attempts = 0  # an answer moved the gap on: ask for the rest at once
+                    gap.next_try = now
+                if gap.attempts < cfg.rerequest_attempts:
+                    if now >= gap.next_try and requests < cfg.max_requests_per_poll:
+                        actions.append(Rerequest(gap.start, min(gap.size, cfg.max_request)))
+                        requests += 1
+                        gap.requested_start = gap.start
+                        gap.attempts += 1
+                        wait = cfg.rerequest_timeout * cfg.rerequest_backoff ** (gap.attempts - 1)
+                        gap.next_try = now + wait
+                    deadline = min(deadline, gap.next_try)
+                    continue
+            if cfg.replay and self.replaying is None:
+                if now >= self._replay_retry_at:
+                    # One TCP session from here to the end of the last gap; what it repeats of
+                    # held data the sequencer drops as duplicates.
+                    self.replaying = Replay(gap.start, seq.gaps[-1].end)
+                    self.replays_started += 1
+                    actions.append(self.replaying)
+                else:
+                    deadline = min(deadline, self._replay_retry_at)
+        self.requests_sent += requests
+        self.deadline = deadline if deadline != float("inf") else None
+        return actions
+
+    def replay_finished(self, ok: bool, now: float) -> None:
+        """The replay session ended: complete (ok) or failed (refused, timed out, cut)."""
+        self.replaying = None
+        if not ok:
+            self.replays_failed += 1
+            self._replay_retry_at = now + self.config.replay_retry
+        self.deadline = now
+
+    def _covered_by_replay(self, gap: Gap) -> bool:
+        r = self.replaying
+        return r is not None and gap.start < r.end and gap.end > r.first

@@ -1,0 +1,347 @@
+"""Arbitration of line A and line B into one in-order stream, with gaps tracked exactly.
+
+Sans-I/O, in the shape of aioquic's connection: the feed handler hands in each packet's header
+fields and block stream with ``now``; the sequencer keeps the first copy of every sequence number,
+holds back what arrives early, records each gap with when and by whom it was seen, and queues
+in-order :class:`Batch` es (and :class:`GapLost` markers, in stream position) for :meth:`take`.
+
+State, all of it here:
+- ``expected``: the next sequence number to deliver; everything below it has been delivered or
+  reported lost.
+- ``horizon``: one past the highest sequence number known to exist (from data or heartbeats).
+- held packets: data in [expected, horizon) that arrived early, keyed by first sequence number.
+- ``gaps``: the ranges in [expected, horizon) that nobody has sent us yet, sorted, disjoint.
+
+A gap may be filled piecewise (from a line, a capped re-request, a replay); the :class:`GapRecord`
+its pieces share decides when it is over and who finished it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from tickerplant.session.events import (
+    Batch,
+    Event,
+    GapLost,
+    GapRepaired,
+    SessionEnded,
+    SessionStarted,
+    Source,
+)
+from tickerplant.wire.blocks import offsets_of
+
+
+@dataclass(slots=True)
+class GapRecord:
+    """One gap as first seen; outlives the splitting of its range into pieces."""
+
+    start: int
+    end: int
+    opened_at: float
+    revealed_by: Source
+    pieces: int = 1
+    lost: bool = False
+
+
+@dataclass(slots=True)
+class Gap:
+    """A missing range [start, end) still outstanding; recovery keeps its own notes on it."""
+
+    start: int
+    end: int
+    record: GapRecord
+    attempts: int = 0
+    next_try: float = 0.0
+    requested_start: int = field(default=-1)
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(slots=True)
+class Counters:
+    packets: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    messages: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # accepted, by source
+    duplicate_packets: int = 0
+    duplicate_messages: int = 0
+    foreign_packets: int = 0
+    hold_overflow_packets: int = 0
+    delivered: int = 0
+    lost: int = 0
+    gaps_seen: int = 0
+
+
+class Sequencer:
+    def __init__(
+        self,
+        session: bytes | None = None,
+        first_sequence: int = 1,
+        max_held_bytes: int = 128 << 20,
+        session_timeout: float = 5.0,
+    ) -> None:
+        self.session = session
+        self._pinned = session is not None
+        self._first_sequence = first_sequence
+        self.max_held_bytes = max_held_bytes
+        self.session_timeout = session_timeout
+        self.counters = Counters()
+        self._out: list[tuple[int, int, bytes] | GapLost] = []
+        self.events: list[Event] = []
+        self._reset(first_sequence)
+
+    def _reset(self, first_sequence: int) -> None:
+        self.expected = first_sequence
+        self.horizon = first_sequence
+        self.gaps: list[Gap] = []
+        self._held: dict[int, tuple[int, bytes | GapLost]] = {}
+        self._heap: list[int] = []
+        self.held_bytes = 0
+        self.ended_at: int | None = None  # next sequence announced by end of session
+        self._end_reported = False
+        self._last_heard = float("-inf")
+
+    # ---- inputs -------------------------------------------------------------------------------
+
+    def accepts(self, session: bytes, now: float) -> bool:
+        """Whether a packet of ``session`` belongs to the stream; may switch to a new session.
+
+        An unpinned sequencer adopts the first session it hears, and moves to a different one only
+        once the current one has ended or fallen silent for ``session_timeout``; anything else is
+        a foreign session's packet, counted and ignored.
+        """
+        if session == self.session:
+            self._last_heard = now
+            return True
+        if self.session is None:
+            self._start_session(session, now)
+            return True
+        silent = now - self._last_heard > self.session_timeout
+        if not self._pinned and (self.ended_at is not None or silent):
+            self._abandon_outstanding(now)
+            self._start_session(session, now)
+            return True
+        self.counters.foreign_packets += 1
+        return False
+
+    def on_packet(
+        self, source: Source, sequence: int, count: int, blocks: bytes, now: float
+    ) -> None:
+        """A run of ``count`` messages starting at ``sequence`` (its session already accepted)."""
+        c = self.counters
+        c.packets[source] += 1
+        end = sequence + count
+        expected = self.expected
+        if sequence == expected and not self._held and not self.gaps:
+            # The steady state: in order, nothing outstanding.
+            self._out.append((sequence, count, blocks))
+            self.expected = end
+            if end > self.horizon:
+                self.horizon = end
+            c.messages[source] += count
+            c.delivered += count
+            return
+        if end <= expected:
+            c.duplicate_packets += 1
+            c.duplicate_messages += count
+            return
+        if sequence < expected:
+            blocks = _skip(blocks, expected - sequence)
+            c.duplicate_messages += expected - sequence
+            count -= expected - sequence
+            sequence = expected
+        if sequence != self.expected and self.held_bytes + len(blocks) > self.max_held_bytes:
+            # Order within bounded memory: the packet goes, its range stays (or becomes) missing
+            # and recovery fetches it once the head of the stream has moved on.
+            c.hold_overflow_packets += 1
+            if end > self.horizon:
+                self._open_gap(self.horizon, end, source, now)
+                self.horizon = end
+            return
+        if sequence >= self.horizon:
+            if sequence > self.horizon:
+                self._open_gap(self.horizon, sequence, source, now)
+            self.horizon = end
+        elif not self._fill(sequence, end, source, now):
+            c.duplicate_packets += 1
+            c.duplicate_messages += count
+            return
+        elif end > self.horizon:
+            self.horizon = end
+        c.messages[source] += count
+        if sequence == self.expected:
+            self._deliver(sequence, count, blocks)
+            self._drain_held()
+        else:
+            self._hold(sequence, count, blocks)
+
+    def on_heartbeat(self, source: Source, next_sequence: int, now: float) -> None:
+        """A heartbeat (or end of session) says messages up to ``next_sequence`` exist."""
+        if next_sequence > self.horizon:
+            self._open_gap(self.horizon, next_sequence, source, now)
+            self.horizon = next_sequence
+        self._check_end()
+
+    def on_end_of_session(self, source: Source, next_sequence: int, now: float) -> None:
+        self.ended_at = next_sequence
+        self.on_heartbeat(source, next_sequence, now)
+
+    def give_up(self, gap: Gap, now: float) -> None:
+        """Recovery has run out of means: report [start, end) lost, in stream order, and go on."""
+        self.gaps.remove(gap)
+        record = gap.record
+        record.lost = True
+        lost = GapLost(gap.start, gap.end, record.revealed_by, now - record.opened_at)
+        if gap.start not in self._held:
+            heapq.heappush(self._heap, gap.start)
+        self._held[gap.start] = (gap.size, lost)
+        self.counters.lost += gap.size
+        self._piece_done(record, None, now)
+        self._drain_held()
+
+    # ---- outputs ------------------------------------------------------------------------------
+
+    def take(self) -> list[Batch | GapLost]:
+        """Everything delivered since the last call, in order: batches of messages and lost gaps."""
+        if not self._out:
+            return []
+        out: list[Batch | GapLost] = []
+        run: list[bytes] = []
+        first = count = 0
+        for item in self._out:
+            if isinstance(item, GapLost):
+                if run:
+                    out.append(Batch(first, count, b"".join(run)))
+                    run = []
+                out.append(item)
+                continue
+            if not run:
+                first, count = item[0], 0
+            run.append(item[2])
+            count += item[1]
+        if run:
+            out.append(Batch(first, count, b"".join(run)))
+        self._out = []
+        return out
+
+    def take_events(self) -> list[Event]:
+        events, self.events = self.events, []
+        return events
+
+    @property
+    def outstanding(self) -> int:
+        """Messages known to exist but not yet delivered (held plus missing)."""
+        return self.horizon - self.expected
+
+    # ---- internals ----------------------------------------------------------------------------
+
+    def _start_session(self, session: bytes, now: float) -> None:
+        self.events.append(SessionStarted(session, self.session))
+        self.session = session
+        self._reset(self._first_sequence)
+        self._last_heard = now
+
+    def _abandon_outstanding(self, now: float) -> None:
+        """A session that ends with gaps still open loses them, and says so."""
+        for gap in list(self.gaps):
+            self.give_up(gap, now)
+
+    def _open_gap(self, start: int, end: int, source: Source, now: float) -> None:
+        self.counters.gaps_seen += 1
+        self.gaps.append(Gap(start, end, GapRecord(start, end, now, source)))
+
+    def _fill(self, start: int, end: int, source: Source, now: float) -> bool:
+        """Remove [start, end) from the gaps; False if it filled nothing (a duplicate)."""
+        filled = False
+        gaps = self.gaps
+        i = 0
+        while i < len(gaps):
+            g = gaps[i]
+            if g.start >= end:
+                break
+            if g.end <= start:
+                i += 1
+                continue
+            filled = True
+            if start <= g.start and end >= g.end:
+                del gaps[i]
+                self._piece_done(g.record, source, now)
+                continue
+            if start <= g.start:
+                g.start = end
+            elif end >= g.end:
+                g.end = start
+            else:
+                tail = Gap(end, g.end, g.record, g.attempts, g.next_try, g.requested_start)
+                g.record.pieces += 1
+                g.end = start
+                gaps.insert(i + 1, tail)
+                break
+            i += 1
+        return filled
+
+    def _piece_done(self, record: GapRecord, source: Source | None, now: float) -> None:
+        """One piece of a gap is over; the last piece's source repaired it (None: lost)."""
+        record.pieces -= 1
+        if record.pieces or record.lost or source is None:
+            return  # a lost gap is reported by its GapLost marker, in stream position
+        age = now - record.opened_at
+        self.events.append(GapRepaired(record.start, record.end, record.revealed_by, source, age))
+
+    def _hold(self, sequence: int, count: int, blocks: bytes) -> None:
+        previous = self._held.get(sequence)
+        if previous is not None:
+            if previous[0] >= count:
+                return
+            if isinstance(previous[1], bytes):
+                self.held_bytes -= len(previous[1])
+        else:
+            heapq.heappush(self._heap, sequence)
+        self._held[sequence] = (count, bytes(blocks))
+        self.held_bytes += len(blocks)
+
+    def _deliver(self, sequence: int, count: int, blocks: bytes) -> None:
+        self._out.append((sequence, count, blocks))
+        self.expected = sequence + count
+        self.counters.delivered += count
+
+    def _drain_held(self) -> None:
+        heap = self._heap
+        held = self._held
+        while heap and heap[0] <= self.expected:
+            start = heapq.heappop(heap)
+            count, blocks = held.pop(start)
+            if isinstance(blocks, GapLost):
+                self._out.append(blocks)
+                self.expected = max(self.expected, blocks.end)
+                continue
+            self.held_bytes -= len(blocks)
+            end = start + count
+            if end <= self.expected:
+                self.counters.duplicate_messages += count  # covered by data delivered meanwhile
+                continue
+            if start < self.expected:
+                self.counters.duplicate_messages += self.expected - start
+                blocks = _skip(blocks, self.expected - start)
+                count = end - self.expected
+                start = self.expected
+            self._deliver(start, count, blocks)
+        self._check_end()
+
+    def _check_end(self) -> None:
+        if (
+            self.ended_at is not None
+            and not self._end_reported
+            and self.expected >= self.ended_at
+            and self.session is not None
+        ):
+            self._end_reported = True
+            self.events.append(SessionEnded(self.session, self.ended_at))
+
+
+def _skip(blocks: bytes, messages: int) -> bytes:
+    """The block stream without its first ``messages`` messages."""
+    offsets, _ = offsets_of(blocks)
+    return bytes(blocks[int(offsets[messages]) :]) if messages < len(offsets) else b""

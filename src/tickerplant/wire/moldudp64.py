@@ -1,0 +1,232 @@
+"""MoldUDP64: downstream packets (messages, heartbeat, end of session) and request packets.
+
+Layout (big-endian): session (10, ASCII) | sequence number (u64) | message count (u16) | blocks.
+Count 0 is a heartbeat and 0xFFFF end of session; both carry the next sequence number. A request
+is the bare header sent unicast, its count being how many messages are wanted.
+
+The checks live in one compiled function, :func:`scan_packets`, that the feed handler runs once per
+wake-up over every datagram it drained; :func:`decode_packet` runs the same checks on one packet.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+import numpy.typing as npt
+
+from tickerplant.jit import kernel
+from tickerplant.wire.blocks import U8, as_array, iter_messages
+
+HEADER = struct.Struct(">10sQH")
+HEADER_LEN = HEADER.size
+SESSION_LEN = 10
+HEARTBEAT = 0
+END_OF_SESSION = 0xFFFF
+MAX_COUNT = 0xFFFE
+# Kept under a 1,500-byte Ethernet MTU with room for IP/UDP headers and VLAN tags, as venues do.
+MAX_PACKET = 1400
+
+
+class Defect(IntEnum):
+    """What is wrong with a datagram; the value is what :func:`scan_packets` writes."""
+
+    NONE = 0
+    SHORT_HEADER = 1  # fewer than 20 bytes
+    TRUNCATED_BLOCK = 2  # a block's length runs past the end of the datagram
+    COUNT_MISMATCH = 3  # the blocks present do not match the message count
+    TRUNCATED_DATAGRAM = 4  # the datagram filled the receive buffer: the kernel cut it
+
+
+class MalformedPacket(ValueError):
+    """A datagram that is not a MoldUDP64 packet; ``defect`` says why."""
+
+    def __init__(self, defect: Defect, detail: str) -> None:
+        super().__init__(f"{defect.name.lower()}: {detail}")
+        self.defect = defect
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    session: bytes
+    sequence: int
+    count: int  # messages carried; 0 heartbeat, 0xFFFF end of session
+    blocks: bytes  # the message blocks as one block stream
+
+    @property
+    def is_heartbeat(self) -> bool:
+        return self.count == HEARTBEAT
+
+    @property
+    def is_end_of_session(self) -> bool:
+        return self.count == END_OF_SESSION
+
+    @property
+    def messages(self) -> list[bytes]:
+        return list(iter_messages(self.blocks))
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    session: bytes
+    sequence: int
+    count: int
+
+
+def session_bytes(session: str | bytes) -> bytes:
+    """A session name as its 10 wire bytes (ASCII, space-padded on the right)."""
+    raw = session.encode("ascii") if isinstance(session, str) else session
+    if len(raw) > SESSION_LEN:
+        raise ValueError(f"session {raw!r} is longer than {SESSION_LEN} bytes")
+    return raw.ljust(SESSION_LEN, b" ")
+
+
+def encode_packet(session: bytes, sequence: int, messages: list[bytes]) -> bytes:
+    body = b"".join(len(m).to_bytes(2, "big") + m for m in messages)
+    return HEADER.pack(session, sequence, len(messages)) + body
+
+
+def encode_blocks(session: bytes, sequence: int, count: int, blocks: bytes) -> bytes:
+    """A packet from an already framed block stream of ``count`` messages."""
+    return HEADER.pack(session, sequence, count) + blocks
+
+
+def encode_heartbeat(session: bytes, next_sequence: int) -> bytes:
+    return HEADER.pack(session, next_sequence, HEARTBEAT)
+
+
+def encode_end_of_session(session: bytes, next_sequence: int) -> bytes:
+    return HEADER.pack(session, next_sequence, END_OF_SESSION)
+
+
+def encode_request(session: bytes, sequence: int, count: int) -> bytes:
+    return HEADER.pack(session, sequence, count)
+
+
+@kernel
+def _check(buf: U8, length: int) -> tuple[int, int, int]:  # pragma: no cover - compiled
+    """(defect, sequence, count) of the datagram in ``buf[:length]``."""
+    if length < 20:
+        return 1, 0, 0
+    seq = 0
+    for i in range(10, 18):
+        seq = (seq << 8) | int(buf[i])
+    count = (int(buf[18]) << 8) | int(buf[19])
+    if count == 0 or count == 0xFFFF:
+        return (0 if length == 20 else 3), seq, count
+    pos = 20
+    seen = 0
+    while seen < count:
+        if pos == length:
+            return 3, seq, count
+        if pos + 2 > length:
+            return 2, seq, count
+        size = (int(buf[pos]) << 8) | int(buf[pos + 1])
+        pos += 2 + size
+        if pos > length:
+            return 2, seq, count
+        seen += 1
+    if pos != length:
+        return 3, seq, count
+    return 0, seq, count
+
+
+@kernel
+def scan_packets(
+    slots: U8,
+    lengths: npt.NDArray[np.int64],
+    n: int,
+    sequences: npt.NDArray[np.int64],
+    counts: npt.NDArray[np.int64],
+    defects: npt.NDArray[np.int8],
+) -> None:  # pragma: no cover - compiled
+    """Check ``n`` datagrams, one per row of ``slots``; one as long as its row was cut."""
+    width = slots.shape[1]
+    for i in range(n):
+        if lengths[i] >= width:
+            defects[i] = 4
+            sequences[i] = 0
+            counts[i] = 0
+            continue
+        d, s, c = _check(slots[i], lengths[i])
+        defects[i] = d
+        sequences[i] = s
+        counts[i] = c
+
+
+def decode_packet(data: bytes | bytearray | memoryview) -> Packet:
+    """Decode one downstream packet or raise :class:`MalformedPacket` naming the defect."""
+    raw = bytes(data)
+    defect, sequence, count = _check(as_array(raw), len(raw))
+    if defect:
+        raise MalformedPacket(Defect(defect), _explain(Defect(defect), raw, count))
+    return Packet(raw[:SESSION_LEN], int(sequence), int(count), raw[HEADER_LEN:])
+
+
+def decode_request(data: bytes | bytearray | memoryview) -> Request:
+    """Decode a request packet: exactly a header whose count asks for 1..0xFFFE messages."""
+    raw = bytes(data)
+    if len(raw) < HEADER_LEN:
+        raise MalformedPacket(Defect.SHORT_HEADER, f"{len(raw)} bytes, a request is {HEADER_LEN}")
+    if len(raw) != HEADER_LEN:
+        raise MalformedPacket(
+            Defect.COUNT_MISMATCH, f"{len(raw) - HEADER_LEN} bytes after a request header"
+        )
+    session, sequence, count = HEADER.unpack(raw)
+    if count in (HEARTBEAT, END_OF_SESSION) or sequence == 0:
+        raise MalformedPacket(
+            Defect.COUNT_MISMATCH, f"request for {count} messages from sequence {sequence}"
+        )
+    return Request(session, sequence, count)
+
+
+def _explain(defect: Defect, raw: bytes, count: int) -> str:
+    if defect is Defect.SHORT_HEADER:
+        return f"{len(raw)} bytes, the header alone is {HEADER_LEN}"
+    if defect is Defect.TRUNCATED_BLOCK:
+        return f"a message block of the {count} announced runs past byte {len(raw)}"
+    return f"{len(raw) - HEADER_LEN} bytes of blocks do not hold exactly {count} messages"
+
+
+@kernel
+def pack_runs(
+    stream: U8, max_blocks_bytes: int, starts: npt.NDArray[np.int64], counts: npt.NDArray[np.int64]
+) -> tuple[int, int]:  # pragma: no cover - compiled
+    """Cut a block stream into packets whose blocks fit ``max_blocks_bytes``.
+
+    Writes each packet's first byte offset and message count; returns (packets, bytes consumed).
+    Stops at an incomplete trailing block or when ``starts`` is full. A message larger than the
+    limit on its own still gets a packet (the caller rejects such input earlier).
+    """
+    n = stream.shape[0]
+    pos = 0
+    packets = 0
+    cap = starts.shape[0]
+    start = 0
+    used = 0
+    msgs = 0
+    while pos + 2 <= n:
+        size = 2 + ((int(stream[pos]) << 8) | int(stream[pos + 1]))
+        if pos + size > n:
+            break
+        if msgs > 0 and (used + size > max_blocks_bytes or msgs == 0xFFFE):
+            if packets == cap:
+                return packets, start
+            starts[packets] = start
+            counts[packets] = msgs
+            packets += 1
+            start = pos
+            used = 0
+            msgs = 0
+        used += size
+        msgs += 1
+        pos += size
+    if msgs > 0:
+        if packets == cap:
+            return packets, start
+        starts[packets] = start
+        counts[packets] = msgs
+        packets += 1
+    return packets, pos

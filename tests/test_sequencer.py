@@ -1,0 +1,284 @@
+"""Sequencer and recovery driven by scripted packets and a fake clock: no sockets, no sleeps."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tickerplant.session.events import (
+    Batch,
+    GapLost,
+    GapRepaired,
+    SessionEnded,
+    SessionStarted,
+    Source,
+)
+from tickerplant.session.recovery import Recovery, RecoveryConfig, Replay, Rerequest
+from tickerplant.session.sequencer import Sequencer
+from tickerplant.wire.blocks import iter_messages, join_messages
+
+A, B, RR, RP = Source.LINE_A, Source.LINE_B, Source.REREQUEST, Source.REPLAY
+S1 = b"SESSION001"
+
+
+def msgs(first: int, count: int) -> bytes:
+    return join_messages([b"m%d" % s for s in range(first, first + count)])
+
+
+class Plant:
+    """The sequencer with what it delivered, checked as it goes."""
+
+    def __init__(self, **kw: object) -> None:
+        self.seq = Sequencer(**kw)  # type: ignore[arg-type]
+        self.delivered: list[int] = []
+        self.lost: list[tuple[int, int]] = []
+        self.events: list[object] = []
+
+    def packet(self, source: Source, first: int, count: int, now: float = 0.0) -> None:
+        assert self.seq.accepts(S1, now)
+        self.seq.on_packet(source, first, count, msgs(first, count), now)
+        self.collect()
+
+    def collect(self) -> None:
+        for item in self.seq.take():
+            if isinstance(item, Batch):
+                got = [int(m[1:]) for m in iter_messages(item.blocks)]
+                assert got == list(range(item.first, item.end))
+                assert not self.delivered or item.first == self.next_expected()
+                self.delivered += got
+            else:
+                self.lost.append((item.start, item.end))
+                assert item.start == self.next_expected()
+                self.delivered += [-1] * (item.end - item.start)
+        self.events += self.seq.take_events()
+
+    def next_expected(self) -> int:
+        return len(self.delivered) + 1
+
+    def repaired(self) -> list[GapRepaired]:
+        return [e for e in self.events if isinstance(e, GapRepaired)]
+
+
+def test_in_order_one_line() -> None:
+    p = Plant()
+    for first in (1, 4, 7):
+        p.packet(A, first, 3)
+    assert p.delivered == list(range(1, 10))
+    assert p.seq.counters.gaps_seen == 0
+
+
+def test_duplicates_from_the_other_line_are_dropped() -> None:
+    p = Plant()
+    for first in (1, 4, 7):
+        p.packet(A, first, 3)
+        p.packet(B, first, 3)
+    assert p.delivered == list(range(1, 10))
+    assert p.seq.counters.duplicate_packets == 3
+    assert p.seq.counters.duplicate_messages == 9
+
+
+def test_reorder_is_held_back_and_delivered_in_order() -> None:
+    p = Plant()
+    p.packet(A, 7, 3, now=1.0)
+    p.packet(A, 4, 3, now=1.001)
+    assert p.delivered == []
+    p.packet(A, 1, 3, now=1.002)
+    assert p.delivered == list(range(1, 10))
+    (gap,) = p.repaired()
+    assert (gap.start, gap.end, gap.revealed_by, gap.repaired_by) == (1, 7, A, A)
+    assert abs(gap.latency - 0.002) < 1e-9
+
+
+def test_loss_on_one_line_is_repaired_by_the_other() -> None:
+    p = Plant()
+    p.packet(A, 1, 3, 0.0)
+    p.packet(A, 7, 3, 0.010)  # line A lost 4..6
+    p.packet(B, 1, 3, 0.0101)
+    p.packet(B, 4, 3, 0.0102)
+    p.packet(B, 7, 3, 0.0103)
+    assert p.delivered == list(range(1, 10))
+    (gap,) = p.repaired()
+    assert (gap.start, gap.end, gap.revealed_by, gap.repaired_by) == (4, 7, A, B)
+
+
+def test_loss_on_both_lines_is_rerequested() -> None:
+    p = Plant()
+    rec = Recovery(p.seq, RecoveryConfig(line_wait=0.001))
+    p.packet(A, 1, 3, 0.0)
+    p.packet(A, 7, 3, 0.010)
+    p.packet(B, 7, 3, 0.0101)
+    assert rec.poll(0.0105) == []  # still within the other line's window
+    assert rec.deadline == 0.011
+    assert rec.poll(0.011) == [Rerequest(4, 3)]
+    p.packet(RR, 4, 3, 0.013)
+    assert p.delivered == list(range(1, 10))
+    (gap,) = p.repaired()
+    assert (gap.repaired_by, round(gap.latency, 6)) == (RR, 0.003)
+    assert rec.poll(0.02) == [] and rec.deadline is None
+
+
+def test_gap_revealed_by_heartbeat_only() -> None:
+    p = Plant()
+    rec = Recovery(p.seq)
+    p.packet(A, 1, 3, 0.0)
+    p.seq.on_heartbeat(B, 8, 1.0)  # messages 4..7 exist; no line carried them
+    assert [(g.start, g.end) for g in p.seq.gaps] == [(4, 8)]
+    assert rec.poll(1.01) == [Rerequest(4, 4)]
+    p.packet(RR, 4, 4, 1.02)
+    assert p.delivered == list(range(1, 8))
+    assert p.repaired()[0].revealed_by == B
+
+
+def test_retries_back_off_then_gap_is_lost_and_stream_goes_on() -> None:
+    p = Plant()
+    cfg = RecoveryConfig(line_wait=0.001, rerequest_timeout=0.01, rerequest_attempts=3,
+                         replay=False, give_up_after=1.0)
+    rec = Recovery(p.seq, cfg)
+    p.packet(A, 1, 3, 0.0)
+    p.packet(A, 7, 3, 0.0)
+    sent = []
+    now = 0.0
+    while now < 2.0:
+        sent += [(round(now, 4), a) for a in rec.poll(now)]
+        p.collect()
+        if rec.deadline is None:
+            break
+        now = rec.deadline
+    assert sent == [(0.001, Rerequest(4, 3)), (0.011, Rerequest(4, 3)), (0.031, Rerequest(4, 3))]
+    assert p.lost == [(4, 7)]
+    assert p.delivered == [1, 2, 3, -1, -1, -1, 7, 8, 9]
+    p.packet(A, 10, 2, 2.0)
+    assert p.delivered[-2:] == [10, 11]
+    # A late copy of a lost range is a duplicate, never a second delivery.
+    p.packet(RR, 4, 3, 2.1)
+    assert len(p.delivered) == 11 and p.seq.counters.lost == 3
+
+
+def test_large_gap_and_late_join_go_to_replay() -> None:
+    p = Plant()
+    rec = Recovery(p.seq, RecoveryConfig(replay_threshold=100))
+    p.packet(A, 1001, 10, 5.0)  # joined late: 1..1000 went by before we started
+    actions = rec.poll(5.01)
+    assert actions == [Replay(1, 1001)]
+    assert rec.poll(5.02) == []  # one replay at a time
+    p.packet(RP, 1, 600, 5.1)
+    p.packet(RP, 601, 410, 5.2)  # overlaps held 1001..1010: trimmed, not doubled
+    rec.replay_finished(True, 5.2)
+    assert p.delivered == list(range(1, 1011))
+    assert p.repaired()[0].repaired_by == RP
+
+
+def test_failed_replay_is_retried_then_lost() -> None:
+    p = Plant()
+    rec = Recovery(p.seq, RecoveryConfig(replay_threshold=10, replay_retry=0.5, give_up_after=2))
+    p.packet(A, 100, 1, 0.0)
+    assert rec.poll(0.01) == [Replay(1, 100)]
+    rec.replay_finished(False, 0.2)
+    assert rec.poll(0.3) == [] and rec.deadline == 0.7
+    assert rec.poll(0.7) == [Replay(1, 100)]
+    rec.replay_finished(False, 0.8)
+    rec.poll(2.0)
+    p.collect()
+    assert p.lost == [(1, 100)] and p.delivered[-1] == 100
+
+
+def test_capped_answers_move_the_gap_and_the_rest_is_asked_at_once() -> None:
+    p = Plant()
+    rec = Recovery(p.seq, RecoveryConfig(max_request=1000))
+    p.packet(A, 1, 1, 0.0)
+    p.packet(A, 3002, 1, 0.0)
+    assert rec.poll(0.002) == [Rerequest(2, 1000)]
+    p.packet(RR, 2, 400, 0.003)  # the server capped its answer at 400
+    assert rec.poll(0.004) == [Rerequest(402, 1000)]
+
+
+def test_partial_overlaps_are_trimmed() -> None:
+    p = Plant()
+    p.packet(A, 1, 5, 0.0)
+    p.packet(A, 11, 5, 0.0)
+    p.packet(RR, 4, 4, 0.001)  # 4..5 already delivered, 6..7 new
+    p.packet(RR, 7, 6, 0.002)  # 7 again, 8..10 fill, 11..12 also in the held packet
+    assert p.delivered == list(range(1, 16))
+    assert p.seq.counters.duplicate_messages == 2 + 1 + 2
+
+
+def test_hold_back_is_bounded_and_overflow_is_recovered() -> None:
+    p = Plant(max_held_bytes=40)
+    rec = Recovery(p.seq, RecoveryConfig(line_wait=0))
+    p.packet(A, 1, 1)
+    for first in range(3, 30, 3):
+        p.packet(A, first, 3)
+    assert p.seq.held_bytes <= 40 and p.seq.counters.hold_overflow_packets > 0
+    asked = rec.poll(0.001)
+    assert asked[0] == Rerequest(2, 1)
+    for action in asked:
+        assert isinstance(action, Rerequest)
+        p.packet(RR, action.sequence, action.count, 0.002)
+    while p.seq.gaps:
+        for action in rec.poll(0.003):
+            assert isinstance(action, Rerequest)
+            p.packet(RR, action.sequence, action.count, 0.003)
+    assert p.delivered == list(range(1, 30))
+
+
+def test_session_change_and_foreign_sessions() -> None:
+    p = Plant()
+    p.packet(A, 1, 3, 0.0)
+    assert not p.seq.accepts(b"OTHER00001", 0.1)  # someone else's session on our group
+    assert p.seq.counters.foreign_packets == 1
+    p.seq.on_end_of_session(A, 4, 0.2)
+    p.collect()
+    assert [e for e in p.events if isinstance(e, SessionEnded)] == [SessionEnded(S1, 4)]
+    assert p.seq.accepts(b"SESSION002", 0.3)  # the old one ended: follow the new one
+    p.seq.on_packet(A, 1, 2, msgs(1, 2), 0.3)
+    (batch,) = p.seq.take()
+    assert isinstance(batch, Batch) and batch.first == 1 and batch.count == 2
+    starts = [e for e in p.events + p.seq.take_events() if isinstance(e, SessionStarted)]
+    assert [s.session for s in starts] == [S1, b"SESSION002"]
+
+
+def test_silent_session_is_replaced_and_its_gaps_reported_lost() -> None:
+    p = Plant(session_timeout=5.0)
+    p.packet(A, 1, 1, 0.0)
+    p.packet(A, 5, 1, 0.0)
+    assert not p.seq.accepts(b"SESSION002", 4.0)
+    assert p.seq.accepts(b"SESSION002", 6.0)
+    lost = [i for i in p.seq.take() if isinstance(i, GapLost)]
+    assert [(g.start, g.end) for g in lost] == [(2, 5)]
+
+
+@given(
+    st.lists(st.integers(1, 6), min_size=1, max_size=40),
+    st.lists(st.sampled_from(["A", "B", "AB", "BA", "none"]), min_size=40, max_size=40),
+    st.randoms(use_true_random=False),
+)
+def test_any_interleaving_of_two_lines_delivers_each_message_once_in_order(
+    sizes: list[int], fate: list[str], rng: object
+) -> None:
+    packets = []
+    first = 1
+    for size in sizes:
+        packets.append((first, size))
+        first += size
+    arrivals: list[tuple[Source, int, int]] = []
+    for (f, n), how in zip(packets, fate, strict=False):
+        arrivals += [(A if c == "A" else B, f, n) for c in how if c in "AB"]
+    rng.shuffle(arrivals)  # type: ignore[attr-defined]
+    p = Plant()
+    rec = Recovery(p.seq, RecoveryConfig(line_wait=0.0))
+    now = 0.0
+    for source, f, n in arrivals:
+        p.packet(source, f, n, now)
+        now += 0.0001
+    p.seq.on_heartbeat(A, first, now)
+    for _ in range(200):  # the re-request server answers everything asked
+        actions = rec.poll(now)
+        if not actions and not p.seq.gaps:
+            break
+        for action in actions:
+            assert isinstance(action, Rerequest)
+            p.packet(RR, action.sequence, action.count, now)
+        now += 0.05
+    assert p.delivered == list(range(1, first))
+    c = p.seq.counters
+    assert c.delivered == first - 1 and c.lost == 0
