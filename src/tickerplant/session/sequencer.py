@@ -71,7 +71,7 @@ class Counters:
     hold_overflow_packets: int = 0
     delivered: int = 0
     lost: int = 0
-    gaps_seen: int = 0
+    gaps_seen: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # by revealing source
 
 
 class Sequencer:
@@ -249,7 +249,7 @@ class Sequencer:
             self.give_up(gap, now)
 
     def _open_gap(self, start: int, end: int, source: Source, now: float) -> None:
-        self.counters.gaps_seen += 1
+        self.counters.gaps_seen[source] += 1
         self.gaps.append(Gap(start, end, GapRecord(start, end, now, source)))
 
     def _fill(self, start: int, end: int, source: Source, now: float) -> bool:

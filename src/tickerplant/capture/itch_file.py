@@ -1,0 +1,184 @@
+"""Historical ITCH 5.0 files: each message preceded by its u16 big-endian length.
+
+That framing is exactly a block stream (:mod:`tickerplant.wire.blocks`), so a file is read as a
+sequence of block streams of whole messages, a few MiB each, never as per-message Python objects:
+a day's file holds hundreds of millions of messages. Each chunk is indexed by
+:func:`~tickerplant.wire.blocks.index_blocks` and checked by one compiled pass against
+:data:`~tickerplant.wire.itch.MESSAGE_LENGTHS`; a damaged file fails with the byte offset of the
+first bad block, counted from the start of the file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from types import TracebackType
+
+import numpy as np
+import numpy.typing as npt
+
+from tickerplant.jit import kernel
+from tickerplant.wire.blocks import U8, as_array, index_blocks
+from tickerplant.wire.itch import LENGTHS, MESSAGE_LENGTHS, describe_type
+
+CHUNK_BYTES = 4 << 20
+# The shortest ITCH block (length field + 12-byte message) bounds how many blocks a buffer holds.
+_MIN_BLOCK = 2 + min(LENGTHS.values())
+
+_LENGTH_ZERO, _UNKNOWN_TYPE, _WRONG_LENGTH = 1, 2, 3
+
+
+class ItchFileError(ValueError):
+    """A file (or block stream) that is not a sequence of well-formed ITCH 5.0 messages."""
+
+
+@kernel
+def check_messages(
+    buf: U8,
+    offsets: npt.NDArray[np.int64],
+    count: int,
+    consumed: int,
+    lengths: npt.NDArray[np.int16],
+) -> tuple[int, int]:  # pragma: no cover - compiled
+    """First bad block among ``count`` indexed ones and the incomplete one at ``consumed``.
+
+    Returns ``(defect, offset)``: defect 0 when all is well, else length 0, unknown type or a
+    length that disagrees with the type. The incomplete block is judged on as much of its header
+    as is present, so that a wild length fails here instead of making the reader wait for
+    kilobytes that will never fit a message.
+    """
+    for i in range(count + 1):
+        pos = offsets[i] if i < count else consumed
+        if pos + 2 > buf.shape[0]:
+            break
+        size = (np.int64(buf[pos]) << 8) | np.int64(buf[pos + 1])
+        if size == 0:
+            return 1, pos
+        if pos + 3 > buf.shape[0]:
+            break
+        expected = lengths[buf[pos + 2]]
+        if expected == 0:
+            return 2, pos
+        if expected != size:
+            return 3, pos
+    return 0, 0
+
+
+def _explain(defect: int, buf: bytes, pos: int, where: str) -> str:
+    size = (buf[pos] << 8) | buf[pos + 1]
+    if defect == _LENGTH_ZERO:
+        return f"{where}: length 0"
+    type_byte = buf[pos + 2]
+    if defect == _UNKNOWN_TYPE:
+        return f"{where}: unknown message type {describe_type(type_byte)}"
+    expected = int(MESSAGE_LENGTHS[type_byte])
+    return f"{where}: type {chr(type_byte)!r} is {expected} bytes, length says {size}"
+
+
+class _Scanner:
+    """Indexes and checks buffers, keeping one offsets array across calls."""
+
+    def __init__(self) -> None:
+        self._offsets = np.empty(0, dtype=np.int64)
+
+    def scan(self, buf: bytes, base: int, label: str) -> tuple[int, int, str | None]:
+        """(messages, bytes, error) for the whole, valid messages at the start of ``buf``.
+
+        ``error`` describes the first bad block, which the valid messages stop at; ``base`` is
+        the offset of ``buf`` in what ``label`` names.
+        """
+        arr = as_array(buf)
+        need = arr.shape[0] // _MIN_BLOCK + 1
+        if self._offsets.shape[0] < need:
+            self._offsets = np.empty(max(need, 2 * self._offsets.shape[0]), dtype=np.int64)
+        count, consumed = index_blocks(arr, self._offsets)
+        defect, pos = check_messages(arr, self._offsets, count, consumed, MESSAGE_LENGTHS)
+        if defect:
+            good = int(np.searchsorted(self._offsets[:count], pos))
+            return good, int(pos), _explain(int(defect), buf, int(pos), f"{label} {base + pos}")
+        return int(count), int(consumed), None
+
+
+def read_chunks(path: str | os.PathLike[str], chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """Block streams of whole messages from an ITCH file, each about ``chunk_bytes`` long.
+
+    A message cut by a chunk boundary is carried into the next chunk. At the first malformed
+    block, or when the file ends inside a message, the messages before it are yielded and then
+    :class:`ItchFileError` is raised.
+    """
+    if chunk_bytes < 1:
+        raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+    scanner = _Scanner()
+    tail = b""
+    base = 0  # file offset of tail[0]
+    with open(path, "rb") as f:
+        while data := f.read(chunk_bytes):
+            buf = tail + data if tail else data
+            _, consumed, error = scanner.scan(buf, base, "offset")
+            if consumed:
+                yield buf[:consumed]
+            if error:
+                raise ItchFileError(error)
+            tail = buf[consumed:]
+            base += consumed
+    if tail:
+        if len(tail) < 2:
+            detail = "1 byte of a length field"
+        else:
+            detail = f"length says {(tail[0] << 8) | tail[1]}, {len(tail) - 2} bytes follow"
+        raise ItchFileError(f"file ends inside a message at offset {base}: {detail}")
+
+
+class ItchWriter:
+    """Writes an ITCH file from block streams or single messages, checking every message."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by close()/__exit__
+        self._scanner = _Scanner()
+        self.messages = 0
+        self.bytes_written = 0
+
+    def write_blocks(self, blocks: bytes | bytearray | memoryview) -> None:
+        """Append a block stream of whole ITCH messages; nothing of it if any is malformed."""
+        raw = bytes(blocks)
+        count, consumed, error = self._scanner.scan(raw, 0, "block stream offset")
+        if error:
+            raise ItchFileError(error)
+        if consumed != len(raw):
+            raise ItchFileError(
+                f"block stream offset {consumed}: a message cut short "
+                f"({len(raw) - consumed} bytes left)"
+            )
+        self.messages += count
+        self._write(raw)
+
+    def write_message(self, msg: bytes | bytearray | memoryview) -> None:
+        """Append one message (without its length prefix)."""
+        raw = bytes(msg)
+        if not raw:
+            raise ItchFileError("empty message: no type byte")
+        expected = int(MESSAGE_LENGTHS[raw[0]])
+        if expected == 0:
+            raise ItchFileError(f"unknown message type {describe_type(raw[0])}")
+        if expected != len(raw):
+            raise ItchFileError(f"type {chr(raw[0])!r} is {expected} bytes, got {len(raw)}")
+        self.messages += 1
+        self._write(len(raw).to_bytes(2, "big") + raw)
+
+    def _write(self, raw: bytes) -> None:
+        self._file.write(raw)
+        self.bytes_written += len(raw)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> ItchWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

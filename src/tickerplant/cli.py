@@ -1,0 +1,237 @@
+"""The ``tickerplant`` command: demo, exchange, feed (and replay)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from tickerplant.io.multicast import Endpoint
+
+DEFAULT_LINE_A = "239.192.77.1:31001"
+DEFAULT_LINE_B = "239.192.77.2:31002"
+DEFAULT_REREQUEST = "127.0.0.1:31003"
+DEFAULT_REPLAY = "127.0.0.1:31004"
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+
+        return int(uvloop.run(coro))
+    except ImportError:
+        return asyncio.run(coro)
+
+
+def _endpoint(field: str) -> Callable[[str], Endpoint]:
+    def parse(text: str) -> Endpoint:
+        try:
+            return Endpoint.parse(text, field)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tickerplant.demo import DemoConfig, print_summary, run_demo
+
+    cfg = DemoConfig(
+        seconds=args.seconds, rate=args.rate, drop_a=args.drop_a, drop_b=args.drop_b,
+        seed=args.seed, symbols=args.symbols,
+    )  # fmt: skip
+    console = Console(stderr=args.json)
+
+    async def main() -> int:
+        result = await run_demo(cfg, None if args.json else console)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print_summary(result, console)
+        return 0 if result["identical"] else 1
+
+    return _run(main())
+
+
+def _exchange(args: argparse.Namespace) -> int:
+    import signal
+
+    from tickerplant.exchange.publisher import LineConfig
+    from tickerplant.exchange.simulator import (
+        ExchangeConfig,
+        ExchangeSummary,
+        FileSource,
+        SyntheticSource,
+        run_exchange,
+    )
+
+    def line(group: Endpoint, drop: float) -> LineConfig:
+        return LineConfig(group.host, group.port, args.interface, args.ttl, not args.no_loopback,
+                          drop)
+
+    pacing = "itch" if args.speed else "rate" if args.rate else "fast"
+    source: FileSource | SyntheticSource = (
+        FileSource(str(args.itch)) if args.itch
+        else SyntheticSource(args.seed, args.symbols, args.messages)
+    )  # fmt: skip
+    cfg = ExchangeConfig(
+        session=args.session,
+        source=source,
+        pacing=pacing,
+        rate=args.rate or 1.0,
+        speed=args.speed or 1.0,
+        line_a=line(args.line_a, args.drop_a),
+        line_b=line(args.line_b, args.drop_b),
+        rerequest=None if args.no_rerequest else args.rerequest,
+        replay=None if args.no_replay else args.replay,
+        end_of_session_seconds=args.eos_seconds,
+        drop_seed=args.drop_seed,
+    )
+    console = Console(stderr=True)
+
+    def progress(s: ExchangeSummary) -> None:
+        # Plain lines on stderr, also with --json: tests and scripts wait on "published N".
+        console.print(
+            f"{s.seconds:6.1f} s  published {s.published} messages in {s.packets} packets"
+            f"  next {s.next_sequence}",
+            highlight=False,
+        )
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        summary = await run_exchange(cfg, stop, progress)
+        if args.json:
+            print(json.dumps(summary.to_dict()), flush=True)
+        else:
+            console.print(summary.to_dict())
+        return 0 if summary.error is None else 1
+
+    return _run(main())
+
+
+def _feed(args: argparse.Namespace) -> int:
+    from tickerplant.feed.handler import FeedConfig, FeedHandler
+    from tickerplant.ops.dashboard import render
+    from tickerplant.session.recovery import RecoveryConfig
+
+    cfg = FeedConfig(
+        line_a=args.line_a,
+        line_b=None if args.no_line_b else args.line_b,
+        interface=args.interface,
+        session=args.session,
+        rerequest=None if args.no_rerequest else args.rerequest,
+        replay=None if args.no_replay else args.replay,
+        rcvbuf=args.rcvbuf,
+        recovery=RecoveryConfig(line_wait=args.line_wait, give_up_after=args.give_up_after),
+        capture=args.capture,
+    )
+
+    async def main() -> int:
+        from rich.live import Live
+
+        feed = FeedHandler(cfg)
+        await feed.start()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + args.seconds if args.seconds else float("inf")
+        live = None if args.json else Live(auto_refresh=False)
+        before, then = None, loop.time()
+        try:
+            if live is not None:
+                live.start()
+            while loop.time() < end and not (args.until_end and feed.session_ended.is_set()):
+                await asyncio.sleep(0.5)
+                figures, now = feed.figures(), loop.time()
+                if live is not None:
+                    live.update(render(figures, before, now - then), refresh=True)
+                before, then = figures, now
+        except asyncio.CancelledError:
+            pass
+        finally:
+            if live is not None:
+                live.stop()
+            await feed.close()
+        if args.json:
+            print(json.dumps(feed.figures()))
+        return 0
+
+    try:
+        return _run(main())
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tickerplant", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="exchange simulator + feed handler on loopback, live table")
+    demo.add_argument("--seconds", type=float, default=20.0, help="how long to publish")
+    demo.add_argument("--rate", type=int, default=300_000, help="messages per second")
+    demo.add_argument("--drop-a", type=float, default=0.05, help="loss injected on line A")
+    demo.add_argument("--drop-b", type=float, default=0.005, help="loss injected on line B")
+    demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument("--symbols", type=int, default=500)
+    demo.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    demo.set_defaults(func=_demo)
+
+    ex = sub.add_parser("exchange", help="the exchange simulator: publish a session on A and B")
+    ex.add_argument("--session", default="TP00000001", help="session name (10 ASCII characters)")
+    ex.add_argument("--itch", type=Path, default=None, help="publish this ITCH 5.0 file")
+    ex.add_argument("--messages", type=int, default=1_000_000, help="synthetic: messages")
+    ex.add_argument("--seed", type=int, default=1, help="synthetic: seed")
+    ex.add_argument("--symbols", type=int, default=500, help="synthetic: symbols")
+    ex.add_argument("--rate", type=float, default=0.0, help="messages/s (default: as fast as can)")
+    ex.add_argument("--speed", type=float, default=0.0, help="ITCH timestamps x this factor")
+    ex.add_argument("--line-a", type=_endpoint("--line-a"), default=DEFAULT_LINE_A)
+    ex.add_argument("--line-b", type=_endpoint("--line-b"), default=DEFAULT_LINE_B)
+    ex.add_argument("--interface", default="127.0.0.1", help="address of the sending interface")
+    ex.add_argument("--ttl", type=int, default=1)
+    ex.add_argument("--no-loopback", action="store_true", help="do not loop multicast back")
+    ex.add_argument("--drop-a", type=float, default=0.0, help="loss injected on line A")
+    ex.add_argument("--drop-b", type=float, default=0.0, help="loss injected on line B")
+    ex.add_argument("--drop-seed", type=int, default=0)
+    ex.add_argument("--rerequest", type=_endpoint("--rerequest"), default=DEFAULT_REREQUEST)
+    ex.add_argument("--no-rerequest", action="store_true")
+    ex.add_argument("--replay", type=_endpoint("--replay"), default=DEFAULT_REPLAY)
+    ex.add_argument("--no-replay", action="store_true")
+    ex.add_argument("--eos-seconds", type=float, default=3.0, help="end of session lasts this")
+    ex.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    ex.set_defaults(func=_exchange)
+
+    feed = sub.add_parser("feed", help="join line A and line B, repair gaps, show figures")
+    feed.add_argument("--line-a", type=_endpoint("--line-a"), default=DEFAULT_LINE_A)
+    feed.add_argument("--line-b", type=_endpoint("--line-b"), default=DEFAULT_LINE_B)
+    feed.add_argument("--no-line-b", action="store_true", help="one line only")
+    feed.add_argument("--interface", default="127.0.0.1", help="address of the joining interface")
+    feed.add_argument("--session", default=None, help="pin a session (default: follow the feed)")
+    feed.add_argument("--rerequest", type=_endpoint("--rerequest"), default=DEFAULT_REREQUEST)
+    feed.add_argument("--no-rerequest", action="store_true")
+    feed.add_argument("--replay", type=_endpoint("--replay"), default=DEFAULT_REPLAY)
+    feed.add_argument("--no-replay", action="store_true")
+    feed.add_argument("--rcvbuf", type=int, default=64 << 20, help="SO_RCVBUF to ask for")
+    feed.add_argument("--line-wait", type=float, default=0.001, help="s to wait for the other line")
+    feed.add_argument("--give-up-after", type=float, default=2.0, help="s before a gap is lost")
+    feed.add_argument("--capture", type=Path, default=None, help="write the stream to an ITCH file")
+    feed.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
+    feed.add_argument("--until-end", action="store_true", help="stop at the end of session")
+    feed.add_argument("--json", action="store_true", help="print final figures as JSON")
+    feed.set_defaults(func=_feed)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ValueError as err:
+        print(f"tickerplant {args.command}: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,164 @@
+"""``tickerplant demo``: the exchange simulator and the feed handler together on loopback.
+
+The exchange runs in its own process (the machine has two cores: one publishes, one receives),
+publishes a synthetic day on line A and line B with loss injected per line, and ends the session;
+the feed handler repairs what was lost and the demo compares the delivered stream with the
+published one by count and sha256.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+
+from tickerplant.feed.handler import FeedConfig, FeedHandler
+from tickerplant.io.multicast import Endpoint
+from tickerplant.ops.dashboard import render
+
+
+@dataclass(frozen=True, slots=True)
+class DemoConfig:
+    seconds: float = 20.0
+    rate: int = 300_000  # messages per second
+    drop_a: float = 0.05
+    drop_b: float = 0.005
+    seed: int = 1
+    symbols: int = 500
+    line_a: Endpoint = Endpoint("239.192.77.1", 31001)
+    line_b: Endpoint = Endpoint("239.192.77.2", 31002)
+    rerequest: Endpoint = Endpoint("127.0.0.1", 31003)
+    replay: Endpoint = Endpoint("127.0.0.1", 31004)
+
+    def __post_init__(self) -> None:
+        if self.seconds <= 0:
+            raise ValueError(f"--seconds {self.seconds}: give a duration above 0")
+        if self.rate <= 0:
+            raise ValueError(f"--rate {self.rate}: give messages per second above 0")
+        for name in ("drop_a", "drop_b"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')}: a probability in [0, 1)")
+
+
+def exchange_command(cfg: DemoConfig, messages: int) -> list[str]:
+    return [
+        sys.executable, "-m", "tickerplant", "exchange",
+        "--messages", str(messages), "--seed", str(cfg.seed), "--symbols", str(cfg.symbols),
+        "--rate", str(cfg.rate),
+        "--line-a", str(cfg.line_a), "--line-b", str(cfg.line_b),
+        "--drop-a", str(cfg.drop_a), "--drop-b", str(cfg.drop_b),
+        "--rerequest", str(cfg.rerequest), "--replay", str(cfg.replay),
+        "--json",
+    ]  # fmt: skip
+
+
+async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
+    feed = FeedHandler(
+        FeedConfig(
+            line_a=cfg.line_a,
+            line_b=cfg.line_b,
+            rerequest=cfg.rerequest,
+            replay=cfg.replay,
+            digest=True,
+        )
+    )
+    await feed.start()
+    messages = int(cfg.rate * cfg.seconds)
+    exchange = await asyncio.create_subprocess_exec(
+        *exchange_command(cfg, messages), stdout=asyncio.subprocess.PIPE
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    started = time.monotonic()
+    try:
+        await _watch(feed, stop, started, cfg, console)
+        if stop.is_set() and exchange.returncode is None:
+            exchange.send_signal(signal.SIGINT)  # end the session early: it still answers repairs
+        out, _ = await asyncio.wait_for(exchange.communicate(), timeout=60)
+        # After end of session the handler may still be finishing repairs.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(feed.session_ended.wait(), timeout=10)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if exchange.returncode is None:
+            exchange.kill()
+            await exchange.wait()
+        await feed.close()
+    published = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else {}
+    return summary(feed, published, time.monotonic() - started)
+
+
+async def _watch(
+    feed: FeedHandler, stop: asyncio.Event, started: float, cfg: DemoConfig, console: Console | None
+) -> None:
+    """Until the session ends, the user stops us, or the run overstays its welcome."""
+    deadline = started + cfg.seconds + 30
+    ended = asyncio.ensure_future(feed.session_ended.wait())
+    stopped = asyncio.ensure_future(stop.wait())
+    live = Live(console=console, auto_refresh=False) if console is not None else None
+    before: dict[str, Any] | None = None
+    then = time.monotonic()
+    try:
+        if live is not None:
+            live.start()
+        while not (ended.done() or stopped.done()) and time.monotonic() < deadline:
+            await asyncio.wait({ended, stopped}, timeout=0.5)
+            now_t = time.monotonic()
+            figures = feed.figures()
+            if live is not None:
+                title = f"tickerplant demo: {now_t - started:4.1f} s of {cfg.seconds:g}"
+                live.update(render(figures, before, now_t - then, title), refresh=True)
+            before, then = figures, now_t
+    finally:
+        if live is not None:
+            live.stop()
+        for task in (ended, stopped):
+            task.cancel()
+
+
+def summary(feed: FeedHandler, published: dict[str, Any], seconds: float) -> dict[str, Any]:
+    figures = feed.figures()
+    count = published.get("published")
+    identical = (
+        count is not None
+        and count == feed.delivered
+        and published.get("sha256") == feed.digest
+        and figures["gaps"]["lost"] == 0
+    )
+    return {
+        "published": count,
+        "delivered": feed.delivered,
+        "identical": identical,
+        "duplicates_delivered": feed.duplicates_delivered,
+        "gaps": figures["gaps"],
+        "repair_latency_ms": figures["repair_latency_ms"],
+        "seconds": round(seconds, 3),
+        "published_sha256": published.get("sha256"),
+        "delivered_sha256": feed.digest,
+        "lines": figures["lines"],
+        "exchange": published,
+    }
+
+
+def print_summary(result: dict[str, Any], console: Console) -> None:
+    gaps = result["gaps"]
+    verdict = "[green]identical[/]" if result["identical"] else "[bold red]NOT identical[/]"
+    console.print(
+        f"published {result['published']:,} messages, delivered {result['delivered']:,}:"
+        f" {verdict} (sha256 {str(result['delivered_sha256'])[:16]}...)\n"
+        f"gaps seen {gaps['seen']:,}: repaired by the other line {gaps['repaired_by_line']:,},"
+        f" by re-request {gaps['repaired_by_rerequest']:,},"
+        f" by replay {gaps['repaired_by_replay']:,}; lost {gaps['lost']:,}."
+        f" Duplicates delivered: {result['duplicates_delivered']}."
+    )

@@ -1,0 +1,407 @@
+"""The exchange's publishing side: a block stream becomes MoldUDP64 packets on lines A and B.
+
+Each slice of work takes the messages the pacer releases, journals them (so that a re-request for
+a message can never arrive before the journal holds it), cuts them into packets with one compiled
+call (:func:`~tickerplant.wire.moldudp64.pack_runs`) and sends the same packet bytes on every line.
+Per packet the Python work is a header, a slice and one send per line; nothing is done per
+message in Python.
+
+A line whose socket buffer is full (EAGAIN, ENOBUFS) keeps the packets it could not send in a
+backlog, in order, and retries them on the next tick; no new messages are published until every
+backlog is empty, so the lines never drift more than one slice apart and no line loses a packet
+because another was slow. The publisher can also lose packets on purpose: each line's ``drop``
+probability skips a data packet on that line only, decided by a hash of the seed, the line and the
+packet's sequence number, so a run is reproducible whatever the slicing.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import math
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import compress
+
+import numpy as np
+import numpy.typing as npt
+
+from tickerplant.exchange.pacing import AsFastAsPossible, Pacer
+from tickerplant.io.multicast import open_sender
+from tickerplant.jit import kernel
+from tickerplant.session.journal import Journal
+from tickerplant.wire.blocks import I64, U8, as_array, index_blocks
+from tickerplant.wire.moldudp64 import (
+    HEADER_LEN,
+    MAX_PACKET,
+    SESSION_LEN,
+    encode_end_of_session,
+    encode_heartbeat,
+    pack_runs,
+)
+
+MAX_BLOCKS = MAX_PACKET - HEADER_LEN
+DEFAULT_SNDBUF = 8 << 20
+# How long a line with a full socket buffer waits before its backlog is tried again.
+RETRY_DELAY = 0.001
+_U64 = npt.NDArray[np.uint64]
+
+
+@dataclass(frozen=True, slots=True)
+class LineConfig:
+    """Where one line goes: a multicast group and port, leaving through ``interface``."""
+
+    group: str
+    port: int
+    interface: str = "127.0.0.1"
+    ttl: int = 1
+    loopback: bool = True
+    drop: float = 0.0  # probability of skipping a data packet on this line (loss injection)
+
+
+class Line:
+    """One line's non-blocking UDP socket (connected to its group) and its counters."""
+
+    def __init__(self, name: str, config: LineConfig, sndbuf: int = DEFAULT_SNDBUF) -> None:
+        self.name = name
+        self.config = config
+        sock, self.sndbuf = open_sender(config.interface, config.ttl, config.loopback, sndbuf)
+        try:
+            # A connected socket skips the per-send address parsing and route lookup.
+            sock.connect((config.group, config.port))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+        self.sent = 0  # packets handed to the kernel
+        self.dropped = 0  # data packets skipped on purpose (loss injection)
+        self.retries = 0  # sends that found the socket buffer full; the packet waits in backlog
+        self.errors = 0  # sends that failed otherwise; the packet is lost on this line
+        self.backlog: deque[bytes] = deque()
+
+    def transmit(self, packets: Sequence[bytes | memoryview]) -> None:
+        """Send ``packets`` in order, keeping those the kernel cannot take yet in the backlog."""
+        if self.backlog:
+            self.backlog.extend(map(bytes, packets))
+            self.flush()
+            return
+        send = self.sock.send
+        failed = 0
+        for index, packet in enumerate(packets):
+            try:
+                send(packet)
+            except BlockingIOError:
+                self._hold(packets, index, failed)
+                return
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self._hold(packets, index, failed)
+                    return
+                failed += 1
+        self.sent += len(packets) - failed
+        self.errors += failed
+
+    def _hold(self, packets: Sequence[bytes | memoryview], index: int, failed: int) -> None:
+        """The kernel refused ``packets[index]`` for now: it and the rest wait in the backlog.
+
+        They are copied: a publisher's packets are views of a buffer it reuses for the next slice.
+        """
+        self.retries += 1
+        self.sent += index - failed
+        self.errors += failed
+        self.backlog.extend(map(bytes, packets[index:]))
+
+    def flush(self) -> bool:
+        """Retry the backlog; True when it is empty."""
+        backlog = self.backlog
+        send = self.sock.send
+        while backlog:
+            try:
+                send(backlog[0])
+            except BlockingIOError:
+                self.retries += 1
+                return False
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.retries += 1
+                    return False
+                self.errors += 1
+            else:
+                self.sent += 1
+            backlog.popleft()
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _mix(z: _U64) -> _U64:
+    """splitmix64's finaliser: a well-spread 64-bit hash, vectorised (uint64 arithmetic wraps)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def drop_mask(
+    seed: int, line: int, sequences: npt.NDArray[np.int64], probability: float
+) -> list[bool]:
+    """Which packets (by first sequence number) line ``line`` skips: same seed, same answer."""
+    key = _mix(np.array([(seed * 0x9E3779B97F4A7C15 + line) & 0xFFFFFFFFFFFFFFFF], np.uint64))
+    uniform = (_mix(sequences.astype(np.uint64) + key) >> np.uint64(11)) * (1.0 / (1 << 53))
+    mask: list[bool] = (uniform < probability).tolist()
+    return mask
+
+
+@kernel
+def frame_packets(
+    stream: U8,
+    consumed: int,
+    starts: I64,
+    counts: I64,
+    packets: int,
+    session: U8,
+    first: int,
+    out: U8,
+    bounds: I64,
+) -> None:  # pragma: no cover - compiled
+    """Write ``packets`` MoldUDP64 packets (as cut by ``pack_runs``) back to back into ``out``.
+
+    ``bounds[k]:bounds[k + 1]`` is packet ``k``; sequence numbers count up from ``first``.
+    """
+    pos = 0
+    sequence = first
+    bounds[0] = 0
+    for k in range(packets):
+        start = starts[k]
+        stop = starts[k + 1] if k + 1 < packets else consumed
+        count = counts[k]
+        out[pos : pos + 10] = session
+        for i in range(8):
+            out[pos + 10 + i] = (sequence >> (56 - 8 * i)) & 0xFF
+        out[pos + 18] = (count >> 8) & 0xFF
+        out[pos + 19] = count & 0xFF
+        size = stop - start
+        out[pos + 20 : pos + 20 + size] = stream[start:stop]
+        pos += 20 + size
+        bounds[k + 1] = pos
+        sequence += count
+
+
+class SourceError(ValueError):
+    """The message source handed over something the publisher cannot send."""
+
+
+class Publisher:
+    """Publishes ``source`` (an iterator of block streams) as one MoldUDP64 session on ``lines``.
+
+    Drive it with :meth:`tick`: each call does at most one slice of work (``slice_packets``) and
+    returns when it wants to be called again.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        source: Iterator[bytes],
+        lines: Sequence[Line],
+        pacer: Pacer | None = None,
+        *,
+        drop_seed: int = 0,
+        heartbeat_interval: float = 1.0,
+        end_of_session_seconds: float = 3.0,
+        slice_packets: int = 128,
+    ) -> None:
+        if not lines:
+            raise ValueError("a publisher needs at least one line")
+        if slice_packets < 1:
+            raise ValueError(f"slice_packets must be at least 1, not {slice_packets}")
+        if len(journal.session) != SESSION_LEN:
+            raise ValueError(f"session {journal.session!r} is not {SESSION_LEN} bytes")
+        self.journal = journal
+        self.session = journal.session
+        self.lines = list(lines)
+        self.pacer: Pacer = pacer if pacer is not None else AsFastAsPossible()
+        self.drop_seed = drop_seed
+        self.heartbeat_interval = heartbeat_interval
+        self.end_of_session_seconds = end_of_session_seconds
+        self._source = source
+        self._exhausted = False
+        self._digest = hashlib.sha256()
+        self._starts = np.empty(slice_packets, dtype=np.int64)
+        self._counts = np.empty(slice_packets, dtype=np.int64)
+        # Each slice's packets are framed by one compiled call into this reused buffer: nothing is
+        # allocated per packet, and no fresh memory has to be faulted in.
+        self._session = np.frombuffer(self.session, dtype=np.uint8)
+        self._frames = np.empty(slice_packets * MAX_PACKET, dtype=np.uint8)
+        self._frames_view = memoryview(self._frames.data)
+        self._bounds = np.empty(slice_packets + 1, dtype=np.int64)
+        # The chunk being published: its bytes, each message's offset, and where we are in it.
+        self._chunk = memoryview(b"")
+        self._offsets = np.empty(0, dtype=np.int64)
+        # Reused from chunk to chunk: fresh memory costs a page fault per 4 KiB on first touch.
+        self._offsets_buffer = np.empty(0, dtype=np.int64)
+        self._index = 0
+        self._pos = 0
+        self._last_sent: float | None = None
+        self._ending_since: float | None = None
+        self._next_end_of_session = 0.0
+        self.next_sequence = journal.next_sequence
+        self.messages = 0
+        self.packets = 0  # data packets (each sent once per line, unless dropped)
+        self.heartbeats = 0
+        self.end_of_session_packets = 0
+        self.done = False
+
+    @property
+    def sha256(self) -> str:
+        """Digest of every message block published so far, as one block stream."""
+        return self._digest.hexdigest()
+
+    @property
+    def ending(self) -> bool:
+        return self._ending_since is not None
+
+    def finish(self, now: float) -> None:
+        """Stop publishing messages and start the end of session (a user asked to stop)."""
+        if self._ending_since is None:
+            self._exhausted = True
+            self._chunk = memoryview(b"")
+            self._offsets = np.empty(0, dtype=np.int64)
+            self._begin_end(now)
+
+    def tick(self, now: float) -> float:
+        """Do at most one slice of work; return the time at which to tick again."""
+        if self.done:
+            return math.inf
+        if not all([line.flush() for line in self.lines]):
+            return now + RETRY_DELAY
+        if self._last_sent is None:
+            self._last_sent = now
+        if self._ending_since is None:
+            if self._publish(now):
+                return now
+            if self._exhausted:
+                self._begin_end(now)
+            else:
+                if now - self._last_sent >= self.heartbeat_interval:
+                    self._broadcast(encode_heartbeat(self.session, self.next_sequence), now)
+                    self.heartbeats += 1
+                return min(self.pacer.deadline(now), self._last_sent + self.heartbeat_interval)
+        return self._end_of_session(now)
+
+    def _next_chunk(self) -> bool:
+        """Queue the next non-empty chunk of the source; False when the source is exhausted."""
+        while not self._exhausted:
+            try:
+                chunk = next(self._source, None)
+            except (ValueError, OSError) as exc:
+                raise SourceError(f"the message source failed: {exc}") from exc
+            if chunk is None:
+                self._exhausted = True
+                break
+            if not chunk:
+                continue
+            arr = as_array(chunk)
+            if self._offsets_buffer.shape[0] < arr.shape[0] // 2 + 1:
+                self._offsets_buffer = np.empty(arr.shape[0] // 2 + 1, dtype=np.int64)
+            found, consumed = index_blocks(arr, self._offsets_buffer)
+            offsets = self._offsets_buffer[:found]
+            if consumed != len(chunk):
+                raise SourceError(
+                    f"chunk of {len(chunk)} bytes ends in {len(chunk) - consumed} bytes that are "
+                    "not a whole message block"
+                )
+            sizes = np.diff(offsets, append=consumed) - 2
+            too_big = np.flatnonzero(sizes > MAX_BLOCKS - 2)
+            if too_big.shape[0]:
+                first = int(too_big[0])
+                raise SourceError(
+                    f"message {self.next_sequence + first} is {int(sizes[first])} bytes: no "
+                    f"MoldUDP64 packet of {MAX_PACKET} bytes can carry it"
+                )
+            self._chunk = memoryview(chunk)
+            self._offsets = offsets
+            self._index = 0
+            self._pos = 0
+            self.pacer.load(arr, offsets)
+            return True
+        return False
+
+    def _publish(self, now: float) -> bool:
+        """Publish one slice of what the pacer allows; True if anything went out."""
+        remaining = self._offsets.shape[0] - self._index
+        if remaining == 0:
+            if not self._next_chunk():
+                return False
+            remaining = self._offsets.shape[0]
+        allowed = self.pacer.allowance(now, remaining)
+        if allowed <= 0:
+            return False
+        end = (
+            len(self._chunk) if allowed == remaining else int(self._offsets[self._index + allowed])
+        )
+        stream = self._chunk[self._pos : end]
+        starts, counts, bounds = self._starts, self._counts, self._bounds
+        packets, consumed = pack_runs(as_array(stream), MAX_BLOCKS, starts, counts)
+        segment = stream[:consumed]
+        messages = self.journal.append(segment)
+        self._digest.update(segment)
+        first = self.next_sequence
+        frame_packets(
+            as_array(segment),
+            consumed,
+            starts,
+            counts,
+            packets,
+            self._session,
+            first,
+            self._frames,
+            bounds,
+        )
+        cuts = bounds[: packets + 1].tolist()
+        frames = list(map(self._frames_view.__getitem__, map(slice, cuts[:-1], cuts[1:])))
+        self._transmit_data(frames, first, counts[:packets])
+        self.next_sequence = first + messages
+        self.messages += messages
+        self.packets += packets
+        self._index += messages
+        self._pos += consumed
+        self.pacer.sent(messages)
+        self._last_sent = now
+        return True
+
+    def _transmit_data(
+        self, packets: list[memoryview], first: int, counts: npt.NDArray[np.int64]
+    ) -> None:
+        sequences: npt.NDArray[np.int64] | None = None
+        for number, line in enumerate(self.lines):
+            if line.config.drop <= 0:
+                line.transmit(packets)
+                continue
+            if sequences is None:
+                sequences = first + np.cumsum(counts) - counts
+            keep = [not d for d in drop_mask(self.drop_seed, number, sequences, line.config.drop)]
+            kept = list(compress(packets, keep))
+            line.dropped += len(packets) - len(kept)
+            line.transmit(kept)
+
+    def _broadcast(self, packet: bytes, now: float) -> None:
+        for line in self.lines:
+            line.transmit([packet])
+        self._last_sent = now
+
+    def _begin_end(self, now: float) -> None:
+        self._ending_since = now
+        self._next_end_of_session = now
+
+    def _end_of_session(self, now: float) -> float:
+        assert self._ending_since is not None
+        over = self._ending_since + self.end_of_session_seconds
+        if now >= self._next_end_of_session:
+            self._broadcast(encode_end_of_session(self.session, self.next_sequence), now)
+            self.end_of_session_packets += 1
+            self._next_end_of_session = now + self.heartbeat_interval
+        if now >= over and self.end_of_session_packets > 0:
+            self.done = True
+            return math.inf
+        return min(self._next_end_of_session, over)

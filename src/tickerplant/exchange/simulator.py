@@ -1,0 +1,366 @@
+"""The exchange simulator: a message source, a pacer and a publisher on lines A and B, with the
+re-request server (MoldUDP64 over UDP) and the replay server (SoupBinTCP) answering from the
+session's journal.
+
+Everything runs on one event loop. The publisher works in slices of at most ``slice_packets``
+packets (about a millisecond or two) and yields to the loop between them, so requests for repairs
+and replays are served while the lines run at full speed, and through the end of session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import ipaddress
+import math
+import os
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tickerplant.capture.itch_file import read_chunks
+from tickerplant.exchange.pacing import AsFastAsPossible, FixedRate, ItchClock, Pacer
+from tickerplant.exchange.publisher import (
+    DEFAULT_SNDBUF,
+    Line,
+    LineConfig,
+    Publisher,
+    SourceError,
+)
+from tickerplant.exchange.replay import ReplayCounters, ReplayServer
+from tickerplant.exchange.rerequest_server import RerequestServer
+from tickerplant.exchange.synthetic import SyntheticMarket
+from tickerplant.io.multicast import Endpoint
+from tickerplant.session.journal import Journal
+from tickerplant.session.rerequest import RerequestCounters, RerequestLimits
+from tickerplant.wire.moldudp64 import session_bytes
+
+PACING_MODES = ("fast", "rate", "itch")
+PROGRESS_INTERVAL = 0.5  # seconds between on_progress calls
+_LINE_FIX = "give the address of a local interface that can send multicast"
+
+
+class ConfigError(ValueError):
+    """A bad setting: names the field, what is wrong with it and how to fix it."""
+
+    def __init__(self, field_name: str, problem: str, fix: str) -> None:
+        super().__init__(f"{field_name}: {problem}; {fix}")
+        self.field = field_name
+
+
+@dataclass(frozen=True, slots=True)
+class SyntheticSource:
+    """A seeded synthetic ITCH day of ``messages`` messages over ``symbols`` stocks."""
+
+    seed: int = 1
+    symbols: int = 500
+    messages: int = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class FileSource:
+    """A historical ITCH 5.0 file (u16 length + message, repeated)."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeConfig:
+    session: str = "TP00000001"
+    source: SyntheticSource | FileSource = field(default_factory=SyntheticSource)
+    pacing: str = "fast"  # "fast", "rate" (messages/s) or "itch" (the messages' own timestamps)
+    rate: float = 100_000.0  # messages per second, for pacing "rate"
+    speed: float = 1.0  # times real time, for pacing "itch"
+    line_a: LineConfig = field(default_factory=lambda: LineConfig("239.192.77.1", 31001))
+    line_b: LineConfig = field(default_factory=lambda: LineConfig("239.192.77.2", 31002))
+    rerequest: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", 31003))
+    replay: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", 31004))
+    rerequest_limits: RerequestLimits = field(default_factory=RerequestLimits)
+    end_of_session_seconds: float = 3.0
+    heartbeat_interval: float = 1.0
+    drop_seed: int = 0  # seeds the loss injected on the lines
+    chunk_messages: int = 4096  # messages the synthetic source makes per call (~3 ms)
+    slice_packets: int = 128  # packets per slice of publishing (~2 ms) between event loop turns
+    sndbuf: int = DEFAULT_SNDBUF
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for the first bad field."""
+        try:
+            session_bytes(self.session)
+        except (ValueError, UnicodeEncodeError):
+            raise ConfigError(
+                "session", f"{self.session!r} is not ASCII of at most 10 characters", "e.g. TP001"
+            ) from None
+        if not self.session.strip():
+            raise ConfigError("session", "is blank", "give a name, e.g. TP001")
+        self._validate_source()
+        if self.pacing not in PACING_MODES:
+            raise ConfigError("pacing", f"unknown mode {self.pacing!r}", f"use {PACING_MODES}")
+        if self.pacing == "rate" and not (self.rate > 0 and math.isfinite(self.rate)):
+            raise ConfigError("rate", f"{self.rate} messages/s", "give a rate above 0")
+        if self.pacing == "itch" and not (self.speed > 0 and math.isfinite(self.speed)):
+            raise ConfigError("speed", f"{self.speed}", "give a factor of real time above 0")
+        for name, line in (("line_a", self.line_a), ("line_b", self.line_b)):
+            _validate_line(name, line)
+        if (self.line_a.group, self.line_a.port) == (self.line_b.group, self.line_b.port):
+            raise ConfigError(
+                "line_b", "is the same group and port as line_a", "give each line its own"
+            )
+        for name, endpoint in (("rerequest", self.rerequest), ("replay", self.replay)):
+            if endpoint is not None:
+                _validate_address(name, endpoint.host)
+                if not 0 <= endpoint.port < 65536:
+                    raise ConfigError(name, f"port {endpoint.port}", "use 0 (any) to 65535")
+        if not (self.end_of_session_seconds >= 0 and math.isfinite(self.end_of_session_seconds)):
+            raise ConfigError(
+                "end_of_session_seconds", f"{self.end_of_session_seconds}", "give 0 or more"
+            )
+        if not (self.heartbeat_interval > 0 and math.isfinite(self.heartbeat_interval)):
+            raise ConfigError(
+                "heartbeat_interval", f"{self.heartbeat_interval}", "give seconds above 0"
+            )
+        for name, value in (
+            ("chunk_messages", self.chunk_messages),
+            ("slice_packets", self.slice_packets),
+            ("sndbuf", self.sndbuf),
+        ):
+            if value < 1:
+                raise ConfigError(name, f"{value}", "give 1 or more")
+
+    def _validate_source(self) -> None:
+        source = self.source
+        if isinstance(source, FileSource):
+            if not os.path.isfile(source.path):
+                raise ConfigError(
+                    "source.path", f"{source.path!r} is not a file", "give an ITCH 5.0 file"
+                )
+            return
+        if not 1 <= source.symbols <= 0xFFFF:
+            raise ConfigError("source.symbols", f"{source.symbols}", "use 1..65535")
+        least = SyntheticMarket(source.seed, source.symbols).minimum_messages
+        if source.messages < least:
+            raise ConfigError(
+                "source.messages",
+                f"{source.messages} cannot hold a day over {source.symbols} symbols",
+                f"give at least {least}",
+            )
+
+
+def _validate_address(name: str, host: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ConfigError(name, f"{host!r} is not an IPv4 address", "e.g. 127.0.0.1") from None
+
+
+def _validate_line(name: str, line: LineConfig) -> None:
+    if not _validate_address(f"{name}.group", line.group).is_multicast:
+        raise ConfigError(
+            f"{name}.group", f"{line.group} is not a multicast group", "use 224.0.0.0-239.x.x.x"
+        )
+    if not 0 < line.port < 65536:
+        raise ConfigError(f"{name}.port", f"{line.port}", "use 1..65535")
+    _validate_address(f"{name}.interface", line.interface)
+    if not 0 <= line.ttl <= 255:
+        raise ConfigError(f"{name}.ttl", f"{line.ttl}", "use 0..255 (1 stays on the subnet)")
+    if not 0 <= line.drop < 1:
+        raise ConfigError(f"{name}.drop", f"{line.drop}", "give a probability in [0, 1)")
+
+
+@dataclass(frozen=True, slots=True)
+class LineSummary:
+    name: str
+    group: str
+    port: int
+    sndbuf: int  # SO_SNDBUF the kernel granted
+    sent: int
+    dropped: int  # skipped on purpose (loss injection)
+    retries: int  # sends deferred by a full socket buffer (EAGAIN/ENOBUFS), none lost
+    errors: int  # sends that failed otherwise (the packet is lost on this line)
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeSummary:
+    session: str
+    published: int  # messages
+    packets: int  # data packets per line, before loss injection
+    heartbeats: int
+    end_of_session_packets: int
+    next_sequence: int
+    sha256: str  # of the published block stream (u16 length + message, repeated)
+    lines: tuple[LineSummary, ...]
+    rerequest_port: int | None
+    rerequest: RerequestCounters | None
+    replay_port: int | None
+    replay: ReplayCounters | None
+    seconds: float
+    ended: bool  # the end of session was sent for its whole while
+    error: str | None = None  # why the source stopped early, if it did
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.rerequest is not None:
+            out["rerequest"]["refused"] = self.rerequest.refused
+        return out
+
+
+def _source(config: ExchangeConfig) -> Iterator[bytes]:
+    source = config.source
+    if isinstance(source, FileSource):
+        return read_chunks(source.path)
+    market = SyntheticMarket(source.seed, source.symbols)
+    return market.chunks(source.messages, config.chunk_messages)
+
+
+def _pacer(config: ExchangeConfig) -> Pacer:
+    if config.pacing == "rate":
+        return FixedRate(config.rate)
+    if config.pacing == "itch":
+        return ItchClock(config.speed)
+    return AsFastAsPossible()
+
+
+async def run_exchange(
+    config: ExchangeConfig,
+    stop: asyncio.Event | None = None,
+    on_progress: Callable[[ExchangeSummary], None] | None = None,
+) -> ExchangeSummary:
+    """Publish one session; setting ``stop`` ends it early (the end of session is still sent)."""
+    config.validate()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    journal = Journal(session_bytes(config.session))
+    lines: list[Line] = []
+    rerequest: RerequestServer | None = None
+    replay: ReplayServer | None = None
+    try:
+        for name, line_config in (("A", config.line_a), ("B", config.line_b)):
+            try:
+                lines.append(Line(name, line_config, config.sndbuf))
+            except OSError as exc:
+                raise ConfigError(
+                    f"line_{name.lower()}", f"cannot open its socket ({exc})", _LINE_FIX
+                ) from exc
+        if config.rerequest is not None:
+            rerequest = RerequestServer(
+                journal, config.rerequest.host, config.rerequest.port, config.rerequest_limits
+            )
+            await _listen("rerequest", config.rerequest, rerequest.start())
+        if config.replay is not None:
+            replay = ReplayServer(journal, config.replay.host, config.replay.port)
+            await _listen("replay", config.replay, replay.start())
+        publisher = Publisher(
+            journal,
+            _source(config),
+            lines,
+            _pacer(config),
+            drop_seed=config.drop_seed,
+            heartbeat_interval=config.heartbeat_interval,
+            end_of_session_seconds=config.end_of_session_seconds,
+            slice_packets=config.slice_packets,
+        )
+        servers = (rerequest, replay)
+
+        def snapshot(error: str | None) -> ExchangeSummary:
+            return _summary(config, publisher, lines, servers, loop.time() - started, error)
+
+        error = await _drive(publisher, replay, stop, on_progress, snapshot)
+        return snapshot(error)
+    finally:
+        if replay is not None:
+            await replay.close()
+        if rerequest is not None:
+            await rerequest.close()
+        for line in lines:
+            line.close()
+
+
+async def _listen(name: str, where: Endpoint, start: Coroutine[Any, Any, int]) -> None:
+    try:
+        await start
+    except OSError as exc:
+        raise ConfigError(
+            name, f"cannot listen on {where} ({exc})", "choose a free port on a local address"
+        ) from exc
+
+
+async def _drive(
+    publisher: Publisher,
+    replay: ReplayServer | None,
+    stop: asyncio.Event | None,
+    on_progress: Callable[[ExchangeSummary], None] | None,
+    snapshot: Callable[[str | None], ExchangeSummary],
+) -> str | None:
+    """Tick the publisher until its session has ended; returns why the source failed, if it did."""
+    loop = asyncio.get_running_loop()
+    error: str | None = None
+    next_progress = loop.time() + PROGRESS_INTERVAL
+    ended = False
+    while not publisher.done:
+        now = loop.time()
+        if stop is not None and stop.is_set():
+            publisher.finish(now)
+        try:
+            deadline = publisher.tick(now)
+        except SourceError as exc:  # a damaged file: end the session on what was published
+            error = str(exc)
+            publisher.finish(now)
+            deadline = now
+        if replay is not None:
+            replay.publish()
+            if publisher.ending and not ended:
+                replay.end_session()
+                ended = True
+        if on_progress is not None and now >= next_progress:
+            next_progress = now + PROGRESS_INTERVAL
+            on_progress(snapshot(error))
+        delay = deadline - loop.time()
+        if delay <= 0:
+            await asyncio.sleep(0)
+        elif stop is None or publisher.ending:
+            await asyncio.sleep(min(delay, PROGRESS_INTERVAL))
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(delay, PROGRESS_INTERVAL))
+    return error
+
+
+def _summary(
+    config: ExchangeConfig,
+    publisher: Publisher,
+    lines: list[Line],
+    servers: tuple[RerequestServer | None, ReplayServer | None],
+    seconds: float,
+    error: str | None,
+) -> ExchangeSummary:
+    rerequest, replay = servers
+    return ExchangeSummary(
+        session=config.session,
+        published=publisher.messages,
+        packets=publisher.packets,
+        heartbeats=publisher.heartbeats,
+        end_of_session_packets=publisher.end_of_session_packets,
+        next_sequence=publisher.next_sequence,
+        sha256=publisher.sha256,
+        lines=tuple(
+            LineSummary(
+                line.name,
+                line.config.group,
+                line.config.port,
+                line.sndbuf,
+                line.sent,
+                line.dropped,
+                line.retries,
+                line.errors,
+            )
+            for line in lines
+        ),
+        rerequest_port=rerequest.port if rerequest is not None else None,
+        rerequest=copy.deepcopy(rerequest.counters) if rerequest is not None else None,
+        replay_port=replay.port if replay is not None else None,
+        replay=copy.deepcopy(replay.counters) if replay is not None else None,
+        seconds=seconds,
+        ended=publisher.done,
+        error=error,
+    )

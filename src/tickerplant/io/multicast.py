@@ -1,0 +1,79 @@
+"""Multicast sockets: joining a line and sending to one, with the buffer sizes the kernel granted.
+
+Loopback works without touching ``lo``: the receiver binds the group and port and joins on
+127.0.0.1; the sender names the outgoing interface and keeps multicast loopback on.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+
+# Linux's SO_RCVBUFFORCE / SO_SNDBUFFORCE: as root they pass net.core.[rw]mem_max, which is
+# small on many hosts (4 MiB here) and would cap a feed handler's burst tolerance.
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, field: str) -> Endpoint:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{field} = {text!r}: use host:port, e.g. 239.1.1.1:30001")
+        try:
+            socket.inet_aton(host)
+        except OSError:
+            raise ValueError(f"{field} = {text!r}: {host!r} is not an IPv4 address") from None
+        return cls(host, int(port))
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _grow_buffer(sock: socket.socket, force: int, plain: int, size: int) -> int:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, plain, size)
+    # Linux reports twice the usable size it reserved (bookkeeping overhead included).
+    return sock.getsockopt(socket.SOL_SOCKET, plain)
+
+
+def open_receiver(group: Endpoint, interface: str, rcvbuf: int) -> tuple[socket.socket, int]:
+    """A non-blocking socket joined to ``group`` on ``interface``; returns it and SO_RCVBUF."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        granted = _grow_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf)
+        # Binding the group address (not INADDR_ANY) keeps other groups on the same port out.
+        sock.bind((group.host, group.port))
+        mreq = struct.pack("4s4s", socket.inet_aton(group.host), socket.inet_aton(interface))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, granted
+
+
+def open_sender(
+    interface: str, ttl: int = 1, loopback: bool = True, sndbuf: int = 4 << 20
+) -> tuple[socket.socket, int]:
+    """A non-blocking socket that sends multicast out of ``interface``; returns it and SO_SNDBUF."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1 if loopback else 0)
+        granted = _grow_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, sndbuf)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, granted

@@ -1,0 +1,295 @@
+"""The feed handler's SoupBinTCP replay client, and the asyncio driver of any SoupBinTCP session.
+
+:class:`SoupConnection` is the whole adapter between a sans-I/O session and a TCP transport, in
+the shape of aioquic's asyncio protocol: bytes in with ``loop.time()``, then drain the session's
+events and bytes and re-arm its one timer. The exchange's replay server subclasses it too.
+
+:class:`ReplayClient` fetches a range of sequenced messages (gap repair, late join): it logs in
+at the first number wanted and hands each run of messages to ``on_messages`` as one block stream,
+the way it came off the socket, never one call per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from typing import Generic, TypeVar, cast
+
+from tickerplant.session.events import Batch
+from tickerplant.session.soupbin import (
+    DEAD_AFTER,
+    HEARTBEAT_INTERVAL,
+    CloseCause,
+    Closed,
+    DebugReceived,
+    Event,
+    LoggedIn,
+    ProtocolError,
+    Rejected,
+    SoupClientSession,
+    SoupSession,
+    State,
+)
+from tickerplant.wire.blocks import offsets_of
+
+log = logging.getLogger(__name__)
+
+OnMessages = Callable[[int, int, bytes], None]
+
+
+S = TypeVar("S", bound=SoupSession)
+
+
+class SoupConnection(asyncio.Protocol, Generic[S]):
+    """Drive ``session`` over a TCP transport; subclasses act on its events in :meth:`on_event`."""
+
+    high_water = 1 << 20  # write buffer above which the transport asks us to pause
+
+    def __init__(self, session: S) -> None:
+        self.session = session
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.paused = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def on_event(self, event: Event) -> None:
+        raise NotImplementedError
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = transport = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(high=self.high_water)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # logins and heartbeats are single small packets: no Nagle delay
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.service()
+
+    def data_received(self, data: bytes) -> None:
+        self.session.receive_data(data, self.loop.time())
+        self.service()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.session.close(f"connection lost ({exc})" if exc else "connection closed by the peer")
+        self.service()
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+
+    @property
+    def backlog(self) -> int:
+        """Bytes written but not yet taken by the socket."""
+        return self.transport.get_write_buffer_size() if self.transport else 0
+
+    @property
+    def peer(self) -> object:
+        return self.transport.get_extra_info("peername") if self.transport else None
+
+    def service(self) -> None:
+        """Act on the session's events, send what it queued, then close or re-arm its timer."""
+        while (event := self.session.next_event()) is not None:
+            self.on_event(event)
+        self.flush()
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.session.closed:
+            self.transport.close()  # after what is buffered has been sent
+        else:
+            self._arm()
+
+    def flush(self) -> int:
+        """Write what the session queued; returns the bytes written."""
+        data = self.session.data_to_send(self.loop.time())
+        if not data or self.transport is None or self.transport.is_closing():
+            return 0
+        self.transport.write(data)
+        return len(data)
+
+    def _arm(self) -> None:
+        deadline = self.session.get_timer()
+        if deadline is None:
+            return
+        if self._timer is not None:
+            if self._timer.when() <= deadline:
+                return  # it fires first, and _on_timer re-arms for the later deadline
+            self._timer.cancel()
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.session.handle_timer(self.loop.time())
+        self.service()
+
+
+class ReplayError(Exception):
+    """The replay server refused us (login rejected): retrying the same way will not help."""
+
+
+class _Fetch(SoupConnection[SoupClientSession]):
+    """One login: deliver messages ``first..last`` as they come, log out after ``last``."""
+
+    def __init__(
+        self, session: SoupClientSession, first: int, last: int, on_messages: OnMessages
+    ) -> None:
+        super().__init__(session)
+        self.first = first
+        self.last = last
+        self.on_messages = on_messages
+        self.accepted: int | None = None  # the sequence number in Login Accepted
+        self.delivered = first - 1
+        self.debug = b""
+        self.done: asyncio.Future[Closed] = self.loop.create_future()
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, Batch):
+            self._deliver(event)
+        elif isinstance(event, LoggedIn):
+            self.accepted = event.sequence
+            if self.first < event.sequence and self.first <= self.last:  # not for a probe
+                log.warning("replay server starts at %d, %d asked", event.sequence, self.first)
+            if event.sequence > self.last:
+                self.session.logout()
+        elif isinstance(event, DebugReceived):
+            self.debug = event.text
+            log.info("replay server %s says: %r", self.peer, event.text)
+        elif isinstance(event, Rejected):
+            reason = {b"A": "not authorized", b"S": "session not available"}.get(event.reason)
+            self._fail(ReplayError(f"login rejected: {reason or event.reason!r}"))
+        elif isinstance(event, ProtocolError):
+            log.warning("replay server %s broke the protocol: %s", self.peer, event.reason)
+        elif isinstance(event, Closed) and not self.done.done():
+            self.done.set_result(event)
+
+    def _deliver(self, batch: Batch) -> None:
+        start = max(batch.first, self.delivered + 1)
+        end = min(batch.end, self.last + 1)  # exclusive
+        if start >= end:
+            return
+        blocks = batch.blocks
+        if start != batch.first or end != batch.end:
+            offsets, size = offsets_of(blocks)
+            cut_end = int(offsets[end - batch.first]) if end < batch.end else size
+            blocks = blocks[int(offsets[start - batch.first]) : cut_end]
+        try:
+            self.on_messages(start, end - start, blocks)
+        except Exception as exc:  # the caller's bug: stop and hand it back from fetch()
+            self._fail(exc)
+            return
+        self.delivered = end - 1
+        if self.delivered >= self.last:
+            self.session.logout()
+
+    def _fail(self, exc: Exception) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def stop(self) -> None:
+        """Log out if still logged in, and close (after a timeout or an error)."""
+        if self.session.state in (State.LOGGING_IN, State.ACTIVE):
+            self.session.logout()
+        self.service()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+class ReplayClient:
+    """Fetch ranges of sequenced messages from a SoupBinTCP replay server.
+
+    ``session`` is the session to ask for (blank: the server's current one). ``on_messages`` gets
+    ``(first sequence number, count, block stream)`` for each run as it arrives.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        session: bytes,
+        on_messages: OnMessages,
+        username: str = "",
+        password: str = "",
+        *,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        dead_after: float = DEAD_AFTER,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.session = session
+        self.on_messages = on_messages
+        self.username = username.encode("ascii")
+        self.password = password.encode("ascii")
+        self.heartbeat_interval = heartbeat_interval
+        self.dead_after = dead_after
+        self.stop_reason = ""  # why the last fetch ended: "complete", "timeout", ...
+
+    async def fetch(self, first: int, last: int, timeout: float) -> int:
+        """Deliver messages ``first..last`` (inclusive); returns the last sequence number delivered.
+
+        Stops once ``last`` is delivered, or at ``timeout`` seconds, or when the server ends the
+        session or the connection; :attr:`stop_reason` says which. Fewer than asked is not an
+        error: the return value says how far it got. Raises :class:`ReplayError` when the login
+        is rejected, OSError when the server cannot be reached, and whatever ``on_messages``
+        raised.
+        """
+        if first < 1:
+            raise ValueError(f"sequence numbers start at 1, not {first}")
+        if last < first:
+            self.stop_reason = "complete"
+            return first - 1
+        fetch = await self._run(timeout, _Fetch(self._login(first), first, last, self.on_messages))
+        return fetch.delivered
+
+    async def next_sequence(self, timeout: float) -> int:
+        """The number the server will give its next message: log in at 0, read it, log out.
+
+        A late joiner fetches ``1 .. next_sequence() - 1``. Raises TimeoutError if the server
+        does not answer the login in time.
+        """
+        fetch = await self._run(timeout, _Fetch(self._login(0), 1, 0, self.on_messages))
+        if fetch.accepted is None:
+            raise TimeoutError(f"no Login Accepted within {timeout} s ({self.stop_reason})")
+        return fetch.accepted
+
+    def _login(self, sequence: int) -> SoupClientSession:
+        return SoupClientSession(
+            asyncio.get_running_loop().time(),
+            username=self.username,
+            password=self.password,
+            session=self.session,
+            sequence=sequence,
+            heartbeat_interval=self.heartbeat_interval,
+            dead_after=self.dead_after,
+        )
+
+    async def _run(self, timeout: float, fetch: _Fetch) -> _Fetch:
+        loop = asyncio.get_running_loop()
+        self.stop_reason = "timeout"
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.create_connection(lambda: fetch, self.host, self.port)
+                closed = await fetch.done
+            self.stop_reason = _explain(closed, fetch)
+        except TimeoutError:
+            pass
+        finally:
+            fetch.stop()
+        return fetch
+
+
+def _explain(closed: Closed, fetch: _Fetch) -> str:
+    if closed.cause is CloseCause.LOGOUT and fetch.delivered >= fetch.last:
+        return "complete"
+    if closed.cause is CloseCause.LOGOUT:
+        return f"logged out: the server starts at {fetch.accepted}"
+    if closed.cause is CloseCause.LOCAL and fetch.debug:
+        return f"{closed.detail}: {fetch.debug.decode('ascii', 'replace')}"
+    return f"{closed.cause.value}: {closed.detail}"

@@ -1,0 +1,60 @@
+"""The live table: one row per line (and per repair channel), rates from consecutive snapshots.
+
+It reads the JSON-ready figures the feed handler publishes and knows nothing of the protocols.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+Figures = dict[str, Any]
+
+_STATE_STYLE = {"up": "green", "quiet": "yellow", "down": "red"}
+
+
+def _rate(now: Figures, before: Figures | None, key: str, dt: float) -> str:
+    if before is None or dt <= 0:
+        return "-"
+    return f"{(now[key] - before[key]) / dt:,.0f}"
+
+
+def render(now: Figures, before: Figures | None, dt: float, title: str = "") -> Group:
+    table = Table(title=title or "tickerplant feed handler", title_justify="left")
+    for heading in ("line", "state", "packets/s", "msgs/s", "gaps seen", "by other line",
+                    "by re-request", "by replay", "lost", "malformed", "rcvbuf"):
+        table.add_column(heading, justify="left" if heading in ("line", "state") else "right")
+    for name, line in now["lines"].items():
+        prev = before["lines"][name] if before is not None else None
+        state = line["state"]
+        repaired = line["gaps_repaired"]
+        table.add_row(
+            name,
+            Text(state, style=_STATE_STYLE[state]) if state else "",
+            _rate(line, prev, "packets", dt),
+            _rate(line, prev, "messages", dt),
+            f"{line['gaps_seen']:,}",
+            f"{repaired['line']:,}",
+            f"{repaired['rerequest']:,}",
+            f"{repaired['replay']:,}",
+            Text(f"{line['gaps_lost']:,}", style="bold red" if line["gaps_lost"] else ""),
+            f"{sum(line['malformed'].values()) + line['foreign']:,}",
+            f"{line['rcvbuf'] / 2**20:.0f} MiB" if line["rcvbuf"] else "",
+        )
+    lat = now["repair_latency_ms"]
+    latency = "  ".join(
+        f"{kind} p50 {v['p50']:.2f} ms p99 {v['p99']:.2f} ms"
+        for kind, v in lat.items()
+        if v["count"]
+    )
+    footer = Text(
+        f"session {now['session'] or '-'}  delivered {now['delivered']:,}"
+        f" ({_rate(now, before, 'delivered', dt)}/s)  next {now['next_sequence']:,}"
+        f"  outstanding {now['outstanding']:,}  open gaps {now['gaps']['open']}"
+        f"  duplicates delivered {now['duplicates_delivered']}\n"
+        f"repair latency: {latency or '-'}"
+    )
+    return Group(table, footer)

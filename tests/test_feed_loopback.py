@@ -1,0 +1,131 @@
+"""The feed handler on real loopback multicast, fed by hand-made packets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from tickerplant.feed.handler import FeedConfig, FeedHandler
+from tickerplant.io.multicast import Endpoint, open_sender
+from tickerplant.session.events import Batch, Event, GapLost, SessionEnded
+from tickerplant.session.recovery import RecoveryConfig
+from tickerplant.wire import moldudp64 as mold
+from tickerplant.wire.blocks import iter_messages
+
+SESSION = mold.session_bytes("LOOPTEST01")
+
+
+def _ports() -> tuple[Endpoint, Endpoint]:
+    base = 32000 + (os.getpid() * 7) % 20000
+    return Endpoint("239.192.80.1", base), Endpoint("239.192.80.2", base + 1)
+
+
+async def _settle(feed: FeedHandler, until: int, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while feed.delivered + feed.sequencer.counters.lost < until and loop.time() < end:
+        await asyncio.sleep(0.01)
+
+
+def test_loss_on_one_line_repaired_by_the_other_and_bad_datagrams_counted() -> None:
+    line_a, line_b = _ports()
+    got: list[bytes] = []
+    events: list[Event] = []
+
+    def on_batch(batch: Batch) -> None:
+        got.extend(iter_messages(batch.blocks))
+
+    async def main() -> None:
+        feed = FeedHandler(FeedConfig(line_a, line_b), on_batch, events.append)
+        await feed.start()
+        sender, _ = open_sender("127.0.0.1")
+        sender.setblocking(True)
+        try:
+            bad = [
+                b"",
+                b"tiny",
+                mold.encode_packet(SESSION, 1, [b"x" * 10])[:-3],  # truncated block
+                mold.encode_heartbeat(SESSION, 1) + b"zz",  # count mismatch
+                b"\xff" * 3000,  # longer than a receive row: truncated datagram
+            ]
+            for raw in bad:
+                sender.sendto(raw, (line_a.host, line_a.port))
+            seq = 1
+            for i in range(2000):
+                msgs = [b"msg-%06d" % (seq + k) for k in range(5)]
+                packet = mold.encode_packet(SESSION, seq, msgs)
+                if i % 10 != 3:  # line A loses a tenth of its packets
+                    sender.sendto(packet, (line_a.host, line_a.port))
+                sender.sendto(packet, (line_b.host, line_b.port))
+                seq += 5
+                if i % 100 == 0:
+                    await asyncio.sleep(0.001)
+            sender.sendto(mold.encode_end_of_session(SESSION, seq), (line_a.host, line_a.port))
+            await _settle(feed, seq - 1)
+            await asyncio.wait_for(feed.session_ended.wait(), 5)
+        finally:
+            sender.close()
+            await feed.close()
+        figures = feed.figures()
+        lines = figures["lines"]
+        assert isinstance(lines, dict)
+        malformed = lines["line A"]["malformed"]
+        assert malformed == {
+            "short_header": 2,
+            "truncated_block": 1,
+            "count_mismatch": 1,
+            "truncated_datagram": 1,
+        }
+        assert feed.duplicates_delivered == 0
+        assert feed.sequencer.counters.lost == 0
+        assert lines["line A"]["rcvbuf"] >= 65536
+
+    asyncio.run(main())
+    assert got == [b"msg-%06d" % s for s in range(1, 10001)]
+    assert any(isinstance(e, SessionEnded) for e in events)
+    assert not any(isinstance(e, GapLost) for e in events)
+
+
+def test_loss_on_both_lines_without_repair_services_is_reported_lost() -> None:
+    line_a, line_b = _ports()
+    line_a = Endpoint(line_a.host, line_a.port + 2)
+    line_b = Endpoint(line_b.host, line_b.port + 2)
+    got: list[int] = []
+    lost: list[tuple[int, int]] = []
+
+    def on_batch(batch: Batch) -> None:
+        got.extend(range(batch.first, batch.end))
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, GapLost):
+            lost.append((event.start, event.end))
+
+    async def main() -> None:
+        cfg = FeedConfig(line_a, line_b, recovery=RecoveryConfig(give_up_after=0.2))
+        feed = FeedHandler(cfg, on_batch, on_event)
+        await feed.start()
+        sender, _ = open_sender("127.0.0.1")
+        sender.setblocking(True)
+        try:
+            for first in range(1, 100, 3):
+                packet = mold.encode_packet(SESSION, first, [b"a", b"b", b"c"])
+                if first != 31:  # cut on both lines
+                    for line in (line_a, line_b):
+                        sender.sendto(packet, (line.host, line.port))
+            await _settle(feed, 99, timeout=3)
+        finally:
+            sender.close()
+            await feed.close()
+
+    asyncio.run(main())
+    assert lost == [(31, 34)]
+    assert got == [s for s in range(1, 100) if not 31 <= s < 34]
+
+
+def test_bad_config_names_the_field() -> None:
+    with pytest.raises(ValueError, match="line_a"):
+        Endpoint.parse("239.1.1.1", "line_a")
+    with pytest.raises(ValueError, match="rcvbuf"):
+        FeedConfig(Endpoint("239.1.1.1", 1), None, rcvbuf=10)

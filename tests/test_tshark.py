@@ -1,0 +1,301 @@
+"""Wire conformance: what we send, captured on loopback and decoded by tshark's own dissectors.
+
+A capture runs on ``lo`` with a filter on this test's ports. Before the traffic starts, probe
+datagrams go to a third port until tshark reports one (so it is really capturing); after the
+traffic, one more probe is a fence: once tshark reports it, everything before it is in the file.
+The file is then decoded with ``-d udp.port==P,moldudp64 -d tcp.port==Q,soupbintcp`` as PDML (the
+``-V`` tree as XML) and every field of every packet is checked, along with the absence of
+malformed packets and of expert warnings or errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from tickerplant.exchange.replay import ReplayServer
+from tickerplant.io.replay_client import ReplayClient
+from tickerplant.session.journal import Journal
+from tickerplant.wire import moldudp64 as mold
+from tickerplant.wire.blocks import join_messages
+from tickerplant.wire.soupbintcp import Debug, LoginRequest, encode
+
+TSHARK = shutil.which("tshark")
+pytestmark = pytest.mark.skipif(
+    TSHARK is None, reason="tshark is not installed (apt-get install tshark; .ci/run does)"
+)
+
+WARNING = 0x00600000  # expert severities at or above this are warnings and errors
+WARM_UP = b"warm-up"  # probes told apart in tshark's summary lines by their length
+FENCE = b"fence"
+
+
+def _free_udp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+class Capture:
+    """tshark capturing ``lo`` into ``path`` for the given ports, started and stopped for sure."""
+
+    def __init__(self, path: Path, udp: list[int], tcp: list[int]) -> None:
+        self.path = path
+        self._probe_rx = _free_udp_socket()
+        self.probe_port = self._probe_rx.getsockname()[1]
+        ports = [f"udp port {p}" for p in [*udp, self.probe_port]] + [f"tcp port {p}" for p in tcp]
+        self._probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        assert TSHARK is not None
+        self._proc = subprocess.Popen(
+            [TSHARK, "-i", "lo", "-f", " or ".join(ports), "-w", str(path), "-P", "-l", "-q"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert self._proc.stdout is not None
+        os.set_blocking(self._proc.stdout.fileno(), False)
+        self._printed = b""
+
+    def _seen(self, probe: bytes) -> bool:
+        assert self._proc.stdout is not None
+        ready, _, _ = select.select([self._proc.stdout], [], [], 0.05)
+        if ready:
+            self._printed += self._proc.stdout.read() or b""
+        # each summary line ends "... → <port> Len=<payload size>"
+        return f" {self.probe_port} Len={len(probe)}".encode() in self._printed
+
+    def _probe_until_seen(self, probe: bytes, deadline: float) -> None:
+        while not self._seen(probe):
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                pytest.skip(f"tshark cannot capture on lo here: {err.strip()[-300:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"tshark reported no {probe!r} probe in time")
+            self._probe.sendto(probe, ("127.0.0.1", self.probe_port))
+            time.sleep(0.05)
+
+    def start(self) -> None:
+        self._probe_until_seen(WARM_UP, time.monotonic() + 30)
+
+    def stop(self) -> None:
+        try:
+            if self._proc.poll() is None:
+                # packets can wait in the kernel's capture buffer: stopping before tshark has
+                # shown the fence, sent after everything else, could lose the test's own packets
+                self._probe_until_seen(FENCE, time.monotonic() + 10)
+        finally:
+            if self._proc.poll() is None:
+                self._proc.send_signal(signal.SIGINT)
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+            self._probe.close()
+            self._probe_rx.close()
+
+
+def decode(pcap: Path, *decode_as: str) -> list[ET.Element]:
+    assert TSHARK is not None
+    args = [TSHARK, "-r", str(pcap), "-T", "pdml"]
+    for rule in decode_as:
+        args += ["-d", rule]
+    out = subprocess.run(args, capture_output=True, timeout=60, check=True).stdout
+    return ET.fromstring(out).findall("packet")
+
+
+def fields(element: ET.Element, name: str) -> list[str]:
+    return [f.get("show", "") for f in element.iter("field") if f.get("name") == name]
+
+
+def assert_well_formed(packet: ET.Element) -> None:
+    assert packet.find(".//proto[@name='_ws.malformed']") is None, ET.tostring(packet)[:2000]
+    for severity in fields(packet, "_ws.expert.severity"):
+        assert int(severity, 0) < WARNING, ET.tostring(packet)[:2000]
+
+
+def test_moldudp64_packets_decode_as_sent(tmp_path: Path) -> None:
+    receiver = _free_udp_socket()
+    port = receiver.getsockname()[1]
+    session = mold.session_bytes("TSHARK0001")
+    itch_like = [b"S" + bytes(10) + b"O", b"A" * 36, b""]
+    sent = [
+        mold.encode_packet(session, 1, itch_like),
+        mold.encode_blocks(session, 4, 2, join_messages([b"xy", b"z"])),
+        mold.encode_heartbeat(session, 6),
+        mold.encode_end_of_session(session, 6),
+        mold.encode_request(session, 2, 3),
+    ]
+    capture = Capture(tmp_path / "mold.pcapng", udp=[port], tcp=[])
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        capture.start()
+        for datagram in sent:
+            sender.sendto(datagram, ("127.0.0.1", port))
+            assert receiver.recv(2048) == datagram
+    finally:
+        capture.stop()
+        sender.close()
+        receiver.close()
+
+    packets = [
+        p
+        for p in decode(capture.path, f"udp.port=={port},moldudp64")
+        if fields(p, "udp.dstport") == [str(port)]
+    ]
+    assert len(packets) == len(sent)
+    for packet in packets:
+        assert_well_formed(packet)
+        assert fields(packet, "moldudp64.session") == ["TSHARK0001"]
+    summary = [
+        (
+            fields(p, "moldudp64.sequence"),
+            fields(p, "moldudp64.count"),
+            fields(p, "moldudp64.msgseq"),
+            fields(p, "moldudp64.msglen"),
+        )
+        for p in packets
+    ]
+    assert summary == [
+        (["1"], ["3"], ["1", "2", "3"], ["12", "36", "0"]),
+        (["4"], ["2"], ["4", "5"], ["2", "1"]),
+        (["6"], ["0"], [], []),
+        (["6"], ["65535"], [], []),
+        (["2"], ["3"], [], []),
+    ]
+    payloads = [
+        f.get("value") for f in packets[0].iter("field") if f.get("name") == "moldudp64.msgdata"
+    ]
+    assert payloads[:2] == [itch_like[0].hex(), itch_like[1].hex()]
+    # a request is recognised as one (tshark notes it as a comment, not a problem)
+    assert "Number of Requested Messages" in fields(packets[4], "_ws.expert.message")
+
+
+async def _soupbin_flow(server: ReplayServer, received: list[tuple[int, int, bytes]]) -> None:
+    port = server.port
+    # 1: login, replay, idle long enough for heartbeats both ways, live data, logout
+    client = ReplayClient("127.0.0.1", port, b"", lambda *run: received.append(run), "feed", "pw")
+    fetch = asyncio.create_task(client.fetch(1, 5, timeout=10))
+    await asyncio.sleep(1.5)
+    server.journal.append(join_messages([b"fourth", b"fifth"]))
+    server.publish()
+    assert await fetch == 5
+    # 2: a rejected login
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(encode(LoginRequest(b"feed", b"wrong", b"", 1)))
+    assert await reader.read() == b"\x00\x02JA"
+    writer.close()
+    # 3: a client's Debug, then End of Session
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(encode(LoginRequest(b"feed", b"pw", b"TSHARK0001", 0)))
+    writer.write(encode(Debug(b"hello from the client")))
+    await reader.readexactly(33)  # Login Accepted
+    server.end_session()
+    assert await reader.read() == b"\x00\x01Z"
+    writer.close()
+    # 4: no login in time: the server's Debug says so
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    assert await reader.read() == encode(Debug(b"no Login Request in time"))
+    writer.close()
+
+
+def test_soupbintcp_flow_decodes_as_sent(tmp_path: Path) -> None:
+    journal = Journal(b"TSHARK0001")
+    journal.append(join_messages([b"first", b"second", b"third"]))
+    received: list[tuple[int, int, bytes]] = []
+
+    async def main() -> tuple[Path, int]:
+        server = ReplayServer(journal, "127.0.0.1", 0, "feed", "pw", login_timeout=0.5)
+        port = await server.start()
+        capture = Capture(tmp_path / "soup.pcapng", udp=[], tcp=[port])
+        try:
+            await asyncio.to_thread(capture.start)
+            async with asyncio.timeout(30):
+                await _soupbin_flow(server, received)
+        finally:
+            await server.close()
+            await asyncio.to_thread(capture.stop)
+        return capture.path, port
+
+    pcap, port = asyncio.run(main())
+    assert received == [(1, 3, journal.blocks(1, 3)[1]), (4, 2, journal.blocks(4, 2)[1])]
+
+    # per connection (keyed by the client's port, in order of appearance), per side, every PDU
+    connections: dict[str, dict[str, list[str]]] = {}
+    raw_numbers: list[bytes] = []
+    for packet in decode(pcap, f"tcp.port=={port},soupbintcp"):
+        assert_well_formed(packet)
+        if not fields(packet, "tcp.port"):
+            continue  # a probe
+        peer = next(p for p in fields(packet, "tcp.port") if p != str(port))
+        side = "server" if fields(packet, "tcp.srcport") == [str(port)] else "client"
+        for proto in packet.findall("proto[@name='soupbintcp']"):
+            connections.setdefault(peer, {"client": [], "server": []})[side].append(_pdu(proto))
+            raw_numbers += [
+                bytes.fromhex(f.get("value", ""))
+                for f in proto.iter("field")
+                if f.get("name", "").endswith("_seq_num") and f.get("value")
+            ]
+    heartbeats = {"client": 0, "server": 0}
+    flows = []
+    for sides in connections.values():
+        for side, pdus in sides.items():
+            heartbeats[side] += sum(p in ("R", "H") for p in pdus)
+            sides[side] = [p for p in pdus if p not in ("R", "H")]
+        flows.append(sides)
+    assert flows == [
+        {
+            "client": ["L username=feed password=pw session= req_seq_num=1", "O"],
+            "server": [
+                "A session=TSHARK0001 next_seq_num=1",
+                "S seq_num=1 message=first",
+                "S seq_num=2 message=second",
+                "S seq_num=3 message=third",
+                "S seq_num=4 message=fourth",
+                "S seq_num=5 message=fifth",
+            ],
+        },
+        {
+            "client": ["L username=feed password=wrong session= req_seq_num=1"],
+            "server": ["J reject_code=A"],
+        },
+        {
+            "client": [
+                "L username=feed password=pw session=TSHARK0001 req_seq_num=0",
+                "+ text=hello from the client",
+            ],
+            "server": ["A session=TSHARK0001 next_seq_num=6", "Z"],
+        },
+        {"client": [], "server": ["+ text=no Login Request in time"]},
+    ]
+    assert heartbeats["client"] >= 1 and heartbeats["server"] >= 1
+    # numbers on the wire: right-justified, space-padded on the left, as tshark expects
+    assert sorted(raw_numbers) == sorted(str(n).rjust(20).encode() for n in (1, 1, 1, 0, 6))
+
+
+def _pdu(proto: ET.Element) -> str:
+    """One SoupBinTCP PDU as tshark decoded it: type letter, then each field name=value."""
+    parts: list[str] = []
+    for f in proto.iter("field"):
+        name = f.get("name", "").removeprefix("soupbintcp.")
+        show, showname = f.get("show", ""), f.get("showname", "")
+        if name == "packet_type":
+            parts.insert(0, show.strip("'"))
+        elif name.endswith("seq_num"):  # shown only in the label: "Next sequence number: 6"
+            parts.append(f"{name}={showname.split(': ', 1)[1].removesuffix(' (Calculated)')}")
+        elif name == "message":
+            parts.append(f"{name}={bytes.fromhex(show.replace(':', '')).decode()}")
+        elif name == "reject_code":
+            parts.append(f"{name}={show.strip(chr(39))}")
+        elif name != "packet_length":  # alpha: only right padding is stripped, so left would show
+            parts.append(f"{name}={show.rstrip(' ')}")
+    return " ".join(parts)
