@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import Exchange, ports, running, source_stream
+from harness import ports, source_stream
+from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.feed.handler import FeedConfig, FeedHandler
 
 pytestmark = pytest.mark.slow
@@ -25,9 +26,10 @@ def test_million_messages_with_simulated_loss_arrive_byte_identical(tmp_path: Pa
                                       replay=p.replay, capture=capture, digest=True))
         await feed.start()
         try:
-            with running(Exchange(p, "--messages", str(MESSAGES), "--seed", "7",
-                                  "--rate", "400000", "--drop-a", "0.05", "--drop-b", "0.02",
-                                  "--eos-seconds", "2")) as exchange:
+            async with ExchangeProcess(p.line_a, p.line_b, p.rerequest, p.replay,
+                                       "--messages", str(MESSAGES), "--seed", "7",
+                                       "--rate", "400000", "--drop-a", "0.05",
+                                       "--drop-b", "0.02", "--eos-seconds", "2") as exchange:
                 summary = await exchange.summary()
                 await asyncio.wait_for(feed.session_ended.wait(), 20)
         finally:
@@ -54,8 +56,9 @@ def test_late_join_catches_up_by_replay_from_sequence_one() -> None:
     total = 1_400_000
 
     async def main() -> tuple[FeedHandler, dict[str, object]]:
-        with running(Exchange(p, "--messages", str(total), "--seed", "3", "--rate", "500000",
-                              "--eos-seconds", "4")) as exchange:
+        async with ExchangeProcess(p.line_a, p.line_b, p.rerequest, p.replay,
+                                   "--messages", str(total), "--seed", "3", "--rate", "500000",
+                                   "--eos-seconds", "4") as exchange:
             await exchange.wait_published(MESSAGES)
             feed = FeedHandler(FeedConfig(p.line_a, p.line_b, rerequest=p.rerequest,
                                           replay=p.replay, digest=True))

@@ -160,7 +160,12 @@ def _feed(args: argparse.Namespace) -> int:
                 live.stop()
             await feed.close()
         if args.json:
-            print(json.dumps(feed.figures()))
+            import resource
+
+            figures = feed.figures()
+            # ru_maxrss is in KiB on Linux.
+            figures["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            print(json.dumps(figures))
         return 0
 
     try:

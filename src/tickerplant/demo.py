@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
+from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.feed.handler import FeedConfig, FeedHandler
 from tickerplant.io.multicast import Endpoint
 from tickerplant.ops.dashboard import render
@@ -48,18 +47,6 @@ class DemoConfig:
                 raise ValueError(f"--{name.replace('_', '-')}: a probability in [0, 1)")
 
 
-def exchange_command(cfg: DemoConfig, messages: int) -> list[str]:
-    return [
-        sys.executable, "-m", "tickerplant", "exchange",
-        "--messages", str(messages), "--seed", str(cfg.seed), "--symbols", str(cfg.symbols),
-        "--rate", str(cfg.rate),
-        "--line-a", str(cfg.line_a), "--line-b", str(cfg.line_b),
-        "--drop-a", str(cfg.drop_a), "--drop-b", str(cfg.drop_b),
-        "--rerequest", str(cfg.rerequest), "--replay", str(cfg.replay),
-        "--json",
-    ]  # fmt: skip
-
-
 async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
     feed = FeedHandler(
         FeedConfig(
@@ -71,31 +58,31 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str,
         )
     )
     await feed.start()
-    messages = int(cfg.rate * cfg.seconds)
-    exchange = await asyncio.create_subprocess_exec(
-        *exchange_command(cfg, messages), stdout=asyncio.subprocess.PIPE
-    )
+    exchange = ExchangeProcess(
+        cfg.line_a, cfg.line_b, cfg.rerequest, cfg.replay,
+        "--messages", str(int(cfg.rate * cfg.seconds)), "--seed", str(cfg.seed),
+        "--symbols", str(cfg.symbols), "--rate", str(cfg.rate),
+        "--drop-a", str(cfg.drop_a), "--drop-b", str(cfg.drop_b),
+    )  # fmt: skip
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     started = time.monotonic()
     try:
+        await exchange.start()
         await _watch(feed, stop, started, cfg, console)
-        if stop.is_set() and exchange.returncode is None:
-            exchange.send_signal(signal.SIGINT)  # end the session early: it still answers repairs
-        out, _ = await asyncio.wait_for(exchange.communicate(), timeout=60)
+        if stop.is_set():
+            exchange.end_session()  # early: the exchange still answers repairs meanwhile
+        published = await exchange.summary(timeout=60)
         # After end of session the handler may still be finishing repairs.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(feed.session_ended.wait(), timeout=10)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        if exchange.returncode is None:
-            exchange.kill()
-            await exchange.wait()
+        await exchange.close()
         await feed.close()
-    published = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else {}
     return summary(feed, published, time.monotonic() - started)
 
 

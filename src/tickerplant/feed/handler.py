@@ -37,6 +37,7 @@ from tickerplant.session.liveness import Liveness
 from tickerplant.session.recovery import Recovery, RecoveryConfig, Replay, Rerequest
 from tickerplant.session.sequencer import Sequencer
 from tickerplant.wire import moldudp64 as mold
+from tickerplant.wire.blocks import offsets_of
 
 # Liveness and figures need no better than this; gap timers are scheduled exactly.
 HOUSEKEEPING_INTERVAL = 0.05
@@ -118,6 +119,7 @@ class FeedHandler:
         self.latencies: dict[str, list[float]] = {"line": [], "rerequest": [], "replay": []}
         self.session_ended: asyncio.Event = asyncio.Event()
         self.delivered = 0
+        self.lost_ranges: list[tuple[int, int]] = []  # [start, end) of every GapLost, in order
         self.duplicates_delivered = 0  # checked, not assumed: batches must never overlap
         self._next_delivery = config.first_sequence
         self._digest = hashlib.sha256() if config.digest else None
@@ -140,6 +142,7 @@ class FeedHandler:
     # ---- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        _warm_kernels()
         loop = asyncio.get_running_loop()
         self._loop = loop
         cfg = self.config
@@ -222,6 +225,7 @@ class FeedHandler:
                 "repaired_by_replay": repaired["replay"],
                 "lost": sum(f.gaps_lost for f in self.lines.values()),
                 "open": len(self.sequencer.gaps),
+                "lost_ranges": [list(r) for r in self.lost_ranges[:100]],
             },
             "rerequests_sent": self.recovery.requests_sent,
             "replays": {"started": self.recovery.replays_started,
@@ -339,6 +343,7 @@ class FeedHandler:
             self.latencies[kind].append(event.latency)
         elif isinstance(event, GapLost):
             self.lines[event.revealed_by].gaps_lost += 1
+            self.lost_ranges.append((event.start, event.end))
         elif isinstance(event, LineStateChanged):
             self.lines[event.line].state = event.new
 
@@ -403,6 +408,14 @@ class FeedHandler:
                     self.on_event(change)
         self._advance(now)
         self._housekeeping = self._loop.call_later(HOUSEKEEPING_INTERVAL, self._tick)
+
+
+def _warm_kernels() -> None:
+    """Load (or compile) the kernels before the first packet, not while a gap is open."""
+    rows = np.zeros((1, 64), dtype=np.uint8)
+    one = np.zeros(1, dtype=np.int64)
+    mold.scan_packets(rows, one, 1, one.copy(), one.copy(), np.zeros(1, dtype=np.int8))
+    offsets_of(b"\x00\x01x")
 
 
 def _percentiles(values: list[float]) -> dict[str, float | int]:

@@ -1,0 +1,102 @@
+"""One run of the exchange (child process) against the feed handler (this process).
+
+Shared by the feed benchmarks; each prints one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tickerplant.capture.itch_file import ItchWriter
+from tickerplant.exchange.child import ExchangeProcess
+from tickerplant.exchange.synthetic import SyntheticMarket
+from tickerplant.feed.handler import FeedConfig, FeedHandler
+from tickerplant.io.multicast import Endpoint
+from tickerplant.session.events import Batch
+
+DATA = Path(__file__).parent / "data"
+
+
+def emit(**fields: Any) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def itch_file(messages: int, seed: int = 1, symbols: int = 500) -> Path:
+    """A generated day on disk, made once: the exchange reads it faster than it can generate."""
+    DATA.mkdir(exist_ok=True)
+    path = DATA / f"synthetic-s{seed}-{symbols}-{messages}.itch"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        with ItchWriter(tmp) as out:
+            for chunk in SyntheticMarket(seed, symbols).chunks(messages):
+                out.write_blocks(chunk)
+        tmp.rename(path)
+    return path
+
+
+def endpoints(offset: int) -> tuple[Endpoint, Endpoint, Endpoint, Endpoint]:
+    base = 50000 + (os.getpid() * 11 + offset * 4) % 10000
+    return (Endpoint("239.192.95.1", base), Endpoint("239.192.95.2", base + 1),
+            Endpoint("127.0.0.1", base + 2), Endpoint("127.0.0.1", base + 3))
+
+
+@dataclass
+class RunResult:
+    published: int
+    delivered: int
+    identical: bool
+    seconds: float  # first to last delivered message
+    figures: dict[str, Any]
+    exchange: dict[str, Any]
+
+    @property
+    def msgs_per_s(self) -> float:
+        return self.delivered / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def lost(self) -> int:
+        return int(self.figures["messages_lost"])
+
+
+async def run_once(offset: int, *exchange_args: str, digest: bool = True) -> RunResult:
+    line_a, line_b, rerequest, replay = endpoints(offset)
+    marks: list[float] = []
+
+    def on_batch(batch: Batch) -> None:
+        now = time.perf_counter()
+        if not marks:
+            marks.append(now)
+        marks[1:] = [now]
+
+    feed = FeedHandler(
+        FeedConfig(line_a, line_b, rerequest=rerequest, replay=replay, digest=digest), on_batch
+    )
+    await feed.start()
+    try:
+        async with ExchangeProcess(
+            line_a, line_b, rerequest, replay, "--eos-seconds", "1", *exchange_args
+        ) as exchange:
+            summary = await exchange.summary()
+            await asyncio.wait_for(feed.session_ended.wait(), 30)
+    finally:
+        await feed.close()
+    seconds = marks[-1] - marks[0] if len(marks) > 1 else 0.0
+    identical = (feed.delivered == summary["published"]
+                 and (not digest or feed.digest == summary["sha256"]))
+    return RunResult(summary["published"], feed.delivered, identical, seconds, feed.figures(),
+                     summary)
+
+
+def run(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)

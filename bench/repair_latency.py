@@ -1,0 +1,50 @@
+"""Gap repair latency, p50 and p99: by the other line and by re-request, at 5 % loss.
+
+The exchange injects the loss itself (a seeded per-line drop), paced so that the machine is not
+the bottleneck. Two cases: 5 % on line A only (every gap the other line can close), and 5 % on
+both lines independently (0.25 % of packets lost on both: re-requests).
+
+    .venv/bin/python bench/repair_latency.py [--messages N] [--rate R] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from plant_run import emit, itch_file, run, run_once
+
+
+async def main(args: argparse.Namespace) -> None:
+    path = str(itch_file(args.messages))
+    cases = {"5% on line A": ("0.05", "0"), "5% on both lines": ("0.05", "0.05")}
+    offset = 100
+    for case, (drop_a, drop_b) in cases.items():
+        per_kind: dict[str, dict[str, list[float]]] = {}
+        for repeat in range(args.repeat):
+            offset += 1
+            r = await run_once(offset, "--itch", path, "--rate", str(args.rate),
+                               "--drop-a", drop_a, "--drop-b", drop_b)
+            for kind, stats in r.figures["repair_latency_ms"].items():
+                if stats["count"]:
+                    got = per_kind.setdefault(kind, {"p50": [], "p99": [], "count": []})
+                    for key in ("p50", "p99", "count"):
+                        got[key].append(stats[key])
+            emit(bench="repair_latency", subject="tickerplant", metric="run", value=repeat,
+                 unit="repeat", case=case, identical=r.identical, lost=r.lost,
+                 latency_ms=r.figures["repair_latency_ms"])
+        for kind, got in per_kind.items():
+            for key in ("p50", "p99"):
+                target = {"line": 2.0, "rerequest": 10.0}.get(kind) if key == "p99" else None
+                emit(bench="repair_latency", subject="tickerplant", metric=f"{kind}_{key}",
+                     value=statistics.median(got[key]), unit="ms", case=case,
+                     runs=len(got[key]), gaps=int(statistics.median(got["count"])),
+                     target=target, offered=args.rate)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--rate", type=int, default=250_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    run(main(parser.parse_args()))
