@@ -52,6 +52,7 @@ class RunResult:
     delivered: int
     identical: bool
     seconds: float  # first to last delivered message
+    cpu_seconds: float  # this process (the feed handler) over the whole run
     figures: dict[str, Any]
     exchange: dict[str, Any]
 
@@ -78,6 +79,7 @@ async def run_once(offset: int, *exchange_args: str, digest: bool = True) -> Run
         FeedConfig(line_a, line_b, rerequest=rerequest, replay=replay, digest=digest), on_batch
     )
     await feed.start()
+    cpu = time.process_time()
     try:
         async with ExchangeProcess(
             line_a, line_b, rerequest, replay, "--eos-seconds", "1", *exchange_args
@@ -86,11 +88,12 @@ async def run_once(offset: int, *exchange_args: str, digest: bool = True) -> Run
             await asyncio.wait_for(feed.session_ended.wait(), 30)
     finally:
         await feed.close()
+    cpu = time.process_time() - cpu
     seconds = marks[-1] - marks[0] if len(marks) > 1 else 0.0
     identical = (feed.delivered == summary["published"]
                  and (not digest or feed.digest == summary["sha256"]))
-    return RunResult(summary["published"], feed.delivered, identical, seconds, feed.figures(),
-                     summary)
+    return RunResult(summary["published"], feed.delivered, identical, seconds, cpu,
+                     feed.figures(), summary)
 
 
 def run(coro: Any) -> Any:
