@@ -19,8 +19,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
+# The kernels are also run as plain Python (NUMBA_DISABLE_JIT=1): same code, same answers. The
+# million-message and namespace tests would take minutes that way and add nothing there.
 test: lint
 	$(BIN)/pytest -q
+	NUMBA_DISABLE_JIT=1 $(BIN)/pytest -q -m "not slow and not netns"
 
 bench: $(STAMP)
 	$(BIN)/python bench/feed_throughput.py
