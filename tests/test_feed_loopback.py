@@ -50,6 +50,10 @@ def test_loss_on_one_line_repaired_by_the_other_and_bad_datagrams_counted() -> N
                 mold.encode_heartbeat(SESSION, 1) + b"zz",  # count mismatch
                 b"\xff" * 3000,  # longer than a receive row: truncated datagram
             ]
+            first = mold.encode_packet(SESSION, 1, [b"msg-000001"])
+            sender.sendto(first, (line_a.host, line_a.port))  # the session we follow
+            await asyncio.sleep(0.05)
+            bad.append(mold.encode_packet(mold.session_bytes("SOMEONEELS"), 1, [b"x"]))
             for raw in bad:
                 sender.sendto(raw, (line_a.host, line_a.port))
             seq = 1
@@ -78,6 +82,7 @@ def test_loss_on_one_line_repaired_by_the_other_and_bad_datagrams_counted() -> N
             "count_mismatch": 1,
             "truncated_datagram": 1,
         }
+        assert lines["line A"]["foreign"] == 1
         assert feed.duplicates_delivered == 0
         assert feed.sequencer.counters.lost == 0
         assert lines["line A"]["rcvbuf"] >= 65536
