@@ -253,8 +253,9 @@ class FeedHandler:
         counts = self._counts[:n].tolist()
         defects = self._defects[:n].tolist()
         lengths = drain.lengths[:n].tolist()
-        rows = drain.rows
+        views = drain.views
         seq = self.sequencer
+        session = memoryview(seq.session or b"")
         fig = self.lines[source]
         messages = heartbeats = 0
         for i in range(n):
@@ -263,9 +264,12 @@ class FeedHandler:
                 name = mold.Defect(defect).name.lower()
                 fig.malformed[name] = fig.malformed.get(name, 0) + 1
                 continue
-            if not seq.accepts(rows[i, :10].tobytes(), now):
-                fig.foreign += 1
-                continue
+            view = views[i]
+            if view[:10] != session:  # rare: the first packet, a new session, a stranger
+                if not seq.accepts(view[:10].tobytes(), now):
+                    fig.foreign += 1
+                    continue
+                session = memoryview(seq.session or b"")
             count = counts[i]
             if count == mold.HEARTBEAT:
                 heartbeats += 1
@@ -276,7 +280,10 @@ class FeedHandler:
                 seq.on_end_of_session(source, seqs[i], now)
             else:
                 messages += count
-                seq.on_packet(source, seqs[i], count, rows[i, 20 : lengths[i]].tobytes(), now)
+                # A view into the drain's row: the sequencer copies what it keeps, and what it
+                # delivers is joined into the batch before the next drain reuses the row.
+                seq.on_packet(source, seqs[i], count, view[20 : lengths[i]], now)
+        seq.heard(now)
         fig.packets += n
         fig.messages += messages
         fig.heartbeats += heartbeats

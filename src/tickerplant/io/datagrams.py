@@ -23,7 +23,7 @@ class DatagramDrain:
         self.sock = sock
         self.rows = np.zeros((rows, width), dtype=np.uint8)
         self.lengths = np.zeros(rows, dtype=np.int64)
-        self._views = [memoryview(self.rows[i]) for i in range(rows)]
+        self.views = [memoryview(self.rows[i]).cast("B") for i in range(rows)]
         self.width = width
         self.datagrams = 0
         self.wakeups = 0
@@ -46,7 +46,7 @@ class DatagramDrain:
             self.wakeups += 1
             return n
         recv_into = self.sock.recv_into
-        views = self._views
+        views = self.views
         lengths = self.lengths
         n = 0
         limit = len(views)
@@ -67,4 +67,4 @@ class DatagramDrain:
         return n
 
     def datagram(self, i: int) -> memoryview:
-        return self._views[i][: min(int(self.lengths[i]), self.width)]
+        return self.views[i][: min(int(self.lengths[i]), self.width)]

@@ -32,6 +32,8 @@ from tickerplant.session.events import (
 )
 from tickerplant.wire.blocks import offsets_of
 
+Buffer = bytes | memoryview
+
 
 @dataclass(slots=True)
 class GapRecord:
@@ -88,7 +90,7 @@ class Sequencer:
         self.max_held_bytes = max_held_bytes
         self.session_timeout = session_timeout
         self.counters = Counters()
-        self._out: list[tuple[int, int, bytes] | GapLost] = []
+        self._out: list[tuple[int, int, Buffer] | GapLost] = []
         self.events: list[Event] = []
         self._reset(first_sequence)
 
@@ -126,10 +128,18 @@ class Sequencer:
         self.counters.foreign_packets += 1
         return False
 
+    def heard(self, now: float) -> None:
+        """Packets of the current session arrived (callers that checked the session themselves)."""
+        self._last_heard = now
+
     def on_packet(
-        self, source: Source, sequence: int, count: int, blocks: bytes, now: float
+        self, source: Source, sequence: int, count: int, blocks: Buffer, now: float
     ) -> None:
-        """A run of ``count`` messages starting at ``sequence`` (its session already accepted)."""
+        """A run of ``count`` messages starting at ``sequence`` (its session already accepted).
+
+        ``blocks`` may be a view of a receive buffer: what is held back is copied, and what is
+        delivered must stay unchanged until the next :meth:`take`, which copies it out.
+        """
         c = self.counters
         c.packets[source] += 1
         end = sequence + count
@@ -208,7 +218,7 @@ class Sequencer:
         if not self._out:
             return []
         out: list[Batch | GapLost] = []
-        run: list[bytes] = []
+        run: list[Buffer] = []
         first = count = 0
         for item in self._out:
             if isinstance(item, GapLost):
@@ -290,7 +300,7 @@ class Sequencer:
         age = now - record.opened_at
         self.events.append(GapRepaired(record.start, record.end, record.revealed_by, source, age))
 
-    def _hold(self, sequence: int, count: int, blocks: bytes) -> None:
+    def _hold(self, sequence: int, count: int, blocks: Buffer) -> None:
         previous = self._held.get(sequence)
         if previous is not None:
             if previous[0] >= count:
@@ -302,7 +312,7 @@ class Sequencer:
         self._held[sequence] = (count, bytes(blocks))
         self.held_bytes += len(blocks)
 
-    def _deliver(self, sequence: int, count: int, blocks: bytes) -> None:
+    def _deliver(self, sequence: int, count: int, blocks: Buffer) -> None:
         self._out.append((sequence, count, blocks))
         self.expected = sequence + count
         self.counters.delivered += count
@@ -341,7 +351,7 @@ class Sequencer:
             self.events.append(SessionEnded(self.session, self.ended_at))
 
 
-def _skip(blocks: bytes, messages: int) -> bytes:
+def _skip(blocks: Buffer, messages: int) -> bytes:
     """The block stream without its first ``messages`` messages."""
     offsets, _ = offsets_of(blocks)
     return bytes(blocks[int(offsets[messages]) :]) if messages < len(offsets) else b""
