@@ -1,4 +1,4 @@
-"""The ``tickerplant`` command: demo, exchange, feed (and replay)."""
+"""The ``tickerplant`` command: demo, exchange, feed and replay."""
 
 from __future__ import annotations
 
@@ -211,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--eos-seconds", type=float, default=3.0, help="end of session lasts this")
     ex.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     ex.set_defaults(func=_exchange)
+
+    from tickerplant.replay import build_parser as replay_arguments
+    from tickerplant.replay import run_replay
+
+    replay = sub.add_parser("replay", help="build books from an ITCH file; BBO, trades to Parquet")
+    replay_arguments(replay)
+    replay.set_defaults(func=run_replay)
 
     feed = sub.add_parser("feed", help="join line A and line B, repair gaps, show figures")
     feed.add_argument("--line-a", type=_endpoint("--line-a"), default=DEFAULT_LINE_A)

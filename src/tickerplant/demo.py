@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.live import Live
 
 from tickerplant.exchange.child import ExchangeProcess
+from tickerplant.feed.books import LiveBooks
 from tickerplant.feed.handler import FeedConfig, FeedHandler
 from tickerplant.io.multicast import Endpoint
 from tickerplant.ops.dashboard import render
@@ -48,6 +49,7 @@ class DemoConfig:
 
 
 async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
+    books = LiveBooks()
     feed = FeedHandler(
         FeedConfig(
             line_a=cfg.line_a,
@@ -55,7 +57,8 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str,
             rerequest=cfg.rerequest,
             replay=cfg.replay,
             digest=True,
-        )
+        ),
+        on_batch=books.on_batch,
     )
     await feed.start()
     exchange = ExchangeProcess(
@@ -71,7 +74,7 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str,
     started = time.monotonic()
     try:
         await exchange.start()
-        await _watch(feed, stop, started, cfg, console)
+        await _watch(feed, books, stop, started, cfg, console)
         if stop.is_set():
             exchange.end_session()  # early: the exchange still answers repairs meanwhile
         published = await exchange.summary(timeout=60)
@@ -83,11 +86,16 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str,
             loop.remove_signal_handler(sig)
         await exchange.close()
         await feed.close()
-    return summary(feed, published, time.monotonic() - started)
+    return summary(feed, books, published, time.monotonic() - started)
 
 
 async def _watch(
-    feed: FeedHandler, stop: asyncio.Event, started: float, cfg: DemoConfig, console: Console | None
+    feed: FeedHandler,
+    books: LiveBooks,
+    stop: asyncio.Event,
+    started: float,
+    cfg: DemoConfig,
+    console: Console | None,
 ) -> None:
     """Until the session ends, the user stops us, or the run overstays its welcome."""
     deadline = started + cfg.seconds + 30
@@ -103,6 +111,7 @@ async def _watch(
             await asyncio.wait({ended, stopped}, timeout=0.5)
             now_t = time.monotonic()
             figures = feed.figures()
+            figures["books"] = books.figures()
             if live is not None:
                 title = f"tickerplant demo: {now_t - started:4.1f} s of {cfg.seconds:g}"
                 live.update(render(figures, before, now_t - then, title), refresh=True)
@@ -114,7 +123,9 @@ async def _watch(
             task.cancel()
 
 
-def summary(feed: FeedHandler, published: dict[str, Any], seconds: float) -> dict[str, Any]:
+def summary(
+    feed: FeedHandler, books: LiveBooks, published: dict[str, Any], seconds: float
+) -> dict[str, Any]:
     figures = feed.figures()
     count = published.get("published")
     identical = (
@@ -134,6 +145,7 @@ def summary(feed: FeedHandler, published: dict[str, Any], seconds: float) -> dic
         "published_sha256": published.get("sha256"),
         "delivered_sha256": feed.digest,
         "lines": figures["lines"],
+        "books": books.figures(),
         "exchange": published,
     }
 

@@ -57,4 +57,21 @@ def render(now: Figures, before: Figures | None, dt: float, title: str = "") -> 
         f"  duplicates delivered {now['duplicates_delivered']}\n"
         f"repair latency: {latency or '-'}"
     )
-    return Group(table, footer)
+    parts: list[Table | Text] = [table, footer]
+    if "books" in now:
+        parts.append(_books(now["books"], before["books"] if before else None, dt))
+    return Group(*parts)
+
+
+def _books(now: Figures, before: Figures | None, dt: float) -> Text:
+    text = Text(
+        f"books: {now['symbols']:,} symbols  {now['live_orders']:,} live orders"
+        f"  {now['levels']:,} levels  BBO updates {_rate(now, before, 'bbo_updates', dt)}/s"
+        f"  trades {now['trades']:,}  anomalies {now['anomalies']:,}"
+    )
+    for q in now["busiest"]:
+        text.append(
+            f"\n  {q['symbol']:<8} {q['bid_size']:>7,} @ {q['bid']:<10.4f} x"
+            f" {q['ask']:>10.4f} @ {q['ask_size']:<7,}  ({q['bbo_updates']:,} BBO updates)"
+        )
+    return text

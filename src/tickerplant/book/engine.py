@@ -1,0 +1,280 @@
+"""BookEngine: full-depth ITCH 5.0 books for every symbol, fed block streams, raising events.
+
+The same engine serves the live plant (the feed handler's in-order ``Batch.blocks``) and file
+replay (:func:`tickerplant.capture.itch_file.read_chunks`): both are block streams. All
+per-message work happens in :func:`tickerplant.book.kernel.apply_blocks`; this class owns the
+arrays, grows them when the kernel asks, and reads them for snapshots and counters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from tickerplant.book import kernel as k
+from tickerplant.book.records import ANOMALIES, BBO_EVENT, LEVEL, STATUS_EVENT, TRADE_EVENT
+from tickerplant.wire.blocks import as_array
+from tickerplant.wire.itch import LENGTHS, MESSAGE_LENGTHS
+
+Events = npt.NDArray[np.void]
+
+_MIN_BLOCK = 2 + min(LENGTHS.values())  # bounds the messages, hence events, in a stream
+_MAX_LOAD = 0.7  # order table load factor before it doubles
+_MIN_ORDER_SLOTS = 1 << 12
+_MIN_LEVEL_ROWS = 1 << 13
+_FIRST_LOCATES = 1 << 10
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """What one block stream did: BBO changes, trades and status changes, in message order."""
+
+    bbo: Events  # BBO_EVENT records
+    trades: Events  # TRADE_EVENT records
+    status: Events  # STATUS_EVENT records
+
+
+@dataclass(frozen=True, slots=True)
+class Depth:
+    """Top levels of one symbol's book, best first on each side (LEVEL records)."""
+
+    locate: int
+    bids: Events
+    asks: Events
+
+
+class BookEngine:
+    """Full-depth order books for every locate a Stock Directory defines.
+
+    ``max_symbols`` bounds the locates kept (1..max_symbols-1; ITCH locates are u16).
+    ``expected_orders`` sizes the order table up front to avoid early rehashes; it grows anyway.
+    """
+
+    _orders: npt.NDArray[np.int64]
+    _defined: npt.NDArray[np.uint8]
+
+    def __init__(self, max_symbols: int = 1 << 16, expected_orders: int = 0) -> None:
+        if not 2 <= max_symbols <= 1 << 16:
+            raise ValueError(f"max_symbols must be 2..65536 (locates are u16), got {max_symbols}")
+        self.max_symbols = max_symbols
+        self._by_type = np.zeros(256, dtype=np.int64)
+        self._anomalies = np.zeros(len(ANOMALIES), dtype=np.int64)
+        self._stats = np.zeros(k.STATS, dtype=np.int64)
+        self._stats[k.ST_MAX_LOCATES] = max_symbols
+        self._set_orders(_slots_for(expected_orders))
+        self._locates(min(_FIRST_LOCATES, max_symbols))
+        self._set_levels(_MIN_LEVEL_ROWS)
+
+    # --- feeding ---
+
+    def process(self, blocks: bytes | bytearray | memoryview | npt.NDArray[np.uint8]) -> EventBatch:
+        """Apply a block stream of ITCH messages; returns the events it raised (the caller's)."""
+        buf = blocks if isinstance(blocks, np.ndarray) else as_array(blocks)
+        # Fresh, unzeroed buffers each call, returned as slices: no copy, and the pages past
+        # what the kernel writes are never touched, so they cost address space, not memory.
+        room = buf.shape[0] // _MIN_BLOCK + 1
+        bbo = np.empty(room, dtype=BBO_EVENT)
+        trades = np.empty(room, dtype=TRADE_EVENT)
+        status = np.empty(room, dtype=STATUS_EVENT)
+        stats = self._stats
+        stats[k.ST_BBO] = stats[k.ST_TRADES] = stats[k.ST_STATUS] = 0
+        pos = 0
+        while True:
+            # Fibonacci hashing multiplies in uint64 and means to wrap (matters without the JIT).
+            with np.errstate(over="ignore"):
+                pos, code = k.apply_blocks(
+                    buf, pos, MESSAGE_LENGTHS, self._by_type, self._anomalies, stats,
+                    self._defined, self._names, self._trading_state, self._reg_sho, self._top,
+                    self._orders, self._bk_start, self._bk_len, self._bk_cap,
+                    self._lv_key, self._lv_qty, self._lv_cnt, bbo, trades, status,
+                )  # fmt: skip
+            if code == k.DONE:
+                break
+            if code == k.NEED_ORDERS:
+                self._set_orders(2 * self._orders.shape[0])
+            elif code == k.NEED_LEVELS:
+                self._compact()
+            else:
+                locate = (int(buf[pos + 3]) << 8) | int(buf[pos + 4])
+                self._locates(min(self.max_symbols, max(2 * self._defined.shape[0], locate + 1)))
+        return EventBatch(
+            bbo[: stats[k.ST_BBO]], trades[: stats[k.ST_TRADES]], status[: stats[k.ST_STATUS]]
+        )
+
+    # --- growth ---
+
+    def _set_orders(self, slots: int) -> None:
+        table = np.zeros((slots, 2), dtype=np.int64)
+        shift = 64 - (slots.bit_length() - 1)
+        if getattr(self, "_orders", None) is not None:
+            with np.errstate(over="ignore"):
+                k.rehash(self._orders, table, shift)
+        self._orders = table
+        self._stats[k.ST_SHIFT] = shift
+        self._stats[k.ST_LIMIT] = int(slots * _MAX_LOAD)
+
+    def _locates(self, n: int) -> None:
+        """(Re)size the per-locate arrays to ``n`` locates, keeping what they hold."""
+
+        def grown(a: npt.NDArray[np.generic], rows: int) -> npt.NDArray[np.generic]:
+            out = np.zeros((rows, *a.shape[1:]), dtype=a.dtype)
+            out[: a.shape[0]] = a
+            return out
+
+        old = getattr(self, "_defined", None)
+        if old is None:
+            self._defined = np.zeros(n, dtype=np.uint8)
+            self._names = np.zeros((n, 8), dtype=np.uint8)
+            self._trading_state = np.zeros(n, dtype=np.uint8)
+            self._reg_sho = np.zeros(n, dtype=np.uint8)
+            self._top = np.zeros((n, 4), dtype=np.int64)
+            self._bk_start = np.zeros(2 * n, dtype=np.int64)
+            self._bk_len = np.zeros(2 * n, dtype=np.int64)
+            self._bk_cap = np.zeros(2 * n, dtype=np.int64)
+            return
+        self._defined = grown(self._defined, n)  # type: ignore[assignment]
+        self._names = grown(self._names, n)  # type: ignore[assignment]
+        self._trading_state = grown(self._trading_state, n)  # type: ignore[assignment]
+        self._reg_sho = grown(self._reg_sho, n)  # type: ignore[assignment]
+        self._top = grown(self._top, n)  # type: ignore[assignment]
+        self._bk_start = grown(self._bk_start, 2 * n)  # type: ignore[assignment]
+        self._bk_len = grown(self._bk_len, 2 * n)  # type: ignore[assignment]
+        self._bk_cap = grown(self._bk_cap, 2 * n)  # type: ignore[assignment]
+
+    def _set_levels(self, rows: int) -> None:
+        self._lv_key = np.zeros(rows, dtype=np.int32)  # price, negated on the ask side
+        self._lv_qty = np.zeros(rows, dtype=np.int64)
+        self._lv_cnt = np.zeros(rows, dtype=np.int32)
+
+    def _compact(self) -> None:
+        """Copy every book into a fresh pool, dropping the holes that moves left behind.
+
+        Each book gets half again its levels of room, the pool half again the total: memory
+        follows the levels, and moves stay rare enough for compaction to cost O(1) per level.
+        """
+        n = self._bk_len
+        caps = np.where(self._bk_cap > 0, n + np.maximum(4, n >> 1), 0).astype(np.int64)
+        total = int(caps.sum())
+        rows = max(_MIN_LEVEL_ROWS, total + (total >> 1))
+        old_key, old_qty, old_cnt = self._lv_key, self._lv_qty, self._lv_cnt
+        self._set_levels(rows)
+        used = k.compact(
+            self._bk_start, self._bk_len, self._bk_cap, caps,
+            old_key, old_qty, old_cnt, self._lv_key, self._lv_qty, self._lv_cnt,
+        )  # fmt: skip
+        self._stats[k.ST_POOL_USED] = used
+
+    # --- reading ---
+
+    def symbol(self, locate: int) -> str | None:
+        """The symbol a Stock Directory gave ``locate``, or None."""
+        if not 0 <= locate < self._defined.shape[0] or not self._defined[locate]:
+            return None
+        return bytes(self._names[locate]).decode("latin-1").rstrip(" ")
+
+    def symbols(self) -> dict[int, str]:
+        """Every defined locate and its symbol."""
+        return {
+            int(loc): bytes(self._names[loc]).decode("latin-1").rstrip(" ")
+            for loc in np.flatnonzero(self._defined)
+        }
+
+    @property
+    def symbol_count(self) -> int:
+        """How many locates a Stock Directory has defined."""
+        return int(np.count_nonzero(self._defined))
+
+    def symbol_table(self) -> npt.NDArray[np.object_]:
+        """Symbols indexed by locate ('' where undefined): maps a locate column to names."""
+        out = np.full(self._defined.shape[0], "", dtype=object)
+        for loc, name in self.symbols().items():
+            out[loc] = name
+        return out
+
+    def depth(self, locate: int, levels: int = 10) -> Depth:
+        """The best ``levels`` price levels per side of ``locate``'s book (empty if unknown)."""
+        sides = []
+        for side in (0, 1):
+            out = np.zeros(0, dtype=LEVEL)
+            b = 2 * locate + side
+            if 0 <= locate < self._defined.shape[0] and levels > 0:
+                s, n = int(self._bk_start[b]), int(self._bk_len[b])
+                lo = max(s, s + n - levels)
+                out = np.zeros(s + n - lo, dtype=LEVEL)
+                key = self._lv_key[lo : s + n][::-1]
+                out["price"] = -key if side else key
+                out["size"] = self._lv_qty[lo : s + n][::-1]
+                out["orders"] = self._lv_cnt[lo : s + n][::-1]
+            sides.append(out)
+        return Depth(locate, sides[0], sides[1])
+
+    def bbo(self, locate: int) -> tuple[int, int, int, int]:
+        """(bid price, bid size, ask price, ask size) of ``locate``; zeros for an empty side."""
+        if not 0 <= locate < self._defined.shape[0]:
+            return (0, 0, 0, 0)
+        bid_px, bid_qty, ask_px, ask_qty = (int(v) for v in self._top[locate])
+        return bid_px, bid_qty, ask_px, ask_qty
+
+    def trading_state(self, locate: int) -> str:
+        """The last Trading Action state of ``locate`` (H, P, Q or T), '' before any."""
+        if not 0 <= locate < self._defined.shape[0] or not self._trading_state[locate]:
+            return ""
+        return chr(self._trading_state[locate])
+
+    @property
+    def market_state(self) -> str:
+        """The last System Event code ('O', 'S', 'Q', 'M', 'E', 'C'), '' before any."""
+        code = int(self._stats[k.ST_MARKET])
+        return chr(code) if code else ""
+
+    @property
+    def messages(self) -> int:
+        return int(self._stats[k.ST_MESSAGES])
+
+    @property
+    def messages_by_type(self) -> dict[str, int]:
+        """Message counts by type letter (every type seen, ITCH or not)."""
+        return {chr(t): int(c) for t, c in enumerate(self._by_type) if c}
+
+    @property
+    def anomalies(self) -> dict[str, int]:
+        """Every anomaly kind (records.ANOMALIES) and how often it happened."""
+        return {name: int(c) for name, c in zip(ANOMALIES, self._anomalies, strict=True)}
+
+    @property
+    def live_orders(self) -> int:
+        return int(self._stats[k.ST_LIVE])
+
+    @property
+    def peak_live_orders(self) -> int:
+        return int(self._stats[k.ST_PEAK])
+
+    @property
+    def levels(self) -> int:
+        """Price levels on all books."""
+        return int(self._bk_len.sum())
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes held by the books' state: order table, level pool and per-locate arrays."""
+        arrays = (
+            self._orders, self._lv_key, self._lv_qty, self._lv_cnt, self._defined, self._names,
+            self._trading_state, self._reg_sho, self._top, self._bk_start, self._bk_len,
+            self._bk_cap,
+        )  # fmt: skip
+        return sum(a.nbytes for a in arrays)
+
+    @property
+    def bytes_per_live_order(self) -> float:
+        """All of :attr:`state_bytes` divided by the live orders (inf with none live)."""
+        live = self.live_orders
+        return self.state_bytes / live if live else float("inf")
+
+
+def _slots_for(orders: int) -> int:
+    slots = _MIN_ORDER_SLOTS
+    while slots * _MAX_LOAD < orders:
+        slots *= 2
+    return slots

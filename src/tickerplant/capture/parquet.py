@@ -1,0 +1,150 @@
+"""BBO changes and trades as Parquet files, for research tools (DuckDB, pandas, polars, Spark).
+
+Input is the book engine's event records (numpy structured arrays, documented in
+tickerplant.book.records) plus a table of symbols indexed by locate; this module reads them by
+field name only. Output columns:
+
+BBO file (one row per change of a symbol's best bid or offer):
+    symbol     string (dictionary-encoded)
+    locate     uint16, the day's stock locate
+    timestamp  int64, nanoseconds since midnight (exchange time, as ITCH sends it)
+    bid_price  int64, 4 implied decimals: 1234500 is $123.45; 0 with bid_size 0 = no bid
+    bid_size   int64, shares at the best bid
+    ask_price  int64, 4 implied decimals; 0 with ask_size 0 = no offer
+    ask_size   int64
+
+Trades file (one row per E, C, P, Q or B message):
+    symbol, locate, timestamp   as above
+    price      int64, 4 implied decimals (0 on a broken trade)
+    size       int64, shares (0 on a broken trade)
+    match      int64, the exchange's match number (a B row cancels the trade with this number)
+    side       string 'B'/'S' (the resting order's side for E/C, the hidden order's for P), null
+               when unknown (Q, B)
+    kind       string, the ITCH type letter: E, C, P, Q or B
+    printable  bool, whether the trade counts toward volume
+
+Prices stay integers so that no price is ever rounded: divide by 10_000 to get dollars, e.g. in
+DuckDB ``SELECT symbol, timestamp, (ask_price - bid_price) / 1e4 AS spread FROM 'x.bbo.parquet'
+WHERE symbol = 'AAPL' AND bid_size > 0 AND ask_size > 0``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROW_GROUP_ROWS = 1 << 20
+
+_SYMBOL = pa.dictionary(pa.int32(), pa.string())
+BBO_SCHEMA = pa.schema(
+    [
+        ("symbol", _SYMBOL),
+        ("locate", pa.uint16()),
+        ("timestamp", pa.int64()),
+        ("bid_price", pa.int64()),
+        ("bid_size", pa.int64()),
+        ("ask_price", pa.int64()),
+        ("ask_size", pa.int64()),
+    ]
+)
+TRADE_SCHEMA = pa.schema(
+    [
+        ("symbol", _SYMBOL),
+        ("locate", pa.uint16()),
+        ("timestamp", pa.int64()),
+        ("price", pa.int64()),
+        ("size", pa.int64()),
+        ("match", pa.int64()),
+        ("side", pa.string()),
+        ("kind", pa.string()),
+        ("printable", pa.bool_()),
+    ]
+)
+
+Events = npt.NDArray[np.void]
+
+
+def _symbols(locates: npt.NDArray[Any], table: npt.NDArray[np.object_]) -> pa.Array:
+    return pa.DictionaryArray.from_arrays(
+        pa.array(locates.astype(np.int32)), pa.array(table.tolist(), type=pa.string())
+    )
+
+
+def bbo_table(bbo: Events, symbols: npt.NDArray[np.object_]) -> pa.Table:
+    """BBO events as a table of BBO_SCHEMA; ``symbols[locate]`` names each locate."""
+    columns = [
+        _symbols(bbo["locate"], symbols),
+        pa.array(bbo["locate"].astype(np.uint16)),
+        *(pa.array(bbo[name].astype(np.int64)) for name in BBO_SCHEMA.names[2:]),
+    ]
+    return pa.Table.from_arrays(columns, schema=BBO_SCHEMA)
+
+
+def trade_table(trades: Events, symbols: npt.NDArray[np.object_]) -> pa.Table:
+    """Trade events as a table of TRADE_SCHEMA."""
+    side = trades["side"]
+    known = (side == ord("B")) | (side == ord("S"))
+    columns = [
+        _symbols(trades["locate"], symbols),
+        pa.array(trades["locate"].astype(np.uint16)),
+        *(pa.array(trades[name].astype(np.int64)) for name in ("timestamp", "price", "size")),
+        pa.array(trades["match"].astype(np.int64)),
+        pa.array(side.view("S1").astype(str), mask=~known),
+        pa.array(trades["kind"].view("S1").astype(str)),
+        pa.array(trades["printable"] != 0),
+    ]
+    return pa.Table.from_arrays(columns, schema=TRADE_SCHEMA)
+
+
+class _Sink:
+    """One Parquet file, written in row groups of about ROW_GROUP_ROWS rows."""
+
+    def __init__(self, path: str | os.PathLike[str], schema: pa.Schema) -> None:
+        self.path = os.fspath(path)
+        self._writer = pq.ParquetWriter(self.path, schema, compression="zstd")
+        self._pending: list[pa.Table] = []
+        self._rows = 0
+        self.rows = 0
+
+    def add(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        self._pending.append(table)
+        self._rows += table.num_rows
+        self.rows += table.num_rows
+        if self._rows >= ROW_GROUP_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self._writer.write_table(pa.concat_tables(self._pending), ROW_GROUP_ROWS)
+            self._pending = []
+            self._rows = 0
+
+    def close(self) -> None:
+        self.flush()
+        self._writer.close()
+
+
+class EventParquetWriter:
+    """BBO changes to ``bbo_path`` and trades to ``trades_path``, batch after batch."""
+
+    def __init__(
+        self, bbo_path: str | os.PathLike[str], trades_path: str | os.PathLike[str]
+    ) -> None:
+        self.bbo = _Sink(bbo_path, BBO_SCHEMA)
+        self.trades = _Sink(trades_path, TRADE_SCHEMA)
+
+    def write(self, bbo: Events, trades: Events, symbols: npt.NDArray[np.object_]) -> None:
+        """Append events; ``symbols`` maps every locate in them to its symbol."""
+        self.bbo.add(bbo_table(bbo, symbols))
+        self.trades.add(trade_table(trades, symbols))
+
+    def close(self) -> None:
+        self.bbo.close()
+        self.trades.close()

@@ -1,0 +1,206 @@
+"""``tickerplant replay FILE``: every book of an ITCH 5.0 file; BBO and trades out to Parquet.
+
+The file is streamed in chunks of whole messages (:func:`read_chunks`), each chunk goes through
+the same :class:`BookEngine` the live plant uses, and the events come out as two Parquet files
+(``PREFIX.bbo.parquet``, ``PREFIX.trades.parquet``; columns in tickerplant.capture.parquet).
+The summary at the end counts messages by type, symbols, peak live orders, anomalies and
+throughput; ``--json`` prints it as one JSON object on stdout. Exit codes: 0 done, 2 a file that
+cannot be read or is not valid ITCH (the error names the byte offset and what was found there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from tickerplant.book import BookEngine
+from tickerplant.capture.itch_file import CHUNK_BYTES, ItchFileError, read_chunks
+from tickerplant.capture.parquet import EventParquetWriter
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """The replay arguments, on ``parser`` (a cli subcommand) or a parser of their own."""
+    p = parser or argparse.ArgumentParser(prog="tickerplant replay", description=__doc__)
+    p.add_argument("file", type=Path, help="ITCH 5.0 file (u16 length + message, repeated)")
+    p.add_argument(
+        "--out", type=Path, default=None,
+        help="output prefix: writes PREFIX.bbo.parquet and PREFIX.trades.parquet "
+        "(default: FILE without its suffix)",
+    )  # fmt: skip
+    p.add_argument("--symbols", default="", help="only these symbols in the output, e.g. AAPL,MSFT")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--chunk-mb", type=float, default=CHUNK_BYTES / (1 << 20), help="read size")
+    return p
+
+
+def main_replay(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``tickerplant replay``; returns the exit code."""
+    return run_replay(build_parser().parse_args(argv))
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    path: Path = args.file
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        console.print(f"tickerplant replay: cannot read {path}: {err.strerror}", markup=False)
+        return 2
+    prefix = args.out or path.with_suffix("")
+    wanted = {s.strip() for s in args.symbols.split(",") if s.strip()}
+    chunk = max(1 << 16, int(args.chunk_mb * (1 << 20)))
+    engine = BookEngine()
+    try:
+        Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        console.print(f"tickerplant replay: cannot write {prefix}: {err.strerror}", markup=False)
+        return 2
+    writer = EventParquetWriter(f"{prefix}.bbo.parquet", f"{prefix}.trades.parquet")
+    progress = _progress(console, disable=args.no_progress or not console.is_terminal)
+    task = progress.add_task(path.name, total=size, msgs="0", rate="", live="0", symbols="0")
+    error = None
+    done = 0
+    book_seconds = 0.0
+    start = time.perf_counter()
+    keep = np.zeros(0, dtype=bool)
+    symbols = np.zeros(0, dtype=object)
+    naming = (-1, -1)  # (symbols defined, redefinitions) when ``symbols`` was last built
+    # Parquet encoding runs on a second thread while the next chunk's books are built: pyarrow
+    # and the book kernel both release the GIL. One write in flight keeps memory bounded.
+    output = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet")
+    pending: Future[None] | None = None
+    try:
+        with progress:
+            for blocks in read_chunks(path, chunk):
+                t0 = time.perf_counter()
+                batch = engine.process(blocks)
+                book_seconds += time.perf_counter() - t0
+                now = (engine.symbol_count, engine.anomalies["locate_redefined"])
+                if now != naming:
+                    naming = now
+                    symbols = engine.symbol_table()
+                    keep = _symbol_mask(symbols, wanted)
+                bbo, trades = batch.bbo, batch.trades
+                if wanted:
+                    bbo, trades = bbo[keep[bbo["locate"]]], trades[keep[trades["locate"]]]
+                if pending is not None:
+                    pending.result()
+                pending = output.submit(writer.write, bbo, trades, symbols)
+                done += len(blocks)
+                elapsed = time.perf_counter() - start
+                progress.update(
+                    task, completed=done, msgs=f"{engine.messages:,}",
+                    rate=f"{engine.messages / elapsed / 1e6:.1f}M msg/s",
+                    live=f"{engine.live_orders:,}", symbols=f"{engine.symbol_count:,}",
+                )  # fmt: skip
+    except ItchFileError as err:
+        error = str(err)
+    finally:
+        output.shutdown(wait=True)
+        writer.close()
+    if pending is not None:
+        pending.result()  # a failed write raises here, after the files are closed
+    seconds = time.perf_counter() - start
+    summary = _summary(engine, path, done, seconds, book_seconds, writer, error)
+    summary["symbols_not_found"] = sorted(wanted - set(engine.symbols().values()))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        _print_summary(console, summary)
+    if error:
+        console.print(f"tickerplant replay: {path} is not valid ITCH 5.0: {error}", markup=False)
+        return 2
+    return 0
+
+
+def _progress(console: Console, disable: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[msgs]} msgs"),
+        TextColumn("[cyan]{task.fields[rate]}"),
+        TextColumn("{task.fields[symbols]} symbols"),
+        TextColumn("{task.fields[live]} live orders"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=disable,
+        transient=False,
+    )
+
+
+def _summary(
+    engine: BookEngine, path: Path, done: int, seconds: float, book_seconds: float,
+    writer: EventParquetWriter, error: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    messages = engine.messages
+    return {
+        "file": os.fspath(path),
+        "bytes": done,
+        "messages": messages,
+        "messages_by_type": dict(sorted(engine.messages_by_type.items())),
+        "symbols": engine.symbol_count,
+        "peak_live_orders": engine.peak_live_orders,
+        "live_orders": engine.live_orders,
+        "anomalies": engine.anomalies,
+        "bbo_rows": writer.bbo.rows,
+        "trade_rows": writer.trades.rows,
+        "bbo_parquet": writer.bbo.path,
+        "trades_parquet": writer.trades.path,
+        "seconds": round(seconds, 6),
+        "msgs_per_s": round(messages / seconds) if seconds > 0 else 0,
+        "book_msgs_per_s": round(messages / book_seconds) if book_seconds > 0 else 0,
+        "state_bytes": engine.state_bytes,
+        "error": error,
+    }
+
+
+def _print_summary(console: Console, s: dict[str, Any]) -> None:
+    table = Table(title=f"replay of {s['file']}", show_header=False)
+    table.add_row("messages", f"{s['messages']:,}")
+    table.add_row(
+        "by type", " ".join(f"{k}={v:,}" for k, v in s["messages_by_type"].items()) or "-"
+    )
+    table.add_row("symbols", f"{s['symbols']:,}")
+    table.add_row("peak live orders", f"{s['peak_live_orders']:,}")
+    bad = {k: v for k, v in s["anomalies"].items() if v}
+    table.add_row("anomalies", " ".join(f"{k}={v:,}" for k, v in bad.items()) or "none")
+    table.add_row("throughput", f"{s['msgs_per_s'] / 1e6:.2f}M msgs/s "
+                  f"(books alone {s['book_msgs_per_s'] / 1e6:.2f}M) in {s['seconds']:.2f} s")
+    if s["symbols_not_found"]:
+        table.add_row("not in the file", ", ".join(s["symbols_not_found"]))
+    table.add_row("BBO rows", f"{s['bbo_rows']:,} -> {s['bbo_parquet']}")
+    table.add_row("trade rows", f"{s['trade_rows']:,} -> {s['trades_parquet']}")
+    console.print(table)
+
+
+def _symbol_mask(symbols: npt.NDArray[np.object_], wanted: set[str]) -> npt.NDArray[np.bool_]:
+    return np.array([not wanted or s in wanted for s in symbols.tolist()], dtype=bool)
+
+
+if __name__ == "__main__":
+    sys.exit(main_replay())

@@ -1,0 +1,120 @@
+"""``tickerplant replay`` on small generated ITCH files: summary, Parquet output, bad files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tickerplant.book import BookEngine
+from tickerplant.capture.itch_file import ItchWriter
+from tickerplant.exchange.synthetic import SyntheticMarket
+from tickerplant.replay import main_replay
+
+_MESSAGES = 40_000
+
+
+@pytest.fixture(scope="module")
+def day(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SyntheticMarket]:
+    market = SyntheticMarket(21, 40)
+    path = tmp_path_factory.mktemp("replay") / "day.itch"
+    with ItchWriter(path) as w:
+        for chunk in market.chunks(_MESSAGES, 5000):
+            w.write_blocks(chunk)
+    return path, market
+
+
+def _replay(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, object]]:
+    code = main_replay([*argv, "--json", "--no-progress", "--chunk-mb", "0.1"])
+    out = capsys.readouterr().out
+    return code, json.loads(out)
+
+
+def test_replay_writes_every_event_with_symbols(
+    day: tuple[Path, SyntheticMarket], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, market = day
+    code, summary = _replay(capsys, str(path), "--out", str(tmp_path / "out" / "day"))
+    assert code == 0
+    engine = BookEngine()
+    batches = [engine.process(c) for c in market.chunks(_MESSAGES, 5000)]
+    bbo = np.concatenate([b.bbo for b in batches])
+    trades = np.concatenate([b.trades for b in batches])
+    assert summary["messages"] == _MESSAGES
+    assert summary["messages_by_type"] == engine.messages_by_type
+    assert summary["symbols"] == 40
+    assert summary["peak_live_orders"] == engine.peak_live_orders > 0
+    assert summary["anomalies"] == engine.anomalies
+    assert isinstance(summary["msgs_per_s"], int) and summary["msgs_per_s"] > 0
+
+    table = pq.read_table(tmp_path / "out" / "day.bbo.parquet")
+    assert table.num_rows == len(bbo) == summary["bbo_rows"]
+    assert table.column("bid_price").to_numpy().tolist() == bbo["bid_price"].tolist()
+    assert table.column("ask_size").to_numpy().tolist() == bbo["ask_size"].tolist()
+    assert table.column("timestamp").to_numpy().tolist() == bbo["timestamp"].tolist()
+    names = [market.tickers[loc - 1] for loc in bbo["locate"].tolist()]
+    assert table.column("symbol").to_pylist() == names
+
+    tt = pq.read_table(tmp_path / "out" / "day.trades.parquet")
+    assert tt.num_rows == len(trades)
+    assert tt.column("match").to_numpy().tolist() == trades["match"].tolist()
+    assert tt.column("kind").to_pylist() == [chr(k) for k in trades["kind"].tolist()]
+    sides = tt.column("side").to_pylist()
+    assert set(sides) <= {"B", "S", None} and None in sides and "B" in sides
+
+
+def test_symbols_filter_keeps_only_those_symbols(
+    day: tuple[Path, SyntheticMarket], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, market = day
+    wanted = market.tickers[:2]
+    code, summary = _replay(
+        capsys, str(path), "--out", str(tmp_path / "f"), "--symbols", ",".join([*wanted, "NOPE9"])
+    )
+    assert code == 0
+    assert summary["symbols_not_found"] == ["NOPE9"]
+    symbols = pq.read_table(tmp_path / "f.bbo.parquet").column("symbol").to_pylist()
+    assert set(symbols) == set(wanted)
+    assert summary["messages"] == _MESSAGES  # the books are all built; only output is filtered
+    trades = pq.read_table(tmp_path / "f.trades.parquet").column("symbol").to_pylist()
+    assert set(trades) <= set(wanted) and trades
+
+
+def test_parquet_answers_a_spread_query_in_duckdb(
+    day: tuple[Path, SyntheticMarket], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    duckdb = pytest.importorskip("duckdb", reason="duckdb not installed (README example only)")
+    path, market = day
+    code, _ = _replay(capsys, str(path), "--out", str(tmp_path / "q"))
+    assert code == 0
+    spread = duckdb.sql(
+        f"SELECT min((ask_price - bid_price) / 1e4) FROM '{tmp_path}/q.bbo.parquet' "
+        f"WHERE symbol = '{market.tickers[0]}' AND bid_size > 0 AND ask_size > 0"
+    ).fetchall()
+    assert spread[0][0] is not None and spread[0][0] > 0  # the generated books never cross
+
+
+def test_invalid_file_names_offset_and_exits_2(
+    day: tuple[Path, SyntheticMarket], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = day
+    good = path.read_bytes()[:300_000]
+    # Cut at a block boundary near 300 kB, then garbage where the next length should be.
+    pos = 0
+    while pos + 2 + int.from_bytes(good[pos : pos + 2], "big") <= len(good):
+        pos += 2 + int.from_bytes(good[pos : pos + 2], "big")
+    bad = tmp_path / "bad.itch"
+    bad.write_bytes(good[:pos] + b"\x00\x05zzzzz")
+    code = main_replay([str(bad), "--out", str(tmp_path / "bad"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"offset {pos}" in err and "unknown message type" in err
+    assert pq.read_table(tmp_path / "bad.bbo.parquet").num_rows > 0  # what came before is kept
+
+
+def test_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main_replay([str(tmp_path / "nope.itch"), "--no-progress"]) == 2
+    assert "cannot read" in capsys.readouterr().err
