@@ -349,7 +349,8 @@ class Publisher:
                     f"message {self.next_sequence + first} is {int(sizes[first])} bytes: no "
                     f"MoldUDP64 packet of {MAX_PACKET} bytes can carry it"
                 )
-            self._chunk = memoryview(chunk)
+            # The journal keeps views of this chunk: it must never change under them.
+            self._chunk = memoryview(chunk if isinstance(chunk, bytes) else bytes(chunk))
             self._offsets = offsets
             self._index = 0
             self._pos = 0

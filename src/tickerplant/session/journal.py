@@ -1,21 +1,28 @@
 """A session's journal: every message published, addressable by sequence number.
 
-The re-request and replay servers answer from it. Messages are kept as one growing block stream
-plus the offset of each message, so a range is one slice, never a loop over messages.
+The re-request and replay servers answer from it. The journal keeps the block streams it is
+handed (bytes, or views of the source's chunks) rather than copying them: at millions of
+messages a second, a copy into a growing buffer costs the publisher a page fault every 4 KiB.
+Only the offset of each message within its piece is stored, so a range is a slice or two.
 """
 
 from __future__ import annotations
+
+from bisect import bisect_right
 
 import numpy as np
 
 from tickerplant.wire.blocks import as_array, index_blocks
 
+Buffer = bytes | memoryview
+
 
 class Journal:
     def __init__(self, session: bytes) -> None:
         self.session = session
-        self._data = bytearray()
-        self._offsets = np.zeros(1024, dtype=np.int64)
+        self._pieces: list[Buffer] = []
+        self._firsts: list[int] = []  # index of each piece's first message
+        self._offsets = np.zeros(1024, dtype=np.int64)  # of each message within its piece
         self._count = 0
 
     @property
@@ -26,22 +33,26 @@ class Journal:
     def __len__(self) -> int:
         return self._count
 
-    def append(self, blocks: bytes | memoryview) -> int:
-        """Append a block stream of whole messages; returns how many it held."""
+    def append(self, blocks: Buffer) -> int:
+        """Append a block stream of whole messages; returns how many it held.
+
+        The journal keeps ``blocks`` as it is: it must not change afterwards (bytes, or a view of
+        an immutable chunk).
+        """
         arr = as_array(blocks)
+        # A message block is at least 2 bytes; ITCH's shortest is 14, but any framing is allowed.
         need = self._count + arr.shape[0] // 2 + 1
         if need > self._offsets.shape[0]:
             grown = np.zeros(max(need, 2 * self._offsets.shape[0]), dtype=np.int64)
             grown[: self._count] = self._offsets[: self._count]
             self._offsets = grown
-        base = len(self._data)
-        window = self._offsets[self._count :]
-        count, consumed = index_blocks(arr, window)
+        count, consumed = index_blocks(arr, self._offsets[self._count :])
         if consumed != arr.shape[0]:
             raise ValueError(f"block stream has {arr.shape[0] - consumed} stray bytes at its end")
-        window[:count] += base
-        self._data += blocks
-        self._count += count
+        if count:
+            self._pieces.append(blocks)
+            self._firsts.append(self._count)
+            self._count += count
         return int(count)
 
     def blocks(self, sequence: int, count: int) -> tuple[int, bytes]:
@@ -50,6 +61,16 @@ class Journal:
             return 0, b""
         first = sequence - 1
         last = min(first + count, self._count)
-        start = int(self._offsets[first])
-        end = int(self._offsets[last]) if last < self._count else len(self._data)
-        return last - first, bytes(self._data[start:end])
+        out: list[Buffer] = []
+        at = first
+        piece = bisect_right(self._firsts, at) - 1
+        while at < last:
+            end_msg = self._firsts[piece + 1] if piece + 1 < len(self._firsts) else self._count
+            stop = min(last, end_msg)
+            data = self._pieces[piece]
+            begin = int(self._offsets[at])
+            end = int(self._offsets[stop]) if stop < end_msg else len(data)
+            out.append(data[begin:end])
+            at = stop
+            piece += 1
+        return last - first, b"".join(out)

@@ -1,0 +1,40 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tickerplant.session.journal import Journal
+from tickerplant.wire.blocks import iter_messages, join_messages
+
+pieces = st.lists(st.lists(st.binary(max_size=20), max_size=12), min_size=1, max_size=8)
+
+
+@given(pieces, st.integers(-2, 80), st.integers(-1, 80))
+def test_any_range_reads_back_what_was_appended(
+    parts: list[list[bytes]], sequence: int, count: int
+) -> None:
+    journal = Journal(b"SESSION001")
+    everything: list[bytes] = []
+    for i, msgs in enumerate(parts):
+        stream = join_messages(msgs)
+        # Views of a larger buffer, as the publisher hands them over, and plain bytes.
+        piece = memoryview(b"xx" + stream)[2:] if i % 2 else stream
+        assert journal.append(piece) == len(msgs)
+        everything += msgs
+    assert journal.next_sequence == len(everything) + 1
+    got, blocks = journal.blocks(sequence, count)
+    if sequence < 1 or count <= 0:
+        assert (got, blocks) == (0, b"")
+        return
+    want = everything[sequence - 1 : sequence - 1 + count]
+    assert got == len(want)
+    assert list(iter_messages(blocks)) == want
+
+
+def test_stray_bytes_are_refused() -> None:
+    journal = Journal(b"SESSION001")
+    try:
+        journal.append(join_messages([b"abc"]) + b"\x00")
+    except ValueError as err:
+        assert "stray" in str(err)
+    else:
+        raise AssertionError("a partial block was journaled")
+    assert len(journal) == 0
