@@ -50,6 +50,9 @@ class DemoConfig:
 
 async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
     books = LiveBooks()
+    if console is not None:
+        console.print("loading kernels (the first run compiles them, ~20 s; cached after)")
+    books.warm()
     feed = FeedHandler(
         FeedConfig(
             line_a=cfg.line_a,
@@ -114,6 +117,8 @@ async def _watch(
             figures["books"] = books.figures()
             if live is not None:
                 title = f"tickerplant demo: {now_t - started:4.1f} s of {cfg.seconds:g}"
+                if not figures["delivered"]:
+                    title += " (waiting for the exchange: its first run compiles kernels)"
                 live.update(render(figures, before, now_t - then, title), refresh=True)
             before, then = figures, now_t
     finally:

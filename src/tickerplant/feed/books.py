@@ -23,6 +23,10 @@ class LiveBooks:
         self.trades = 0
         self._bbo_by_locate = np.zeros(1 << 16, dtype=np.int64)
 
+    def warm(self) -> None:
+        """Load (first run: compile) the engine's kernel now, not on the first live batch."""
+        self.engine.process(b"")
+
     def on_batch(self, batch: Batch) -> None:
         events = self.engine.process(batch.blocks)
         n = events.bbo.shape[0]
