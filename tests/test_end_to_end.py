@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from harness import ports, source_stream
+from tickerplant.book import BookEngine
 from tickerplant.exchange.child import ExchangeProcess
+from tickerplant.feed.books import LiveBooks
 from tickerplant.feed.handler import FeedConfig, FeedHandler
 
 pytestmark = pytest.mark.slow
@@ -21,9 +23,12 @@ def test_million_messages_with_simulated_loss_arrive_byte_identical(tmp_path: Pa
     p = ports()
     capture = tmp_path / "feed.itch"
 
+    books = LiveBooks()
+
     async def main() -> tuple[FeedHandler, dict[str, object]]:
         feed = FeedHandler(FeedConfig(p.line_a, p.line_b, rerequest=p.rerequest,
-                                      replay=p.replay, capture=capture, digest=True))
+                                      replay=p.replay, capture=capture, digest=True),
+                           on_batch=books.on_batch)
         await feed.start()
         try:
             async with ExchangeProcess(p.line_a, p.line_b, p.rerequest, p.replay,
@@ -41,6 +46,12 @@ def test_million_messages_with_simulated_loss_arrive_byte_identical(tmp_path: Pa
     assert summary["published"] == MESSAGES == feed.delivered
     assert hashlib.sha256(data).hexdigest() == summary["sha256"] == feed.digest
     assert data == source_stream(7, 500, MESSAGES)
+    # The live books, built batch by batch as repairs came in, equal books built from the file.
+    reference = BookEngine()
+    reference.process(data)
+    assert books.engine.live_orders == reference.live_orders > 0
+    for locate in range(1, 501):
+        assert books.engine.bbo(locate) == reference.bbo(locate)
     figures = feed.figures()
     assert feed.duplicates_delivered == 0
     gaps = figures["gaps"]
