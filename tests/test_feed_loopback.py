@@ -7,12 +7,14 @@ import os
 
 import pytest
 
+from tickerplant.exchange.replay import ReplayServer
 from tickerplant.feed.handler import FeedConfig, FeedHandler
 from tickerplant.io.multicast import Endpoint, open_sender
 from tickerplant.session.events import Batch, Event, GapLost, SessionEnded
+from tickerplant.session.journal import Journal
 from tickerplant.session.recovery import RecoveryConfig
 from tickerplant.wire import moldudp64 as mold
-from tickerplant.wire.blocks import iter_messages
+from tickerplant.wire.blocks import iter_messages, join_messages
 
 SESSION = mold.session_bytes("LOOPTEST01")
 
@@ -134,3 +136,43 @@ def test_bad_config_names_the_field() -> None:
         Endpoint.parse("239.1.1.1", "line_a")
     with pytest.raises(ValueError, match="rcvbuf"):
         FeedConfig(Endpoint("239.1.1.1", 1), None, rcvbuf=10)
+
+
+def test_a_replay_server_that_refuses_us_ends_in_a_reported_loss_not_a_stuck_gap() -> None:
+    line_a, line_b = _ports()
+    line_a = Endpoint(line_a.host, line_a.port + 4)
+    line_b = Endpoint(line_b.host, line_b.port + 4)
+    lost: list[tuple[int, int]] = []
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, GapLost):
+            lost.append((event.start, event.end))
+
+    async def main() -> FeedHandler:
+        journal = Journal(SESSION)
+        journal.append(join_messages([b"m%d" % i for i in range(1, 1001)]))
+        server = ReplayServer(journal, "127.0.0.1", 0, "user", "secret")
+        port = await server.start()
+        cfg = FeedConfig(
+            line_a, line_b, replay=Endpoint("127.0.0.1", port), replay_username="user",
+            replay_password="wrong", rerequest=None,
+            recovery=RecoveryConfig(replay_threshold=10, replay_retry=0.1, give_up_after=0.5),
+        )  # fmt: skip
+        feed = FeedHandler(cfg, on_event=on_event)
+        await feed.start()
+        sender, _ = open_sender("127.0.0.1")
+        try:
+            # Joined late: the lines are at 1001; 1..1000 must come from the replay, which says no.
+            sender.sendto(mold.encode_packet(SESSION, 1001, [b"m1001"]), (line_a.host, line_a.port))
+            await _settle(feed, 1001, timeout=5)
+        finally:
+            sender.close()
+            await feed.close()
+            await server.close()
+        return feed
+
+    feed = asyncio.run(main())
+    assert lost == [(1, 1001)]
+    assert feed.delivered == 1
+    failures = feed.figures()["replays"]["failures"]
+    assert any("ReplayError" in reason for reason in failures), failures

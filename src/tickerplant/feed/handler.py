@@ -119,6 +119,7 @@ class FeedHandler:
         self.latencies: dict[str, list[float]] = {"line": [], "rerequest": [], "replay": []}
         self.session_ended: asyncio.Event = asyncio.Event()
         self.delivered = 0
+        self.replay_failures: dict[str, int] = {}  # why replay sessions ended short
         self.lost_ranges: list[tuple[int, int]] = []  # [start, end) of every GapLost, in order
         self.duplicates_delivered = 0  # checked, not assumed: batches must never overlap
         self._next_delivery = config.first_sequence
@@ -229,7 +230,8 @@ class FeedHandler:
             },
             "rerequests_sent": self.recovery.requests_sent,
             "replays": {"started": self.recovery.replays_started,
-                        "failed": self.recovery.replays_failed},
+                        "failed": self.recovery.replays_failed,
+                        "failures": dict(list(self.replay_failures.items())[:20])},
             "repair_latency_ms": {
                 kind: _percentiles(values) for kind, values in self.latencies.items()
             },
@@ -381,12 +383,22 @@ class FeedHandler:
         try:
             last = await client.fetch(action.first, action.end - 1, cfg.replay_timeout)
             ok = last >= action.end - 1
-        except (TimeoutError, OSError, ValueError):
-            ok = False
-        assert self._loop is not None
+            if not ok:
+                self._replay_failed(client.stop_reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            # Refused, rejected, cut, or a peer speaking nonsense: the replay failed, and the
+            # gaps it covered go back to recovery (retry later, else reported lost).
+            self._replay_failed(f"{type(err).__name__}: {err}")
         now = self._clock()
         self.recovery.replay_finished(ok, now)
         self._advance(now)
+
+    def _replay_failed(self, reason: str) -> None:
+        # Reasons are few in practice; a peer inventing new ones must not grow this without end.
+        if reason in self.replay_failures or len(self.replay_failures) < 32:
+            self.replay_failures[reason] = self.replay_failures.get(reason, 0) + 1
 
     def _schedule(self, deadline: float | None) -> None:
         if deadline is None or deadline >= self._timer_at:
