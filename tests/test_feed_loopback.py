@@ -51,6 +51,8 @@ def test_loss_on_one_line_repaired_by_the_other_and_bad_datagrams_counted() -> N
                 mold.encode_packet(SESSION, 1, [b"x" * 10])[:-3],  # truncated block
                 mold.encode_heartbeat(SESSION, 1) + b"zz",  # count mismatch
                 b"\xff" * 3000,  # longer than a receive row: truncated datagram
+                mold.encode_packet(SESSION, 0, [b"x"]),  # sequence numbers start at 1
+                mold.encode_packet(SESSION, 2**63 + 5, [b"x"]),  # no session gets that far
             ]
             first = mold.encode_packet(SESSION, 1, [b"msg-000001"])
             sender.sendto(first, (line_a.host, line_a.port))  # the session we follow
@@ -83,6 +85,7 @@ def test_loss_on_one_line_repaired_by_the_other_and_bad_datagrams_counted() -> N
             "truncated_block": 1,
             "count_mismatch": 1,
             "truncated_datagram": 1,
+            "bad_sequence": 2,
         }
         assert lines["line A"]["foreign"] == 1
         assert feed.duplicates_delivered == 0

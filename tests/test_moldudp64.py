@@ -10,7 +10,7 @@ SESSION = mold.session_bytes("TEST000001")
 messages = st.lists(st.binary(min_size=0, max_size=60), min_size=1, max_size=40)
 
 
-@given(st.integers(1, 2**62), messages)
+@given(st.integers(1, 2**63 - 1), messages)
 def test_packet_round_trip(sequence: int, msgs: list[bytes]) -> None:
     raw = mold.encode_packet(SESSION, sequence, msgs)
     packet = mold.decode_packet(raw)
@@ -44,6 +44,9 @@ GOOD = mold.encode_packet(SESSION, 5, [b"abc", b"de"])
         (GOOD + b"\x00\x00", mold.Defect.COUNT_MISMATCH),  # a third block the count denies
         (mold.encode_heartbeat(SESSION, 3) + b"x", mold.Defect.COUNT_MISMATCH),
         (mold.HEADER.pack(SESSION, 1, 1), mold.Defect.COUNT_MISMATCH),
+        (mold.encode_packet(SESSION, 0, [b"x"]), mold.Defect.BAD_SEQUENCE),
+        (mold.encode_heartbeat(SESSION, 2**63), mold.Defect.BAD_SEQUENCE),
+        (mold.encode_packet(SESSION, 2**64 - 1, [b"x"]), mold.Defect.BAD_SEQUENCE),
     ],
 )
 def test_decoder_names_the_defect(raw: bytes, defect: mold.Defect) -> None:

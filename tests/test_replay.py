@@ -349,3 +349,29 @@ def test_a_million_messages_replayed_over_loopback() -> None:
         print(f"replayed {count} messages in {elapsed:.3f} s ({count / elapsed / 1e6:.1f}M/s)")
 
     run(lambda: serving(journal_of(count), body), timeout=120)
+
+
+def test_a_login_accepted_for_another_session_is_refused() -> None:
+    async def main() -> None:
+        async def impostor(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(49)  # the Login Request
+            writer.write(encode(LoginAccepted(b"OTHERSESS9", 1)))
+            writer.write(encode(SequencedData(b"not ours")))
+            await writer.drain()
+            await asyncio.sleep(1)
+            writer.close()
+
+        server = await asyncio.start_server(impostor, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        got: list[bytes] = []
+        client = ReplayClient("127.0.0.1", port, b"SESSION001",
+                              lambda first, count, blocks: got.append(blocks))
+        try:
+            with pytest.raises(ReplayError, match="OTHERSESS9"):
+                await client.fetch(1, 1, timeout=5)
+        finally:
+            server.close()
+            await server.wait_closed()
+        assert got == []
+
+    asyncio.run(main())

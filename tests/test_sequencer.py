@@ -170,7 +170,8 @@ def test_large_gap_and_late_join_go_to_replay() -> None:
 
 def test_failed_replay_is_retried_then_lost() -> None:
     p = Plant()
-    rec = Recovery(p.seq, RecoveryConfig(replay_threshold=10, replay_retry=0.5, give_up_after=2))
+    cfg = RecoveryConfig(rerequest=False, replay_threshold=10, replay_retry=0.5, give_up_after=2)
+    rec = Recovery(p.seq, cfg)
     p.packet(A, 100, 1, 0.0)
     assert rec.poll(0.01) == [Replay(1, 100)]
     rec.replay_finished(False, 0.2)
@@ -182,14 +183,71 @@ def test_failed_replay_is_retried_then_lost() -> None:
     assert p.lost == [(1, 100)] and p.delivered[-1] == 100
 
 
-def test_capped_answers_move_the_gap_and_the_rest_is_asked_at_once() -> None:
+def test_answers_in_flight_are_not_asked_again_and_the_next_part_follows_at_once() -> None:
     p = Plant()
-    rec = Recovery(p.seq, RecoveryConfig(max_request=1000))
+    rec = Recovery(p.seq, RecoveryConfig(max_request=1000, rerequest_timeout=0.01))
+    p.packet(A, 1, 1, 0.0)
+    p.packet(A, 3002, 1, 0.0)
+    assert rec.poll(0.002) == [Rerequest(2, 1000)]
+    for first in range(2, 1002, 40):  # the answer arrives as many packets
+        p.packet(RR, first, min(40, 1002 - first), 0.003)
+        if first < 962:
+            assert rec.poll(0.003) == []  # the rest of that answer is on its way: no storm
+    assert rec.poll(0.004) == [Rerequest(1002, 1000)]  # all of it came: the next part at once
+
+
+def test_a_capped_answer_is_completed_after_the_timeout() -> None:
+    p = Plant()
+    rec = Recovery(p.seq, RecoveryConfig(max_request=1000, rerequest_timeout=0.01))
     p.packet(A, 1, 1, 0.0)
     p.packet(A, 3002, 1, 0.0)
     assert rec.poll(0.002) == [Rerequest(2, 1000)]
     p.packet(RR, 2, 400, 0.003)  # the server capped its answer at 400
-    assert rec.poll(0.004) == [Rerequest(402, 1000)]
+    assert rec.poll(0.004) == []
+    assert rec.poll(0.012) == [Rerequest(402, 1000)]
+
+
+def test_while_replay_is_failing_large_gaps_fall_back_to_rerequests() -> None:
+    p = Plant()
+    rec = Recovery(p.seq, RecoveryConfig(replay_threshold=10, replay_retry=0.5))
+    p.packet(A, 100, 1, 0.0)
+    assert rec.poll(0.01) == [Replay(1, 100)]
+    rec.replay_finished(False, 0.2)
+    assert rec.poll(0.3) == [Rerequest(1, 99)]
+
+
+def test_large_gaps_are_rerequested_when_there_is_no_replay() -> None:
+    p = Plant()
+    rec = Recovery(p.seq, RecoveryConfig(replay=False, replay_threshold=100, max_request=500))
+    p.packet(A, 1, 1, 0.0)
+    p.packet(A, 30_002, 1, 0.0)
+    assert rec.poll(0.002) == [Rerequest(2, 500)]
+
+
+def test_one_stray_far_ahead_cannot_turn_the_stream_into_duplicates() -> None:
+    p = Plant(max_jump=1000)
+    rec = Recovery(p.seq, RecoveryConfig(give_up_after=1.0))
+    p.packet(A, 1, 10, 0.0)
+    p.packet(B, 2**62, 1, 0.1)  # a stray: set aside, the horizon stays
+    assert p.seq.horizon == 11 and p.seq.counters.suspect_packets == 1
+    for first in range(11, 100, 10):
+        p.packet(A, first, 10, 0.2)
+    rec.poll(5.0)
+    p.collect()
+    assert p.delivered == list(range(1, 101)) and p.lost == []
+    # A real jump is confirmed by the next packet, and the one set aside is fetched with the gap.
+    p.packet(A, 10_000, 10, 6.0)
+    p.packet(A, 10_010, 10, 6.0)
+    assert [(g.start, g.end) for g in p.seq.gaps] == [(101, 10_010)]
+
+
+def test_overflowing_packets_of_one_stall_make_one_gap() -> None:
+    p = Plant(max_held_bytes=100)
+    p.packet(A, 2, 1)  # 1 is missing: everything after is held back, then overflows
+    for first in range(3, 2000, 5):
+        p.packet(A, first, 5)
+    assert p.seq.counters.hold_overflow_packets > 300
+    assert len(p.seq.gaps) <= 2 and sum(p.seq.counters.gaps_seen) <= 2
 
 
 def test_partial_overlaps_are_trimmed() -> None:

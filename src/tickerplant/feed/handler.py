@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -31,6 +32,7 @@ from tickerplant.session.events import (
     LineState,
     LineStateChanged,
     SessionEnded,
+    SessionStarted,
     Source,
 )
 from tickerplant.session.liveness import Liveness
@@ -87,7 +89,6 @@ class LineFigures:
     gaps_repaired: dict[str, int] = field(
         default_factory=lambda: {"line": 0, "rerequest": 0, "replay": 0}
     )
-    gaps_lost: int = 0
 
 
 _REPAIR_KIND = {Source.LINE_A: "line", Source.LINE_B: "line", Source.REREQUEST: "rerequest",
@@ -203,7 +204,7 @@ class FeedHandler:
                 "state": fig.state.value if source in self.liveness else None,
                 "gaps_seen": c.gaps_seen[source],
                 "gaps_repaired": dict(fig.gaps_repaired),
-                "gaps_lost": fig.gaps_lost,
+                "gaps_lost": c.gaps_lost[source],
             }
         repaired = {"line": 0, "rerequest": 0, "replay": 0}
         for fig in self.lines.values():
@@ -224,7 +225,7 @@ class FeedHandler:
                 "repaired_by_line": repaired["line"],
                 "repaired_by_rerequest": repaired["rerequest"],
                 "repaired_by_replay": repaired["replay"],
-                "lost": sum(f.gaps_lost for f in self.lines.values()),
+                "lost": sum(c.gaps_lost),
                 "open": len(self.sequencer.gaps),
                 "lost_ranges": [list(r) for r in self.lost_ranges[:100]],
             },
@@ -259,7 +260,7 @@ class FeedHandler:
         seq = self.sequencer
         session = memoryview(seq.session or b"")
         fig = self.lines[source]
-        messages = heartbeats = 0
+        messages = heartbeats = accepted = 0
         for i in range(n):
             defect = defects[i]
             if defect:
@@ -272,6 +273,7 @@ class FeedHandler:
                     fig.foreign += 1
                     continue
                 session = memoryview(seq.session or b"")
+            accepted += 1
             count = counts[i]
             if count == mold.HEARTBEAT:
                 heartbeats += 1
@@ -285,7 +287,8 @@ class FeedHandler:
                 # A view into the drain's row: the sequencer copies what it keeps, and what it
                 # delivers is joined into the batch before the next drain reuses the row.
                 seq.on_packet(source, seqs[i], count, view[20 : lengths[i]], now)
-        seq.heard(now)
+        if accepted:
+            seq.heard(now)
         fig.packets += n
         fig.messages += messages
         fig.heartbeats += heartbeats
@@ -297,8 +300,9 @@ class FeedHandler:
                 live.heard_heartbeat(now)
         self._advance(now)
 
-    def _on_replay_messages(self, first: int, count: int, blocks: bytes) -> None:
-        assert self._loop is not None
+    def _on_replay_messages(self, session: bytes, first: int, count: int, blocks: bytes) -> None:
+        if session != self.sequencer.session:
+            return  # the old session's replay, still draining its socket after a session change
         now = self._clock()
         fig = self.lines[Source.REPLAY]
         fig.packets += 1
@@ -323,6 +327,8 @@ class FeedHandler:
             self._account(event)
             if isinstance(event, SessionEnded):
                 self.session_ended.set()
+            elif isinstance(event, SessionStarted) and event.previous is not None:
+                self._new_session()
             if self.on_event is not None:
                 self.on_event(event)
 
@@ -351,7 +357,6 @@ class FeedHandler:
             self.lines[event.revealed_by].gaps_repaired[kind] += 1
             self.latencies[kind].append(event.latency)
         elif isinstance(event, GapLost):
-            self.lines[event.revealed_by].gaps_lost += 1
             self.lost_ranges.append((event.start, event.end))
         elif isinstance(event, LineStateChanged):
             self.lines[event.line].state = event.new
@@ -370,12 +375,13 @@ class FeedHandler:
 
     async def _replay(self, action: Replay) -> None:
         cfg = self.config
-        assert cfg.replay is not None and self.sequencer.session is not None
+        session = self.sequencer.session
+        assert cfg.replay is not None and session is not None
         client = ReplayClient(
             cfg.replay.host,
             cfg.replay.port,
-            self.sequencer.session,
-            self._on_replay_messages,
+            session,
+            partial(self._on_replay_messages, session),
             cfg.replay_username,
             cfg.replay_password,
         )
@@ -394,6 +400,15 @@ class FeedHandler:
         now = self._clock()
         self.recovery.replay_finished(ok, now)
         self._advance(now)
+
+    def _new_session(self) -> None:
+        """The exchange started a new session: what was under way belonged to the old one."""
+        self.session_ended.clear()
+        self._next_delivery = self.sequencer.expected
+        if self._replay_task is not None:
+            self._replay_task.cancel()
+            self._replay_task = None
+        self.recovery.reset()
 
     def _replay_failed(self, reason: str) -> None:
         # Reasons are few in practice; a peer inventing new ones must not grow this without end.

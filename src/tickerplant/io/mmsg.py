@@ -64,6 +64,9 @@ class Receiver:
 
     def __init__(self, sock: socket.socket, rows: npt.NDArray[np.uint8]) -> None:
         assert _LIBC is not None
+        # The kernel writes through raw addresses: the rows must be one contiguous byte block.
+        if rows.dtype != np.uint8 or rows.ndim != 2 or not rows.flags.c_contiguous:
+            raise ValueError("recvmmsg rows must be a C-contiguous 2-D uint8 array")
         self._fd = sock.fileno()
         self._rows = rows
         n, width = rows.shape
@@ -115,6 +118,17 @@ class Sender:
         error on the first packet raises it as OSError (EAGAIN as BlockingIOError).
         """
         n = min(len(starts), len(self._iov))
+        if n == 0:
+            return 0
+        # The kernel reads through raw addresses: a bad slice would put other memory on the wire.
+        if (
+            buffer.dtype != np.uint8
+            or not buffer.flags.c_contiguous
+            or starts[:n].min() < 0
+            or (ends[:n] < starts[:n]).any()
+            or ends[:n].max() > buffer.shape[0]
+        ):
+            raise ValueError("sendmmsg slices must lie within one contiguous uint8 buffer")
         base = _address(buffer)
         self._iov["base"][:n] = base + starts[:n].astype(np.uint64)
         self._iov["len"][:n] = (ends[:n] - starts[:n]).astype(np.uint64)

@@ -137,9 +137,15 @@ class _Fetch(SoupConnection[SoupClientSession]):
     """One login: deliver messages ``first..last`` as they come, log out after ``last``."""
 
     def __init__(
-        self, session: SoupClientSession, first: int, last: int, on_messages: OnMessages
+        self,
+        session: SoupClientSession,
+        first: int,
+        last: int,
+        on_messages: OnMessages,
+        wanted: bytes = b"",
     ) -> None:
         super().__init__(session)
+        self.wanted = wanted.strip(b" \x00")
         self.first = first
         self.last = last
         self.on_messages = on_messages
@@ -149,9 +155,16 @@ class _Fetch(SoupConnection[SoupClientSession]):
         self.done: asyncio.Future[Closed] = self.loop.create_future()
 
     def on_event(self, event: Event) -> None:
+        if self.done.done():
+            return  # failed (or over): nothing after that point may reach the caller
         if isinstance(event, Batch):
             self._deliver(event)
         elif isinstance(event, LoggedIn):
+            got = event.session.strip(b" \x00")
+            if self.wanted and got != self.wanted:
+                # Another session's messages under our sequence numbers would be silent damage.
+                self._fail(ReplayError(f"login accepted for session {got!r}, not {self.wanted!r}"))
+                return
             self.accepted = event.sequence
             if self.first < event.sequence and self.first <= self.last:  # not for a probe
                 log.warning("replay server starts at %d, %d asked", event.sequence, self.first)
@@ -245,7 +258,9 @@ class ReplayClient:
         if last < first:
             self.stop_reason = "complete"
             return first - 1
-        fetch = await self._run(timeout, _Fetch(self._login(first), first, last, self.on_messages))
+        fetch = await self._run(timeout, _Fetch(
+            self._login(first), first, last, self.on_messages, self.session
+        ))
         return fetch.delivered
 
     async def next_sequence(self, timeout: float) -> int:
@@ -254,7 +269,9 @@ class ReplayClient:
         A late joiner fetches ``1 .. next_sequence() - 1``. Raises TimeoutError if the server
         does not answer the login in time.
         """
-        fetch = await self._run(timeout, _Fetch(self._login(0), 1, 0, self.on_messages))
+        fetch = await self._run(timeout, _Fetch(
+            self._login(0), 1, 0, self.on_messages, self.session
+        ))
         if fetch.accepted is None:
             raise TimeoutError(f"no Login Accepted within {timeout} s ({self.stop_reason})")
         return fetch.accepted

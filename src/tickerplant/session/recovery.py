@@ -94,15 +94,19 @@ class Recovery:
             if now < opened + cfg.line_wait:
                 deadline = min(deadline, opened + cfg.line_wait)
                 continue
-            if cfg.rerequest and gap.size <= cfg.replay_threshold:
-                if gap.requested_start != gap.start:
-                    gap.attempts = 0  # an answer moved the gap on: ask for the rest at once
+            replay_usable = cfg.replay and now >= self._replay_retry_at
+            if cfg.rerequest and (gap.size <= cfg.replay_threshold or not replay_usable):
+                if 0 <= gap.requested_end <= gap.start:
+                    # Everything asked for has come: ask for the next part at once. (A partial
+                    # answer is still arriving, or was capped: that waits for the timeout.)
+                    gap.attempts = 0
                     gap.next_try = now
                 if gap.attempts < cfg.rerequest_attempts:
                     if now >= gap.next_try and requests < cfg.max_requests_per_poll:
-                        actions.append(Rerequest(gap.start, min(gap.size, cfg.max_request)))
+                        count = min(gap.size, cfg.max_request)
+                        actions.append(Rerequest(gap.start, count))
                         requests += 1
-                        gap.requested_start = gap.start
+                        gap.requested_end = gap.start + count
                         gap.attempts += 1
                         wait = cfg.rerequest_timeout * cfg.rerequest_backoff ** (gap.attempts - 1)
                         gap.next_try = now + wait
@@ -120,6 +124,12 @@ class Recovery:
         self.requests_sent += requests
         self.deadline = deadline if deadline != float("inf") else None
         return actions
+
+    def reset(self) -> None:
+        """A new session: whatever was under way belonged to the old one."""
+        self.replaying = None
+        self._replay_retry_at = 0.0
+        self.deadline = None
 
     def replay_finished(self, ok: bool, now: float) -> None:
         """The replay session ended: complete (ok) or failed (refused, timed out, cut)."""

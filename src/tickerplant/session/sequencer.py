@@ -56,7 +56,7 @@ class Gap:
     record: GapRecord
     attempts: int = 0
     next_try: float = 0.0
-    requested_start: int = field(default=-1)
+    requested_end: int = -1  # end of the range the last re-request asked for
 
     @property
     def size(self) -> int:
@@ -74,6 +74,8 @@ class Counters:
     delivered: int = 0
     lost: int = 0
     gaps_seen: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # by revealing source
+    gaps_lost: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # by revealing source
+    suspect_packets: int = 0  # far beyond the horizon, awaiting a second packet to agree
 
 
 class Sequencer:
@@ -83,12 +85,14 @@ class Sequencer:
         first_sequence: int = 1,
         max_held_bytes: int = 128 << 20,
         session_timeout: float = 5.0,
+        max_jump: int = 1 << 20,
     ) -> None:
         self.session = session
         self._pinned = session is not None
         self._first_sequence = first_sequence
         self.max_held_bytes = max_held_bytes
         self.session_timeout = session_timeout
+        self.max_jump = max_jump
         self.counters = Counters()
         self._out: list[tuple[int, int, Buffer] | GapLost] = []
         self.events: list[Event] = []
@@ -104,6 +108,7 @@ class Sequencer:
         self.ended_at: int | None = None  # next sequence announced by end of session
         self._end_reported = False
         self._last_heard = float("-inf")
+        self._far: int | None = None
 
     # ---- inputs -------------------------------------------------------------------------------
 
@@ -162,24 +167,25 @@ class Sequencer:
             c.duplicate_messages += expected - sequence
             count -= expected - sequence
             sequence = expected
+        if sequence > self.horizon + self.max_jump and self._suspect(sequence):
+            return
         if sequence != self.expected and self.held_bytes + len(blocks) > self.max_held_bytes:
             # Order within bounded memory: the packet goes, its range stays (or becomes) missing
             # and recovery fetches it once the head of the stream has moved on.
             c.hold_overflow_packets += 1
-            if end > self.horizon:
-                self._open_gap(self.horizon, end, source, now)
-                self.horizon = end
+            self._reveal(end, source, now)
             return
         if sequence >= self.horizon:
-            if sequence > self.horizon:
-                self._open_gap(self.horizon, sequence, source, now)
+            self._reveal(sequence, source, now)
             self.horizon = end
-        elif not self._fill(sequence, end, source, now):
-            c.duplicate_packets += 1
-            c.duplicate_messages += count
-            return
-        elif end > self.horizon:
-            self.horizon = end
+        else:
+            filled = self._fill(sequence, end, source, now)
+            if end > self.horizon:  # the tail is news even if the head was a duplicate
+                self.horizon = end
+            elif not filled:
+                c.duplicate_packets += 1
+                c.duplicate_messages += count
+                return
         c.messages[source] += count
         if sequence == self.expected:
             self._deliver(sequence, count, blocks)
@@ -189,9 +195,9 @@ class Sequencer:
 
     def on_heartbeat(self, source: Source, next_sequence: int, now: float) -> None:
         """A heartbeat (or end of session) says messages up to ``next_sequence`` exist."""
-        if next_sequence > self.horizon:
-            self._open_gap(self.horizon, next_sequence, source, now)
-            self.horizon = next_sequence
+        if next_sequence > self.horizon + self.max_jump and self._suspect(next_sequence):
+            return
+        self._reveal(next_sequence, source, now)
         self._check_end()
 
     def on_end_of_session(self, source: Source, next_sequence: int, now: float) -> None:
@@ -202,6 +208,8 @@ class Sequencer:
         """Recovery has run out of means: report [start, end) lost, in stream order, and go on."""
         self.gaps.remove(gap)
         record = gap.record
+        if not record.lost:
+            self.counters.gaps_lost[record.revealed_by] += 1
         record.lost = True
         lost = GapLost(gap.start, gap.end, record.revealed_by, now - record.opened_at)
         if gap.start not in self._held:
@@ -258,9 +266,38 @@ class Sequencer:
         for gap in list(self.gaps):
             self.give_up(gap, now)
 
-    def _open_gap(self, start: int, end: int, source: Source, now: float) -> None:
-        self.counters.gaps_seen[source] += 1
-        self.gaps.append(Gap(start, end, GapRecord(start, end, now, source)))
+    def _reveal(self, end: int, source: Source, now: float) -> None:
+        """Messages below ``end`` exist: whatever lies between the horizon and ``end`` is missing.
+
+        A gap still ending at the horizon grows instead of a new one opening: the overflowing
+        packets of one stall, or heartbeats during one outage, are one gap, not thousands.
+        """
+        if end <= self.horizon:
+            return
+        last = self.gaps[-1] if self.gaps else None
+        if last is not None and last.end == self.horizon:
+            last.end = end
+            last.record.end = max(last.record.end, end)
+        else:
+            self.counters.gaps_seen[source] += 1
+            self.gaps.append(Gap(self.horizon, end, GapRecord(self.horizon, end, now, source)))
+        self.horizon = end
+
+    def _suspect(self, sequence: int) -> bool:
+        """Whether a sequence number this far ahead must wait for a second packet to agree.
+
+        One stray datagram (a stale publisher, a corrupted header, a spoof) must not move the
+        horizon to 2**62 and turn the real stream into duplicates once that gap is given up.
+        A real jump (late join, long outage) is confirmed by the very next packet, and the one
+        set aside is fetched with the rest of the gap.
+        """
+        previous = self._far
+        if previous is not None and abs(sequence - previous) <= self.max_jump:
+            self._far = None
+            return False
+        self._far = sequence
+        self.counters.suspect_packets += 1
+        return True
 
     def _fill(self, start: int, end: int, source: Source, now: float) -> bool:
         """Remove [start, end) from the gaps; False if it filled nothing (a duplicate)."""
@@ -284,7 +321,7 @@ class Sequencer:
             elif end >= g.end:
                 g.end = start
             else:
-                tail = Gap(end, g.end, g.record, g.attempts, g.next_try, g.requested_start)
+                tail = Gap(end, g.end, g.record, g.attempts, g.next_try, g.requested_end)
                 g.record.pieces += 1
                 g.end = start
                 gaps.insert(i + 1, tail)

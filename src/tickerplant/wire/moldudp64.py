@@ -38,6 +38,7 @@ class Defect(IntEnum):
     TRUNCATED_BLOCK = 2  # a block's length runs past the end of the datagram
     COUNT_MISMATCH = 3  # the blocks present do not match the message count
     TRUNCATED_DATAGRAM = 4  # the datagram filled the receive buffer: the kernel cut it
+    BAD_SEQUENCE = 5  # sequence number 0, or 2**63 and above: no session gets there
 
 
 class MalformedPacket(ValueError):
@@ -110,10 +111,14 @@ def _check(buf: U8, length: int) -> tuple[int, int, int]:  # pragma: no cover - 
     """(defect, sequence, count) of the datagram in ``buf[:length]``."""
     if length < 20:
         return 1, 0, 0
+    if buf[10] >= 0x80:
+        return 5, 0, 0
     seq = 0
     for i in range(10, 18):
         seq = (seq << 8) | int(buf[i])
     count = (int(buf[18]) << 8) | int(buf[19])
+    if seq == 0:
+        return 5, seq, count
     if count == 0 or count == 0xFFFF:
         return (0 if length == 20 else 3), seq, count
     pos = 20
@@ -185,6 +190,8 @@ def decode_request(data: bytes | bytearray | memoryview) -> Request:
 def _explain(defect: Defect, raw: bytes, count: int) -> str:
     if defect is Defect.SHORT_HEADER:
         return f"{len(raw)} bytes, the header alone is {HEADER_LEN}"
+    if defect is Defect.BAD_SEQUENCE:
+        return f"sequence number {int.from_bytes(raw[10:18], 'big')} is outside 1..2**63-1"
     if defect is Defect.TRUNCATED_BLOCK:
         return f"a message block of the {count} announced runs past byte {len(raw)}"
     return f"{len(raw) - HEADER_LEN} bytes of blocks do not hold exactly {count} messages"
