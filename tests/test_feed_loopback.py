@@ -14,6 +14,7 @@ from tickerplant.session.events import Batch, Event, GapLost, SessionEnded
 from tickerplant.session.journal import Journal
 from tickerplant.session.recovery import RecoveryConfig
 from tickerplant.wire import moldudp64 as mold
+from tickerplant.wire import soupbintcp as soup
 from tickerplant.wire.blocks import iter_messages, join_messages
 
 SESSION = mold.session_bytes("LOOPTEST01")
@@ -179,3 +180,95 @@ def test_a_replay_server_that_refuses_us_ends_in_a_reported_loss_not_a_stuck_gap
     assert feed.delivered == 1
     failures = feed.figures()["replays"]["failures"]
     assert any("ReplayError" in reason for reason in failures), failures
+
+
+def test_a_replay_that_logs_in_and_then_says_nothing_does_not_hold_the_gap_open() -> None:
+    line_a, line_b = _ports()
+    line_a = Endpoint(line_a.host, line_a.port + 6)
+    line_b = Endpoint(line_b.host, line_b.port + 6)
+    lost: list[tuple[int, int]] = []
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, GapLost):
+            lost.append((event.start, event.end))
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(49)  # the Login Request
+        writer.write(soup.encode(soup.LoginAccepted(SESSION, 1)))
+        for _ in range(100):  # heartbeats only: alive, and useless
+            writer.write(soup.encode(soup.ServerHeartbeat()))
+            await asyncio.sleep(0.1)
+        writer.close()
+
+    async def main() -> FeedHandler:
+        server = await asyncio.start_server(mute, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        cfg = FeedConfig(
+            line_a, line_b, replay=Endpoint("127.0.0.1", port), rerequest=None,
+            recovery=RecoveryConfig(replay_threshold=10, give_up_after=0.5),
+        )  # fmt: skip
+        feed = FeedHandler(cfg, on_event=on_event)
+        await feed.start()
+        sender, _ = open_sender("127.0.0.1")
+        started = asyncio.get_running_loop().time()
+        try:
+            sender.sendto(mold.encode_packet(SESSION, 1001, [b"m1001"]), (line_a.host, line_a.port))
+            await _settle(feed, 1001, timeout=8)
+        finally:
+            sender.close()
+            await feed.close()
+            server.close()
+        assert asyncio.get_running_loop().time() - started < 4  # not the 60 s replay timeout
+        return feed
+
+    feed = asyncio.run(main())
+    assert lost == [(1, 1001)]
+    failures = feed.figures()["replays"]["failures"]
+    assert any("stalled" in reason for reason in failures), failures
+
+
+def test_a_new_session_cancels_the_old_sessions_replay() -> None:
+    line_a, line_b = _ports()
+    line_a = Endpoint(line_a.host, line_a.port + 8)
+    line_b = Endpoint(line_b.host, line_b.port + 8)
+    got: list[tuple[int, bytes]] = []
+
+    def on_batch(batch: Batch) -> None:
+        got.extend(zip(range(batch.first, batch.end), iter_messages(batch.blocks), strict=True))
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(49)
+        writer.write(soup.encode(soup.LoginAccepted(SESSION, 1)))
+        await asyncio.sleep(5)
+        writer.close()
+
+    async def main() -> FeedHandler:
+        server = await asyncio.start_server(mute, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        cfg = FeedConfig(line_a, line_b, replay=Endpoint("127.0.0.1", port), rerequest=None,
+                         recovery=RecoveryConfig(replay_threshold=10, give_up_after=30))
+        feed = FeedHandler(cfg, on_batch)
+        await feed.start()
+        sender, _ = open_sender("127.0.0.1")
+        a = (line_a.host, line_a.port)
+        try:
+            sender.sendto(mold.encode_packet(SESSION, 1001, [b"old"]), a)  # late join: replay
+            await asyncio.sleep(0.3)
+            assert feed.recovery.replaying is not None
+            sender.sendto(mold.encode_end_of_session(SESSION, 1002), a)
+            await asyncio.sleep(0.05)
+            new = mold.session_bytes("LOOPTEST02")
+            sender.sendto(mold.encode_packet(new, 1, [b"new-1", b"new-2"]), a)
+            await asyncio.sleep(0.3)
+        finally:
+            sender.close()
+            await feed.close()
+            server.close()
+        return feed
+
+    feed = asyncio.run(main())
+    assert feed.recovery.replaying is None
+    # The old session's gap is reported lost at the change, its 1001 follows; then the new one.
+    assert got == [(1001, b"old"), (1, b"new-1"), (2, b"new-2")]
+    assert feed.lost_ranges == [(1, 1001)]
+    assert feed.duplicates_delivered == 0

@@ -13,7 +13,7 @@ from tickerplant.session.events import (
     SessionStarted,
     Source,
 )
-from tickerplant.session.recovery import Recovery, RecoveryConfig, Replay, Rerequest
+from tickerplant.session.recovery import CancelReplay, Recovery, RecoveryConfig, Replay, Rerequest
 from tickerplant.session.sequencer import Sequencer
 from tickerplant.wire.blocks import iter_messages, join_messages
 
@@ -46,10 +46,12 @@ class Plant:
                 assert got == list(range(item.first, item.end))
                 assert not self.delivered or item.first == self.next_expected()
                 self.delivered += got
-            else:
+            elif isinstance(item, GapLost):
                 self.lost.append((item.start, item.end))
                 assert item.start == self.next_expected()
                 self.delivered += [-1] * (item.end - item.start)
+            else:
+                self.events.append(item)  # session markers, in stream position
         self.events += self.seq.take_events()
 
     def next_expected(self) -> int:
@@ -289,10 +291,11 @@ def test_session_change_and_foreign_sessions() -> None:
     assert [e for e in p.events if isinstance(e, SessionEnded)] == [SessionEnded(S1, 4)]
     assert p.seq.accepts(b"SESSION002", 0.3)  # the old one ended: follow the new one
     p.seq.on_packet(A, 1, 2, msgs(1, 2), 0.3)
-    (batch,) = p.seq.take()
+    marker, batch = p.seq.take()  # the new session's start comes before its first batch
+    assert marker == SessionStarted(b"SESSION002", S1)
     assert isinstance(batch, Batch) and batch.first == 1 and batch.count == 2
-    starts = [e for e in p.events + p.seq.take_events() if isinstance(e, SessionStarted)]
-    assert [s.session for s in starts] == [S1, b"SESSION002"]
+    starts = [e for e in p.events if isinstance(e, SessionStarted)]
+    assert [s.session for s in starts] == [S1]
 
 
 def test_silent_session_is_replaced_and_its_gaps_reported_lost() -> None:
@@ -340,3 +343,15 @@ def test_any_interleaving_of_two_lines_delivers_each_message_once_in_order(
     assert p.delivered == list(range(1, first))
     c = p.seq.counters
     assert c.delivered == first - 1 and c.lost == 0
+
+
+def test_a_silent_replay_is_cancelled_and_its_gap_given_up() -> None:
+    p = Plant()
+    rec = Recovery(p.seq, RecoveryConfig(rerequest=False, replay_threshold=10, give_up_after=1.0))
+    p.packet(A, 100, 1, 0.0)
+    assert rec.poll(0.01) == [Replay(1, 100)]
+    rec.replay_progress(0.5)  # some progress, then silence
+    assert rec.poll(1.2) == [] and rec.deadline == 1.5
+    assert rec.poll(1.5) == [CancelReplay()]
+    p.collect()
+    assert p.lost == [(1, 100)]

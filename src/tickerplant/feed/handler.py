@@ -32,12 +32,11 @@ from tickerplant.session.events import (
     LineState,
     LineStateChanged,
     SessionEnded,
-    SessionStarted,
     Source,
 )
 from tickerplant.session.liveness import Liveness
 from tickerplant.session.recovery import Recovery, RecoveryConfig, Replay, Rerequest
-from tickerplant.session.sequencer import Sequencer
+from tickerplant.session.sequencer import Delivery, Sequencer
 from tickerplant.wire import moldudp64 as mold
 from tickerplant.wire.blocks import offsets_of
 
@@ -307,6 +306,7 @@ class FeedHandler:
         fig = self.lines[Source.REPLAY]
         fig.packets += 1
         fig.messages += count
+        self.recovery.replay_progress(now)
         self.sequencer.on_packet(Source.REPLAY, first, count, blocks, now)
         self._advance(now)
 
@@ -319,20 +319,18 @@ class FeedHandler:
             for action in rec.poll(now):
                 if isinstance(action, Rerequest):
                     self._send_rerequest(action)
-                else:
+                elif isinstance(action, Replay):
                     self._start_replay(action)
+                else:
+                    self._cancel_replay("stalled: nothing delivered for give_up_after")
             self._schedule(rec.deadline)
         self._deliver(seq.take())
         for event in seq.take_events():
             self._account(event)
-            if isinstance(event, SessionEnded):
-                self.session_ended.set()
-            elif isinstance(event, SessionStarted) and event.previous is not None:
-                self._new_session()
             if self.on_event is not None:
                 self.on_event(event)
 
-    def _deliver(self, items: list[Batch | GapLost]) -> None:
+    def _deliver(self, items: list[Delivery]) -> None:
         for item in items:
             if isinstance(item, Batch):
                 if item.first < self._next_delivery:
@@ -345,11 +343,16 @@ class FeedHandler:
                     self._capture.write(item.blocks)
                 if self.on_batch is not None:
                     self.on_batch(item)
-            else:
+                continue
+            if isinstance(item, GapLost):
                 self._next_delivery = item.end
                 self._account(item)
-                if self.on_event is not None:
-                    self.on_event(item)
+            elif isinstance(item, SessionEnded):
+                self.session_ended.set()
+            elif item.previous is not None:  # a new session, not the first one heard
+                self._new_session()
+            if self.on_event is not None:
+                self.on_event(item)
 
     def _account(self, event: Event) -> None:
         if isinstance(event, GapRepaired):
@@ -404,11 +407,16 @@ class FeedHandler:
     def _new_session(self) -> None:
         """The exchange started a new session: what was under way belonged to the old one."""
         self.session_ended.clear()
-        self._next_delivery = self.sequencer.expected
+        self._next_delivery = self.config.first_sequence
+        self._cancel_replay(None)
+        self.recovery.reset()
+
+    def _cancel_replay(self, reason: str | None) -> None:
         if self._replay_task is not None:
             self._replay_task.cancel()
             self._replay_task = None
-        self.recovery.reset()
+            if reason is not None:
+                self._replay_failed(reason)
 
     def _replay_failed(self, reason: str) -> None:
         # Reasons are few in practice; a peer inventing new ones must not grow this without end.

@@ -62,7 +62,12 @@ class Replay:
     end: int  # exclusive
 
 
-Action = Rerequest | Replay
+@dataclass(frozen=True, slots=True)
+class CancelReplay:
+    """The replay session has sent nothing for ``give_up_after``: end it, it counts as failed."""
+
+
+Action = Rerequest | Replay | CancelReplay
 
 
 class Recovery:
@@ -70,6 +75,7 @@ class Recovery:
         self.sequencer = sequencer
         self.config = config or RecoveryConfig()
         self.replaying: Replay | None = None
+        self._replay_heard = 0.0  # when the replay session last delivered (or started)
         self._replay_retry_at = 0.0
         self.deadline: float | None = None
         self.requests_sent = 0
@@ -82,6 +88,15 @@ class Recovery:
         actions: list[Action] = []
         deadline = float("inf")
         requests = 0
+        if self.replaying is not None:
+            stalled_at = self._replay_heard + cfg.give_up_after
+            if now >= stalled_at:
+                # Logged in but silent (or trickling nothing): a replay must not keep its gaps
+                # open past give_up_after just by holding the connection.
+                actions.append(CancelReplay())
+                self.replay_finished(False, now)
+            else:
+                deadline = stalled_at
         for gap in list(seq.gaps):
             if self._covered_by_replay(gap):
                 continue  # the replay's own timeout bounds it
@@ -117,6 +132,7 @@ class Recovery:
                     # One TCP session from here to the end of the last gap; what it repeats of
                     # held data the sequencer drops as duplicates.
                     self.replaying = Replay(gap.start, seq.gaps[-1].end)
+                    self._replay_heard = now
                     self.replays_started += 1
                     actions.append(self.replaying)
                 else:
@@ -130,6 +146,10 @@ class Recovery:
         self.replaying = None
         self._replay_retry_at = 0.0
         self.deadline = None
+
+    def replay_progress(self, now: float) -> None:
+        """The replay session delivered something."""
+        self._replay_heard = now
 
     def replay_finished(self, ok: bool, now: float) -> None:
         """The replay session ended: complete (ok) or failed (refused, timed out, cut)."""

@@ -33,6 +33,10 @@ from tickerplant.session.events import (
 from tickerplant.wire.blocks import offsets_of
 
 Buffer = bytes | memoryview
+# What travels in the stream between batches, in position: a consumer sees a session's last
+# batch before its end, and a lost range exactly where the messages would have been.
+Marker = GapLost | SessionStarted | SessionEnded
+Delivery = Batch | Marker
 
 
 @dataclass(slots=True)
@@ -94,7 +98,7 @@ class Sequencer:
         self.session_timeout = session_timeout
         self.max_jump = max_jump
         self.counters = Counters()
-        self._out: list[tuple[int, int, Buffer] | GapLost] = []
+        self._out: list[tuple[int, int, Buffer] | Marker] = []
         self.events: list[Event] = []
         self._reset(first_sequence)
 
@@ -221,20 +225,22 @@ class Sequencer:
 
     # ---- outputs ------------------------------------------------------------------------------
 
-    def take(self) -> list[Batch | GapLost]:
-        """Everything delivered since the last call, in order: batches of messages and lost gaps."""
+    def take(self) -> list[Delivery]:
+        """Everything delivered since the last call, in stream order: batches of messages, lost
+        gaps, and the session markers between them."""
         if not self._out:
             return []
-        out: list[Batch | GapLost] = []
+        out: list[Delivery] = []
         run: list[Buffer] = []
         first = count = 0
         for item in self._out:
-            if isinstance(item, GapLost):
+            if not isinstance(item, tuple) or (run and item[0] != first + count):
                 if run:
                     out.append(Batch(first, count, b"".join(run)))
                     run = []
-                out.append(item)
-                continue
+                if not isinstance(item, tuple):
+                    out.append(item)
+                    continue
             if not run:
                 first, count = item[0], 0
             run.append(item[2])
@@ -256,7 +262,7 @@ class Sequencer:
     # ---- internals ----------------------------------------------------------------------------
 
     def _start_session(self, session: bytes, now: float) -> None:
-        self.events.append(SessionStarted(session, self.session))
+        self._out.append(SessionStarted(session, self.session))
         self.session = session
         self._reset(self._first_sequence)
         self._last_heard = now
@@ -385,7 +391,7 @@ class Sequencer:
             and self.session is not None
         ):
             self._end_reported = True
-            self.events.append(SessionEnded(self.session, self.ended_at))
+            self._out.append(SessionEnded(self.session, self.ended_at))
 
 
 def _skip(blocks: Buffer, messages: int) -> bytes:
