@@ -272,3 +272,35 @@ def test_a_new_session_cancels_the_old_sessions_replay() -> None:
     assert got == [(1001, b"old"), (1, b"new-1"), (2, b"new-2")]
     assert feed.lost_ranges == [(1, 1001)]
     assert feed.duplicates_delivered == 0
+
+
+def test_a_consumer_that_raises_loses_nothing_else_and_is_counted() -> None:
+    line_a, _ = _ports()
+    line_a = Endpoint(line_a.host, line_a.port + 10)
+    got: list[int] = []
+    refused: list[int] = []
+
+    def flaky(batch: Batch) -> None:
+        if batch.first == 1:
+            refused.extend(range(batch.first, batch.end))
+            raise RuntimeError("consumer bug")
+        got.extend(range(batch.first, batch.end))
+
+    async def main() -> FeedHandler:
+        feed = FeedHandler(FeedConfig(line_a, None), flaky)
+        await feed.start()
+        sender, _ = open_sender("127.0.0.1")
+        try:
+            for first in range(1, 30, 3):
+                sender.sendto(mold.encode_packet(SESSION, first, [b"a", b"b", b"c"]),
+                              (line_a.host, line_a.port))
+                await asyncio.sleep(0.01)  # one batch per packet
+            await _settle(feed, 30)
+        finally:
+            sender.close()
+            await feed.close()
+        return feed
+
+    feed = asyncio.run(main())
+    assert feed.consumer_errors == 1
+    assert refused and refused + got == list(range(1, 31))

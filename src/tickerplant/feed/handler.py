@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import socket
 import time
 from collections.abc import Callable
@@ -39,6 +40,8 @@ from tickerplant.session.recovery import Recovery, RecoveryConfig, Replay, Rereq
 from tickerplant.session.sequencer import Delivery, Sequencer
 from tickerplant.wire import moldudp64 as mold
 from tickerplant.wire.blocks import offsets_of
+
+log = logging.getLogger(__name__)
 
 # Liveness and figures need no better than this; gap timers are scheduled exactly.
 HOUSEKEEPING_INTERVAL = 0.05
@@ -119,6 +122,7 @@ class FeedHandler:
         self.latencies: dict[str, list[float]] = {"line": [], "rerequest": [], "replay": []}
         self.session_ended: asyncio.Event = asyncio.Event()
         self.delivered = 0
+        self.consumer_errors = 0
         self.replay_failures: dict[str, int] = {}  # why replay sessions ended short
         self.lost_ranges: list[tuple[int, int]] = []  # [start, end) of every GapLost, in order
         self.duplicates_delivered = 0  # checked, not assumed: batches must never overlap
@@ -229,6 +233,7 @@ class FeedHandler:
                 "lost_ranges": [list(r) for r in self.lost_ranges[:100]],
             },
             "rerequests_sent": self.recovery.requests_sent,
+            "consumer_errors": self.consumer_errors,
             "replays": {"started": self.recovery.replays_started,
                         "failed": self.recovery.replays_failed,
                         "failures": dict(list(self.replay_failures.items())[:20])},
@@ -328,7 +333,7 @@ class FeedHandler:
         for event in seq.take_events():
             self._account(event)
             if self.on_event is not None:
-                self.on_event(event)
+                self._hand_over(self.on_event, event)
 
     def _deliver(self, items: list[Delivery]) -> None:
         for item in items:
@@ -342,7 +347,7 @@ class FeedHandler:
                 if self._capture is not None:
                     self._capture.write(item.blocks)
                 if self.on_batch is not None:
-                    self.on_batch(item)
+                    self._hand_over(self.on_batch, item)
                 continue
             if isinstance(item, GapLost):
                 self._next_delivery = item.end
@@ -352,7 +357,15 @@ class FeedHandler:
             elif item.previous is not None:  # a new session, not the first one heard
                 self._new_session()
             if self.on_event is not None:
-                self.on_event(item)
+                self._hand_over(self.on_event, item)
+
+    def _hand_over(self, consumer: Callable[[Any], None], item: Delivery | Event) -> None:
+        """A consumer's bug must not cost the other items of this wake-up, nor go unnoticed."""
+        try:
+            consumer(item)
+        except Exception:
+            self.consumer_errors += 1
+            log.exception("consumer failed on %s; the stream goes on", type(item).__name__)
 
     def _account(self, event: Event) -> None:
         if isinstance(event, GapRepaired):
@@ -447,7 +460,7 @@ class FeedHandler:
             if change is not None:
                 self._account(change)
                 if self.on_event is not None:
-                    self.on_event(change)
+                    self._hand_over(self.on_event, change)
         self._advance(now)
         self._housekeeping = self._loop.call_later(HOUSEKEEPING_INTERVAL, self._tick)
 
