@@ -176,6 +176,43 @@ def test_tables_grow_and_state_stays_small_with_huge_references() -> None:
     assert bids["orders"].sum() == len(range(1, live, symbols))
 
 
+def test_runs_of_consecutive_references_deleted_out_of_order() -> None:
+    """The order table keeps runs of consecutive references side by side (they probe into each
+    other's slots); the same references on two locates are two orders. Deleting, executing and
+    replacing them in shuffled order, across the table's growth, must lose none."""
+    rng = np.random.default_rng(3)
+    adds: list[itch.Record] = [directory(1, "A"), directory(2, "B")]
+    starts = rng.choice(1 << 30, size=1000, replace=False) * 8 + 1_000_000
+    refs = [int(start) + i for start in starts for i in range(6)]  # runs at random places
+    for ref in refs:
+        for loc in (1, 2):
+            side = "B" if (ref + loc) % 2 else "S"
+            px = 100_0000 + (-1 if side == "B" else 1) * 100 * (1 + ref % 13)
+            adds.append(itch.AddOrder(loc, 0, ref, ref, side, 10, "AB"[loc - 1], px))
+    changes: list[itch.Record] = []
+    for i, ref in enumerate(rng.permutation(refs).tolist()):
+        loc = 1 + i % 2
+        if i % 3 == 0:
+            changes.append(itch.OrderDelete(loc, 0, i, ref))
+        elif i % 3 == 1:
+            changes.append(itch.OrderExecuted(loc, 0, i, ref, 4, i))
+        else:
+            new_ref = ref + (1 << 40)
+            changes.append(itch.OrderReplace(loc, 0, i, ref, new_ref, 7, 99_0000 + ref % 97))
+    engine, ref_book = BookEngine(), ReferenceBook()
+    bbo = []
+    for part in (stream(*adds), stream(*changes)):
+        bbo += rows(engine.process(part).bbo)
+        ref_book.feed(part)
+    assert sum(engine.anomalies.values()) == 0
+    assert engine.live_orders == len(ref_book.orders) == 2 * 6000 - 2000
+    assert bbo == ref_book.bbo
+    for loc in (1, 2):
+        depth = engine.depth(loc, 1 << 20)
+        bids, asks = ref_book.depth(loc, 1 << 20)
+        assert (depth.bids.tolist(), depth.asks.tolist()) == (bids, asks)
+
+
 def test_deep_books_move_and_compact_level_segments() -> None:
     engine = BookEngine()
     msgs: list[itch.Record] = [directory(1, "DEEP"), directory(2, "WIDE")]

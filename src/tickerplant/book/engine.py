@@ -82,18 +82,16 @@ class BookEngine:
         stats[k.ST_BBO] = stats[k.ST_TRADES] = stats[k.ST_STATUS] = 0
         pos = 0
         while True:
-            # Fibonacci hashing multiplies in uint64 and means to wrap (matters without the JIT).
-            with np.errstate(over="ignore"):
-                pos, code = k.apply_blocks(
-                    buf, pos, MESSAGE_LENGTHS, self._by_type, self._anomalies, stats,
-                    self._defined, self._names, self._trading_state, self._reg_sho, self._top,
-                    self._orders, self._bk_start, self._bk_len, self._bk_cap,
-                    self._lv_key, self._lv_qty, self._lv_cnt, bbo, trades, status,
-                )  # fmt: skip
+            if k.PLAIN_PYTHON:
+                # Fibonacci hashing multiplies in uint64 and means to wrap: numpy scalars warn.
+                with np.errstate(over="ignore"):
+                    pos, code = self._apply(buf, pos, bbo, trades, status)
+            else:  # compiled code never warns, and the context costs a live batch ~5%
+                pos, code = self._apply(buf, pos, bbo, trades, status)
             if code == k.DONE:
                 break
             if code == k.NEED_ORDERS:
-                self._set_orders(2 * self._orders.shape[0])
+                self._set_orders(self._orders.shape[0])  # two int64 a slot: twice the slots
             elif code == k.NEED_LEVELS:
                 self._compact()
             else:
@@ -103,10 +101,20 @@ class BookEngine:
             bbo[: stats[k.ST_BBO]], trades[: stats[k.ST_TRADES]], status[: stats[k.ST_STATUS]]
         )
 
+    def _apply(
+        self, buf: npt.NDArray[np.uint8], pos: int, bbo: Events, trades: Events, status: Events
+    ) -> tuple[int, int]:
+        return k.apply_blocks(
+            buf, pos, MESSAGE_LENGTHS, self._by_type, self._anomalies, self._stats,
+            self._defined, self._names, self._trading_state, self._reg_sho, self._top,
+            self._orders, self._bk_start, self._bk_len, self._bk_cap,
+            self._lv_key, self._lv_qty, self._lv_cnt, bbo, trades, status,
+        )  # fmt: skip
+
     # --- growth ---
 
     def _set_orders(self, slots: int) -> None:
-        table = np.zeros((slots, 2), dtype=np.int64)
+        table = np.zeros(2 * slots, dtype=np.int64)  # key, value rows
         shift = 64 - (slots.bit_length() - 1)
         if getattr(self, "_orders", None) is not None:
             with np.errstate(over="ignore"):

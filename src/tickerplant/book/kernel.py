@@ -3,11 +3,14 @@
 State is plain numpy arrays, passed one by one (numba's reference counting made tuples of arrays
 and closures cost half the speed in early versions):
 
-- Orders: an open-addressing hash table ``orders`` (int64[capacity, 2], capacity a power of two)
-  of 16-byte rows: the key ``reference | locate << 47`` (0 = empty slot) and the value
+- Orders: an open-addressing hash table ``orders`` (int64[2 * capacity], capacity a power of
+  two) of 16-byte rows: the key ``reference | locate << 47`` (0 = empty slot) and the value
   ``price << 32 | ask << 31 | shares``. Keys fold the locate in, so an E/C/X/D/U naming another
   symbol's reference is an unknown reference, not a corrupt book. Linear probing with
   backward-shift deletion: no tombstones, memory follows live orders and not references issued.
+  The table outgrows the caches, so the kernel prefetches the slot of the next message's
+  reference while it works on the current one, and keeps four consecutive references in one
+  cache line (adds arrive in reference order).
 - Levels: per book (``2 * locate + side``) a segment ``[start, start + cap)`` of a shared pool of
   16-byte level rows (key int32, shares int64, orders int32), sorted with the best price last
   so that the linear search from the best end, where activity sits, is short. The key is the
@@ -24,8 +27,15 @@ Field offsets come from :mod:`tickerplant.wire.itch`'s table (frozen in as const
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
+from llvmlite import ir  # type: ignore[import-untyped]
+from numba import types
+from numba.core import cgutils
+from numba.core import config as numba_config
+from numba.extending import intrinsic
 
 from tickerplant.book.records import (
     BAD_LENGTH,
@@ -56,10 +66,12 @@ ST_LIVE, ST_PEAK, ST_LIMIT, ST_SHIFT, ST_POOL_USED = 0, 1, 2, 3, 4
 ST_BBO, ST_TRADES, ST_STATUS, ST_MESSAGES, ST_MARKET, ST_MAX_LOCATES = 5, 6, 7, 8, 9, 10
 STATS = 11
 
+PLAIN_PYTHON: bool = numba_config.DISABLE_JIT  # type: ignore[attr-defined]  # kernels as Python
 MAX_VALUE = 1 << 31  # shares and prices must stay below: they share one int64 in an order row
 MAX_REFERENCE_HI = 1 << 15  # references < 2**47 leave the top of the key for the locate
 _LOW31 = (1 << 31) - 1
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: sequential references spread out
+_RUN = 2  # log2 of the consecutive references that share a 64-byte line of the order table
 
 _S, _R, _H, _Y = ord("S"), ord("R"), ord("H"), ord("Y")
 _A, _F, _E, _C, _X, _D, _U = (ord(c) for c in "AFECXDU")
@@ -72,24 +84,19 @@ _S_CODE = offset("S", "event_code")
 _R_STOCK = offset("R", "stock")
 _H_STATE, _H_REASON = offset("H", "trading_state"), offset("H", "reason")
 _Y_ACTION = offset("Y", "reg_sho_action")
-_A_REF, _A_SIDE = offset("A", "order_reference"), offset("A", "side")
-_A_SHARES, _A_PRICE = offset("A", "shares"), offset("A", "price")
-_F_REF, _F_SIDE = offset("F", "order_reference"), offset("F", "side")
-_F_SHARES, _F_PRICE = offset("F", "shares"), offset("F", "price")
-_E_REF, _E_SHARES, _E_MATCH = (
-    offset("E", "order_reference"),
-    offset("E", "executed_shares"),
-    offset("E", "match_number"),
-)
-_C_REF, _C_SHARES, _C_MATCH = (
-    offset("C", "order_reference"),
-    offset("C", "executed_shares"),
-    offset("C", "match_number"),
-)
+# Every order message carries its reference at the same place (a replace, its original one), so
+# the next message's can be prefetched before its type is looked at; A and F share their side,
+# shares and price, E and C their shares and match number.
+_REF = offset("A", "order_reference")
+_SIDE, _A_SHARES, _A_PRICE = offset("A", "side"), offset("A", "shares"), offset("A", "price")
+_EC_SHARES, _EC_MATCH = offset("E", "executed_shares"), offset("E", "match_number")
+assert all(offset(t, "order_reference") == _REF for t in "AFECXD")
+assert offset("U", "original_order_reference") == _REF
+assert [offset("F", f) for f in ("side", "shares", "price")] == [_SIDE, _A_SHARES, _A_PRICE]
+assert [offset("C", f) for f in ("executed_shares", "match_number")] == [_EC_SHARES, _EC_MATCH]
 _C_PRINTABLE, _C_PRICE = offset("C", "printable"), offset("C", "execution_price")
-_X_REF, _X_SHARES = offset("X", "order_reference"), offset("X", "cancelled_shares")
-_D_REF = offset("D", "order_reference")
-_U_OLD, _U_NEW = offset("U", "original_order_reference"), offset("U", "new_order_reference")
+_X_SHARES = offset("X", "cancelled_shares")
+_U_NEW = offset("U", "new_order_reference")
 _U_SHARES, _U_PRICE = offset("U", "shares"), offset("U", "price")
 _P_SIDE, _P_SHARES = offset("P", "side"), offset("P", "shares")
 _P_PRICE, _P_MATCH = offset("P", "price"), offset("P", "match_number")
@@ -102,23 +109,44 @@ _B_MATCH = offset("B", "match_number")
 
 
 @kernel
+def _unsigned(i: int) -> int:  # pragma: no cover - compiled
+    return np.uint64(i)  # type: ignore[return-value]
+
+
+def _same(i: int) -> int:
+    return i
+
+
+# Indices go through ``_at``. Compiled, unsigned indices spare numba's negative-index fix-up on
+# every load, which also keeps LLVM from merging a field's byte loads into one. As plain Python
+# the cast would be all cost (a numpy scalar per index); indices are never negative, so the int
+# indexes the same element.
+_at = _same if PLAIN_PYTHON else _unsigned
+
+
+@kernel
 def _u16(b: U8, p: int) -> int:  # pragma: no cover - compiled
-    return int((np.int64(b[p]) << 8) | np.int64(b[p + 1]))
+    return int((np.int64(b[_at(p)]) << 8) | np.int64(b[_at(p + 1)]))
 
 
 @kernel
 def _u32(b: U8, p: int) -> int:  # pragma: no cover - compiled
     return int(
-        (np.int64(b[p]) << 24)
-        | (np.int64(b[p + 1]) << 16)
-        | (np.int64(b[p + 2]) << 8)
-        | np.int64(b[p + 3])
+        (np.int64(b[_at(p)]) << 24)
+        | (np.int64(b[_at(p + 1)]) << 16)
+        | (np.int64(b[_at(p + 2)]) << 8)
+        | np.int64(b[_at(p + 3)])
     )
 
 
 @kernel
 def _u48(b: U8, p: int) -> int:  # pragma: no cover - compiled
     return (_u16(b, p) << 32) | _u32(b, p + 2)
+
+
+@kernel
+def _u64(b: U8, p: int) -> int:  # pragma: no cover - compiled
+    return (_u32(b, p) << 32) | _u32(b, p + 4)
 
 
 @kernel
@@ -132,16 +160,19 @@ def _key(b: U8, p: int, locate: int) -> int:  # pragma: no cover - compiled
 
 @kernel
 def _home(key: int, shift: int) -> int:  # pragma: no cover - compiled
-    return int(np.int64((np.uint64(key) * _GOLDEN) >> np.uint64(shift)))
+    """The slot where ``key``'s probe starts: runs of consecutive references hash together and
+    land side by side, so a run of adds (and early deletes) touches one cache line, not four."""
+    run = np.int64((np.uint64(key >> _RUN) * _GOLDEN) >> np.uint64(shift + _RUN))
+    return int(run) << _RUN | (key & ((1 << _RUN) - 1))
 
 
 @kernel
 def _probe(orders: I64, key: int, shift: int) -> int:  # pragma: no cover - compiled
     """The slot holding ``key``, or ``-1 - slot`` of the empty slot where it would go."""
-    mask = orders.shape[0] - 1
+    mask = (orders.shape[0] >> 1) - 1
     i = _home(key, shift)
     while True:
-        k = orders[i, 0]
+        k = orders[_at(2 * i)]
         if k == key:
             return i
         if k == 0:
@@ -152,20 +183,82 @@ def _probe(orders: I64, key: int, shift: int) -> int:  # pragma: no cover - comp
 @kernel
 def _erase(orders: I64, i: int, shift: int) -> None:  # pragma: no cover - compiled
     """Empty slot ``i``, moving later rows of its probe run back so that no tombstone is left."""
-    mask = orders.shape[0] - 1
+    mask = (orders.shape[0] >> 1) - 1
     j = i
     while True:
         j = (j + 1) & mask
-        k = orders[j, 0]
+        k = orders[_at(2 * j)]
         if k == 0:
             break
         # The row at j may fill the hole at i unless its home lies cyclically in (i, j].
         if ((j - _home(k, shift)) & mask) >= ((j - i) & mask):
-            orders[i, 0] = k
-            orders[i, 1] = orders[j, 1]
+            orders[_at(2 * i)] = k
+            orders[_at(2 * i + 1)] = orders[_at(2 * j + 1)]
             i = j
-    orders[i, 0] = 0
-    orders[i, 1] = 0
+    orders[_at(2 * i)] = 0
+    orders[_at(2 * i + 1)] = 0
+
+
+def _prefetch_typing(typingctx: Any, arr: Any, i: Any) -> tuple[Any, Any]:
+    """``_prefetch(arr, i)`` starts loading the cache line of ``arr[i]`` (LLVM's prefetch: it
+    never faults and never waits), for compiled callers only."""
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(  # type: ignore[no-untyped-call]
+            context, builder, sig.args[0], ary, [args[1]]
+        )
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [ptr.type], fnty)
+        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
+        return context.get_dummy_value()
+
+    return types.void(arr, i), codegen
+
+
+_prefetch: Any = intrinsic(_prefetch_typing)
+
+
+@kernel
+def _prefetch_order(b: U8, p: int, orders: I64, shift: int) -> None:  # pragma: no cover - compiled
+    """Start loading the order-table slot of the reference that the message at ``p`` names.
+
+    The table outgrows the caches and references scatter over it, so each lookup would wait
+    for memory; started one message early, the load overlaps that message's work. The type is
+    not looked at (that cost more than it saved): for other messages the bytes are no reference
+    and the line goes unused.
+    """
+    key = (_u32(b, p + _REF) << 32 | _u32(b, p + _REF + 4)) | _u16(b, p + _LOCATE) << 47
+    _prefetch(orders, _at(2 * _home(key, shift)))
+
+
+def _no_prefetch(b: U8, p: int, orders: I64, shift: int) -> None:
+    """As plain Python: an intrinsic has no Python form, and a prefetch changes no result."""
+
+
+_prefetch_next = _no_prefetch if PLAIN_PYTHON else _prefetch_order
+
+
+@kernel
+def _move_book(
+    b: int, used: int, bk_start: I64, bk_len: I64, bk_cap: I64, lv_key: I32, lv_qty: I64,
+    lv_cnt: I32,
+) -> int:  # pragma: no cover - compiled
+    """Move full book ``b`` to the end of the pool with half again its room: the rows used
+    after, or -1 when the pool has no room for it (nothing moved)."""
+    n = bk_len[b]
+    grown = n + (n >> 1) + 4
+    if used + grown > lv_key.shape[0]:
+        return -1
+    s = bk_start[b]
+    for i in range(n):
+        lv_key[used + i] = lv_key[s + i]
+        lv_qty[used + i] = lv_qty[s + i]
+        lv_cnt[used + i] = lv_cnt[s + i]
+    bk_start[b] = used
+    bk_cap[b] = grown
+    return int(used + grown)
 
 
 @kernel
@@ -199,88 +292,96 @@ def apply_blocks(
     hold one event of each kind per message; ``stats`` counts what was written.
     """
     end = buf.shape[0]
-    shift = stats[ST_SHIFT]
     n_locates = defined.shape[0]
+    # Counters live in locals for the loop: stores to any int64 array might alias ``stats``,
+    # so LLVM would reload and store them around every write to the books.
+    shift = stats[ST_SHIFT]
+    limit = stats[ST_LIMIT]
+    max_locates = stats[ST_MAX_LOCATES]
+    live = stats[ST_LIVE]
+    peak = stats[ST_PEAK]
+    used = stats[ST_POOL_USED]
+    messages = stats[ST_MESSAGES]
+    n_bbo = stats[ST_BBO]
+    n_trades = stats[ST_TRADES]
+    n_status = stats[ST_STATUS]
+    code = DONE
     while pos + 2 <= end:
         size = _u16(buf, pos)
-        if pos + 2 + size > end:
-            anomalies[TRUNCATED] += 1
-            stats[ST_MESSAGES] += 1
-            pos = end
-            break
         p = pos + 2
         nxt = p + size
+        if nxt > end:
+            anomalies[TRUNCATED] += 1
+            messages += 1
+            pos = end
+            break
         if size == 0:
             anomalies[BAD_LENGTH] += 1
-            stats[ST_MESSAGES] += 1
+            messages += 1
             pos = nxt
             continue
-        t = int(buf[p])
-        want = lengths[t]
+        if nxt + 2 + _REF + 8 <= end:
+            _prefetch_next(buf, nxt + 2, orders, shift)
+        t = int(buf[_at(p)])
+        want = lengths[_at(t)]
         if want != size:
-            by_type[t] += 1
-            stats[ST_MESSAGES] += 1
+            by_type[_at(t)] += 1
+            messages += 1
             anomalies[UNKNOWN_TYPE if want == 0 else BAD_LENGTH] += 1
             pos = nxt
             continue
         locate = _u16(buf, p + _LOCATE)
-        known = locate < n_locates and defined[locate] != 0
+        known = locate < n_locates and defined[_at(locate)] != 0
         slot = -1
         if t in (_A, _F, _U):
             # Room first, so that a message is either applied whole or not started.
-            if stats[ST_LIVE] >= stats[ST_LIMIT]:
-                return pos, NEED_ORDERS
+            if live >= limit:
+                code = NEED_ORDERS
+                break
             if known:
                 if t == _U:
-                    key = _key(buf, p + _U_OLD, locate)
+                    key = _key(buf, p + _REF, locate)
                     slot = _probe(orders, key, shift) if key >= 0 else -1
-                    side = (orders[slot, 1] >> 31) & 1 if slot >= 0 else -1
+                    side = (orders[_at(2 * slot + 1)] >> 31) & 1 if slot >= 0 else -1
                 else:
-                    side_byte = buf[p + (_A_SIDE if t == _A else _F_SIDE)]
+                    side_byte = buf[_at(p + _SIDE)]
                     side = 0 if side_byte == _BUY else 1 if side_byte == _SELL else -1
                 if side >= 0:
                     b = 2 * locate + side
-                    n = bk_len[b]
-                    cap = bk_cap[b]
-                    if n == cap:
-                        # A full segment moves to the end of the pool with half again its room.
-                        grown = cap + (cap >> 1) + 4
-                        used = stats[ST_POOL_USED]
-                        if used + grown > lv_key.shape[0]:
-                            return pos, NEED_LEVELS
-                        s = bk_start[b]
-                        for i in range(n):
-                            lv_key[used + i] = lv_key[s + i]
-                            lv_qty[used + i] = lv_qty[s + i]
-                            lv_cnt[used + i] = lv_cnt[s + i]
-                        bk_start[b] = used
-                        bk_cap[b] = grown
-                        stats[ST_POOL_USED] = used + grown
-        elif t == _R and locate < stats[ST_MAX_LOCATES] and locate >= n_locates:
-            return pos, NEED_LOCATES
-        by_type[t] += 1
-        stats[ST_MESSAGES] += 1
+                    if bk_len[_at(b)] == bk_cap[_at(b)]:
+                        moved = _move_book(
+                            b, used, bk_start, bk_len, bk_cap, lv_key, lv_qty, lv_cnt
+                        )
+                        if moved < 0:
+                            code = NEED_LEVELS
+                            break
+                        used = moved
+        elif t == _R and locate < max_locates and locate >= n_locates:
+            code = NEED_LOCATES
+            break
+        by_type[_at(t)] += 1
+        messages += 1
         pos = nxt
-        ts = _u48(buf, p + _TIME)
         # What the message does, gathered first so that each change below is written once
         # (numba does not inline calls that take many arrays, and they cost more than the work).
         changed = False
-        tr_kind, tr_price, tr_size, tr_match, tr_side, tr_printable = 0, 0, 0, 0, 0, 0
+        tr_kind = 0
+        add_key = -1
 
-        if t in (_A, _F, _E, _C, _X, _D, _U):
+        if t in (_D, _A, _U, _X, _E, _F, _C):
             if not known:
                 anomalies[UNKNOWN_LOCATE] += 1
                 continue
-            add_key, add_ask, add_shares, add_price = -1, 0, 0, 0
+            add_ask, add_shares, add_price = 0, 0, 0
             if t in (_A, _F):
-                side_byte = buf[p + (_A_SIDE if t == _A else _F_SIDE)]
+                side_byte = buf[_at(p + _SIDE)]
                 if side_byte != _BUY and side_byte != _SELL:
                     anomalies[BAD_SIDE] += 1
                     continue
                 add_ask = 0 if side_byte == _BUY else 1
-                add_key = _key(buf, p + (_A_REF if t == _A else _F_REF), locate)
-                add_shares = _u32(buf, p + (_A_SHARES if t == _A else _F_SHARES))
-                add_price = _u32(buf, p + (_A_PRICE if t == _A else _F_PRICE))
+                add_key = _key(buf, p + _REF, locate)
+                add_shares = _u32(buf, p + _A_SHARES)
+                add_price = _u32(buf, p + _A_PRICE)
                 if (
                     add_key < 0 or add_shares == 0 or add_shares >= MAX_VALUE
                     or add_price >= MAX_VALUE
@@ -289,68 +390,61 @@ def apply_blocks(
                     continue
             else:
                 if t != _U:  # the room check above already found a replace's order
-                    if t == _E:
-                        o_ref = _E_REF
-                    elif t == _C:
-                        o_ref = _C_REF
-                    elif t == _X:
-                        o_ref = _X_REF
-                    else:
-                        o_ref = _D_REF
-                    key = _key(buf, p + o_ref, locate)
+                    key = _key(buf, p + _REF, locate)
                     slot = _probe(orders, key, shift) if key >= 0 else -1
                 if slot < 0:
                     anomalies[UNKNOWN_REFERENCE] += 1
                     continue
-                value = orders[slot, 1]
+                value = orders[_at(2 * slot + 1)]
                 ask = (value >> 31) & 1
                 left = value & _LOW31
                 price = value >> 32
-                if t == _X:
+                if t in (_D, _U):
+                    take = left
+                elif t == _X:
                     take = _u32(buf, p + _X_SHARES)
                     if take > left:
                         anomalies[OVER_CANCEL] += 1
                         take = left
-                elif t in (_E, _C):
-                    o_match = _E_MATCH if t == _E else _C_MATCH
+                else:
                     tr_kind = t
-                    tr_size = _u32(buf, p + (_E_SHARES if t == _E else _C_SHARES))
-                    tr_match = _u32(buf, p + o_match) << 32 | _u32(buf, p + o_match + 4)
+                    tr_size = _u32(buf, p + _EC_SHARES)
+                    tr_match = _u64(buf, p + _EC_MATCH)
                     tr_side = _SELL if ask else _BUY
                     if t == _E:
                         tr_price, tr_printable = price, 1
                     else:
                         tr_price = _u32(buf, p + _C_PRICE)
-                        tr_printable = 1 if buf[p + _C_PRINTABLE] == _YES else 0
+                        tr_printable = 1 if buf[_at(p + _C_PRINTABLE)] == _YES else 0
                     take = tr_size
                     if take > left:
                         anomalies[OVER_EXECUTION] += 1
                         take = left
-                else:
-                    take = left
                 gone = take == left
                 if gone:
                     _erase(orders, slot, shift)
-                    stats[ST_LIVE] -= 1
+                    live -= 1
                 else:
-                    orders[slot, 1] = value - take
+                    orders[_at(2 * slot + 1)] = value - take
                 b = 2 * locate + ask
-                s = bk_start[b]
-                n = bk_len[b]
+                s = bk_start[_at(b)]
+                n = bk_len[_at(b)]
                 level = -price if ask else price
-                i = s + n - 1
-                while i > s and lv_key[i] > level:
+                last = s + n - 1
+                i = last
+                while i > s and lv_key[_at(i)] > level:
                     i -= 1
-                changed = i == s + n - 1  # only the best level can move the BBO
-                lv_qty[i] -= take
+                changed = i == last  # only the best level can move the BBO
+                lv_qty[_at(i)] -= take
                 if gone:
-                    lv_cnt[i] -= 1
-                    if lv_cnt[i] == 0:
-                        for j in range(i, s + n - 1):
-                            lv_key[j] = lv_key[j + 1]
-                            lv_qty[j] = lv_qty[j + 1]
-                            lv_cnt[j] = lv_cnt[j + 1]
-                        bk_len[b] = n - 1
+                    cnt = lv_cnt[_at(i)] - 1
+                    lv_cnt[_at(i)] = cnt
+                    if cnt == 0:
+                        for j in range(i, last):
+                            lv_key[_at(j)] = lv_key[_at(j + 1)]
+                            lv_qty[_at(j)] = lv_qty[_at(j + 1)]
+                            lv_cnt[_at(j)] = lv_cnt[_at(j + 1)]
+                        bk_len[_at(b)] = n - 1
                 if t == _U:
                     add_ask = ask
                     add_key = _key(buf, p + _U_NEW, locate)
@@ -368,51 +462,51 @@ def apply_blocks(
                     anomalies[DUPLICATE_REFERENCE] += 1
                 else:
                     slot = -1 - slot
-                    orders[slot, 0] = add_key
-                    orders[slot, 1] = add_price << 32 | add_ask << 31 | add_shares
-                    live = stats[ST_LIVE] + 1
-                    stats[ST_LIVE] = live
-                    if live > stats[ST_PEAK]:
-                        stats[ST_PEAK] = live
+                    orders[_at(2 * slot)] = add_key
+                    orders[_at(2 * slot + 1)] = add_price << 32 | add_ask << 31 | add_shares
+                    live += 1
+                    if live > peak:
+                        peak = live
                     b = 2 * locate + add_ask
-                    s = bk_start[b]
-                    n = bk_len[b]
+                    s = bk_start[_at(b)]
+                    n = bk_len[_at(b)]
                     level = -add_price if add_ask else add_price
-                    i = s + n - 1
-                    while i >= s and lv_key[i] > level:
+                    last = s + n - 1
+                    i = last
+                    while i >= s and lv_key[_at(i)] > level:
                         i -= 1
-                    changed = changed or i == s + n - 1
-                    if i >= s and lv_key[i] == level:
-                        lv_qty[i] += add_shares
-                        lv_cnt[i] += 1
+                    changed = changed or i == last
+                    if i >= s and lv_key[_at(i)] == level:
+                        lv_qty[_at(i)] += add_shares
+                        lv_cnt[_at(i)] += 1
                     else:
                         for j in range(s + n, i + 1, -1):
-                            lv_key[j] = lv_key[j - 1]
-                            lv_qty[j] = lv_qty[j - 1]
-                            lv_cnt[j] = lv_cnt[j - 1]
-                        lv_key[i + 1] = level
-                        lv_qty[i + 1] = add_shares
-                        lv_cnt[i + 1] = 1
-                        bk_len[b] = n + 1
+                            lv_key[_at(j)] = lv_key[_at(j - 1)]
+                            lv_qty[_at(j)] = lv_qty[_at(j - 1)]
+                            lv_cnt[_at(j)] = lv_cnt[_at(j - 1)]
+                        lv_key[_at(i + 1)] = level
+                        lv_qty[_at(i + 1)] = add_shares
+                        lv_cnt[_at(i + 1)] = 1
+                        bk_len[_at(b)] = n + 1
 
         elif t in (_P, _Q, _BRK):
             if not known:
                 anomalies[UNKNOWN_LOCATE] += 1
                 continue
             tr_kind = t
+            tr_side, tr_printable = 0, 1
             if t == _P:
-                tr_match = _u32(buf, p + _P_MATCH) << 32 | _u32(buf, p + _P_MATCH + 4)
+                tr_match = _u64(buf, p + _P_MATCH)
                 tr_price = _u32(buf, p + _P_PRICE)
                 tr_size = _u32(buf, p + _P_SHARES)
-                tr_side = int(buf[p + _P_SIDE])
-                tr_printable = 1
+                tr_side = int(buf[_at(p + _P_SIDE)])
             elif t == _Q:
-                tr_match = _u32(buf, p + _Q_MATCH) << 32 | _u32(buf, p + _Q_MATCH + 4)
+                tr_match = _u64(buf, p + _Q_MATCH)
                 tr_price = _u32(buf, p + _Q_PRICE)
-                tr_size = _u32(buf, p + _Q_SHARES) << 32 | _u32(buf, p + _Q_SHARES + 4)
-                tr_printable = 1
+                tr_size = _u64(buf, p + _Q_SHARES)
             else:
-                tr_match = _u32(buf, p + _B_MATCH) << 32 | _u32(buf, p + _B_MATCH + 4)
+                tr_match = _u64(buf, p + _B_MATCH)
+                tr_price, tr_size, tr_printable = 0, 0, 0
 
         elif t == _R:
             if locate == 0 or locate >= n_locates:
@@ -429,31 +523,31 @@ def apply_blocks(
 
         elif t in (_S, _H, _Y):
             if t == _S:
-                code = buf[p + _S_CODE]
-                stats[ST_MARKET] = code
+                code_byte = buf[p + _S_CODE]
+                stats[ST_MARKET] = code_byte
             elif not known:
                 anomalies[UNKNOWN_LOCATE] += 1
                 continue
             elif t == _H:
-                code = buf[p + _H_STATE]
-                trading_state[locate] = code
+                code_byte = buf[p + _H_STATE]
+                trading_state[locate] = code_byte
             else:
-                code = buf[p + _Y_ACTION]
-                reg_sho[locate] = code
-            e = stats[ST_STATUS]
-            stats[ST_STATUS] = e + 1
+                code_byte = buf[p + _Y_ACTION]
+                reg_sho[locate] = code_byte
+            e = n_status
+            n_status += 1
             status[e]["locate"] = locate
-            status[e]["timestamp"] = ts
+            status[e]["timestamp"] = _u48(buf, p + _TIME)
             status[e]["kind"] = t
-            status[e]["code"] = code
+            status[e]["code"] = code_byte
             for i in range(4):
                 status[e]["reason"][i] = buf[p + _H_REASON + i] if t == _H else 0
 
         if tr_kind != 0:
-            e = stats[ST_TRADES]
-            stats[ST_TRADES] = e + 1
+            e = n_trades
+            n_trades += 1
             trades[e]["locate"] = locate
-            trades[e]["timestamp"] = ts
+            trades[e]["timestamp"] = _u48(buf, p + _TIME)
             trades[e]["price"] = tr_price
             trades[e]["size"] = tr_size
             trades[e]["match"] = tr_match
@@ -465,16 +559,16 @@ def apply_blocks(
             # A BBO event only when the best bid or offer differs from the last one sent.
             bid_px, bid_qty, ask_px, ask_qty = 0, 0, 0, 0
             b = 2 * locate
-            n = bk_len[b]
+            n = bk_len[_at(b)]
             if n > 0:
-                i = bk_start[b] + n - 1
-                bid_px = int(lv_key[i])
-                bid_qty = lv_qty[i]
-            n = bk_len[b + 1]
+                i = bk_start[_at(b)] + n - 1
+                bid_px = int(lv_key[_at(i)])
+                bid_qty = lv_qty[_at(i)]
+            n = bk_len[_at(b + 1)]
             if n > 0:
-                i = bk_start[b + 1] + n - 1
-                ask_px = -int(lv_key[i])
-                ask_qty = lv_qty[i]
+                i = bk_start[_at(b + 1)] + n - 1
+                ask_px = -int(lv_key[_at(i)])
+                ask_qty = lv_qty[_at(i)]
             if (
                 bid_px != top[locate, 0]
                 or bid_qty != top[locate, 1]
@@ -485,26 +579,33 @@ def apply_blocks(
                 top[locate, 1] = bid_qty
                 top[locate, 2] = ask_px
                 top[locate, 3] = ask_qty
-                e = stats[ST_BBO]
-                stats[ST_BBO] = e + 1
+                e = n_bbo
+                n_bbo += 1
                 bbo[e]["locate"] = locate
-                bbo[e]["timestamp"] = ts
+                bbo[e]["timestamp"] = _u48(buf, p + _TIME)
                 bbo[e]["bid_price"] = bid_px
                 bbo[e]["bid_size"] = bid_qty
                 bbo[e]["ask_price"] = ask_px
                 bbo[e]["ask_size"] = ask_qty
-    return pos, DONE
+    stats[ST_LIVE] = live
+    stats[ST_PEAK] = peak
+    stats[ST_POOL_USED] = used
+    stats[ST_MESSAGES] = messages
+    stats[ST_BBO] = n_bbo
+    stats[ST_TRADES] = n_trades
+    stats[ST_STATUS] = n_status
+    return pos, code
 
 
 @kernel
 def rehash(old: I64, new: I64, shift: int) -> None:  # pragma: no cover - compiled
     """Insert every row of the order table ``old`` into the empty table ``new``."""
-    for i in range(old.shape[0]):
-        key = old[i, 0]
+    for i in range(old.shape[0] >> 1):
+        key = old[2 * i]
         if key != 0:
             j = -1 - _probe(new, key, shift)
-            new[j, 0] = key
-            new[j, 1] = old[i, 1]
+            new[2 * j] = key
+            new[2 * j + 1] = old[2 * i + 1]
 
 
 @kernel
