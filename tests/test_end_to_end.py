@@ -82,9 +82,9 @@ def test_late_join_catches_up_by_replay_from_sequence_one() -> None:
         return feed, summary
 
     feed, summary = asyncio.run(main())
-    assert feed.delivered == total == summary["published"]
-    assert feed.digest == summary["sha256"]
     figures = feed.figures()
+    assert feed.delivered == total == summary["published"], figures
+    assert feed.digest == summary["sha256"]
     assert figures["gaps"]["repaired_by_replay"] >= 1
     assert figures["lines"]["replay"]["messages"] >= MESSAGES
     assert feed.duplicates_delivered == 0 and figures["gaps"]["lost"] == 0

@@ -205,7 +205,7 @@ def test_a_replay_that_logs_in_and_then_says_nothing_does_not_hold_the_gap_open(
         port = server.sockets[0].getsockname()[1]
         cfg = FeedConfig(
             line_a, line_b, replay=Endpoint("127.0.0.1", port), rerequest=None,
-            recovery=RecoveryConfig(replay_threshold=10, give_up_after=0.5),
+            recovery=RecoveryConfig(replay_threshold=10, give_up_after=0.5, replay_stall=0.5),
         )  # fmt: skip
         feed = FeedHandler(cfg, on_event=on_event)
         await feed.start()

@@ -347,7 +347,8 @@ def test_any_interleaving_of_two_lines_delivers_each_message_once_in_order(
 
 def test_a_silent_replay_is_cancelled_and_its_gap_given_up() -> None:
     p = Plant()
-    rec = Recovery(p.seq, RecoveryConfig(rerequest=False, replay_threshold=10, give_up_after=1.0))
+    cfg = RecoveryConfig(rerequest=False, replay_threshold=10, give_up_after=1.0, replay_stall=1.0)
+    rec = Recovery(p.seq, cfg)
     p.packet(A, 100, 1, 0.0)
     assert rec.poll(0.01) == [Replay(1, 100)]
     rec.replay_progress(0.5)  # some progress, then silence

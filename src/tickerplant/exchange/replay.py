@@ -150,6 +150,8 @@ class ReplayServer:
 
     async def start(self) -> int:
         """Listen; returns the bound port (so port 0 picks a free one)."""
+        # Load (first run: compile) the framing kernel now, not inside the first client's replay.
+        encode_sequenced(b"\x00\x01x")
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _Client(self), self.host, self.port, reuse_address=True

@@ -39,6 +39,7 @@ from tickerplant.session.liveness import Liveness
 from tickerplant.session.recovery import Recovery, RecoveryConfig, Replay, Rerequest
 from tickerplant.session.sequencer import Delivery, Sequencer
 from tickerplant.wire import moldudp64 as mold
+from tickerplant.wire import soupbintcp as soup
 from tickerplant.wire.blocks import offsets_of
 
 log = logging.getLogger(__name__)
@@ -327,7 +328,7 @@ class FeedHandler:
                 elif isinstance(action, Replay):
                     self._start_replay(action)
                 else:
-                    self._cancel_replay("stalled: nothing delivered for give_up_after")
+                    self._cancel_replay("stalled: nothing delivered for replay_stall seconds")
             self._schedule(rec.deadline)
         self._deliver(seq.take())
         for event in seq.take_events():
@@ -471,6 +472,10 @@ def _warm_kernels() -> None:
     one = np.zeros(1, dtype=np.int64)
     mold.scan_packets(rows, one, 1, one.copy(), one.copy(), np.zeros(1, dtype=np.int8))
     offsets_of(b"\x00\x01x")
+    # The replay client's: compiling them in the middle of a late join stalls the catch-up.
+    framer = soup.Framer(soup.Side.SERVER)
+    framer.feed(soup.encode_sequenced(b"\x00\x01x"))
+    framer.take_sequenced()
 
 
 def _percentiles(values: list[float]) -> dict[str, float | int]:

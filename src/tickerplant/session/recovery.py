@@ -31,6 +31,9 @@ class RecoveryConfig:
     # UDP requests, and the re-request server is rate limited per source anyway.
     replay_threshold: int = 20_000
     replay_retry: float = 0.5
+    # A replay that delivers nothing this long is cancelled (a server that logs us in and then
+    # sends only heartbeats would otherwise hold its gaps open until the replay's own timeout).
+    replay_stall: float = 5.0
     give_up_after: float = 2.0
 
     def __post_init__(self) -> None:
@@ -43,6 +46,7 @@ class RecoveryConfig:
             ("max_requests_per_poll", self.max_requests_per_poll >= 1, "1 or more"),
             ("replay_threshold", self.replay_threshold >= 1, "1 or more messages"),
             ("replay_retry", self.replay_retry >= 0, "seconds, 0 or more"),
+            ("replay_stall", self.replay_stall > 0, "seconds, more than 0"),
             ("give_up_after", self.give_up_after > self.line_wait, "seconds, above line_wait"),
         ]
         for name, ok, fix in checks:
@@ -64,7 +68,7 @@ class Replay:
 
 @dataclass(frozen=True, slots=True)
 class CancelReplay:
-    """The replay session has sent nothing for ``give_up_after``: end it, it counts as failed."""
+    """The replay session has sent nothing for ``replay_stall``: end it, it counts as failed."""
 
 
 Action = Rerequest | Replay | CancelReplay
@@ -89,7 +93,7 @@ class Recovery:
         deadline = float("inf")
         requests = 0
         if self.replaying is not None:
-            stalled_at = self._replay_heard + cfg.give_up_after
+            stalled_at = self._replay_heard + cfg.replay_stall
             if now >= stalled_at:
                 # Logged in but silent (or trickling nothing): a replay must not keep its gaps
                 # open past give_up_after just by holding the connection.
