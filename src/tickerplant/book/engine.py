@@ -16,7 +16,7 @@ import numpy.typing as npt
 from tickerplant.book import kernel as k
 from tickerplant.book.records import ANOMALIES, BBO_EVENT, LEVEL, STATUS_EVENT, TRADE_EVENT
 from tickerplant.wire.blocks import as_array
-from tickerplant.wire.itch import LENGTHS, MESSAGE_LENGTHS
+from tickerplant.wire.itch import LENGTHS
 
 Events = npt.NDArray[np.void]
 
@@ -59,9 +59,11 @@ class BookEngine:
         if not 2 <= max_symbols <= 1 << 16:
             raise ValueError(f"max_symbols must be 2..65536 (locates are u16), got {max_symbols}")
         self.max_symbols = max_symbols
-        self._by_type = np.zeros(256, dtype=np.int64)
-        self._anomalies = np.zeros(len(ANOMALIES), dtype=np.int64)
-        self._stats = np.zeros(k.STATS, dtype=np.int64)
+        # One array for every counter, so that a call passes one argument, not three.
+        self._counts = np.zeros(k.COUNTS, dtype=np.int64)
+        self._stats = self._counts[: k.STATS]
+        self._anomalies = self._counts[k.ANOMALY_AT : k.TYPE_AT]
+        self._by_type = self._counts[k.TYPE_AT :]
         self._stats[k.ST_MAX_LOCATES] = max_symbols
         self._set_orders(_slots_for(expected_orders))
         self._locates(min(_FIRST_LOCATES, max_symbols))
@@ -105,9 +107,8 @@ class BookEngine:
         self, buf: npt.NDArray[np.uint8], pos: int, bbo: Events, trades: Events, status: Events
     ) -> tuple[int, int]:
         return k.apply_blocks(
-            buf, pos, MESSAGE_LENGTHS, self._by_type, self._anomalies, self._stats,
-            self._defined, self._names, self._trading_state, self._reg_sho, self._top,
-            self._orders, self._bk_start, self._bk_len, self._bk_cap,
+            buf, pos, self._counts, self._defined, self._names, self._trading_state,
+            self._reg_sho, self._top, self._orders, self._bk_start, self._bk_len, self._bk_cap,
             self._lv_key, self._lv_qty, self._lv_cnt, bbo, trades, status,
         )  # fmt: skip
 

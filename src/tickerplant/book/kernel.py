@@ -38,6 +38,7 @@ from numba.core import config as numba_config
 from numba.extending import intrinsic
 
 from tickerplant.book.records import (
+    ANOMALIES,
     BAD_LENGTH,
     BAD_SIDE,
     BAD_VALUE,
@@ -52,24 +53,27 @@ from tickerplant.book.records import (
 )
 from tickerplant.jit import kernel
 from tickerplant.wire.blocks import U8
-from tickerplant.wire.itch import offset
+from tickerplant.wire.itch import MESSAGE_LENGTHS, offset
 
 I64 = npt.NDArray[np.int64]
 I32 = npt.NDArray[np.int32]
-I16 = npt.NDArray[np.int16]
 
 # Return codes.
 DONE, NEED_ORDERS, NEED_LEVELS, NEED_LOCATES = 0, 1, 2, 3
 
-# Indices into the stats array.
+# The counters: engine state, then anomalies (records.ANOMALIES), then messages by type byte.
 ST_LIVE, ST_PEAK, ST_LIMIT, ST_SHIFT, ST_POOL_USED = 0, 1, 2, 3, 4
 ST_BBO, ST_TRADES, ST_STATUS, ST_MESSAGES, ST_MARKET, ST_MAX_LOCATES = 5, 6, 7, 8, 9, 10
 STATS = 11
+ANOMALY_AT = STATS
+TYPE_AT = ANOMALY_AT + len(ANOMALIES)
+COUNTS = TYPE_AT + 256
 
 PLAIN_PYTHON: bool = numba_config.DISABLE_JIT  # type: ignore[attr-defined]  # kernels as Python
 MAX_VALUE = 1 << 31  # shares and prices must stay below: they share one int64 in an order row
 MAX_REFERENCE_HI = 1 << 15  # references < 2**47 leave the top of the key for the locate
 _LOW31 = (1 << 31) - 1
+_LENGTHS = MESSAGE_LENGTHS  # a global: compiled in as a constant, one argument fewer per call
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: sequential references spread out
 _RUN = 2  # log2 of the consecutive references that share a 64-byte line of the order table
 
@@ -265,10 +269,7 @@ def _move_book(
 def apply_blocks(
     buf: U8,
     pos: int,
-    lengths: I16,
-    by_type: I64,
-    anomalies: I64,
-    stats: I64,
+    counts: I64,
     defined: U8,
     names: U8,
     trading_state: U8,
@@ -289,45 +290,45 @@ def apply_blocks(
 
     Returns ``(pos, code)``: ``DONE`` with ``pos`` at the end of the stream, or a ``NEED_*`` code
     with ``pos`` at the message that needs more room and is not yet applied. Event arrays must
-    hold one event of each kind per message; ``stats`` counts what was written.
+    hold one event of each kind per message; ``counts`` says how many were written.
     """
     end = buf.shape[0]
     n_locates = defined.shape[0]
-    # Counters live in locals for the loop: stores to any int64 array might alias ``stats``,
+    # Counters live in locals for the loop: stores to any int64 array might alias ``counts``,
     # so LLVM would reload and store them around every write to the books.
-    shift = stats[ST_SHIFT]
-    limit = stats[ST_LIMIT]
-    max_locates = stats[ST_MAX_LOCATES]
-    live = stats[ST_LIVE]
-    peak = stats[ST_PEAK]
-    used = stats[ST_POOL_USED]
-    messages = stats[ST_MESSAGES]
-    n_bbo = stats[ST_BBO]
-    n_trades = stats[ST_TRADES]
-    n_status = stats[ST_STATUS]
+    shift = counts[ST_SHIFT]
+    limit = counts[ST_LIMIT]
+    max_locates = counts[ST_MAX_LOCATES]
+    live = counts[ST_LIVE]
+    peak = counts[ST_PEAK]
+    used = counts[ST_POOL_USED]
+    messages = counts[ST_MESSAGES]
+    n_bbo = counts[ST_BBO]
+    n_trades = counts[ST_TRADES]
+    n_status = counts[ST_STATUS]
     code = DONE
     while pos + 2 <= end:
         size = _u16(buf, pos)
         p = pos + 2
         nxt = p + size
         if nxt > end:
-            anomalies[TRUNCATED] += 1
+            counts[ANOMALY_AT + TRUNCATED] += 1
             messages += 1
             pos = end
             break
         if size == 0:
-            anomalies[BAD_LENGTH] += 1
+            counts[ANOMALY_AT + BAD_LENGTH] += 1
             messages += 1
             pos = nxt
             continue
         if nxt + 2 + _REF + 8 <= end:
             _prefetch_next(buf, nxt + 2, orders, shift)
         t = int(buf[_at(p)])
-        want = lengths[_at(t)]
+        want = _LENGTHS[_at(t)]
         if want != size:
-            by_type[_at(t)] += 1
+            counts[_at(TYPE_AT + t)] += 1
             messages += 1
-            anomalies[UNKNOWN_TYPE if want == 0 else BAD_LENGTH] += 1
+            counts[ANOMALY_AT + (UNKNOWN_TYPE if want == 0 else BAD_LENGTH)] += 1
             pos = nxt
             continue
         locate = _u16(buf, p + _LOCATE)
@@ -359,7 +360,7 @@ def apply_blocks(
         elif t == _R and locate < max_locates and locate >= n_locates:
             code = NEED_LOCATES
             break
-        by_type[_at(t)] += 1
+        counts[_at(TYPE_AT + t)] += 1
         messages += 1
         pos = nxt
         # What the message does, gathered first so that each change below is written once
@@ -370,13 +371,13 @@ def apply_blocks(
 
         if t in (_D, _A, _U, _X, _E, _F, _C):
             if not known:
-                anomalies[UNKNOWN_LOCATE] += 1
+                counts[ANOMALY_AT + UNKNOWN_LOCATE] += 1
                 continue
             add_ask, add_shares, add_price = 0, 0, 0
             if t in (_A, _F):
                 side_byte = buf[_at(p + _SIDE)]
                 if side_byte != _BUY and side_byte != _SELL:
-                    anomalies[BAD_SIDE] += 1
+                    counts[ANOMALY_AT + BAD_SIDE] += 1
                     continue
                 add_ask = 0 if side_byte == _BUY else 1
                 add_key = _key(buf, p + _REF, locate)
@@ -386,14 +387,14 @@ def apply_blocks(
                     add_key < 0 or add_shares == 0 or add_shares >= MAX_VALUE
                     or add_price >= MAX_VALUE
                 ):  # fmt: skip
-                    anomalies[BAD_VALUE] += 1
+                    counts[ANOMALY_AT + BAD_VALUE] += 1
                     continue
             else:
                 if t != _U:  # the room check above already found a replace's order
                     key = _key(buf, p + _REF, locate)
                     slot = _probe(orders, key, shift) if key >= 0 else -1
                 if slot < 0:
-                    anomalies[UNKNOWN_REFERENCE] += 1
+                    counts[ANOMALY_AT + UNKNOWN_REFERENCE] += 1
                     continue
                 value = orders[_at(2 * slot + 1)]
                 ask = (value >> 31) & 1
@@ -404,7 +405,7 @@ def apply_blocks(
                 elif t == _X:
                     take = _u32(buf, p + _X_SHARES)
                     if take > left:
-                        anomalies[OVER_CANCEL] += 1
+                        counts[ANOMALY_AT + OVER_CANCEL] += 1
                         take = left
                 else:
                     tr_kind = t
@@ -418,7 +419,7 @@ def apply_blocks(
                         tr_printable = 1 if buf[_at(p + _C_PRINTABLE)] == _YES else 0
                     take = tr_size
                     if take > left:
-                        anomalies[OVER_EXECUTION] += 1
+                        counts[ANOMALY_AT + OVER_EXECUTION] += 1
                         take = left
                 gone = take == left
                 if gone:
@@ -454,12 +455,12 @@ def apply_blocks(
                         add_key < 0 or add_shares == 0 or add_shares >= MAX_VALUE
                         or add_price >= MAX_VALUE
                     ):  # fmt: skip
-                        anomalies[BAD_VALUE] += 1
+                        counts[ANOMALY_AT + BAD_VALUE] += 1
                         add_key = -1
             if add_key >= 0:
                 slot = _probe(orders, add_key, shift)
                 if slot >= 0:
-                    anomalies[DUPLICATE_REFERENCE] += 1
+                    counts[ANOMALY_AT + DUPLICATE_REFERENCE] += 1
                 else:
                     slot = -1 - slot
                     orders[_at(2 * slot)] = add_key
@@ -491,7 +492,7 @@ def apply_blocks(
 
         elif t in (_P, _Q, _BRK):
             if not known:
-                anomalies[UNKNOWN_LOCATE] += 1
+                counts[ANOMALY_AT + UNKNOWN_LOCATE] += 1
                 continue
             tr_kind = t
             tr_side, tr_printable = 0, 1
@@ -510,7 +511,7 @@ def apply_blocks(
 
         elif t == _R:
             if locate == 0 or locate >= n_locates:
-                anomalies[UNKNOWN_LOCATE] += 1
+                counts[ANOMALY_AT + UNKNOWN_LOCATE] += 1
                 continue
             same = True
             for i in range(8):
@@ -518,15 +519,15 @@ def apply_blocks(
                     same = False
                 names[locate, i] = buf[p + _R_STOCK + i]
             if defined[locate] != 0 and not same:
-                anomalies[LOCATE_REDEFINED] += 1
+                counts[ANOMALY_AT + LOCATE_REDEFINED] += 1
             defined[locate] = 1
 
         elif t in (_S, _H, _Y):
             if t == _S:
                 code_byte = buf[p + _S_CODE]
-                stats[ST_MARKET] = code_byte
+                counts[ST_MARKET] = code_byte
             elif not known:
-                anomalies[UNKNOWN_LOCATE] += 1
+                counts[ANOMALY_AT + UNKNOWN_LOCATE] += 1
                 continue
             elif t == _H:
                 code_byte = buf[p + _H_STATE]
@@ -587,13 +588,13 @@ def apply_blocks(
                 bbo[e]["bid_size"] = bid_qty
                 bbo[e]["ask_price"] = ask_px
                 bbo[e]["ask_size"] = ask_qty
-    stats[ST_LIVE] = live
-    stats[ST_PEAK] = peak
-    stats[ST_POOL_USED] = used
-    stats[ST_MESSAGES] = messages
-    stats[ST_BBO] = n_bbo
-    stats[ST_TRADES] = n_trades
-    stats[ST_STATUS] = n_status
+    counts[ST_LIVE] = live
+    counts[ST_PEAK] = peak
+    counts[ST_POOL_USED] = used
+    counts[ST_MESSAGES] = messages
+    counts[ST_BBO] = n_bbo
+    counts[ST_TRADES] = n_trades
+    counts[ST_STATUS] = n_status
     return pos, code
 
 
