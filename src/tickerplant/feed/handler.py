@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import socket
 import time
@@ -24,7 +25,6 @@ import numpy as np
 from tickerplant.io.datagrams import DatagramDrain
 from tickerplant.io.multicast import Endpoint, open_receiver
 from tickerplant.io.replay_client import ReplayClient
-from tickerplant.ops.digest import StreamDigest
 from tickerplant.session.events import (
     Batch,
     Event,
@@ -128,7 +128,7 @@ class FeedHandler:
         self.lost_ranges: list[tuple[int, int]] = []  # [start, end) of every GapLost, in order
         self.duplicates_delivered = 0  # checked, not assumed: batches must never overlap
         self._next_delivery = config.first_sequence
-        self._digest = StreamDigest() if config.digest else None
+        self._digest = hashlib.sha256() if config.digest else None
         self._capture: BinaryIO | None = None
         self._sockets: list[socket.socket] = []
         self._drains: dict[Source, DatagramDrain] = {}
@@ -191,8 +191,6 @@ class FeedHandler:
                 await self._replay_task
         if self._capture is not None:
             self._capture.close()
-        if self._digest is not None:
-            self._digest.close()
 
     def figures(self) -> dict[str, Any]:
         """A JSON-ready snapshot for the dashboard, the summary and benchmarks."""
