@@ -103,3 +103,20 @@ def test_offsets_of_stops_at_an_incomplete_block() -> None:
     stream = join_messages([b"ab", b"cde"]) + b"\x00\x05ab"
     offsets, consumed = offsets_of(stream)
     assert list(offsets) == [0, 4] and consumed == 9
+
+
+@given(st.binary(max_size=200))
+def test_any_datagram_decodes_or_names_its_defect_and_the_batch_check_agrees(raw: bytes) -> None:
+    try:
+        packet = mold.decode_packet(raw)
+        expected = mold.Defect.NONE
+        assert mold.encode_blocks(packet.session, packet.sequence, packet.count,
+                                  packet.blocks) == raw
+    except mold.MalformedPacket as err:
+        expected = err.defect
+    slots = np.zeros((1, 256), dtype=np.uint8)
+    slots[0, : len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    seqs, counts = np.zeros(1, np.int64), np.zeros(1, np.int64)
+    defects = np.zeros(1, np.int8)
+    mold.scan_packets(slots, np.array([len(raw)], np.int64), 1, seqs, counts, defects)
+    assert defects[0] == expected

@@ -356,3 +356,29 @@ def test_a_silent_replay_is_cancelled_and_its_gap_given_up() -> None:
     assert rec.poll(1.5) == [CancelReplay()]
     p.collect()
     assert p.lost == [(1, 100)]
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([A, B, RR, RP]), st.integers(1, 300), st.integers(1, 20)),
+        max_size=120,
+    ),
+    st.lists(st.integers(1, 400), max_size=5),
+)
+def test_hostile_arrivals_never_break_order_or_repeat_a_message(
+    arrivals: list[tuple[Source, int, int]], heartbeats: list[int]
+) -> None:
+    """Any mix of overlapping, repeated, far and stale runs (content true to its numbers)."""
+    p = Plant(max_held_bytes=2000)
+    rec = Recovery(p.seq, RecoveryConfig(give_up_after=0.5))
+    now = 0.0
+    for i, (source, first, count) in enumerate(arrivals):
+        p.packet(source, first, count, now)
+        if heartbeats and i % 7 == 0:
+            p.seq.on_heartbeat(A, heartbeats[i % len(heartbeats)], now)
+        rec.poll(now)
+        p.collect()  # checks each batch is contiguous with the last and true to its numbers
+        now += 0.1
+    delivered = [s for s in p.delivered if s != -1]
+    assert delivered == sorted(set(delivered))
+    assert p.seq.counters.delivered == len(delivered)
