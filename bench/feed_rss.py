@@ -14,7 +14,8 @@ import json
 import statistics
 import sys
 
-from plant_run import emit, endpoints, itch_file, run
+from plant_run import emit, endpoints, itch_file
+from tickerplant.cli import run_loop
 from tickerplant.exchange.child import ExchangeProcess
 
 
@@ -60,4 +61,4 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--rate", type=int, default=500_000)
     parser.add_argument("--repeat", type=int, default=3)
-    run(main(parser.parse_args()))
+    run_loop(main(parser.parse_args()))

@@ -17,7 +17,8 @@ import socket
 import statistics
 import time
 
-from plant_run import emit, endpoints, itch_file, run, run_once
+from plant_run import emit, endpoints, itch_file, run_once
+from tickerplant.cli import run_loop
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.io.multicast import open_receiver
 
@@ -100,4 +101,4 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=3_000_000)
     parser.add_argument("--rates", default="1000000,2000000,3000000,0")
     parser.add_argument("--repeat", type=int, default=3)
-    run(main(parser.parse_args()))
+    run_loop(main(parser.parse_args()))

@@ -94,12 +94,3 @@ async def run_once(offset: int, *exchange_args: str, digest: bool = True) -> Run
                  and (not digest or feed.digest == summary["sha256"]))
     return RunResult(summary["published"], feed.delivered, identical, seconds, cpu,
                      feed.figures(), summary)
-
-
-def run(coro: Any) -> Any:
-    try:
-        import uvloop
-
-        return uvloop.run(coro)
-    except ImportError:
-        return asyncio.run(coro)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from plant_run import emit, itch_file, run, run_once
+from plant_run import emit, itch_file, run_once
+from tickerplant.cli import run_loop
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -47,4 +48,4 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--rate", type=int, default=250_000)
     parser.add_argument("--repeat", type=int, default=3)
-    run(main(parser.parse_args()))
+    run_loop(main(parser.parse_args()))

@@ -8,25 +8,25 @@ import json
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 
 from tickerplant.io.multicast import Endpoint
+from tickerplant.ops import addresses
 
-DEFAULT_LINE_A = "239.192.77.1:31001"
-DEFAULT_LINE_B = "239.192.77.2:31002"
-DEFAULT_REREQUEST = "127.0.0.1:31003"
-DEFAULT_REPLAY = "127.0.0.1:31004"
+T = TypeVar("T")
 
 
-def _run(coro: Coroutine[Any, Any, int]) -> int:
+
+def run_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on uvloop where installed, else on asyncio's own loop."""
     try:
         import uvloop
-
-        return int(uvloop.run(coro))
     except ImportError:
         return asyncio.run(coro)
+    result: T = uvloop.run(coro)
+    return result
 
 
 def _endpoint(field: str) -> Callable[[str], Endpoint]:
@@ -56,7 +56,7 @@ def _demo(args: argparse.Namespace) -> int:
             print_summary(result, console)
         return 0 if result["identical"] else 1
 
-    return _run(main())
+    return run_loop(main())
 
 
 def _exchange(args: argparse.Namespace) -> int:
@@ -115,12 +115,12 @@ def _exchange(args: argparse.Namespace) -> int:
             console.print(summary.to_dict())
         return 0 if summary.error is None else 1
 
-    return _run(main())
+    return run_loop(main())
 
 
 def _feed(args: argparse.Namespace) -> int:
     from tickerplant.feed.handler import FeedConfig, FeedHandler
-    from tickerplant.ops.dashboard import render
+    from tickerplant.ops.dashboard import LiveTable
     from tickerplant.session.recovery import RecoveryConfig
 
     cfg = FeedConfig(
@@ -136,28 +136,18 @@ def _feed(args: argparse.Namespace) -> int:
     )
 
     async def main() -> int:
-        from rich.live import Live
-
         feed = FeedHandler(cfg)
         await feed.start()
         loop = asyncio.get_running_loop()
         end = loop.time() + args.seconds if args.seconds else float("inf")
-        live = None if args.json else Live(auto_refresh=False)
-        before, then = None, loop.time()
         try:
-            if live is not None:
-                live.start()
-            while loop.time() < end and not (args.until_end and feed.session_ended.is_set()):
-                await asyncio.sleep(0.5)
-                figures, now = feed.figures(), loop.time()
-                if live is not None:
-                    live.update(render(figures, before, now - then), refresh=True)
-                before, then = figures, now
+            with LiveTable(None if args.json else Console(), loop.time()) as table:
+                while loop.time() < end and not (args.until_end and feed.session_ended.is_set()):
+                    await asyncio.sleep(0.5)
+                    table.show(feed.figures(), loop.time())
         except asyncio.CancelledError:
             pass
         finally:
-            if live is not None:
-                live.stop()
             await feed.close()
         if args.json:
             import resource
@@ -169,7 +159,7 @@ def _feed(args: argparse.Namespace) -> int:
         return 0
 
     try:
-        return _run(main())
+        return run_loop(main())
     except KeyboardInterrupt:
         return 130
 
@@ -196,17 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--symbols", type=int, default=500, help="synthetic: symbols")
     ex.add_argument("--rate", type=float, default=0.0, help="messages/s (default: as fast as can)")
     ex.add_argument("--speed", type=float, default=0.0, help="ITCH timestamps x this factor")
-    ex.add_argument("--line-a", type=_endpoint("--line-a"), default=DEFAULT_LINE_A)
-    ex.add_argument("--line-b", type=_endpoint("--line-b"), default=DEFAULT_LINE_B)
+    ex.add_argument("--line-a", type=_endpoint("--line-a"), default=addresses.LINE_A)
+    ex.add_argument("--line-b", type=_endpoint("--line-b"), default=addresses.LINE_B)
     ex.add_argument("--interface", default="127.0.0.1", help="address of the sending interface")
     ex.add_argument("--ttl", type=int, default=1)
     ex.add_argument("--no-loopback", action="store_true", help="do not loop multicast back")
     ex.add_argument("--drop-a", type=float, default=0.0, help="loss injected on line A")
     ex.add_argument("--drop-b", type=float, default=0.0, help="loss injected on line B")
     ex.add_argument("--drop-seed", type=int, default=0)
-    ex.add_argument("--rerequest", type=_endpoint("--rerequest"), default=DEFAULT_REREQUEST)
+    ex.add_argument("--rerequest", type=_endpoint("--rerequest"), default=addresses.REREQUEST)
     ex.add_argument("--no-rerequest", action="store_true")
-    ex.add_argument("--replay", type=_endpoint("--replay"), default=DEFAULT_REPLAY)
+    ex.add_argument("--replay", type=_endpoint("--replay"), default=addresses.REPLAY)
     ex.add_argument("--no-replay", action="store_true")
     ex.add_argument("--eos-seconds", type=float, default=3.0, help="end of session lasts this")
     ex.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -220,14 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay.set_defaults(func=run_replay)
 
     feed = sub.add_parser("feed", help="join line A and line B, repair gaps, show figures")
-    feed.add_argument("--line-a", type=_endpoint("--line-a"), default=DEFAULT_LINE_A)
-    feed.add_argument("--line-b", type=_endpoint("--line-b"), default=DEFAULT_LINE_B)
+    feed.add_argument("--line-a", type=_endpoint("--line-a"), default=addresses.LINE_A)
+    feed.add_argument("--line-b", type=_endpoint("--line-b"), default=addresses.LINE_B)
     feed.add_argument("--no-line-b", action="store_true", help="one line only")
     feed.add_argument("--interface", default="127.0.0.1", help="address of the joining interface")
     feed.add_argument("--session", default=None, help="pin a session (default: follow the feed)")
-    feed.add_argument("--rerequest", type=_endpoint("--rerequest"), default=DEFAULT_REREQUEST)
+    feed.add_argument("--rerequest", type=_endpoint("--rerequest"), default=addresses.REREQUEST)
     feed.add_argument("--no-rerequest", action="store_true")
-    feed.add_argument("--replay", type=_endpoint("--replay"), default=DEFAULT_REPLAY)
+    feed.add_argument("--replay", type=_endpoint("--replay"), default=addresses.REPLAY)
     feed.add_argument("--no-replay", action="store_true")
     feed.add_argument("--rcvbuf", type=int, default=64 << 20, help="SO_RCVBUF to ask for")
     feed.add_argument("--line-wait", type=float, default=0.001, help="s to wait for the other line")

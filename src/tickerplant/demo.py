@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
-from rich.live import Live
 
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.feed.books import LiveBooks
 from tickerplant.feed.handler import FeedConfig, FeedHandler
 from tickerplant.io.multicast import Endpoint
-from tickerplant.ops.dashboard import render
+from tickerplant.ops import addresses
+from tickerplant.ops.dashboard import LiveTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +33,10 @@ class DemoConfig:
     drop_b: float = 0.005
     seed: int = 1
     symbols: int = 500
-    line_a: Endpoint = Endpoint("239.192.77.1", 31001)
-    line_b: Endpoint = Endpoint("239.192.77.2", 31002)
-    rerequest: Endpoint = Endpoint("127.0.0.1", 31003)
-    replay: Endpoint = Endpoint("127.0.0.1", 31004)
+    line_a: Endpoint = addresses.LINE_A
+    line_b: Endpoint = addresses.LINE_B
+    rerequest: Endpoint = addresses.REREQUEST
+    replay: Endpoint = addresses.REPLAY
 
     def __post_init__(self) -> None:
         if self.seconds <= 0:
@@ -104,26 +104,18 @@ async def _watch(
     deadline = started + cfg.seconds + 30
     ended = asyncio.ensure_future(feed.session_ended.wait())
     stopped = asyncio.ensure_future(stop.wait())
-    live = Live(console=console, auto_refresh=False) if console is not None else None
-    before: dict[str, Any] | None = None
-    then = time.monotonic()
     try:
-        if live is not None:
-            live.start()
-        while not (ended.done() or stopped.done()) and time.monotonic() < deadline:
-            await asyncio.wait({ended, stopped}, timeout=0.5)
-            now_t = time.monotonic()
-            figures = feed.figures()
-            figures["books"] = books.figures()
-            if live is not None:
-                title = f"tickerplant demo: {now_t - started:4.1f} s of {cfg.seconds:g}"
+        with LiveTable(console, time.monotonic()) as table:
+            while not (ended.done() or stopped.done()) and time.monotonic() < deadline:
+                await asyncio.wait({ended, stopped}, timeout=0.5)
+                now = time.monotonic()
+                figures = feed.figures()
+                figures["books"] = books.figures()
+                title = f"tickerplant demo: {now - started:4.1f} s of {cfg.seconds:g}"
                 if not figures["delivered"]:
                     title += " (waiting for the exchange: its first run compiles kernels)"
-                live.update(render(figures, before, now_t - then, title), refresh=True)
-            before, then = figures, now_t
+                table.show(figures, now, title)
     finally:
-        if live is not None:
-            live.stop()
         for task in (ended, stopped):
             task.cancel()
 

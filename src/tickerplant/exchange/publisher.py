@@ -29,7 +29,6 @@ import numpy.typing as npt
 from tickerplant.exchange.pacing import AsFastAsPossible, Pacer
 from tickerplant.io import mmsg
 from tickerplant.io.multicast import open_sender
-from tickerplant.jit import kernel
 from tickerplant.session.journal import Journal
 from tickerplant.wire.blocks import I64, U8, as_array, index_blocks
 from tickerplant.wire.moldudp64 import (
@@ -38,6 +37,7 @@ from tickerplant.wire.moldudp64 import (
     SESSION_LEN,
     encode_end_of_session,
     encode_heartbeat,
+    frame_packets,
     pack_runs,
 )
 
@@ -183,41 +183,6 @@ def drop_mask(
     return mask
 
 
-@kernel
-def frame_packets(
-    stream: U8,
-    consumed: int,
-    starts: I64,
-    counts: I64,
-    packets: int,
-    session: U8,
-    first: int,
-    out: U8,
-    bounds: I64,
-) -> None:  # pragma: no cover - compiled
-    """Write ``packets`` MoldUDP64 packets (as cut by ``pack_runs``) back to back into ``out``.
-
-    ``bounds[k]:bounds[k + 1]`` is packet ``k``; sequence numbers count up from ``first``.
-    """
-    pos = 0
-    sequence = first
-    bounds[0] = 0
-    for k in range(packets):
-        start = starts[k]
-        stop = starts[k + 1] if k + 1 < packets else consumed
-        count = counts[k]
-        out[pos : pos + 10] = session
-        for i in range(8):
-            out[pos + 10 + i] = (sequence >> (56 - 8 * i)) & 0xFF
-        out[pos + 18] = (count >> 8) & 0xFF
-        out[pos + 19] = count & 0xFF
-        size = stop - start
-        out[pos + 20 : pos + 20 + size] = stream[start:stop]
-        pos += 20 + size
-        bounds[k + 1] = pos
-        sequence += count
-
-
 class SourceError(ValueError):
     """The message source handed over something the publisher cannot send."""
 
@@ -263,7 +228,6 @@ class Publisher:
         # allocated per packet, and no fresh memory has to be faulted in.
         self._session = np.frombuffer(self.session, dtype=np.uint8)
         self._frames = np.empty(slice_packets * MAX_PACKET, dtype=np.uint8)
-        self._frames_view = memoryview(self._frames.data)
         self._bounds = np.empty(slice_packets + 1, dtype=np.int64)
         # The chunk being published: its bytes, each message's offset, and where we are in it.
         self._chunk = memoryview(b"")

@@ -32,6 +32,7 @@ from tickerplant.exchange.replay import ReplayCounters, ReplayServer
 from tickerplant.exchange.rerequest_server import RerequestServer
 from tickerplant.exchange.synthetic import SyntheticMarket
 from tickerplant.io.multicast import Endpoint
+from tickerplant.ops import addresses
 from tickerplant.session.journal import Journal
 from tickerplant.session.rerequest import RerequestCounters, RerequestLimits
 from tickerplant.wire.moldudp64 import session_bytes
@@ -72,10 +73,10 @@ class ExchangeConfig:
     pacing: str = "fast"  # "fast", "rate" (messages/s) or "itch" (the messages' own timestamps)
     rate: float = 100_000.0  # messages per second, for pacing "rate"
     speed: float = 1.0  # times real time, for pacing "itch"
-    line_a: LineConfig = field(default_factory=lambda: LineConfig("239.192.77.1", 31001))
-    line_b: LineConfig = field(default_factory=lambda: LineConfig("239.192.77.2", 31002))
-    rerequest: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", 31003))
-    replay: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", 31004))
+    line_a: LineConfig = field(default_factory=lambda: LineConfig(*addresses.LINE_A.pair))
+    line_b: LineConfig = field(default_factory=lambda: LineConfig(*addresses.LINE_B.pair))
+    rerequest: Endpoint | None = addresses.REREQUEST
+    replay: Endpoint | None = addresses.REPLAY
     rerequest_limits: RerequestLimits = field(default_factory=RerequestLimits)
     end_of_session_seconds: float = 3.0
     heartbeat_interval: float = 1.0

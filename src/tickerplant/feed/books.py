@@ -32,7 +32,9 @@ class LiveBooks:
         n = events.bbo.shape[0]
         if n:
             self.bbo_updates += n
-            self._bbo_by_locate += np.bincount(events.bbo["locate"], minlength=1 << 16)
+            # Only up to the highest locate touched: not 512 KiB of zeros added every batch.
+            counts = np.bincount(events.bbo["locate"])
+            self._bbo_by_locate[: counts.shape[0]] += counts
         self.trades += events.trades.shape[0]
 
     def figures(self, busiest: int = 3) -> dict[str, Any]:

@@ -124,6 +124,7 @@ class FeedHandler:
         self.session_ended: asyncio.Event = asyncio.Event()
         self.delivered = 0
         self.consumer_errors = 0
+        self.rerequest_send_errors = 0
         self.replay_failures: dict[str, int] = {}  # why replay sessions ended short
         self.lost_ranges: list[tuple[int, int]] = []  # [start, end) of every GapLost, in order
         self.duplicates_delivered = 0  # checked, not assumed: batches must never overlap
@@ -197,6 +198,7 @@ class FeedHandler:
         c = self.sequencer.counters
         lines = {}
         for source, fig in self.lines.items():
+            drain = self._drains.get(source)
             lines[source.label] = {
                 "packets": fig.packets,
                 "messages": fig.messages,
@@ -205,6 +207,10 @@ class FeedHandler:
                 "foreign": fig.foreign,
                 "malformed": dict(fig.malformed),
                 "rcvbuf": fig.rcvbuf,
+                # Wake-ups that drained the socket, and receive errors (an ICMP error reported
+                # on the connected re-request socket: its server is unreachable).
+                "wakeups": drain.wakeups if drain is not None else 0,
+                "socket_errors": drain.errors if drain is not None else 0,
                 "state": fig.state.value if source in self.liveness else None,
                 "gaps_seen": c.gaps_seen[source],
                 "gaps_repaired": dict(fig.gaps_repaired),
@@ -223,6 +229,7 @@ class FeedHandler:
             "duplicates_delivered": self.duplicates_delivered,
             "duplicate_messages_dropped": c.duplicate_messages,
             "hold_overflow_packets": c.hold_overflow_packets,
+            "suspect_packets": c.suspect_packets,
             "messages_lost": c.lost,
             "gaps": {
                 "seen": sum(c.gaps_seen),
@@ -234,6 +241,7 @@ class FeedHandler:
                 "lost_ranges": [list(r) for r in self.lost_ranges[:100]],
             },
             "rerequests_sent": self.recovery.requests_sent,
+            "rerequest_send_errors": self.rerequest_send_errors,
             "consumer_errors": self.consumer_errors,
             "replays": {"started": self.recovery.replays_started,
                         "failed": self.recovery.replays_failed,
@@ -383,9 +391,12 @@ class FeedHandler:
         session = self.sequencer.session
         if sock is None or session is None:
             return
-        # A refused or full socket is no worse than a lost request: the retry timer covers both.
-        with contextlib.suppress(OSError):
+        try:
             sock.send(mold.encode_request(session, action.sequence, action.count))
+        except OSError:
+            # A refused or full socket is no worse than a lost request: the retry timer covers
+            # both. Counted, so that a re-request server nobody can reach shows.
+            self.rerequest_send_errors += 1
 
     def _start_replay(self, action: Replay) -> None:
         self._replay_task = asyncio.ensure_future(self._replay(action))

@@ -65,6 +65,3 @@ class DatagramDrain:
         self.datagrams += n
         self.wakeups += 1
         return n
-
-    def datagram(self, i: int) -> memoryview:
-        return self.views[i][: min(int(self.lengths[i]), self.width)]

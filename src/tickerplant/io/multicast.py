@@ -32,6 +32,11 @@ class Endpoint:
             raise ValueError(f"{field} = {text!r}: {host!r} is not an IPv4 address") from None
         return cls(host, int(port))
 
+    @property
+    def pair(self) -> tuple[str, int]:
+        """(host, port), as socket calls take it."""
+        return (self.host, self.port)
+
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
 

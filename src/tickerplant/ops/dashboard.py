@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Group
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
@@ -75,3 +76,29 @@ def _books(now: Figures, before: Figures | None, dt: float) -> Text:
             f" {q['ask']:>10.4f} @ {q['ask_size']:<7,}  ({q['bbo_updates']:,} BBO updates)"
         )
     return text
+
+
+class LiveTable:
+    """The table on a terminal, redrawn on each :meth:`show`; counts become rates since the last.
+
+    Without a console (``--json`` runs) it only keeps the figures: callers need no branches.
+    """
+
+    def __init__(self, console: Console | None, now: float) -> None:
+        self._live = Live(console=console, auto_refresh=False) if console is not None else None
+        self._before: Figures | None = None
+        self._then = now
+
+    def __enter__(self) -> LiveTable:
+        if self._live is not None:
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.stop()
+
+    def show(self, figures: Figures, now: float, title: str = "") -> None:
+        if self._live is not None:
+            self._live.update(render(figures, self._before, now - self._then, title), refresh=True)
+        self._before, self._then = figures, now

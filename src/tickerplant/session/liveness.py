@@ -1,7 +1,7 @@
 """Line health: each line is up (messages), quiet (heartbeats only) or down (silence).
 
-Pure: the feed handler reports what it heard and when; :meth:`Liveness.poll` returns state changes
-and the next moment a state could change by silence alone.
+Pure: the feed handler reports what it heard and when, and polls :meth:`Liveness.poll` on its
+housekeeping tick for state changes.
 """
 
 from __future__ import annotations
@@ -43,11 +43,3 @@ class Liveness:
         change = LineStateChanged(self.line, self.state, new)
         self.state = new
         return change
-
-    def next_deadline(self) -> float | None:
-        """When silence alone would change the state (None: already down)."""
-        if self.state is LineState.DOWN:
-            return None
-        if self.state is LineState.UP:
-            return self._last_data + self._quiet_after
-        return self._last_heard + self._down_after

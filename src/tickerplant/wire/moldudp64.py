@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tickerplant.jit import kernel
-from tickerplant.wire.blocks import U8, as_array, iter_messages
+from tickerplant.wire.blocks import I64, U8, as_array, iter_messages
 
 HEADER = struct.Struct(">10sQH")
 HEADER_LEN = HEADER.size
@@ -141,10 +141,10 @@ def _check(buf: U8, length: int) -> tuple[int, int, int]:  # pragma: no cover - 
 @kernel
 def scan_packets(
     slots: U8,
-    lengths: npt.NDArray[np.int64],
+    lengths: I64,
     n: int,
-    sequences: npt.NDArray[np.int64],
-    counts: npt.NDArray[np.int64],
+    sequences: I64,
+    counts: I64,
     defects: npt.NDArray[np.int8],
 ) -> None:  # pragma: no cover - compiled
     """Check ``n`` datagrams, one per row of ``slots``; one as long as its row was cut."""
@@ -199,7 +199,7 @@ def _explain(defect: Defect, raw: bytes, count: int) -> str:
 
 @kernel
 def pack_runs(
-    stream: U8, max_blocks_bytes: int, starts: npt.NDArray[np.int64], counts: npt.NDArray[np.int64]
+    stream: U8, max_blocks_bytes: int, starts: I64, counts: I64
 ) -> tuple[int, int]:  # pragma: no cover - compiled
     """Cut a block stream into packets whose blocks fit ``max_blocks_bytes``.
 
@@ -237,3 +237,38 @@ def pack_runs(
         counts[packets] = msgs
         packets += 1
     return packets, pos
+
+
+@kernel
+def frame_packets(
+    stream: U8,
+    consumed: int,
+    starts: I64,
+    counts: I64,
+    packets: int,
+    session: U8,
+    first: int,
+    out: U8,
+    bounds: I64,
+) -> None:  # pragma: no cover - compiled
+    """Write ``packets`` MoldUDP64 packets (as cut by ``pack_runs``) back to back into ``out``.
+
+    ``bounds[k]:bounds[k + 1]`` is packet ``k``; sequence numbers count up from ``first``.
+    """
+    pos = 0
+    sequence = first
+    bounds[0] = 0
+    for k in range(packets):
+        start = starts[k]
+        stop = starts[k + 1] if k + 1 < packets else consumed
+        count = counts[k]
+        out[pos : pos + 10] = session
+        for i in range(8):
+            out[pos + 10 + i] = (sequence >> (56 - 8 * i)) & 0xFF
+        out[pos + 18] = (count >> 8) & 0xFF
+        out[pos + 19] = count & 0xFF
+        size = stop - start
+        out[pos + 20 : pos + 20 + size] = stream[start:stop]
+        pos += 20 + size
+        bounds[k + 1] = pos
+        sequence += count
