@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 
@@ -242,6 +243,21 @@ def test_batches_cut_anywhere_give_the_same_events() -> None:
     bbo = [one_by_one.process(stream(m)).bbo for m in msgs]
     assert np.concatenate(bbo).tobytes() == whole.bbo.tobytes()
     assert len(whole.bbo) == 5
+
+
+def test_a_batch_kept_is_never_overwritten_and_one_dropped_is_reused() -> None:
+    from tickerplant.exchange.synthetic import SyntheticMarket
+
+    chunks = list(SyntheticMarket(5, 20).chunks(8000, 2000))
+    reference = BookEngine()
+    expected = [reference.process(c).bbo.tobytes() for c in chunks]
+    engine = BookEngine()
+    kept = [engine.process(c) for c in chunks]  # each holds its buffers
+    assert [b.bbo.tobytes() for b in kept] == expected
+    assert len({b.bbo.ctypes.data for b in kept}) == len(kept)
+    del kept
+    first = weakref.ref(engine.process(chunks[0]).bbo.base)  # the batch is dropped at once
+    assert engine.process(chunks[1]).bbo.base is first()  # so its buffer came back
 
 
 _SUBPROCESS = """

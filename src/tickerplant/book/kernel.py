@@ -225,19 +225,26 @@ _prefetch: Any = intrinsic(_prefetch_typing)
 
 
 @kernel
-def _prefetch_order(b: U8, p: int, orders: I64, shift: int) -> None:  # pragma: no cover - compiled
-    """Start loading the order-table slot of the reference that the message at ``p`` names.
+def _prefetch_order(
+    b: U8, p: int, orders: I64, shift: int, bk_start: I64, bk_len: I64
+) -> None:  # pragma: no cover - compiled
+    """Start loading the order-table slot of the reference that the message at ``p`` names,
+    and its symbol's book headers (both sides share a line).
 
     The table outgrows the caches and references scatter over it, so each lookup would wait
     for memory; started one message early, the load overlaps that message's work. The type is
     not looked at (that cost more than it saved): for other messages the bytes are no reference
     and the line goes unused.
     """
-    key = (_u32(b, p + _REF) << 32 | _u32(b, p + _REF + 4)) | _u16(b, p + _LOCATE) << 47
+    loc = _u16(b, p + _LOCATE)
+    key = (_u32(b, p + _REF) << 32 | _u32(b, p + _REF + 4)) | loc << 47
     _prefetch(orders, _at(2 * _home(key, shift)))
+    if 2 * loc < bk_start.shape[0]:
+        _prefetch(bk_start, _at(2 * loc))
+        _prefetch(bk_len, _at(2 * loc))
 
 
-def _no_prefetch(b: U8, p: int, orders: I64, shift: int) -> None:
+def _no_prefetch(b: U8, p: int, orders: I64, shift: int, bk_start: I64, bk_len: I64) -> None:
     """As plain Python: an intrinsic has no Python form, and a prefetch changes no result."""
 
 
@@ -322,7 +329,7 @@ def apply_blocks(
             pos = nxt
             continue
         if nxt + 2 + _REF + 8 <= end:
-            _prefetch_next(buf, nxt + 2, orders, shift)
+            _prefetch_next(buf, nxt + 2, orders, shift, bk_start, bk_len)
         t = int(buf[_at(p)])
         want = _LENGTHS[_at(t)]
         if want != size:
@@ -366,6 +373,7 @@ def apply_blocks(
         # What the message does, gathered first so that each change below is written once
         # (numba does not inline calls that take many arrays, and they cost more than the work).
         changed = False
+        changed_ask = 0
         tr_kind = 0
         add_key = -1
 
@@ -436,6 +444,7 @@ def apply_blocks(
                 while i > s and lv_key[_at(i)] > level:
                     i -= 1
                 changed = i == last  # only the best level can move the BBO
+                changed_ask = ask
                 lv_qty[_at(i)] -= take
                 if gone:
                     cnt = lv_cnt[_at(i)] - 1
@@ -477,6 +486,7 @@ def apply_blocks(
                     while i >= s and lv_key[_at(i)] > level:
                         i -= 1
                     changed = changed or i == last
+                    changed_ask = add_ask
                     if i >= s and lv_key[_at(i)] == level:
                         lv_qty[_at(i)] += add_shares
                         lv_cnt[_at(i)] += 1
@@ -557,37 +567,28 @@ def apply_blocks(
             trades[e]["printable"] = tr_printable
 
         if changed:
-            # A BBO event only when the best bid or offer differs from the last one sent.
-            bid_px, bid_qty, ask_px, ask_qty = 0, 0, 0, 0
-            b = 2 * locate
+            # A BBO event only when the best bid or offer differs from the last one sent. A
+            # message moves one side's best at most, and ``top`` holds the other's, so only
+            # the changed side's book is read.
+            b = 2 * locate + changed_ask
             n = bk_len[_at(b)]
+            best_px, best_qty = 0, 0
             if n > 0:
                 i = bk_start[_at(b)] + n - 1
-                bid_px = int(lv_key[_at(i)])
-                bid_qty = lv_qty[_at(i)]
-            n = bk_len[_at(b + 1)]
-            if n > 0:
-                i = bk_start[_at(b + 1)] + n - 1
-                ask_px = -int(lv_key[_at(i)])
-                ask_qty = lv_qty[_at(i)]
-            if (
-                bid_px != top[locate, 0]
-                or bid_qty != top[locate, 1]
-                or ask_px != top[locate, 2]
-                or ask_qty != top[locate, 3]
-            ):
-                top[locate, 0] = bid_px
-                top[locate, 1] = bid_qty
-                top[locate, 2] = ask_px
-                top[locate, 3] = ask_qty
+                best_px = -int(lv_key[_at(i)]) if changed_ask else int(lv_key[_at(i)])
+                best_qty = lv_qty[_at(i)]
+            c = 2 * changed_ask
+            if best_px != top[locate, c] or best_qty != top[locate, c + 1]:
+                top[locate, c] = best_px
+                top[locate, c + 1] = best_qty
                 e = n_bbo
                 n_bbo += 1
                 bbo[e]["locate"] = locate
                 bbo[e]["timestamp"] = _u48(buf, p + _TIME)
-                bbo[e]["bid_price"] = bid_px
-                bbo[e]["bid_size"] = bid_qty
-                bbo[e]["ask_price"] = ask_px
-                bbo[e]["ask_size"] = ask_qty
+                bbo[e]["bid_price"] = top[locate, 0]
+                bbo[e]["bid_size"] = top[locate, 1]
+                bbo[e]["ask_price"] = top[locate, 2]
+                bbo[e]["ask_size"] = top[locate, 3]
     counts[ST_LIVE] = live
     counts[ST_PEAK] = peak
     counts[ST_POOL_USED] = used
