@@ -177,10 +177,30 @@ def test_tables_grow_and_state_stays_small_with_huge_references() -> None:
     assert bids["orders"].sum() == len(range(1, live, symbols))
 
 
+def test_churn_at_a_steady_live_count_keeps_the_state_size() -> None:
+    """A day's churn (each add soon deleted): once the order table has its size for the live
+    orders, adds and deletes reuse its slots and nothing grows: memory follows live orders,
+    not references issued."""
+    live, rounds = 3000, 60_000
+    msgs: list[itch.Record] = [directory(1, "A")]
+    for ref in range(1, live + rounds + 1):
+        msgs.append(itch.AddOrder(1, 0, ref, ref, "B", 10, "A", 100_0000 - 100 * (ref % 50)))
+        if ref > live:
+            msgs.append(itch.OrderDelete(1, 0, ref, ref - live))
+    engine = BookEngine()
+    half = len(msgs) // 2
+    engine.process(stream(*msgs[:half]))  # warmed up: the tables have their size
+    size = engine.state_bytes
+    engine.process(stream(*msgs[half:]))
+    assert engine.live_orders == live and sum(engine.anomalies.values()) == 0
+    assert engine.state_bytes == size
+    assert engine.depth(1, 100).bids["orders"].sum() == live
+
+
 def test_runs_of_consecutive_references_deleted_out_of_order() -> None:
-    """The order table keeps runs of consecutive references side by side (they probe into each
-    other's slots); the same references on two locates are two orders. Deleting, executing and
-    replacing them in shuffled order, across the table's growth, must lose none."""
+    """Runs of consecutive references (as exchanges issue them), the same references on two
+    locates (two orders), deleted, executed and replaced in shuffled order across the order
+    table's growth: none is lost."""
     rng = np.random.default_rng(3)
     adds: list[itch.Record] = [directory(1, "A"), directory(2, "B")]
     starts = rng.choice(1 << 30, size=1000, replace=False) * 8 + 1_000_000

@@ -15,14 +15,18 @@ import numpy as np
 import numpy.typing as npt
 
 from tickerplant.book import kernel as k
+from tickerplant.book import orders as table
 from tickerplant.book.records import ANOMALIES, BBO_EVENT, LEVEL, STATUS_EVENT, TRADE_EVENT
+from tickerplant.jit import PLAIN_PYTHON
 from tickerplant.wire.blocks import as_array
 from tickerplant.wire.itch import LENGTHS
 
 Events = npt.NDArray[np.void]
 
 _MIN_BLOCK = 2 + min(LENGTHS.values())  # bounds the messages, hence events, in a stream
-_MAX_LOAD = 0.7  # order table load factor before it doubles
+_MAX_LOAD = 0.8  # order table slots in use (live or DELETED) before it is rebuilt
+_DOUBLE_AT = 0.6  # of the limit: live orders above it double the table, below it a rebuild
+# frees the DELETED slots in place (at least 0.4 of the limit of work between rebuilds)
 _MIN_ORDER_SLOTS = 1 << 12
 _MIN_LEVEL_ROWS = 1 << 13
 _FIRST_LOCATES = 1 << 10
@@ -60,6 +64,7 @@ class BookEngine:
     """
 
     _orders: npt.NDArray[np.int64]
+    _ctrl: npt.NDArray[np.uint64]
     _defined: npt.NDArray[np.uint8]
 
     def __init__(self, max_symbols: int = 1 << 16, expected_orders: int = 0) -> None:
@@ -90,7 +95,7 @@ class BookEngine:
         stats[k.ST_BBO] = stats[k.ST_TRADES] = stats[k.ST_STATUS] = 0
         pos = 0
         while True:
-            if k.PLAIN_PYTHON:
+            if PLAIN_PYTHON:
                 # Fibonacci hashing multiplies in uint64 and means to wrap: numpy scalars warn.
                 with np.errstate(over="ignore"):
                     pos, code = self._apply(buf, pos, bbo, trades, status)
@@ -99,7 +104,9 @@ class BookEngine:
             if code == k.DONE:
                 break
             if code == k.NEED_ORDERS:
-                self._set_orders(self._orders.shape[0])  # two int64 a slot: twice the slots
+                slots = self._orders.shape[0] // 2
+                crowded = stats[k.ST_LIVE] >= _DOUBLE_AT * stats[k.ST_LIMIT]
+                self._set_orders(2 * slots if crowded else slots)
             elif code == k.NEED_LEVELS:
                 self._compact()
             else:
@@ -131,21 +138,24 @@ class BookEngine:
     ) -> tuple[int, int]:
         return k.apply_blocks(
             buf, pos, self._counts, self._defined, self._names, self._trading_state,
-            self._reg_sho, self._top, self._orders, self._bk_start, self._bk_len, self._bk_cap,
-            self._lv_key, self._lv_qty, self._lv_cnt, bbo, trades, status,
+            self._reg_sho, self._top, self._ctrl, self._orders, self._bk_start, self._bk_len,
+            self._bk_cap, self._lv_key, self._lv_qty, self._lv_cnt, bbo, trades, status,
         )  # fmt: skip
 
     # --- growth ---
 
     def _set_orders(self, slots: int) -> None:
-        table = np.zeros(2 * slots, dtype=np.int64)  # key, value rows
-        shift = 64 - (slots.bit_length() - 1)
+        """A table of ``slots`` slots holding every live order (and no DELETED slot)."""
+        ctrl = np.full(slots // table.GROUP, table.ALL_EMPTY, dtype=np.uint64)
+        orders = np.zeros(2 * slots, dtype=np.int64)  # key, value rows
+        shift = table.group_shift(slots)
         if getattr(self, "_orders", None) is not None:
-            with np.errstate(over="ignore"):
-                k.rehash(self._orders, table, shift)
-        self._orders = table
+            with np.errstate(over="ignore"):  # hashing wraps on purpose
+                table.rehash(self._ctrl, self._orders, ctrl, orders, shift)
+        self._ctrl, self._orders = ctrl, orders
         self._stats[k.ST_SHIFT] = shift
         self._stats[k.ST_LIMIT] = int(slots * _MAX_LOAD)
+        self._stats[k.ST_DELETED] = 0
 
     def _locates(self, n: int) -> None:
         """(Re)size the per-locate arrays to ``n`` locates, keeping what they hold."""
@@ -292,9 +302,9 @@ class BookEngine:
     def state_bytes(self) -> int:
         """Bytes held by the books' state: order table, level pool and per-locate arrays."""
         arrays = (
-            self._orders, self._lv_key, self._lv_qty, self._lv_cnt, self._defined, self._names,
-            self._trading_state, self._reg_sho, self._top, self._bk_start, self._bk_len,
-            self._bk_cap,
+            self._ctrl, self._orders, self._lv_key, self._lv_qty, self._lv_cnt, self._defined,
+            self._names, self._trading_state, self._reg_sho, self._top, self._bk_start,
+            self._bk_len, self._bk_cap,
         )  # fmt: skip
         return sum(a.nbytes for a in arrays)
 

@@ -3,14 +3,10 @@
 State is plain numpy arrays, passed one by one (numba's reference counting made tuples of arrays
 and closures cost half the speed in early versions):
 
-- Orders: an open-addressing hash table ``orders`` (int64[2 * capacity], capacity a power of
-  two) of 16-byte rows: the key ``reference | locate << 47`` (0 = empty slot) and the value
-  ``price << 32 | ask << 31 | shares``. Keys fold the locate in, so an E/C/X/D/U naming another
-  symbol's reference is an unknown reference, not a corrupt book. Linear probing with
-  backward-shift deletion: no tombstones, memory follows live orders and not references issued.
-  The table outgrows the caches, so the kernel prefetches the slot of the next message's
-  reference while it works on the current one, and keeps four consecutive references in one
-  cache line (adds arrive in reference order).
+- Orders: the hash of :mod:`tickerplant.book.orders` (``ctrl`` and ``orders``), keyed by
+  ``reference | locate << 47``. Keys fold the locate in, so an E/C/X/D/U naming another symbol's
+  reference is an unknown reference, not a corrupt book. The table outgrows the caches, so the
+  kernel prefetches the group of the next message's reference while it works on the current one.
 - Levels: per book (``2 * locate + side``) a segment ``[start, start + cap)`` of a shared pool of
   16-byte level rows (key int32, shares int64, orders int32), sorted with the best price last
   so that the linear search from the best end, where activity sits, is short. The key is the
@@ -27,16 +23,10 @@ Field offsets come from :mod:`tickerplant.wire.itch`'s table (frozen in as const
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import numpy.typing as npt
-from llvmlite import ir  # type: ignore[import-untyped]
-from numba import types
-from numba.core import cgutils
-from numba.core import config as numba_config
-from numba.extending import intrinsic
 
+from tickerplant.book import orders as table
 from tickerplant.book.records import (
     ANOMALIES,
     BAD_LENGTH,
@@ -51,11 +41,12 @@ from tickerplant.book.records import (
     UNKNOWN_REFERENCE,
     UNKNOWN_TYPE,
 )
-from tickerplant.jit import kernel
+from tickerplant.jit import at, kernel, prefetch
 from tickerplant.wire.blocks import U8
 from tickerplant.wire.itch import MESSAGE_LENGTHS, offset
 
 I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
 I32 = npt.NDArray[np.int32]
 
 # Return codes.
@@ -64,18 +55,16 @@ DONE, NEED_ORDERS, NEED_LEVELS, NEED_LOCATES = 0, 1, 2, 3
 # The counters: engine state, then anomalies (records.ANOMALIES), then messages by type byte.
 ST_LIVE, ST_PEAK, ST_LIMIT, ST_SHIFT, ST_POOL_USED = 0, 1, 2, 3, 4
 ST_BBO, ST_TRADES, ST_STATUS, ST_MESSAGES, ST_MARKET, ST_MAX_LOCATES = 5, 6, 7, 8, 9, 10
-STATS = 11
+ST_DELETED = 11  # DELETED slots of the order table: they count against ST_LIMIT
+STATS = 12
 ANOMALY_AT = STATS
 TYPE_AT = ANOMALY_AT + len(ANOMALIES)
 COUNTS = TYPE_AT + 256
 
-PLAIN_PYTHON: bool = numba_config.DISABLE_JIT  # type: ignore[attr-defined]  # kernels as Python
 MAX_VALUE = 1 << 31  # shares and prices must stay below: they share one int64 in an order row
 MAX_REFERENCE_HI = 1 << 15  # references < 2**47 leave the top of the key for the locate
 _LOW31 = (1 << 31) - 1
 _LENGTHS = MESSAGE_LENGTHS  # a global: compiled in as a constant, one argument fewer per call
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: sequential references spread out
-_RUN = 2  # log2 of the consecutive references that share a 64-byte line of the order table
 
 _S, _R, _H, _Y = ord("S"), ord("R"), ord("H"), ord("Y")
 _A, _F, _E, _C, _X, _D, _U = (ord(c) for c in "AFECXDU")
@@ -113,33 +102,17 @@ _B_MATCH = offset("B", "match_number")
 
 
 @kernel
-def _unsigned(i: int) -> int:  # pragma: no cover - compiled
-    return np.uint64(i)  # type: ignore[return-value]
-
-
-def _same(i: int) -> int:
-    return i
-
-
-# Indices go through ``_at``. Compiled, unsigned indices spare numba's negative-index fix-up on
-# every load, which also keeps LLVM from merging a field's byte loads into one. As plain Python
-# the cast would be all cost (a numpy scalar per index); indices are never negative, so the int
-# indexes the same element.
-_at = _same if PLAIN_PYTHON else _unsigned
-
-
-@kernel
 def _u16(b: U8, p: int) -> int:  # pragma: no cover - compiled
-    return int((np.int64(b[_at(p)]) << 8) | np.int64(b[_at(p + 1)]))
+    return int((np.int64(b[at(p)]) << 8) | np.int64(b[at(p + 1)]))
 
 
 @kernel
 def _u32(b: U8, p: int) -> int:  # pragma: no cover - compiled
     return int(
-        (np.int64(b[_at(p)]) << 24)
-        | (np.int64(b[_at(p + 1)]) << 16)
-        | (np.int64(b[_at(p + 2)]) << 8)
-        | np.int64(b[_at(p + 3)])
+        (np.int64(b[at(p)]) << 24)
+        | (np.int64(b[at(p + 1)]) << 16)
+        | (np.int64(b[at(p + 2)]) << 8)
+        | np.int64(b[at(p + 3)])
     )
 
 
@@ -163,72 +136,10 @@ def _key(b: U8, p: int, locate: int) -> int:  # pragma: no cover - compiled
 
 
 @kernel
-def _home(key: int, shift: int) -> int:  # pragma: no cover - compiled
-    """The slot where ``key``'s probe starts: runs of consecutive references hash together and
-    land side by side, so a run of adds (and early deletes) touches one cache line, not four."""
-    run = np.int64((np.uint64(key >> _RUN) * _GOLDEN) >> np.uint64(shift + _RUN))
-    return int(run) << _RUN | (key & ((1 << _RUN) - 1))
-
-
-@kernel
-def _probe(orders: I64, key: int, shift: int) -> int:  # pragma: no cover - compiled
-    """The slot holding ``key``, or ``-1 - slot`` of the empty slot where it would go."""
-    mask = (orders.shape[0] >> 1) - 1
-    i = _home(key, shift)
-    while True:
-        k = orders[_at(2 * i)]
-        if k == key:
-            return i
-        if k == 0:
-            return -1 - i
-        i = (i + 1) & mask
-
-
-@kernel
-def _erase(orders: I64, i: int, shift: int) -> None:  # pragma: no cover - compiled
-    """Empty slot ``i``, moving later rows of its probe run back so that no tombstone is left."""
-    mask = (orders.shape[0] >> 1) - 1
-    j = i
-    while True:
-        j = (j + 1) & mask
-        k = orders[_at(2 * j)]
-        if k == 0:
-            break
-        # The row at j may fill the hole at i unless its home lies cyclically in (i, j].
-        if ((j - _home(k, shift)) & mask) >= ((j - i) & mask):
-            orders[_at(2 * i)] = k
-            orders[_at(2 * i + 1)] = orders[_at(2 * j + 1)]
-            i = j
-    orders[_at(2 * i)] = 0
-    orders[_at(2 * i + 1)] = 0
-
-
-def _prefetch_typing(typingctx: Any, arr: Any, i: Any) -> tuple[Any, Any]:
-    """``_prefetch(arr, i)`` starts loading the cache line of ``arr[i]`` (LLVM's prefetch: it
-    never faults and never waits), for compiled callers only."""
-
-    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(  # type: ignore[no-untyped-call]
-            context, builder, sig.args[0], ary, [args[1]]
-        )
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
-        fn = builder.module.declare_intrinsic("llvm.prefetch", [ptr.type], fnty)
-        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
-        return context.get_dummy_value()
-
-    return types.void(arr, i), codegen
-
-
-_prefetch: Any = intrinsic(_prefetch_typing)
-
-
-@kernel
-def _prefetch_order(
-    b: U8, p: int, orders: I64, shift: int, bk_start: I64, bk_len: I64
+def _prefetch_next(
+    b: U8, p: int, ctrl: U64, orders: I64, shift: int, bk_start: I64, bk_len: I64
 ) -> None:  # pragma: no cover - compiled
-    """Start loading the order-table slot of the reference that the message at ``p`` names,
+    """Start loading the order-table group of the reference that the message at ``p`` names,
     and its symbol's book headers (both sides share a line).
 
     The table outgrows the caches and references scatter over it, so each lookup would wait
@@ -238,17 +149,11 @@ def _prefetch_order(
     """
     loc = _u16(b, p + _LOCATE)
     key = (_u32(b, p + _REF) << 32 | _u32(b, p + _REF + 4)) | loc << 47
-    _prefetch(orders, _at(2 * _home(key, shift)))
-    if 2 * loc < bk_start.shape[0]:
-        _prefetch(bk_start, _at(2 * loc))
-        _prefetch(bk_len, _at(2 * loc))
-
-
-def _no_prefetch(b: U8, p: int, orders: I64, shift: int, bk_start: I64, bk_len: I64) -> None:
-    """As plain Python: an intrinsic has no Python form, and a prefetch changes no result."""
-
-
-_prefetch_next = _no_prefetch if PLAIN_PYTHON else _prefetch_order
+    g = table.group_of(key, shift)
+    prefetch(ctrl, at(g))
+    prefetch(orders, at(2 * table.GROUP * g))
+    prefetch(bk_start, at(2 * loc))
+    prefetch(bk_len, at(2 * loc))
 
 
 @kernel
@@ -282,6 +187,7 @@ def apply_blocks(
     trading_state: U8,
     reg_sho: U8,
     top: I64,
+    ctrl: U64,
     orders: I64,
     bk_start: I64,
     bk_len: I64,
@@ -305,6 +211,7 @@ def apply_blocks(
     # so LLVM would reload and store them around every write to the books.
     shift = counts[ST_SHIFT]
     limit = counts[ST_LIMIT]
+    deleted = counts[ST_DELETED]
     max_locates = counts[ST_MAX_LOCATES]
     live = counts[ST_LIVE]
     peak = counts[ST_PEAK]
@@ -329,34 +236,34 @@ def apply_blocks(
             pos = nxt
             continue
         if nxt + 2 + _REF + 8 <= end:
-            _prefetch_next(buf, nxt + 2, orders, shift, bk_start, bk_len)
-        t = int(buf[_at(p)])
-        want = _LENGTHS[_at(t)]
+            _prefetch_next(buf, nxt + 2, ctrl, orders, shift, bk_start, bk_len)
+        t = int(buf[at(p)])
+        want = _LENGTHS[at(t)]
         if want != size:
-            counts[_at(TYPE_AT + t)] += 1
+            counts[at(TYPE_AT + t)] += 1
             messages += 1
             counts[ANOMALY_AT + (UNKNOWN_TYPE if want == 0 else BAD_LENGTH)] += 1
             pos = nxt
             continue
         locate = _u16(buf, p + _LOCATE)
-        known = locate < n_locates and defined[_at(locate)] != 0
+        known = locate < n_locates and defined[at(locate)] != 0
         slot = -1
         if t in (_A, _F, _U):
             # Room first, so that a message is either applied whole or not started.
-            if live >= limit:
+            if live + deleted >= limit:
                 code = NEED_ORDERS
                 break
             if known:
                 if t == _U:
                     key = _key(buf, p + _REF, locate)
-                    slot = _probe(orders, key, shift) if key >= 0 else -1
-                    side = (orders[_at(2 * slot + 1)] >> 31) & 1 if slot >= 0 else -1
+                    slot = table.find(ctrl, orders, key, shift) if key >= 0 else -1
+                    side = (orders[at(2 * slot + 1)] >> 31) & 1 if slot >= 0 else -1
                 else:
-                    side_byte = buf[_at(p + _SIDE)]
+                    side_byte = buf[at(p + _SIDE)]
                     side = 0 if side_byte == _BUY else 1 if side_byte == _SELL else -1
                 if side >= 0:
                     b = 2 * locate + side
-                    if bk_len[_at(b)] == bk_cap[_at(b)]:
+                    if bk_len[at(b)] == bk_cap[at(b)]:
                         moved = _move_book(
                             b, used, bk_start, bk_len, bk_cap, lv_key, lv_qty, lv_cnt
                         )
@@ -367,7 +274,7 @@ def apply_blocks(
         elif t == _R and locate < max_locates and locate >= n_locates:
             code = NEED_LOCATES
             break
-        counts[_at(TYPE_AT + t)] += 1
+        counts[at(TYPE_AT + t)] += 1
         messages += 1
         pos = nxt
         # What the message does, gathered first so that each change below is written once
@@ -383,7 +290,7 @@ def apply_blocks(
                 continue
             add_ask, add_shares, add_price = 0, 0, 0
             if t in (_A, _F):
-                side_byte = buf[_at(p + _SIDE)]
+                side_byte = buf[at(p + _SIDE)]
                 if side_byte != _BUY and side_byte != _SELL:
                     counts[ANOMALY_AT + BAD_SIDE] += 1
                     continue
@@ -400,11 +307,11 @@ def apply_blocks(
             else:
                 if t != _U:  # the room check above already found a replace's order
                     key = _key(buf, p + _REF, locate)
-                    slot = _probe(orders, key, shift) if key >= 0 else -1
+                    slot = table.find(ctrl, orders, key, shift) if key >= 0 else -1
                 if slot < 0:
                     counts[ANOMALY_AT + UNKNOWN_REFERENCE] += 1
                     continue
-                value = orders[_at(2 * slot + 1)]
+                value = orders[at(2 * slot + 1)]
                 ask = (value >> 31) & 1
                 left = value & _LOW31
                 price = value >> 32
@@ -424,37 +331,37 @@ def apply_blocks(
                         tr_price, tr_printable = price, 1
                     else:
                         tr_price = _u32(buf, p + _C_PRICE)
-                        tr_printable = 1 if buf[_at(p + _C_PRINTABLE)] == _YES else 0
+                        tr_printable = 1 if buf[at(p + _C_PRINTABLE)] == _YES else 0
                     take = tr_size
                     if take > left:
                         counts[ANOMALY_AT + OVER_EXECUTION] += 1
                         take = left
                 gone = take == left
                 if gone:
-                    _erase(orders, slot, shift)
+                    deleted += table.erase(ctrl, slot)
                     live -= 1
                 else:
-                    orders[_at(2 * slot + 1)] = value - take
+                    orders[at(2 * slot + 1)] = value - take
                 b = 2 * locate + ask
-                s = bk_start[_at(b)]
-                n = bk_len[_at(b)]
+                s = bk_start[at(b)]
+                n = bk_len[at(b)]
                 level = -price if ask else price
                 last = s + n - 1
                 i = last
-                while i > s and lv_key[_at(i)] > level:
+                while i > s and lv_key[at(i)] > level:
                     i -= 1
                 changed = i == last  # only the best level can move the BBO
                 changed_ask = ask
-                lv_qty[_at(i)] -= take
+                lv_qty[at(i)] -= take
                 if gone:
-                    cnt = lv_cnt[_at(i)] - 1
-                    lv_cnt[_at(i)] = cnt
+                    cnt = lv_cnt[at(i)] - 1
+                    lv_cnt[at(i)] = cnt
                     if cnt == 0:
                         for j in range(i, last):
-                            lv_key[_at(j)] = lv_key[_at(j + 1)]
-                            lv_qty[_at(j)] = lv_qty[_at(j + 1)]
-                            lv_cnt[_at(j)] = lv_cnt[_at(j + 1)]
-                        bk_len[_at(b)] = n - 1
+                            lv_key[at(j)] = lv_key[at(j + 1)]
+                            lv_qty[at(j)] = lv_qty[at(j + 1)]
+                            lv_cnt[at(j)] = lv_cnt[at(j + 1)]
+                        bk_len[at(b)] = n - 1
                 if t == _U:
                     add_ask = ask
                     add_key = _key(buf, p + _U_NEW, locate)
@@ -467,38 +374,36 @@ def apply_blocks(
                         counts[ANOMALY_AT + BAD_VALUE] += 1
                         add_key = -1
             if add_key >= 0:
-                slot = _probe(orders, add_key, shift)
-                if slot >= 0:
+                if table.find(ctrl, orders, add_key, shift) >= 0:
                     counts[ANOMALY_AT + DUPLICATE_REFERENCE] += 1
                 else:
-                    slot = -1 - slot
-                    orders[_at(2 * slot)] = add_key
-                    orders[_at(2 * slot + 1)] = add_price << 32 | add_ask << 31 | add_shares
+                    value = add_price << 32 | add_ask << 31 | add_shares
+                    deleted -= table.insert(ctrl, orders, add_key, value, shift)
                     live += 1
                     if live > peak:
                         peak = live
                     b = 2 * locate + add_ask
-                    s = bk_start[_at(b)]
-                    n = bk_len[_at(b)]
+                    s = bk_start[at(b)]
+                    n = bk_len[at(b)]
                     level = -add_price if add_ask else add_price
                     last = s + n - 1
                     i = last
-                    while i >= s and lv_key[_at(i)] > level:
+                    while i >= s and lv_key[at(i)] > level:
                         i -= 1
                     changed = changed or i == last
                     changed_ask = add_ask
-                    if i >= s and lv_key[_at(i)] == level:
-                        lv_qty[_at(i)] += add_shares
-                        lv_cnt[_at(i)] += 1
+                    if i >= s and lv_key[at(i)] == level:
+                        lv_qty[at(i)] += add_shares
+                        lv_cnt[at(i)] += 1
                     else:
                         for j in range(s + n, i + 1, -1):
-                            lv_key[_at(j)] = lv_key[_at(j - 1)]
-                            lv_qty[_at(j)] = lv_qty[_at(j - 1)]
-                            lv_cnt[_at(j)] = lv_cnt[_at(j - 1)]
-                        lv_key[_at(i + 1)] = level
-                        lv_qty[_at(i + 1)] = add_shares
-                        lv_cnt[_at(i + 1)] = 1
-                        bk_len[_at(b)] = n + 1
+                            lv_key[at(j)] = lv_key[at(j - 1)]
+                            lv_qty[at(j)] = lv_qty[at(j - 1)]
+                            lv_cnt[at(j)] = lv_cnt[at(j - 1)]
+                        lv_key[at(i + 1)] = level
+                        lv_qty[at(i + 1)] = add_shares
+                        lv_cnt[at(i + 1)] = 1
+                        bk_len[at(b)] = n + 1
 
         elif t in (_P, _Q, _BRK):
             if not known:
@@ -510,7 +415,7 @@ def apply_blocks(
                 tr_match = _u64(buf, p + _P_MATCH)
                 tr_price = _u32(buf, p + _P_PRICE)
                 tr_size = _u32(buf, p + _P_SHARES)
-                tr_side = int(buf[_at(p + _P_SIDE)])
+                tr_side = int(buf[at(p + _P_SIDE)])
             elif t == _Q:
                 tr_match = _u64(buf, p + _Q_MATCH)
                 tr_price = _u32(buf, p + _Q_PRICE)
@@ -571,12 +476,12 @@ def apply_blocks(
             # message moves one side's best at most, and ``top`` holds the other's, so only
             # the changed side's book is read.
             b = 2 * locate + changed_ask
-            n = bk_len[_at(b)]
+            n = bk_len[at(b)]
             best_px, best_qty = 0, 0
             if n > 0:
-                i = bk_start[_at(b)] + n - 1
-                best_px = -int(lv_key[_at(i)]) if changed_ask else int(lv_key[_at(i)])
-                best_qty = lv_qty[_at(i)]
+                i = bk_start[at(b)] + n - 1
+                best_px = -int(lv_key[at(i)]) if changed_ask else int(lv_key[at(i)])
+                best_qty = lv_qty[at(i)]
             c = 2 * changed_ask
             if best_px != top[locate, c] or best_qty != top[locate, c + 1]:
                 top[locate, c] = best_px
@@ -590,6 +495,7 @@ def apply_blocks(
                 bbo[e]["ask_price"] = top[locate, 2]
                 bbo[e]["ask_size"] = top[locate, 3]
     counts[ST_LIVE] = live
+    counts[ST_DELETED] = deleted
     counts[ST_PEAK] = peak
     counts[ST_POOL_USED] = used
     counts[ST_MESSAGES] = messages
@@ -597,17 +503,6 @@ def apply_blocks(
     counts[ST_TRADES] = n_trades
     counts[ST_STATUS] = n_status
     return pos, code
-
-
-@kernel
-def rehash(old: I64, new: I64, shift: int) -> None:  # pragma: no cover - compiled
-    """Insert every row of the order table ``old`` into the empty table ``new``."""
-    for i in range(old.shape[0] >> 1):
-        key = old[2 * i]
-        if key != 0:
-            j = -1 - _probe(new, key, shift)
-            new[2 * j] = key
-            new[2 * j + 1] = old[2 * i + 1]
 
 
 @kernel
