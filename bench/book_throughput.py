@@ -1,7 +1,10 @@
 """Book engine throughput against the PyPI ITCH packages, on one generated 5M-message file.
 
 Prints one JSON line per result: {bench, subject, metric, value, unit, ...}. Throughputs are the
-median of ``--runs`` runs over the file held in memory (no disk in the timing). Subjects:
+median of ``--runs`` runs over the file held in memory (no disk in the timing). The three books
+run in rounds (ours, itch-book, itchcpp, then again), so that each round's ratio compares runs
+made under the same load of this shared machine; a speedup is the median of those ratios.
+Subjects:
 
 - tickerplant parse-only: frame walk + 8 columns decoded into numpy arrays (one kernel).
 - tickerplant book: BookEngine.process, full depth, BBO/trade/status events out.
@@ -244,7 +247,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=5_000_000)
     ap.add_argument("--symbols", type=int, default=500)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--slow-messages", type=int, default=1_000_000)
     args = ap.parse_args()
 
@@ -264,17 +267,12 @@ def main() -> int:
          runs_s=[round(r, 4) for r in runs], **file_info)  # fmt: skip
 
     our_book(chunks[:1])
-    med, runs, engine = timed(lambda: our_book(chunks), args.runs)
-    ours_rate = total / med
-    emit("tickerplant book", "msgs_per_s", round(ours_rate), "msgs/s",
-         runs_s=[round(r, 4) for r in runs], **file_info)  # fmt: skip
-    emit("tickerplant book", "bytes_per_live_order", round(engine.bytes_per_live_order, 1),
-         "bytes", live_orders=engine.live_orders, peak_live_orders=engine.peak_live_orders,
-         state_bytes=engine.state_bytes)  # fmt: skip
+    engine = our_book(chunks)
     ours = final_bbo_ours(engine)
     symbols = engine.symbols()
-
-    peer_rates: dict[str, float] = {}
+    books: dict[str, tuple[Callable[[], Any], str]] = {
+        "tickerplant book": (lambda: our_book(chunks), "full-depth books, BBO/trade/status events")
+    }
     try:
         from itch_book._core import Session
 
@@ -285,24 +283,11 @@ def main() -> int:
                 session.feed(c)
             return session.take_bbo()
 
-        med, runs, bbo = timed(itch_book_run, args.runs)
-        peer_rates["itch-book"] = total / med
-        emit("itch-book", "msgs_per_s", round(total / med), "msgs/s", task="BBO table",
-             runs_s=[round(r, 4) for r in runs], **file_info)  # fmt: skip
-        theirs: dict[int, tuple[int, int, int, int]] = {}
-        for loc, bp, bs, ap_, as_ in zip(
-            bbo["locate"].tolist(), bbo["bid_px"].tolist(), bbo["bid_sz"].tolist(),
-            bbo["ask_px"].tolist(), bbo["ask_sz"].tolist(), strict=True,
-        ):  # fmt: skip
-            theirs[loc] = (int(bp), int(bs), int(ap_), int(as_))
-        agree = sum(theirs.get(loc, (0, 0, 0, 0)) == bbo_ for loc, bbo_ in ours.items())
-        emit("itch-book", "final_bbo_agreement", agree, "symbols", of=len(ours))
+        books["itch-book"] = (itch_book_run, "BBO table")
     except ImportError as err:
         emit("itch-book", "skipped", 0, "", reason=str(err))
-
     try:
         from itchcpp.book import BookManager
-        from itchcpp.parser import MessageParser
 
         def itchcpp_run() -> Any:
             manager = BookManager()
@@ -311,10 +296,40 @@ def main() -> int:
             manager.process_stream(data)
             return manager
 
-        med, runs, manager = timed(itchcpp_run, args.runs)
-        peer_rates["itchcpp"] = total / med
-        emit("itchcpp", "msgs_per_s", round(total / med), "msgs/s", task="full-depth L3 books",
-             runs_s=[round(r, 4) for r in runs], **file_info)  # fmt: skip
+        books["itchcpp"] = (itchcpp_run, "full-depth L3 books")
+    except ImportError as err:
+        emit("itchcpp", "skipped", 0, "", reason=str(err))
+
+    seconds: dict[str, list[float]] = {name: [] for name in books}
+    last: dict[str, Any] = {}
+    for _ in range(args.runs):
+        for name, (run, _task) in books.items():
+            t0 = time.perf_counter()
+            last[name] = run()
+            seconds[name].append(time.perf_counter() - t0)
+    for name, (_run, task) in books.items():
+        emit(name, "msgs_per_s", round(total / statistics.median(seconds[name])), "msgs/s",
+             task=task, runs_s=[round(r, 4) for r in seconds[name]], **file_info)  # fmt: skip
+    engine = last["tickerplant book"]
+    emit("tickerplant book", "bytes_per_live_order", round(engine.bytes_per_live_order, 1),
+         "bytes", live_orders=engine.live_orders, peak_live_orders=engine.peak_live_orders,
+         state_bytes=engine.state_bytes)  # fmt: skip
+
+    if "itch-book" in books:
+        bbo = last["itch-book"]
+        theirs: dict[int, tuple[int, int, int, int]] = {}
+        for loc, bp, bs, ap_, as_ in zip(
+            bbo["locate"].tolist(), bbo["bid_px"].tolist(), bbo["bid_sz"].tolist(),
+            bbo["ask_px"].tolist(), bbo["ask_sz"].tolist(), strict=True,
+        ):  # fmt: skip
+            theirs[loc] = (int(bp), int(bs), int(ap_), int(as_))
+        agree = sum(theirs.get(loc, (0, 0, 0, 0)) == bbo_ for loc, bbo_ in ours.items())
+        emit("itch-book", "final_bbo_agreement", agree, "symbols", of=len(ours))
+
+    if "itchcpp" in books:
+        from itchcpp.parser import MessageParser
+
+        manager = last["itchcpp"]
         agree = 0
         for loc, name in symbols.items():
             b = manager.book_for_symbol(name).bbo()
@@ -328,8 +343,6 @@ def main() -> int:
         cut = data[: prefix_bytes(data, args.slow_messages)]
         med, runs, n = timed(lambda: sum(1 for _ in MessageParser().parse_stream(cut)), args.runs)
         emit("itchcpp", "parse_objects_msgs_per_s", round(n / med), "msgs/s", messages=n)
-    except ImportError as err:
-        emit("itchcpp", "skipped", 0, "", reason=str(err))
 
     limit = args.slow_messages
     med, runs, n = timed(lambda: dict_book(data, limit), args.runs)
@@ -350,8 +363,11 @@ def main() -> int:
     else:
         emit("itchfeed (pure Python)", "skipped", 0, "", reason=out.stderr.strip()[-300:])
 
-    for peer, rate in peer_rates.items():
-        emit("tickerplant book", f"speedup_vs_{peer}", round(ours_rate / rate, 2), "x")
+    ours_s = seconds["tickerplant book"]
+    for peer in books.keys() - {"tickerplant book"}:
+        ratios = [theirs_s / our_s for our_s, theirs_s in zip(ours_s, seconds[peer], strict=True)]
+        emit("tickerplant book", f"speedup_vs_{peer}", round(statistics.median(ratios), 2), "x",
+             rounds=[round(r, 2) for r in ratios])  # fmt: skip
     return 0
 
 
