@@ -81,7 +81,7 @@ def test_random_lifecycles_match_the_reference(msgs: list[bytes], cuts: list[int
     ref = ReferenceBook()
     for m in msgs:
         ref.apply(m)
-    engine = BookEngine(expected_orders=0)
+    engine = BookEngine()
     bbo: list[tuple[object, ...]] = []
     trades: list[tuple[object, ...]] = []
     edges = sorted({0, len(msgs), *(c for c in cuts if c < len(msgs))})

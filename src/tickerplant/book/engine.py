@@ -60,14 +60,13 @@ class BookEngine:
     """Full-depth order books for every locate a Stock Directory defines.
 
     ``max_symbols`` bounds the locates kept (1..max_symbols-1; ITCH locates are u16).
-    ``expected_orders`` sizes the order table up front to avoid early rehashes; it grows anyway.
     """
 
     _orders: npt.NDArray[np.int64]
     _ctrl: npt.NDArray[np.uint64]
     _defined: npt.NDArray[np.uint8]
 
-    def __init__(self, max_symbols: int = 1 << 16, expected_orders: int = 0) -> None:
+    def __init__(self, max_symbols: int = 1 << 16) -> None:
         if not 2 <= max_symbols <= 1 << 16:
             raise ValueError(f"max_symbols must be 2..65536 (locates are u16), got {max_symbols}")
         self.max_symbols = max_symbols
@@ -77,7 +76,7 @@ class BookEngine:
         self._anomalies = self._counts[k.ANOMALY_AT : k.TYPE_AT]
         self._by_type = self._counts[k.TYPE_AT :]
         self._stats[k.ST_MAX_LOCATES] = max_symbols
-        self._set_orders(_slots_for(expected_orders))
+        self._set_orders(_MIN_ORDER_SLOTS)
         self._locates(min(_FIRST_LOCATES, max_symbols))
         self._set_levels(_MIN_LEVEL_ROWS)
         self._spares: list[Events | None] = [None, None, None]
@@ -121,7 +120,7 @@ class BookEngine:
         still views it (a view holds a reference to its base), else a fresh one.
 
         Batches are slices of these buffers: no copy. Reuse spares the page faults of writing
-        fresh memory, about a tenth of the time of a replay; a caller that keeps its batches
+        fresh memory, about a tenth of the books' time on a file; a caller that keeps its batches
         (the Parquet writer) gets fresh buffers, so a batch is never overwritten.
         """
         spare = self._spares[kind]
@@ -314,9 +313,3 @@ class BookEngine:
         live = self.live_orders
         return self.state_bytes / live if live else float("inf")
 
-
-def _slots_for(orders: int) -> int:
-    slots = _MIN_ORDER_SLOTS
-    while slots * _MAX_LOAD < orders:
-        slots *= 2
-    return slots

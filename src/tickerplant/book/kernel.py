@@ -136,6 +136,12 @@ def _key(b: U8, p: int, locate: int) -> int:  # pragma: no cover - compiled
 
 
 @kernel
+def _bad_add(key: int, shares: int, price: int) -> bool:  # pragma: no cover - compiled
+    """Whether an add's (or a replace's new order's) key, shares or price cannot be booked."""
+    return key < 0 or shares == 0 or shares >= MAX_VALUE or price >= MAX_VALUE
+
+
+@kernel
 def _prefetch_next(
     b: U8, p: int, ctrl: U64, orders: I64, shift: int, bk_start: I64, bk_len: I64
 ) -> None:  # pragma: no cover - compiled
@@ -148,8 +154,8 @@ def _prefetch_next(
     and the line goes unused.
     """
     loc = _u16(b, p + _LOCATE)
-    key = (_u32(b, p + _REF) << 32 | _u32(b, p + _REF + 4)) | loc << 47
-    g = table.group_of(key, shift)
+    # Unchecked (_key would branch on the reference's size): a wrong guess costs one line.
+    g = table.group_of(_u64(b, p + _REF) | loc << 47, shift)
     prefetch(ctrl, at(g))
     prefetch(orders, at(2 * table.GROUP * g))
     prefetch(bk_start, at(2 * loc))
@@ -298,10 +304,7 @@ def apply_blocks(
                 add_key = _key(buf, p + _REF, locate)
                 add_shares = _u32(buf, p + _A_SHARES)
                 add_price = _u32(buf, p + _A_PRICE)
-                if (
-                    add_key < 0 or add_shares == 0 or add_shares >= MAX_VALUE
-                    or add_price >= MAX_VALUE
-                ):  # fmt: skip
+                if _bad_add(add_key, add_shares, add_price):
                     counts[ANOMALY_AT + BAD_VALUE] += 1
                     continue
             else:
@@ -367,10 +370,7 @@ def apply_blocks(
                     add_key = _key(buf, p + _U_NEW, locate)
                     add_shares = _u32(buf, p + _U_SHARES)
                     add_price = _u32(buf, p + _U_PRICE)
-                    if (
-                        add_key < 0 or add_shares == 0 or add_shares >= MAX_VALUE
-                        or add_price >= MAX_VALUE
-                    ):  # fmt: skip
+                    if _bad_add(add_key, add_shares, add_price):
                         counts[ANOMALY_AT + BAD_VALUE] += 1
                         add_key = -1
             if add_key >= 0:
