@@ -73,7 +73,7 @@ async def main(args: argparse.Namespace) -> None:
             ok = r.identical and r.lost == 0
             emit(bench="feed_throughput", subject="tickerplant", metric="msgs_per_s",
                  value=round(r.msgs_per_s), unit="msg/s", offered=rate or "fast", repeat=repeat,
-                 packets_per_s_per_line=round(line_a["packets"] / r.seconds),
+                 packets_per_s_per_line=round(line_a["packets"] / r.seconds) if r.seconds else 0,
                  messages=r.delivered, lost=r.lost, identical=r.identical,
                  gaps=r.figures["gaps"]["seen"], rerequests=r.figures["rerequests_sent"],
                  hold_overflow_packets=r.figures["hold_overflow_packets"],

@@ -375,3 +375,33 @@ def test_a_login_accepted_for_another_session_is_refused() -> None:
         assert got == []
 
     asyncio.run(main())
+
+
+def test_a_server_that_starts_later_than_asked_is_no_complete_replay() -> None:
+    """What it sends is handed over, but the run from ``first`` never came: not 'complete'."""
+
+    async def main() -> tuple[int, str, list[tuple[int, int]]]:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(49)  # the Login Request
+            writer.write(encode(LoginAccepted(b"S000000001", 5)))
+            for i in range(5, 11):
+                writer.write(encode(SequencedData(b"m%d" % i)))
+            await writer.drain()
+            await asyncio.sleep(0.5)
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        got: list[tuple[int, int]] = []
+        client = ReplayClient(
+            "127.0.0.1", port, b"S000000001", lambda first, n, blocks: got.append((first, n))
+        )
+        try:
+            last = await client.fetch(1, 10, timeout=3)
+        finally:
+            server.close()
+        return last, client.stop_reason, got
+
+    last, reason, got = asyncio.run(main())
+    assert last == 0 and "starts at 5" in reason
+    assert sum(n for _, n in got) == 6 and got[0][0] == 5

@@ -53,12 +53,15 @@ class ExchangeProcess:
 
     async def _follow(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
-        async for line in self._proc.stderr:
-            self._stderr = [*self._stderr[-50:], line]
-            m = _PROGRESS.search(line)
-            if m:
-                self.published = int(m.group(1))
-                self._progress.set()
+        try:
+            async for line in self._proc.stderr:
+                self._stderr = [*self._stderr[-50:], line]
+                m = _PROGRESS.search(line)
+                if m:
+                    self.published = int(m.group(1))
+                    self._progress.set()
+        finally:  # stderr closed: the child is gone, and a waiter must hear it now
+            self._progress.set()
 
     async def wait_published(self, messages: int, timeout: float = 60) -> None:
         """Until the exchange reports having published at least ``messages``."""
@@ -66,8 +69,11 @@ class ExchangeProcess:
         end = loop.time() + timeout
         while self.published < messages:
             assert self._proc is not None
-            if self._proc.returncode is not None:
-                raise RuntimeError(f"exchange exited early: {self.stderr_tail()}")
+            if self._reader is not None and self._reader.done():
+                await asyncio.wait_for(self._proc.wait(), max(0.0, end - loop.time()))
+                raise RuntimeError(
+                    f"exchange exited early (rc {self._proc.returncode}): {self.stderr_tail()}"
+                )
             self._progress.clear()
             await asyncio.wait_for(self._progress.wait(), max(0.0, end - loop.time()))
 

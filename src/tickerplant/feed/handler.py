@@ -44,6 +44,9 @@ from tickerplant.wire.blocks import offsets_of
 
 log = logging.getLogger(__name__)
 
+DRAIN_ROWS = 512  # datagrams read per line per wake-up; the packet scan's arrays match it
+LOST_RANGES_KEPT = 10_000  # GapLost ranges listed; beyond, counted only
+
 # Liveness and figures need no better than this; gap timers are scheduled exactly.
 HOUSEKEEPING_INTERVAL = 0.05
 
@@ -120,14 +123,17 @@ class FeedHandler:
             for s in (Source.LINE_A, Source.LINE_B)
             if s is Source.LINE_A or config.line_b is not None
         }
-        self.latencies: dict[str, list[float]] = {"line": [], "rerequest": [], "replay": []}
+        self.latencies = {kind: Latencies() for kind in ("line", "rerequest", "replay")}
         self.session_ended: asyncio.Event = asyncio.Event()
         self.delivered = 0
         self.consumer_errors = 0
         self.rerequest_send_errors = 0
         self.replay_failures: dict[str, int] = {}  # why replay sessions ended short
-        self.lost_ranges: list[tuple[int, int]] = []  # [start, end) of every GapLost, in order
-        self.duplicates_delivered = 0  # checked, not assumed: batches must never overlap
+        # [start, end) of the first LOST_RANGES_KEPT GapLost, in order (figures count them all)
+        self.lost_ranges: list[tuple[int, int]] = []
+        # Checked, not assumed: what is delivered must neither overlap nor skip.
+        self.duplicates_delivered = 0
+        self.skipped_unreported = 0  # messages missing from the stream without a GapLost
         self._next_delivery = config.first_sequence
         self._digest = hashlib.sha256() if config.digest else None
         self._capture: BinaryIO | None = None
@@ -141,10 +147,9 @@ class FeedHandler:
         self._loop: asyncio.AbstractEventLoop | None = None
         # uvloop's loop.time() ticks in whole milliseconds, too coarse for repair latencies.
         self._clock = time.monotonic
-        rows = 512
-        self._seqs = np.zeros(rows, dtype=np.int64)
-        self._counts = np.zeros(rows, dtype=np.int64)
-        self._defects = np.zeros(rows, dtype=np.int8)
+        self._seqs = np.zeros(DRAIN_ROWS, dtype=np.int64)
+        self._counts = np.zeros(DRAIN_ROWS, dtype=np.int64)
+        self._defects = np.zeros(DRAIN_ROWS, dtype=np.int8)
 
     # ---- life cycle ---------------------------------------------------------------------------
 
@@ -172,7 +177,7 @@ class FeedHandler:
 
     def _watch(self, sock: socket.socket, source: Source) -> None:
         assert self._loop is not None
-        drain = DatagramDrain(sock)
+        drain = DatagramDrain(sock, DRAIN_ROWS)
         self._sockets.append(sock)
         self._drains[source] = drain
         self._loop.add_reader(sock.fileno(), self._on_readable, source, drain)
@@ -227,6 +232,7 @@ class FeedHandler:
             "outstanding": self.sequencer.outstanding,
             "held_bytes": self.sequencer.held_bytes,
             "duplicates_delivered": self.duplicates_delivered,
+            "skipped_unreported": self.skipped_unreported,
             "duplicate_messages_dropped": c.duplicate_messages,
             "hold_overflow_packets": c.hold_overflow_packets,
             "suspect_packets": c.suspect_packets,
@@ -246,9 +252,7 @@ class FeedHandler:
             "replays": {"started": self.recovery.replays_started,
                         "failed": self.recovery.replays_failed,
                         "failures": dict(list(self.replay_failures.items())[:20])},
-            "repair_latency_ms": {
-                kind: _percentiles(values) for kind, values in self.latencies.items()
-            },
+            "repair_latency_ms": {kind: lat.figures() for kind, lat in self.latencies.items()},
             "lines": lines,
         }
 
@@ -347,8 +351,7 @@ class FeedHandler:
     def _deliver(self, items: list[Delivery]) -> None:
         for item in items:
             if isinstance(item, Batch):
-                if item.first < self._next_delivery:
-                    self.duplicates_delivered += self._next_delivery - item.first
+                self._check_continuity(item.first)
                 self._next_delivery = item.end
                 self.delivered += item.count
                 if self._digest is not None:
@@ -359,6 +362,7 @@ class FeedHandler:
                     self._hand_over(self.on_batch, item)
                 continue
             if isinstance(item, GapLost):
+                self._check_continuity(item.start)
                 self._next_delivery = item.end
                 self._account(item)
             elif isinstance(item, SessionEnded):
@@ -367,6 +371,14 @@ class FeedHandler:
                 self._new_session()
             if self.on_event is not None:
                 self._hand_over(self.on_event, item)
+
+    def _check_continuity(self, first: int) -> None:
+        """Count a delivery that overlaps what went before, or leaves a hole no GapLost covers."""
+        if first < self._next_delivery:
+            self.duplicates_delivered += self._next_delivery - first
+        elif first > self._next_delivery:
+            self.skipped_unreported += first - self._next_delivery
+            log.error("messages [%d, %d) skipped without a GapLost", self._next_delivery, first)
 
     def _hand_over(self, consumer: Callable[[Any], None], item: Delivery | Event) -> None:
         """A consumer's bug must not cost the other items of this wake-up, nor go unnoticed."""
@@ -380,9 +392,10 @@ class FeedHandler:
         if isinstance(event, GapRepaired):
             kind = _REPAIR_KIND[event.repaired_by]
             self.lines[event.revealed_by].gaps_repaired[kind] += 1
-            self.latencies[kind].append(event.latency)
+            self.latencies[kind].add(event.latency)
         elif isinstance(event, GapLost):
-            self.lost_ranges.append((event.start, event.end))
+            if len(self.lost_ranges) < LOST_RANGES_KEPT:
+                self.lost_ranges.append((event.start, event.end))
         elif isinstance(event, LineStateChanged):
             self.lines[event.line].state = event.new
 
@@ -489,12 +502,30 @@ def _warm_kernels() -> None:
     framer.take_sequenced()
 
 
-def _percentiles(values: list[float]) -> dict[str, float | int]:
-    if not values:
-        return {"count": 0}
-    p50, p99, top = np.percentile(np.asarray(values) * 1e3, [50, 99, 100])
-    return {"count": len(values), "p50": round(float(p50), 3), "p99": round(float(p99), 3),
-            "max": round(float(top), 3)}
+class Latencies:
+    """Repair latencies of one kind: every one counted, the last ``RECENT`` kept for the
+    percentiles, so that memory and the work of a dashboard refresh (on the event loop) stay
+    bounded over a trading day."""
+
+    RECENT = 1 << 16
+
+    def __init__(self) -> None:
+        self._recent = np.zeros(self.RECENT, dtype=np.float64)
+        self.count = 0
+        self.max = 0.0
+
+    def add(self, seconds: float) -> None:
+        self._recent[self.count % self.RECENT] = seconds
+        self.count += 1
+        self.max = max(self.max, seconds)
+
+    def figures(self) -> dict[str, float | int]:
+        """count and max over all; p50 and p99 over the last RECENT; milliseconds."""
+        if not self.count:
+            return {"count": 0}
+        p50, p99 = np.percentile(self._recent[: min(self.count, self.RECENT)] * 1e3, [50, 99])
+        return {"count": self.count, "p50": round(float(p50), 3), "p99": round(float(p99), 3),
+                "max": round(self.max * 1e3, 3)}
 
 
 def _without(config: RecoveryConfig, no_rerequest: bool, no_replay: bool) -> RecoveryConfig:

@@ -245,13 +245,15 @@ class ReplayClient:
         self.stop_reason = ""  # why the last fetch ended: "complete", "timeout", ...
 
     async def fetch(self, first: int, last: int, timeout: float) -> int:
-        """Deliver messages ``first..last`` (inclusive); returns the last sequence number delivered.
+        """Deliver messages ``first..last`` (inclusive); returns the last sequence number of the
+        run delivered from ``first`` on.
 
         Stops once ``last`` is delivered, or at ``timeout`` seconds, or when the server ends the
         session or the connection; :attr:`stop_reason` says which. Fewer than asked is not an
-        error: the return value says how far it got. Raises :class:`ReplayError` when the login
-        is rejected, OSError when the server cannot be reached, and whatever ``on_messages``
-        raised.
+        error: the return value says how far it got. A server that starts later than ``first``
+        delivered no run from ``first``: ``first - 1``, though what it sent is handed over.
+        Raises :class:`ReplayError` when the login is rejected, OSError when the server cannot be
+        reached, and whatever ``on_messages`` raised.
         """
         if first < 1:
             raise ValueError(f"sequence numbers start at 1, not {first}")
@@ -261,6 +263,9 @@ class ReplayClient:
         fetch = await self._run(timeout, _Fetch(
             self._login(first), first, last, self.on_messages, self.session
         ))
+        if fetch.accepted is not None and fetch.accepted > first:
+            self.stop_reason = f"the server starts at {fetch.accepted}, {first} asked"
+            return first - 1
         return fetch.delivered
 
     async def next_sequence(self, timeout: float) -> int:

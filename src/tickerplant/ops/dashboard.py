@@ -58,6 +58,18 @@ def render(now: Figures, before: Figures | None, dt: float, title: str = "") -> 
         f"  duplicates delivered {now['duplicates_delivered']}\n"
         f"repair latency: {latency or '-'}"
     )
+    # What should stay zero, shown only when it is not, so that it stands out.
+    trouble = {
+        "skipped unreported": now["skipped_unreported"],
+        "consumer errors": now["consumer_errors"],
+        "re-requests unsent": now["rerequest_send_errors"],
+        "hold-back overflow packets": now["hold_overflow_packets"],
+        "suspect packets": now["suspect_packets"],
+    }
+    if any(trouble.values()):
+        footer.append(
+            "\n" + "  ".join(f"{k} {v:,}" for k, v in trouble.items() if v), style="bold red"
+        )
     parts: list[Table | Text] = [table, footer]
     if "books" in now:
         parts.append(_books(now["books"], before["books"] if before else None, dt))
