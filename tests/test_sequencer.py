@@ -44,7 +44,7 @@ class Plant:
             if isinstance(item, Batch):
                 got = [int(m[1:]) for m in iter_messages(item.blocks)]
                 assert got == list(range(item.first, item.end))
-                assert not self.delivered or item.first == self.next_expected()
+                assert item.first == self.next_expected()
                 self.delivered += got
             elif isinstance(item, GapLost):
                 self.lost.append((item.start, item.end))
@@ -382,3 +382,34 @@ def test_hostile_arrivals_never_break_order_or_repeat_a_message(
     delivered = [s for s in p.delivered if s != -1]
     assert delivered == sorted(set(delivered))
     assert p.seq.counters.delivered == len(delivered)
+
+
+def test_gaps_are_given_up_in_stream_order_never_above_one_a_replay_covers() -> None:
+    """A gap that expires above one under replay waits: it is repaired (here by a re-request
+    answer that arrives later), and no GapLost lands inside data that was delivered."""
+    p = Plant()
+    rec = Recovery(p.seq, RecoveryConfig(replay_threshold=10, rerequest=False))
+    p.packet(A, 20, 1, 0.0)  # joined late: [1, 20) to replay
+    assert rec.poll(0.01) == [Replay(1, 20)]
+    p.packet(A, 25, 5, 0.02)  # reveals [21, 25)
+    rec.poll(3.0)  # past give_up_after for [21, 25), while the replay is still running
+    assert p.lost == [] and [(g.start, g.end) for g in p.seq.gaps] == [(1, 20), (21, 25)]
+    p.packet(RR, 15, 15, 3.1)
+    p.packet(RP, 1, 14, 3.2)
+    rec.replay_finished(True, 3.2)
+    assert p.delivered == list(range(1, 30)) and p.lost == []
+    assert p.seq.counters.lost == 0
+
+
+def test_a_large_gap_above_a_running_replay_is_rerequested_meanwhile() -> None:
+    p = Plant()
+    rec = Recovery(p.seq, RecoveryConfig(replay_threshold=100))
+    p.packet(A, 1001, 10, 0.0)
+    assert rec.poll(0.01) == [Replay(1, 1001)]
+    p.packet(A, 5001, 10, 0.5)  # an outage: [1011, 5001) is over the threshold
+    assert rec.poll(0.51) == [Rerequest(1011, 1000)]  # the replay is busy below it
+    p.packet(RR, 1011, 3990, 0.6)
+    assert p.lost == [] and [(g.start, g.end) for g in p.seq.gaps] == [(1, 1001)]
+    p.packet(RP, 1, 1000, 0.7)
+    rec.replay_finished(True, 0.7)
+    assert p.delivered == list(range(1, 5011))

@@ -106,14 +106,19 @@ class Recovery:
                 continue  # the replay's own timeout bounds it
             opened = gap.record.opened_at
             give_up_at = opened + cfg.give_up_after
-            if now >= give_up_at:
+            if now < give_up_at:
+                deadline = min(deadline, give_up_at)
+            elif gap is seq.gaps[0]:
                 seq.give_up(gap, now)
                 continue
-            deadline = min(deadline, give_up_at)
+            # Otherwise given up later, in stream order: above a gap still open (one a replay
+            # covers), its GapLost would land inside what that repair brings, and the next
+            # replay may still fetch it.
             if now < opened + cfg.line_wait:
                 deadline = min(deadline, opened + cfg.line_wait)
                 continue
-            replay_usable = cfg.replay and now >= self._replay_retry_at
+            # A replay busy with a lower gap is not usable either: re-request meanwhile.
+            replay_usable = cfg.replay and self.replaying is None and now >= self._replay_retry_at
             if cfg.rerequest and (gap.size <= cfg.replay_threshold or not replay_usable):
                 if 0 <= gap.requested_end <= gap.start:
                     # Everything asked for has come: ask for the next part at once. (A partial
