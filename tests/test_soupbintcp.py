@@ -306,3 +306,20 @@ def test_bad_fields_break_the_stream() -> None:
 def test_max_length_must_fit_the_length_field() -> None:
     with pytest.raises(ValueError, match="max_length"):
         Framer(Side.SERVER, 0x10000)
+
+
+def test_a_fixed_size_packet_announcing_more_is_refused_from_its_header() -> None:
+    framer = Framer(Side.CLIENT)
+    framer.feed(b"\x0f\xa0R")  # a client heartbeat (no payload) announcing 4,000 bytes
+    with pytest.raises(MalformedPacket) as err:
+        framer.next_packet()
+    assert err.value.defect is Defect.BAD_SIZE
+
+
+def test_sequenced_data_from_a_client_is_not_taken_as_messages() -> None:
+    framer = Framer(Side.CLIENT)
+    framer.feed(b"\x00\x04Sabc")
+    assert framer.take_sequenced() == (0, b"")
+    with pytest.raises(MalformedPacket) as err:
+        framer.next_packet()
+    assert err.value.defect is Defect.WRONG_SENDER

@@ -26,10 +26,8 @@ import numpy as np
 import numpy.typing as npt
 
 from tickerplant.jit import kernel
-from tickerplant.wire.blocks import U8
+from tickerplant.wire.blocks import I64, U8
 from tickerplant.wire.itch import LENGTHS
-
-I64 = npt.NDArray[np.int64]
 
 ORDER_SLOTS = 32  # live orders per symbol at most
 TICK = 100  # one cent in Price(4)

@@ -33,8 +33,9 @@ class DatagramDrain:
     def drain(self) -> int:
         """Read until the socket is empty or every row is full; returns how many rows hold data.
 
-        A datagram longer than a row is recorded with its true length (>= width), which
-        ``scan_packets`` reports as truncated.
+        A datagram longer than a row is recorded with a length of at least the width (its true
+        length with ``recv_into``, the width with ``recvmmsg``), which ``scan_packets`` reports
+        as truncated.
         """
         if self._mmsg is not None:
             try:

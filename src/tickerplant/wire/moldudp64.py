@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tickerplant.jit import kernel
-from tickerplant.wire.blocks import I64, U8, as_array, iter_messages
+from tickerplant.wire.blocks import I64, U8, as_array, iter_messages, join_messages
 
 HEADER = struct.Struct(">10sQH")
 HEADER_LEN = HEADER.size
@@ -85,8 +85,7 @@ def session_bytes(session: str | bytes) -> bytes:
 
 
 def encode_packet(session: bytes, sequence: int, messages: list[bytes]) -> bytes:
-    body = b"".join(len(m).to_bytes(2, "big") + m for m in messages)
-    return HEADER.pack(session, sequence, len(messages)) + body
+    return encode_blocks(session, sequence, len(messages), join_messages(messages))
 
 
 def encode_blocks(session: bytes, sequence: int, count: int, blocks: bytes) -> bytes:
@@ -218,7 +217,7 @@ def pack_runs(
         size = 2 + ((int(stream[pos]) << 8) | int(stream[pos + 1]))
         if pos + size > n:
             break
-        if msgs > 0 and (used + size > max_blocks_bytes or msgs == 0xFFFE):
+        if msgs > 0 and (used + size > max_blocks_bytes or msgs == MAX_COUNT):
             if packets == cap:
                 return packets, start
             starts[packets] = start

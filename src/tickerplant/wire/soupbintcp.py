@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import astuple, dataclass
 from enum import Enum, IntEnum
+from typing import NoReturn
 
 import numpy as np
 
@@ -314,6 +315,12 @@ class Framer:
                 name = LAYOUTS[code].name
                 self._fail(Defect.WRONG_SENDER, f"{name} is never sent by the {self.sender.value}")
             self._fail(Defect.UNKNOWN_TYPE, f"type byte {code:#04x} ({chr(code)!r})")
+        layout = LAYOUTS[code]
+        if length - 1 > layout.max_payload:  # judged on the header: no waiting for the bytes
+            self._fail(
+                Defect.BAD_SIZE,
+                f"{layout.name} payload of {length - 1} bytes, at most {layout.max_payload}",
+            )
         if len(buf) - pos < 2 + length:
             return None
         self._pos = pos + 2 + length
@@ -333,7 +340,9 @@ class Framer:
         Stops before anything else (another type, a bad length, an incomplete packet), which
         :meth:`next_packet` then handles.
         """
-        if self._broken is not None or len(self._buf) - self._pos < 3:
+        if SEQUENCED not in self._accepts or self._broken is not None:
+            return 0, b""  # a client's S packet is next_packet's to refuse
+        if len(self._buf) - self._pos < 3:
             return 0, b""
         arr = as_array(self._buf)
         out = np.empty(arr.shape[0] - self._pos, dtype=np.uint8)
@@ -341,7 +350,7 @@ class Framer:
         self._pos = int(end)
         return int(count), out[:written].tobytes()
 
-    def _fail(self, defect: Defect, detail: str) -> None:
+    def _fail(self, defect: Defect, detail: str) -> NoReturn:
         self._broken = MalformedPacket(defect, detail)
         raise self._broken
 
