@@ -76,3 +76,18 @@ def test_an_exchange_that_dies_at_once_is_reported_at_once() -> None:
         return loop.time() - t0
 
     assert asyncio.run(main()) < 20  # not the whole timeout
+
+
+def test_live_books_count_what_the_feed_lost_and_start_over_on_a_new_session() -> None:
+    from tickerplant.exchange.synthetic import SyntheticMarket
+    from tickerplant.feed.books import LiveBooks
+    from tickerplant.session.events import SessionStarted
+
+    books = LiveBooks()
+    chunk = next(SyntheticMarket(2, 10).chunks(2000, 2000))
+    books.on_batch(Batch(1, 2000, chunk))
+    books.on_event(GapLost(2001, 2011, Source.LINE_A, 2.0))
+    assert books.figures()["messages_missed"] == 10 and books.engine.live_orders > 0
+    books.on_event(SessionStarted(b"S2", b"S1"))
+    fresh = books.figures()
+    assert fresh["messages_missed"] == 0 and fresh["live_orders"] == 0 == fresh["symbols"]

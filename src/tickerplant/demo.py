@@ -62,6 +62,7 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str,
             digest=True,
         ),
         on_batch=books.on_batch,
+        on_event=books.on_event,
     )
     await feed.start()
     exchange = ExchangeProcess(

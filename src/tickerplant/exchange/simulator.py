@@ -206,10 +206,15 @@ class ExchangeSummary:
         return out
 
 
+_FILE_CHUNK_BYTES = 256 << 10
+
+
 def _source(config: ExchangeConfig) -> Iterator[bytes]:
     source = config.source
     if isinstance(source, FileSource):
-        return read_chunks(source.path)
+        # Read (and checked) inside a publisher tick, on the loop that also serves re-requests
+        # and replay: a small chunk keeps that pause near the tick's slice, not 4 MiB of I/O.
+        return read_chunks(source.path, _FILE_CHUNK_BYTES)
     market = SyntheticMarket(source.seed, source.symbols)
     return market.chunks(source.messages, config.chunk_messages)
 

@@ -2,6 +2,10 @@
 
 Once per batch, never per message: the engine applies the batch's block stream in one compiled
 call and the BBO events it returns are tallied per locate with one ``bincount``.
+
+The feed's events matter to books too: after a GapLost the books lack those messages' orders
+(counted and shown, for they may be wrong from then on), and a new session's order references
+mean nothing to the old books (they start over).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from tickerplant.book.engine import BookEngine
-from tickerplant.session.events import Batch
+from tickerplant.session.events import Batch, Event, GapLost, SessionStarted
 
 PRICE_SCALE = 10_000  # ITCH Price(4)
 
@@ -19,8 +23,12 @@ PRICE_SCALE = 10_000  # ITCH Price(4)
 class LiveBooks:
     def __init__(self, engine: BookEngine | None = None) -> None:
         self.engine = engine or BookEngine()
+        self._fresh_figures()
+
+    def _fresh_figures(self) -> None:
         self.bbo_updates = 0
         self.trades = 0
+        self.messages_missed = 0  # lost by the feed since these books started: they lack them
         self._bbo_by_locate = np.zeros(1 << 16, dtype=np.int64)
 
     def warm(self) -> None:
@@ -36,6 +44,14 @@ class LiveBooks:
             counts = np.bincount(events.bbo["locate"])
             self._bbo_by_locate[: counts.shape[0]] += counts
         self.trades += events.trades.shape[0]
+
+    def on_event(self, event: Event) -> None:
+        """The feed's ``on_event``: GapLost and session changes come in stream position."""
+        if isinstance(event, GapLost):
+            self.messages_missed += event.end - event.start
+        elif isinstance(event, SessionStarted) and event.previous is not None:
+            self.engine = BookEngine(self.engine.max_symbols)  # a new session's books
+            self._fresh_figures()
 
     def figures(self, busiest: int = 3) -> dict[str, Any]:
         """Book figures for the dashboard: sizes, counts and the BBO of the busiest symbols."""
@@ -59,6 +75,7 @@ class LiveBooks:
             "bbo_updates": self.bbo_updates,
             "trades": self.trades,
             "anomalies": sum(engine.anomalies.values()),
+            "messages_missed": self.messages_missed,
             "bytes_per_live_order": round(engine.bytes_per_live_order, 1),
             "busiest": quotes,
         }

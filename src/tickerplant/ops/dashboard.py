@@ -82,6 +82,10 @@ def _books(now: Figures, before: Figures | None, dt: float) -> Text:
         f"  {now['levels']:,} levels  BBO updates {_rate(now, before, 'bbo_updates', dt)}/s"
         f"  trades {now['trades']:,}  anomalies {now['anomalies']:,}"
     )
+    if now["messages_missed"]:
+        text.append(
+            f"  missing {now['messages_missed']:,} lost messages: may be wrong", style="bold red"
+        )
     for q in now["busiest"]:
         text.append(
             f"\n  {q['symbol']:<8} {q['bid_size']:>7,} @ {q['bid']:<10.4f} x"
