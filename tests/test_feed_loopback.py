@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
 
+from harness import ports
 from tickerplant.exchange.replay import ReplayServer
 from tickerplant.feed.handler import FeedConfig, FeedHandler
 from tickerplant.io.multicast import Endpoint, open_sender
@@ -20,9 +20,10 @@ from tickerplant.wire.blocks import iter_messages, join_messages
 SESSION = mold.session_bytes("LOOPTEST01")
 
 
-def _ports() -> tuple[Endpoint, Endpoint]:
-    base = 32000 + (os.getpid() * 7) % 20000
-    return Endpoint("239.192.80.1", base), Endpoint("239.192.80.2", base + 1)
+def _lines() -> tuple[Endpoint, Endpoint]:
+    """Two multicast lines of this test's own (harness.ports: no two tests share one)."""
+    p = ports(group_base="239.192.80")
+    return p.line_a, p.line_b
 
 
 async def _settle(feed: FeedHandler, until: int, timeout: float = 5.0) -> None:
@@ -33,7 +34,7 @@ async def _settle(feed: FeedHandler, until: int, timeout: float = 5.0) -> None:
 
 
 def test_loss_on_one_line_repaired_by_the_other_and_bad_datagrams_counted() -> None:
-    line_a, line_b = _ports()
+    line_a, line_b = _lines()
     got: list[bytes] = []
     events: list[Event] = []
 
@@ -100,9 +101,7 @@ def test_loss_on_one_line_repaired_by_the_other_and_bad_datagrams_counted() -> N
 
 
 def test_loss_on_both_lines_without_repair_services_is_reported_lost() -> None:
-    line_a, line_b = _ports()
-    line_a = Endpoint(line_a.host, line_a.port + 2)
-    line_b = Endpoint(line_b.host, line_b.port + 2)
+    line_a, line_b = _lines()
     got: list[int] = []
     lost: list[tuple[int, int]] = []
 
@@ -143,9 +142,7 @@ def test_bad_config_names_the_field() -> None:
 
 
 def test_a_replay_server_that_refuses_us_ends_in_a_reported_loss_not_a_stuck_gap() -> None:
-    line_a, line_b = _ports()
-    line_a = Endpoint(line_a.host, line_a.port + 4)
-    line_b = Endpoint(line_b.host, line_b.port + 4)
+    line_a, line_b = _lines()
     lost: list[tuple[int, int]] = []
 
     def on_event(event: Event) -> None:
@@ -183,9 +180,7 @@ def test_a_replay_server_that_refuses_us_ends_in_a_reported_loss_not_a_stuck_gap
 
 
 def test_a_replay_that_logs_in_and_then_says_nothing_does_not_hold_the_gap_open() -> None:
-    line_a, line_b = _ports()
-    line_a = Endpoint(line_a.host, line_a.port + 6)
-    line_b = Endpoint(line_b.host, line_b.port + 6)
+    line_a, line_b = _lines()
     lost: list[tuple[int, int]] = []
 
     def on_event(event: Event) -> None:
@@ -228,9 +223,7 @@ def test_a_replay_that_logs_in_and_then_says_nothing_does_not_hold_the_gap_open(
 
 
 def test_a_new_session_cancels_the_old_sessions_replay() -> None:
-    line_a, line_b = _ports()
-    line_a = Endpoint(line_a.host, line_a.port + 8)
-    line_b = Endpoint(line_b.host, line_b.port + 8)
+    line_a, line_b = _lines()
     got: list[tuple[int, bytes]] = []
 
     def on_batch(batch: Batch) -> None:
@@ -275,8 +268,7 @@ def test_a_new_session_cancels_the_old_sessions_replay() -> None:
 
 
 def test_a_consumer_that_raises_loses_nothing_else_and_is_counted() -> None:
-    line_a, _ = _ports()
-    line_a = Endpoint(line_a.host, line_a.port + 10)
+    line_a, _ = _lines()
     got: list[int] = []
     refused: list[int] = []
 
