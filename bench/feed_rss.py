@@ -50,8 +50,8 @@ async def main(args: argparse.Namespace) -> None:
         peak = int(figures["peak_rss_bytes"])  # type: ignore[call-overload]
         peaks.append(peak)
         emit(bench="feed_rss", subject="tickerplant", metric="peak_rss_run", value=peak,
-             unit="bytes", repeat=repeat, delivered=figures["delivered"],
-             lost=figures["messages_lost"])
+             unit="bytes", repeat=repeat, delivered=figures["delivered_messages"],
+             lost=figures["lost_messages"])
     emit(bench="feed_rss", subject="tickerplant", metric="peak_rss", value=statistics.median(peaks),
          unit="bytes", messages=args.messages, runs=len(peaks))
 

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from tickerplant.capture.itch_file import ItchWriter
+from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.exchange.synthetic import SyntheticMarket
-from tickerplant.feed.handler import FeedConfig, FeedHandler
-from tickerplant.io.multicast import Endpoint
+from tickerplant.feed.handler import FeedHandler
 from tickerplant.session.events import Batch
+from tickerplant.session.feed import FeedConfig
 
 DATA = Path(__file__).parent / "data"
 
@@ -62,7 +63,7 @@ class RunResult:
 
     @property
     def lost(self) -> int:
-        return int(self.figures["messages_lost"])
+        return int(self.figures["lost_messages"])
 
 
 async def run_once(offset: int, *exchange_args: str, digest: bool = True) -> RunResult:
@@ -90,7 +91,8 @@ async def run_once(offset: int, *exchange_args: str, digest: bool = True) -> Run
         await feed.close()
     cpu = time.process_time() - cpu
     seconds = marks[-1] - marks[0] if len(marks) > 1 else 0.0
-    identical = (feed.delivered == summary["published"]
-                 and (not digest or feed.digest == summary["sha256"]))
-    return RunResult(summary["published"], feed.delivered, identical, seconds, cpu,
+    delivered = feed.session.counters.delivered
+    identical = (delivered == summary["published"]
+                 and (not digest or feed.session.digest == summary["sha256"]))
+    return RunResult(summary["published"], delivered, identical, seconds, cpu,
                      feed.figures(), summary)

@@ -28,14 +28,16 @@ async def main(args: argparse.Namespace) -> None:
             r = await run_once(offset, "--itch", path, "--rate", str(args.rate),
                                "--drop-a", drop_a, "--drop-b", drop_b)
             lost_runs += not r.identical or r.lost > 0
-            for kind, stats in r.figures["repair_latency_ms"].items():
+            latency = r.figures["repair_latency_seconds"]
+            for kind, stats in latency.items():
                 if stats["count"]:
                     got = per_kind.setdefault(kind, {"p50": [], "p99": [], "count": []})
-                    for key in ("p50", "p99", "count"):
-                        got[key].append(stats[key])
+                    got["count"].append(stats["count"])
+                    for key in ("p50", "p99"):
+                        got[key].append(stats[key] * 1e3)
             emit(bench="repair_latency", subject="tickerplant", metric="run", value=repeat,
                  unit="repeat", case=case, identical=r.identical, lost=r.lost,
-                 latency_ms=r.figures["repair_latency_ms"])
+                 latency_seconds=latency)
         for kind, got in per_kind.items():
             for key in ("p50", "p99"):
                 target = {"line": 2.0, "rerequest": 10.0}.get(kind) if key == "p99" else None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.synthetic import SyntheticMarket
-from tickerplant.io.multicast import Endpoint
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ from harness import ports, source_stream
 from tickerplant.book import BookEngine
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.feed.books import LiveBooks
-from tickerplant.feed.handler import FeedConfig, FeedHandler
+from tickerplant.feed.handler import FeedHandler
+from tickerplant.ops.figures import summed
+from tickerplant.session.feed import FeedConfig
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +45,8 @@ def test_million_messages_with_simulated_loss_arrive_byte_identical(tmp_path: Pa
 
     feed, summary = asyncio.run(main())
     data = capture.read_bytes()
-    assert summary["published"] == MESSAGES == feed.delivered
-    assert hashlib.sha256(data).hexdigest() == summary["sha256"] == feed.digest
+    assert summary["published"] == MESSAGES == feed.session.counters.delivered
+    assert hashlib.sha256(data).hexdigest() == summary["sha256"] == feed.session.digest
     assert data == source_stream(7, 500, MESSAGES)
     # The live books, built batch by batch as repairs came in, equal books built from the file.
     reference = BookEngine()
@@ -53,13 +55,12 @@ def test_million_messages_with_simulated_loss_arrive_byte_identical(tmp_path: Pa
     for locate in range(1, 501):
         assert books.engine.bbo(locate) == reference.bbo(locate)
     figures = feed.figures()
-    assert feed.duplicates_delivered == 0
-    gaps = figures["gaps"]
+    assert figures["duplicates_delivered"] == 0
+    repaired = summed(figures["gaps_repaired"])
     # 5 % and 2 % independent loss: most gaps close from the other line, some need re-requests.
-    assert gaps["lost"] == 0 and gaps["repaired_by_line"] > 100
-    assert gaps["repaired_by_rerequest"] > 0
-    assert gaps["seen"] == (gaps["repaired_by_line"] + gaps["repaired_by_rerequest"]
-                            + gaps["repaired_by_replay"])
+    assert sum(figures["gaps_lost"].values()) == 0 and repaired["line"] > 100
+    assert repaired["rerequest"] > 0
+    assert sum(figures["gaps_seen"].values()) == sum(repaired.values())
 
 
 def test_late_join_catches_up_by_replay_from_sequence_one() -> None:
@@ -83,8 +84,8 @@ def test_late_join_catches_up_by_replay_from_sequence_one() -> None:
 
     feed, summary = asyncio.run(main())
     figures = feed.figures()
-    assert feed.delivered == total == summary["published"], figures
-    assert feed.digest == summary["sha256"]
-    assert figures["gaps"]["repaired_by_replay"] >= 1
-    assert figures["lines"]["replay"]["messages"] >= MESSAGES
-    assert feed.duplicates_delivered == 0 and figures["gaps"]["lost"] == 0
+    assert figures["delivered_messages"] == total == summary["published"], figures
+    assert feed.session.digest == summary["sha256"]
+    assert summed(figures["gaps_repaired"])["replay"] >= 1
+    assert figures["messages"]["replay"] >= MESSAGES
+    assert figures["duplicates_delivered"] == 0 and sum(figures["gaps_lost"].values()) == 0

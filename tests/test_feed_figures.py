@@ -1,64 +1,18 @@
-"""The feed handler's own checks and figures, without sockets: continuity of what it delivers,
-bounded latency records, and the dashboard showing what should stay zero."""
+"""The figures: every name the plant shows is registered, the live books' own, and a dead
+exchange reported at once."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-from rich.console import Console
 
-from tickerplant.feed.handler import FeedConfig, FeedHandler, Latencies
-from tickerplant.io.multicast import Endpoint
-from tickerplant.ops.dashboard import render
+from tickerplant.endpoint import Endpoint
+from tickerplant.feed.books import LiveBooks
+from tickerplant.feed.handler import FeedHandler
+from tickerplant.ops.figures import REGISTRY, Kind
 from tickerplant.session.events import Batch, GapLost, Source
-
-
-def _feed() -> FeedHandler:
-    return FeedHandler(FeedConfig(Endpoint("239.192.99.1", 40001), None))
-
-
-def _text(feed: FeedHandler) -> str:
-    console = Console(width=200, record=True)
-    console.print(render(feed.figures(), None, 1.0))
-    return console.export_text()
-
-
-def test_a_hole_without_gap_lost_is_counted_and_shown() -> None:
-    async def main() -> FeedHandler:
-        feed = _feed()
-        feed._deliver([Batch(1, 2, b"\x00\x01a\x00\x01b"), Batch(10, 1, b"\x00\x01c")])
-        feed._deliver([GapLost(15, 20, Source.LINE_A, 0.1), Batch(20, 1, b"\x00\x01d")])
-        return feed
-
-    feed = asyncio.run(main())
-    assert feed.skipped_unreported == 7 + 4  # [3, 10) and [11, 15)
-    assert feed.duplicates_delivered == 0 and feed.delivered == 4
-    assert feed.lost_ranges == [(15, 20)]
-    assert "skipped unreported 11" in _text(feed)
-
-
-def test_an_overlap_is_counted_as_duplicates_not_as_a_hole() -> None:
-    async def main() -> FeedHandler:
-        feed = _feed()
-        feed._deliver([Batch(1, 5, b""), Batch(3, 4, b"")])
-        return feed
-
-    feed = asyncio.run(main())
-    assert (feed.duplicates_delivered, feed.skipped_unreported) == (3, 0)
-    assert "skipped" not in _text(feed)
-
-
-def test_latencies_keep_every_count_and_the_max_but_only_recent_values() -> None:
-    lat = Latencies()
-    assert lat.figures() == {"count": 0}
-    lat.add(5.0)  # an old, slow repair
-    for _ in range(Latencies.RECENT):
-        lat.add(0.001)
-    figures = lat.figures()
-    assert figures["count"] == Latencies.RECENT + 1
-    assert figures["max"] == 5000.0  # ms, over all
-    assert figures["p50"] == figures["p99"] == 1.0  # the 5 s one has left the window
+from tickerplant.session.feed import FeedConfig
 
 
 def test_an_exchange_that_dies_at_once_is_reported_at_once() -> None:
@@ -80,7 +34,6 @@ def test_an_exchange_that_dies_at_once_is_reported_at_once() -> None:
 
 def test_live_books_count_what_the_feed_lost_and_start_over_on_a_new_session() -> None:
     from tickerplant.exchange.synthetic import SyntheticMarket
-    from tickerplant.feed.books import LiveBooks
     from tickerplant.session.events import SessionStarted
 
     books = LiveBooks()
@@ -90,4 +43,33 @@ def test_live_books_count_what_the_feed_lost_and_start_over_on_a_new_session() -
     assert books.figures()["messages_missed"] == 10 and books.engine.live_orders > 0
     books.on_event(SessionStarted(b"S2", b"S1"))
     fresh = books.figures()
-    assert fresh["messages_missed"] == 0 and fresh["live_orders"] == 0 == fresh["symbols"]
+    assert fresh["messages_missed"] == 0 and fresh["live_orders"] == 0 == fresh["book_symbols"]
+
+
+def _depth(value: object, labels: int) -> int:
+    """How many label levels a figure's value nests (a summary's own dict is its leaf)."""
+    depth = 0
+    while depth < labels and isinstance(value, dict):
+        if not value:
+            return labels  # nothing counted under this label yet
+        value = next(iter(value.values()))
+        depth += 1
+    return depth
+
+
+def test_every_figure_the_plant_shows_is_registered_with_its_labels() -> None:
+    async def main() -> dict[str, object]:
+        feed = FeedHandler(FeedConfig(Endpoint("239.192.99.1", 40001), None))
+        return feed.figures() | LiveBooks().figures()
+
+    figures = asyncio.run(main())
+    assert sorted(figures) == sorted(REGISTRY)  # nothing shown unnamed, nothing named unshown
+    for name, value in figures.items():
+        figure = REGISTRY[name]
+        assert _depth(value, len(figure.labels)) == len(figure.labels), name
+        if figure.kind in (Kind.COUNTER, Kind.GAUGE) and not figure.labels:
+            assert isinstance(value, int | float | str), name
+    sources = {s.label for s in Source}
+    for name in ("packets", "messages", "gaps_seen", "gaps_lost", "defects"):
+        assert set(figures[name]) == sources, name  # type: ignore[call-overload]
+    assert set(figures["line_state"]) == {"a"}  # type: ignore[call-overload]

@@ -7,10 +7,13 @@ import asyncio
 import pytest
 
 from harness import ports
+from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.replay import ReplayServer
-from tickerplant.feed.handler import FeedConfig, FeedHandler
-from tickerplant.io.multicast import Endpoint, open_sender
+from tickerplant.feed.handler import FeedHandler
+from tickerplant.io.multicast import open_sender
+from tickerplant.ops.config import ConfigError
 from tickerplant.session.events import Batch, Event, GapLost, SessionEnded
+from tickerplant.session.feed import FeedConfig
 from tickerplant.session.journal import Journal
 from tickerplant.session.recovery import RecoveryConfig
 from tickerplant.wire import moldudp64 as mold
@@ -29,7 +32,8 @@ def _lines() -> tuple[Endpoint, Endpoint]:
 async def _settle(feed: FeedHandler, until: int, timeout: float = 5.0) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
-    while feed.delivered + feed.sequencer.counters.lost < until and loop.time() < end:
+    counters = feed.session.counters
+    while counters.delivered + feed.session.sequencer.counters.lost < until and loop.time() < end:
         await asyncio.sleep(0.01)
 
 
@@ -79,20 +83,17 @@ def test_loss_on_one_line_repaired_by_the_other_and_bad_datagrams_counted() -> N
             sender.close()
             await feed.close()
         figures = feed.figures()
-        lines = figures["lines"]
-        assert isinstance(lines, dict)
-        malformed = lines["line A"]["malformed"]
-        assert malformed == {
+        assert figures["defects"]["a"] == {
             "short_header": 2,
             "truncated_block": 1,
             "count_mismatch": 1,
             "truncated_datagram": 1,
             "bad_sequence": 2,
         }
-        assert lines["line A"]["foreign"] == 1
-        assert feed.duplicates_delivered == 0
-        assert feed.sequencer.counters.lost == 0
-        assert lines["line A"]["rcvbuf"] >= 65536
+        assert figures["foreign_packets"]["a"] == 1
+        assert figures["duplicates_delivered"] == 0 == figures["lost_messages"]
+        assert figures["rcvbuf_bytes"]["a"] >= 65536
+        assert figures["line_state"] == {"a": "up", "b": "up"}
 
     asyncio.run(main())
     assert got == [b"msg-%06d" % s for s in range(1, 10001)]
@@ -135,9 +136,9 @@ def test_loss_on_both_lines_without_repair_services_is_reported_lost() -> None:
 
 
 def test_bad_config_names_the_field() -> None:
-    with pytest.raises(ValueError, match="line_a"):
+    with pytest.raises(ConfigError, match="line_a"):
         Endpoint.parse("239.1.1.1", "line_a")
-    with pytest.raises(ValueError, match="rcvbuf"):
+    with pytest.raises(ConfigError, match="rcvbuf"):
         FeedConfig(Endpoint("239.1.1.1", 1), None, rcvbuf=10)
 
 
@@ -174,8 +175,8 @@ def test_a_replay_server_that_refuses_us_ends_in_a_reported_loss_not_a_stuck_gap
 
     feed = asyncio.run(main())
     assert lost == [(1, 1001)]
-    assert feed.delivered == 1
-    failures = feed.figures()["replays"]["failures"]
+    assert feed.session.counters.delivered == 1
+    failures = feed.figures()["replay_failures"]
     assert any("ReplayError" in reason for reason in failures), failures
 
 
@@ -218,7 +219,7 @@ def test_a_replay_that_logs_in_and_then_says_nothing_does_not_hold_the_gap_open(
 
     feed = asyncio.run(main())
     assert lost == [(1, 1001)]
-    failures = feed.figures()["replays"]["failures"]
+    failures = feed.figures()["replay_failures"]
     assert any("stalled" in reason for reason in failures), failures
 
 
@@ -247,7 +248,7 @@ def test_a_new_session_cancels_the_old_sessions_replay() -> None:
         try:
             sender.sendto(mold.encode_packet(SESSION, 1001, [b"old"]), a)  # late join: replay
             await asyncio.sleep(0.3)
-            assert feed.recovery.replaying is not None
+            assert feed.session.recovery.replaying is not None
             sender.sendto(mold.encode_end_of_session(SESSION, 1002), a)
             await asyncio.sleep(0.05)
             new = mold.session_bytes("LOOPTEST02")
@@ -260,11 +261,11 @@ def test_a_new_session_cancels_the_old_sessions_replay() -> None:
         return feed
 
     feed = asyncio.run(main())
-    assert feed.recovery.replaying is None
+    assert feed.session.recovery.replaying is None
     # The old session's gap is reported lost at the change, its 1001 follows; then the new one.
     assert got == [(1001, b"old"), (1, b"new-1"), (2, b"new-2")]
-    assert feed.lost_ranges == [(1, 1001)]
-    assert feed.duplicates_delivered == 0
+    assert feed.session.lost_ranges == [(1, 1001)]
+    assert feed.session.counters.duplicates_delivered == 0
 
 
 def test_a_consumer_that_raises_loses_nothing_else_and_is_counted() -> None:

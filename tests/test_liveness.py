@@ -4,27 +4,51 @@ from __future__ import annotations
 
 import pytest
 
+from tickerplant.ops.config import ConfigError
 from tickerplant.session.events import LineState, LineStateChanged, Source
 from tickerplant.session.liveness import Liveness
+
+UP, QUIET, DOWN = LineState.UP, LineState.QUIET, LineState.DOWN
 
 
 def test_down_up_quiet_down_at_the_documented_boundaries() -> None:
     live = Liveness(Source.LINE_A, heartbeat_interval=1.0, down_after=3)
-    assert live.state is LineState.DOWN and live.poll(0.0) is None  # nothing heard yet
-    live.heard_data(10.0)
-    assert live.poll(10.0) == LineStateChanged(Source.LINE_A, LineState.DOWN, LineState.UP)
-    assert live.poll(11.5) is None  # 1.5 intervals after the last message: still up
-    live.heard_heartbeat(11.0)
-    assert live.poll(11.6) == LineStateChanged(Source.LINE_A, LineState.UP, LineState.QUIET)
-    assert live.poll(14.0) is None  # 3 intervals after the heartbeat: still quiet
-    assert live.poll(14.01) == LineStateChanged(Source.LINE_A, LineState.QUIET, LineState.DOWN)
-    live.heard_heartbeat(20.0)
-    assert live.poll(20.0) == LineStateChanged(Source.LINE_A, LineState.DOWN, LineState.QUIET)
-    live.heard_data(21.0)
-    assert live.poll(21.0) == LineStateChanged(Source.LINE_A, LineState.QUIET, LineState.UP)
+    assert live.state is DOWN and live.get_timer() is None  # nothing heard yet: no timer
+    assert live.handle_timer(0.0) is None
+    assert live.heard_data(10.0) == LineStateChanged(Source.LINE_A, DOWN, UP)  # at once
+    assert live.get_timer() == 11.5  # 1.5 intervals after the last message
+    assert live.handle_timer(11.49) is None
+    assert live.heard_heartbeat(11.0) is None
+    assert live.handle_timer(11.5) == LineStateChanged(Source.LINE_A, UP, QUIET)
+    assert live.get_timer() == 14.0  # 3 intervals after the heartbeat
+    assert live.handle_timer(13.99) is None
+    assert live.handle_timer(14.0) == LineStateChanged(Source.LINE_A, QUIET, DOWN)
+    assert live.get_timer() is None
+    assert live.heard_heartbeat(20.0) == LineStateChanged(Source.LINE_A, DOWN, QUIET)
+    assert live.heard_data(21.0) == LineStateChanged(Source.LINE_A, QUIET, UP)
 
 
-@pytest.mark.parametrize(("interval", "down_after"), [(0.0, 3), (-1.0, 3), (1.0, 0)])
-def test_a_bad_setting_is_refused(interval: float, down_after: int) -> None:
-    with pytest.raises(ValueError, match="heartbeat_interval"):
+def test_silence_after_messages_goes_down_when_down_comes_before_quiet() -> None:
+    live = Liveness(Source.LINE_B, heartbeat_interval=1.0, down_after=1)
+    live.heard_data(0.0)
+    assert live.get_timer() == 1.0  # down (1 interval) before quiet (1.5)
+    assert live.handle_timer(1.0) == LineStateChanged(Source.LINE_B, UP, DOWN)
+
+
+def test_a_timer_at_its_deadline_always_finds_the_change() -> None:
+    live = Liveness(Source.LINE_A, heartbeat_interval=0.1, down_after=3)
+    live.heard_data(0.3)
+    moments = []
+    while (at := live.get_timer()) is not None and len(moments) < 5:
+        assert live.handle_timer(at) is not None  # no timer that fires to find nothing
+        moments.append(at)
+    assert moments == [0.3 + 1.5 * 0.1, 0.3 + 3 * 0.1] and live.state is DOWN
+
+
+@pytest.mark.parametrize(("interval", "down_after", "field"),
+                         [(0.0, 3, "heartbeat_interval"), (-1.0, 3, "heartbeat_interval"),
+                          (1.0, 0, "down_after")])
+def test_a_bad_setting_is_refused(interval: float, down_after: int, field: str) -> None:
+    with pytest.raises(ConfigError, match=field) as err:
         Liveness(Source.LINE_B, interval, down_after)
+    assert err.value.field == field

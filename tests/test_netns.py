@@ -23,6 +23,7 @@ import pytest
 from harness import Ports, ports, source_stream
 from netns import Host, NetnsUnavailable, TwoHosts, two_hosts, unavailable
 from tickerplant.exchange.child import ExchangeProcess
+from tickerplant.ops.figures import summed
 from tickerplant.wire.blocks import offsets_of
 
 pytestmark = pytest.mark.netns
@@ -148,26 +149,28 @@ def test_nftables_loss_is_repaired_byte_identical(
                 "loss": loss,
                 "nft_dropped": dropped,
                 "udp": udp,
-                "gaps": figures["gaps"],
+                "gaps_seen": figures["gaps_seen"],
+                "gaps_repaired": figures["gaps_repaired"],
                 "rerequests_sent": figures["rerequests_sent"],
-                "replays": figures["replays"],
+                "replays_started": figures["replays_started"],
+                "replay_failures": figures["replay_failures"],
             }
         )
     )
 
-    assert summary["published"] == MESSAGES == figures["delivered"]
+    assert summary["published"] == MESSAGES == figures["delivered_messages"]
     assert capture.read_bytes() == source_stream(11, SYMBOLS, MESSAGES)
     assert figures["duplicates_delivered"] == 0
-    gaps = figures["gaps"]
-    assert gaps["lost"] == 0 and figures["messages_lost"] == 0 and gaps["lost_ranges"] == []
+    assert sum(figures["gaps_lost"].values()) == 0
+    assert figures["lost_messages"] == 0 and figures["lost_ranges"] == []
     # The loss really happened on the way in, and the feed saw and repaired it.
     for name in ("a", "b"):
         if loss[name]:
             assert dropped[f"line {name}"] > 0
-    assert gaps["seen"] > 0 and gaps["repaired_by_line"] > 0
-    assert gaps["seen"] == (
-        gaps["repaired_by_line"] + gaps["repaired_by_rerequest"] + gaps["repaired_by_replay"]
-    )
+    repaired = summed(figures["gaps_repaired"])
+    seen = sum(figures["gaps_seen"].values())
+    assert seen > 0 and repaired["line"] > 0
+    assert seen == sum(repaired.values())
 
 
 def test_both_lines_cut_without_recovery_services_reports_exactly_the_lost_range(
@@ -201,20 +204,20 @@ def test_both_lines_cut_without_recovery_services_reports_exactly_the_lost_range
             {
                 "cut_after": before,
                 "restored_by": after,
-                "gaps": figures["gaps"],
-                "messages_lost": figures["messages_lost"],
+                "gaps_seen": figures["gaps_seen"],
+                "lost_messages": figures["lost_messages"],
                 "rerequests_sent": figures["rerequests_sent"],
-                "replays": figures["replays"],
+                "replay_failures": figures["replay_failures"],
             }
         )
     )
 
-    lost = [(start, end) for start, end in figures["gaps"]["lost_ranges"]]
+    lost = [(start, end) for start, end in figures["lost_ranges"]]
     assert lost, "the cut lost nothing: the rule went in too late or came out too early"
-    assert sum(end - start for start, end in lost) == figures["messages_lost"]
+    assert sum(end - start for start, end in lost) == figures["lost_messages"]
     # Only what was published while the rule was in place can be lost.
     assert all(before < start < end <= after + 1 for start, end in lost), (lost, before, after)
     assert summary["published"] == MESSAGES
-    assert figures["delivered"] + figures["messages_lost"] == MESSAGES
+    assert figures["delivered_messages"] + figures["lost_messages"] == MESSAGES
     assert figures["duplicates_delivered"] == 0
     assert capture.read_bytes() == without(source_stream(12, SYMBOLS, MESSAGES), lost)

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.pacing import ItchClock, Pacer
 from tickerplant.exchange.publisher import Line, LineConfig, Publisher, SourceError, drop_mask
 from tickerplant.exchange.simulator import (
@@ -19,7 +20,7 @@ from tickerplant.exchange.simulator import (
     SyntheticSource,
     run_exchange,
 )
-from tickerplant.io.multicast import Endpoint, open_receiver
+from tickerplant.io.multicast import open_receiver
 from tickerplant.session.journal import Journal
 from tickerplant.wire.blocks import join_messages
 from tickerplant.wire.moldudp64 import (

@@ -12,11 +12,11 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 
-from tickerplant.io.multicast import Endpoint
+from tickerplant.endpoint import Endpoint
 from tickerplant.ops import addresses
+from tickerplant.ops.config import ConfigError, default
 
 T = TypeVar("T")
-
 
 
 def run_loop(coro: Coroutine[Any, Any, T]) -> T:
@@ -33,7 +33,7 @@ def _endpoint(field: str) -> Callable[[str], Endpoint]:
     def parse(text: str) -> Endpoint:
         try:
             return Endpoint.parse(text, field)
-        except ValueError as err:
+        except ConfigError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
 
     return parse
@@ -72,8 +72,9 @@ def _exchange(args: argparse.Namespace) -> int:
     )
 
     def line(group: Endpoint, drop: float) -> LineConfig:
-        return LineConfig(group.host, group.port, args.interface, args.ttl, not args.no_loopback,
-                          drop)
+        return LineConfig(
+            group.host, group.port, args.interface, args.ttl, not args.no_loopback, drop
+        )
 
     pacing = "itch" if args.speed else "rate" if args.rate else "fast"
     source: FileSource | SyntheticSource = (
@@ -119,8 +120,9 @@ def _exchange(args: argparse.Namespace) -> int:
 
 
 def _feed(args: argparse.Namespace) -> int:
-    from tickerplant.feed.handler import FeedConfig, FeedHandler
+    from tickerplant.feed.handler import FeedHandler
     from tickerplant.ops.dashboard import LiveTable
+    from tickerplant.session.feed import FeedConfig
     from tickerplant.session.recovery import RecoveryConfig
 
     cfg = FeedConfig(
@@ -165,40 +167,85 @@ def _feed(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tickerplant.demo import DemoConfig
+    from tickerplant.exchange.publisher import LineConfig
+    from tickerplant.exchange.simulator import ExchangeConfig, SyntheticSource
+    from tickerplant.session.feed import FeedConfig
+    from tickerplant.session.recovery import RecoveryConfig
+
     parser = argparse.ArgumentParser(prog="tickerplant", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="exchange simulator + feed handler on loopback, live table")
-    demo.add_argument("--seconds", type=float, default=20.0, help="how long to publish")
-    demo.add_argument("--rate", type=int, default=300_000, help="messages per second")
-    demo.add_argument("--drop-a", type=float, default=0.05, help="loss injected on line A")
-    demo.add_argument("--drop-b", type=float, default=0.005, help="loss injected on line B")
-    demo.add_argument("--seed", type=int, default=1)
-    demo.add_argument("--symbols", type=int, default=500)
+    demo.add_argument(
+        "--seconds", type=float, default=default(DemoConfig, "seconds"), help="how long to publish"
+    )
+    demo.add_argument(
+        "--rate", type=int, default=default(DemoConfig, "rate"), help="messages per second"
+    )
+    demo.add_argument(
+        "--drop-a",
+        type=float,
+        default=default(DemoConfig, "drop_a"),
+        help="loss injected on line A",
+    )
+    demo.add_argument(
+        "--drop-b",
+        type=float,
+        default=default(DemoConfig, "drop_b"),
+        help="loss injected on line B",
+    )
+    demo.add_argument("--seed", type=int, default=default(DemoConfig, "seed"))
+    demo.add_argument("--symbols", type=int, default=default(DemoConfig, "symbols"))
     demo.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     demo.set_defaults(func=_demo)
 
     ex = sub.add_parser("exchange", help="the exchange simulator: publish a session on A and B")
-    ex.add_argument("--session", default="TP00000001", help="session name (10 ASCII characters)")
+    ex.add_argument(
+        "--session",
+        default=default(ExchangeConfig, "session"),
+        help="session name (10 ASCII characters)",
+    )
     ex.add_argument("--itch", type=Path, default=None, help="publish this ITCH 5.0 file")
-    ex.add_argument("--messages", type=int, default=1_000_000, help="synthetic: messages")
-    ex.add_argument("--seed", type=int, default=1, help="synthetic: seed")
-    ex.add_argument("--symbols", type=int, default=500, help="synthetic: symbols")
+    ex.add_argument(
+        "--messages",
+        type=int,
+        default=default(SyntheticSource, "messages"),
+        help="synthetic: messages",
+    )
+    ex.add_argument(
+        "--seed", type=int, default=default(SyntheticSource, "seed"), help="synthetic: seed"
+    )
+    ex.add_argument(
+        "--symbols",
+        type=int,
+        default=default(SyntheticSource, "symbols"),
+        help="synthetic: symbols",
+    )
     ex.add_argument("--rate", type=float, default=0.0, help="messages/s (default: as fast as can)")
     ex.add_argument("--speed", type=float, default=0.0, help="ITCH timestamps x this factor")
     ex.add_argument("--line-a", type=_endpoint("--line-a"), default=addresses.LINE_A)
     ex.add_argument("--line-b", type=_endpoint("--line-b"), default=addresses.LINE_B)
-    ex.add_argument("--interface", default="127.0.0.1", help="address of the sending interface")
-    ex.add_argument("--ttl", type=int, default=1)
+    ex.add_argument(
+        "--interface",
+        default=default(LineConfig, "interface"),
+        help="address of the sending interface",
+    )
+    ex.add_argument("--ttl", type=int, default=default(LineConfig, "ttl"))
     ex.add_argument("--no-loopback", action="store_true", help="do not loop multicast back")
     ex.add_argument("--drop-a", type=float, default=0.0, help="loss injected on line A")
     ex.add_argument("--drop-b", type=float, default=0.0, help="loss injected on line B")
-    ex.add_argument("--drop-seed", type=int, default=0)
+    ex.add_argument("--drop-seed", type=int, default=default(ExchangeConfig, "drop_seed"))
     ex.add_argument("--rerequest", type=_endpoint("--rerequest"), default=addresses.REREQUEST)
     ex.add_argument("--no-rerequest", action="store_true")
     ex.add_argument("--replay", type=_endpoint("--replay"), default=addresses.REPLAY)
     ex.add_argument("--no-replay", action="store_true")
-    ex.add_argument("--eos-seconds", type=float, default=3.0, help="end of session lasts this")
+    ex.add_argument(
+        "--eos-seconds",
+        type=float,
+        default=default(ExchangeConfig, "end_of_session_seconds"),
+        help="end of session lasts this",
+    )
     ex.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     ex.set_defaults(func=_exchange)
 
@@ -213,15 +260,31 @@ def build_parser() -> argparse.ArgumentParser:
     feed.add_argument("--line-a", type=_endpoint("--line-a"), default=addresses.LINE_A)
     feed.add_argument("--line-b", type=_endpoint("--line-b"), default=addresses.LINE_B)
     feed.add_argument("--no-line-b", action="store_true", help="one line only")
-    feed.add_argument("--interface", default="127.0.0.1", help="address of the joining interface")
+    feed.add_argument(
+        "--interface",
+        default=default(FeedConfig, "interface"),
+        help="address of the joining interface",
+    )
     feed.add_argument("--session", default=None, help="pin a session (default: follow the feed)")
     feed.add_argument("--rerequest", type=_endpoint("--rerequest"), default=addresses.REREQUEST)
     feed.add_argument("--no-rerequest", action="store_true")
     feed.add_argument("--replay", type=_endpoint("--replay"), default=addresses.REPLAY)
     feed.add_argument("--no-replay", action="store_true")
-    feed.add_argument("--rcvbuf", type=int, default=64 << 20, help="SO_RCVBUF to ask for")
-    feed.add_argument("--line-wait", type=float, default=0.001, help="s to wait for the other line")
-    feed.add_argument("--give-up-after", type=float, default=2.0, help="s before a gap is lost")
+    feed.add_argument(
+        "--rcvbuf", type=int, default=default(FeedConfig, "rcvbuf"), help="SO_RCVBUF to ask for"
+    )
+    feed.add_argument(
+        "--line-wait",
+        type=float,
+        default=default(RecoveryConfig, "line_wait"),
+        help="s to wait for the other line",
+    )
+    feed.add_argument(
+        "--give-up-after",
+        type=float,
+        default=default(RecoveryConfig, "give_up_after"),
+        help="s before a gap is lost",
+    )
     feed.add_argument("--capture", type=Path, default=None, help="write the stream to an ITCH file")
     feed.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
     feed.add_argument("--until-end", action="store_true", help="stop at the end of session")
@@ -234,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ValueError as err:
+    except ConfigError as err:
+        # The user's mistake: say which setting and how to fix it. Anything else is our bug,
+        # and its traceback is what the report needs.
         print(f"tickerplant {args.command}: {err}", file=sys.stderr)
         return 2

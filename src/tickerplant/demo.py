@@ -17,12 +17,15 @@ from typing import Any
 
 from rich.console import Console
 
+from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.feed.books import LiveBooks
-from tickerplant.feed.handler import FeedConfig, FeedHandler
-from tickerplant.io.multicast import Endpoint
+from tickerplant.feed.handler import FeedHandler
 from tickerplant.ops import addresses
+from tickerplant.ops.config import ConfigError
 from tickerplant.ops.dashboard import LiveTable
+from tickerplant.ops.figures import summed
+from tickerplant.session.feed import FeedConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +43,12 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         if self.seconds <= 0:
-            raise ValueError(f"--seconds {self.seconds}: give a duration above 0")
+            raise ConfigError("seconds", f"{self.seconds}", "give a duration above 0")
         if self.rate <= 0:
-            raise ValueError(f"--rate {self.rate}: give messages per second above 0")
+            raise ConfigError("rate", f"{self.rate}", "give messages per second above 0")
         for name in ("drop_a", "drop_b"):
             if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')}: a probability in [0, 1)")
+                raise ConfigError(name, f"{getattr(self, name)}", "give a probability in [0, 1)")
 
 
 async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
@@ -110,10 +113,9 @@ async def _watch(
             while not (ended.done() or stopped.done()) and time.monotonic() < deadline:
                 await asyncio.wait({ended, stopped}, timeout=0.5)
                 now = time.monotonic()
-                figures = feed.figures()
-                figures["books"] = books.figures()
+                figures = feed.figures() | books.figures()
                 title = f"tickerplant demo: {now - started:4.1f} s of {cfg.seconds:g}"
-                if not figures["delivered"]:
+                if not figures["delivered_messages"]:
                     title += " (waiting for the exchange: its first run compiles kernels)"
                 table.show(figures, now, title)
     finally:
@@ -124,38 +126,40 @@ async def _watch(
 def summary(
     feed: FeedHandler, books: LiveBooks, published: dict[str, Any], seconds: float
 ) -> dict[str, Any]:
+    """The verdict (delivered == published, by count and sha256, nothing lost), then the
+    feed's and the books' figures and the exchange's summary."""
     figures = feed.figures()
     count = published.get("published")
+    delivered = figures["delivered_messages"]
     identical = (
         count is not None
-        and count == feed.delivered
-        and published.get("sha256") == feed.digest
-        and figures["gaps"]["lost"] == 0
+        and count == delivered
+        and published.get("sha256") == feed.session.digest
+        and figures["lost_messages"] == 0
     )
     return {
         "published": count,
-        "delivered": feed.delivered,
+        "delivered": delivered,
         "identical": identical,
-        "duplicates_delivered": feed.duplicates_delivered,
-        "gaps": figures["gaps"],
-        "repair_latency_ms": figures["repair_latency_ms"],
+        "duplicates_delivered": figures["duplicates_delivered"],
         "seconds": round(seconds, 3),
         "published_sha256": published.get("sha256"),
-        "delivered_sha256": feed.digest,
-        "lines": figures["lines"],
+        "delivered_sha256": feed.session.digest,
+        "feed": figures,
         "books": books.figures(),
         "exchange": published,
     }
 
 
 def print_summary(result: dict[str, Any], console: Console) -> None:
-    gaps = result["gaps"]
+    feed = result["feed"]
+    repaired = summed(feed["gaps_repaired"])
     verdict = "[green]identical[/]" if result["identical"] else "[bold red]NOT identical[/]"
     console.print(
         f"published {result['published']:,} messages, delivered {result['delivered']:,}:"
         f" {verdict} (sha256 {str(result['delivered_sha256'])[:16]}...)\n"
-        f"gaps seen {gaps['seen']:,}: repaired by the other line {gaps['repaired_by_line']:,},"
-        f" by re-request {gaps['repaired_by_rerequest']:,},"
-        f" by replay {gaps['repaired_by_replay']:,}; lost {gaps['lost']:,}."
+        f"gaps seen {sum(feed['gaps_seen'].values()):,}: repaired by the other line"
+        f" {repaired['line']:,}, by re-request {repaired['rerequest']:,},"
+        f" by replay {repaired['replay']:,}; lost {sum(feed['gaps_lost'].values()):,}."
         f" Duplicates delivered: {result['duplicates_delivered']}."
     )

@@ -15,7 +15,7 @@ import signal
 import sys
 from typing import Any
 
-from tickerplant.io.multicast import Endpoint
+from tickerplant.endpoint import Endpoint
 
 _PROGRESS = re.compile(rb"published (\d+) messages")
 

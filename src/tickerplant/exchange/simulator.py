@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tickerplant.capture.itch_file import read_chunks
+from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.pacing import AsFastAsPossible, FixedRate, ItchClock, Pacer
 from tickerplant.exchange.publisher import (
     DEFAULT_SNDBUF,
@@ -31,8 +32,8 @@ from tickerplant.exchange.publisher import (
 from tickerplant.exchange.replay import ReplayCounters, ReplayServer
 from tickerplant.exchange.rerequest_server import RerequestServer
 from tickerplant.exchange.synthetic import SyntheticMarket
-from tickerplant.io.multicast import Endpoint
 from tickerplant.ops import addresses
+from tickerplant.ops.config import ConfigError
 from tickerplant.session.journal import Journal
 from tickerplant.session.rerequest import RerequestCounters, RerequestLimits
 from tickerplant.wire.moldudp64 import session_bytes
@@ -40,14 +41,6 @@ from tickerplant.wire.moldudp64 import session_bytes
 PACING_MODES = ("fast", "rate", "itch")
 PROGRESS_INTERVAL = 0.5  # seconds between on_progress calls
 _LINE_FIX = "give the address of a local interface that can send multicast"
-
-
-class ConfigError(ValueError):
-    """A bad setting: names the field, what is wrong with it and how to fix it."""
-
-    def __init__(self, field_name: str, problem: str, fix: str) -> None:
-        super().__init__(f"{field_name}: {problem}; {fix}")
-        self.field = field_name
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,7 @@ class LiveBooks:
             self._fresh_figures()
 
     def figures(self, busiest: int = 3) -> dict[str, Any]:
-        """Book figures for the dashboard: sizes, counts and the BBO of the busiest symbols."""
+        """Sizes, counts and the busiest symbols' BBO (names in ``tickerplant.ops.figures``)."""
         engine = self.engine
         top = np.argsort(self._bbo_by_locate)[::-1][:busiest]
         quotes = []
@@ -69,12 +69,12 @@ class LiveBooks:
                 "bbo_updates": int(self._bbo_by_locate[locate]),
             })  # fmt: skip
         return {
-            "symbols": engine.symbol_count,
+            "book_symbols": engine.symbol_count,
             "live_orders": engine.live_orders,
-            "levels": engine.levels,
+            "book_levels": engine.levels,
             "bbo_updates": self.bbo_updates,
             "trades": self.trades,
-            "anomalies": sum(engine.anomalies.values()),
+            "book_anomalies": sum(engine.anomalies.values()),
             "messages_missed": self.messages_missed,
             "bytes_per_live_order": round(engine.bytes_per_live_order, 1),
             "busiest": quotes,

@@ -1,17 +1,19 @@
-"""Draining a UDP socket in one wake-up: ``recv_into`` preallocated rows until EAGAIN.
+"""Draining a UDP socket in one wake-up, and the unicast socket the re-requests go out on.
 
 One asyncio callback per packet costs ~4x a plain loop (64k vs 255k datagrams/s here), so a line's
-socket gets a reader callback that empties it into a 2-D buffer, and the caller checks the whole
-drained batch with one compiled call (:func:`tickerplant.wire.moldudp64.scan_packets`).
+socket gets a reader callback that empties it into the rows of a
+:class:`~tickerplant.session.feed.Datagrams` buffer (``recvmmsg`` where available, else
+``recv_into`` until EAGAIN), and the feed session checks the whole drained batch with one
+compiled call.
 """
 
 from __future__ import annotations
 
 import socket
 
-import numpy as np
-
+from tickerplant.endpoint import Endpoint
 from tickerplant.io import mmsg
+from tickerplant.session.feed import Datagrams
 
 # MSG_TRUNC on a datagram socket makes recv report the datagram's real length, so a datagram
 # bigger than its row is detected rather than silently cut.
@@ -19,16 +21,13 @@ _FLAGS = socket.MSG_TRUNC
 
 
 class DatagramDrain:
-    def __init__(self, sock: socket.socket, rows: int = 512, width: int = 2048) -> None:
+    def __init__(self, sock: socket.socket, buffer: Datagrams) -> None:
         self.sock = sock
-        self.rows = np.zeros((rows, width), dtype=np.uint8)
-        self.lengths = np.zeros(rows, dtype=np.int64)
-        self.views = [memoryview(self.rows[i]).cast("B") for i in range(rows)]
-        self.width = width
+        self.buffer = buffer
         self.datagrams = 0
         self.wakeups = 0
         self.errors = 0
-        self._mmsg = mmsg.Receiver(sock, self.rows) if mmsg.AVAILABLE else None
+        self._mmsg = mmsg.Receiver(sock, buffer.rows) if mmsg.AVAILABLE else None
 
     def drain(self) -> int:
         """Read until the socket is empty or every row is full; returns how many rows hold data.
@@ -37,9 +36,10 @@ class DatagramDrain:
         length with ``recv_into``, the width with ``recvmmsg``), which ``scan_packets`` reports
         as truncated.
         """
+        lengths = self.buffer.lengths
         if self._mmsg is not None:
             try:
-                n = self._mmsg.receive(self.lengths)
+                n = self._mmsg.receive(lengths)
             except OSError:
                 self.errors += 1  # as below: an earlier ICMP error on a connected socket
                 n = 0
@@ -47,8 +47,7 @@ class DatagramDrain:
             self.wakeups += 1
             return n
         recv_into = self.sock.recv_into
-        views = self.views
-        lengths = self.lengths
+        views = self.buffer.views
         n = 0
         limit = len(views)
         while n < limit:
@@ -66,3 +65,15 @@ class DatagramDrain:
         self.datagrams += n
         self.wakeups += 1
         return n
+
+
+def open_connected(peer: Endpoint) -> socket.socket:
+    """A non-blocking UDP socket connected to ``peer``: its answers, and ICMP errors, come back."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.connect(peer.pair)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -8,37 +8,13 @@ from __future__ import annotations
 
 import socket
 import struct
-from dataclasses import dataclass
+
+from tickerplant.endpoint import Endpoint
 
 # Linux's SO_RCVBUFFORCE / SO_SNDBUFFORCE: as root they pass net.core.[rw]mem_max, which is
 # small on many hosts (4 MiB here) and would cap a feed handler's burst tolerance.
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str, field: str) -> Endpoint:
-        host, sep, port = text.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{field} = {text!r}: use host:port, e.g. 239.1.1.1:30001")
-        try:
-            socket.inet_aton(host)
-        except OSError:
-            raise ValueError(f"{field} = {text!r}: {host!r} is not an IPv4 address") from None
-        return cls(host, int(port))
-
-    @property
-    def pair(self) -> tuple[str, int]:
-        """(host, port), as socket calls take it."""
-        return (self.host, self.port)
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
 
 
 def _grow_buffer(sock: socket.socket, force: int, plain: int, size: int) -> int:

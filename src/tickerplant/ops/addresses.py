@@ -1,6 +1,6 @@
 """Where the exchange and the plant meet unless told otherwise: one place for every command."""
 
-from tickerplant.io.multicast import Endpoint
+from tickerplant.endpoint import Endpoint
 
 LINE_A = Endpoint("239.192.77.1", 31001)
 LINE_B = Endpoint("239.192.77.2", 31002)

@@ -1,6 +1,7 @@
 """The live table: one row per line (and per repair channel), rates from consecutive snapshots.
 
-It reads the JSON-ready figures the feed handler publishes and knows nothing of the protocols.
+It reads a figures snapshot by the names in :mod:`tickerplant.ops.figures` and knows nothing of
+the protocols.
 """
 
 from __future__ import annotations
@@ -12,49 +13,60 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-Figures = dict[str, Any]
+from tickerplant.ops.figures import Figures
 
 _STATE_STYLE = {"up": "green", "quiet": "yellow", "down": "red"}
 
 
-def _rate(now: Figures, before: Figures | None, key: str, dt: float) -> str:
+def _rate(now: Figures, before: Figures | None, dt: float, name: str, *labels: str) -> str:
     if before is None or dt <= 0:
         return "-"
-    return f"{(now[key] - before[key]) / dt:,.0f}"
+    return f"{(_at(now, name, labels) - _at(before, name, labels)) / dt:,.0f}"
+
+
+def _at(figures: Figures, name: str, labels: tuple[str, ...]) -> Any:
+    value = figures[name]
+    for label in labels:
+        value = value[label]
+    return value
+
+
+_SOURCES = {"a": "line A", "b": "line B", "rerequest": "re-request", "replay": "replay"}
 
 
 def render(now: Figures, before: Figures | None, dt: float, title: str = "") -> Group:
     table = Table(title=title or "tickerplant feed handler", title_justify="left")
-    for heading in ("line", "state", "packets/s", "msgs/s", "gaps seen", "by other line",
-                    "by re-request", "by replay", "lost", "malformed", "rcvbuf"):
-        table.add_column(heading, justify="left" if heading in ("line", "state") else "right")
-    for name, line in now["lines"].items():
-        prev = before["lines"][name] if before is not None else None
-        state = line["state"]
-        repaired = line["gaps_repaired"]
+    for heading in ("source", "state", "packets/s", "msgs/s", "gaps seen", "by other line",
+                    "by re-request", "by replay", "lost", "defects", "rcvbuf"):
+        table.add_column(heading, justify="left" if heading in ("source", "state") else "right")
+    for source, name in _SOURCES.items():
+        state = now["line_state"].get(source)
+        repaired = now["gaps_repaired"][source]
+        lost = now["gaps_lost"][source]
+        bad = sum(now["defects"][source].values()) + now["foreign_packets"][source]
+        rcvbuf = now["rcvbuf_bytes"][source]
         table.add_row(
             name,
             Text(state, style=_STATE_STYLE[state]) if state else "",
-            _rate(line, prev, "packets", dt),
-            _rate(line, prev, "messages", dt),
-            f"{line['gaps_seen']:,}",
+            _rate(now, before, dt, "packets", source),
+            _rate(now, before, dt, "messages", source),
+            f"{now['gaps_seen'][source]:,}",
             f"{repaired['line']:,}",
             f"{repaired['rerequest']:,}",
             f"{repaired['replay']:,}",
-            Text(f"{line['gaps_lost']:,}", style="bold red" if line["gaps_lost"] else ""),
-            f"{sum(line['malformed'].values()) + line['foreign']:,}",
-            f"{line['rcvbuf'] / 2**20:.0f} MiB" if line["rcvbuf"] else "",
+            Text(f"{lost:,}", style="bold red" if lost else ""),
+            f"{bad:,}",
+            f"{rcvbuf / 2**20:.0f} MiB" if rcvbuf else "",
         )
-    lat = now["repair_latency_ms"]
     latency = "  ".join(
-        f"{kind} p50 {v['p50']:.2f} ms p99 {v['p99']:.2f} ms"
-        for kind, v in lat.items()
+        f"{kind} p50 {v['p50'] * 1e3:.2f} ms p99 {v['p99'] * 1e3:.2f} ms"
+        for kind, v in now["repair_latency_seconds"].items()
         if v["count"]
     )
     footer = Text(
-        f"session {now['session'] or '-'}  delivered {now['delivered']:,}"
-        f" ({_rate(now, before, 'delivered', dt)}/s)  next {now['next_sequence']:,}"
-        f"  outstanding {now['outstanding']:,}  open gaps {now['gaps']['open']}"
+        f"session {now['session'] or '-'}  delivered {now['delivered_messages']:,}"
+        f" ({_rate(now, before, dt, 'delivered_messages')}/s)  next {now['next_sequence']:,}"
+        f"  outstanding {now['outstanding_messages']:,}  open gaps {now['open_gaps']}"
         f"  duplicates delivered {now['duplicates_delivered']}\n"
         f"repair latency: {latency or '-'}"
     )
@@ -71,16 +83,16 @@ def render(now: Figures, before: Figures | None, dt: float, title: str = "") -> 
             "\n" + "  ".join(f"{k} {v:,}" for k, v in trouble.items() if v), style="bold red"
         )
     parts: list[Table | Text] = [table, footer]
-    if "books" in now:
-        parts.append(_books(now["books"], before["books"] if before else None, dt))
+    if "book_symbols" in now:
+        parts.append(_books(now, before, dt))
     return Group(*parts)
 
 
 def _books(now: Figures, before: Figures | None, dt: float) -> Text:
     text = Text(
-        f"books: {now['symbols']:,} symbols  {now['live_orders']:,} live orders"
-        f"  {now['levels']:,} levels  BBO updates {_rate(now, before, 'bbo_updates', dt)}/s"
-        f"  trades {now['trades']:,}  anomalies {now['anomalies']:,}"
+        f"books: {now['book_symbols']:,} symbols  {now['live_orders']:,} live orders"
+        f"  {now['book_levels']:,} levels  BBO updates {_rate(now, before, dt, 'bbo_updates')}/s"
+        f"  trades {now['trades']:,}  anomalies {now['book_anomalies']:,}"
     )
     if now["messages_missed"]:
         text.append(

@@ -16,7 +16,25 @@ class Source(IntEnum):
 
     @property
     def label(self) -> str:
-        return ("line A", "line B", "re-request", "replay")[self]
+        """The figures' name for it (a Prometheus label value): a, b, rerequest, replay."""
+        return ("a", "b", "rerequest", "replay")[self]
+
+    @property
+    def is_line(self) -> bool:
+        return self in (Source.LINE_A, Source.LINE_B)
+
+    @property
+    def repair(self) -> Repair:
+        """What a gap filled from this source counts as repaired by."""
+        return Repair.LINE if self.is_line else Repair(self.label)
+
+
+class Repair(Enum):
+    """How a gap was repaired: by the other line's copy, a re-request or a TCP replay."""
+
+    LINE = "line"
+    REREQUEST = "rerequest"
+    REPLAY = "replay"
 
 
 class LineState(Enum):

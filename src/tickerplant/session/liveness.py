@@ -1,18 +1,22 @@
 """Line health: each line is up (messages), quiet (heartbeats only) or down (silence).
 
-Pure: the feed handler reports what it heard and when, and polls :meth:`Liveness.poll` on its
-housekeeping tick for state changes.
+Pure, with the session machines' one clock interface: the feed session reports what it heard
+and when (a line that comes back is up or quiet at once), and calls :meth:`Liveness.handle_timer`
+at :meth:`Liveness.get_timer`, the moment the line would turn quiet or down if nothing came.
 """
 
 from __future__ import annotations
 
+from tickerplant.ops.config import ConfigError
 from tickerplant.session.events import LineState, LineStateChanged, Source
 
 
 class Liveness:
     def __init__(self, line: Source, heartbeat_interval: float = 1.0, down_after: int = 3) -> None:
-        if heartbeat_interval <= 0 or down_after < 1:
-            raise ValueError("heartbeat_interval must be > 0 and down_after >= 1")
+        if heartbeat_interval <= 0:
+            raise ConfigError("heartbeat_interval", f"{heartbeat_interval!r}", "give seconds > 0")
+        if down_after < 1:
+            raise ConfigError("down_after", f"{down_after!r}", "give 1 or more heartbeat intervals")
         self.line = line
         # Messages stop being "recent" after one and a half heartbeat intervals: by then a publisher
         # with nothing to say has sent a heartbeat, so the line is quiet rather than up.
@@ -22,21 +26,36 @@ class Liveness:
         self._last_heard = float("-inf")
         self.state = LineState.DOWN
 
-    def heard_data(self, now: float) -> None:
+    def heard_data(self, now: float) -> LineStateChanged | None:
         self._last_data = now
         self._last_heard = now
+        return self._move(now)
 
-    def heard_heartbeat(self, now: float) -> None:
+    def heard_heartbeat(self, now: float) -> LineStateChanged | None:
         self._last_heard = now
+        return self._move(now)
+
+    def get_timer(self) -> float | None:
+        """When the state changes if nothing more is heard (None: down, it waits for traffic)."""
+        down_at = self._last_heard + self._down_after
+        if self.state is LineState.UP:
+            return min(self._last_data + self._quiet_after, down_at)
+        if self.state is LineState.QUIET:
+            return down_at
+        return None
+
+    def handle_timer(self, now: float) -> LineStateChanged | None:
+        return self._move(now)
 
     def _state_at(self, now: float) -> LineState:
-        if now - self._last_heard > self._down_after:
+        # Deadlines are reached, not passed: a timer set for one must find the change there.
+        if now - self._last_heard >= self._down_after:
             return LineState.DOWN
-        if now - self._last_data <= self._quiet_after:
+        if now - self._last_data < self._quiet_after:
             return LineState.UP
         return LineState.QUIET
 
-    def poll(self, now: float) -> LineStateChanged | None:
+    def _move(self, now: float) -> LineStateChanged | None:
         new = self._state_at(now)
         if new is self.state:
             return None

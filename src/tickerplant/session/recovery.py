@@ -1,9 +1,10 @@
 """Gap recovery: wait for the other line, then re-request, then replay, then give up.
 
-Sans-I/O like aioquic's loss recovery: :meth:`Recovery.poll` takes ``now``, looks at the
-sequencer's outstanding gaps and returns what to do (:class:`Rerequest`, :class:`Replay`);
-:attr:`Recovery.deadline` says when to call it again. The feed handler performs the actions and
-feeds whatever comes back into the sequencer as data from ``Source.REREQUEST`` or
+Sans-I/O like aioquic's loss recovery, with the session machines' one clock interface:
+:meth:`Recovery.handle_timer` takes ``now``, looks at the sequencer's outstanding gaps and returns
+what is due (:class:`Rerequest`, :class:`Replay`, :class:`CancelReplay`); :meth:`Recovery.get_timer`
+says when to call it again. It is also called whenever new gaps appear. The feed session performs
+the actions and feeds whatever comes back into the sequencer as data from ``Source.REREQUEST`` or
 ``Source.REPLAY``. A gap that no means has filled by ``give_up_after`` is handed back to the
 sequencer as lost, which puts a GapLost marker in the stream: nothing is skipped silently.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tickerplant.ops.config import ConfigError
 from tickerplant.session.sequencer import Gap, Sequencer
 
 
@@ -51,7 +53,7 @@ class RecoveryConfig:
         ]
         for name, ok, fix in checks:
             if not ok:
-                raise ValueError(f"recovery.{name} = {getattr(self, name)!r}: use {fix}")
+                raise ConfigError(name, f"{getattr(self, name)!r} is not allowed", f"use {fix}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,13 @@ class CancelReplay:
 Action = Rerequest | Replay | CancelReplay
 
 
+@dataclass(slots=True)
+class RecoveryCounters:
+    rerequests_sent: int = 0
+    replays_started: int = 0
+    replays_failed: int = 0
+
+
 class Recovery:
     def __init__(self, sequencer: Sequencer, config: RecoveryConfig | None = None) -> None:
         self.sequencer = sequencer
@@ -81,12 +90,16 @@ class Recovery:
         self.replaying: Replay | None = None
         self._replay_heard = 0.0  # when the replay session last delivered (or started)
         self._replay_retry_at = 0.0
-        self.deadline: float | None = None
-        self.requests_sent = 0
-        self.replays_started = 0
-        self.replays_failed = 0
+        self._timer: float | None = None
+        self.counters = RecoveryCounters()
 
-    def poll(self, now: float) -> list[Action]:
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` next has something to do (None: nothing outstanding)."""
+        return self._timer
+
+    def handle_timer(self, now: float) -> list[Action]:
+        """What is due at ``now``: requests to send, a replay to start or cancel; gaps past
+        ``give_up_after`` are handed back to the sequencer as lost."""
         cfg = self.config
         seq = self.sequencer
         actions: list[Action] = []
@@ -142,19 +155,20 @@ class Recovery:
                     # held data the sequencer drops as duplicates.
                     self.replaying = Replay(gap.start, seq.gaps[-1].end)
                     self._replay_heard = now
-                    self.replays_started += 1
+                    self.counters.replays_started += 1
                     actions.append(self.replaying)
+                    deadline = min(deadline, now + cfg.replay_stall)
                 else:
                     deadline = min(deadline, self._replay_retry_at)
-        self.requests_sent += requests
-        self.deadline = deadline if deadline != float("inf") else None
+        self.counters.rerequests_sent += requests
+        self._timer = deadline if deadline != float("inf") else None
         return actions
 
     def reset(self) -> None:
         """A new session: whatever was under way belonged to the old one."""
         self.replaying = None
         self._replay_retry_at = 0.0
-        self.deadline = None
+        self._timer = None
 
     def replay_progress(self, now: float) -> None:
         """The replay session delivered something."""
@@ -164,9 +178,9 @@ class Recovery:
         """The replay session ended: complete (ok) or failed (refused, timed out, cut)."""
         self.replaying = None
         if not ok:
-            self.replays_failed += 1
+            self.counters.replays_failed += 1
             self._replay_retry_at = now + self.config.replay_retry
-        self.deadline = now
+        self._timer = now
 
     def _covered_by_replay(self, gap: Gap) -> bool:
         r = self.replaying

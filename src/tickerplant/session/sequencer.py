@@ -67,18 +67,20 @@ class Gap:
         return self.end - self.start
 
 
+def _by_source() -> dict[Source, int]:
+    return dict.fromkeys(Source, 0)
+
+
 @dataclass(slots=True)
-class Counters:
-    packets: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
-    messages: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # accepted, by source
+class SequencerCounters:
     duplicate_packets: int = 0
-    duplicate_messages: int = 0
+    duplicate_messages: int = 0  # copies of messages already had: arbitration at work
     foreign_packets: int = 0
     hold_overflow_packets: int = 0
     delivered: int = 0
-    lost: int = 0
-    gaps_seen: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # by revealing source
-    gaps_lost: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # by revealing source
+    lost: int = 0  # messages given up, each reported by a GapLost
+    gaps_seen: dict[Source, int] = field(default_factory=_by_source)  # by revealing source
+    gaps_lost: dict[Source, int] = field(default_factory=_by_source)  # by revealing source
     suspect_packets: int = 0  # far beyond the horizon, awaiting a second packet to agree
 
 
@@ -97,7 +99,7 @@ class Sequencer:
         self.max_held_bytes = max_held_bytes
         self.session_timeout = session_timeout
         self.max_jump = max_jump
-        self.counters = Counters()
+        self.counters = SequencerCounters()
         self._out: list[tuple[int, int, Buffer] | Marker] = []
         self.events: list[Event] = []
         self._reset(first_sequence)
@@ -150,7 +152,6 @@ class Sequencer:
         delivered must stay unchanged until the next :meth:`take`, which copies it out.
         """
         c = self.counters
-        c.packets[source] += 1
         end = sequence + count
         expected = self.expected
         if sequence == expected and not self._held and not self.gaps:
@@ -159,7 +160,6 @@ class Sequencer:
             self.expected = end
             if end > self.horizon:
                 self.horizon = end
-            c.messages[source] += count
             c.delivered += count
             return
         if end <= expected:
@@ -190,7 +190,6 @@ class Sequencer:
                 c.duplicate_packets += 1
                 c.duplicate_messages += count
                 return
-        c.messages[source] += count
         if sequence == self.expected:
             self._deliver(sequence, count, blocks)
             self._drain_held()

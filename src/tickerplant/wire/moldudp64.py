@@ -26,6 +26,9 @@ SESSION_LEN = 10
 HEARTBEAT = 0
 END_OF_SESSION = 0xFFFF
 MAX_COUNT = 0xFFFE
+# Seconds of silence after which a publisher sends a heartbeat: venues use one second, and a
+# receiver judges a line's health in multiples of it.
+HEARTBEAT_INTERVAL = 1.0
 # Kept under a 1,500-byte Ethernet MTU with room for IP/UDP headers and VLAN tags, as venues do.
 MAX_PACKET = 1400
 

@@ -1,0 +1,34 @@
+"""Where something listens or sends: an IPv4 address and a port, as every layer spells it."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from tickerplant.ops.config import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, field: str) -> Endpoint:
+        """``host:port`` as a user writes it; ``field`` names the setting in the error."""
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(field, f"{text!r} is not host:port", "e.g. 239.1.1.1:30001")
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ConfigError(field, f"{host!r} is not an IPv4 address", "e.g. 127.0.0.1") from None
+        return cls(host, int(port))
+
+    @property
+    def pair(self) -> tuple[str, int]:
+        """(host, port), as socket calls take it."""
+        return (self.host, self.port)
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"

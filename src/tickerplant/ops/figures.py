@@ -1,0 +1,103 @@
+"""The registry of figure names: one spelling for the terminal table, ``--json``, Prometheus and
+the browser dashboard.
+
+A figures snapshot is a dict keyed by these names. A figure with labels nests one dict level per
+label, keyed by the label's value (``packets["a"]``, ``gaps_repaired["a"]["rerequest"]``), so a
+Prometheus exporter walks it without knowing what any figure means. Names follow Prometheus
+conventions already (base units in the name, one word per concept); the exporter adds the
+``tickerplant_`` prefix and ``_total`` to counters. Label values are bounded sets (sources,
+repair kinds, defect kinds), never client addresses or symbols.
+
+Vocabulary, settled here: a *source* is where messages came from (line ``a`` or ``b``, the
+``rerequest`` socket, the TCP ``replay``); a *line* is only ``a`` or ``b``; a *repair* is what
+filled a gap (``line``, ``rerequest``, ``replay``); a *defect* is what made a datagram unusable;
+*replay* is the SoupBinTCP session that replays a range (``tickerplant replay FILE`` reads a file,
+the same word at the face because users say it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+
+class Kind(Enum):
+    COUNTER = "counter"  # only goes up within a run
+    GAUGE = "gauge"  # a level now
+    SUMMARY = "summary"  # latencies: count, p50, p99, max (seconds)
+    INFO = "info"  # text or lists for people, not for Prometheus
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+_C, _G, _S, _I = Kind.COUNTER, Kind.GAUGE, Kind.SUMMARY, Kind.INFO
+_SRC = ("source",)
+
+FEED = (
+    Figure("session", _I, "the MoldUDP64 session followed"),
+    Figure("delivered_messages", _C, "messages delivered in order"),
+    Figure("next_sequence", _G, "the next sequence number to deliver"),
+    Figure("outstanding_messages", _G, "known to exist, not yet delivered (held or missing)"),
+    Figure("held_bytes", _G, "bytes of early packets in the hold-back queue"),
+    Figure("open_gaps", _G, "gaps being repaired"),
+    Figure("lost_messages", _C, "messages given up and reported lost"),
+    Figure("lost_ranges", _I, "the first lost ranges, [start, end)"),
+    Figure("duplicates_delivered", _C, "messages delivered twice (must stay 0)"),
+    Figure("skipped_unreported", _C, "messages missing without a gap lost (must stay 0)"),
+    Figure("duplicate_messages", _C, "copies dropped by arbitration"),
+    Figure("hold_overflow_packets", _C, "early packets dropped: the hold-back queue was full"),
+    Figure("suspect_packets", _C, "packets far beyond the stream, awaiting a second to agree"),
+    Figure("rerequests_sent", _C, "MoldUDP64 re-requests sent"),
+    Figure("rerequest_send_errors", _C, "re-requests the socket refused"),
+    Figure("replays_started", _C, "TCP replay sessions started"),
+    Figure("replays_failed", _C, "TCP replay sessions that ended short"),
+    Figure("replay_failures", _I, "why replay sessions ended short, by reason"),
+    Figure("consumer_errors", _C, "consumer callbacks that raised"),
+    Figure("repair_latency_seconds", _S, "gap seen to gap repaired", ("repair",)),
+    Figure("line_state", _G, "down 0, quiet 1, up 2", ("line",)),
+    Figure("packets", _C, "datagrams received, good or bad (replay: runs)", _SRC),
+    Figure("messages", _C, "messages in data packets of the session", _SRC),
+    Figure("heartbeats", _C, "heartbeat and end-of-session packets", _SRC),
+    Figure("end_of_session_packets", _C, "end-of-session packets", _SRC),
+    Figure("foreign_packets", _C, "packets of another session, ignored", _SRC),
+    Figure("defects", _C, "datagrams dropped as unusable, by defect", ("source", "defect")),
+    Figure("gaps_seen", _C, "gaps revealed by this source", _SRC),
+    Figure("gaps_repaired", _C, "gaps revealed here, by what repaired them", ("source", "repair")),
+    Figure("gaps_lost", _C, "gaps revealed here and given up", _SRC),
+    Figure("rcvbuf_bytes", _G, "SO_RCVBUF as the kernel reports it (twice usable)", _SRC),
+    Figure("wakeups", _C, "socket drains", _SRC),
+    Figure("socket_errors", _C, "receive errors (ICMP errors on the re-request socket)", _SRC),
+)
+
+BOOKS = (
+    Figure("book_symbols", _G, "symbols with a book"),
+    Figure("live_orders", _G, "orders resting in the books"),
+    Figure("book_levels", _G, "price levels in the books"),
+    Figure("bbo_updates", _C, "best bid or offer changes"),
+    Figure("trades", _C, "executions and crosses"),
+    Figure("book_anomalies", _C, "messages inconsistent with the books, not applied"),
+    Figure("messages_missed", _C, "messages the books lack (lost by the feed)"),
+    Figure("bytes_per_live_order", _G, "book memory per resting order"),
+    Figure("busiest", _I, "the BBO of the busiest symbols"),
+)
+
+REGISTRY: Mapping[str, Figure] = {f.name: f for f in (*FEED, *BOOKS)}
+
+Figures = dict[str, Any]  # a snapshot: registry names to values, nested per label
+
+
+def summed(figure: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """A two-label figure summed over its first label: ``gaps_repaired`` by repair alone."""
+    out: dict[str, int] = {}
+    for inner in figure.values():
+        for label, n in inner.items():
+            out[label] = out.get(label, 0) + n
+    return out

@@ -1,0 +1,462 @@
+"""The feed session: everything the feed handler decides, with no socket and no clock.
+
+In the shape of aioquic's connection. Inputs: :meth:`FeedSession.receive_datagrams` (a drained
+batch from a line or from the re-request socket), :meth:`FeedSession.receive_replay` (a run of
+messages from the TCP replay), :meth:`FeedSession.replay_ended`, and
+:meth:`FeedSession.handle_timer` at :meth:`FeedSession.get_timer`. Outputs, drained after every
+input: :meth:`FeedSession.take` (the repaired stream in order: batches, and lost ranges and
+session markers in their stream positions), :meth:`FeedSession.take_events` (gap repairs and
+line state changes), :meth:`FeedSession.datagrams_to_send` (re-requests) and
+:meth:`FeedSession.take_replays` (TCP replays to start or cancel). ``now`` always comes in as an
+argument.
+
+The machines it composes: the :class:`Sequencer` (arbitration, hold-back, gaps), the
+:class:`Recovery` (what to ask for, when to give up) and one :class:`Liveness` per line. Around
+them it keeps what the plant must check and count: the delivered stream's continuity (neither
+overlap nor hole without a GapLost), its digest, repair latencies, per-source counters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tickerplant.endpoint import Endpoint
+from tickerplant.ops.config import ConfigError
+from tickerplant.session.events import (
+    Batch,
+    Event,
+    GapLost,
+    GapRepaired,
+    LineState,
+    LineStateChanged,
+    Repair,
+    SessionEnded,
+    SessionStarted,
+    Source,
+)
+from tickerplant.session.latency import Latencies
+from tickerplant.session.liveness import Liveness
+from tickerplant.session.recovery import (
+    CancelReplay,
+    Recovery,
+    RecoveryConfig,
+    Replay,
+    Rerequest,
+)
+from tickerplant.session.sequencer import Delivery, Sequencer
+from tickerplant.wire import moldudp64 as mold
+
+log = logging.getLogger(__name__)
+
+DRAIN_ROWS = 512  # datagrams read per socket per wake-up
+DATAGRAM_WIDTH = 2048  # bytes per row: above any MoldUDP64 packet on an Ethernet path
+LOST_RANGES_KEPT = 10_000  # GapLost ranges listed; beyond, counted only
+REPLAY_FAILURES_KEPT = 32  # distinct reasons; a peer inventing new ones must not grow this
+
+
+@dataclass(frozen=True, slots=True)
+class FeedConfig:
+    line_a: Endpoint
+    line_b: Endpoint | None
+    interface: str = "127.0.0.1"
+    session: str | None = None  # None: follow the first session heard
+    rerequest: Endpoint | None = None
+    replay: Endpoint | None = None
+    replay_username: str = ""
+    replay_password: str = ""
+    replay_timeout: float = 60.0
+    rcvbuf: int = 64 << 20
+    heartbeat_interval: float = mold.HEARTBEAT_INTERVAL
+    down_after: int = 3
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    max_held_bytes: int = 128 << 20
+    first_sequence: int = 1
+    capture: Path | None = None  # an ITCH file of the delivered stream
+    digest: bool = False  # sha256 of the delivered block stream, for end-to-end checks
+
+    def __post_init__(self) -> None:
+        if self.rcvbuf < 65536:
+            raise ConfigError("rcvbuf", f"{self.rcvbuf} bytes", "ask for at least 65536")
+        if self.first_sequence < 1:
+            raise ConfigError("first_sequence", f"{self.first_sequence}", "sequences start at 1")
+        if self.line_b is not None and self.line_b == self.line_a:
+            raise ConfigError("line_b", "is line_a", "give line B its own group:port, or none")
+        if self.session is not None:
+            try:
+                mold.session_bytes(self.session)
+            except (ValueError, UnicodeEncodeError):
+                raise ConfigError(
+                    "session", f"{self.session!r}", "give ASCII of at most 10 characters"
+                ) from None
+
+    @property
+    def lines(self) -> list[tuple[Source, Endpoint]]:
+        lines = [(Source.LINE_A, self.line_a)]
+        if self.line_b is not None:
+            lines.append((Source.LINE_B, self.line_b))
+        return lines
+
+
+class Datagrams:
+    """A receive buffer: ``rows`` datagrams of up to ``width`` bytes, filled by io/ and read here.
+
+    One 2-D array, so that a drained batch is checked by one compiled call; ``views`` are the
+    rows as memoryviews, sliced without a copy.
+    """
+
+    def __init__(self, rows: int = DRAIN_ROWS, width: int = DATAGRAM_WIDTH) -> None:
+        self.rows = np.zeros((rows, width), dtype=np.uint8)
+        self.lengths = np.zeros(rows, dtype=np.int64)
+        self.views = [memoryview(self.rows[i]).cast("B") for i in range(rows)]
+
+    @classmethod
+    def holding(cls, datagrams: Sequence[bytes], width: int = DATAGRAM_WIDTH) -> Datagrams:
+        """A buffer filled with ``datagrams`` (scripted tests; the live path fills rows in
+        place). One longer than ``width`` is recorded with its length, as MSG_TRUNC reports."""
+        buffer = cls(max(1, len(datagrams)), width)
+        for i, data in enumerate(datagrams):
+            kept = data[:width]
+            buffer.rows[i, : len(kept)] = np.frombuffer(kept, dtype=np.uint8)
+            buffer.lengths[i] = len(data)
+        return buffer
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayStart:
+    """Open a TCP replay of ``session`` for messages [first, end); report with replay_ended."""
+
+    session: bytes
+    first: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayCancel:
+    """End the replay under way; ``reason`` is counted as its failure (None: not a failure)."""
+
+    reason: str | None
+
+
+ReplayRequest = ReplayStart | ReplayCancel
+
+
+def _defects() -> dict[mold.Defect, int]:
+    return {}
+
+
+def _repairs() -> dict[Repair, int]:
+    return dict.fromkeys(Repair, 0)
+
+
+@dataclass(slots=True)
+class SourceCounters:
+    """What one source (line A, line B, the re-request socket, the replay) carried."""
+
+    packets: int = 0  # datagrams received (for the replay: runs of messages), good or bad
+    messages: int = 0  # in data packets of our session
+    heartbeats: int = 0  # heartbeats and end-of-session packets
+    end_of_session: int = 0
+    foreign_packets: int = 0  # of another session
+    defects: dict[mold.Defect, int] = field(default_factory=_defects)  # dropped, by defect
+    gaps_repaired: dict[Repair, int] = field(default_factory=_repairs)  # revealed here
+
+
+@dataclass(slots=True)
+class FeedCounters:
+    delivered: int = 0  # messages handed on
+    # Checked, not assumed: what is delivered must neither overlap nor skip.
+    duplicates_delivered: int = 0
+    skipped_unreported: int = 0  # missing from the stream without a GapLost
+    rerequest_send_errors: int = 0
+    replay_failures: dict[str, int] = field(default_factory=dict)  # why replays ended short
+    sources: dict[Source, SourceCounters] = field(
+        default_factory=lambda: {s: SourceCounters() for s in Source}
+    )
+
+
+class FeedSession:
+    def __init__(self, config: FeedConfig) -> None:
+        self.config = config
+        pinned = mold.session_bytes(config.session) if config.session else None
+        self.sequencer = Sequencer(pinned, config.first_sequence, config.max_held_bytes)
+        # A repair means nobody configured is never tried (and never fails).
+        recovery = replace(
+            config.recovery,
+            rerequest=config.recovery.rerequest and config.rerequest is not None,
+            replay=config.recovery.replay and config.replay is not None,
+        )
+        self.recovery = Recovery(self.sequencer, recovery)
+        self.liveness = {
+            source: Liveness(source, config.heartbeat_interval, config.down_after)
+            for source, _ in config.lines
+        }
+        self.counters = FeedCounters()
+        self.latencies = {kind: Latencies() for kind in Repair}
+        # [start, end) of the first LOST_RANGES_KEPT GapLost, in order (figures count them all)
+        self.lost_ranges: list[tuple[int, int]] = []
+        self.ended = False  # the session's end has been delivered
+        self._next_delivery = config.first_sequence
+        self._digest = hashlib.sha256() if config.digest else None
+        self._replaying = False
+        self._deliveries: list[Delivery] = []
+        self._events: list[Event] = []
+        self._datagrams: list[bytes] = []
+        self._replays: list[ReplayRequest] = []
+        self._seqs = np.zeros(DRAIN_ROWS, dtype=np.int64)
+        self._counts = np.zeros(DRAIN_ROWS, dtype=np.int64)
+        self._defects = np.zeros(DRAIN_ROWS, dtype=np.int8)
+
+    # ---- inputs -------------------------------------------------------------------------------
+
+    def receive_datagrams(self, source: Source, datagrams: Datagrams, n: int, now: float) -> None:
+        """The first ``n`` rows of ``datagrams`` came from ``source``'s socket.
+
+        The rows may be reused once this returns: what the sequencer delivers is joined into a
+        batch by :meth:`take`, called before the next drain, and what it holds it copies.
+        """
+        if n == 0:
+            return
+        if n > self._seqs.shape[0]:
+            self._seqs, self._counts = np.zeros(n, np.int64), np.zeros(n, np.int64)
+            self._defects = np.zeros(n, np.int8)
+        mold.scan_packets(
+            datagrams.rows, datagrams.lengths, n, self._seqs, self._counts, self._defects
+        )
+        seqs = self._seqs[:n].tolist()
+        counts = self._counts[:n].tolist()
+        defects = self._defects[:n].tolist()
+        lengths = datagrams.lengths[:n].tolist()
+        views = datagrams.views
+        seq = self.sequencer
+        session = memoryview(seq.session or b"")
+        fig = self.counters.sources[source]
+        messages = heartbeats = accepted = 0
+        for i in range(n):
+            defect = defects[i]
+            if defect:
+                kind = mold.Defect(defect)
+                fig.defects[kind] = fig.defects.get(kind, 0) + 1
+                continue
+            view = views[i]
+            if view[:10] != session:  # rare: the first packet, a new session, a stranger
+                if not seq.accepts(view[:10].tobytes(), now):
+                    fig.foreign_packets += 1
+                    continue
+                session = memoryview(seq.session or b"")
+            accepted += 1
+            count = counts[i]
+            if count == mold.HEARTBEAT:
+                heartbeats += 1
+                seq.on_heartbeat(source, seqs[i], now)
+            elif count == mold.END_OF_SESSION:
+                fig.end_of_session += 1
+                heartbeats += 1
+                seq.on_end_of_session(source, seqs[i], now)
+            else:
+                messages += count
+                seq.on_packet(source, seqs[i], count, view[20 : lengths[i]], now)
+        if accepted:
+            seq.heard(now)
+        fig.packets += n
+        fig.messages += messages
+        fig.heartbeats += heartbeats
+        live = self.liveness.get(source)
+        if live is not None:
+            if messages:
+                self._line_state(live.heard_data(now))
+            elif heartbeats:
+                self._line_state(live.heard_heartbeat(now))
+        self._advance(now)
+
+    def receive_replay(self, session: bytes, first: int, count: int, blocks: bytes,
+                       now: float) -> None:
+        """A run of messages the TCP replay of ``session`` brought."""
+        if session != self.sequencer.session:
+            return  # the old session's replay, still draining its socket after a session change
+        fig = self.counters.sources[Source.REPLAY]
+        fig.packets += 1
+        fig.messages += count
+        self.recovery.replay_progress(now)
+        self.sequencer.on_packet(Source.REPLAY, first, count, blocks, now)
+        self._advance(now)
+
+    def replay_ended(self, ok: bool, reason: str, now: float) -> None:
+        """The replay last requested is over: complete (``ok``) or not, and why."""
+        if not self._replaying:
+            return  # cancelled meanwhile: recovery already knows
+        self._replaying = False
+        if not ok:
+            self._replay_failed(reason)
+        self.recovery.replay_finished(ok, now)
+        self._advance(now)
+
+    def rerequest_unsent(self) -> None:
+        """The socket refused a re-request: no worse than a lost one (its retry timer covers
+        both), but counted, so that a re-request server nobody can reach shows."""
+        self.counters.rerequest_send_errors += 1
+
+    def handle_timer(self, now: float) -> None:
+        for live in self.liveness.values():
+            self._line_state(live.handle_timer(now))
+        self._advance(now)
+
+    # ---- outputs ------------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """The next moment :meth:`handle_timer` has something to do (None: nothing is due)."""
+        timers = [t for t in (live.get_timer() for live in self.liveness.values()) if t is not None]
+        recovery = self.recovery.get_timer()
+        if recovery is not None:
+            timers.append(recovery)
+        return min(timers) if timers else None
+
+    def take(self) -> list[Delivery]:
+        """The stream since the last call, in order: batches, lost ranges, session markers."""
+        out, self._deliveries = self._deliveries, []
+        return out
+
+    def take_events(self) -> list[Event]:
+        """Gap repairs and line state changes since the last call."""
+        out, self._events = self._events, []
+        return out
+
+    def datagrams_to_send(self) -> list[bytes]:
+        """MoldUDP64 requests for the re-request server."""
+        out, self._datagrams = self._datagrams, []
+        return out
+
+    def take_replays(self) -> list[ReplayRequest]:
+        out, self._replays = self._replays, []
+        return out
+
+    def line_state(self, source: Source) -> LineState | None:
+        live = self.liveness.get(source)
+        return live.state if live is not None else None
+
+    def figures(self) -> dict[str, Any]:
+        """A JSON-ready snapshot, named and nested as ``tickerplant.ops.figures`` registers."""
+        seq = self.sequencer
+        c = self.counters
+        sc = seq.counters
+        rc = self.recovery.counters
+        sources = c.sources.items()
+        return {
+            "session": (seq.session or b"").decode("ascii", "replace").strip(),
+            "delivered_messages": c.delivered,
+            "next_sequence": seq.expected,
+            "outstanding_messages": seq.outstanding,
+            "held_bytes": seq.held_bytes,
+            "open_gaps": len(seq.gaps),
+            "lost_messages": sc.lost,
+            "lost_ranges": [list(r) for r in self.lost_ranges[:100]],
+            "duplicates_delivered": c.duplicates_delivered,
+            "skipped_unreported": c.skipped_unreported,
+            "duplicate_messages": sc.duplicate_messages,
+            "hold_overflow_packets": sc.hold_overflow_packets,
+            "suspect_packets": sc.suspect_packets,
+            "rerequests_sent": rc.rerequests_sent,
+            "rerequest_send_errors": c.rerequest_send_errors,
+            "replays_started": rc.replays_started,
+            "replays_failed": rc.replays_failed,
+            "replay_failures": dict(c.replay_failures),
+            "repair_latency_seconds": {k.value: v.figures() for k, v in self.latencies.items()},
+            "line_state": {s.label: live.state.value for s, live in self.liveness.items()},
+            "packets": {s.label: f.packets for s, f in sources},
+            "messages": {s.label: f.messages for s, f in sources},
+            "heartbeats": {s.label: f.heartbeats for s, f in sources},
+            "end_of_session_packets": {s.label: f.end_of_session for s, f in sources},
+            "foreign_packets": {s.label: f.foreign_packets for s, f in sources},
+            "defects": {
+                s.label: {d.name.lower(): n for d, n in f.defects.items()} for s, f in sources
+            },
+            "gaps_seen": {s.label: sc.gaps_seen[s] for s in Source},
+            "gaps_repaired": {
+                s.label: {k.value: n for k, n in f.gaps_repaired.items()} for s, f in sources
+            },
+            "gaps_lost": {s.label: sc.gaps_lost[s] for s in Source},
+        }
+
+    @property
+    def digest(self) -> str | None:
+        return self._digest.hexdigest() if self._digest is not None else None
+
+    # ---- internals ----------------------------------------------------------------------------
+
+    def _advance(self, now: float) -> None:
+        seq = self.sequencer
+        rec = self.recovery
+        timer = rec.get_timer()
+        if seq.gaps or (timer is not None and now >= timer):
+            for action in rec.handle_timer(now):
+                if isinstance(action, Rerequest):
+                    if seq.session is not None:
+                        self._datagrams.append(
+                            mold.encode_request(seq.session, action.sequence, action.count)
+                        )
+                elif isinstance(action, Replay):
+                    assert seq.session is not None
+                    self._replaying = True
+                    self._replays.append(ReplayStart(seq.session, action.first, action.end))
+                elif isinstance(action, CancelReplay):
+                    self._cancel_replay("stalled: nothing delivered for replay_stall seconds")
+        for item in seq.take():
+            self._deliver(item)
+        for event in seq.take_events():
+            if isinstance(event, GapRepaired):
+                kind = event.repaired_by.repair
+                self.counters.sources[event.revealed_by].gaps_repaired[kind] += 1
+                self.latencies[kind].add(event.latency)
+            self._events.append(event)
+
+    def _deliver(self, item: Delivery) -> None:
+        if isinstance(item, Batch):
+            self._check_continuity(item.first)
+            self._next_delivery = item.end
+            self.counters.delivered += item.count
+            if self._digest is not None:
+                self._digest.update(item.blocks)
+        elif isinstance(item, GapLost):
+            self._check_continuity(item.start)
+            self._next_delivery = item.end
+            if len(self.lost_ranges) < LOST_RANGES_KEPT:
+                self.lost_ranges.append((item.start, item.end))
+        elif isinstance(item, SessionEnded):
+            self.ended = True
+        elif isinstance(item, SessionStarted) and item.previous is not None:
+            # The exchange started a new session: what was under way belonged to the old one.
+            self.ended = False
+            self._next_delivery = self.config.first_sequence
+            self._cancel_replay(None)
+            self.recovery.reset()
+        self._deliveries.append(item)
+
+    def _check_continuity(self, first: int) -> None:
+        """Count a delivery that overlaps what went before, or leaves a hole no GapLost covers."""
+        if first < self._next_delivery:
+            self.counters.duplicates_delivered += self._next_delivery - first
+        elif first > self._next_delivery:
+            self.counters.skipped_unreported += first - self._next_delivery
+            log.error("messages [%d, %d) skipped without a GapLost", self._next_delivery, first)
+
+    def _line_state(self, change: LineStateChanged | None) -> None:
+        if change is not None:
+            self._events.append(change)
+
+    def _cancel_replay(self, reason: str | None) -> None:
+        if self._replaying:
+            self._replaying = False
+            self._replays.append(ReplayCancel(reason))
+            if reason is not None:
+                self._replay_failed(reason)
+
+    def _replay_failed(self, reason: str) -> None:
+        failures = self.counters.replay_failures
+        if reason in failures or len(failures) < REPLAY_FAILURES_KEPT:
+            failures[reason] = failures.get(reason, 0) + 1

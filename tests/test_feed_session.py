@@ -1,0 +1,304 @@
+"""The feed session on scripted datagrams and a fake clock: no socket, no sleep.
+
+Everything the feed handler decides is here: arbitration of the lines, repair by the other line,
+by re-request and by replay, giving up, line health on exact timers, session changes, defects,
+and the checks on what it delivers.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from tickerplant.endpoint import Endpoint
+from tickerplant.ops.dashboard import render
+from tickerplant.session.events import (
+    Batch,
+    GapLost,
+    GapRepaired,
+    LineState,
+    LineStateChanged,
+    Repair,
+    SessionEnded,
+    SessionStarted,
+    Source,
+)
+from tickerplant.session.feed import (
+    Datagrams,
+    FeedConfig,
+    FeedSession,
+    ReplayCancel,
+    ReplayStart,
+)
+from tickerplant.session.latency import Latencies
+from tickerplant.session.recovery import RecoveryConfig
+from tickerplant.wire import moldudp64 as mold
+from tickerplant.wire.blocks import iter_messages, join_messages
+
+A, B, RR = Source.LINE_A, Source.LINE_B, Source.REREQUEST
+S1 = mold.session_bytes("SESSION001")
+S2 = mold.session_bytes("SESSION002")
+LINE_A, LINE_B = Endpoint("239.192.99.1", 40001), Endpoint("239.192.99.2", 40002)
+SERVICE = Endpoint("127.0.0.1", 40003)
+
+
+def msgs(first: int, count: int) -> list[bytes]:
+    return [b"m%d" % s for s in range(first, first + count)]
+
+
+def packet(first: int, count: int, session: bytes = S1) -> bytes:
+    return mold.encode_packet(session, first, msgs(first, count))
+
+
+class Plant:
+    """A feed session, what it put out, and the clock it was given."""
+
+    def __init__(self, **kw: object) -> None:
+        cfg: dict[str, object] = {"line_a": LINE_A, "line_b": LINE_B, **kw}
+        self.session = FeedSession(FeedConfig(**cfg))  # type: ignore[arg-type]
+        self.now = 0.0
+        self.delivered: list[int] = []
+        self.lost: list[tuple[int, int]] = []
+        self.markers: list[object] = []
+        self.events: list[object] = []
+        self.requests: list[tuple[int, int]] = []
+        self.replays: list[object] = []
+
+    def send(self, source: Source, *datagrams: bytes, at: float | None = None) -> None:
+        self.now = self.now if at is None else at
+        buffer = Datagrams.holding(list(datagrams))
+        self.session.receive_datagrams(source, buffer, len(datagrams), self.now)
+        self.collect()
+
+    def tick(self, until: float) -> None:
+        """Fire every timer due up to ``until``, each at its own moment."""
+        while (at := self.session.get_timer()) is not None and at <= until:
+            self.now = max(self.now, at)
+            self.session.handle_timer(self.now)
+            self.collect()
+        self.now = until
+
+    def collect(self) -> None:
+        s = self.session
+        for item in s.take():
+            if isinstance(item, Batch):
+                got = [int(m[1:]) for m in iter_messages(item.blocks)]
+                assert got == list(range(item.first, item.end))
+                self.delivered += got
+            elif isinstance(item, GapLost):
+                self.lost.append((item.start, item.end))
+            else:
+                self.markers.append(item)
+        self.events += s.take_events()
+        for datagram in s.datagrams_to_send():
+            request = mold.decode_request(datagram)
+            assert request.session == S1 or request.session == S2
+            self.requests.append((request.sequence, request.count))
+        self.replays += s.take_replays()
+
+    def repaired(self) -> list[GapRepaired]:
+        return [e for e in self.events if isinstance(e, GapRepaired)]
+
+
+def test_a_packet_lost_on_line_a_is_repaired_by_line_b() -> None:
+    p = Plant()
+    p.send(A, packet(1, 2), packet(5, 3), at=1.0)  # 3..4 missing on A
+    p.send(B, packet(1, 2), packet(3, 2), packet(5, 3), at=1.0002)
+    assert p.delivered == list(range(1, 8)) and p.requests == []
+    (repair,) = p.repaired()
+    assert (repair.start, repair.end, repair.revealed_by, repair.repaired_by) == (3, 5, A, B)
+    assert abs(repair.latency - 0.0002) < 1e-9
+    figures = p.session.figures()
+    assert figures["gaps_repaired"]["a"] == {"line": 1, "rerequest": 0, "replay": 0}
+    assert figures["duplicate_messages"] == 2 + 3  # B's copies of what A had already brought
+    assert figures["packets"] == {"a": 2, "b": 3, "rerequest": 0, "replay": 0}
+    assert figures["repair_latency_seconds"]["line"]["count"] == 1
+
+
+def test_lost_on_both_lines_is_re_requested_after_the_line_wait_and_repaired() -> None:
+    p = Plant(rerequest=SERVICE, recovery=RecoveryConfig(line_wait=0.001))
+    p.send(A, packet(1, 1), packet(4, 1), at=1.0)
+    p.send(B, packet(1, 1), packet(4, 1), at=1.0001)
+    assert p.requests == []  # the other line might still bring it
+    assert p.session.get_timer() == 1.001
+    p.tick(1.001)
+    assert p.requests == [(2, 2)]
+    p.send(RR, packet(2, 2), at=1.0015)
+    assert p.delivered == [1, 2, 3, 4]
+    (repair,) = p.repaired()
+    assert repair.repaired_by is RR and repair.latency == 1.0015 - 1.0
+    assert p.session.figures()["rerequests_sent"] == 1
+
+
+def test_without_a_re_request_server_nothing_is_asked_and_the_gap_is_given_up_in_place() -> None:
+    p = Plant(recovery=RecoveryConfig(give_up_after=0.5))
+    p.send(A, packet(1, 1), packet(4, 2), at=1.0)
+    p.tick(1.49)
+    assert p.delivered == [1] and p.lost == [] and p.requests == []
+    p.tick(1.5)
+    assert p.lost == [(2, 4)] and p.delivered == [1, 4, 5]
+    figures = p.session.figures()
+    assert figures["lost_messages"] == 2 and figures["lost_ranges"] == [[2, 4]]
+    assert figures["gaps_lost"]["a"] == 1 and figures["skipped_unreported"] == 0
+
+
+def test_a_late_join_asks_for_a_replay_and_its_runs_repair_the_gap() -> None:
+    p = Plant(replay=SERVICE, recovery=RecoveryConfig(replay_threshold=10))
+    p.send(A, packet(1001, 1), at=5.0)
+    p.tick(5.01)
+    assert p.replays == [ReplayStart(S1, 1, 1001)]
+    p.session.receive_replay(S2, 1, 10, join_messages(msgs(1, 10)), 5.1)  # another session's
+    p.session.receive_replay(S1, 1, 500, join_messages(msgs(1, 500)), 5.2)
+    p.session.receive_replay(S1, 501, 500, join_messages(msgs(501, 500)), 5.3)
+    p.session.replay_ended(True, "complete", 5.3)
+    p.collect()
+    assert p.delivered == list(range(1, 1002))
+    assert [r.repaired_by for r in p.repaired()] == [Source.REPLAY]
+    figures = p.session.figures()
+    assert figures["messages"]["replay"] == 1000 and figures["replays_started"] == 1
+    assert figures["replays_failed"] == 0
+
+
+def test_a_failed_replay_is_retried_then_the_gap_reported_lost_with_the_reason_counted() -> None:
+    cfg = RecoveryConfig(replay_threshold=10, replay_retry=0.1, give_up_after=0.5)
+    p = Plant(replay=SERVICE, recovery=cfg)
+    p.send(A, packet(1001, 1), at=0.0)
+    while not p.lost and p.now < 2.0:
+        p.tick(p.now + 0.05)
+        for start in p.replays:
+            assert start == ReplayStart(S1, 1, 1001)
+            p.session.replay_ended(False, "ReplayError: login rejected", p.now)
+            p.collect()
+        p.replays.clear()
+    assert p.lost == [(1, 1001)] and p.delivered == [1001]
+    assert 0.5 <= p.now <= 0.6  # given up at give_up_after, not held open by the retries
+    figures = p.session.figures()
+    tries = figures["replays_started"]
+    assert tries >= 3  # at once, then every replay_retry
+    assert figures["replay_failures"] == {"ReplayError: login rejected": tries}
+    assert figures["replays_failed"] == tries
+
+
+def test_a_stalled_replay_is_cancelled_with_its_reason() -> None:
+    cfg = RecoveryConfig(replay_threshold=10, replay_stall=0.5, give_up_after=0.8)
+    p = Plant(replay=SERVICE, recovery=cfg)
+    p.send(A, packet(1001, 1), at=0.0)
+    p.tick(0.6)
+    assert p.replays[0] == ReplayStart(S1, 1, 1001)
+    cancel = p.replays[1]
+    assert isinstance(cancel, ReplayCancel) and "stalled" in str(cancel.reason)
+    assert p.now == 0.6 and len(p.replays) == 2
+    p.session.replay_ended(False, "cancelled", 0.61)  # the task's own end: already accounted
+    p.tick(1.0)
+    assert p.lost == [(1, 1001)]
+    assert list(p.session.figures()["replay_failures"].values()) == [1]
+
+
+def test_lines_go_up_quiet_and_down_on_exact_timers() -> None:
+    p = Plant(heartbeat_interval=1.0, down_after=3)
+    p.send(A, packet(1, 1), at=10.0)
+    p.send(B, packet(1, 1), at=10.0)
+    assert p.events == [LineStateChanged(A, LineState.DOWN, LineState.UP),
+                        LineStateChanged(B, LineState.DOWN, LineState.UP)]
+    p.events.clear()
+    p.send(A, mold.encode_heartbeat(S1, 2), at=11.0)  # A keeps heartbeating, B falls silent
+    p.tick(11.5)
+    assert p.events == [LineStateChanged(A, LineState.UP, LineState.QUIET),
+                        LineStateChanged(B, LineState.UP, LineState.QUIET)]
+    assert p.now == 11.5
+    p.events.clear()
+    p.tick(13.0)
+    assert p.events == [LineStateChanged(B, LineState.QUIET, LineState.DOWN)]
+    p.tick(14.0)
+    assert p.events[-1] == LineStateChanged(A, LineState.QUIET, LineState.DOWN)
+    assert p.session.get_timer() is None  # both down: nothing due until traffic returns
+    assert p.session.figures()["line_state"] == {"a": "down", "b": "down"}
+
+
+def test_bad_datagrams_are_counted_by_defect_and_a_stranger_by_session() -> None:
+    p = Plant()
+    p.send(A, packet(1, 1), b"", b"tiny", packet(2, 1)[:-1], b"\xff" * 3000,
+           packet(2, 1, mold.session_bytes("SOMEONEELS")), at=1.0)
+    figures = p.session.figures()
+    assert figures["defects"]["a"] == {"short_header": 2, "truncated_block": 1,
+                                       "truncated_datagram": 1}
+    assert figures["foreign_packets"]["a"] == 1 and p.delivered == [1]
+    assert figures["packets"]["a"] == 6
+
+
+def test_a_new_session_cancels_the_old_replay_and_starts_over_at_one() -> None:
+    p = Plant(replay=SERVICE, recovery=RecoveryConfig(replay_threshold=10, give_up_after=30))
+    p.send(A, packet(1001, 1), at=0.0)
+    p.tick(0.01)
+    assert p.replays == [ReplayStart(S1, 1, 1001)]
+    p.send(A, mold.encode_end_of_session(S1, 1002), at=0.02)
+    p.send(A, packet(1, 2, S2), at=0.03)
+    assert p.replays[1:] == [ReplayCancel(None)]
+    assert p.lost == [(1, 1001)]  # the old session's gap, lost at the change
+    assert p.delivered == [1001, 1, 2]
+    assert [type(m) for m in p.markers] == [SessionStarted, SessionEnded, SessionStarted]
+    assert p.session.figures()["replay_failures"] == {}  # a change of session is no failure
+    assert p.session.counters.duplicates_delivered == 0
+    assert p.session.figures()["session"] == "SESSION002"
+
+
+def test_the_end_of_session_is_delivered_after_the_last_message() -> None:
+    p = Plant()
+    p.send(A, mold.encode_end_of_session(S1, 3), at=0.0)
+    assert not p.session.ended
+    p.send(B, packet(1, 2), at=0.001)
+    assert p.session.ended and isinstance(p.markers[-1], SessionEnded)
+
+
+def test_a_hole_without_gap_lost_is_counted_and_shown() -> None:
+    s = FeedSession(FeedConfig(LINE_A, None))
+    for item in (Batch(1, 2, b"\x00\x01a\x00\x01b"), Batch(10, 1, b"\x00\x01c"),
+                 GapLost(15, 20, A, 0.1), Batch(20, 1, b"\x00\x01d")):
+        s._deliver(item)  # what the sequencer never hands over: the check behind it
+    c = s.counters
+    assert c.skipped_unreported == 7 + 4  # [3, 10) and [11, 15)
+    assert c.duplicates_delivered == 0 and c.delivered == 4
+    assert s.lost_ranges == [(15, 20)]
+    assert "skipped unreported 11" in _text(s)
+
+
+def test_an_overlap_is_counted_as_duplicates_not_as_a_hole() -> None:
+    s = FeedSession(FeedConfig(LINE_A, None))
+    s._deliver(Batch(1, 5, b""))
+    s._deliver(Batch(3, 4, b""))
+    assert (s.counters.duplicates_delivered, s.counters.skipped_unreported) == (3, 0)
+    assert "skipped" not in _text(s)
+
+
+def test_the_delivered_digest_is_of_the_block_stream() -> None:
+    import hashlib
+
+    p = Plant(digest=True)
+    p.send(A, packet(1, 3), packet(4, 2), at=0.0)
+    assert p.session.digest == hashlib.sha256(join_messages(msgs(1, 5))).hexdigest()
+
+
+def test_latencies_keep_every_count_and_the_max_but_only_recent_values() -> None:
+    lat = Latencies()
+    assert lat.figures() == {"count": 0}
+    lat.add(5.0)  # an old, slow repair
+    for _ in range(Latencies.RECENT):
+        lat.add(0.001)
+    figures = lat.figures()
+    assert figures["count"] == Latencies.RECENT + 1
+    assert figures["max"] == 5.0  # seconds, over all
+    assert figures["p50"] == figures["p99"] == 0.001  # the 5 s one has left the window
+
+
+def test_repair_kinds_are_one_vocabulary() -> None:
+    assert [s.repair for s in Source] == [Repair.LINE, Repair.LINE, Repair.REREQUEST,
+                                          Repair.REPLAY]
+
+
+def _text(session: FeedSession) -> str:
+    figures = session.figures()
+    for name in ("rcvbuf_bytes", "wakeups", "socket_errors"):
+        figures[name] = {s.label: 0 for s in Source}
+    figures["consumer_errors"] = 0
+    console = Console(width=200, record=True)
+    console.print(render(figures, None, 1.0))
+    return console.export_text()
