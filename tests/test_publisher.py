@@ -12,15 +12,15 @@ import pytest
 
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.pacing import ItchClock, Pacer
-from tickerplant.exchange.publisher import Line, LineConfig, Publisher, SourceError, drop_mask
+from tickerplant.exchange.publisher import Publisher, SourceError, drop_mask
 from tickerplant.exchange.simulator import (
-    ConfigError,
     ExchangeConfig,
     FileSource,
     SyntheticSource,
     run_exchange,
 )
-from tickerplant.io.multicast import open_receiver
+from tickerplant.io.multicast import Line, LineConfig, open_receiver
+from tickerplant.ops.config import ConfigError
 from tickerplant.session.journal import Journal
 from tickerplant.wire.blocks import join_messages
 from tickerplant.wire.moldudp64 import (
@@ -91,10 +91,11 @@ def run(
     while not publisher.done:
         now = time.monotonic()
         assert now < give_up, "the publisher did not finish its session"
-        deadline = publisher.tick(now)
+        publisher.handle_timer(now)
         for sock, into in zip(receivers, got, strict=True):
             drain(sock, into)
-        wait = deadline - time.monotonic()
+        deadline = publisher.get_timer()
+        wait = (deadline if deadline is not None else now) - time.monotonic()
         if wait > 0:
             time.sleep(min(wait, 0.005))
     for sock, into in zip(receivers, got, strict=True):
@@ -248,7 +249,7 @@ def test_a_full_socket_buffer_delays_a_line_without_losing_a_packet() -> None:
     try:
         while not publisher.ending:
             assert time.monotonic() < give_up
-            publisher.tick(time.monotonic())
+            publisher.handle_timer(time.monotonic())
             drain(receiver_b, heard_b)
             for _ in range(8):  # a slow reader: a few datagrams per tick
                 try:
@@ -256,7 +257,7 @@ def test_a_full_socket_buffer_delays_a_line_without_losing_a_packet() -> None:
                 except BlockingIOError:
                     break
         while line_a.backlog:
-            publisher.tick(time.monotonic())
+            publisher.handle_timer(time.monotonic())
             drain(peer, heard_a)
         drain(peer, heard_a)
         drain(receiver_b, heard_b)
@@ -281,11 +282,11 @@ def test_a_chunk_that_is_not_whole_messages_is_refused_by_name() -> None:
         stray = join_messages([message(1, 0)]) + b"\x00"
         publisher = Publisher(Journal(SESSION), iter([stray]), lines)
         with pytest.raises(SourceError, match="not a whole message block"):
-            publisher.tick(0.0)
+            publisher.handle_timer(0.0)
         huge = join_messages([b"A" * 2000])
         publisher = Publisher(Journal(SESSION), iter([huge]), lines)
         with pytest.raises(SourceError, match="message 1 is 2000 bytes"):
-            publisher.tick(0.0)
+            publisher.handle_timer(0.0)
     finally:
         for line in lines:
             line.close()

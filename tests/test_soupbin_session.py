@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tickerplant.ops.config import ConfigError
 from tickerplant.session.events import Batch
 from tickerplant.session.soupbin import (
     CloseCause,
@@ -321,5 +322,5 @@ def test_calls_at_the_wrong_time_raise_locally() -> None:
 
 
 def test_heartbeat_interval_must_be_shorter_than_the_dead_link_time() -> None:
-    with pytest.raises(ValueError, match="heartbeat_interval"):
+    with pytest.raises(ConfigError, match=r"dead_after.*heartbeat_interval"):
         SoupClientSession(0.0, heartbeat_interval=20.0)

@@ -62,7 +62,6 @@ def _demo(args: argparse.Namespace) -> int:
 def _exchange(args: argparse.Namespace) -> int:
     import signal
 
-    from tickerplant.exchange.publisher import LineConfig
     from tickerplant.exchange.simulator import (
         ExchangeConfig,
         ExchangeSummary,
@@ -70,6 +69,7 @@ def _exchange(args: argparse.Namespace) -> int:
         SyntheticSource,
         run_exchange,
     )
+    from tickerplant.io.multicast import LineConfig
 
     def line(group: Endpoint, drop: float) -> LineConfig:
         return LineConfig(
@@ -168,8 +168,8 @@ def _feed(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from tickerplant.demo import DemoConfig
-    from tickerplant.exchange.publisher import LineConfig
     from tickerplant.exchange.simulator import ExchangeConfig, SyntheticSource
+    from tickerplant.io.multicast import LineConfig
     from tickerplant.session.feed import FeedConfig
     from tickerplant.session.recovery import RecoveryConfig
 

@@ -16,21 +16,17 @@ packet's sequence number, so a run is reproducible whatever the slicing.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import math
-from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from tickerplant.exchange.pacing import AsFastAsPossible, Pacer
-from tickerplant.io import mmsg
-from tickerplant.io.multicast import open_sender
+from tickerplant.io.multicast import Line
 from tickerplant.session.journal import Journal
-from tickerplant.wire.blocks import I64, U8, as_array, index_blocks
+from tickerplant.wire.blocks import I64, as_array, index_blocks
 from tickerplant.wire.moldudp64 import (
     HEADER_LEN,
     MAX_PACKET,
@@ -42,128 +38,10 @@ from tickerplant.wire.moldudp64 import (
 )
 
 MAX_BLOCKS = MAX_PACKET - HEADER_LEN
-DEFAULT_SNDBUF = 8 << 20
 # How long a line with a full socket buffer waits before its backlog is tried again.
 RETRY_DELAY = 0.001
 INTERLEAVE = 16  # packets sent on one line before the other line's turn
 _U64 = npt.NDArray[np.uint64]
-
-
-@dataclass(frozen=True, slots=True)
-class LineConfig:
-    """Where one line goes: a multicast group and port, leaving through ``interface``."""
-
-    group: str
-    port: int
-    interface: str = "127.0.0.1"
-    ttl: int = 1
-    loopback: bool = True
-    drop: float = 0.0  # probability of skipping a data packet on this line (loss injection)
-
-
-class Line:
-    """One line's non-blocking UDP socket (connected to its group) and its counters."""
-
-    def __init__(self, name: str, config: LineConfig, sndbuf: int = DEFAULT_SNDBUF) -> None:
-        self.name = name
-        self.config = config
-        sock, self.sndbuf = open_sender(config.interface, config.ttl, config.loopback, sndbuf)
-        try:
-            # A connected socket skips the per-send address parsing and route lookup.
-            sock.connect((config.group, config.port))
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-        self.sent = 0  # packets handed to the kernel
-        self.dropped = 0  # data packets skipped on purpose (loss injection)
-        self.retries = 0  # sends that found the socket buffer full; the packet waits in backlog
-        self.errors = 0  # sends that failed otherwise; the packet is lost on this line
-        self.backlog: deque[bytes] = deque()
-        self._mmsg = mmsg.Sender(sock) if mmsg.AVAILABLE else None
-
-    def transmit(self, packets: Sequence[bytes | memoryview]) -> None:
-        """Send ``packets`` in order, keeping those the kernel cannot take yet in the backlog."""
-        if self.backlog:
-            self.backlog.extend(map(bytes, packets))
-            self.flush()
-            return
-        send = self.sock.send
-        failed = 0
-        for index, packet in enumerate(packets):
-            try:
-                send(packet)
-            except BlockingIOError:
-                self._hold(packets, index, failed)
-                return
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    self._hold(packets, index, failed)
-                    return
-                failed += 1
-        self.sent += len(packets) - failed
-        self.errors += failed
-
-    def transmit_frames(self, frames: U8, starts: I64, ends: I64) -> None:
-        """Send ``frames[starts[i]:ends[i]]`` in order: one sendmmsg per call where available."""
-        if self._mmsg is None or self.backlog:
-            view = memoryview(frames.data)
-            self.transmit([view[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)])
-            return
-        done = 0
-        total = len(starts)
-        while done < total:
-            try:
-                sent = self._mmsg.send(frames, starts[done:], ends[done:])
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    self.errors += 1  # this packet is lost on this line; the rest go on
-                    done += 1
-                    continue
-                sent = 0
-            if sent == 0:
-                self.retries += 1
-                view = memoryview(frames.data)
-                rest = zip(starts[done:].tolist(), ends[done:].tolist(), strict=True)
-                self.backlog.extend(bytes(view[a:b]) for a, b in rest)
-                return
-            self.sent += sent
-            done += sent
-
-    def _hold(self, packets: Sequence[bytes | memoryview], index: int, failed: int) -> None:
-        """The kernel refused ``packets[index]`` for now: it and the rest wait in the backlog.
-
-        They are copied: a publisher's packets are views of a buffer it reuses for the next slice.
-        """
-        self.retries += 1
-        self.sent += index - failed
-        self.errors += failed
-        self.backlog.extend(map(bytes, packets[index:]))
-
-    def flush(self) -> bool:
-        """Retry the backlog; True when it is empty."""
-        backlog = self.backlog
-        send = self.sock.send
-        while backlog:
-            try:
-                send(backlog[0])
-            except BlockingIOError:
-                self.retries += 1
-                return False
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    self.retries += 1
-                    return False
-                self.errors += 1
-            else:
-                self.sent += 1
-            backlog.popleft()
-        return True
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _mix(z: _U64) -> _U64:
@@ -190,8 +68,8 @@ class SourceError(ValueError):
 class Publisher:
     """Publishes ``source`` (an iterator of block streams) as one MoldUDP64 session on ``lines``.
 
-    Drive it with :meth:`tick`: each call does at most one slice of work (``slice_packets``) and
-    returns when it wants to be called again.
+    Driven like every machine here: :meth:`handle_timer` does at most one slice of work
+    (``slice_packets``) and :meth:`get_timer` says when it wants to be called again.
     """
 
     def __init__(
@@ -245,6 +123,7 @@ class Publisher:
         self.heartbeats = 0
         self.end_of_session_packets = 0
         self.done = False
+        self._timer = -math.inf  # work from the start
 
     @property
     def sha256(self) -> str:
@@ -263,8 +142,15 @@ class Publisher:
             self._offsets = np.empty(0, dtype=np.int64)
             self._begin_end(now)
 
-    def tick(self, now: float) -> float:
-        """Do at most one slice of work; return the time at which to tick again."""
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` has work again (at once: now or earlier; None: done)."""
+        return None if self.done else self._timer
+
+    def handle_timer(self, now: float) -> None:
+        """Do at most one slice of work."""
+        self._timer = self._slice(now)
+
+    def _slice(self, now: float) -> float:
         if self.done:
             return math.inf
         if not all([line.flush() for line in self.lines]):

@@ -22,16 +22,11 @@ from typing import Any
 from tickerplant.capture.itch_file import read_chunks
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.pacing import AsFastAsPossible, FixedRate, ItchClock, Pacer
-from tickerplant.exchange.publisher import (
-    DEFAULT_SNDBUF,
-    Line,
-    LineConfig,
-    Publisher,
-    SourceError,
-)
+from tickerplant.exchange.publisher import Publisher, SourceError
 from tickerplant.exchange.replay import ReplayCounters, ReplayServer
 from tickerplant.exchange.rerequest_server import RerequestServer
 from tickerplant.exchange.synthetic import SyntheticMarket
+from tickerplant.io.multicast import DEFAULT_SNDBUF, Line, LineConfig
 from tickerplant.ops import addresses
 from tickerplant.ops.config import ConfigError
 from tickerplant.session.journal import Journal
@@ -301,11 +296,11 @@ async def _drive(
         if stop is not None and stop.is_set():
             publisher.finish(now)
         try:
-            deadline = publisher.tick(now)
+            publisher.handle_timer(now)
         except SourceError as exc:  # a damaged file: end the session on what was published
             error = str(exc)
             publisher.finish(now)
-            deadline = now
+        deadline = publisher.get_timer()
         if replay is not None:
             replay.publish()
             if publisher.ending and not ended:
@@ -314,6 +309,8 @@ async def _drive(
         if on_progress is not None and now >= next_progress:
             next_progress = now + PROGRESS_INTERVAL
             on_progress(snapshot(error))
+        if deadline is None:
+            break
         delay = deadline - loop.time()
         if delay <= 0:
             await asyncio.sleep(0)

@@ -6,10 +6,16 @@ Loopback works without touching ``lo``: the receiver binds the group and port an
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from tickerplant.endpoint import Endpoint
+from tickerplant.io import mmsg
+from tickerplant.wire.blocks import I64, U8
 
 # Linux's SO_RCVBUFFORCE / SO_SNDBUFFORCE: as root they pass net.core.[rw]mem_max, which is
 # small on many hosts (4 MiB here) and would cap a feed handler's burst tolerance.
@@ -58,3 +64,123 @@ def open_sender(
         sock.close()
         raise
     return sock, granted
+
+
+DEFAULT_SNDBUF = 8 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class LineConfig:
+    """Where one line goes: a multicast group and port, leaving through ``interface``."""
+
+    group: str
+    port: int
+    interface: str = "127.0.0.1"
+    ttl: int = 1
+    loopback: bool = True
+    drop: float = 0.0  # probability of skipping a data packet on this line (loss injection)
+
+
+class Line:
+    """One line's non-blocking UDP socket (connected to its group) and its counters."""
+
+    def __init__(self, name: str, config: LineConfig, sndbuf: int = DEFAULT_SNDBUF) -> None:
+        self.name = name
+        self.config = config
+        sock, self.sndbuf = open_sender(config.interface, config.ttl, config.loopback, sndbuf)
+        try:
+            # A connected socket skips the per-send address parsing and route lookup.
+            sock.connect((config.group, config.port))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+        self.sent = 0  # packets handed to the kernel
+        self.dropped = 0  # data packets skipped on purpose (loss injection)
+        self.retries = 0  # sends that found the socket buffer full; the packet waits in backlog
+        self.errors = 0  # sends that failed otherwise; the packet is lost on this line
+        self.backlog: deque[bytes] = deque()
+        self._mmsg = mmsg.Sender(sock) if mmsg.AVAILABLE else None
+
+    def transmit(self, packets: Sequence[bytes | memoryview]) -> None:
+        """Send ``packets`` in order, keeping those the kernel cannot take yet in the backlog."""
+        if self.backlog:
+            self.backlog.extend(map(bytes, packets))
+            self.flush()
+            return
+        send = self.sock.send
+        failed = 0
+        for index, packet in enumerate(packets):
+            try:
+                send(packet)
+            except BlockingIOError:
+                self._hold(packets, index, failed)
+                return
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self._hold(packets, index, failed)
+                    return
+                failed += 1
+        self.sent += len(packets) - failed
+        self.errors += failed
+
+    def transmit_frames(self, frames: U8, starts: I64, ends: I64) -> None:
+        """Send ``frames[starts[i]:ends[i]]`` in order: one sendmmsg per call where available."""
+        if self._mmsg is None or self.backlog:
+            view = memoryview(frames.data)
+            self.transmit([view[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)])
+            return
+        done = 0
+        total = len(starts)
+        while done < total:
+            try:
+                sent = self._mmsg.send(frames, starts[done:], ends[done:])
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    self.errors += 1  # this packet is lost on this line; the rest go on
+                    done += 1
+                    continue
+                sent = 0
+            if sent == 0:
+                self.retries += 1
+                view = memoryview(frames.data)
+                rest = zip(starts[done:].tolist(), ends[done:].tolist(), strict=True)
+                self.backlog.extend(bytes(view[a:b]) for a, b in rest)
+                return
+            self.sent += sent
+            done += sent
+
+    def _hold(self, packets: Sequence[bytes | memoryview], index: int, failed: int) -> None:
+        """The kernel refused ``packets[index]`` for now: it and the rest wait in the backlog.
+
+        They are copied: a publisher's packets are views of a buffer it reuses for the next slice.
+        """
+        self.retries += 1
+        self.sent += index - failed
+        self.errors += failed
+        self.backlog.extend(map(bytes, packets[index:]))
+
+    def flush(self) -> bool:
+        """Retry the backlog; True when it is empty."""
+        backlog = self.backlog
+        send = self.sock.send
+        while backlog:
+            try:
+                send(backlog[0])
+            except BlockingIOError:
+                self.retries += 1
+                return False
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.retries += 1
+                    return False
+                self.errors += 1
+            else:
+                self.sent += 1
+            backlog.popleft()
+        return True
+
+    def close(self) -> None:
+        self.sock.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tickerplant.ops.config import ConfigError
+from tickerplant.ops.config import check
 from tickerplant.session.sequencer import Gap, Sequencer
 
 
@@ -52,8 +52,7 @@ class RecoveryConfig:
             ("give_up_after", self.give_up_after > self.line_wait, "seconds, above line_wait"),
         ]
         for name, ok, fix in checks:
-            if not ok:
-                raise ConfigError(name, f"{getattr(self, name)!r} is not allowed", f"use {fix}")
+            check(name, ok, getattr(self, name), f"use {fix}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tickerplant.ops.config import check
 from tickerplant.session.journal import Journal
 from tickerplant.wire.blocks import as_array
 from tickerplant.wire.moldudp64 import (
@@ -43,16 +44,17 @@ class RerequestLimits:
     max_packet: int = MAX_PACKET  # bytes of UDP payload per response packet
 
     def __post_init__(self) -> None:
-        if self.max_messages < 1:
-            raise ValueError(f"max_messages must be at least 1, not {self.max_messages}")
-        if not (self.source_rate > 0 and self.total_rate > 0):
-            raise ValueError("source_rate and total_rate must be positive messages per second")
-        if self.source_burst < 1 or self.total_burst < 1:
-            raise ValueError("source_burst and total_burst must allow at least one message")
-        if self.max_sources < 1:
-            raise ValueError(f"max_sources must be at least 1, not {self.max_sources}")
-        if self.max_packet <= HEADER_LEN + 2:
-            raise ValueError(f"max_packet of {self.max_packet} bytes cannot carry one message")
+        checks = [
+            ("max_messages", self.max_messages >= 1, "at least 1"),
+            ("source_rate", self.source_rate > 0, "messages per second above 0"),
+            ("total_rate", self.total_rate > 0, "messages per second above 0"),
+            ("source_burst", self.source_burst >= 1, "at least one message"),
+            ("total_burst", self.total_burst >= 1, "at least one message"),
+            ("max_sources", self.max_sources >= 1, "at least 1"),
+            ("max_packet", self.max_packet > HEADER_LEN + 2, "bytes enough for one message"),
+        ]
+        for name, ok, fix in checks:
+            check(name, ok, getattr(self, name), f"use {fix}")
 
 
 @dataclass(slots=True)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from tickerplant.ops.config import check
 from tickerplant.session.events import Batch
 from tickerplant.wire.soupbintcp import (
     NOT_AUTHORIZED,
@@ -139,8 +140,9 @@ class SoupSession:
     def __init__(
         self, peer: Side, now: float, heartbeat: bytes, heartbeat_interval: float, dead_after: float
     ) -> None:
-        if heartbeat_interval <= 0 or dead_after <= heartbeat_interval:
-            raise ValueError("need 0 < heartbeat_interval < dead_after")
+        check("heartbeat_interval", heartbeat_interval > 0, heartbeat_interval, "give seconds > 0")
+        check("dead_after", dead_after > heartbeat_interval, dead_after,
+              "give more seconds than heartbeat_interval")
         self.state = State.CLOSED
         self.next_sequence = 0
         self.heartbeat_interval = heartbeat_interval
