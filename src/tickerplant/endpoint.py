@@ -16,6 +16,8 @@ class Endpoint:
     @classmethod
     def parse(cls, text: str, field: str) -> Endpoint:
         """``host:port`` as a user writes it; ``field`` names the setting in the error."""
+        if not isinstance(text, str):  # a TOML number or table where a string belongs
+            raise ConfigError(field, f"{text!r} is not host:port", "e.g. \"239.1.1.1:30001\"")
         host, sep, port = text.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(field, f"{text!r} is not host:port", "e.g. 239.1.1.1:30001")

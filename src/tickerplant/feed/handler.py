@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Callable
 from functools import partial
@@ -19,7 +18,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from tickerplant.io.datagrams import DatagramDrain, open_connected
+from tickerplant.io.datagrams import DatagramDrain, Socket, open_connected
 from tickerplant.io.multicast import open_receiver
 from tickerplant.io.replay_client import ReplayClient
 from tickerplant.ops.config import ConfigError
@@ -54,7 +53,6 @@ class FeedHandler:
         self.consumer_errors = 0
         self._drains: dict[Source, DatagramDrain] = {}
         self._rcvbuf: dict[Source, int] = {}
-        self._rerequest: socket.socket | None = None
         self._capture: BinaryIO | None = None
         self._replay: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -77,8 +75,7 @@ class FeedHandler:
                 ) from exc
             self._watch(sock, source)
         if cfg.rerequest is not None:
-            self._rerequest = open_connected(cfg.rerequest)
-            self._watch(self._rerequest, Source.REREQUEST)
+            self._watch(open_connected(cfg.rerequest), Source.REREQUEST)
         if cfg.capture is not None:
             self._capture = cfg.capture.open("wb")
 
@@ -110,7 +107,7 @@ class FeedHandler:
 
     # ---- bytes and time in --------------------------------------------------------------------
 
-    def _watch(self, sock: socket.socket, source: Source) -> None:
+    def _watch(self, sock: Socket, source: Source) -> None:
         assert self._loop is not None
         drain = DatagramDrain(sock, Datagrams())
         self._drains[source] = drain
@@ -152,12 +149,12 @@ class FeedHandler:
         for event in session.take_events():
             if self.on_event is not None:
                 self._hand_over(self.on_event, event)
-        sock = self._rerequest
+        rerequest = self._drains.get(Source.REREQUEST)
         for datagram in session.datagrams_to_send():
             try:
-                if sock is None:
+                if rerequest is None:
                     raise OSError("no re-request socket")
-                sock.send(datagram)
+                rerequest.sock.send(datagram)
             except OSError:
                 session.rerequest_unsent()
         for request in session.take_replays():

@@ -15,6 +15,8 @@ from tickerplant.endpoint import Endpoint
 from tickerplant.io import mmsg
 from tickerplant.session.feed import Datagrams
 
+Socket = socket.socket  # for the adapters' annotations: only io/ imports socket
+
 # MSG_TRUNC on a datagram socket makes recv report the datagram's real length, so a datagram
 # bigger than its row is detected rather than silently cut.
 _FLAGS = socket.MSG_TRUNC
