@@ -29,6 +29,7 @@ from tickerplant.session.journal import Journal
 from tickerplant.wire.blocks import I64, as_array, index_blocks
 from tickerplant.wire.moldudp64 import (
     HEADER_LEN,
+    HEARTBEAT_INTERVAL,
     MAX_PACKET,
     SESSION_LEN,
     encode_end_of_session,
@@ -41,6 +42,8 @@ MAX_BLOCKS = MAX_PACKET - HEADER_LEN
 # How long a line with a full socket buffer waits before its backlog is tried again.
 RETRY_DELAY = 0.001
 INTERLEAVE = 16  # packets sent on one line before the other line's turn
+END_OF_SESSION_SECONDS = 3.0  # how long end-of-session packets go on, one a heartbeat interval
+SLICE_PACKETS = 128  # packets per slice (~2 ms) between event loop turns
 _U64 = npt.NDArray[np.uint64]
 
 
@@ -80,9 +83,9 @@ class Publisher:
         pacer: Pacer | None = None,
         *,
         drop_seed: int = 0,
-        heartbeat_interval: float = 1.0,
-        end_of_session_seconds: float = 3.0,
-        slice_packets: int = 128,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        end_of_session_seconds: float = END_OF_SESSION_SECONDS,
+        slice_packets: int = SLICE_PACKETS,
     ) -> None:
         if not lines:
             raise ValueError("a publisher needs at least one line")

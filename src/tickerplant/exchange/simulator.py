@@ -22,7 +22,12 @@ from typing import Any
 from tickerplant.capture.itch_file import read_chunks
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.pacing import AsFastAsPossible, FixedRate, ItchClock, Pacer
-from tickerplant.exchange.publisher import Publisher, SourceError
+from tickerplant.exchange.publisher import (
+    END_OF_SESSION_SECONDS,
+    SLICE_PACKETS,
+    Publisher,
+    SourceError,
+)
 from tickerplant.exchange.replay import ReplayCounters, ReplayServer
 from tickerplant.exchange.rerequest_server import RerequestServer
 from tickerplant.exchange.synthetic import SyntheticMarket
@@ -31,7 +36,7 @@ from tickerplant.ops import addresses
 from tickerplant.ops.config import ConfigError
 from tickerplant.session.journal import Journal
 from tickerplant.session.rerequest import RerequestCounters, RerequestLimits
-from tickerplant.wire.moldudp64 import session_bytes
+from tickerplant.wire.moldudp64 import HEARTBEAT_INTERVAL, session_bytes
 
 PACING_MODES = ("fast", "rate", "itch")
 PROGRESS_INTERVAL = 0.5  # seconds between on_progress calls
@@ -66,11 +71,11 @@ class ExchangeConfig:
     rerequest: Endpoint | None = addresses.REREQUEST
     replay: Endpoint | None = addresses.REPLAY
     rerequest_limits: RerequestLimits = field(default_factory=RerequestLimits)
-    end_of_session_seconds: float = 3.0
-    heartbeat_interval: float = 1.0
+    end_of_session_seconds: float = END_OF_SESSION_SECONDS
+    heartbeat_interval: float = HEARTBEAT_INTERVAL
     drop_seed: int = 0  # seeds the loss injected on the lines
     chunk_messages: int = 4096  # messages the synthetic source makes per call (~3 ms)
-    slice_packets: int = 128  # packets per slice of publishing (~2 ms) between event loop turns
+    slice_packets: int = SLICE_PACKETS
     sndbuf: int = DEFAULT_SNDBUF
 
     def validate(self) -> None:

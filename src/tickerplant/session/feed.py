@@ -50,7 +50,7 @@ from tickerplant.session.recovery import (
     Replay,
     Rerequest,
 )
-from tickerplant.session.sequencer import Delivery, Sequencer
+from tickerplant.session.sequencer import MAX_HELD_BYTES, Delivery, Sequencer
 from tickerplant.wire import moldudp64 as mold
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class FeedConfig:
     heartbeat_interval: float = mold.HEARTBEAT_INTERVAL
     down_after: int = 3
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
-    max_held_bytes: int = 128 << 20
+    max_held_bytes: int = MAX_HELD_BYTES
     first_sequence: int = 1
     capture: Path | None = None  # an ITCH file of the delivered stream
     digest: bool = False  # sha256 of the delivered block stream, for end-to-end checks

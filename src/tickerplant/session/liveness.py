@@ -12,7 +12,7 @@ from tickerplant.session.events import LineState, LineStateChanged, Source
 
 
 class Liveness:
-    def __init__(self, line: Source, heartbeat_interval: float = 1.0, down_after: int = 3) -> None:
+    def __init__(self, line: Source, heartbeat_interval: float, down_after: int) -> None:
         if heartbeat_interval <= 0:
             raise ConfigError("heartbeat_interval", f"{heartbeat_interval!r}", "give seconds > 0")
         if down_after < 1:

@@ -67,6 +67,10 @@ class Gap:
         return self.end - self.start
 
 
+# Early packets held back while a gap is repaired; past this, they are dropped and fetched again.
+MAX_HELD_BYTES = 128 << 20
+
+
 def _by_source() -> dict[Source, int]:
     return dict.fromkeys(Source, 0)
 
@@ -89,7 +93,7 @@ class Sequencer:
         self,
         session: bytes | None = None,
         first_sequence: int = 1,
-        max_held_bytes: int = 128 << 20,
+        max_held_bytes: int = MAX_HELD_BYTES,
         session_timeout: float = 5.0,
         max_jump: int = 1 << 20,
     ) -> None:
