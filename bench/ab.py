@@ -1,0 +1,73 @@
+"""A/B: one benchmark run against two source trees in alternating rounds, medians compared.
+
+A change that must be "no slower" is measured against the commit before it in the same session,
+rounds interleaved so both sides see the same load of a noisy machine:
+
+    git worktree add /tmp/before HEAD~1
+    .venv/bin/python bench/ab.py --before /tmp/before --rounds 5 -- \\
+        bench/feed_throughput.py --rates 0 --repeat 1
+
+Each round runs the benchmark once with ``PYTHONPATH=<tree>/src`` for each side (the order
+alternates), takes the JSON lines it prints, and at the end prints one JSON line per (subject,
+metric): the median of each side and the ratio after/before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def run(tree: Path, script: list[str], timeout: float) -> list[dict[str, object]]:
+    env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+    out = subprocess.run(
+        [sys.executable, *script], env=env, capture_output=True, text=True, timeout=timeout,
+        check=True, cwd=tree,
+    )  # fmt: skip
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--before", type=Path, required=True, help="source tree to compare with")
+    parser.add_argument("--after", type=Path, default=HERE.parent, help="default: this tree")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
+    parser.add_argument("script", nargs=argparse.REMAINDER, help="-- bench/x.py [its options]")
+    args = parser.parse_args()
+    script = [a for a in args.script if a != "--"]
+    if not script:
+        parser.error("give the benchmark to run after --")
+    values: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for round_ in range(args.rounds):
+        sides = [("before", args.before), ("after", args.after)]
+        for side, tree in sides if round_ % 2 == 0 else sides[::-1]:
+            path = [str(tree / script[0]), *script[1:]]
+            for row in run(tree, path, args.timeout):
+                value = row.get("value")
+                if isinstance(value, int | float):
+                    values[(side, str(row.get("subject")), str(row.get("metric")))].append(value)
+                    print(json.dumps({**row, "side": side, "round": round_}), flush=True)
+    for (side, subject, metric), before in sorted(values.items()):
+        if side != "before":
+            continue
+        after = values.get(("after", subject, metric), [])
+        if not after:
+            continue
+        b, a = statistics.median(before), statistics.median(after)
+        print(json.dumps({
+            "bench": "ab", "subject": subject, "metric": metric, "value": a / b if b else None,
+            "unit": "after/before", "before": b, "after": a, "runs": [len(before), len(after)],
+        }), flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
