@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tickerplant.book import BookEngine
+from tickerplant.book import BookEngine, EventBuffers
 from tickerplant.capture.itch_file import ItchWriter, read_chunks
 from tickerplant.exchange.synthetic import SyntheticMarket
 from tickerplant.jit import kernel
@@ -163,8 +163,9 @@ def compile_times() -> None:
 
 def our_book(chunks: list[bytes]) -> BookEngine:
     engine = BookEngine()
+    scratch = EventBuffers()  # each batch is dropped at once, as the live books do
     for c in chunks:
-        engine.process(c)
+        engine.process(c, scratch=scratch)
     return engine
 
 

@@ -6,12 +6,20 @@ import json
 import os
 import subprocess
 import sys
-import weakref
 
 import numpy as np
+import numpy.typing as npt
 
 from test_book_model import ReferenceBook, rows
-from tickerplant.book import BBO_EVENT, LEVEL, STATUS_EVENT, TRADE_EVENT, BookEngine
+from tickerplant.book import (
+    BBO_EVENT,
+    LEVEL,
+    STATUS_EVENT,
+    TRADE_EVENT,
+    BookEngine,
+    EventBatch,
+    EventBuffers,
+)
 from tickerplant.wire import itch
 from tickerplant.wire.blocks import join_messages
 
@@ -265,19 +273,58 @@ def test_batches_cut_anywhere_give_the_same_events() -> None:
     assert len(whole.bbo) == 5
 
 
-def test_a_batch_kept_is_never_overwritten_and_one_dropped_is_reused() -> None:
+def test_a_batch_kept_without_scratch_is_never_overwritten() -> None:
     from tickerplant.exchange.synthetic import SyntheticMarket
 
     chunks = list(SyntheticMarket(5, 20).chunks(8000, 2000))
     reference = BookEngine()
     expected = [reference.process(c).bbo.tobytes() for c in chunks]
+    assert all(expected)
     engine = BookEngine()
-    kept = [engine.process(c) for c in chunks]  # each holds its buffers
-    assert [b.bbo.tobytes() for b in kept] == expected
-    assert len({b.bbo.ctypes.data for b in kept}) == len(kept)
-    del kept
-    first = weakref.ref(engine.process(chunks[0]).bbo.base)  # the batch is dropped at once
-    assert engine.process(chunks[1]).bbo.base is first()  # so its buffer came back
+    scratch = EventBuffers()
+    # Calls with scratch in between: they must not write where a kept batch lives either.
+    batches = [engine.process(c, scratch=scratch if i % 2 else None) for i, c in enumerate(chunks)]
+    kept = batches[::2]
+    assert [b.bbo.tobytes() for b in kept] == expected[::2]
+    for i, a in enumerate(kept):
+        for b in batches[2 * i + 1 :]:
+            for x, y in zip((a.bbo, a.trades, a.status), (b.bbo, b.trades, b.status), strict=True):
+                assert not np.shares_memory(x, y)
+
+
+def test_a_batch_in_scratch_reuses_its_buffers_and_the_next_call_overwrites_it() -> None:
+    from tickerplant.exchange.synthetic import SyntheticMarket
+
+    chunks = list(SyntheticMarket(5, 20).chunks(8000, 2000))
+    reference = BookEngine()
+    expected = [reference.process(c).bbo.tobytes() for c in chunks]
+    scratch = EventBuffers()
+    # Sized by the largest chunk (on any engine: buffers hold no book state), so that no later
+    # call has to grow them.
+    BookEngine().process(max(chunks, key=len), scratch=scratch)
+    engine = BookEngine()
+    first = engine.process(chunks[0], scratch=scratch)
+    assert first.bbo.tobytes() == expected[0]
+
+    def parts(batch: EventBatch) -> tuple[npt.NDArray[np.void], ...]:
+        return batch.bbo, batch.trades, batch.status
+
+    bases = [a.base for a in parts(first)]
+    pointers = [a.ctypes.data for a in parts(first)]
+    for c, want in zip(chunks[1:], expected[1:], strict=True):
+        batch = engine.process(c, scratch=scratch)
+        assert batch.bbo.tobytes() == want
+        # No new allocation: the same buffers, written from their start.
+        assert all(a.base is base for a, base in zip(parts(batch), bases, strict=True))
+        assert [a.ctypes.data for a in parts(batch)] == pointers
+    # The contract: a scratch batch lives until the next call given that scratch, no longer.
+    n = min(len(first.bbo), len(batch.bbo))
+    assert first.bbo[:n].tobytes() == batch.bbo[:n].tobytes()
+    assert first.bbo[:n].tobytes() != expected[0][: n * BBO_EVENT.itemsize]
+    # Other buffers are other memory: a second scratch leaves the first one's batch alone.
+    other = engine.process(chunks[0], scratch=EventBuffers())
+    assert not np.shares_memory(other.bbo, batch.bbo)
+    assert batch.bbo.tobytes() == expected[-1]
 
 
 _SUBPROCESS = """

@@ -95,6 +95,8 @@ def run_replay(args: argparse.Namespace) -> int:
         with progress:
             for blocks in read_chunks(path, chunk):
                 t0 = time.perf_counter()
+                # Fresh buffers (no scratch): the write in flight still reads the last batch
+                # while this one is built.
                 batch = engine.process(blocks)
                 book_seconds += time.perf_counter() - t0
                 now = (engine.symbol_count, engine.anomalies["locate_redefined"])

@@ -8,7 +8,6 @@ arrays, grows them when the kernel asks, and reads them for snapshots and counte
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,9 +29,6 @@ _DOUBLE_AT = 0.6  # of the limit: live orders above it double the table, below i
 _MIN_ORDER_SLOTS = 1 << 12
 _MIN_LEVEL_ROWS = 1 << 13
 _FIRST_LOCATES = 1 << 10
-# sys.getrefcount of a spare event buffer that no handed-out batch views: the engine's list,
-# the local name and the call's own argument.
-_UNSHARED = 3
 
 
 _EVENT_TYPES = (BBO_EVENT, TRADE_EVENT, STATUS_EVENT)
@@ -45,6 +41,45 @@ class EventBatch:
     bbo: Events  # BBO_EVENT records
     trades: Events  # TRADE_EVENT records
     status: Events  # STATUS_EVENT records
+
+
+class EventBuffers:
+    """Event buffers a caller owns and lends to :meth:`BookEngine.process` again and again.
+
+    ``engine.process(blocks, scratch=buffers)`` writes its events into these buffers instead of
+    fresh memory, so that no call pays the page faults of first writes (how many a fresh buffer
+    costs is up to the allocator: glibc often hands a block just freed back, nothing promises
+    it). The price is a contract: the batch it returns is valid only until the next call given
+    the same buffers, which overwrites it. A caller that consumes each batch before the next
+    call (the live books, a benchmark) opts in; one that keeps batches passes nothing.
+
+    Why an object the caller owns rather than a ``reuse=True`` flag or an engine-held buffer:
+    the memory that gets overwritten is named at the call site, by the one who knows when the
+    batch is done with, and the engine keeps no hidden state about batches it handed out (no
+    reference counting, which differs across Python versions and implementations). Two buffers
+    used in turn let a caller keep one batch while the next is built; one engine may serve
+    callers with buffers of their own without one overwriting another's batch.
+    """
+
+    __slots__ = ("_arrays",)
+
+    def __init__(self) -> None:
+        self._arrays: list[Events | None] = [None, None, None]
+
+    def take(self, kind: int, room: int) -> Events:
+        """The buffer of ``kind`` (0 BBO, 1 trades, 2 status) grown to ``room`` records."""
+        buf = self._arrays[kind]
+        if buf is None or buf.shape[0] < room:
+            # A power of two, so that streams of similar size share one.
+            buf = _fresh(kind, 1 << (room - 1).bit_length())
+            self._arrays[kind] = buf
+        return buf
+
+
+def _fresh(kind: int, rows: int) -> Events:
+    # Unzeroed: the pages past what the kernel writes are never touched, so they cost address
+    # space, not memory.
+    return np.empty(rows, dtype=_EVENT_TYPES[kind])
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,17 +114,25 @@ class BookEngine:
         self._set_orders(_MIN_ORDER_SLOTS)
         self._locates(min(_FIRST_LOCATES, max_symbols))
         self._set_levels(_MIN_LEVEL_ROWS)
-        self._spares: list[Events | None] = [None, None, None]
 
     # --- feeding ---
 
-    def process(self, blocks: bytes | bytearray | memoryview | npt.NDArray[np.uint8]) -> EventBatch:
-        """Apply a block stream of ITCH messages; returns the events it raised (the caller's)."""
+    def process(
+        self,
+        blocks: bytes | bytearray | memoryview | npt.NDArray[np.uint8],
+        *,
+        scratch: EventBuffers | None = None,
+    ) -> EventBatch:
+        """Apply a block stream of ITCH messages; returns the events it raised.
+
+        Without ``scratch`` the batch is in fresh buffers: the caller's to keep forever. With it,
+        the batch is in ``scratch`` and the next call given ``scratch`` overwrites it (see
+        :class:`EventBuffers`).
+        """
         buf = blocks if isinstance(blocks, np.ndarray) else as_array(blocks)
         room = buf.shape[0] // _MIN_BLOCK + 1
-        bbo = self._events(0, room)
-        trades = self._events(1, room)
-        status = self._events(2, room)
+        take = _fresh if scratch is None else scratch.take
+        bbo, trades, status = take(0, room), take(1, room), take(2, room)
         stats = self._stats
         stats[k.ST_BBO] = stats[k.ST_TRADES] = stats[k.ST_STATUS] = 0
         pos = 0
@@ -114,23 +157,6 @@ class BookEngine:
         return EventBatch(
             bbo[: stats[k.ST_BBO]], trades[: stats[k.ST_TRADES]], status[: stats[k.ST_STATUS]]
         )
-
-    def _events(self, kind: int, room: int) -> Events:
-        """An event buffer of at least ``room`` records, the last one when no batch handed out
-        still views it (a view holds a reference to its base), else a fresh one.
-
-        Batches are slices of these buffers: no copy. Reuse spares the page faults of writing
-        fresh memory, about a tenth of the books' time on a file; a caller that keeps its batches
-        (the Parquet writer) gets fresh buffers, so a batch is never overwritten.
-        """
-        spare = self._spares[kind]
-        if spare is not None and spare.shape[0] >= room and sys.getrefcount(spare) == _UNSHARED:
-            return spare
-        # Unzeroed: the pages past what the kernel writes are never touched, so they cost
-        # address space, not memory; a power of two, so that streams of similar size share one.
-        spare = np.empty(1 << (room - 1).bit_length(), dtype=_EVENT_TYPES[kind])
-        self._spares[kind] = spare
-        return spare
 
     def _apply(
         self, buf: npt.NDArray[np.uint8], pos: int, bbo: Events, trades: Events, status: Events

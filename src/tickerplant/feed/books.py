@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tickerplant.book.engine import BookEngine
+from tickerplant.book.engine import BookEngine, EventBuffers
 from tickerplant.session.events import Batch, Event, GapLost, SessionStarted
 
 PRICE_SCALE = 10_000  # ITCH Price(4)
@@ -23,6 +23,9 @@ PRICE_SCALE = 10_000  # ITCH Price(4)
 class LiveBooks:
     def __init__(self, engine: BookEngine | None = None) -> None:
         self.engine = engine or BookEngine()
+        # Each batch's events are tallied before the next batch comes: one set of buffers serves
+        # them all, written over batch after batch (and kept across a new session's engine).
+        self._scratch = EventBuffers()
         self._fresh_figures()
 
     def _fresh_figures(self) -> None:
@@ -36,7 +39,7 @@ class LiveBooks:
         self.engine.process(b"")
 
     def on_batch(self, batch: Batch) -> None:
-        events = self.engine.process(batch.blocks)
+        events = self.engine.process(batch.blocks, scratch=self._scratch)
         n = events.bbo.shape[0]
         if n:
             self.bbo_updates += n
