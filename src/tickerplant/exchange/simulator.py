@@ -28,12 +28,13 @@ from tickerplant.exchange.publisher import (
     Publisher,
     SourceError,
 )
-from tickerplant.exchange.replay import ReplayCounters, ReplayServer
+from tickerplant.exchange.replay import ReplayServer
 from tickerplant.exchange.rerequest_server import RerequestServer
 from tickerplant.exchange.synthetic import SyntheticMarket
 from tickerplant.io.multicast import DEFAULT_SNDBUF, Line, LineConfig
 from tickerplant.ops import addresses
 from tickerplant.ops.config import ConfigError
+from tickerplant.session.fanout import FanOutCounters
 from tickerplant.session.journal import Journal
 from tickerplant.session.rerequest import RerequestCounters, RerequestLimits
 from tickerplant.wire.moldudp64 import HEARTBEAT_INTERVAL, session_bytes
@@ -187,7 +188,7 @@ class ExchangeSummary:
     rerequest_port: int | None
     rerequest: RerequestCounters | None
     replay_port: int | None
-    replay: ReplayCounters | None
+    replay: FanOutCounters | None
     seconds: float
     ended: bool  # the end of session was sent for its whole while
     error: str | None = None  # why the source stopped early, if it did

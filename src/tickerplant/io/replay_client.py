@@ -1,22 +1,18 @@
-"""The feed handler's SoupBinTCP replay client, and the asyncio driver of any SoupBinTCP session.
-
-:class:`SoupConnection` is the whole adapter between a sans-I/O session and a TCP transport, in
-the shape of aioquic's asyncio protocol: bytes in with ``loop.time()``, then drain the session's
-events and bytes and re-arm its one timer. The exchange's replay server subclasses it too.
+"""The feed handler's SoupBinTCP replay client.
 
 :class:`ReplayClient` fetches a range of sequenced messages (gap repair, late join): it logs in
 at the first number wanted and hands each run of messages to ``on_messages`` as one block stream,
-the way it came off the socket, never one call per message.
+the way it came off the socket, never one call per message. The connection is a
+:class:`~tickerplant.io.soupbin.SoupConnection` driving a client session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Callable
-from typing import Generic, TypeVar, cast
 
+from tickerplant.io.soupbin import SoupConnection
 from tickerplant.session.events import Batch
 from tickerplant.session.soupbin import (
     DEAD_AFTER,
@@ -24,12 +20,10 @@ from tickerplant.session.soupbin import (
     CloseCause,
     Closed,
     DebugReceived,
-    Event,
     LoggedIn,
     ProtocolError,
     Rejected,
     SoupClientSession,
-    SoupSession,
     State,
 )
 from tickerplant.wire.blocks import offsets_of
@@ -37,96 +31,6 @@ from tickerplant.wire.blocks import offsets_of
 log = logging.getLogger(__name__)
 
 OnMessages = Callable[[int, int, bytes], None]
-
-
-S = TypeVar("S", bound=SoupSession)
-
-
-class SoupConnection(asyncio.Protocol, Generic[S]):
-    """Drive ``session`` over a TCP transport; subclasses act on its events in :meth:`on_event`."""
-
-    high_water = 1 << 20  # write buffer above which the transport asks us to pause
-
-    def __init__(self, session: S) -> None:
-        self.session = session
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
-        self.paused = False
-        self._timer: asyncio.TimerHandle | None = None
-
-    def on_event(self, event: Event) -> None:
-        raise NotImplementedError
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it
-        self.transport = transport = cast(asyncio.Transport, transport)
-        transport.set_write_buffer_limits(high=self.high_water)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:  # logins and heartbeats are single small packets: no Nagle delay
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.service()
-
-    def data_received(self, data: bytes) -> None:
-        self.session.receive_data(data, self.loop.time())
-        self.service()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.session.close(f"connection lost ({exc})" if exc else "connection closed by the peer")
-        self.service()
-        self.transport = None
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-
-    @property
-    def backlog(self) -> int:
-        """Bytes written but not yet taken by the socket."""
-        return self.transport.get_write_buffer_size() if self.transport else 0
-
-    @property
-    def peer(self) -> object:
-        return self.transport.get_extra_info("peername") if self.transport else None
-
-    def service(self) -> None:
-        """Act on the session's events, send what it queued, then close or re-arm its timer."""
-        while (event := self.session.next_event()) is not None:
-            self.on_event(event)
-        self.flush()
-        if self.transport is None or self.transport.is_closing():
-            return
-        if self.session.closed:
-            self.transport.close()  # after what is buffered has been sent
-        else:
-            self._arm()
-
-    def flush(self) -> int:
-        """Write what the session queued; returns the bytes written."""
-        data = self.session.data_to_send(self.loop.time())
-        if not data or self.transport is None or self.transport.is_closing():
-            return 0
-        self.transport.write(data)
-        return len(data)
-
-    def _arm(self) -> None:
-        deadline = self.session.get_timer()
-        if deadline is None:
-            return
-        if self._timer is not None:
-            if self._timer.when() <= deadline:
-                return  # it fires first, and _on_timer re-arms for the later deadline
-            self._timer.cancel()
-        self._timer = self.loop.call_at(deadline, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self.session.handle_timer(self.loop.time())
-        self.service()
 
 
 class ReplayError(Exception):
@@ -154,7 +58,7 @@ class _Fetch(SoupConnection[SoupClientSession]):
         self.debug = b""
         self.done: asyncio.Future[Closed] = self.loop.create_future()
 
-    def on_event(self, event: Event) -> None:
+    def on_event(self, event: object) -> None:
         if self.done.done():
             return  # failed (or over): nothing after that point may reach the caller
         if isinstance(event, Batch):

@@ -1,0 +1,354 @@
+"""Fan-out of one session's journal to many SoupBinTCP subscribers, sans-I/O.
+
+A :class:`FanOut` holds the journal, the subscribers and the policy. Each :class:`Subscriber` is
+one connection's SoupBinTCP server session plus its place in the journal, and io drives it exactly
+like a session (``receive_data``, ``handle_timer``, ``get_timer``, ``data_to_send``,
+``next_event``), ``now`` always an argument. Besides, io only says what the socket says: full
+(:meth:`Subscriber.pause`), able to take more (:meth:`Subscriber.resume`), the bytes it holds after
+a write (:meth:`Subscriber.report_backlog`), gone (:meth:`Subscriber.connection_lost`). In return
+:meth:`FanOut.publish` and :meth:`FanOut.end_session` name the subscribers with something to write
+(io's own object for each is :attr:`Subscriber.handle`), and :attr:`Subscriber.abort_at` says
+when to reset a dropped client's connection.
+
+The policy, all of it here:
+
+- *Live*: logged in and caught up. :meth:`FanOut.publish` encodes what the journal gained once
+  and hands the same bytes to every live subscriber: per subscriber one append per batch, no work
+  per message.
+- *Catching up*: a subscriber behind pulls the journal in chunks as its socket takes them, at most
+  ``turn_bytes`` a turn, so one client draining as fast as we write cannot keep the others (and
+  the timers) waiting; its next turn is a timer due at once.
+- *Slow consumer*: the live stream is pushed whatever the socket says (what catching up pulls is
+  paced by the socket), so only a push can pile bytes up, and the backlog io reports after one is
+  judged: past ``max_backlog`` the subscriber is sent a Debug packet saying why and closed, and
+  its connection is reset ``linger`` seconds later. :meth:`FanOut._slow_consumer` is the one place
+  that decides, where per-user policies (conflate, skip) would choose.
+
+Login sequence numbers: 0 starts with the next message published; a number beyond the journal's
+end is accepted and served once published (the spec's "(re)start from that number"; rejecting
+would make a client that knows the future sequence number poll for it). After
+:meth:`FanOut.end_session` every subscriber is sent End of Session as soon as it has caught up,
+and later logins are still served their replay, then End of Session.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from tickerplant.session.journal import Journal
+from tickerplant.session.soupbin import (
+    DEAD_AFTER,
+    HEARTBEAT_INTERVAL,
+    LOGIN_TIMEOUT,
+    CloseCause,
+    Closed,
+    Credentials,
+    Event,
+    LoginReceived,
+    ProtocolError,
+    SoupServerSession,
+    State,
+)
+from tickerplant.wire.soupbintcp import encode_sequenced
+
+H = TypeVar("H")
+
+MAX_BACKLOG = 16 << 20  # bytes a live subscriber may leave unread before it is dropped
+CHUNK_MESSAGES = 16384  # read from the journal per catch-up write: ~0.5 MiB of ITCH
+TURN_BYTES = 8 << 20  # what one catch-up turn may write before it yields
+LINGER = 2.0  # seconds a dropped client gets to read the Debug packet before the reset
+
+
+@dataclass(frozen=True, slots=True)
+class FanOutLimits:
+    max_backlog: int = MAX_BACKLOG
+    chunk_messages: int = CHUNK_MESSAGES
+    turn_bytes: int = TURN_BYTES
+    linger: float = LINGER
+
+    def __post_init__(self) -> None:
+        if self.max_backlog < 1 or self.chunk_messages < 1 or self.turn_bytes < 1:
+            raise ValueError("max_backlog, chunk_messages and turn_bytes must be at least 1")
+        if self.linger < 0:
+            raise ValueError(f"linger must be >= 0 seconds, not {self.linger}")
+
+
+@dataclass(slots=True)
+class FanOutCounters:
+    connections: int = 0
+    logins: int = 0
+    rejected: int = 0
+    messages_sent: int = 0
+    bytes_sent: int = 0  # of Sequenced Data
+    slow_consumers: int = 0
+    protocol_errors: int = 0
+    timeouts: int = 0  # login timeouts and dead links
+    sessions_ended: int = 0  # End of Session sent
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    """The login was accepted: Sequenced Data follows from message ``first``."""
+
+    username: bytes
+    first: int
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """A slow consumer, told ``reason`` in a Debug packet; its :class:`Closed` follows."""
+
+    reason: str
+
+
+# What a subscriber tells io (to log): its session's events, the login as accepted, a drop.
+SubscriberEvent = Event | Subscribed | Dropped
+
+
+class Subscriber(Generic[H]):
+    """One connection: its session, its cursor in the journal, what io said of its socket."""
+
+    def __init__(self, fanout: FanOut[H], handle: H, session: SoupServerSession) -> None:
+        self.handle = handle  # io's own object for the connection; the core never looks inside
+        self.session = session
+        self.cursor = 0  # the sequence number of the next message to send
+        self.backlog = 0  # bytes io holds beyond the socket, as it last reported
+        self.paused = False  # the socket is full: no catching up until resume()
+        self.abort_at: float | None = None  # io resets the connection then (a dropped client)
+        self._fanout = fanout
+        self._events: deque[SubscriberEvent] = deque()
+        self._budget = 0  # bytes the current catch-up turn may still write
+        self._turn_at: float | None = None  # the next turn is due: the last one ran out
+        self._pushed = False  # live bytes queued that the next backlog report is judged on
+
+    @property
+    def active(self) -> bool:
+        """Logged in and not closed: worth sending messages to."""
+        return self.session.state is State.ACTIVE
+
+    @property
+    def live(self) -> bool:
+        """Caught up: the next publish is pushed to it."""
+        return self.active and self.cursor == self._fanout.published
+
+    @property
+    def closed(self) -> bool:
+        return self.session.closed
+
+    # --- driven by io exactly like a session ------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
+        self.session.receive_data(data, now)
+        self._fanout._absorb(self)
+
+    def handle_timer(self, now: float) -> None:
+        if self._turn_at is not None and now >= self._turn_at:
+            self._turn_at = None
+            self._budget = self._fanout.limits.turn_bytes
+        self.session.handle_timer(now)
+        self._fanout._absorb(self)
+
+    def get_timer(self) -> float | None:
+        deadline = self.session.get_timer()
+        if deadline is None or self._turn_at is None:
+            return deadline
+        return min(deadline, self._turn_at)
+
+    def data_to_send(self, now: float) -> bytes:
+        """What to write next; call again after writing it, until it returns nothing.
+
+        Catching up, each call adds at most one chunk, so io stops pulling the moment its socket
+        is full (:meth:`pause`) rather than the core guessing how much it would take.
+        """
+        fanout = self._fanout
+        if self.cursor < fanout._published or fanout._ending:  # else only the outbox to send
+            fanout._catch_up(self, now)
+        return self.session.data_to_send(now)
+
+    def next_event(self) -> SubscriberEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def close(self, detail: str) -> None:
+        """Close from our side (shutdown); a no-op once closed."""
+        self.session.close(detail)
+        self._fanout._absorb(self)
+
+    # --- what io says of the socket ---------------------------------------------------------
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        """The socket can take more: a new catch-up turn starts."""
+        self.paused = False
+        self._budget = self._fanout.limits.turn_bytes
+
+    def report_backlog(self, size: int, now: float) -> None:
+        """io holds ``size`` bytes for it beyond the socket, just after a write."""
+        self.backlog = size
+        if self._pushed:
+            self._pushed = False
+            if self.active and size > self._fanout.limits.max_backlog:
+                self._fanout._slow_consumer(self, now)
+
+    def connection_lost(self) -> None:
+        """The connection is gone: forget the subscriber (closing its session if still open)."""
+        self.close("connection lost")
+        self._fanout._subscribers.pop(self, None)
+
+
+class FanOut(Generic[H]):
+    """SoupBinTCP subscriptions to ``journal``; ``credentials`` as :class:`SoupServerSession`.
+
+    The owner appends to the journal and then calls :meth:`publish`.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        credentials: Credentials = None,
+        limits: FanOutLimits | None = None,
+        *,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        dead_after: float = DEAD_AFTER,
+        login_timeout: float = LOGIN_TIMEOUT,
+    ) -> None:
+        self.journal = journal
+        self.limits = limits if limits is not None else FanOutLimits()
+        self.counters = FanOutCounters()
+        self._credentials = credentials
+        self._timing = (heartbeat_interval, dead_after, login_timeout)
+        self._subscribers: dict[Subscriber[H], None] = {}  # insertion-ordered set
+        self._published = journal.next_sequence
+        self._ending = False
+
+    def __len__(self) -> int:
+        """Connections open now, logged in or not."""
+        return len(self._subscribers)
+
+    @property
+    def subscribers(self) -> list[Subscriber[H]]:
+        return list(self._subscribers)
+
+    @property
+    def published(self) -> int:
+        """One past the last message published: where a login with sequence 0 starts."""
+        return self._published
+
+    def connect(self, handle: H, now: float) -> Subscriber[H]:
+        """A new connection, awaiting its Login Request; ``handle`` is io's, given back as is."""
+        heartbeat_interval, dead_after, login_timeout = self._timing
+        session = SoupServerSession(
+            self.journal.session,
+            now,
+            self._credentials,
+            login_timeout=login_timeout,
+            heartbeat_interval=heartbeat_interval,
+            dead_after=dead_after,
+        )
+        subscriber = Subscriber(self, handle, session)
+        self._subscribers[subscriber] = None
+        self.counters.connections += 1
+        return subscriber
+
+    def publish(self) -> list[Subscriber[H]]:
+        """Take in what the journal gained since the last call; returns the subscribers with
+        something to write now."""
+        old, new = self._published, self.journal.next_sequence
+        if new <= old:
+            return []
+        self._published = new
+        live: list[Subscriber[H]] = []
+        behind: list[Subscriber[H]] = []
+        for subscriber in self._subscribers:
+            if subscriber.active:
+                (live if subscriber.cursor == old else behind).append(subscriber)
+        if live and new - old <= self.limits.chunk_messages:
+            count, blocks = self.journal.blocks(old, new - old)
+            packets = encode_sequenced(blocks)  # once, for every live subscriber
+            for subscriber in live:
+                self._send(subscriber, packets, count)
+                subscriber._pushed = True
+        else:
+            behind += live
+            live = []
+        # Those catching up, waiting for a future sequence number, or facing a burst too big to
+        # push pull it from the journal at their own pace, each starting a new turn.
+        behind = [s for s in behind if s.cursor < new]
+        for subscriber in behind:
+            subscriber._budget = self.limits.turn_bytes
+        return live + behind
+
+    def end_session(self) -> list[Subscriber[H]]:
+        """End of Session to every subscriber once it has caught up; returns those ended now."""
+        self._ending = True
+        return [s for s in self._subscribers if self._maybe_end(s)]
+
+    # --- the policy -------------------------------------------------------------------------
+
+    def _absorb(self, subscriber: Subscriber[H]) -> None:
+        """Act on what the session raised, then pass it on to io."""
+        session, counters = subscriber.session, self.counters
+        while (event := session.next_event()) is not None:
+            if isinstance(event, LoginReceived):
+                if session.state is not State.LOGIN_RECEIVED:
+                    continue  # what followed the login in the same read already closed it
+                first = event.sequence or self._published
+                session.accept(first)
+                subscriber.cursor = first
+                subscriber._budget = self.limits.turn_bytes
+                counters.logins += 1
+                subscriber._events.append(Subscribed(event.username, first))
+                continue
+            if isinstance(event, ProtocolError):
+                counters.protocol_errors += 1
+            elif isinstance(event, Closed):
+                if event.cause is CloseCause.LOGIN_REJECTED:
+                    counters.rejected += 1
+                elif event.cause in (CloseCause.LOGIN_TIMEOUT, CloseCause.DEAD_LINK):
+                    counters.timeouts += 1
+                elif event.cause is CloseCause.END_OF_SESSION:
+                    counters.sessions_ended += 1
+            subscriber._events.append(event)
+
+    def _catch_up(self, subscriber: Subscriber[H], now: float) -> None:
+        """One chunk from the journal, if it is behind and its socket and its turn allow."""
+        if not subscriber.active:
+            return
+        if subscriber.cursor < self._published and not subscriber.paused:
+            if subscriber._budget <= 0:
+                if subscriber._turn_at is None:
+                    subscriber._turn_at = now  # yield: the next turn once io has looked around
+                return
+            want = min(self.limits.chunk_messages, self._published - subscriber.cursor)
+            count, blocks = self.journal.blocks(subscriber.cursor, want)
+            packets = encode_sequenced(blocks)
+            self._send(subscriber, packets, count)
+            subscriber._budget -= len(packets)
+        self._maybe_end(subscriber)
+
+    def _send(self, subscriber: Subscriber[H], packets: bytes, count: int) -> None:
+        subscriber.session.send_sequenced(packets, count)
+        subscriber.cursor += count
+        self.counters.messages_sent += count
+        self.counters.bytes_sent += len(packets)
+
+    def _maybe_end(self, subscriber: Subscriber[H]) -> bool:
+        if not (self._ending and subscriber.active and subscriber.cursor >= self._published):
+            return False
+        subscriber.session.end_session()
+        self._absorb(subscriber)
+        return True
+
+    def _slow_consumer(self, subscriber: Subscriber[H], now: float) -> None:
+        """A live subscriber's backlog went over the cap: disconnect it, saying why."""
+        self.counters.slow_consumers += 1
+        cap = self.limits.max_backlog
+        reason = f"slow consumer: {subscriber.backlog} bytes unsent, over the {cap} cap"
+        subscriber._events.append(Dropped(reason))
+        subscriber.session.send_debug(reason.encode("ascii"))
+        subscriber.session.close(reason)
+        subscriber.abort_at = now + self.limits.linger
+        self._absorb(subscriber)

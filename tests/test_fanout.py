@@ -1,0 +1,290 @@
+"""The fan-out core on a fake clock: subscribers paired with client sessions in memory.
+
+No sockets, no sleeps: :class:`Link` does what io does for one subscriber (write what it has,
+report the backlog, pause above a high-water mark), with the bytes waiting in a list until the
+client session at the other end reads them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tickerplant.session import fanout as fanout_module
+from tickerplant.session.events import Batch
+from tickerplant.session.fanout import (
+    Dropped,
+    FanOut,
+    FanOutLimits,
+    Subscribed,
+    SubscriberEvent,
+)
+from tickerplant.session.journal import Journal
+from tickerplant.session.soupbin import (
+    CloseCause,
+    Closed,
+    DebugReceived,
+    Event,
+    LoggedIn,
+    ProtocolError,
+    SoupClientSession,
+)
+from tickerplant.wire.blocks import join_messages
+from tickerplant.wire.soupbintcp import encode_sequenced
+
+SESSION = b"FANOUT0001"
+PACKET = 15  # every test message is 12 bytes: as Sequenced Data, 2 + 1 + 12
+
+
+def messages(first: int, count: int) -> bytes:
+    """A block stream of ``count`` messages that carry their own sequence numbers."""
+    return join_messages([b"msg %08d" % n for n in range(first, first + count)])
+
+
+def journal_of(count: int) -> Journal:
+    journal = Journal(SESSION)
+    journal.append(messages(1, count))
+    return journal
+
+
+class Link:
+    """io for one subscriber, in memory, with a client session at the other end."""
+
+    def __init__(
+        self,
+        fanout: FanOut[Any],
+        now: float,
+        sequence: int = 0,
+        high_water: int | None = None,
+        password: bytes = b"",
+    ) -> None:
+        self.client = SoupClientSession(now, sequence=sequence, password=password)
+        self.sub = fanout.connect(self, now)
+        self.high_water = high_water
+        self.unread: list[bytes] = []  # written, not yet read by the client: the socket
+        self.writes: list[bytes] = []
+        self.events: list[SubscriberEvent] = []  # what the subscriber told io
+        self.client_events: list[Event] = []  # what the client saw, batches aside
+        self.next = sequence  # the sequence number the next batch must start with
+        self.sub.receive_data(self.client.data_to_send(now), now)
+        self.service(now)
+
+    @property
+    def backlog(self) -> int:
+        return sum(map(len, self.unread))
+
+    def service(self, now: float) -> None:
+        """What SoupConnection does: events, then writes until there are none."""
+        while True:
+            while (event := self.sub.next_event()) is not None:
+                self.events.append(event)
+            data = self.sub.data_to_send(now)
+            if not data:
+                return
+            self.writes.append(data)
+            self.unread.append(data)
+            if self.high_water is not None and self.backlog > self.high_water:
+                self.sub.pause()  # as a transport does, inside write()
+            self.sub.report_backlog(self.backlog, now)
+
+    def read(self, now: float) -> None:
+        """The client reads everything; a paused socket drained that far resumes."""
+        for data in self.unread:
+            self.client.receive_data(data, now)
+        self.unread.clear()
+        while (event := self.client.next_event()) is not None:
+            if isinstance(event, Batch):
+                assert event.first == self.next, f"batch at {event.first}, {self.next} expected"
+                assert event.blocks == messages(event.first, event.count)
+                self.next = event.end
+            elif isinstance(event, LoggedIn):
+                self.next = event.sequence
+                self.client_events.append(event)
+            else:
+                self.client_events.append(event)
+        if self.sub.paused:
+            self.sub.resume()
+            self.service(now)
+
+
+def service(ready: list[fanout_module.Subscriber[Link]], now: float) -> None:
+    for subscriber in ready:
+        subscriber.handle.service(now)
+
+
+def test_publish_encodes_once_and_hands_every_live_subscriber_the_same_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    journal = journal_of(10)
+    fanout: FanOut[Link] = FanOut(journal)
+    links = [Link(fanout, 0.0) for _ in range(3)]
+    assert all(link.events == [Subscribed(b"", 11)] and link.sub.live for link in links)
+    encodes: list[int] = []
+
+    def counted(blocks: bytes) -> bytes:
+        encodes.append(len(blocks))
+        return encode_sequenced(blocks)
+
+    monkeypatch.setattr(fanout_module, "encode_sequenced", counted)
+    for first in (11, 111):
+        journal.append(messages(first, 100))
+        ready = fanout.publish()
+        assert [s.handle for s in ready] == links
+        service(ready, 0.0)
+        sent = links[0].writes[-1]
+        assert all(link.writes[-1] is sent for link in links)  # the very same bytes object
+    assert len(encodes) == 2  # once per publish, not once per subscriber
+    for link in links:
+        link.read(0.0)
+        assert link.next == 211
+    assert fanout.counters.messages_sent == 3 * 200
+    assert fanout.counters.bytes_sent == 3 * 200 * PACKET
+
+
+def test_a_subscriber_behind_catches_up_from_the_journal_and_joins_the_live_stream() -> None:
+    journal = journal_of(1000)
+    limits = FanOutLimits(chunk_messages=100)
+    fanout: FanOut[Link] = FanOut(journal, limits=limits)
+    behind = Link(fanout, 0.0, sequence=1, high_water=3 * 100 * PACKET)
+    live = Link(fanout, 0.0)
+    assert behind.sub.paused and behind.sub.cursor == 301  # its socket took three chunks
+    first = 1001
+    while not behind.sub.live:
+        journal.append(messages(first, 30))
+        first += 30
+        service(fanout.publish(), 1.0)
+        behind.read(1.0)
+        live.read(1.0)
+    journal.append(messages(first, 30))
+    service(fanout.publish(), 1.0)
+    assert behind.writes[-1] is live.writes[-1]  # caught up: pushed like everyone else
+    behind.read(1.0)
+    live.read(1.0)
+    assert behind.next == live.next == first + 30  # Link.read saw no gap and no duplicate
+
+
+def test_a_burst_too_big_to_push_is_pulled_from_the_journal_by_each_subscriber() -> None:
+    journal = journal_of(10)
+    fanout: FanOut[Link] = FanOut(journal, limits=FanOutLimits(chunk_messages=100))
+    links = [Link(fanout, 0.0) for _ in range(2)]
+    journal.append(messages(11, 250))
+    ready = fanout.publish()
+    assert not any(link.sub.live for link in links)
+    service(ready, 0.0)
+    for link in links:
+        assert len(link.writes) == 1 + 3  # Login Accepted, then chunks of 100, 100, 50
+        link.read(0.0)
+        assert link.next == 261 and link.sub.live
+
+
+def test_a_live_subscriber_over_max_backlog_is_told_why_and_closed_the_others_continue() -> None:
+    journal = journal_of(10)
+    limits = FanOutLimits(max_backlog=100 * PACKET, linger=2.0)
+    fanout: FanOut[Link] = FanOut(journal, limits=limits)
+    stuck, healthy = Link(fanout, 0.0), Link(fanout, 0.0)
+    first = 11
+    for tick in range(1, 6):
+        journal.append(messages(first, 40))
+        first += 40
+        ready = fanout.publish()
+        assert stuck.sub in ready or stuck.sub.closed
+        service(ready, float(tick))
+        healthy.read(float(tick))
+    assert fanout.counters.slow_consumers == 1
+    reason = f"slow consumer: {3 * 40 * PACKET + 33} bytes unsent, over the {100 * PACKET} cap"
+    assert stuck.events[-2:] == [Dropped(reason), Closed(CloseCause.LOCAL, reason)]
+    assert stuck.sub.closed and stuck.sub.abort_at == 3.0 + 2.0  # dropped at the third tick
+    stuck.read(5.0)  # it wakes up: what was queued, then why it was dropped
+    assert stuck.next == 131
+    assert stuck.client_events[-1] == DebugReceived(reason.encode())
+    assert healthy.next == first and healthy.sub.live
+    stuck.sub.connection_lost()
+    assert len(fanout) == 1 and fanout.subscribers == [healthy.sub]
+
+
+def test_login_at_zero_starts_with_the_next_message_and_beyond_the_end_waits_for_it() -> None:
+    journal = journal_of(50)
+    fanout: FanOut[Link] = FanOut(journal)
+    now, future = Link(fanout, 0.0), Link(fanout, 0.0, sequence=60)
+    assert now.events == [Subscribed(b"", 51)] and future.events == [Subscribed(b"", 60)]
+    journal.append(messages(51, 5))
+    assert [s.handle for s in fanout.publish()] == [now]  # 60 is not published yet
+    journal.append(messages(56, 10))
+    service(fanout.publish(), 0.0)
+    for link in (now, future):
+        link.read(0.0)
+        assert link.next == 66 and link.sub.live
+    assert now.client_events == [LoggedIn(SESSION, 51)]
+    assert future.client_events == [LoggedIn(SESSION, 60)]
+
+
+def test_end_of_session_comes_after_catching_up_and_for_later_logins() -> None:
+    journal = journal_of(1000)
+    fanout: FanOut[Link] = FanOut(journal, limits=FanOutLimits(chunk_messages=100))
+    behind = Link(fanout, 0.0, sequence=1, high_water=2 * 100 * PACKET)
+    live = Link(fanout, 0.0)
+    assert [s.handle for s in fanout.end_session()] == [live]
+    live.service(0.0)
+    live.read(0.0)
+    assert live.client_events[-1] == Closed(CloseCause.END_OF_SESSION, "session over at 1001")
+    while not behind.client.closed:
+        behind.read(0.0)
+    assert behind.next == 1001
+    assert behind.client_events[-1] == Closed(CloseCause.END_OF_SESSION, "session over at 1001")
+    late = Link(fanout, 0.0, sequence=990)
+    late.read(0.0)
+    assert late.next == 1001 and late.client.closed
+    assert fanout.counters.sessions_ended == 3
+
+
+def test_a_catch_up_turn_yields_after_turn_bytes_its_next_is_a_timer_due_at_once() -> None:
+    journal = journal_of(1000)
+    chunk = 100 * PACKET
+    fanout: FanOut[Link] = FanOut(
+        journal, limits=FanOutLimits(chunk_messages=100, turn_bytes=2 * chunk)
+    )
+    links = [Link(fanout, 5.0, sequence=1) for _ in range(2)]
+    for link in links:  # each wrote its turn and gave the loop back
+        assert link.sub.cursor == 201 and link.sub.get_timer() == 5.0
+    for link in links:
+        link.sub.handle_timer(5.0)
+        link.service(5.0)
+        assert link.sub.cursor == 401 and link.sub.get_timer() == 5.0
+    journal.append(messages(1001, 10))
+    service(fanout.publish(), 5.1)  # a publish starts a new turn for those behind, too
+    assert all(link.sub.cursor == 601 for link in links)
+    link = links[0]
+    link.sub.pause()
+    link.sub.handle_timer(5.2)
+    link.service(5.2)
+    assert link.sub.cursor == 601  # a full socket stops the catch-up, whatever the turn
+    link.sub.resume()
+    link.service(5.3)
+    assert link.sub.cursor == 801
+    link.read(5.3)
+    assert link.next == 801
+
+
+def drain(subscriber: fanout_module.Subscriber[Any]) -> list[SubscriberEvent]:
+    events: list[SubscriberEvent] = []
+    while (event := subscriber.next_event()) is not None:
+        events.append(event)
+    return events
+
+
+def test_failed_logins_and_broken_protocol_are_counted_and_never_subscribed() -> None:
+    fanout: FanOut[Any] = FanOut(journal_of(5), (b"", b"secret"), login_timeout=1.0)
+    rejected = Link(fanout, 0.0, password=b"wrong")
+    assert rejected.events == [Closed(CloseCause.LOGIN_REJECTED, "rejected with b'A'")]
+    silent = fanout.connect("silent", 0.0)
+    assert silent.get_timer() == 1.0
+    silent.handle_timer(1.0)
+    assert drain(silent) == [Closed(CloseCause.LOGIN_TIMEOUT, "no Login Request in time")]
+    junk = fanout.connect("junk", 0.0)
+    login = SoupClientSession(0.0, password=b"secret").data_to_send(0.0)
+    junk.receive_data(login + b"\x00\x01Q", 0.0)  # the login, then an unknown packet type
+    assert [type(e) for e in drain(junk)] == [ProtocolError, Closed]
+    counters = fanout.counters
+    assert (counters.rejected, counters.timeouts, counters.protocol_errors) == (1, 1, 1)
+    assert counters.logins == 0 and counters.connections == 3
