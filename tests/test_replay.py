@@ -14,6 +14,7 @@ import pytest
 
 from tickerplant.exchange.replay import ReplayServer
 from tickerplant.io.replay_client import ReplayClient, ReplayError
+from tickerplant.session.fanout import FanOutLimits
 from tickerplant.session.journal import Journal
 from tickerplant.wire.blocks import iter_messages
 from tickerplant.wire.soupbintcp import (
@@ -56,12 +57,20 @@ class Received:
         self.runs += 1
 
 
-def run(main: Callable[[], Coroutine[Any, Any, None]], timeout: float = 30.0) -> None:
+def run(
+    main: Callable[[], Coroutine[Any, Any, None]], timeout: float = 30.0, uvloop: bool = False
+) -> None:
+    """On asyncio's own loop, or on uvloop as the commands run (its timers differ: a deadline
+    already past gets a plain Handle)."""
+
     async def bounded() -> None:
         async with asyncio.timeout(timeout):
             await main()
 
-    asyncio.run(bounded())
+    if uvloop:
+        pytest.importorskip("uvloop").run(bounded())
+    else:
+        asyncio.run(bounded())
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -331,12 +340,13 @@ def test_a_stuck_live_client_is_dropped_and_the_others_keep_up() -> None:
         assert isinstance(rest[-1], Debug) and rest[-1].text.startswith(b"slow consumer")
         assert all(isinstance(p, SequencedData) for p in rest[:-1])
 
-    run(lambda: serving(journal, body, max_backlog=256 << 10))
+    run(lambda: serving(journal, body, limits=FanOutLimits(max_backlog=256 << 10)))
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="a million messages")
-def test_a_million_messages_replayed_over_loopback() -> None:
+@pytest.mark.parametrize("uvloop", [False, True], ids=["asyncio", "uvloop"])
+def test_a_million_messages_replayed_over_loopback(uvloop: bool) -> None:
     count = 1_000_000
 
     async def body(server: ReplayServer) -> None:
@@ -348,7 +358,25 @@ def test_a_million_messages_replayed_over_loopback() -> None:
         assert got.next == count + 1
         print(f"replayed {count} messages in {elapsed:.3f} s ({count / elapsed / 1e6:.1f}M/s)")
 
-    run(lambda: serving(journal_of(count), body), timeout=120)
+    run(lambda: serving(journal_of(count), body), timeout=120, uvloop=uvloop)
+
+
+def test_a_catch_up_of_many_turns_while_publishing_on_uvloop() -> None:
+    count, more = 40_000, 2_000  # ~1.4 MB in turns of 4 KiB, each next turn a timer due at once
+
+    async def body(server: ReplayServer) -> None:
+        got = Received(1)
+        client = ReplayClient("127.0.0.1", server.port, SESSION, got)
+        fetch = asyncio.ensure_future(client.fetch(1, count + more, timeout=20))
+        for first in range(count + 1, count + more + 1, 100):  # live messages meanwhile
+            await asyncio.sleep(0.001)
+            server.journal.append(messages(first, 100))
+            server.publish()
+        assert await fetch == count + more
+        assert got.next == count + more + 1
+
+    run(lambda: serving(journal_of(count), body, limits=FanOutLimits(turn_bytes=4096)),
+        uvloop=True)
 
 
 def test_a_login_accepted_for_another_session_is_refused() -> None:

@@ -13,7 +13,6 @@ from collections.abc import Iterable
 
 from tickerplant.io.soupbin import SubscriberConnection
 from tickerplant.session.fanout import (
-    MAX_BACKLOG,
     FanOut,
     FanOutCounters,
     FanOutLimits,
@@ -41,7 +40,7 @@ class ReplayServer:
         username: str = "",
         password: str = "",
         *,
-        max_backlog: int = MAX_BACKLOG,
+        limits: FanOutLimits | None = None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         dead_after: float = DEAD_AFTER,
         login_timeout: float = LOGIN_TIMEOUT,
@@ -55,7 +54,7 @@ class ReplayServer:
         self.fanout: FanOut[SubscriberConnection] = FanOut(
             journal,
             credentials,
-            FanOutLimits(max_backlog=max_backlog),
+            limits,
             heartbeat_interval=heartbeat_interval,
             dead_after=dead_after,
             login_timeout=login_timeout,

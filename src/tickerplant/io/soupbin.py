@@ -53,7 +53,8 @@ class SoupConnection(asyncio.Protocol, Generic[M]):
         self.session = session
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._timer_at = float("inf")
 
     def on_event(self, event: object) -> None:
         """One of the machine's events (its own types: dispatch with isinstance)."""
@@ -121,13 +122,17 @@ class SoupConnection(asyncio.Protocol, Generic[M]):
         if deadline is None:
             return
         if self._timer is not None:
-            if self._timer.when() <= deadline:
+            if self._timer_at <= deadline:
                 return  # it fires first, and _on_timer re-arms for the later deadline
             self._timer.cancel()
+        # Kept apart from the handle: uvloop returns a plain Handle, without when(), for a
+        # deadline already past (a catch-up turn due at once).
+        self._timer_at = deadline
         self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
+        self._timer_at = float("inf")
         self.session.handle_timer(self.loop.time())
         self.service()
 

@@ -37,6 +37,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from tickerplant.ops.config import check
 from tickerplant.session.journal import Journal
 from tickerplant.session.soupbin import (
     DEAD_AFTER,
@@ -69,10 +70,9 @@ class FanOutLimits:
     linger: float = LINGER
 
     def __post_init__(self) -> None:
-        if self.max_backlog < 1 or self.chunk_messages < 1 or self.turn_bytes < 1:
-            raise ValueError("max_backlog, chunk_messages and turn_bytes must be at least 1")
-        if self.linger < 0:
-            raise ValueError(f"linger must be >= 0 seconds, not {self.linger}")
+        for name in ("max_backlog", "chunk_messages", "turn_bytes"):
+            check(name, getattr(self, name) >= 1, getattr(self, name), "give 1 or more")
+        check("linger", self.linger >= 0, self.linger, "give seconds, 0 or more")
 
 
 @dataclass(slots=True)
