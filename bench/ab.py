@@ -41,12 +41,14 @@ def main() -> None:
     parser.add_argument("--after", type=Path, default=HERE.parent, help="default: this tree")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
+    parser.add_argument("--key", default="", help="fields that tell cases apart, e.g. offered")
     parser.add_argument("script", nargs=argparse.REMAINDER, help="-- bench/x.py [its options]")
     args = parser.parse_args()
     script = [a for a in args.script if a != "--"]
     if not script:
         parser.error("give the benchmark to run after --")
-    values: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    keys = [k for k in args.key.split(",") if k]
+    values: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)
     for round_ in range(args.rounds):
         sides = [("before", args.before), ("after", args.after)]
         for side, tree in sides if round_ % 2 == 0 else sides[::-1]:
@@ -54,17 +56,21 @@ def main() -> None:
             for row in run(tree, path, args.timeout):
                 value = row.get("value")
                 if isinstance(value, int | float):
-                    values[(side, str(row.get("subject")), str(row.get("metric")))].append(value)
+                    case = ",".join(f"{k}={row.get(k)}" for k in keys)
+                    values[(side, str(row.get("subject")), str(row.get("metric")), case)].append(
+                        value
+                    )
                     print(json.dumps({**row, "side": side, "round": round_}), flush=True)
-    for (side, subject, metric), before in sorted(values.items()):
+    for (side, subject, metric, case), before in sorted(values.items()):
         if side != "before":
             continue
-        after = values.get(("after", subject, metric), [])
+        after = values.get(("after", subject, metric, case), [])
         if not after:
             continue
         b, a = statistics.median(before), statistics.median(after)
         print(json.dumps({
-            "bench": "ab", "subject": subject, "metric": metric, "value": a / b if b else None,
+            "bench": "ab", "subject": subject, "metric": metric, "case": case,
+            "value": a / b if b else None,
             "unit": "after/before", "before": b, "after": a, "runs": [len(before), len(after)],
         }), flush=True)  # fmt: skip
 

@@ -209,6 +209,7 @@ class FeedSession:
         self._events: list[Event] = []
         self._datagrams: list[bytes] = []
         self._replays: list[ReplayRequest] = []
+        self._line_timer: float | None = None  # the lines' earliest deadline (all down: none)
         self._seqs = np.zeros(DRAIN_ROWS, dtype=np.int64)
         self._counts = np.zeros(DRAIN_ROWS, dtype=np.int64)
         self._defects = np.zeros(DRAIN_ROWS, dtype=np.int8)
@@ -305,17 +306,22 @@ class FeedSession:
     def handle_timer(self, now: float) -> None:
         for live in self.liveness.values():
             self._line_state(live.handle_timer(now))
+        self._line_timer = self._next_line_timer()
         self._advance(now)
 
     # ---- outputs ------------------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
-        """The next moment :meth:`handle_timer` has something to do (None: nothing is due)."""
-        timers = [t for t in (live.get_timer() for live in self.liveness.values()) if t is not None]
+        """The next moment :meth:`handle_timer` may have something to do (None: nothing is due).
+
+        Never late, sometimes early: the lines' deadlines only move later while they are heard,
+        so the earliest is recomputed when one changes state or fires, not on every wake-up.
+        """
         recovery = self.recovery.get_timer()
-        if recovery is not None:
-            timers.append(recovery)
-        return min(timers) if timers else None
+        lines = self._line_timer
+        if recovery is None or (lines is not None and lines < recovery):
+            return lines
+        return recovery
 
     def take(self) -> list[Delivery]:
         """The stream since the last call, in order: batches, lost ranges, session markers."""
@@ -448,6 +454,11 @@ class FeedSession:
     def _line_state(self, change: LineStateChanged | None) -> None:
         if change is not None:
             self._events.append(change)
+            self._line_timer = self._next_line_timer()
+
+    def _next_line_timer(self) -> float | None:
+        timers = [t for t in (live.get_timer() for live in self.liveness.values()) if t is not None]
+        return min(timers) if timers else None
 
     def _cancel_replay(self, reason: str | None) -> None:
         if self._replaying:
