@@ -50,6 +50,7 @@ def test_a_toml_table_becomes_the_dataclasses_with_defaults_kept(tmp_path: Path)
          "recovery.give_up_after", "above line_wait"),
         ({"line_a": "239.1.1.1:1", "line_b": None, "recovery": {"nope": 1}},
          "recovery.nope", "is not a setting"),
+        ({"line_b": None}, "line_a", "is missing"),
     ],
 )
 def test_a_bad_table_names_the_field_path_and_the_fix(

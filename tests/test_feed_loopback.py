@@ -8,9 +8,9 @@ import pytest
 
 from harness import ports
 from tickerplant.endpoint import Endpoint
-from tickerplant.exchange.replay import ReplayServer
 from tickerplant.feed.handler import FeedHandler
 from tickerplant.io.multicast import open_sender
+from tickerplant.io.soupbin import SoupServer
 from tickerplant.ops.config import ConfigError
 from tickerplant.session.events import Batch, Event, GapLost, SessionEnded
 from tickerplant.session.feed import FeedConfig
@@ -153,7 +153,7 @@ def test_a_replay_server_that_refuses_us_ends_in_a_reported_loss_not_a_stuck_gap
     async def main() -> FeedHandler:
         journal = Journal(SESSION)
         journal.append(join_messages([b"m%d" % i for i in range(1, 1001)]))
-        server = ReplayServer(journal, "127.0.0.1", 0, "user", "secret")
+        server = SoupServer(journal, "127.0.0.1", 0, (b"user", b"secret"))
         port = await server.start()
         cfg = FeedConfig(
             line_a, line_b, replay=Endpoint("127.0.0.1", port), replay_username="user",

@@ -27,7 +27,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "ops": {"base"},
     "exchange": PROCESS,
     "feed": PROCESS,
-    "face": PROCESS | {"exchange", "feed", "face"},
+    "client": PROCESS,
+    "face": PROCESS | {"exchange", "feed", "client", "face"},
 }
 # Who touches sockets, the event loop and the clock: only io/ (and the processes drive the
 # loop and read the clock for their adapters; they never open a socket themselves).
@@ -41,6 +42,7 @@ NEVER: dict[str, set[str]] = {
     "ops": {"socket", "selectors", "ssl"},
     "exchange": {"socket", "selectors", "ssl"},
     "feed": {"socket", "selectors", "ssl"},
+    "client": {"socket", "selectors", "ssl"},
 }
 
 

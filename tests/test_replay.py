@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tickerplant.exchange.replay import ReplayServer
 from tickerplant.io.replay_client import ReplayClient, ReplayError
+from tickerplant.io.soupbin import SoupServer
 from tickerplant.session.fanout import FanOutLimits
 from tickerplant.session.journal import Journal
 from tickerplant.wire.blocks import iter_messages
@@ -82,9 +82,9 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 async def serving(
-    journal: Journal, body: Callable[[ReplayServer], Awaitable[None]], **kwargs: Any
+    journal: Journal, body: Callable[[SoupServer], Awaitable[None]], **kwargs: Any
 ) -> None:
-    server = ReplayServer(journal, "127.0.0.1", 0, **kwargs)
+    server = SoupServer(journal, "127.0.0.1", 0, **kwargs)
     await server.start()
     try:
         await body(server)
@@ -133,7 +133,7 @@ class RawClient:
 
 
 def test_fetch_delivers_the_range_in_runs_and_logs_out() -> None:
-    async def body(server: ReplayServer) -> None:
+    async def body(server: SoupServer) -> None:
         got = Received(1)
         client = ReplayClient("127.0.0.1", server.port, SESSION, got)
         assert await client.fetch(1, 5000, timeout=10) == 5000
@@ -147,7 +147,7 @@ def test_fetch_delivers_the_range_in_runs_and_logs_out() -> None:
 
 
 def test_fetch_of_a_middle_range_delivers_exactly_that_range() -> None:
-    async def body(server: ReplayServer) -> None:
+    async def body(server: SoupServer) -> None:
         got = Received(100)
         client = ReplayClient("127.0.0.1", server.port, b"", got)
         assert await client.fetch(100, 250, timeout=10) == 250
@@ -157,7 +157,7 @@ def test_fetch_of_a_middle_range_delivers_exactly_that_range() -> None:
 
 
 def test_late_join_fetches_from_one_to_the_current_end() -> None:
-    async def body(server: ReplayServer) -> None:
+    async def body(server: SoupServer) -> None:
         got = Received(1)
         client = ReplayClient("127.0.0.1", server.port, SESSION, got)
         end = await client.next_sequence(timeout=5)
@@ -171,7 +171,7 @@ def test_late_join_fetches_from_one_to_the_current_end() -> None:
 def test_a_caught_up_client_gets_what_is_published_next() -> None:
     journal = journal_of(1000)
 
-    async def body(server: ReplayServer) -> None:
+    async def body(server: SoupServer) -> None:
         got = Received(1)
         client = ReplayClient("127.0.0.1", server.port, SESSION, got)
         fetch = asyncio.create_task(client.fetch(1, 1500, timeout=10))
@@ -188,7 +188,7 @@ def test_a_caught_up_client_gets_what_is_published_next() -> None:
 def test_login_at_zero_starts_with_the_next_message_published() -> None:
     journal = journal_of(50)
 
-    async def body(server: ReplayServer) -> None:
+    async def body(server: SoupServer) -> None:
         raw = await RawClient.login(server.port, 0)
         assert await raw.packets(1) == [LoginAccepted(SESSION, 51)]
         journal.append(messages(51, 2))
@@ -202,7 +202,7 @@ def test_login_at_zero_starts_with_the_next_message_published() -> None:
 def test_login_beyond_the_end_waits_for_that_message() -> None:
     journal = journal_of(1000)
 
-    async def body(server: ReplayServer) -> None:
+    async def body(server: SoupServer) -> None:
         got = Received(1101)
         client = ReplayClient("127.0.0.1", server.port, SESSION, got)
         fetch = asyncio.create_task(client.fetch(1101, 1200, timeout=10))
@@ -218,7 +218,7 @@ def test_login_beyond_the_end_waits_for_that_message() -> None:
 def test_end_of_session_after_catching_up_and_for_later_logins() -> None:
     journal = journal_of(2000)
 
-    async def body(server: ReplayServer) -> None:
+    async def body(server: SoupServer) -> None:
         got = Received(1)
         client = ReplayClient("127.0.0.1", server.port, SESSION, got)
         server.end_session()
@@ -234,7 +234,7 @@ def test_end_of_session_after_catching_up_and_for_later_logins() -> None:
 
 
 def test_a_wrong_password_is_rejected() -> None:
-    async def body(server: ReplayServer) -> None:
+    async def body(server: SoupServer) -> None:
         bad = ReplayClient("127.0.0.1", server.port, SESSION, Received(1), "feed", "nope")
         with pytest.raises(ReplayError, match="not authorized"):
             await bad.fetch(1, 10, timeout=5)
@@ -242,11 +242,11 @@ def test_a_wrong_password_is_rejected() -> None:
         assert await good.fetch(1, 10, timeout=5) == 10
         assert server.counters.rejected == 1
 
-    run(lambda: serving(journal_of(10), body, username="feed", password="s3cret"))
+    run(lambda: serving(journal_of(10), body, credentials=(b"feed", b"s3cret")))
 
 
 def test_another_session_is_not_available() -> None:
-    async def body(server: ReplayServer) -> None:
+    async def body(server: SoupServer) -> None:
         client = ReplayClient("127.0.0.1", server.port, b"YESTERDAY", Received(1))
         with pytest.raises(ReplayError, match="session not available"):
             await client.fetch(1, 10, timeout=5)
@@ -255,7 +255,7 @@ def test_another_session_is_not_available() -> None:
 
 
 def test_a_fetch_that_times_out_returns_how_far_it_got() -> None:
-    async def body(server: ReplayServer) -> None:
+    async def body(server: SoupServer) -> None:
         client = ReplayClient("127.0.0.1", server.port, SESSION, Received(1))
         assert await client.fetch(1, 5000, timeout=0.5) == 1000
         assert client.stop_reason == "timeout"
@@ -268,7 +268,7 @@ def test_an_exception_in_on_messages_comes_back_from_fetch() -> None:
     def broken(first: int, count: int, blocks: bytes) -> None:
         raise KeyError("downstream bug")
 
-    async def body(server: ReplayServer) -> None:
+    async def body(server: SoupServer) -> None:
         client = ReplayClient("127.0.0.1", server.port, SESSION, broken)
         with pytest.raises(KeyError, match="downstream bug"):
             await client.fetch(1, 100, timeout=5)
@@ -278,7 +278,7 @@ def test_an_exception_in_on_messages_comes_back_from_fetch() -> None:
 
 
 def test_many_clients_at_once_each_get_their_own_range() -> None:
-    async def body(server: ReplayServer) -> None:
+    async def body(server: SoupServer) -> None:
         starts = [1, 5000, 10000, 15000, 19999]
         sinks = [Received(s) for s in starts]
         clients = [ReplayClient("127.0.0.1", server.port, SESSION, g) for g in sinks]
@@ -291,7 +291,7 @@ def test_many_clients_at_once_each_get_their_own_range() -> None:
 
 
 def test_a_client_that_breaks_the_protocol_is_told_why_and_closed() -> None:
-    async def body(server: ReplayServer) -> None:
+    async def body(server: SoupServer) -> None:
         raw = await RawClient.login(server.port, 1)
         raw.writer.write(encode(ClientHeartbeat()) + b"\x00\x01Q")
         rest = await raw.rest()
@@ -302,7 +302,7 @@ def test_a_client_that_breaks_the_protocol_is_told_why_and_closed() -> None:
 
 
 def test_no_login_in_time_is_closed() -> None:
-    async def body(server: ReplayServer) -> None:
+    async def body(server: SoupServer) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         assert await reader.read() == encode(Debug(b"no Login Request in time"))
         assert server.counters.timeouts == 1
@@ -315,7 +315,7 @@ def test_a_stuck_live_client_is_dropped_and_the_others_keep_up() -> None:
     journal = journal_of(10)
     per_publish = 2000
 
-    async def body(server: ReplayServer) -> None:
+    async def body(server: SoupServer) -> None:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", server.port))
@@ -349,7 +349,7 @@ def test_a_stuck_live_client_is_dropped_and_the_others_keep_up() -> None:
 def test_a_million_messages_replayed_over_loopback(uvloop: bool) -> None:
     count = 1_000_000
 
-    async def body(server: ReplayServer) -> None:
+    async def body(server: SoupServer) -> None:
         got = Received(1)
         client = ReplayClient("127.0.0.1", server.port, SESSION, got)
         start = time.perf_counter()
@@ -364,7 +364,7 @@ def test_a_million_messages_replayed_over_loopback(uvloop: bool) -> None:
 def test_a_catch_up_of_many_turns_while_publishing_on_uvloop() -> None:
     count, more = 40_000, 2_000  # ~1.4 MB in turns of 4 KiB, each next turn a timer due at once
 
-    async def body(server: ReplayServer) -> None:
+    async def body(server: SoupServer) -> None:
         got = Received(1)
         client = ReplayClient("127.0.0.1", server.port, SESSION, got)
         fetch = asyncio.ensure_future(client.fetch(1, count + more, timeout=20))

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tickerplant.exchange.replay import ReplayServer
 from tickerplant.io.replay_client import ReplayClient
+from tickerplant.io.soupbin import SoupServer
 from tickerplant.session.journal import Journal
 from tickerplant.wire import moldudp64 as mold
 from tickerplant.wire.blocks import join_messages
@@ -180,7 +180,7 @@ def test_moldudp64_packets_decode_as_sent(tmp_path: Path) -> None:
     assert "Number of Requested Messages" in fields(packets[4], "_ws.expert.message")
 
 
-async def _soupbin_flow(server: ReplayServer, received: list[tuple[int, int, bytes]]) -> None:
+async def _soupbin_flow(server: SoupServer, received: list[tuple[int, int, bytes]]) -> None:
     port = server.port
     # 1: login, replay, idle long enough for heartbeats both ways, live data, logout
     client = ReplayClient("127.0.0.1", port, b"", lambda *run: received.append(run), "feed", "pw")
@@ -214,7 +214,7 @@ def test_soupbintcp_flow_decodes_as_sent(tmp_path: Path) -> None:
     received: list[tuple[int, int, bytes]] = []
 
     async def main() -> tuple[Path, int]:
-        server = ReplayServer(journal, "127.0.0.1", 0, "feed", "pw", login_timeout=0.5)
+        server = SoupServer(journal, "127.0.0.1", 0, (b"feed", b"pw"), login_timeout=0.5)
         port = await server.start()
         capture = Capture(tmp_path / "soup.pcapng", udp=[], tcp=[port])
         try:

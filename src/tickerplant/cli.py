@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Coroutine
@@ -12,8 +13,8 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 
+from tickerplant import endpoint
 from tickerplant.endpoint import Endpoint
-from tickerplant.ops import addresses
 from tickerplant.ops.config import ConfigError, default
 
 T = TypeVar("T")
@@ -166,6 +167,96 @@ def _feed(args: argparse.Namespace) -> int:
         return 130
 
 
+def _run(args: argparse.Namespace) -> int:
+    import signal
+
+    from tickerplant.ops.config import example, load_file
+    from tickerplant.ops.dashboard import LiveTable
+    from tickerplant.plant import Plant, PlantConfig
+
+    if args.example_config:
+        print(
+            "# tickerplant run CONFIG.toml: every setting at its default. Leave out what you do\n"
+            "# not change; an address is \"host:port\".\n" + example(PlantConfig, (Endpoint,))
+        )
+        return 0
+    config = (
+        load_file(PlantConfig, args.config, {Endpoint: Endpoint.parse})
+        if args.config is not None
+        else PlantConfig()
+    )
+
+    async def main() -> int:
+        plant = Plant(config)
+        await plant.start()
+        console = None if args.json else Console()
+        itch = config.itch.listen
+        print(
+            f"tickerplant run: serving the itch stream on {itch} (loopback only: logins are not"
+            f" checked); watch it with: tickerplant subscribe {itch}",
+            file=sys.stderr,
+        )
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        end = loop.time() + args.seconds if args.seconds else float("inf")
+        try:
+            with LiveTable(console, loop.time()) as table:
+                while not stop.is_set() and loop.time() < end:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), min(0.5, end - loop.time()))
+                    table.show(plant.figures(), loop.time(), "tickerplant run")
+        finally:
+            await plant.close()
+        if args.json:
+            print(json.dumps(plant.figures()))
+        return 0
+
+    return run_loop(main())
+
+
+def _subscribe(args: argparse.Namespace) -> int:
+    from tickerplant.client import Lost, Reconnected, subscribe
+    from tickerplant.session.events import Batch
+    from tickerplant.wire import itch
+    from tickerplant.wire.blocks import iter_messages
+
+    async def main() -> int:
+        received = lost = 0
+        console = Console(stderr=True)
+        async for record in subscribe(args.endpoint, first=args.first, session=args.session,
+                                      username=args.username, password=args.password):
+            if isinstance(record, Batch):
+                if args.json:
+                    for seq, msg in enumerate(iter_messages(record.blocks), record.first):
+                        print(json.dumps({"sequence": seq, **_jsonable(itch.decode(msg))}))
+                received += record.count
+            elif isinstance(record, Lost):
+                lost += record.end - record.start
+                if args.json:
+                    print(json.dumps({"lost": [record.start, record.end]}))
+            elif isinstance(record, Reconnected):
+                console.print(f"reconnected at {record.sequence}: {record.reason}", markup=False)
+            if not args.json and isinstance(record, Batch | Lost):
+                console.print(f"received {received:,} messages, lost {lost:,}", end="\r")
+            if args.count and received + lost >= args.count:
+                break
+        return 0
+
+    try:
+        return run_loop(main())
+    except KeyboardInterrupt:
+        return 130
+
+
+def _jsonable(record: Any) -> dict[str, Any]:
+    out = {"type": type(record).__name__}
+    for name, value in record._asdict().items():
+        out[name] = value.decode("ascii", "replace").rstrip() if isinstance(value, bytes) else value
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tickerplant.demo import DemoConfig
     from tickerplant.exchange.simulator import ExchangeConfig, SyntheticSource
@@ -224,8 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--rate", type=float, default=0.0, help="messages/s (default: as fast as can)")
     ex.add_argument("--speed", type=float, default=0.0, help="ITCH timestamps x this factor")
-    ex.add_argument("--line-a", type=_endpoint("--line-a"), default=addresses.LINE_A)
-    ex.add_argument("--line-b", type=_endpoint("--line-b"), default=addresses.LINE_B)
+    ex.add_argument("--line-a", type=_endpoint("--line-a"), default=endpoint.LINE_A)
+    ex.add_argument("--line-b", type=_endpoint("--line-b"), default=endpoint.LINE_B)
     ex.add_argument(
         "--interface",
         default=default(LineConfig, "interface"),
@@ -236,9 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--drop-a", type=float, default=0.0, help="loss injected on line A")
     ex.add_argument("--drop-b", type=float, default=0.0, help="loss injected on line B")
     ex.add_argument("--drop-seed", type=int, default=default(ExchangeConfig, "drop_seed"))
-    ex.add_argument("--rerequest", type=_endpoint("--rerequest"), default=addresses.REREQUEST)
+    ex.add_argument("--rerequest", type=_endpoint("--rerequest"), default=endpoint.REREQUEST)
     ex.add_argument("--no-rerequest", action="store_true")
-    ex.add_argument("--replay", type=_endpoint("--replay"), default=addresses.REPLAY)
+    ex.add_argument("--replay", type=_endpoint("--replay"), default=endpoint.REPLAY)
     ex.add_argument("--no-replay", action="store_true")
     ex.add_argument(
         "--eos-seconds",
@@ -256,9 +347,27 @@ def build_parser() -> argparse.ArgumentParser:
     replay_arguments(replay)
     replay.set_defaults(func=run_replay)
 
+    run = sub.add_parser("run", help="the whole plant: feed, books and the itch stream")
+    run.add_argument("config", type=Path, nargs="?", default=None, help="CONFIG.toml")
+    run.add_argument("--example-config", action="store_true", help="print every setting")
+    run.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
+    run.add_argument("--json", action="store_true", help="print final figures as JSON")
+    run.set_defaults(func=_run)
+
+    subscribe = sub.add_parser("subscribe", help="read a plant's stream (SoupBinTCP)")
+    subscribe.add_argument("endpoint", type=_endpoint("HOST:PORT"), metavar="HOST:PORT")
+    subscribe.add_argument("--from", dest="first", type=int, default=1,
+                           help="first sequence number (0: from now)")
+    subscribe.add_argument("--session", default="", help="session (default: the current one)")
+    subscribe.add_argument("--username", default="")
+    subscribe.add_argument("--password", default="")
+    subscribe.add_argument("--count", type=int, default=0, help="stop after this many (0: never)")
+    subscribe.add_argument("--json", action="store_true", help="one JSON line per message")
+    subscribe.set_defaults(func=_subscribe)
+
     feed = sub.add_parser("feed", help="join line A and line B, repair gaps, show figures")
-    feed.add_argument("--line-a", type=_endpoint("--line-a"), default=addresses.LINE_A)
-    feed.add_argument("--line-b", type=_endpoint("--line-b"), default=addresses.LINE_B)
+    feed.add_argument("--line-a", type=_endpoint("--line-a"), default=endpoint.LINE_A)
+    feed.add_argument("--line-b", type=_endpoint("--line-b"), default=endpoint.LINE_B)
     feed.add_argument("--no-line-b", action="store_true", help="one line only")
     feed.add_argument(
         "--interface",
@@ -266,9 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="address of the joining interface",
     )
     feed.add_argument("--session", default=None, help="pin a session (default: follow the feed)")
-    feed.add_argument("--rerequest", type=_endpoint("--rerequest"), default=addresses.REREQUEST)
+    feed.add_argument("--rerequest", type=_endpoint("--rerequest"), default=endpoint.REREQUEST)
     feed.add_argument("--no-rerequest", action="store_true")
-    feed.add_argument("--replay", type=_endpoint("--replay"), default=addresses.REPLAY)
+    feed.add_argument("--replay", type=_endpoint("--replay"), default=endpoint.REPLAY)
     feed.add_argument("--no-replay", action="store_true")
     feed.add_argument(
         "--rcvbuf", type=int, default=default(FeedConfig, "rcvbuf"), help="SO_RCVBUF to ask for"

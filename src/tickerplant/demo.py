@@ -17,11 +17,11 @@ from typing import Any
 
 from rich.console import Console
 
+from tickerplant import endpoint
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.feed.books import LiveBooks
 from tickerplant.feed.handler import FeedHandler
-from tickerplant.ops import addresses
 from tickerplant.ops.config import ConfigError
 from tickerplant.ops.dashboard import LiveTable
 from tickerplant.ops.figures import summed
@@ -36,10 +36,10 @@ class DemoConfig:
     drop_b: float = 0.005
     seed: int = 1
     symbols: int = 500
-    line_a: Endpoint = addresses.LINE_A
-    line_b: Endpoint = addresses.LINE_B
-    rerequest: Endpoint = addresses.REREQUEST
-    replay: Endpoint = addresses.REPLAY
+    line_a: Endpoint = endpoint.LINE_A
+    line_b: Endpoint = endpoint.LINE_B
+    rerequest: Endpoint = endpoint.REREQUEST
+    replay: Endpoint = endpoint.REPLAY
 
     def __post_init__(self) -> None:
         if self.seconds <= 0:

@@ -34,3 +34,10 @@ class Endpoint:
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+# Where the exchange simulator and the plant meet unless told otherwise.
+LINE_A = Endpoint("239.192.77.1", 31001)
+LINE_B = Endpoint("239.192.77.2", 31002)
+REREQUEST = Endpoint("127.0.0.1", 31003)
+REPLAY = Endpoint("127.0.0.1", 31004)

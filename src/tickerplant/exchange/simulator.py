@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tickerplant import endpoint
 from tickerplant.capture.itch_file import read_chunks
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.pacing import AsFastAsPossible, FixedRate, ItchClock, Pacer
@@ -28,11 +29,10 @@ from tickerplant.exchange.publisher import (
     Publisher,
     SourceError,
 )
-from tickerplant.exchange.replay import ReplayServer
 from tickerplant.exchange.rerequest_server import RerequestServer
 from tickerplant.exchange.synthetic import SyntheticMarket
 from tickerplant.io.multicast import DEFAULT_SNDBUF, Line, LineConfig
-from tickerplant.ops import addresses
+from tickerplant.io.soupbin import SoupServer
 from tickerplant.ops.config import ConfigError
 from tickerplant.session.fanout import FanOutCounters
 from tickerplant.session.journal import Journal
@@ -67,10 +67,10 @@ class ExchangeConfig:
     pacing: str = "fast"  # "fast", "rate" (messages/s) or "itch" (the messages' own timestamps)
     rate: float = 100_000.0  # messages per second, for pacing "rate"
     speed: float = 1.0  # times real time, for pacing "itch"
-    line_a: LineConfig = field(default_factory=lambda: LineConfig(*addresses.LINE_A.pair))
-    line_b: LineConfig = field(default_factory=lambda: LineConfig(*addresses.LINE_B.pair))
-    rerequest: Endpoint | None = addresses.REREQUEST
-    replay: Endpoint | None = addresses.REPLAY
+    line_a: LineConfig = field(default_factory=lambda: LineConfig(*endpoint.LINE_A.pair))
+    line_b: LineConfig = field(default_factory=lambda: LineConfig(*endpoint.LINE_B.pair))
+    rerequest: Endpoint | None = endpoint.REREQUEST
+    replay: Endpoint | None = endpoint.REPLAY
     rerequest_limits: RerequestLimits = field(default_factory=RerequestLimits)
     end_of_session_seconds: float = END_OF_SESSION_SECONDS
     heartbeat_interval: float = HEARTBEAT_INTERVAL
@@ -102,11 +102,11 @@ class ExchangeConfig:
             raise ConfigError(
                 "line_b", "is the same group and port as line_a", "give each line its own"
             )
-        for name, endpoint in (("rerequest", self.rerequest), ("replay", self.replay)):
-            if endpoint is not None:
-                _validate_address(name, endpoint.host)
-                if not 0 <= endpoint.port < 65536:
-                    raise ConfigError(name, f"port {endpoint.port}", "use 0 (any) to 65535")
+        for name, where in (("rerequest", self.rerequest), ("replay", self.replay)):
+            if where is not None:
+                _validate_address(name, where.host)
+                if not 0 <= where.port < 65536:
+                    raise ConfigError(name, f"port {where.port}", "use 0 (any) to 65535")
         if not (self.end_of_session_seconds >= 0 and math.isfinite(self.end_of_session_seconds)):
             raise ConfigError(
                 "end_of_session_seconds", f"{self.end_of_session_seconds}", "give 0 or more"
@@ -233,7 +233,7 @@ async def run_exchange(
     journal = Journal(session_bytes(config.session))
     lines: list[Line] = []
     rerequest: RerequestServer | None = None
-    replay: ReplayServer | None = None
+    replay: SoupServer | None = None
     try:
         for name, line_config in (("A", config.line_a), ("B", config.line_b)):
             try:
@@ -248,7 +248,7 @@ async def run_exchange(
             )
             await _listen("rerequest", config.rerequest, rerequest.start())
         if config.replay is not None:
-            replay = ReplayServer(journal, config.replay.host, config.replay.port)
+            replay = SoupServer(journal, config.replay.host, config.replay.port)
             await _listen("replay", config.replay, replay.start())
         publisher = Publisher(
             journal,
@@ -287,7 +287,7 @@ async def _listen(name: str, where: Endpoint, start: Coroutine[Any, Any, int]) -
 
 async def _drive(
     publisher: Publisher,
-    replay: ReplayServer | None,
+    replay: SoupServer | None,
     stop: asyncio.Event | None,
     on_progress: Callable[[ExchangeSummary], None] | None,
     snapshot: Callable[[str | None], ExchangeSummary],
@@ -332,7 +332,7 @@ def _summary(
     config: ExchangeConfig,
     publisher: Publisher,
     lines: list[Line],
-    servers: tuple[RerequestServer | None, ReplayServer | None],
+    servers: tuple[RerequestServer | None, SoupServer | None],
     seconds: float,
     error: str | None,
 ) -> ExchangeSummary:

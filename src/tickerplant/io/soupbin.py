@@ -6,7 +6,8 @@ and a TCP transport, in the shape of aioquic's asyncio protocol: bytes in with `
 then act on the machine's events and write what it has, then re-arm its one timer.
 :class:`SubscriberConnection` is a fan-out subscriber's: it also tells the subscriber what the
 socket says (full, drained, how much it holds), so the fan-out's policy sees flow control
-without a socket. The replay client and any fan-out server are compositions of these.
+without a socket. :class:`SoupServer` is a listener of those around one fan-out. The replay
+client, the exchange's replay server and the plant's streams are compositions of these.
 """
 
 from __future__ import annotations
@@ -14,10 +15,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Iterable
 from typing import Generic, Protocol, TypeVar, cast
 
-from tickerplant.session.fanout import Dropped, FanOut, Subscribed, Subscriber
-from tickerplant.session.soupbin import Closed, ProtocolError
+from tickerplant.session.fanout import (
+    Dropped,
+    FanOut,
+    FanOutCounters,
+    FanOutLimits,
+    Subscribed,
+    Subscriber,
+)
+from tickerplant.session.journal import Journal
+from tickerplant.session.soupbin import (
+    DEAD_AFTER,
+    HEARTBEAT_INTERVAL,
+    LOGIN_TIMEOUT,
+    Closed,
+    Credentials,
+    ProtocolError,
+)
+from tickerplant.wire.soupbintcp import encode_sequenced
 
 log = logging.getLogger(__name__)
 
@@ -186,3 +204,116 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
             log.warning("subscriber %s broke the protocol: %s", self.peer, event.reason)
         elif isinstance(event, Closed):
             log.info("subscriber %s closed: %s (%s)", self.peer, event.cause.value, event.detail)
+
+
+HIGH_WATER = 2 << 20  # the transport asks us to stop writing above this, resumes below a quarter
+
+
+class SoupServer:
+    """A SoupBinTCP server of one session's ``journal`` on ``host:port``: a login replays from
+    any sequence number, then stays live.
+
+    A listener whose connections are :class:`SubscriberConnection` around one
+    :class:`~tickerplant.session.fanout.FanOut`; the policy (catch-up paced by each client's
+    socket, encode once for every live client, slow consumers dropped, logins, End of Session)
+    is the fan-out's, the bytes are the connections'. The exchange's replay server and the
+    plant's streams are each one of these. ``credentials`` as
+    :class:`~tickerplant.session.soupbin.SoupServerSession` takes them (None: anyone). The owner
+    appends to the journal and then calls :meth:`publish`.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        host: str,
+        port: int,
+        credentials: Credentials = None,
+        *,
+        limits: FanOutLimits | None = None,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        dead_after: float = DEAD_AFTER,
+        login_timeout: float = LOGIN_TIMEOUT,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._settings = (credentials, limits, heartbeat_interval, dead_after, login_timeout)
+        self.fanout = self._fanout(journal)
+        self._server: asyncio.Server | None = None
+
+    @property
+    def journal(self) -> Journal:
+        return self.fanout.journal
+
+    def start_session(self, journal: Journal) -> None:
+        """A new session: clients of the old one get End of Session once caught up, and new
+        logins are served ``journal``. Before anything was published (a plant listening before
+        the exchange's first packet), the clients waiting are the new session's."""
+        current = self.fanout
+        if len(current.journal) == 0 and not current.ending:
+            current.journal = journal
+            return
+        _service(current.end_session())
+        self.fanout = self._fanout(journal)
+
+    def _fanout(self, journal: Journal) -> FanOut[SubscriberConnection]:
+        credentials, limits, heartbeat_interval, dead_after, login_timeout = self._settings
+        return FanOut(
+            journal,
+            credentials,
+            limits,
+            heartbeat_interval=heartbeat_interval,
+            dead_after=dead_after,
+            login_timeout=login_timeout,
+        )
+
+    @property
+    def counters(self) -> FanOutCounters:
+        return self.fanout.counters
+
+    @property
+    def clients(self) -> int:
+        """Connections open now, logged in or not."""
+        return len(self.fanout)
+
+    @property
+    def published(self) -> int:
+        """One past the last message published: where a login with sequence 0 starts."""
+        return self.fanout.published
+
+    async def start(self) -> int:
+        """Listen; returns the bound port (so port 0 picks a free one)."""
+        # Load (first run: compile) the framing kernel now, not inside the first client's replay.
+        encode_sequenced(b"\x00\x01x")
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: SubscriberConnection(self.fanout, HIGH_WATER),  # the current session's
+            self.host,
+            self.port,
+            reuse_address=True,
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self.port
+
+    def publish(self) -> None:
+        """Send every caught-up client what the journal gained since the last call."""
+        _service(self.fanout.publish())
+
+    def end_session(self) -> None:
+        """End of Session to every client once it has caught up (now, for those that have)."""
+        _service(self.fanout.end_session())
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for subscriber in self.fanout.subscribers:
+            subscriber.handle.shutdown("server shutting down")
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        # let connection_lost run for the transports just closed
+        await asyncio.sleep(0)
+
+
+def _service(subscribers: Iterable[Subscriber[SubscriberConnection]]) -> None:
+    for subscriber in subscribers:
+        subscriber.handle.service()

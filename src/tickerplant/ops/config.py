@@ -79,6 +79,11 @@ def load(cls: type[T], table: Mapping[str, Any], path: str = "", parsers: Mappin
             known = ", ".join(sorted(fields))
             raise ConfigError(where, "is not a setting", f"use one of: {known}")
         values[key] = _convert(hints[key], raw, where, parsers)
+    for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and name not in values:
+            where = f"{path}.{name}" if path else name
+            raise ConfigError(where, "is missing", "set it: it has no default")
     try:
         return cls(**values)
     except ConfigError as err:
@@ -129,3 +134,40 @@ def _convert(hint: Any, raw: Any, where: str, parsers: Mapping[type, Parser]) ->
 
 def _is_union(hint: Any) -> bool:
     return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def example(
+    cls: type[Any], scalars: tuple[type, ...] = (), instance: Any = None, table: str = ""
+) -> str:
+    """TOML for every field of dataclass ``cls`` at its default (or ``instance``'s values),
+    nested dataclasses as tables, each line commented with its type; what :func:`load` reads
+    back. ``scalars`` are dataclasses written as strings (what ``load``'s parsers read, such as
+    an ``Endpoint``). A field that is None by default is shown commented out."""
+    instance = instance if instance is not None else cls()
+    hints = typing.get_type_hints(cls)
+    lines: list[str] = []
+    nested: list[str] = []
+    for f in dataclasses.fields(cls):
+        value = getattr(instance, f.name)
+        kind = _type_name(hints[f.name])
+        if dataclasses.is_dataclass(value) and not isinstance(value, scalars):
+            where = f"{table}.{f.name}" if table else f.name
+            nested.append(f"\n[{where}]\n" + example(type(value), scalars, value, where))
+        elif value is None:
+            lines.append(f"# {f.name} =  # {kind}, unset")
+        else:
+            lines.append(f"{f.name} = {_toml(value)}  # {kind}")
+    return "\n".join(lines) + "".join(nested) + ("\n" if not table else "")
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _type_name(hint: Any) -> str:
+    options = typing.get_args(hint) if _is_union(hint) else (hint,)
+    return " or ".join(getattr(o, "__name__", str(o)) for o in options if o is not type(None))

@@ -85,7 +85,22 @@ def render(now: Figures, before: Figures | None, dt: float, title: str = "") -> 
     parts: list[Table | Text] = [table, footer]
     if "book_symbols" in now:
         parts.append(_books(now, before, dt))
+    if "clients" in now:
+        parts.append(_streams(now, before, dt))
     return Group(*parts)
+
+
+def _streams(now: Figures, before: Figures | None, dt: float) -> Text:
+    text = Text()
+    for stream, clients in now["clients"].items():
+        text.append(
+            f"{stream} stream: {clients:,} clients  {now['logins'][stream]:,} logins"
+            f"  sent {_rate(now, before, dt, 'sent_messages', stream)} msgs/s"
+            f"  journal {now['stream_messages'][stream]:,} messages"
+            f" ({now['stream_lost_messages'][stream]:,} lost)"
+            f"  slow consumers cut {now['slow_consumers'][stream]:,}\n"
+        )
+    return text
 
 
 def _books(now: Figures, before: Figures | None, dt: float) -> Text:

@@ -8,7 +8,8 @@ conventions already (base units in the name, one word per concept); the exporter
 ``tickerplant_`` prefix and ``_total`` to counters. Label values are bounded sets (sources,
 repair kinds, defect kinds), never client addresses or symbols.
 
-Vocabulary, settled here: a *source* is where messages came from (line ``a`` or ``b``, the
+Vocabulary, settled here: a *stream* is what the plant serves (``itch``); a *source* is where
+messages came from (line ``a`` or ``b``, the
 ``rerequest`` socket, the TCP ``replay``); a *line* is only ``a`` or ``b``; a *repair* is what
 filled a gap (``line``, ``rerequest``, ``replay``); a *defect* is what made a datagram unusable;
 *replay* is the SoupBinTCP session that replays a range (``tickerplant replay FILE`` reads a file,
@@ -89,7 +90,20 @@ BOOKS = (
     Figure("busiest", _I, "the BBO of the busiest symbols"),
 )
 
-REGISTRY: Mapping[str, Figure] = {f.name: f for f in (*FEED, *BOOKS)}
+_STREAM = ("stream",)
+
+STREAMS = (
+    Figure("stream_messages", _C, "messages journaled for the stream, lost ones included", _STREAM),
+    Figure("stream_lost_messages", _C, "journaled as lost (empty messages)", _STREAM),
+    Figure("clients", _G, "connections open, logged in or not", _STREAM),
+    Figure("logins", _C, "logins accepted", _STREAM),
+    Figure("rejected_logins", _C, "logins rejected", _STREAM),
+    Figure("sent_messages", _C, "sequenced messages sent to clients", _STREAM),
+    Figure("sent_bytes", _C, "bytes of Sequenced Data sent to clients", _STREAM),
+    Figure("slow_consumers", _C, "clients cut as slow consumers", _STREAM),
+)
+
+REGISTRY: Mapping[str, Figure] = {f.name: f for f in (*FEED, *BOOKS, *STREAMS)}
 
 Figures = dict[str, Any]  # a snapshot: registry names to values, nested per label
 

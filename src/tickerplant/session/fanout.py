@@ -233,6 +233,11 @@ class FanOut(Generic[H]):
         return list(self._subscribers)
 
     @property
+    def ending(self) -> bool:
+        """End of Session was called: the journal will not grow again."""
+        return self._ending
+
+    @property
     def published(self) -> int:
         """One past the last message published: where a login with sequence 0 starts."""
         return self._published

@@ -1,0 +1,102 @@
+"""``tickerplant run``: a whole plant in one process.
+
+The feed handler (lines, re-request, replay) hands its repaired stream to the live books and to
+the ``itch`` stream, a SoupBinTCP server of its journal: a client logs in at any sequence number,
+is replayed from there at full speed and then stays live, and a range the plant lost keeps its
+numbers as empty messages (:mod:`tickerplant.session.stream`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+from tickerplant.endpoint import LINE_A, LINE_B, REPLAY, REREQUEST, Endpoint
+from tickerplant.feed.books import LiveBooks
+from tickerplant.feed.handler import FeedHandler
+from tickerplant.io.soupbin import SoupServer
+from tickerplant.ops.config import ConfigError
+from tickerplant.session.events import Batch, Event, GapLost, SessionEnded, SessionStarted
+from tickerplant.session.fanout import FanOutLimits
+from tickerplant.session.feed import FeedConfig
+from tickerplant.session.stream import ItchStream
+
+ITCH = Endpoint("127.0.0.1", 31010)
+
+
+def _feed() -> FeedConfig:
+    return FeedConfig(LINE_A, LINE_B, rerequest=REREQUEST, replay=REPLAY)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    """One SoupBinTCP stream the plant serves."""
+
+    listen: Endpoint = ITCH
+    limits: FanOutLimits = field(default_factory=FanOutLimits)
+
+    def __post_init__(self) -> None:
+        # No users can be configured yet, so any login is accepted: only this host may connect.
+        if not ipaddress.IPv4Address(self.listen.host).is_loopback:
+            raise ConfigError(
+                "listen", f"{self.listen} is not a loopback address",
+                "listen on 127.0.0.1: logins are not checked yet, so only this host may connect",
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class PlantConfig:
+    feed: FeedConfig = field(default_factory=_feed)
+    itch: StreamConfig = field(default_factory=StreamConfig)
+
+
+class Plant:
+    def __init__(self, config: PlantConfig) -> None:
+        self.config = config
+        self.books = LiveBooks()
+        self.stream = ItchStream(config.feed.first_sequence)
+        self.feed = FeedHandler(config.feed, self._on_batch, self._on_event)
+        listen = config.itch.listen
+        self.itch = SoupServer(
+            ItchStream.waiting(), listen.host, listen.port, None, limits=config.itch.limits
+        )
+
+    async def start(self) -> None:
+        """Listen first, then join the lines: a client may log in before the first packet."""
+        self.books.warm()
+        await self.itch.start()
+        await self.feed.start()
+
+    async def close(self) -> None:
+        await self.feed.close()
+        await self.itch.close()
+
+    def figures(self) -> dict[str, Any]:
+        counters = self.itch.counters
+        return self.feed.figures() | self.books.figures() | {
+            "stream_messages": {"itch": self.stream.counters.messages},
+            "stream_lost_messages": {"itch": self.stream.counters.lost},
+            "clients": {"itch": self.itch.clients},
+            "logins": {"itch": counters.logins},
+            "rejected_logins": {"itch": counters.rejected},
+            "sent_messages": {"itch": counters.messages_sent},
+            "sent_bytes": {"itch": counters.bytes_sent},
+            "slow_consumers": {"itch": counters.slow_consumers},
+        }
+
+    def _on_batch(self, batch: Batch) -> None:
+        self.books.on_batch(batch)
+        self.stream.deliver(batch)
+        self.itch.publish()
+
+    def _on_event(self, event: Event) -> None:
+        self.books.on_event(event)
+        if isinstance(event, SessionStarted | GapLost | SessionEnded):
+            if self.stream.deliver(event):
+                assert self.stream.journal is not None
+                self.itch.start_session(self.stream.journal)
+            elif isinstance(event, SessionEnded):
+                self.itch.end_session()
+            else:
+                self.itch.publish()

@@ -1,0 +1,77 @@
+"""The plant's ``itch`` stream: the repaired exchange stream as it is served, numbered as the
+exchange numbered it.
+
+Fed the feed session's deliveries in order, it keeps one journal per exchange session. A range
+the plant lost keeps its numbers: each lost message is an *empty* message (a zero-length block,
+on the wire a SoupBinTCP Sequenced Data packet of one byte, the ``S`` alone), so a client counting
+Sequenced Data stays on the exchange's numbers after it, and one that sees empty messages knows
+exactly which numbers were lost (``tickerplant.client`` turns a run of them into a ``Lost``
+notice). No ITCH message is empty, so the mark cannot be mistaken for data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tickerplant.session.events import Batch, GapLost, SessionEnded, SessionStarted
+from tickerplant.session.journal import Journal
+from tickerplant.session.sequencer import Delivery
+from tickerplant.wire.moldudp64 import SESSION_LEN
+
+LOST = b"\x00\x00"  # the block of one lost message: a length of zero
+
+
+@dataclass(slots=True)
+class StreamCounters:
+    messages: int = 0  # journaled, lost ones included
+    lost: int = 0  # journaled as empty messages
+    sessions: int = 0
+
+
+class ItchStream:
+    """What the ``itch`` stream serves; the owner publishes :attr:`journal` after each delivery
+    and starts serving a new journal when :meth:`deliver` says the session changed."""
+
+    def __init__(self, first_sequence: int = 1) -> None:
+        self.first_sequence = first_sequence
+        self.journal: Journal | None = None
+        self.ended = False
+        self.counters = StreamCounters()
+
+    @staticmethod
+    def waiting() -> Journal:
+        """The journal served before the first session is heard: empty, its name blank (a login
+        for the current session, the blank name, waits there for the first message)."""
+        return Journal(b" " * SESSION_LEN)
+
+    def deliver(self, item: Delivery) -> bool:
+        """Journal ``item``; True when it started a new session (and so a new journal)."""
+        if isinstance(item, SessionStarted):
+            self.journal = Journal(item.session)
+            self.ended = False
+            self.counters.sessions += 1
+            # Numbers below the first the feed delivers exist at the exchange: lost to us.
+            self._lose(self.first_sequence - 1)
+            return True
+        journal = self.journal
+        if journal is None:
+            raise RuntimeError("a delivery before the session started: the feed's bug")
+        if isinstance(item, SessionEnded):
+            self.ended = True
+            return False
+        start = item.first if isinstance(item, Batch) else item.start
+        if start != journal.next_sequence:
+            # The feed session guarantees an unbroken stream; serving a shifted one would
+            # silently renumber every message after it.
+            raise RuntimeError(f"delivery at {start}, the stream is at {journal.next_sequence}")
+        if isinstance(item, Batch):
+            self.counters.messages += journal.append(item.blocks)
+        elif isinstance(item, GapLost):
+            self._lose(item.end - item.start)
+        return False
+
+    def _lose(self, count: int) -> None:
+        if count > 0 and self.journal is not None:
+            self.journal.append(LOST * count)
+            self.counters.messages += count
+            self.counters.lost += count

@@ -1,0 +1,199 @@
+"""``tickerplant run``'s itch stream: the journal it serves (scripted), and the whole plant on
+loopback with the exchange in its own process and subscribers over real TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import tomllib
+from typing import Any
+
+import pytest
+
+from harness import ports, source_stream
+from tickerplant.client import Lost, Reconnected, Record, subscribe
+from tickerplant.client.subscribe import _split
+from tickerplant.endpoint import Endpoint
+from tickerplant.exchange.child import ExchangeProcess
+from tickerplant.ops.config import ConfigError, example, load
+from tickerplant.plant import Plant, PlantConfig, StreamConfig
+from tickerplant.session.events import Batch, GapLost, SessionEnded, SessionStarted, Source
+from tickerplant.session.feed import FeedConfig
+from tickerplant.session.recovery import RecoveryConfig
+from tickerplant.session.stream import LOST, ItchStream
+from tickerplant.wire.blocks import iter_messages, join_messages
+
+S1, S2 = b"SESSION001", b"SESSION002"
+
+
+def msgs(first: int, count: int) -> bytes:
+    return join_messages([b"m%d" % s for s in range(first, first + count)])
+
+
+def test_a_lost_range_keeps_its_numbers_as_empty_messages() -> None:
+    stream = ItchStream()
+    assert stream.deliver(SessionStarted(S1, None))
+    stream.deliver(Batch(1, 3, msgs(1, 3)))
+    stream.deliver(GapLost(4, 6, Source.LINE_A, 2.0))
+    stream.deliver(Batch(6, 2, msgs(6, 2)))
+    stream.deliver(SessionEnded(S1, 8))
+    assert stream.journal is not None and stream.ended
+    count, blocks = stream.journal.blocks(1, 100)
+    assert count == 7
+    assert list(iter_messages(blocks)) == [b"m1", b"m2", b"m3", b"", b"", b"m6", b"m7"]
+    assert (stream.counters.messages, stream.counters.lost) == (7, 2)
+    # A new session is a new journal, numbered from 1 again.
+    assert stream.deliver(SessionStarted(S2, S1))
+    stream.deliver(Batch(1, 1, msgs(1, 1)))
+    assert stream.journal.session == S2 and len(stream.journal) == 1
+
+
+def test_a_delivery_out_of_place_is_refused_not_renumbered() -> None:
+    stream = ItchStream()
+    stream.deliver(SessionStarted(S1, None))
+    stream.deliver(Batch(1, 2, msgs(1, 2)))
+    with pytest.raises(RuntimeError, match="at 5, the stream is at 3"):
+        stream.deliver(Batch(5, 1, msgs(5, 1)))
+
+
+def test_a_plant_that_starts_later_than_one_serves_the_numbers_before_as_lost() -> None:
+    stream = ItchStream(first_sequence=10)
+    stream.deliver(SessionStarted(S1, None))
+    stream.deliver(Batch(10, 1, msgs(10, 1)))
+    assert stream.journal is not None
+    assert list(iter_messages(stream.journal.blocks(1, 10)[1])) == [b""] * 9 + [b"m10"]
+
+
+def test_the_client_turns_empty_messages_into_lost_notices_in_place() -> None:
+    blocks = msgs(1, 2) + LOST * 3 + msgs(6, 1) + LOST
+    assert _split(Batch(1, 7, blocks)) == [
+        Batch(1, 2, msgs(1, 2)), Lost(3, 6), Batch(6, 1, msgs(6, 1)), Lost(7, 8)
+    ]
+    assert _split(Batch(1, 2, msgs(1, 2))) == [Batch(1, 2, msgs(1, 2))]
+
+
+def test_the_example_config_holds_every_setting_and_loads_back_to_the_defaults() -> None:
+    text = example(PlantConfig, (Endpoint,))
+    table = tomllib.loads(text)
+    assert load(PlantConfig, table, "", {Endpoint: Endpoint.parse}) == PlantConfig()
+    assert "[feed.recovery]" in text and "[itch.limits]" in text
+    assert "# capture =" in text  # unset by default: shown commented out
+
+
+def test_a_stream_that_checks_no_logins_listens_on_loopback_only() -> None:
+    with pytest.raises(ConfigError, match="loopback"):
+        StreamConfig(Endpoint("0.0.0.0", 31010))
+
+
+class Collected:
+    """A subscriber's records: every message by number, lost ranges, reconnects."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+        self.lost: list[tuple[int, int]] = []
+        self.reconnects = 0
+
+    def take(self, record: Record) -> None:
+        if isinstance(record, Batch):
+            assert record.first == len(self.messages) + 1, "out of order or twice"
+            self.messages += iter_messages(record.blocks)
+        elif isinstance(record, Lost):
+            assert record.start == len(self.messages) + 1
+            self.lost.append((record.start, record.end))
+            self.messages += [b""] * (record.end - record.start)
+        elif isinstance(record, Reconnected):
+            assert record.sequence == len(self.messages) + 1
+            self.reconnects += 1
+
+
+async def _collect(itch: Endpoint, into: Collected, retry: float = 0.05) -> None:
+    async for record in subscribe(itch, retry=retry):
+        into.take(record)
+
+
+async def _run(
+    messages: int, *exchange_args: str, cuts: int = 0, recovery: bool = True,
+) -> tuple[Plant, dict[str, Any], list[Collected]]:
+    p = ports()
+    feed = FeedConfig(
+        p.line_a, p.line_b, rerequest=p.rerequest if recovery else None,
+        replay=p.replay if recovery else None,
+        recovery=RecoveryConfig() if recovery else RecoveryConfig(give_up_after=0.2),
+    )  # fmt: skip
+    plant = Plant(PlantConfig(feed, StreamConfig(Endpoint("127.0.0.1", 0))))
+    await plant.start()
+    itch = Endpoint("127.0.0.1", plant.itch.port)
+    early, late = Collected(), Collected()
+    clients = [asyncio.ensure_future(_collect(itch, early))]
+    rng = random.Random(7)
+    aborted: list[int] = []  # where each reset connection's subscriber was
+    try:
+        async with ExchangeProcess(
+            p.line_a, p.line_b, p.rerequest, p.replay, "--messages", str(messages),
+            "--eos-seconds", "1", *exchange_args,
+        ) as exchange:  # fmt: skip
+            await exchange.wait_published(messages // 3)
+            clients.append(asyncio.ensure_future(_collect(itch, late)))  # joins mid-session
+            for _ in range(cuts):  # the server side resets every connection at random moments
+                await asyncio.sleep(rng.uniform(0.06, 0.12))  # past the clients' retry
+                for subscriber in plant.itch.fanout.subscribers:
+                    if subscriber.handle.transport is not None:
+                        subscriber.handle.transport.abort()
+                        aborted.append(subscriber.cursor)
+            summary = await exchange.summary()
+            await asyncio.wait_for(asyncio.gather(*clients), 30)
+    finally:
+        for client in clients:
+            client.cancel()
+        await plant.close()
+    summary["aborted"] = aborted
+    return plant, summary, [early, late]
+
+
+@pytest.mark.slow
+def test_subscribers_early_and_late_get_the_whole_day_exactly_once() -> None:
+    messages = 200_000
+    plant, summary, clients = asyncio.run(
+        _run(messages, "--seed", "5", "--rate", "200000", "--drop-a", "0.05")
+    )
+    source = list(iter_messages(source_stream(5, 500, messages)))
+    assert summary["published"] == messages
+    for client in clients:
+        assert client.lost == [] and client.messages == source
+    figures = plant.figures()
+    assert figures["logins"]["itch"] == 2 and figures["slow_consumers"]["itch"] == 0
+    assert figures["sent_messages"]["itch"] == 2 * messages
+
+
+@pytest.mark.slow
+def test_subscribers_cut_again_and_again_resume_with_every_message_once() -> None:
+    messages = 300_000
+    _, summary, clients = asyncio.run(
+        _run(messages, "--seed", "6", "--rate", "100000", cuts=20)
+    )
+    source = list(iter_messages(source_stream(6, 500, messages)))
+    assert summary["published"] == messages
+    for client in clients:
+        assert client.messages == source and client.lost == []
+    # Each reset was seen and resumed from, at the number after the last received.
+    assert len(summary["aborted"]) >= 20  # both clients, most of the 20 moments
+    assert sum(c.reconnects for c in clients) == len(summary["aborted"])
+
+
+@pytest.mark.slow
+def test_what_the_plant_lost_reaches_subscribers_in_place_with_the_numbers_after_kept() -> None:
+    messages = 100_000
+    plant, _, clients = asyncio.run(
+        _run(messages, "--seed", "8", "--rate", "200000", "--drop-a", "0.02", "--drop-b", "0.02",
+             "--no-rerequest", "--no-replay", recovery=False)
+    )
+    source = list(iter_messages(source_stream(8, 500, messages)))
+    lost = plant.feed.session.lost_ranges
+    assert lost, "2 % loss on both lines without repair lost nothing"
+    for client in clients:
+        assert client.lost == lost
+        assert len(client.messages) == messages
+        lost_numbers = {s for a, b in lost for s in range(a, b)}
+        for number, (got, want) in enumerate(zip(client.messages, source, strict=True), 1):
+            assert got == (b"" if number in lost_numbers else want), number
+    assert plant.figures()["stream_lost_messages"]["itch"] == sum(b - a for a, b in lost)
