@@ -58,9 +58,10 @@ class Link:
         sequence: int = 0,
         high_water: int | None = None,
         password: bytes = b"",
+        address: str = "127.0.0.1",
     ) -> None:
         self.client = SoupClientSession(now, sequence=sequence, password=password)
-        self.sub = fanout.connect(self, now)
+        self.sub = fanout.connect(self, now, address)
         self.high_water = high_water
         self.unread: list[bytes] = []  # written, not yet read by the client: the socket
         self.writes: list[bytes] = []
@@ -85,7 +86,7 @@ class Link:
             self.writes.append(data)
             self.unread.append(data)
             if self.high_water is not None and self.backlog > self.high_water:
-                self.sub.pause()  # as a transport does, inside write()
+                self.sub.pause(now)  # as a transport does, inside write()
             self.sub.report_backlog(self.backlog, now)
 
     def read(self, now: float) -> None:
@@ -255,7 +256,7 @@ def test_a_catch_up_turn_yields_after_turn_bytes_its_next_is_a_timer_due_at_once
     service(fanout.publish(), 5.1)  # a publish starts a new turn for those behind, too
     assert all(link.sub.cursor == 601 for link in links)
     link = links[0]
-    link.sub.pause()
+    link.sub.pause(5.2)
     link.sub.handle_timer(5.2)
     link.service(5.2)
     assert link.sub.cursor == 601  # a full socket stops the catch-up, whatever the turn
@@ -288,3 +289,69 @@ def test_failed_logins_and_broken_protocol_are_counted_and_never_subscribed() ->
     counters = fanout.counters
     assert (counters.rejected, counters.timeouts, counters.protocol_errors) == (1, 1, 1)
     assert counters.logins == 0 and counters.connections == 3
+
+
+def _refused(link: Link) -> str:
+    """The Debug text a refused connection was sent before its close."""
+    link.read(0.0)
+    debug = [e for e in link.client_events if isinstance(e, DebugReceived)]
+    assert link.sub.closed and not link.sub.active and debug, link.client_events
+    return debug[0].text.decode()
+
+
+def test_connections_over_the_limits_are_told_why_and_closed() -> None:
+    limits = FanOutLimits(max_connections=3, max_per_address=2)
+    fanout: FanOut[Any] = FanOut(journal_of(5), limits=limits)
+
+    def refused(address: str) -> str:
+        link = Link(fanout, 0.0, address=address)
+        why = _refused(link)
+        link.sub.connection_lost()  # io closes it once the Debug is out
+        return why
+
+    a1, a2 = Link(fanout, 0.0, address="10.0.0.1"), Link(fanout, 0.0, address="10.0.0.1")
+    assert "too many connections from 10.0.0.1" in refused("10.0.0.1")
+    b = Link(fanout, 0.0, address="10.0.0.2")
+    assert b.sub.active and a1.sub.active and a2.sub.active
+    assert "the server is full: 3 connections" in refused("10.0.0.3")
+    a1.sub.connection_lost()  # a place frees up, for its address too
+    assert Link(fanout, 0.0, address="10.0.0.1").sub.active
+    assert fanout.counters.refused == 2 and len(fanout) == 3
+
+
+def test_without_users_only_loopback_clients_are_served() -> None:
+    fanout: FanOut[Any] = FanOut(journal_of(5), local_only=True)
+    assert Link(fanout, 0.0, address="127.0.0.1").sub.active
+    assert Link(fanout, 0.0, address="::1").sub.active
+    assert "only clients on the plant's host" in _refused(Link(fanout, 0.0, address="10.1.2.3"))
+
+
+def test_an_address_with_too_many_failed_logins_is_throttled_for_a_while() -> None:
+    limits = FanOutLimits(failed_logins=3, throttle=10.0)
+    fanout: FanOut[Any] = FanOut(journal_of(5), (b"", b"secret"), limits)
+    for t in (0.0, 1.0, 2.0):
+        Link(fanout, t, password=b"wrong", address="10.9.9.9")
+    assert fanout.counters.rejected == 3
+    assert "too many failed logins" in _refused(Link(fanout, 3.0, password=b"secret",
+                                                      address="10.9.9.9"))
+    assert Link(fanout, 3.0, password=b"secret", address="10.9.9.8").sub.active  # others: fine
+    assert Link(fanout, 10.5, password=b"secret", address="10.9.9.9").sub.active  # aged out
+    assert fanout.counters.refused == 1
+
+
+def test_a_socket_that_takes_nothing_past_the_write_deadline_is_a_slow_consumer() -> None:
+    limits = FanOutLimits(write_deadline=2.0)
+    fanout: FanOut[Link] = FanOut(journal_of(0), limits=limits)
+    stuck, fine = Link(fanout, 0.0, sequence=1), Link(fanout, 0.0, sequence=1)
+    for link in (stuck, fine):
+        link.sub.pause(1.0)  # both sockets fill up
+    fine.sub.resume()  # this one drains in time
+    for now in (1.5, 2.0, 2.9, 3.0):
+        for link in (stuck, fine):
+            link.sub.handle_timer(now)
+            link.service(now)
+        dropped = [e for e in stuck.events if isinstance(e, Dropped)]
+        cut = [Dropped("slow consumer: nothing taken for 2.0 s")]
+        assert dropped == (cut if now == 3.0 else [])
+    assert stuck.sub.closed and stuck.sub.abort_at == 3.0 + limits.linger
+    assert fine.sub.active and fanout.counters.slow_consumers == 1

@@ -159,9 +159,16 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
     """One fan-out subscriber on its TCP connection; the factory of a fan-out server's listener."""
 
     def __init__(self, fanout: FanOut[SubscriberConnection], high_water: int) -> None:
-        super().__init__(fanout.connect(self, asyncio.get_running_loop().time()))
+        # The machine comes with the transport: its peer's address is part of the connection.
+        self.fanout = fanout
         self.high_water = high_water
         self._reset: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) else ""
+        super().__init__(self.fanout.connect(self, asyncio.get_running_loop().time(), address))
+        super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -171,7 +178,7 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
             self._reset = None
 
     def pause_writing(self) -> None:
-        self.session.pause()
+        self.session.pause(self.loop.time())
 
     def resume_writing(self) -> None:
         self.session.resume()

@@ -33,7 +33,8 @@ and later logins are still served their replay, then End of Session.
 
 from __future__ import annotations
 
-from collections import deque
+import ipaddress
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -60,6 +61,7 @@ MAX_BACKLOG = 16 << 20  # bytes a live subscriber may leave unread before it is 
 CHUNK_MESSAGES = 16384  # read from the journal per catch-up write: ~0.5 MiB of ITCH
 TURN_BYTES = 8 << 20  # what one catch-up turn may write before it yields
 LINGER = 2.0  # seconds a dropped client gets to read the Debug packet before the reset
+FAILURES_KEPT = 4096  # addresses whose failed logins are remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +70,21 @@ class FanOutLimits:
     chunk_messages: int = CHUNK_MESSAGES
     turn_bytes: int = TURN_BYTES
     linger: float = LINGER
+    # A socket that takes nothing this long while we have bytes for it (io paused writing) is a
+    # slow consumer too, however little it holds: a dead reader must not keep its place.
+    write_deadline: float = 10.0
+    max_connections: int = 10_000  # open at once, logged in or not
+    max_per_address: int = 1_000
+    failed_logins: int = 5  # from one address within throttle seconds: then it is refused
+    throttle: float = 10.0
 
     def __post_init__(self) -> None:
-        for name in ("max_backlog", "chunk_messages", "turn_bytes"):
+        for name in ("max_backlog", "chunk_messages", "turn_bytes", "max_connections",
+                     "max_per_address", "failed_logins"):
             check(name, getattr(self, name) >= 1, getattr(self, name), "give 1 or more")
-        check("linger", self.linger >= 0, self.linger, "give seconds, 0 or more")
+        for name in ("linger", "throttle"):
+            check(name, getattr(self, name) >= 0, getattr(self, name), "give seconds, 0 or more")
+        check("write_deadline", self.write_deadline > 0, self.write_deadline, "give seconds > 0")
 
 
 @dataclass(slots=True)
@@ -82,7 +94,8 @@ class FanOutCounters:
     rejected: int = 0
     messages_sent: int = 0
     bytes_sent: int = 0  # of Sequenced Data
-    slow_consumers: int = 0
+    slow_consumers: int = 0  # over max_backlog or past write_deadline
+    refused: int = 0  # connections over a limit, throttled or not allowed from their address
     protocol_errors: int = 0
     timeouts: int = 0  # login timeouts and dead links
     sessions_ended: int = 0  # End of Session sent
@@ -116,6 +129,9 @@ class Subscriber(Generic[H]):
         self.cursor = 0  # the sequence number of the next message to send
         self.backlog = 0  # bytes io holds beyond the socket, as it last reported
         self.paused = False  # the socket is full: no catching up until resume()
+        self.address = ""  # the peer's, for limits and throttling
+        self._heard_at = 0.0
+        self._paused_at: float | None = None
         self.abort_at: float | None = None  # io resets the connection then (a dropped client)
         self._fanout = fanout
         self._events: deque[SubscriberEvent] = deque()
@@ -140,6 +156,7 @@ class Subscriber(Generic[H]):
     # --- driven by io exactly like a session ------------------------------------------------
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
+        self._heard_at = now  # when a login it carried was judged
         self.session.receive_data(data, now)
         self._fanout._absorb(self)
 
@@ -147,14 +164,23 @@ class Subscriber(Generic[H]):
         if self._turn_at is not None and now >= self._turn_at:
             self._turn_at = None
             self._budget = self._fanout.limits.turn_bytes
+        stuck = self._stuck_until()
+        if stuck is not None and now >= stuck and self.active:
+            waited = now - (self._paused_at or now)
+            reason = f"slow consumer: nothing taken for {waited:.1f} s"
+            self._fanout._slow_consumer(self, now, reason)
         self.session.handle_timer(now)
         self._fanout._absorb(self)
 
     def get_timer(self) -> float | None:
-        deadline = self.session.get_timer()
-        if deadline is None or self._turn_at is None:
-            return deadline
-        return min(deadline, self._turn_at)
+        timers = [t for t in (self.session.get_timer(), self._turn_at, self._stuck_until())
+                  if t is not None]
+        return min(timers) if timers else None
+
+    def _stuck_until(self) -> float | None:
+        if self._paused_at is None or not self.active:
+            return None
+        return self._paused_at + self._fanout.limits.write_deadline
 
     def data_to_send(self, now: float) -> bytes:
         """What to write next; call again after writing it, until it returns nothing.
@@ -177,12 +203,16 @@ class Subscriber(Generic[H]):
 
     # --- what io says of the socket ---------------------------------------------------------
 
-    def pause(self) -> None:
+    def pause(self, now: float) -> None:
+        """The socket is full: what we write waits in io until :meth:`resume`."""
         self.paused = True
+        if self._paused_at is None:
+            self._paused_at = now
 
     def resume(self) -> None:
         """The socket can take more: a new catch-up turn starts."""
         self.paused = False
+        self._paused_at = None
         self._budget = self._fanout.limits.turn_bytes
 
     def report_backlog(self, size: int, now: float) -> None:
@@ -190,13 +220,15 @@ class Subscriber(Generic[H]):
         self.backlog = size
         if self._pushed:
             self._pushed = False
-            if self.active and size > self._fanout.limits.max_backlog:
-                self._fanout._slow_consumer(self, now)
+            cap = self._fanout.limits.max_backlog
+            if self.active and size > cap:
+                reason = f"slow consumer: {size} bytes unsent, over the {cap} cap"
+                self._fanout._slow_consumer(self, now, reason)
 
     def connection_lost(self) -> None:
         """The connection is gone: forget the subscriber (closing its session if still open)."""
         self.close("connection lost")
-        self._fanout._subscribers.pop(self, None)
+        self._fanout._left(self)
 
 
 class FanOut(Generic[H]):
@@ -214,8 +246,13 @@ class FanOut(Generic[H]):
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         dead_after: float = DEAD_AFTER,
         login_timeout: float = LOGIN_TIMEOUT,
+        local_only: bool = False,
     ) -> None:
         self.journal = journal
+        # With nobody's credentials checked, only this host's clients are served.
+        self.local_only = local_only
+        self._per_address: dict[str, int] = {}
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
         self.limits = limits if limits is not None else FanOutLimits()
         self.counters = FanOutCounters()
         self._credentials = credentials
@@ -242,8 +279,9 @@ class FanOut(Generic[H]):
         """One past the last message published: where a login with sequence 0 starts."""
         return self._published
 
-    def connect(self, handle: H, now: float) -> Subscriber[H]:
-        """A new connection, awaiting its Login Request; ``handle`` is io's, given back as is."""
+    def connect(self, handle: H, now: float, address: str = "") -> Subscriber[H]:
+        """A new connection from ``address``, awaiting its Login Request; ``handle`` is io's,
+        given back as is. One over a limit is told why (Debug) and closed at once."""
         heartbeat_interval, dead_after, login_timeout = self._timing
         session = SoupServerSession(
             self.journal.session,
@@ -254,9 +292,50 @@ class FanOut(Generic[H]):
             dead_after=dead_after,
         )
         subscriber = Subscriber(self, handle, session)
+        subscriber.address = address
+        refusal = self._refusal(address, now)
         self._subscribers[subscriber] = None
+        self._per_address[address] = self._per_address.get(address, 0) + 1
         self.counters.connections += 1
+        if refusal is not None:
+            self.counters.refused += 1
+            session.send_debug(refusal.encode("ascii"))
+            session.close(refusal)
+            self._absorb(subscriber)
         return subscriber
+
+    def _refusal(self, address: str, now: float) -> str | None:
+        """Why a connection from ``address`` may not be served now (None: it may)."""
+        limits = self.limits
+        if self.local_only and not _loopback(address):
+            return "no users are configured: only clients on the plant's host are served"
+        if len(self._subscribers) >= limits.max_connections:
+            return f"the server is full: {limits.max_connections} connections"
+        if self._per_address.get(address, 0) >= limits.max_per_address:
+            return f"too many connections from {address}: {limits.max_per_address} at most"
+        failures = self._failures.get(address)
+        if failures is not None:
+            while failures and failures[0] <= now - limits.throttle:
+                failures.popleft()
+            if len(failures) >= limits.failed_logins:
+                wait = failures[0] + limits.throttle - now
+                return f"too many failed logins from {address}: try again in {wait:.0f} s"
+        return None
+
+    def _failed_login(self, address: str, now: float) -> None:
+        failures = self._failures.pop(address, None) or deque(maxlen=self.limits.failed_logins)
+        failures.append(now)
+        self._failures[address] = failures  # the most recent last
+        if len(self._failures) > FAILURES_KEPT:
+            self._failures.popitem(last=False)  # forget the address that failed longest ago
+
+    def _left(self, subscriber: Subscriber[H]) -> None:
+        if self._subscribers.pop(subscriber, False) is not False:
+            left = self._per_address.get(subscriber.address, 1) - 1
+            if left:
+                self._per_address[subscriber.address] = left
+            else:
+                self._per_address.pop(subscriber.address, None)
 
     def publish(self) -> list[Subscriber[H]]:
         """Take in what the journal gained since the last call; returns the subscribers with
@@ -312,6 +391,7 @@ class FanOut(Generic[H]):
             elif isinstance(event, Closed):
                 if event.cause is CloseCause.LOGIN_REJECTED:
                     counters.rejected += 1
+                    self._failed_login(subscriber.address, subscriber._heard_at)
                 elif event.cause in (CloseCause.LOGIN_TIMEOUT, CloseCause.DEAD_LINK):
                     counters.timeouts += 1
                 elif event.cause is CloseCause.END_OF_SESSION:
@@ -347,13 +427,18 @@ class FanOut(Generic[H]):
         self._absorb(subscriber)
         return True
 
-    def _slow_consumer(self, subscriber: Subscriber[H], now: float) -> None:
-        """A live subscriber's backlog went over the cap: disconnect it, saying why."""
+    def _slow_consumer(self, subscriber: Subscriber[H], now: float, reason: str) -> None:
+        """Over the backlog cap or past the write deadline: disconnect it, saying why."""
         self.counters.slow_consumers += 1
-        cap = self.limits.max_backlog
-        reason = f"slow consumer: {subscriber.backlog} bytes unsent, over the {cap} cap"
         subscriber._events.append(Dropped(reason))
         subscriber.session.send_debug(reason.encode("ascii"))
         subscriber.session.close(reason)
         subscriber.abort_at = now + self.limits.linger
         self._absorb(subscriber)
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False  # unknown: not known to be this host
