@@ -191,9 +191,13 @@ def _run(args: argparse.Namespace) -> int:
         await plant.start()
         console = None if args.json else Console()
         itch = config.itch.listen
+        who = (
+            f"users: {', '.join(config.users)}" if config.users
+            else "no users configured: any login is accepted, from this host only"
+        )  # fmt: skip
         print(
-            f"tickerplant run: serving the itch stream on {itch} (loopback only: logins are not"
-            f" checked); watch it with: tickerplant subscribe {itch}",
+            f"tickerplant run: serving the itch stream on {itch} ({who});"
+            f" watch it with: tickerplant subscribe {itch}",
             file=sys.stderr,
         )
         loop = asyncio.get_running_loop()
@@ -255,6 +259,20 @@ def _jsonable(record: Any) -> dict[str, Any]:
     for name, value in record._asdict().items():
         out[name] = value.decode("ascii", "replace").rstrip() if isinstance(value, bytes) else value
     return out
+
+
+def _passwd(args: argparse.Namespace) -> int:
+    import getpass
+
+    from tickerplant.ops.passwords import hash_password
+
+    password = getpass.getpass(f"password for {args.user}: ") if sys.stdin.isatty() else (
+        sys.stdin.readline().rstrip("\n")
+    )
+    if not 0 < len(password) <= 10:
+        raise ConfigError("password", f"{len(password)} characters", "SoupBinTCP takes 1 to 10")
+    print(f'{args.user} = "{hash_password(password)}"  # under [users] in the plant config')
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -353,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
     run.add_argument("--json", action="store_true", help="print final figures as JSON")
     run.set_defaults(func=_run)
+
+    passwd = sub.add_parser("passwd", help="a user's password as the config stores it")
+    passwd.add_argument("user", help="SoupBinTCP user name (up to 6 characters)")
+    passwd.set_defaults(func=_passwd)
 
     subscribe = sub.add_parser("subscribe", help="read a plant's stream (SoupBinTCP)")
     subscribe.add_argument("endpoint", type=_endpoint("HOST:PORT"), metavar="HOST:PORT")

@@ -8,7 +8,6 @@ numbers as empty messages (:mod:`tickerplant.session.stream`).
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +15,7 @@ from tickerplant.endpoint import LINE_A, LINE_B, REPLAY, REREQUEST, Endpoint
 from tickerplant.feed.books import LiveBooks
 from tickerplant.feed.handler import FeedHandler
 from tickerplant.io.soupbin import SoupServer
+from tickerplant.ops import passwords
 from tickerplant.ops.config import ConfigError
 from tickerplant.session.events import Batch, Event, GapLost, SessionEnded, SessionStarted
 from tickerplant.session.fanout import FanOutLimits
@@ -36,19 +36,21 @@ class StreamConfig:
     listen: Endpoint = ITCH
     limits: FanOutLimits = field(default_factory=FanOutLimits)
 
-    def __post_init__(self) -> None:
-        # No users can be configured yet, so any login is accepted: only this host may connect.
-        if not ipaddress.IPv4Address(self.listen.host).is_loopback:
-            raise ConfigError(
-                "listen", f"{self.listen} is not a loopback address",
-                "listen on 127.0.0.1: logins are not checked yet, so only this host may connect",
-            )
-
 
 @dataclass(frozen=True, slots=True)
 class PlantConfig:
     feed: FeedConfig = field(default_factory=_feed)
     itch: StreamConfig = field(default_factory=StreamConfig)
+    # User name -> scrypt hash of the password (`tickerplant passwd USER` makes one). With none,
+    # any login is accepted, from this host's addresses only.
+    users: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, stored in self.users.items():
+            if not (0 < len(name) <= 6 and name.isascii() and name.isprintable()):
+                raise ConfigError(f"users.{name}", "is not a SoupBinTCP user name",
+                                  "use 1 to 6 ASCII characters")
+            passwords.check(stored, f"users.{name}")
 
 
 class Plant:
@@ -58,9 +60,11 @@ class Plant:
         self.stream = ItchStream(config.feed.first_sequence)
         self.feed = FeedHandler(config.feed, self._on_batch, self._on_event)
         listen = config.itch.listen
+        users = {name.encode("ascii"): stored for name, stored in config.users.items()}
         self.itch = SoupServer(
-            ItchStream.waiting(), listen.host, listen.port, None, limits=config.itch.limits
-        )
+            ItchStream.waiting(), listen.host, listen.port, limits=config.itch.limits,
+            users=users or None, verify=passwords.verify, local_only=not users,
+        )  # fmt: skip
 
     async def start(self) -> None:
         """Listen first, then join the lines: a client may log in before the first packet."""
@@ -83,6 +87,7 @@ class Plant:
             "sent_messages": {"itch": counters.messages_sent},
             "sent_bytes": {"itch": counters.bytes_sent},
             "slow_consumers": {"itch": counters.slow_consumers},
+            "refused_connections": {"itch": counters.refused},
         }
 
     def _on_batch(self, batch: Batch) -> None:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Generic, Protocol, TypeVar, cast
 
 from tickerplant.session.fanout import (
+    CheckPassword,
     Dropped,
     FanOut,
     FanOutCounters,
@@ -38,6 +39,8 @@ from tickerplant.session.soupbin import (
 from tickerplant.wire.soupbintcp import encode_sequenced
 
 log = logging.getLogger(__name__)
+
+Verify = Callable[[str, bytes], bool]  # (stored hash, password as sent): does it match?
 
 
 class SoupMachine(Protocol):
@@ -158,10 +161,13 @@ class SoupConnection(asyncio.Protocol, Generic[M]):
 class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
     """One fan-out subscriber on its TCP connection; the factory of a fan-out server's listener."""
 
-    def __init__(self, fanout: FanOut[SubscriberConnection], high_water: int) -> None:
+    def __init__(
+        self, fanout: FanOut[SubscriberConnection], high_water: int, verify: Verify | None = None
+    ) -> None:
         # The machine comes with the transport: its peer's address is part of the connection.
         self.fanout = fanout
         self.high_water = high_water
+        self.verify = verify
         self._reset: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -193,6 +199,11 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
         if abort_at is not None and self._reset is None and self.transport is not None:
             self._reset = self.loop.call_at(abort_at, self.transport.abort)
 
+    def _checked(self, check: asyncio.Future[bool]) -> None:
+        ok = not check.cancelled() and check.exception() is None and check.result()
+        self.session.password_checked(ok, self.loop.time())
+        self.service()
+
     def shutdown(self, detail: str) -> None:
         """Close now; what a client that is not reading has still buffered is thrown away."""
         self.session.close(detail)
@@ -203,7 +214,13 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
                 self.transport.close()
 
     def on_event(self, event: object) -> None:
-        if isinstance(event, Subscribed):
+        if isinstance(event, CheckPassword):
+            verify = self.verify
+            if verify is None:
+                raise RuntimeError("a fan-out with users needs a verify function")
+            check = self.loop.run_in_executor(None, verify, event.stored, event.password)
+            check.add_done_callback(self._checked)
+        elif isinstance(event, Subscribed):
             log.info("subscriber %s logged in from %d", self.peer, event.first)
         elif isinstance(event, Dropped):
             log.warning("subscriber %s dropped: %s", self.peer, event.reason)
@@ -240,10 +257,15 @@ class SoupServer:
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         dead_after: float = DEAD_AFTER,
         login_timeout: float = LOGIN_TIMEOUT,
+        users: Mapping[bytes, str] | None = None,
+        verify: Verify | None = None,
+        local_only: bool = False,
     ) -> None:
         self.host = host
         self.port = port
-        self._settings = (credentials, limits, heartbeat_interval, dead_after, login_timeout)
+        self.verify = verify
+        self._settings = (credentials, limits, heartbeat_interval, dead_after, login_timeout,
+                          users, local_only)
         self.fanout = self._fanout(journal)
         self._server: asyncio.Server | None = None
 
@@ -263,7 +285,9 @@ class SoupServer:
         self.fanout = self._fanout(journal)
 
     def _fanout(self, journal: Journal) -> FanOut[SubscriberConnection]:
-        credentials, limits, heartbeat_interval, dead_after, login_timeout = self._settings
+        credentials, limits, heartbeat_interval, dead_after, login_timeout, users, local = (
+            self._settings
+        )
         return FanOut(
             journal,
             credentials,
@@ -271,6 +295,8 @@ class SoupServer:
             heartbeat_interval=heartbeat_interval,
             dead_after=dead_after,
             login_timeout=login_timeout,
+            local_only=local,
+            users=users,
         )
 
     @property
@@ -293,7 +319,7 @@ class SoupServer:
         encode_sequenced(b"\x00\x01x")
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: SubscriberConnection(self.fanout, HIGH_WATER),  # the current session's
+            lambda: SubscriberConnection(self.fanout, HIGH_WATER, self.verify),
             self.host,
             self.port,
             reuse_address=True,

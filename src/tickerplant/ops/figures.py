@@ -101,6 +101,8 @@ STREAMS = (
     Figure("sent_messages", _C, "sequenced messages sent to clients", _STREAM),
     Figure("sent_bytes", _C, "bytes of Sequenced Data sent to clients", _STREAM),
     Figure("slow_consumers", _C, "clients cut as slow consumers", _STREAM),
+    Figure("refused_connections", _C, "over a limit, throttled, or from an address not served",
+           _STREAM),
 )
 
 REGISTRY: Mapping[str, Figure] = {f.name: f for f in (*FEED, *BOOKS, *STREAMS)}

@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from tickerplant.ops.config import check
@@ -53,7 +54,7 @@ from tickerplant.session.soupbin import (
     SoupServerSession,
     State,
 )
-from tickerplant.wire.soupbintcp import encode_sequenced
+from tickerplant.wire.soupbintcp import NOT_AUTHORIZED, PAD, encode_sequenced
 
 H = TypeVar("H")
 
@@ -116,8 +117,18 @@ class Dropped:
     reason: str
 
 
-# What a subscriber tells io (to log): its session's events, the login as accepted, a drop.
-SubscriberEvent = Event | Subscribed | Dropped
+@dataclass(frozen=True, slots=True)
+class CheckPassword:
+    """io: check ``password`` against ``stored`` off the loop, then call
+    :meth:`Subscriber.password_checked`."""
+
+    stored: str = field(repr=False)
+    password: bytes = field(repr=False)
+
+
+# What a subscriber tells io: its session's events, the login as accepted, a drop (to log), a
+# password to check.
+SubscriberEvent = Event | Subscribed | Dropped | CheckPassword
 
 
 class Subscriber(Generic[H]):
@@ -131,6 +142,7 @@ class Subscriber(Generic[H]):
         self.paused = False  # the socket is full: no catching up until resume()
         self.address = ""  # the peer's, for limits and throttling
         self._heard_at = 0.0
+        self._login: LoginReceived | None = None  # awaiting its password check
         self._paused_at: float | None = None
         self.abort_at: float | None = None  # io resets the connection then (a dropped client)
         self._fanout = fanout
@@ -193,6 +205,18 @@ class Subscriber(Generic[H]):
             fanout._catch_up(self, now)
         return self.session.data_to_send(now)
 
+    def password_checked(self, ok: bool, now: float) -> None:
+        """io's answer to :class:`CheckPassword` (a no-op if the connection went meanwhile)."""
+        login, self._login = self._login, None
+        if login is None or self.session.state is not State.LOGIN_RECEIVED:
+            return
+        self._heard_at = now
+        if ok:
+            self._fanout._accept(self, login)
+        else:
+            self.session.reject(NOT_AUTHORIZED)
+        self._fanout._absorb(self)
+
     def next_event(self) -> SubscriberEvent | None:
         return self._events.popleft() if self._events else None
 
@@ -247,8 +271,12 @@ class FanOut(Generic[H]):
         dead_after: float = DEAD_AFTER,
         login_timeout: float = LOGIN_TIMEOUT,
         local_only: bool = False,
+        users: Mapping[bytes, str] | None = None,
     ) -> None:
         self.journal = journal
+        # Users' password hashes (scrypt, see tickerplant.ops.passwords): a login names one and
+        # io checks its password off the loop (CheckPassword); None: ``credentials`` decide.
+        self.users = users
         # With nobody's credentials checked, only this host's clients are served.
         self.local_only = local_only
         self._per_address: dict[str, int] = {}
@@ -379,12 +407,15 @@ class FanOut(Generic[H]):
             if isinstance(event, LoginReceived):
                 if session.state is not State.LOGIN_RECEIVED:
                     continue  # what followed the login in the same read already closed it
-                first = event.sequence or self._published
-                session.accept(first)
-                subscriber.cursor = first
-                subscriber._budget = self.limits.turn_bytes
-                counters.logins += 1
-                subscriber._events.append(Subscribed(event.username, first))
+                if self.users is None:
+                    self._accept(subscriber, event)
+                    continue
+                stored = self.users.get(event.username.strip(PAD))
+                if stored is None:
+                    session.reject(NOT_AUTHORIZED)
+                else:  # the check is slow on purpose: io runs it off the loop
+                    subscriber._login = event
+                    subscriber._events.append(CheckPassword(stored, event.password))
                 continue
             if isinstance(event, ProtocolError):
                 counters.protocol_errors += 1
@@ -397,6 +428,14 @@ class FanOut(Generic[H]):
                 elif event.cause is CloseCause.END_OF_SESSION:
                     counters.sessions_ended += 1
             subscriber._events.append(event)
+
+    def _accept(self, subscriber: Subscriber[H], login: LoginReceived) -> None:
+        first = login.sequence or self._published
+        subscriber.session.accept(first)
+        subscriber.cursor = first
+        subscriber._budget = self.limits.turn_bytes
+        self.counters.logins += 1
+        subscriber._events.append(Subscribed(login.username, first))
 
     def _catch_up(self, subscriber: Subscriber[H], now: float) -> None:
         """One chunk from the journal, if it is behind and its socket and its turn allow."""

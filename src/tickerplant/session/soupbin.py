@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from tickerplant.ops.config import check
@@ -76,6 +76,8 @@ class LoginReceived:
     username: bytes
     session: bytes
     sequence: int  # as requested: 0 = the next message generated
+    # For an application that checks passwords itself (off its event loop); never shown.
+    password: bytes = field(default=b"", repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +326,9 @@ class SoupServerSession(SoupSession):
         else:
             self.username = login.username
             self.state = State.LOGIN_RECEIVED
-            self._events.append(LoginReceived(login.username, login.session, login.sequence))
+            self._events.append(
+                LoginReceived(login.username, login.session, login.sequence, login.password)
+            )
 
     def _authorized(self, username: bytes, password: bytes) -> bool:
         if self._credentials is None:
