@@ -1,31 +1,39 @@
-"""``tickerplant demo``: the exchange simulator and the feed handler together on loopback.
+"""``tickerplant demo``: the exchange simulator and the whole plant together on loopback.
 
 The exchange runs in its own process (the machine has two cores: one publishes, one receives),
 publishes a synthetic day on line A and line B with loss injected per line, and ends the session;
-the feed handler repairs what was lost and the demo compares the delivered stream with the
-published one by count and sha256.
+the plant repairs what was lost, builds the books and serves the ``itch`` stream to three demo
+clients in this process: one that reads everything, one that drops its connection every few
+seconds and resumes from its last number, and one that logs in and never reads (a slow consumer,
+cut by the server). The verdict compares, by count and sha256, the published stream with what the
+plant delivered and with what each reading client received.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
 
 from tickerplant import endpoint
+from tickerplant.client import Lost, Reconnected, subscribe
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.child import ExchangeProcess
-from tickerplant.feed.books import LiveBooks
-from tickerplant.feed.handler import FeedHandler
 from tickerplant.ops.config import ConfigError
 from tickerplant.ops.dashboard import LiveTable
 from tickerplant.ops.figures import summed
+from tickerplant.plant import Plant, PlantConfig, StreamConfig
+from tickerplant.session.events import Batch
 from tickerplant.session.feed import FeedConfig
+from tickerplant.wire import soupbintcp as soup
+
+DROP_EVERY = 3.0  # seconds the resuming client reads before it drops its connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +48,7 @@ class DemoConfig:
     line_b: Endpoint = endpoint.LINE_B
     rerequest: Endpoint = endpoint.REREQUEST
     replay: Endpoint = endpoint.REPLAY
+    itch: Endpoint = endpoint.ITCH
 
     def __post_init__(self) -> None:
         if self.seconds <= 0:
@@ -51,23 +60,71 @@ class DemoConfig:
                 raise ConfigError(name, f"{getattr(self, name)}", "give a probability in [0, 1)")
 
 
+@dataclass(slots=True)
+class DemoClient:
+    """What one demo client received."""
+
+    messages: int = 0
+    lost: int = 0
+    reconnects: int = 0
+    sha256: Any = field(default_factory=hashlib.sha256)
+
+    def take(self, record: object) -> None:
+        if isinstance(record, Batch):
+            self.messages += record.count
+            self.sha256.update(record.blocks)
+        elif isinstance(record, Lost):
+            self.lost += record.end - record.start
+        elif isinstance(record, Reconnected):
+            self.reconnects += 1
+
+
+async def _reader(itch: Endpoint, client: DemoClient) -> None:
+    async for record in subscribe(itch, retry=0.2):
+        client.take(record)
+
+
+async def _dropper(itch: Endpoint, client: DemoClient) -> None:
+    """Reads for DROP_EVERY seconds, drops the connection, comes back at the next number."""
+    loop = asyncio.get_running_loop()
+    first = 1
+    while True:
+        until = loop.time() + DROP_EVERY
+        ended = True
+        async for record in subscribe(itch, first=first, retry=0.2):
+            client.take(record)
+            if isinstance(record, Batch | Lost):
+                first = record.end
+            if loop.time() >= until:
+                ended = False
+                break
+        if ended:
+            return
+        client.reconnects += 1
+
+
+async def _staller(itch: Endpoint) -> None:
+    """Logs in from 1 and never reads: the server must cut it, not wait for it."""
+    with contextlib.suppress(OSError):
+        _, writer = await asyncio.open_connection(itch.host, itch.port)
+        writer.write(soup.encode(soup.LoginRequest(b"", b"", b"", 1)))
+        await asyncio.sleep(3600)
+
+
 async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
-    books = LiveBooks()
+    feed = FeedConfig(cfg.line_a, cfg.line_b, rerequest=cfg.rerequest, replay=cfg.replay,
+                      digest=True)
+    plant = Plant(PlantConfig(feed, StreamConfig(cfg.itch)))
     if console is not None:
         console.print("loading kernels (the first run compiles them, ~20 s; cached after)")
-    books.warm()
-    feed = FeedHandler(
-        FeedConfig(
-            line_a=cfg.line_a,
-            line_b=cfg.line_b,
-            rerequest=cfg.rerequest,
-            replay=cfg.replay,
-            digest=True,
-        ),
-        on_batch=books.on_batch,
-        on_event=books.on_event,
-    )
-    await feed.start()
+    await plant.start()
+    if console is not None:
+        console.print(f"the itch stream is on {cfg.itch}; in another terminal:"
+                      f" tickerplant subscribe {cfg.itch} --json", highlight=False)
+    reader, dropper = DemoClient(), DemoClient()
+    clients = [asyncio.ensure_future(_reader(cfg.itch, reader)),
+               asyncio.ensure_future(_dropper(cfg.itch, dropper))]
+    staller = asyncio.ensure_future(_staller(cfg.itch))
     exchange = ExchangeProcess(
         cfg.line_a, cfg.line_b, cfg.rerequest, cfg.replay,
         "--messages", str(int(cfg.rate * cfg.seconds)), "--seed", str(cfg.seed),
@@ -81,39 +138,39 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str,
     started = time.monotonic()
     try:
         await exchange.start()
-        await _watch(feed, books, stop, started, cfg, console)
+        await _watch(plant, stop, started, cfg, console)
         if stop.is_set():
             exchange.end_session()  # early: the exchange still answers repairs meanwhile
         published = await exchange.summary(timeout=60)
-        # After end of session the handler may still be finishing repairs.
+        # After end of session the plant may still be finishing repairs, the clients reading.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(feed.session_ended.wait(), timeout=10)
+            await asyncio.wait_for(plant.feed.session_ended.wait(), timeout=10)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*clients), timeout=10)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        for task in (*clients, staller):
+            task.cancel()
         await exchange.close()
-        await feed.close()
-    return summary(feed, books, published, time.monotonic() - started)
+        await plant.close()
+    return summary(plant, published, {"reader": reader, "dropper": dropper},
+                   time.monotonic() - started)
 
 
 async def _watch(
-    feed: FeedHandler,
-    books: LiveBooks,
-    stop: asyncio.Event,
-    started: float,
-    cfg: DemoConfig,
-    console: Console | None,
+    plant: Plant, stop: asyncio.Event, started: float, cfg: DemoConfig, console: Console | None
 ) -> None:
     """Until the session ends, the user stops us, or the run overstays its welcome."""
     deadline = started + cfg.seconds + 30
-    ended = asyncio.ensure_future(feed.session_ended.wait())
+    ended = asyncio.ensure_future(plant.feed.session_ended.wait())
     stopped = asyncio.ensure_future(stop.wait())
     try:
         with LiveTable(console, time.monotonic()) as table:
             while not (ended.done() or stopped.done()) and time.monotonic() < deadline:
                 await asyncio.wait({ended, stopped}, timeout=0.5)
                 now = time.monotonic()
-                figures = feed.figures() | books.figures()
+                figures = plant.figures()
                 title = f"tickerplant demo: {now - started:4.1f} s of {cfg.seconds:g}"
                 if not figures["delivered_messages"]:
                     title += " (waiting for the exchange: its first run compiles kernels)"
@@ -124,18 +181,26 @@ async def _watch(
 
 
 def summary(
-    feed: FeedHandler, books: LiveBooks, published: dict[str, Any], seconds: float
+    plant: Plant, published: dict[str, Any], clients: dict[str, DemoClient], seconds: float
 ) -> dict[str, Any]:
-    """The verdict (delivered == published, by count and sha256, nothing lost), then the
-    feed's and the books' figures and the exchange's summary."""
-    figures = feed.figures()
+    """The verdict (delivered == published and received == published, by count and sha256,
+    nothing lost), then the plant's figures, the clients' and the exchange's summary."""
+    figures = plant.figures()
     count = published.get("published")
+    sha = published.get("sha256")
     delivered = figures["delivered_messages"]
+    digest = plant.feed.session.digest
+    received = {
+        name: {"messages": c.messages, "lost": c.lost, "reconnects": c.reconnects,
+               "identical": c.messages == count and c.sha256.hexdigest() == sha}
+        for name, c in clients.items()
+    }  # fmt: skip
     identical = (
         count is not None
         and count == delivered
-        and published.get("sha256") == feed.session.digest
+        and sha == digest
         and figures["lost_messages"] == 0
+        and all(c["identical"] for c in received.values())
     )
     return {
         "published": count,
@@ -143,10 +208,12 @@ def summary(
         "identical": identical,
         "duplicates_delivered": figures["duplicates_delivered"],
         "seconds": round(seconds, 3),
-        "published_sha256": published.get("sha256"),
-        "delivered_sha256": feed.session.digest,
-        "feed": figures,
-        "books": books.figures(),
+        "published_sha256": sha,
+        "delivered_sha256": digest,
+        "clients": received,
+        "slow_consumers_cut": figures["slow_consumers"]["itch"],
+        "feed": {k: v for k, v in figures.items() if k not in plant.books.figures()},
+        "books": plant.books.figures(),
         "exchange": published,
     }
 
@@ -155,11 +222,18 @@ def print_summary(result: dict[str, Any], console: Console) -> None:
     feed = result["feed"]
     repaired = summed(feed["gaps_repaired"])
     verdict = "[green]identical[/]" if result["identical"] else "[bold red]NOT identical[/]"
+    clients = "; ".join(
+        f"{name} received {c['messages']:,}"
+        + (f" over {c['reconnects'] + 1} connections" if c["reconnects"] else "")
+        + (" [green]identical[/]" if c["identical"] else " [bold red]NOT identical[/]")
+        for name, c in result["clients"].items()
+    )
     console.print(
         f"published {result['published']:,} messages, delivered {result['delivered']:,}:"
         f" {verdict} (sha256 {str(result['delivered_sha256'])[:16]}...)\n"
         f"gaps seen {sum(feed['gaps_seen'].values()):,}: repaired by the other line"
         f" {repaired['line']:,}, by re-request {repaired['rerequest']:,},"
         f" by replay {repaired['replay']:,}; lost {sum(feed['gaps_lost'].values()):,}."
-        f" Duplicates delivered: {result['duplicates_delivered']}."
+        f" Duplicates delivered: {result['duplicates_delivered']}.\n"
+        f"itch stream: {clients}; slow consumers cut: {result['slow_consumers_cut']}."
     )

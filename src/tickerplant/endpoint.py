@@ -41,3 +41,4 @@ LINE_A = Endpoint("239.192.77.1", 31001)
 LINE_B = Endpoint("239.192.77.2", 31002)
 REREQUEST = Endpoint("127.0.0.1", 31003)
 REPLAY = Endpoint("127.0.0.1", 31004)
+ITCH = Endpoint("127.0.0.1", 31010)  # the plant's itch stream

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tickerplant.endpoint import LINE_A, LINE_B, REPLAY, REREQUEST, Endpoint
+from tickerplant.endpoint import ITCH, LINE_A, LINE_B, REPLAY, REREQUEST, Endpoint
 from tickerplant.feed.books import LiveBooks
 from tickerplant.feed.handler import FeedHandler
 from tickerplant.io.soupbin import SoupServer
@@ -21,8 +21,6 @@ from tickerplant.session.events import Batch, Event, GapLost, SessionEnded, Sess
 from tickerplant.session.fanout import FanOutLimits
 from tickerplant.session.feed import FeedConfig
 from tickerplant.session.stream import ItchStream
-
-ITCH = Endpoint("127.0.0.1", 31010)
 
 
 def _feed() -> FeedConfig:
