@@ -31,7 +31,7 @@ def msgs(first: int, count: int) -> bytes:
     return join_messages([b"m%d" % s for s in range(first, first + count)])
 
 
-def test_a_lost_range_keeps_its_numbers_as_empty_messages() -> None:
+def test_a_lost_range_keeps_its_numbers_as_marks() -> None:
     stream = ItchStream()
     assert stream.deliver(SessionStarted(S1, None))
     stream.deliver(Batch(1, 3, msgs(1, 3)))
@@ -41,7 +41,7 @@ def test_a_lost_range_keeps_its_numbers_as_empty_messages() -> None:
     assert stream.journal is not None and stream.ended
     count, blocks = stream.journal.blocks(1, 100)
     assert count == 7
-    assert list(iter_messages(blocks)) == [b"m1", b"m2", b"m3", b"", b"", b"m6", b"m7"]
+    assert list(iter_messages(blocks)) == [b"m1", b"m2", b"m3", b"\x00", b"\x00", b"m6", b"m7"]
     assert (stream.counters.messages, stream.counters.lost) == (7, 2)
     # A new session is a new journal, numbered from 1 again.
     assert stream.deliver(SessionStarted(S2, S1))
@@ -62,15 +62,17 @@ def test_a_plant_that_starts_later_than_one_serves_the_numbers_before_as_lost() 
     stream.deliver(SessionStarted(S1, None))
     stream.deliver(Batch(10, 1, msgs(10, 1)))
     assert stream.journal is not None
-    assert list(iter_messages(stream.journal.blocks(1, 10)[1])) == [b""] * 9 + [b"m10"]
+    assert list(iter_messages(stream.journal.blocks(1, 10)[1])) == [b"\x00"] * 9 + [b"m10"]
 
 
-def test_the_client_turns_empty_messages_into_lost_notices_in_place() -> None:
+def test_the_client_turns_marks_into_lost_notices_in_place() -> None:
     blocks = msgs(1, 2) + LOST * 3 + msgs(6, 1) + LOST
     assert _split(Batch(1, 7, blocks)) == [
         Batch(1, 2, msgs(1, 2)), Lost(3, 6), Batch(6, 1, msgs(6, 1)), Lost(7, 8)
     ]
     assert _split(Batch(1, 2, msgs(1, 2))) == [Batch(1, 2, msgs(1, 2))]
+    one_byte = join_messages([b"x", b"y"])  # short messages that are not marks stay messages
+    assert _split(Batch(1, 2, one_byte)) == [Batch(1, 2, one_byte)]
 
 
 def test_the_example_config_holds_every_setting_and_loads_back_to_the_defaults() -> None:
@@ -136,7 +138,7 @@ class Collected:
         elif isinstance(record, Lost):
             assert record.start == len(self.messages) + 1
             self.lost.append((record.start, record.end))
-            self.messages += [b""] * (record.end - record.start)
+            self.messages += [LOST[2:]] * (record.end - record.start)
         elif isinstance(record, Reconnected):
             assert record.sequence == len(self.messages) + 1
             self.reconnects += 1
@@ -233,5 +235,5 @@ def test_what_the_plant_lost_reaches_subscribers_in_place_with_the_numbers_after
         assert len(client.messages) == messages
         lost_numbers = {s for a, b in lost for s in range(a, b)}
         for number, (got, want) in enumerate(zip(client.messages, source, strict=True), 1):
-            assert got == (b"" if number in lost_numbers else want), number
+            assert got == (LOST[2:] if number in lost_numbers else want), number
     assert plant.figures()["stream_lost_messages"]["itch"] == sum(b - a for a, b in lost)

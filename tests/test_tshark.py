@@ -299,3 +299,48 @@ def _pdu(proto: ET.Element) -> str:
         elif name != "packet_length":  # alpha: only right padding is stripped, so left would show
             parts.append(f"{name}={show.rstrip(' ')}")
     return " ".join(parts)
+
+
+def test_lost_messages_on_the_itch_stream_are_well_formed_marks(
+    tmp_path: Path,
+) -> None:
+    """The plant's mark for a lost message (the one-byte message 0x00) decodes cleanly, where an
+    empty Sequenced Data payload trips Wireshark's OUCH heuristic, and keeps tshark's sequence
+    numbering on the exchange's numbers."""
+    from tickerplant.client import Lost, subscribe
+    from tickerplant.endpoint import Endpoint
+    from tickerplant.session.events import Batch
+    from tickerplant.session.stream import LOST
+
+    journal = Journal(b"TSHARK0002")
+    journal.append(join_messages([b"first"]) + LOST * 2 + join_messages([b"fourth"]))
+    records: list[object] = []
+
+    async def main() -> tuple[Path, int]:
+        server = SoupServer(journal, "127.0.0.1", 0)
+        port = await server.start()
+        capture = Capture(tmp_path / "lost.pcapng", udp=[], tcp=[port])
+        try:
+            await asyncio.to_thread(capture.start)
+            async with asyncio.timeout(30):
+                async for record in subscribe(Endpoint("127.0.0.1", port), retry=None):
+                    records.append(record)
+                    if isinstance(record, Batch) and record.end == 5:
+                        break
+        finally:
+            await server.close()
+            await asyncio.to_thread(capture.stop)
+        return capture.path, port
+
+    pcap, port = asyncio.run(main())
+    assert records == [Batch(1, 1, join_messages([b"first"])), Lost(2, 4),
+                       Batch(4, 1, join_messages([b"fourth"]))]
+    server_pdus = []
+    for packet in decode(pcap, f"tcp.port=={port},soupbintcp"):
+        assert_well_formed(packet)
+        if fields(packet, "tcp.srcport") == [str(port)]:
+            server_pdus += [_pdu(p) for p in packet.findall("proto[@name='soupbintcp']")]
+    sequenced = [p for p in server_pdus if p.startswith("S ")]
+    mark = "message=\x00"
+    assert sequenced == ["S seq_num=1 message=first", f"S seq_num=2 {mark}", f"S seq_num=3 {mark}",
+                         "S seq_num=4 message=fourth"]

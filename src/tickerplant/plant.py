@@ -3,7 +3,7 @@
 The feed handler (lines, re-request, replay) hands its repaired stream to the live books and to
 the ``itch`` stream, a SoupBinTCP server of its journal: a client logs in at any sequence number,
 is replayed from there at full speed and then stays live, and a range the plant lost keeps its
-numbers as empty messages (:mod:`tickerplant.session.stream`).
+numbers as marks (:mod:`tickerplant.session.stream`).
 """
 
 from __future__ import annotations

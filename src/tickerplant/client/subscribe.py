@@ -1,10 +1,10 @@
 """Subscribing to a plant's stream: ``async for record in subscribe(...)``.
 
 One SoupBinTCP login at the next sequence number wanted; Sequenced Data comes out as
-:class:`~tickerplant.session.events.Batch` es (a block stream each, never one object per
-message), lost messages as :class:`Lost` notices at their position. Heartbeats go both ways
-(the session machine's). A connection that breaks (reset, dead link, a server that goes away and
-comes back) is opened again after ``retry`` seconds at the number after the last one received,
+:class:`~tickerplant.session.events.Batch` es (a block stream each, never one object per message),
+lost messages (the plant's marks) as :class:`Lost` notices at their position. Heartbeats go both
+ways (the session machine's). A connection that breaks (reset, dead link, a server that goes away
+and comes back) is opened again after ``retry`` seconds at the number after the last one received,
 so the records are every message exactly once, in order, across reconnects; each reconnect is
 surfaced as a :class:`Reconnected` record. The iteration ends at the server's End of Session.
 
@@ -97,10 +97,15 @@ class _Connection(SoupConnection[SoupClientSession]):
 
 
 def _split(batch: Batch) -> list[Record]:
-    """A batch as runs of messages and of lost (empty) ones; no work per message in Python."""
+    """A batch as runs of messages and of lost ones (marks: the one-byte message 0x00, see
+    :mod:`tickerplant.session.stream`); no work per message in Python."""
     offsets, size = offsets_of(batch.blocks)
     ends = np.append(offsets[1:], size)
-    empty = (ends - offsets) == 2
+    short = (ends - offsets) == 3
+    if not short.any():
+        return [batch]
+    raw = np.frombuffer(batch.blocks, dtype=np.uint8)
+    empty = short & (raw[np.minimum(offsets + 2, size - 1)] == 0)
     if not empty.any():
         return [batch]
     # Where a run of empty (or of real) messages starts.

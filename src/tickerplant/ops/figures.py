@@ -94,7 +94,7 @@ _STREAM = ("stream",)
 
 STREAMS = (
     Figure("stream_messages", _C, "messages journaled for the stream, lost ones included", _STREAM),
-    Figure("stream_lost_messages", _C, "journaled as lost (empty messages)", _STREAM),
+    Figure("stream_lost_messages", _C, "journaled as lost (marks)", _STREAM),
     Figure("clients", _G, "connections open, logged in or not", _STREAM),
     Figure("logins", _C, "logins accepted", _STREAM),
     Figure("rejected_logins", _C, "logins rejected", _STREAM),

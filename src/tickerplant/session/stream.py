@@ -2,11 +2,13 @@
 exchange numbered it.
 
 Fed the feed session's deliveries in order, it keeps one journal per exchange session. A range
-the plant lost keeps its numbers: each lost message is an *empty* message (a zero-length block,
-on the wire a SoupBinTCP Sequenced Data packet of one byte, the ``S`` alone), so a client counting
-Sequenced Data stays on the exchange's numbers after it, and one that sees empty messages knows
-exactly which numbers were lost (``tickerplant.client`` turns a run of them into a ``Lost``
-notice). No ITCH message is empty, so the mark cannot be mistaken for data.
+the plant lost keeps its numbers: each lost message is a *mark*, the one-byte message 0x00 (on
+the wire a SoupBinTCP Sequenced Data packet ``00 02 53 00``), so a client counting Sequenced
+Data stays on the exchange's numbers after it, and one that sees marks knows exactly which
+numbers were lost (``tickerplant.client`` turns a run of them into a ``Lost`` notice). No ITCH
+5.0 message is one byte long or of type 0x00, so a mark cannot be mistaken for data. (An empty
+message would be shorter still, but Wireshark's heuristic OUCH dissector reports an empty
+Sequenced Data payload as malformed.)
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from tickerplant.session.journal import Journal
 from tickerplant.session.sequencer import Delivery
 from tickerplant.wire.moldudp64 import SESSION_LEN
 
-LOST = b"\x00\x00"  # the block of one lost message: a length of zero
+LOST = b"\x00\x01\x00"  # the block of one lost message: the single byte 0x00
 
 
 @dataclass(slots=True)
 class StreamCounters:
     messages: int = 0  # journaled, lost ones included
-    lost: int = 0  # journaled as empty messages
+    lost: int = 0  # journaled as marks
     sessions: int = 0
 
 
