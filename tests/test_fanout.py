@@ -59,8 +59,11 @@ class Link:
         high_water: int | None = None,
         password: bytes = b"",
         address: str = "127.0.0.1",
+        username: bytes = b"",
     ) -> None:
-        self.client = SoupClientSession(now, sequence=sequence, password=password)
+        self.client = SoupClientSession(
+            now, sequence=sequence, password=password, username=username
+        )
         self.sub = fanout.connect(self, now, address)
         self.high_water = high_water
         self.unread: list[bytes] = []  # written, not yet read by the client: the socket
@@ -355,3 +358,26 @@ def test_a_socket_that_takes_nothing_past_the_write_deadline_is_a_slow_consumer(
         assert dropped == (cut if now == 3.0 else [])
     assert stuck.sub.closed and stuck.sub.abort_at == 3.0 + limits.linger
     assert fine.sub.active and fanout.counters.slow_consumers == 1
+
+
+def test_password_checks_in_flight_count_toward_the_throttle_and_are_capped() -> None:
+    from tickerplant.session.fanout import CheckPassword
+
+    limits = FanOutLimits(failed_logins=3, max_checks=2)
+    fanout: FanOut[Any] = FanOut(journal_of(5), limits=limits, users={b"alice": "stored"})
+
+    def login(address: str, now: float = 0.0) -> Link:
+        return Link(fanout, now, password=b"guess", address=address, username=b"alice")
+
+    a, b = login("10.0.0.1"), login("10.0.0.2")
+    assert [e for e in a.events if isinstance(e, CheckPassword)]  # io is asked to check
+    assert "busy checking other logins" in _refused(login("10.0.0.3"))  # two under way
+    a.sub.password_checked(False, 0.1)
+    b.sub.password_checked(True, 0.1)
+    assert a.sub.closed and b.sub.active and fanout.counters.rejected == 1
+    # 10.0.0.1: one failure counted once; two more checks in flight reach the throttle.
+    c, d = login("10.0.0.1"), login("10.0.0.1")
+    assert "too many failed logins" in _refused(login("10.0.0.1"))
+    c.sub.password_checked(True, 0.2)  # a success forgives the address its failures
+    d.sub.password_checked(False, 0.2)
+    assert login("10.0.0.1", 0.3).sub.session.state.value == "login received"

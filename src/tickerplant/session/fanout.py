@@ -78,10 +78,11 @@ class FanOutLimits:
     max_per_address: int = 1_000
     failed_logins: int = 5  # from one address within throttle seconds: then it is refused
     throttle: float = 10.0
+    max_checks: int = 8  # password checks under way at once (each ~16 MiB and tens of ms)
 
     def __post_init__(self) -> None:
         for name in ("max_backlog", "chunk_messages", "turn_bytes", "max_connections",
-                     "max_per_address", "failed_logins"):
+                     "max_per_address", "failed_logins", "max_checks"):
             check(name, getattr(self, name) >= 1, getattr(self, name), "give 1 or more")
         for name in ("linger", "throttle"):
             check(name, getattr(self, name) >= 0, getattr(self, name), "give seconds, 0 or more")
@@ -143,6 +144,7 @@ class Subscriber(Generic[H]):
         self.address = ""  # the peer's, for limits and throttling
         self._heard_at = 0.0
         self._login: LoginReceived | None = None  # awaiting its password check
+        self._checked = False  # its password was checked (and counted as it started)
         self._paused_at: float | None = None
         self.abort_at: float | None = None  # io resets the connection then (a dropped client)
         self._fanout = fanout
@@ -206,16 +208,22 @@ class Subscriber(Generic[H]):
         return self.session.data_to_send(now)
 
     def password_checked(self, ok: bool, now: float) -> None:
-        """io's answer to :class:`CheckPassword` (a no-op if the connection went meanwhile)."""
+        """io's answer to :class:`CheckPassword` (moot if the connection went meanwhile)."""
         login, self._login = self._login, None
-        if login is None or self.session.state is not State.LOGIN_RECEIVED:
+        if login is None:
+            return
+        fanout = self._fanout
+        fanout._checking -= 1
+        self._checked = True
+        if self.session.state is not State.LOGIN_RECEIVED:
             return
         self._heard_at = now
         if ok:
-            self._fanout._accept(self, login)
+            fanout._failures.pop(self.address, None)
+            fanout._accept(self, login)
         else:
             self.session.reject(NOT_AUTHORIZED)
-        self._fanout._absorb(self)
+        fanout._absorb(self)
 
     def next_event(self) -> SubscriberEvent | None:
         return self._events.popleft() if self._events else None
@@ -281,6 +289,7 @@ class FanOut(Generic[H]):
         self.local_only = local_only
         self._per_address: dict[str, int] = {}
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._checking = 0  # password checks io is running
         self.limits = limits if limits is not None else FanOutLimits()
         self.counters = FanOutCounters()
         self._credentials = credentials
@@ -326,9 +335,7 @@ class FanOut(Generic[H]):
         self._per_address[address] = self._per_address.get(address, 0) + 1
         self.counters.connections += 1
         if refusal is not None:
-            self.counters.refused += 1
-            session.send_debug(refusal.encode("ascii"))
-            session.close(refusal)
+            self._refuse(subscriber, refusal)
             self._absorb(subscriber)
         return subscriber
 
@@ -341,6 +348,10 @@ class FanOut(Generic[H]):
             return f"the server is full: {limits.max_connections} connections"
         if self._per_address.get(address, 0) >= limits.max_per_address:
             return f"too many connections from {address}: {limits.max_per_address} at most"
+        return self._throttled(address, now)
+
+    def _throttled(self, address: str, now: float) -> str | None:
+        limits = self.limits
         failures = self._failures.get(address)
         if failures is not None:
             while failures and failures[0] <= now - limits.throttle:
@@ -349,6 +360,12 @@ class FanOut(Generic[H]):
                 wait = failures[0] + limits.throttle - now
                 return f"too many failed logins from {address}: try again in {wait:.0f} s"
         return None
+
+    def _refuse(self, subscriber: Subscriber[H], reason: str) -> None:
+        """Tell it why (Debug) and close: over a limit, throttled, or not served from there."""
+        self.counters.refused += 1
+        subscriber.session.send_debug(reason.encode("ascii"))
+        subscriber.session.close(reason)
 
     def _failed_login(self, address: str, now: float) -> None:
         failures = self._failures.pop(address, None) or deque(maxlen=self.limits.failed_logins)
@@ -411,9 +428,18 @@ class FanOut(Generic[H]):
                     self._accept(subscriber, event)
                     continue
                 stored = self.users.get(event.username.strip(PAD))
-                if stored is None:
+                refusal = self._throttled(subscriber.address, subscriber._heard_at)
+                if refusal is None and self._checking >= self.limits.max_checks:
+                    refusal = "busy checking other logins: try again shortly"
+                if refusal is not None:
+                    self._refuse(subscriber, refusal)
+                elif stored is None:
                     session.reject(NOT_AUTHORIZED)
-                else:  # the check is slow on purpose: io runs it off the loop
+                else:
+                    # Slow on purpose (scrypt): io runs it off the loop. Counted as failed until
+                    # it succeeds, so that logins in flight are throttled too.
+                    self._checking += 1
+                    self._failed_login(subscriber.address, subscriber._heard_at)
                     subscriber._login = event
                     subscriber._events.append(CheckPassword(stored, event.password))
                 continue
@@ -422,7 +448,8 @@ class FanOut(Generic[H]):
             elif isinstance(event, Closed):
                 if event.cause is CloseCause.LOGIN_REJECTED:
                     counters.rejected += 1
-                    self._failed_login(subscriber.address, subscriber._heard_at)
+                    if not subscriber._checked:  # a checked one was counted when it started
+                        self._failed_login(subscriber.address, subscriber._heard_at)
                 elif event.cause in (CloseCause.LOGIN_TIMEOUT, CloseCause.DEAD_LINK):
                     counters.timeouts += 1
                 elif event.cause is CloseCause.END_OF_SESSION:
