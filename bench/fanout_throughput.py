@@ -1,0 +1,334 @@
+"""Fan-out: aggregate messages/s delivered to N clients on loopback, tickerplant vs Redis vs NATS.
+
+Every client receives every message (40 bytes each). The subjects, in the same invocation, with
+the same subscriber harness:
+
+- tickerplant: the plant's SoupBinTCP server (io/soupbin.SoupServer: one FanOut, encode once per
+  batch, one send per client per batch) in its own process, publishing batches of messages into
+  its journal as fast as its clients take them (it waits while a client's queue is over 4 MiB:
+  memory stays bounded, as the peers' own flow control does for them);
+- redis: Debian's redis-server (pub/sub, output buffer limits off), fed by a pipelined raw
+  publisher process;
+- nats: Debian's nats-server (core pub/sub, max_pending and write_deadline raised so nobody is
+  cut), fed by a batched raw publisher process.
+
+Subscribers are 4 processes sharing the N connections; each reads with recv_into under epoll and
+counts bytes: every frame of a subject has the same size, so messages = bytes // frame (cheaper
+than any parser, and exact for this traffic). Aggregate = messages received by all clients over
+the time from the first byte to the last. Each process's CPU seconds are reported, so a reader
+can see what limited a run (2 cores here: a flat-out source and its subscribers share them).
+
+    .venv/bin/python bench/fanout_throughput.py [--clients 10,100,1000] [--deliveries 20000000]
+
+Not measured yet: latency at a fixed rate (the issue's second half).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import resource
+import selectors
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+SIZE = 40
+SUBSCRIBERS = 4
+PAYLOAD = b"m" * SIZE
+
+
+def emit(**fields: Any) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_of(pid: int) -> float:
+    """utime + stime of a process, from /proc (seconds)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+# ---- the protocols, as the subscribers and publishers speak them ------------------------------
+
+def soup_login() -> bytes:
+    from tickerplant.wire import soupbintcp as soup
+
+    return soup.encode(soup.LoginRequest(b"", b"", b"", 0))
+
+
+FRAMES = {
+    "tickerplant": 2 + 1 + SIZE,  # SoupBinTCP Sequenced Data
+    "redis": len(b"*3\r\n$7\r\nmessage\r\n$2\r\nmd\r\n$40\r\n") + SIZE + 2,
+    "nats": len(b"MSG md 1 40\r\n") + SIZE + 2,
+}
+
+
+def handshake(subject: str, sock: socket.socket) -> None:
+    """Subscribe and wait until the server confirms; the bytes until then are not counted."""
+    sock.setblocking(True)
+    sock.settimeout(30)
+    if subject == "tickerplant":
+        sock.sendall(soup_login())
+        want = 33  # Login Accepted
+    elif subject == "redis":
+        sock.sendall(b"SUBSCRIBE md\r\n")
+        want = len(b"*3\r\n$9\r\nsubscribe\r\n$2\r\nmd\r\n:1\r\n")
+    else:
+        sock.recv(4096)  # INFO
+        sock.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB md 1\r\nPING\r\n')
+        got = b""
+        while b"PONG\r\n" not in got:
+            got += sock.recv(4096)
+            if b"PING\r\n" in got:  # the server's RTT probe
+                sock.sendall(b"PONG\r\n")
+                got = got.replace(b"PING\r\n", b"")
+        want = 0
+    got = b""
+    while len(got) < want:
+        got += sock.recv(want - len(got))
+    sock.setblocking(False)
+
+
+def subscriber(subject: str, port: int, count: int, messages: int, pipe: Connection) -> None:
+    """``count`` connections; counts bytes after the handshake until each has every message."""
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+    for sock in socks:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        handshake(subject, sock)
+    want = messages * FRAMES[subject]
+    received = dict.fromkeys(range(count), 0)
+    sel = selectors.DefaultSelector()
+    for i, sock in enumerate(socks):
+        sel.register(sock, selectors.EVENT_READ, i)
+    buf = bytearray(1 << 20)
+    pipe.send("ready")
+    first = last = 0.0
+    open_ = count
+    give_up = time.monotonic() + 120
+    beat = time.monotonic() + 1.0
+    while open_ and time.monotonic() < give_up:
+        if subject == "tickerplant" and time.monotonic() >= beat:
+            beat += 1.0  # a SoupBinTCP client heartbeats, or the server calls its link dead
+            for sock in socks:
+                with contextlib.suppress(OSError):
+                    sock.send(b"\x00\x01R")
+        for key, _ in sel.select(timeout=0.2):
+            i = key.data
+            try:
+                n = socks[i].recv_into(buf)
+            except BlockingIOError:
+                continue
+            if n == 0:
+                sel.unregister(socks[i])
+                open_ -= 1
+                continue
+            now = time.perf_counter()
+            first = first or now
+            last = now
+            received[i] += n
+            if received[i] >= want:
+                sel.unregister(socks[i])
+                open_ -= 1
+    frame = FRAMES[subject]
+    pipe.send({"messages": sum(min(b // frame, messages) for b in received.values()),
+               "first": first, "last": last, "cpu": self_cpu()})
+    for sock in socks:
+        sock.close()
+
+
+# ---- publishers --------------------------------------------------------------------------------
+
+def tickerplant_server(port: int, clients: int, messages: int, pipe: Connection) -> None:
+    """The SoupBinTCP server in its own process; publishes once told to, then reports its CPU."""
+    from tickerplant.cli import run_loop
+    from tickerplant.io.soupbin import SoupServer
+    from tickerplant.session.fanout import FanOutLimits
+    from tickerplant.session.journal import Journal
+    from tickerplant.wire.blocks import join_messages
+
+    async def main() -> None:
+        server = SoupServer(Journal(b"BENCH00001"), "127.0.0.1", port,
+                            limits=FanOutLimits(max_backlog=1 << 30, write_deadline=600))
+        await server.start()
+        pipe.send("listening")
+        loop = asyncio.get_running_loop()
+        while server.fanout.counters.logins < clients:
+            await asyncio.sleep(0.01)
+        await loop.run_in_executor(None, pipe.recv)  # "go"
+        batch = join_messages([PAYLOAD] * 512)
+        sent = 0
+        journal = server.journal
+        while sent < messages:
+            journal.append(batch)
+            server.publish()
+            sent += 512
+            await asyncio.sleep(0)
+            while max((s.backlog for s in server.fanout.subscribers), default=0) > 4 << 20:
+                await asyncio.sleep(0.0005)
+        pipe.send(self_cpu())
+        await loop.run_in_executor(None, pipe.recv)  # "stop"
+        await server.close()
+
+    run_loop(main())
+
+
+def raw_publisher(subject: str, port: int, messages: int, pipe: Connection) -> None:
+    """Batched raw publishes; replies (Redis) and pings (NATS) drained by a thread."""
+    import threading
+
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if subject == "redis":
+        one = b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nmd\r\n$40\r\n" + PAYLOAD + b"\r\n"
+    else:
+        sock.recv(4096)  # INFO
+        sock.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\n')
+        one = b"PUB md 40\r\n" + PAYLOAD + b"\r\n"
+
+    pings = threading.Semaphore(0)
+
+    def drain() -> None:
+        while True:
+            try:
+                data = sock.recv(1 << 16)
+            except OSError:
+                return
+            if not data:
+                return
+            for _ in range(data.count(b"PING") if subject == "nats" else 0):
+                pings.release()  # answered by the sending thread, between whole commands
+
+    threading.Thread(target=drain, daemon=True).start()
+    pipe.send("listening")
+    pipe.recv()  # "go"
+    batch = one * 512
+    for _ in range(messages // 512):
+        while pings.acquire(blocking=False):
+            sock.sendall(b"PONG\r\n")
+        sock.sendall(batch)
+    pipe.send(self_cpu())
+    pipe.recv()  # "stop"
+    sock.close()
+
+
+def start_server(subject: str, port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    if subject == "redis":
+        cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--client-output-buffer-limit", "pubsub 0 0 0"]
+    else:
+        conf = workdir / "nats.conf"
+        conf.write_text("max_pending: 1073741824\nwrite_deadline: \"60s\"\n")
+        cmd = ["nats-server", "-a", "127.0.0.1", "-p", str(port), "-c", str(conf),
+               "-l", str(workdir / "nats.log")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"{subject} did not start")
+
+
+def one_run(subject: str, clients: int, messages: int, workdir: Path) -> dict[str, Any] | None:
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    server = None
+    if subject != "tickerplant":
+        if shutil.which(f"{subject}-server") is None:
+            emit(bench="fanout_throughput", subject=subject, metric="skipped", value=0, unit="",
+                 reason=f"{subject}-server is not installed (apt-get install {subject}-server)")
+            return None
+        server = start_server(subject, port, workdir)
+    ours, theirs = ctx.Pipe()
+    source: Callable[..., None] = tickerplant_server if subject == "tickerplant" else raw_publisher
+    args = (port, clients, messages, theirs) if subject == "tickerplant" else (
+        subject, port, messages, theirs)
+    publisher = ctx.Process(target=source, args=args)
+    publisher.start()
+    theirs.close()  # the child's now: a publisher that dies shows as EOF here, not a hang
+    assert ours.recv() == "listening"
+    pipes, subs = [], []
+    for k in range(SUBSCRIBERS):
+        share = clients // SUBSCRIBERS + (1 if k < clients % SUBSCRIBERS else 0)
+        a, b = ctx.Pipe()
+        p = ctx.Process(target=subscriber, args=(subject, port, share, messages, b))
+        p.start()
+        b.close()
+        pipes.append(a)
+        subs.append(p)
+    for a in pipes:
+        assert a.recv() == "ready"
+    cpu_server_before = cpu_of(server.pid) if server else 0.0
+    ours.send("go")
+    results = [a.recv() for a in pipes]
+    try:
+        publisher_cpu = ours.recv()
+        ours.send("stop")
+    except (EOFError, OSError):
+        publisher_cpu = float("nan")  # it died (its traceback is on stderr): the run is incomplete
+    publisher.join(30)
+    for p in subs:
+        p.join(30)
+    server_cpu = cpu_of(server.pid) - cpu_server_before if server else 0.0
+    if server is not None:
+        server.terminate()
+        server.wait(10)
+    first = min(r["first"] for r in results if r["first"])
+    last = max(r["last"] for r in results)
+    delivered = sum(r["messages"] for r in results)
+    seconds = last - first
+    return {"delivered": delivered, "expected": clients * messages, "seconds": seconds,
+            "rate": delivered / seconds if seconds > 0 else 0.0,
+            "cpu": {"publisher": round(publisher_cpu, 2), "server": round(server_cpu, 2),
+                    "subscribers": round(sum(r["cpu"] for r in results), 2)}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--clients", default="10,100,1000")
+    parser.add_argument("--deliveries", type=int, default=20_000_000,
+                        help="messages x clients per run (each client gets every message)")
+    parser.add_argument("--subjects", default="tickerplant,redis,nats")
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args()
+    subjects = args.subjects.split(",")
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        for round_ in range(args.rounds):
+            for clients in [int(c) for c in args.clients.split(",")]:
+                messages = max(512, args.deliveries // clients // 512 * 512)
+                for subject in subjects:  # interleaved: the same load for every subject
+                    r = one_run(subject, clients, messages, Path(tmp))
+                    if r is None:
+                        continue
+                    emit(bench="fanout_throughput", subject=subject, metric="delivered_msgs_per_s",
+                         value=round(r["rate"]), unit="msg/s", clients=clients,
+                         messages_per_client=messages, complete=r["delivered"] == r["expected"],
+                         seconds=round(r["seconds"], 3), cpu_seconds=r["cpu"], round=round_)
+
+
+if __name__ == "__main__":
+    main()
