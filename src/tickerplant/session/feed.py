@@ -34,7 +34,6 @@ from tickerplant.session.events import (
     Event,
     GapLost,
     GapRepaired,
-    LineState,
     LineStateChanged,
     Repair,
     SessionEnded,
@@ -341,10 +340,6 @@ class FeedSession:
     def take_replays(self) -> list[ReplayRequest]:
         out, self._replays = self._replays, []
         return out
-
-    def line_state(self, source: Source) -> LineState | None:
-        live = self.liveness.get(source)
-        return live.state if live is not None else None
 
     def figures(self) -> dict[str, Any]:
         """A JSON-ready snapshot, named and nested as ``tickerplant.ops.figures`` registers."""
