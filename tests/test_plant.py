@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -237,3 +239,58 @@ def test_what_the_plant_lost_reaches_subscribers_in_place_with_the_numbers_after
         for number, (got, want) in enumerate(zip(client.messages, source, strict=True), 1):
             assert got == (LOST[2:] if number in lost_numbers else want), number
     assert plant.figures()["stream_lost_messages"]["itch"] == sum(b - a for a, b in lost)
+
+
+@pytest.mark.slow
+def test_a_restarted_plant_reopens_its_journal_and_clients_resume_across_it(
+    tmp_path: Path,
+) -> None:
+    messages = 300_000
+    p = ports()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        itch = Endpoint("127.0.0.1", s.getsockname()[1])
+    config = PlantConfig(
+        FeedConfig(p.line_a, p.line_b, rerequest=p.rerequest, replay=p.replay),
+        StreamConfig(itch, journal_dir=tmp_path),
+    )
+    client = Collected()
+
+    async def main() -> tuple[int, int]:
+        plant = Plant(config)
+        await plant.start()
+        reader = asyncio.ensure_future(_collect(itch, client))
+        try:
+            async with ExchangeProcess(
+                p.line_a, p.line_b, p.rerequest, p.replay, "--messages", str(messages),
+                "--seed", "9", "--rate", "100000", "--eos-seconds", "1",
+            ) as exchange:  # fmt: skip
+                await exchange.wait_published(messages // 3)
+                await plant.close()  # the plant stops mid-session...
+                stopped_at = len(plant.stream.journal or ())
+                await asyncio.sleep(0.3)
+                plant = Plant(config)  # ...and starts again: the same journal, the same numbers
+                reopened = len(plant.itch.journal)
+                await plant.start()
+                await exchange.summary()
+                await asyncio.wait_for(reader, 30)
+        finally:
+            reader.cancel()
+            await plant.close()
+        return stopped_at, reopened
+
+    stopped_at, reopened = asyncio.run(main())
+    source = source_stream(9, 500, messages)
+    assert 0 < stopped_at == reopened < messages
+    assert client.messages == list(iter_messages(source)) and client.lost == []
+    assert client.reconnects >= 1  # it saw the plant go and resumed by number
+    assert (tmp_path / "TP00000001.journal").read_bytes() == source  # the file: the day, once
+
+
+def test_a_journal_cut_by_a_crash_is_reopened_up_to_its_last_whole_message(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "SESSION001.journal").write_bytes(msgs(1, 5) + b"\x00\x09par")
+    plant = Plant(PlantConfig(itch=StreamConfig(Endpoint("127.0.0.1", 0), journal_dir=tmp_path)))
+    assert len(plant.itch.journal) == 5 and plant.itch.journal.session == S1
+    assert (tmp_path / "SESSION001.journal").read_bytes() == msgs(1, 5)

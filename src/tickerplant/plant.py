@@ -8,8 +8,10 @@ numbers as marks (:mod:`tickerplant.session.stream`).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from tickerplant.endpoint import ITCH, LINE_A, LINE_B, REPLAY, REREQUEST, Endpoint
 from tickerplant.feed.books import LiveBooks
@@ -20,7 +22,11 @@ from tickerplant.ops.config import ConfigError
 from tickerplant.session.events import Batch, Event, GapLost, SessionEnded, SessionStarted
 from tickerplant.session.fanout import FanOutLimits
 from tickerplant.session.feed import FeedConfig
+from tickerplant.session.journal import Journal
 from tickerplant.session.stream import ItchStream
+from tickerplant.wire.moldudp64 import session_bytes
+
+log = logging.getLogger(__name__)
 
 
 def _feed() -> FeedConfig:
@@ -33,6 +39,10 @@ class StreamConfig:
 
     listen: Endpoint = ITCH
     limits: FanOutLimits = field(default_factory=FanOutLimits)
+    # Each session's journal is also appended to a file here (SESSION.journal: the block
+    # stream as served, marks included); a plant started again reopens the newest and serves
+    # the same numbers. None: memory only, gone with the process.
+    journal_dir: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +65,19 @@ class Plant:
     def __init__(self, config: PlantConfig) -> None:
         self.config = config
         self.books = LiveBooks()
-        self.stream = ItchStream(config.feed.first_sequence)
+        directory = config.itch.journal_dir
+        self._reopened = _reopen(directory) if directory is not None else None
+        self.stream = ItchStream(config.feed.first_sequence, self._reopened)
+        self._file: BinaryIO | None = None
         self.feed = FeedHandler(config.feed, self._on_batch, self._on_event)
         listen = config.itch.listen
         users = {name.encode("ascii"): stored for name, stored in config.users.items()}
+        # Before the feed hears the exchange, the journal of the run before (clients resume on
+        # it at once), or an empty one waiting for the first session.
+        serving = self._reopened if self._reopened is not None else ItchStream.waiting()
         self.itch = SoupServer(
-            ItchStream.waiting(), listen.host, listen.port, limits=config.itch.limits,
+            serving, listen.host, listen.port,
+            limits=config.itch.limits,
             users=users or None, verify=passwords.verify, local_only=not users,
         )  # fmt: skip
 
@@ -73,6 +90,8 @@ class Plant:
     async def close(self) -> None:
         await self.feed.close()
         await self.itch.close()
+        if self._file is not None:
+            self._file.close()
 
     def figures(self) -> dict[str, Any]:
         counters = self.itch.counters
@@ -91,15 +110,53 @@ class Plant:
     def _on_batch(self, batch: Batch) -> None:
         self.books.on_batch(batch)
         self.stream.deliver(batch)
+        self._write()
         self.itch.publish()
 
     def _on_event(self, event: Event) -> None:
         self.books.on_event(event)
         if isinstance(event, SessionStarted | GapLost | SessionEnded):
             if self.stream.deliver(event):
-                assert self.stream.journal is not None
-                self.itch.start_session(self.stream.journal)
+                journal = self.stream.journal
+                assert journal is not None
+                self._open(journal)
+                self.itch.start_session(journal)
             elif isinstance(event, SessionEnded):
                 self.itch.end_session()
-            else:
-                self.itch.publish()
+            self._write()
+            self.itch.publish()
+
+    def _open(self, journal: Journal) -> None:
+        directory = self.config.itch.journal_dir
+        if directory is None:
+            return
+        if self._file is not None:
+            self._file.close()
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{journal.session.decode('ascii').strip()}.journal"
+        # A new session's file starts empty; a reopened one goes on where it ended.
+        self._file = path.open("ab" if journal is self._reopened else "wb", buffering=0)
+
+    def _write(self) -> None:
+        appended = self.stream.take_appended()
+        if self._file is not None:
+            # Page-cache writes of what was just served, a batch at a time: microseconds.
+            self._file.write(b"".join(appended))
+
+
+def _reopen(directory: Path) -> Journal | None:
+    """The newest session journal a previous run left in ``directory``, read back."""
+    files = sorted(directory.glob("*.journal"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        return None
+    path = files[-1]
+    journal = Journal(session_bytes(path.stem))
+    data = path.read_bytes()
+    taken = journal.restore(data)
+    if taken != len(data):
+        # A message cut by a crash: never served, so gone from the file too, and served again
+        # from the feed as the next number.
+        log.warning("%s ends in %d bytes of a cut message: dropped", path, len(data) - taken)
+        with path.open("r+b") as f:
+            f.truncate(taken)
+    return journal

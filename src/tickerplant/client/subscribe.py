@@ -124,13 +124,6 @@ def _split(batch: Batch) -> list[Record]:
     return out
 
 
-def _after(batch: Batch, first: int) -> Batch:
-    """The part of ``batch`` from message ``first`` on."""
-    offsets, _ = offsets_of(batch.blocks)
-    skip = first - batch.first
-    return Batch(first, batch.count - skip, batch.blocks[int(offsets[skip]) :])
-
-
 async def subscribe(
     endpoint: Endpoint,
     *,
@@ -183,7 +176,7 @@ async def subscribe(
                     if wanted and item.first < wanted:
                         if item.end <= wanted:
                             continue  # a server that repeats what we had: never twice to us
-                        item = _after(item, wanted)
+                        item = item.since(wanted)
                     wanted = item.end
                 elif isinstance(item, Lost):
                     wanted = item.end

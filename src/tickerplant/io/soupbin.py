@@ -278,6 +278,8 @@ class SoupServer:
         logins are served ``journal``. Before anything was published (a plant listening before
         the exchange's first packet), the clients waiting are the new session's."""
         current = self.fanout
+        if journal is current.journal:
+            return  # served already (a journal reopened from the run before)
         if len(current.journal) == 0 and not current.ending:
             current.journal = journal
             return

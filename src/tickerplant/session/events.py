@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 
+from tickerplant.wire.blocks import offsets_of
+
 
 class Source(IntEnum):
     """Where a run of messages came from; arbitration keeps the first copy from any of them."""
@@ -54,6 +56,12 @@ class Batch:
     @property
     def end(self) -> int:
         return self.first + self.count
+
+    def since(self, first: int) -> Batch:
+        """The messages from number ``first`` on (``first`` within the batch)."""
+        offsets, _ = offsets_of(self.blocks)
+        skip = first - self.first
+        return Batch(first, self.count - skip, self.blocks[int(offsets[skip]) :])
 
 
 @dataclass(frozen=True, slots=True)

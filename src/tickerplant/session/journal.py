@@ -39,6 +39,14 @@ class Journal:
         The journal keeps ``blocks`` as it is: it must not change afterwards (bytes, or a view of
         an immutable chunk).
         """
+        return self._append(blocks, whole=True)[0]
+
+    def restore(self, blocks: Buffer) -> int:
+        """Append the whole messages of ``blocks`` (a journal file read back, whose last message
+        may have been cut by a crash); returns the bytes taken, the rest being that cut tail."""
+        return self._append(blocks, whole=False)[1]
+
+    def _append(self, blocks: Buffer, whole: bool) -> tuple[int, int]:
         arr = as_array(blocks)
         # A message block is at least 2 bytes; ITCH's shortest is 14, but any framing is allowed.
         need = self._count + arr.shape[0] // 2 + 1
@@ -47,13 +55,13 @@ class Journal:
             grown[: self._count] = self._offsets[: self._count]
             self._offsets = grown
         count, consumed = index_blocks(arr, self._offsets[self._count :])
-        if consumed != arr.shape[0]:
+        if whole and consumed != arr.shape[0]:  # nothing taken: the offsets past the count
             raise ValueError(f"block stream has {arr.shape[0] - consumed} stray bytes at its end")
         if count:
-            self._pieces.append(blocks)
+            self._pieces.append(blocks[:consumed] if consumed != arr.shape[0] else blocks)
             self._firsts.append(self._count)
             self._count += count
-        return int(count)
+        return int(count), int(consumed)
 
     def blocks(self, sequence: int, count: int) -> tuple[int, bytes]:
         """Up to ``count`` messages from ``sequence`` as (messages, block stream)."""
