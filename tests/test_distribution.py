@@ -9,6 +9,8 @@ import random
 import resource
 import socket
 
+import pytest
+
 from tickerplant.client import subscribe
 from tickerplant.endpoint import Endpoint
 from tickerplant.io.soupbin import SoupServer
@@ -18,6 +20,9 @@ from tickerplant.session.fanout import FanOutLimits
 from tickerplant.session.journal import Journal
 from tickerplant.wire import soupbintcp as soup
 from tickerplant.wire.blocks import join_messages
+
+# Hundreds of thousands of messages through the compiled framing: not as plain Python.
+pytestmark = pytest.mark.slow
 
 SESSION = b"DISTRIB001"
 IDLE, FUZZ, GUESS = ("127.0.0.3", 0), ("127.0.0.4", 0), ("127.0.0.5", 0)

@@ -177,7 +177,7 @@ async def _run(
             await exchange.wait_published(messages // 3)
             clients.append(asyncio.ensure_future(_collect(itch, late)))  # joins mid-session
             for _ in range(cuts):  # the server side resets every connection at random moments
-                await asyncio.sleep(rng.uniform(0.06, 0.12))  # past the clients' retry
+                await asyncio.sleep(rng.uniform(0.06, 0.09))  # past the clients' retry
                 for subscriber in plant.itch.fanout.subscribers:
                     if subscriber.handle.transport is not None:
                         subscriber.handle.transport.abort()
@@ -209,16 +209,16 @@ def test_subscribers_early_and_late_get_the_whole_day_exactly_once() -> None:
 
 @pytest.mark.slow
 def test_subscribers_cut_again_and_again_resume_with_every_message_once() -> None:
-    messages = 300_000
+    messages = 1_000_000
     _, summary, clients = asyncio.run(
-        _run(messages, "--seed", "6", "--rate", "100000", cuts=20)
+        _run(messages, "--seed", "6", "--rate", "100000", cuts=100)
     )
     source = list(iter_messages(source_stream(6, 500, messages)))
     assert summary["published"] == messages
     for client in clients:
         assert client.messages == source and client.lost == []
     # Each reset was seen and resumed from, at the number after the last received.
-    assert len(summary["aborted"]) >= 20  # both clients, most of the 20 moments
+    assert len(summary["aborted"]) >= 100  # both clients, at most of the 100 moments
     assert sum(c.reconnects for c in clients) == len(summary["aborted"])
 
 
