@@ -15,7 +15,14 @@ import numpy.typing as npt
 
 from tickerplant.book import kernel as k
 from tickerplant.book import orders as table
-from tickerplant.book.records import ANOMALIES, BBO_EVENT, LEVEL, STATUS_EVENT, TRADE_EVENT
+from tickerplant.book.records import (
+    ANOMALIES,
+    BBO_EVENT,
+    LEVEL,
+    RESTING,
+    STATUS_EVENT,
+    TRADE_EVENT,
+)
 from tickerplant.jit import PLAIN_PYTHON
 from tickerplant.wire.blocks import as_array
 from tickerplant.wire.itch import LENGTHS
@@ -276,6 +283,19 @@ class BookEngine:
                 out["orders"] = self._lv_cnt[lo : s + n][::-1]
             sides.append(out)
         return Depth(locate, sides[0], sides[1])
+
+    def resting_orders(self) -> npt.NDArray[np.void]:
+        """Every live order as ``RESTING`` records, in order-reference order (time priority)."""
+        full = self._ctrl.view(np.uint8) < 0x80  # a full slot's control byte is 7 hash bits
+        rows = self._orders.reshape(-1, 2)[full]
+        out = np.zeros(rows.shape[0], dtype=RESTING)
+        key, value = rows[:, 0], rows[:, 1]
+        out["reference"] = key & ((1 << 47) - 1)
+        out["locate"] = key >> 47
+        out["side"] = np.where((value >> 31) & 1, ord("S"), ord("B"))
+        out["shares"] = value & ((1 << 31) - 1)
+        out["price"] = value >> 32
+        return np.sort(out, order="reference")
 
     def bbo(self, locate: int) -> tuple[int, int, int, int]:
         """(bid price, bid size, ask price, ask size) of ``locate``; zeros for an empty side."""

@@ -89,6 +89,11 @@ STATUS_EVENT: Final = _packed(
     ]
 )
 LEVEL: Final = _packed([("price", "<u4"), ("size", "<u8"), ("orders", "<u4")])
+# A live order, as a snapshot lists it: reference u64, locate u16, side b'B'/b'S', shares u32,
+# price u32 (4 implied decimals).
+RESTING: Final = _packed(
+    [("reference", "<u8"), ("locate", "<u2"), ("side", "u1"), ("shares", "<u4"), ("price", "<u4")]
+)
 
 # Inconsistent input, counted per kind: the message is skipped (or applied as far as it can be
 # without corrupting the book, as stated) and the engine carries on.
