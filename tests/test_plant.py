@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 
 from harness import ports, source_stream
+from tickerplant.book import BookEngine
 from tickerplant.client import Lost, Reconnected, Record, SubscribeError, subscribe
 from tickerplant.client.subscribe import _split
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.ops import passwords
 from tickerplant.ops.config import ConfigError, example, load
-from tickerplant.plant import Plant, PlantConfig, StreamConfig
+from tickerplant.plant import GlimpseConfig, Plant, PlantConfig, StreamConfig
 from tickerplant.session.events import Batch, GapLost, SessionEnded, SessionStarted, Source
 from tickerplant.session.feed import FeedConfig
 from tickerplant.session.recovery import RecoveryConfig
@@ -294,3 +295,54 @@ def test_a_journal_cut_by_a_crash_is_reopened_up_to_its_last_whole_message(
     plant = Plant(PlantConfig(itch=StreamConfig(Endpoint("127.0.0.1", 0), journal_dir=tmp_path)))
     assert len(plant.itch.journal) == 5 and plant.itch.journal.session == S1
     assert (tmp_path / "SESSION001.journal").read_bytes() == msgs(1, 5)
+
+
+@pytest.mark.slow
+def test_a_glimpse_snapshot_then_itch_from_its_number_gives_the_whole_days_books() -> None:
+    messages = 300_000
+    p = ports()
+    config = PlantConfig(
+        FeedConfig(p.line_a, p.line_b, rerequest=p.rerequest, replay=p.replay),
+        StreamConfig(Endpoint("127.0.0.1", 0)),
+        GlimpseConfig(Endpoint("127.0.0.1", 0), refresh=0.1),
+    )
+
+    async def main() -> tuple[list[bytes], int, list[bytes]]:
+        plant = Plant(config)
+        await plant.start()
+        itch = Endpoint("127.0.0.1", plant.itch.port)
+        glimpse = Endpoint("127.0.0.1", plant.glimpse.port)
+        try:
+            async with ExchangeProcess(
+                p.line_a, p.line_b, p.rerequest, p.replay, "--messages", str(messages),
+                "--seed", "12", "--rate", "150000", "--eos-seconds", "1",
+            ) as exchange:  # fmt: skip
+                await exchange.wait_published(messages // 2)
+                snap: list[bytes] = []
+                async for record in subscribe(glimpse, retry=None):  # ends at End of Session
+                    assert isinstance(record, Batch)
+                    snap += iter_messages(record.blocks)
+                assert snap[-1][:1] == b"G"
+                resume = int(snap[-1][1:])
+                rest: list[bytes] = []
+                async for record in subscribe(itch, first=resume, retry=None):
+                    assert isinstance(record, Batch)
+                    assert record.first == resume + len(rest)
+                    rest += iter_messages(record.blocks)
+                await exchange.summary()
+        finally:
+            await plant.close()
+        return snap[:-1], resume, rest
+
+    snap, resume, rest = asyncio.run(main())
+    source = list(iter_messages(source_stream(12, 500, messages)))
+    assert 1 < resume < messages and len(rest) == messages - resume + 1
+    assert rest == source[resume - 1 :]
+    whole, late = BookEngine(), BookEngine()
+    whole.process(join_messages(source))
+    late.process(join_messages(snap))  # the snapshot, then the stream from its number
+    late.process(join_messages(rest))
+    assert late.live_orders == whole.live_orders > 0 and sum(late.anomalies.values()) == 0
+    for locate in whole.symbols():
+        a, b = whole.depth(locate, 1 << 20), late.depth(locate, 1 << 20)
+        assert a.bids.tobytes() == b.bids.tobytes() and a.asks.tobytes() == b.asks.tobytes()

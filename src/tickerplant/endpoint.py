@@ -42,3 +42,4 @@ LINE_B = Endpoint("239.192.77.2", 31002)
 REREQUEST = Endpoint("127.0.0.1", 31003)
 REPLAY = Endpoint("127.0.0.1", 31004)
 ITCH = Endpoint("127.0.0.1", 31010)  # the plant's itch stream
+GLIMPSE = Endpoint("127.0.0.1", 31011)  # the plant's snapshots

@@ -8,12 +8,15 @@ numbers as marks (:mod:`tickerplant.session.stream`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from tickerplant.endpoint import ITCH, LINE_A, LINE_B, REPLAY, REREQUEST, Endpoint
+from tickerplant.book.snapshot import Directory, snapshot
+from tickerplant.endpoint import GLIMPSE, ITCH, LINE_A, LINE_B, REPLAY, REREQUEST, Endpoint
 from tickerplant.feed.books import LiveBooks
 from tickerplant.feed.handler import FeedHandler
 from tickerplant.io.soupbin import SoupServer
@@ -46,9 +49,26 @@ class StreamConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class GlimpseConfig:
+    """The snapshot service: log in at 1, read the books as ITCH messages up to End of Snapshot
+    ``G`` (the itch number to continue from), then End of Session."""
+
+    listen: Endpoint = GLIMPSE
+    limits: FanOutLimits = field(default_factory=FanOutLimits)
+    # A snapshot is rebuilt this often while the stream moves (one vectorised pass over the
+    # resting orders); a login gets the latest, and G says where it stands.
+    refresh: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.refresh > 0:
+            raise ConfigError("refresh", f"{self.refresh}", "give seconds above 0")
+
+
+@dataclass(frozen=True, slots=True)
 class PlantConfig:
     feed: FeedConfig = field(default_factory=_feed)
     itch: StreamConfig = field(default_factory=StreamConfig)
+    glimpse: GlimpseConfig = field(default_factory=GlimpseConfig)
     # User name -> scrypt hash of the password (`tickerplant passwd USER` makes one). With none,
     # any login is accepted, from this host's addresses only.
     users: dict[str, str] = field(default_factory=dict)
@@ -80,16 +100,31 @@ class Plant:
             limits=config.itch.limits,
             users=users or None, verify=passwords.verify, local_only=not users,
         )  # fmt: skip
+        self.directory = Directory()
+        glimpse = config.glimpse
+        self.glimpse = SoupServer(
+            ItchStream.waiting(), glimpse.listen.host, glimpse.listen.port, limits=glimpse.limits,
+            users=users or None, verify=passwords.verify, local_only=not users,
+        )  # fmt: skip
+        self._snapshot_at = 0  # the itch number the current snapshot continues from
+        self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Listen first, then join the lines: a client may log in before the first packet."""
         self.books.warm()
         await self.itch.start()
+        await self.glimpse.start()
         await self.feed.start()
+        self._refresher = asyncio.ensure_future(self._refresh())
 
     async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
         await self.feed.close()
         await self.itch.close()
+        await self.glimpse.close()
         if self._file is not None:
             self._file.close()
 
@@ -105,10 +140,24 @@ class Plant:
             "sent_bytes": {"itch": counters.bytes_sent},
             "slow_consumers": {"itch": counters.slow_consumers},
             "refused_connections": {"itch": counters.refused},
+            "glimpse_logins": self.glimpse.counters.logins,
         }
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.glimpse.refresh)
+            journal = self.stream.journal
+            if journal is None or journal.next_sequence == self._snapshot_at:
+                continue
+            self._snapshot_at = journal.next_sequence
+            view = Journal(journal.session)
+            view.append(snapshot(self.books.engine, self.directory, self._snapshot_at))
+            self.glimpse.start_session(view)
+            self.glimpse.end_session()  # each login: the snapshot, then End of Session
 
     def _on_batch(self, batch: Batch) -> None:
         self.books.on_batch(batch)
+        self.directory.take(batch.blocks)
         self.stream.deliver(batch)
         self._write()
         self.itch.publish()
@@ -117,6 +166,8 @@ class Plant:
         self.books.on_event(event)
         if isinstance(event, SessionStarted | GapLost | SessionEnded):
             if self.stream.deliver(event):
+                if isinstance(event, SessionStarted) and event.previous is not None:
+                    self.directory = Directory()  # the new session's books start empty too
                 journal = self.stream.journal
                 assert journal is not None
                 self._open(journal)

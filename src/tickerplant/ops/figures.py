@@ -103,6 +103,7 @@ STREAMS = (
     Figure("slow_consumers", _C, "clients cut as slow consumers", _STREAM),
     Figure("refused_connections", _C, "over a limit, throttled, or from an address not served",
            _STREAM),
+    Figure("glimpse_logins", _C, "snapshots served"),
 )
 
 REGISTRY: Mapping[str, Figure] = {f.name: f for f in (*FEED, *BOOKS, *STREAMS)}
