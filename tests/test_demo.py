@@ -24,7 +24,8 @@ def test_the_demo_delivers_every_message_to_the_plant_and_to_each_reading_client
     p = ports()
     cfg = DemoConfig(seconds=6, rate=200_000, line_a=p.line_a, line_b=p.line_b,
                      rerequest=p.rerequest, replay=p.replay,
-                     itch=Endpoint("127.0.0.1", _free_port()))
+                     itch=Endpoint("127.0.0.1", _free_port()),
+                     glimpse=Endpoint("127.0.0.1", _free_port()))
     result = asyncio.run(run_demo(cfg))
     assert result["published"] == 1_200_000 == result["delivered"]
     assert result["identical"] and result["duplicates_delivered"] == 0

@@ -28,6 +28,7 @@ from tickerplant.session.stream import LOST, ItchStream
 from tickerplant.wire.blocks import iter_messages, join_messages
 
 S1, S2 = b"SESSION001", b"SESSION002"
+ANY_PORT = GlimpseConfig(Endpoint("127.0.0.1", 0))  # the snapshot service, out of the way
 
 
 def msgs(first: int, count: int) -> bytes:
@@ -90,6 +91,7 @@ def test_users_log_in_with_their_password_checked_off_the_loop() -> None:
     config = PlantConfig(
         feed=FeedConfig(Endpoint("239.192.99.1", 40001), None),
         itch=StreamConfig(Endpoint("127.0.0.1", 0)),
+        glimpse=ANY_PORT,
         users={"alice": passwords.hash_password("s3cret")},
     )
 
@@ -163,7 +165,7 @@ async def _run(
         replay=p.replay if recovery else None,
         recovery=RecoveryConfig() if recovery else RecoveryConfig(give_up_after=0.2),
     )  # fmt: skip
-    plant = Plant(PlantConfig(feed, StreamConfig(Endpoint("127.0.0.1", 0))))
+    plant = Plant(PlantConfig(feed, StreamConfig(Endpoint("127.0.0.1", 0)), ANY_PORT))
     await plant.start()
     itch = Endpoint("127.0.0.1", plant.itch.port)
     early, late = Collected(), Collected()
@@ -254,6 +256,7 @@ def test_a_restarted_plant_reopens_its_journal_and_clients_resume_across_it(
     config = PlantConfig(
         FeedConfig(p.line_a, p.line_b, rerequest=p.rerequest, replay=p.replay),
         StreamConfig(itch, journal_dir=tmp_path),
+        ANY_PORT,
     )
     client = Collected()
 
@@ -292,7 +295,8 @@ def test_a_journal_cut_by_a_crash_is_reopened_up_to_its_last_whole_message(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "SESSION001.journal").write_bytes(msgs(1, 5) + b"\x00\x09par")
-    plant = Plant(PlantConfig(itch=StreamConfig(Endpoint("127.0.0.1", 0), journal_dir=tmp_path)))
+    plant = Plant(PlantConfig(itch=StreamConfig(Endpoint("127.0.0.1", 0), journal_dir=tmp_path),
+                              glimpse=ANY_PORT))
     assert len(plant.itch.journal) == 5 and plant.itch.journal.session == S1
     assert (tmp_path / "SESSION001.journal").read_bytes() == msgs(1, 5)
 

@@ -28,7 +28,7 @@ from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.ops.config import ConfigError
 from tickerplant.ops.dashboard import LiveTable
 from tickerplant.ops.figures import summed
-from tickerplant.plant import Plant, PlantConfig, StreamConfig
+from tickerplant.plant import GlimpseConfig, Plant, PlantConfig, StreamConfig
 from tickerplant.session.events import Batch
 from tickerplant.session.feed import FeedConfig
 from tickerplant.wire import soupbintcp as soup
@@ -49,6 +49,7 @@ class DemoConfig:
     rerequest: Endpoint = endpoint.REREQUEST
     replay: Endpoint = endpoint.REPLAY
     itch: Endpoint = endpoint.ITCH
+    glimpse: Endpoint = endpoint.GLIMPSE
 
     def __post_init__(self) -> None:
         if self.seconds <= 0:
@@ -114,13 +115,14 @@ async def _staller(itch: Endpoint) -> None:
 async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
     feed = FeedConfig(cfg.line_a, cfg.line_b, rerequest=cfg.rerequest, replay=cfg.replay,
                       digest=True)
-    plant = Plant(PlantConfig(feed, StreamConfig(cfg.itch)))
+    plant = Plant(PlantConfig(feed, StreamConfig(cfg.itch), GlimpseConfig(cfg.glimpse)))
     if console is not None:
         console.print("loading kernels (the first run compiles them, ~20 s; cached after)")
     await plant.start()
     if console is not None:
-        console.print(f"the itch stream is on {cfg.itch}; in another terminal:"
-                      f" tickerplant subscribe {cfg.itch} --json", highlight=False)
+        console.print(f"the itch stream is on {cfg.itch}, snapshots on {cfg.glimpse}; in"
+                      f" another terminal: tickerplant subscribe {cfg.itch} --json",
+                      highlight=False)
     reader, dropper = DemoClient(), DemoClient()
     clients = [asyncio.ensure_future(_reader(cfg.itch, reader)),
                asyncio.ensure_future(_dropper(cfg.itch, dropper))]
