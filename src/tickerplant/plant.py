@@ -107,6 +107,9 @@ class Plant:
             users=users or None, verify=passwords.verify, local_only=not users,
         )  # fmt: skip
         self._snapshot_at = 0  # the itch number the current snapshot continues from
+        # The number after the last message the books applied (or were told lost): what a
+        # snapshot continues from. Behind the journal's end while a restarted plant catches up.
+        self._books_at = config.feed.first_sequence
         self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -147,9 +150,9 @@ class Plant:
         while True:
             await asyncio.sleep(self.config.glimpse.refresh)
             journal = self.stream.journal
-            if journal is None or journal.next_sequence == self._snapshot_at:
+            if journal is None or self._books_at == self._snapshot_at:
                 continue
-            self._snapshot_at = journal.next_sequence
+            self._snapshot_at = self._books_at
             view = Journal(journal.session)
             view.append(snapshot(self.books.engine, self.directory, self._snapshot_at))
             self.glimpse.start_session(view)
@@ -158,16 +161,20 @@ class Plant:
     def _on_batch(self, batch: Batch) -> None:
         self.books.on_batch(batch)
         self.directory.take(batch.blocks)
+        self._books_at = batch.end
         self.stream.deliver(batch)
         self._write()
         self.itch.publish()
 
     def _on_event(self, event: Event) -> None:
         self.books.on_event(event)
+        if isinstance(event, GapLost):
+            self._books_at = event.end
         if isinstance(event, SessionStarted | GapLost | SessionEnded):
             if self.stream.deliver(event):
                 if isinstance(event, SessionStarted) and event.previous is not None:
                     self.directory = Directory()  # the new session's books start empty too
+                    self._books_at = self.config.feed.first_sequence
                 journal = self.stream.journal
                 assert journal is not None
                 self._open(journal)
