@@ -20,7 +20,11 @@ can see what limited a run (2 cores here: a flat-out source and its subscribers 
 
     .venv/bin/python bench/fanout_throughput.py [--clients 10,100,1000] [--deliveries 20000000]
 
-Not measured yet: latency at a fixed rate (the issue's second half).
+Latency runs (``--latency-clients``): the source publishes at a fixed delivered rate (100k msgs/s
+over all clients), each message stamped with CLOCK_MONOTONIC when it is sent, and each subscriber
+takes arrival minus stamp for every message whose stamp arrives whole in one read: p50, p99,
+p99.9 in microseconds, the source's own pacing (1 ms ticks, batches of what is due) included
+alike for every subject.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 SIZE = 40
 SUBSCRIBERS = 4
@@ -82,6 +88,18 @@ FRAMES = {
     "redis": len(b"*3\r\n$7\r\nmessage\r\n$2\r\nmd\r\n$40\r\n") + SIZE + 2,
     "nats": len(b"MSG md 1 40\r\n") + SIZE + 2,
 }
+# Where a frame's payload starts: its first 8 bytes are the send time in a latency run.
+PAYLOAD_AT = {"tickerplant": 3, **{s: FRAMES[s] - SIZE - 2 for s in ("redis", "nats")}}
+
+
+def stamped() -> bytes:
+    """A payload carrying CLOCK_MONOTONIC now (one clock for every process on this host)."""
+    return time.monotonic_ns().to_bytes(8, "little") + PAYLOAD[8:]
+
+
+def due(start: float, per_second: float, messages: int) -> int:
+    """Messages that should have gone by now to hold ``per_second`` from ``start``."""
+    return min(messages, int((time.monotonic() - start) * per_second) + 1)
 
 
 def handshake(subject: str, sock: socket.socket) -> None:
@@ -110,8 +128,12 @@ def handshake(subject: str, sock: socket.socket) -> None:
     sock.setblocking(False)
 
 
-def subscriber(subject: str, port: int, count: int, messages: int, pipe: Connection) -> None:
-    """``count`` connections; counts bytes after the handshake until each has every message."""
+def subscriber(
+    subject: str, port: int, count: int, messages: int, latency: bool, pipe: Connection
+) -> None:
+    """``count`` connections; counts bytes after the handshake until each has every message
+    (with ``latency``, also each message's send-to-receive time, where its stamp is whole in
+    one read)."""
     socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
     for sock in socks:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -122,6 +144,9 @@ def subscriber(subject: str, port: int, count: int, messages: int, pipe: Connect
     for i, sock in enumerate(socks):
         sel.register(sock, selectors.EVENT_READ, i)
     buf = bytearray(1 << 20)
+    view = np.frombuffer(buf, dtype=np.uint8)
+    frame, at = FRAMES[subject], PAYLOAD_AT[subject]
+    lags: list[np.ndarray[Any, np.dtype[np.int64]]] = []
     pipe.send("ready")
     first = last = 0.0
     open_ = count
@@ -146,20 +171,30 @@ def subscriber(subject: str, port: int, count: int, messages: int, pipe: Connect
             now = time.perf_counter()
             first = first or now
             last = now
+            if latency:
+                arrived = time.monotonic_ns()
+                o = received[i]  # this read's offset in the connection's stream
+                k = np.arange(-(-(o - at) // frame), (o + n - at - 8) // frame + 1)
+                if k.shape[0]:
+                    pos = k * frame + at - o
+                    stamps = view[pos[:, None] + np.arange(8)].copy().view("<u8").ravel()
+                    lags.append(arrived - stamps.astype(np.int64))
             received[i] += n
             if received[i] >= want:
                 sel.unregister(socks[i])
                 open_ -= 1
-    frame = FRAMES[subject]
     pipe.send({"messages": sum(min(b // frame, messages) for b in received.values()),
-               "first": first, "last": last, "cpu": self_cpu()})
+               "first": first, "last": last, "cpu": self_cpu(),
+               "lags": np.concatenate(lags) if lags else np.zeros(0, np.int64)})
     for sock in socks:
         sock.close()
 
 
 # ---- publishers --------------------------------------------------------------------------------
 
-def tickerplant_server(port: int, clients: int, messages: int, pipe: Connection) -> None:
+def tickerplant_server(
+    port: int, clients: int, messages: int, per_second: float, pipe: Connection
+) -> None:
     """The SoupBinTCP server in its own process; publishes once told to, then reports its CPU."""
     from tickerplant.cli import run_loop
     from tickerplant.io.soupbin import SoupServer
@@ -179,10 +214,19 @@ def tickerplant_server(port: int, clients: int, messages: int, pipe: Connection)
         batch = join_messages([PAYLOAD] * 512)
         sent = 0
         journal = server.journal
+        start = time.monotonic()
         while sent < messages:
-            journal.append(batch)
+            if per_second:  # paced, stamped as they go
+                n = due(start, per_second, messages) - sent
+                if n <= 0:
+                    await asyncio.sleep(0.001)  # uvloop's timers tick in ms: less would spin
+                    continue
+                journal.append(join_messages([stamped()] * n))
+            else:
+                n = 512
+                journal.append(batch)
             server.publish()
-            sent += 512
+            sent += n
             await asyncio.sleep(0)
             while max((s.backlog for s in server.fanout.subscribers), default=0) > 4 << 20:
                 await asyncio.sleep(0.0005)
@@ -193,18 +237,21 @@ def tickerplant_server(port: int, clients: int, messages: int, pipe: Connection)
     run_loop(main())
 
 
-def raw_publisher(subject: str, port: int, messages: int, pipe: Connection) -> None:
+def raw_publisher(
+    subject: str, port: int, messages: int, per_second: float, pipe: Connection
+) -> None:
     """Batched raw publishes; replies (Redis) and pings (NATS) drained by a thread."""
     import threading
 
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if subject == "redis":
-        one = b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nmd\r\n$40\r\n" + PAYLOAD + b"\r\n"
+        head = b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nmd\r\n$40\r\n"
     else:
         sock.recv(4096)  # INFO
         sock.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\n')
-        one = b"PUB md 40\r\n" + PAYLOAD + b"\r\n"
+        head = b"PUB md 40\r\n"
+    one = head + PAYLOAD + b"\r\n"
 
     pings = threading.Semaphore(0)
 
@@ -223,10 +270,21 @@ def raw_publisher(subject: str, port: int, messages: int, pipe: Connection) -> N
     pipe.send("listening")
     pipe.recv()  # "go"
     batch = one * 512
-    for _ in range(messages // 512):
+    sent = 0
+    start = time.monotonic()
+    while sent < messages:
         while pings.acquire(blocking=False):
             sock.sendall(b"PONG\r\n")
-        sock.sendall(batch)
+        if per_second:  # paced, stamped as they go
+            n = due(start, per_second, messages) - sent
+            if n <= 0:
+                time.sleep(0.0002)
+                continue
+            sock.sendall((head + stamped() + b"\r\n") * n)
+        else:
+            n = 512
+            sock.sendall(batch)
+        sent += n
     pipe.send(self_cpu())
     pipe.recv()  # "stop"
     sock.close()
@@ -253,7 +311,10 @@ def start_server(subject: str, port: int, workdir: Path) -> subprocess.Popen[byt
     raise RuntimeError(f"{subject} did not start")
 
 
-def one_run(subject: str, clients: int, messages: int, workdir: Path) -> dict[str, Any] | None:
+def one_run(
+    subject: str, clients: int, messages: int, workdir: Path, rate: float = 0.0
+) -> dict[str, Any] | None:
+    """One run; ``rate`` delivered msgs/s over all clients (0: flat out, no stamps)."""
     ctx = mp.get_context("spawn")
     port = free_port()
     server = None
@@ -265,8 +326,9 @@ def one_run(subject: str, clients: int, messages: int, workdir: Path) -> dict[st
         server = start_server(subject, port, workdir)
     ours, theirs = ctx.Pipe()
     source: Callable[..., None] = tickerplant_server if subject == "tickerplant" else raw_publisher
-    args = (port, clients, messages, theirs) if subject == "tickerplant" else (
-        subject, port, messages, theirs)
+    per_second = rate / clients
+    args = (port, clients, messages, per_second, theirs) if subject == "tickerplant" else (
+        subject, port, messages, per_second, theirs)
     publisher = ctx.Process(target=source, args=args)
     publisher.start()
     theirs.close()  # the child's now: a publisher that dies shows as EOF here, not a hang
@@ -275,7 +337,7 @@ def one_run(subject: str, clients: int, messages: int, workdir: Path) -> dict[st
     for k in range(SUBSCRIBERS):
         share = clients // SUBSCRIBERS + (1 if k < clients % SUBSCRIBERS else 0)
         a, b = ctx.Pipe()
-        p = ctx.Process(target=subscriber, args=(subject, port, share, messages, b))
+        p = ctx.Process(target=subscriber, args=(subject, port, share, messages, rate > 0, b))
         p.start()
         b.close()
         pipes.append(a)
@@ -301,7 +363,9 @@ def one_run(subject: str, clients: int, messages: int, workdir: Path) -> dict[st
     last = max(r["last"] for r in results)
     delivered = sum(r["messages"] for r in results)
     seconds = last - first
-    return {"delivered": delivered, "expected": clients * messages, "seconds": seconds,
+    lags = np.concatenate([r["lags"] for r in results]) / 1e3  # µs
+    return {"lags_us": lags, "delivered": delivered, "expected": clients * messages,
+            "seconds": seconds,
             "rate": delivered / seconds if seconds > 0 else 0.0,
             "cpu": {"publisher": round(publisher_cpu, 2), "server": round(server_cpu, 2),
                     "subscribers": round(sum(r["cpu"] for r in results), 2)}}
@@ -314,11 +378,29 @@ def main() -> None:
                         help="messages x clients per run (each client gets every message)")
     parser.add_argument("--subjects", default="tickerplant,redis,nats")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--latency-clients", default="10,100",
+                        help="latency runs at a fixed rate with these client counts ('' none)")
+    parser.add_argument("--latency-rate", type=float, default=100_000.0,
+                        help="delivered msgs/s over all clients in latency runs")
+    parser.add_argument("--latency-seconds", type=float, default=3.0)
     args = parser.parse_args()
     subjects = args.subjects.split(",")
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         for round_ in range(args.rounds):
-            for clients in [int(c) for c in args.clients.split(",")]:
+            for clients in [int(c) for c in args.latency_clients.split(",") if c]:
+                messages = int(args.latency_rate * args.latency_seconds) // clients
+                for subject in subjects:
+                    r = one_run(subject, clients, messages, Path(tmp), args.latency_rate)
+                    if r is None or not r["lags_us"].shape[0]:
+                        continue
+                    p50, p99, p999 = np.percentile(r["lags_us"], [50, 99, 99.9]).tolist()
+                    for metric, value in (("latency_p50", p50), ("latency_p99", p99),
+                                          ("latency_p99.9", p999)):
+                        emit(bench="fanout_throughput", subject=subject, metric=metric,
+                             value=round(value, 1), unit="us", clients=clients,
+                             delivered_per_s=args.latency_rate, samples=r["lags_us"].shape[0],
+                             complete=r["delivered"] == r["expected"], round=round_)
+            for clients in [int(c) for c in args.clients.split(",") if c]:
                 messages = max(512, args.deliveries // clients // 512 * 512)
                 for subject in subjects:  # interleaved: the same load for every subject
                     r = one_run(subject, clients, messages, Path(tmp))
