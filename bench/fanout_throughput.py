@@ -20,6 +20,9 @@ can see what limited a run (2 cores here: a flat-out source and its subscribers 
 
     .venv/bin/python bench/fanout_throughput.py [--clients 10,100,1000] [--deliveries 20000000]
 
+Memory per idle client: the serving process's RSS once every client is logged in, before anything
+is published, less its RSS before they connected, over the clients.
+
 Latency runs (``--latency-clients``): the source publishes at a fixed delivered rate (100k msgs/s
 over all clients), each message stamped with CLOCK_MONOTONIC when it is sent, and each subscriber
 takes arrival minus stamp for every message (found by its frame header): p50, p99,
@@ -69,6 +72,14 @@ def cpu_of(pid: int) -> float:
     """utime + stime of a process, from /proc (seconds)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss(pid: int) -> int:
+    """Resident bytes of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def self_cpu() -> float:
@@ -340,6 +351,9 @@ def one_run(
     publisher.start()
     theirs.close()  # the child's now: a publisher that dies shows as EOF here, not a hang
     assert ours.recv() == "listening"
+    serving = publisher.pid if server is None else server.pid  # ours serves and publishes
+    assert serving is not None
+    rss_alone = rss(serving)
     pipes, subs = [], []
     for k in range(SUBSCRIBERS):
         share = clients // SUBSCRIBERS + (1 if k < clients % SUBSCRIBERS else 0)
@@ -351,6 +365,8 @@ def one_run(
         subs.append(p)
     for a in pipes:
         assert a.recv() == "ready"
+    time.sleep(0.2)  # the last logins settle
+    idle_bytes = (rss(serving) - rss_alone) / clients  # logged in, nothing published yet
     cpu_server_before = cpu_of(server.pid) if server else 0.0
     ours.send("go")
     results = [a.recv() for a in pipes]
@@ -371,7 +387,8 @@ def one_run(
     delivered = sum(r["messages"] for r in results)
     seconds = last - first
     lags = np.concatenate([r["lags"] for r in results]) / 1e3  # µs
-    return {"lags_us": lags, "delivered": delivered, "expected": clients * messages,
+    return {"lags_us": lags, "idle_bytes": idle_bytes, "delivered": delivered,
+            "expected": clients * messages,
             "seconds": seconds,
             "rate": delivered / seconds if seconds > 0 else 0.0,
             "cpu": {"publisher": round(publisher_cpu, 2), "server": round(server_cpu, 2),
@@ -417,6 +434,9 @@ def main() -> None:
                          value=round(r["rate"]), unit="msg/s", clients=clients,
                          messages_per_client=messages, complete=r["delivered"] == r["expected"],
                          seconds=round(r["seconds"], 3), cpu_seconds=r["cpu"], round=round_)
+                    emit(bench="fanout_throughput", subject=subject,
+                         metric="memory_per_idle_client", value=round(r["idle_bytes"]),
+                         unit="bytes", clients=clients, round=round_)
 
 
 if __name__ == "__main__":
