@@ -381,3 +381,15 @@ def test_password_checks_in_flight_count_toward_the_throttle_and_are_capped() ->
     c.sub.password_checked(True, 0.2)  # a success forgives the address its failures
     d.sub.password_checked(False, 0.2)
     assert login("10.0.0.1", 0.3).sub.session.state.value == "login received"
+
+
+def test_the_next_sessions_fan_out_keeps_the_servers_counters_and_throttle() -> None:
+    limits = FanOutLimits(failed_logins=2, throttle=10.0)
+    first: FanOut[Any] = FanOut(journal_of(5), (b"", b"secret"), limits)
+    Link(first, 0.0, password=b"wrong", address="10.0.0.9")
+    Link(first, 0.0, password=b"secret", address="10.0.0.1")
+    second = first.successor(Journal(b"FANOUT0002"))
+    assert second.counters is first.counters and second.counters.logins == 1
+    Link(second, 1.0, password=b"wrong", address="10.0.0.9")  # its second failure in 10 s
+    assert "too many failed logins" in _refused(Link(second, 2.0, address="10.0.0.9"))
+    assert second.counters.rejected == 2  # counters go on, never back to zero

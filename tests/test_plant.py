@@ -117,6 +117,17 @@ def test_users_log_in_with_their_password_checked_off_the_loop() -> None:
     assert asyncio.run(main()) == (1, 2)
 
 
+def test_every_figure_the_plant_shows_is_registered() -> None:
+    from tickerplant.ops.figures import REGISTRY
+
+    async def main() -> dict[str, object]:
+        plant = Plant(PlantConfig(FeedConfig(Endpoint("239.192.99.1", 40001), None),
+                                  StreamConfig(Endpoint("127.0.0.1", 0)), ANY_PORT))
+        return plant.figures()
+
+    assert sorted(asyncio.run(main())) == sorted(REGISTRY)
+
+
 def test_a_config_with_a_password_in_the_clear_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"users\.alice: is not an scrypt hash"):
         PlantConfig(users={"alice": "s3cret"})

@@ -149,14 +149,14 @@ class FeedHandler:
         for event in session.take_events():
             if self.on_event is not None:
                 self._hand_over(self.on_event, event)
-        rerequest = self._drains.get(Source.REREQUEST)
-        for datagram in session.datagrams_to_send():
-            try:
-                if rerequest is None:
-                    raise OSError("no re-request socket")
-                rerequest.sock.send(datagram)
-            except OSError:
-                session.rerequest_unsent()
+        datagrams = session.datagrams_to_send()
+        if datagrams:  # only when a re-request server is configured, so its socket is open
+            sock = self._drains[Source.REREQUEST].sock
+            for datagram in datagrams:
+                try:
+                    sock.send(datagram)
+                except OSError:
+                    session.rerequest_unsent()
         for request in session.take_replays():
             if isinstance(request, ReplayStart):
                 self._replay = asyncio.ensure_future(self._run_replay(request))

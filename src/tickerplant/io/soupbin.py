@@ -264,9 +264,16 @@ class SoupServer:
         self.host = host
         self.port = port
         self.verify = verify
-        self._settings = (credentials, limits, heartbeat_interval, dead_after, login_timeout,
-                          users, local_only)
-        self.fanout = self._fanout(journal)
+        self.fanout: FanOut[SubscriberConnection] = FanOut(
+            journal,
+            credentials,
+            limits,
+            heartbeat_interval=heartbeat_interval,
+            dead_after=dead_after,
+            login_timeout=login_timeout,
+            local_only=local_only,
+            users=users,
+        )
         self._server: asyncio.Server | None = None
 
     @property
@@ -284,22 +291,7 @@ class SoupServer:
             current.journal = journal
             return
         _service(current.end_session())
-        self.fanout = self._fanout(journal)
-
-    def _fanout(self, journal: Journal) -> FanOut[SubscriberConnection]:
-        credentials, limits, heartbeat_interval, dead_after, login_timeout, users, local = (
-            self._settings
-        )
-        return FanOut(
-            journal,
-            credentials,
-            limits,
-            heartbeat_interval=heartbeat_interval,
-            dead_after=dead_after,
-            login_timeout=login_timeout,
-            local_only=local,
-            users=users,
-        )
+        self.fanout = current.successor(journal)
 
     @property
     def counters(self) -> FanOutCounters:

@@ -298,6 +298,21 @@ class FanOut(Generic[H]):
         self._published = journal.next_sequence
         self._ending = False
 
+    def successor(self, journal: Journal) -> FanOut[H]:
+        """The fan-out of the next session's ``journal``: the same settings, and the same
+        counters, throttle and per-address counts (they are the server's, not the session's).
+        """
+        heartbeat_interval, dead_after, login_timeout = self._timing
+        new: FanOut[H] = FanOut(
+            journal, self._credentials, self.limits, heartbeat_interval=heartbeat_interval,
+            dead_after=dead_after, login_timeout=login_timeout, local_only=self.local_only,
+            users=self.users,
+        )  # fmt: skip
+        new.counters, new._failures, new._per_address = (
+            self.counters, self._failures, self._per_address
+        )
+        return new
+
     def __len__(self) -> int:
         """Connections open now, logged in or not."""
         return len(self._subscribers)

@@ -27,7 +27,6 @@ LOST = b"\x00\x01\x00"  # the block of one lost message: the single byte 0x00
 class StreamCounters:
     messages: int = 0  # journaled, lost ones included
     lost: int = 0  # journaled as marks
-    sessions: int = 0
 
 
 class ItchStream:
@@ -59,7 +58,6 @@ class ItchStream:
         """Journal ``item``; True when it started a new session (and so a new journal)."""
         if isinstance(item, SessionStarted):
             self.ended = False
-            self.counters.sessions += 1
             reopened, self.reopened = self.reopened, None
             if reopened is not None and reopened.session == item.session:
                 self.journal = reopened
