@@ -35,7 +35,7 @@ def stream(*records: itch.Record) -> bytes:
 
 
 def test_records_have_the_documented_sizes() -> None:
-    assert (BBO_EVENT.itemsize, TRADE_EVENT.itemsize, STATUS_EVENT.itemsize) == (34, 33, 16)
+    assert (BBO_EVENT.itemsize, TRADE_EVENT.itemsize, STATUS_EVENT.itemsize) == (38, 37, 20)
     assert LEVEL.itemsize == 16
     assert BBO_EVENT.fields["ask_size"][1] == 26
     assert TRADE_EVENT.fields["printable"][1] == 32
@@ -86,6 +86,15 @@ def test_order_lifecycle_events_and_depth() -> None:
         (5, 2, ord("H"), ord("T"), b"    "),
         (5, 22, ord("Y"), ord("1"), b"\0\0\0\0"),
     ]
+    # Each event names the message that raised it: its index in the stream (the timestamps
+    # above are chosen so that from the Add Orders on, index = timestamp - 7).
+    assert batch.bbo["message"].tolist() == [t - 7 for t in batch.bbo["timestamp"].tolist()]
+    assert batch.trades["message"].tolist() == [t - 7 for t in batch.trades["timestamp"].tolist()]
+    assert batch.status["message"].tolist() == [0, 2, 15]
+    other = BookEngine()
+    other.process(stream(directory(5, "ZVZZT")))
+    again = other.process(stream(itch.RegShoRestriction(5, 0, 30, "ZVZZT", "0")))
+    assert again.status["message"].tolist() == [0]  # counted from each stream's start
     depth = engine.depth(5, 5)
     assert depth.bids.tolist() == [(99_5000, 60, 1)]
     assert depth.asks.tolist() == [(99_9000, 80, 1)]
@@ -268,7 +277,9 @@ def test_batches_cut_anywhere_give_the_same_events() -> None:
     ]
     whole = BookEngine().process(stream(*msgs))
     one_by_one = BookEngine()
-    bbo = [one_by_one.process(stream(m)).bbo for m in msgs]
+    bbo = [one_by_one.process(stream(m)).bbo.copy() for m in msgs]
+    for i, part in enumerate(bbo):
+        part["message"] += i  # each stream counts its messages from 0
     assert np.concatenate(bbo).tobytes() == whole.bbo.tobytes()
     assert len(whole.bbo) == 5
 

@@ -183,9 +183,11 @@ class ReferenceBook:
 
 
 def rows(events: npt.NDArray[np.void]) -> list[tuple[object, ...]]:
-    """Structured events as plain tuples (status reasons as bytes) for comparison."""
+    """Structured events as plain tuples (status reasons as bytes) for comparison, without the
+    ``message`` index (the reference book does not number messages)."""
+    names = [n for n in events.dtype.names or () if n != "message"]
     out = []
-    for e in events.tolist():
+    for e in events[names].tolist():
         out.append(tuple(bytes(v) if isinstance(v, np.ndarray) else v for v in e))
     return out
 

@@ -20,7 +20,7 @@ from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.ops import passwords
 from tickerplant.ops.config import ConfigError, example, load
-from tickerplant.plant import GlimpseConfig, Plant, PlantConfig, StreamConfig
+from tickerplant.plant import EventsConfig, GlimpseConfig, Plant, PlantConfig, StreamConfig
 from tickerplant.session.events import Batch, GapLost, SessionEnded, SessionStarted, Source
 from tickerplant.session.feed import FeedConfig
 from tickerplant.session.recovery import RecoveryConfig
@@ -29,6 +29,7 @@ from tickerplant.wire.blocks import iter_messages, join_messages
 
 S1, S2 = b"SESSION001", b"SESSION002"
 ANY_PORT = GlimpseConfig(Endpoint("127.0.0.1", 0))  # the snapshot service, out of the way
+NO_EVENTS = EventsConfig(Endpoint("127.0.0.1", 0))  # the events stream, out of the way
 
 
 def msgs(first: int, count: int) -> bytes:
@@ -92,6 +93,7 @@ def test_users_log_in_with_their_password_checked_off_the_loop() -> None:
         feed=FeedConfig(Endpoint("239.192.99.1", 40001), None),
         itch=StreamConfig(Endpoint("127.0.0.1", 0)),
         glimpse=ANY_PORT,
+        events=NO_EVENTS,
         users={"alice": passwords.hash_password("s3cret")},
     )
 
@@ -122,7 +124,8 @@ def test_every_figure_the_plant_shows_is_registered() -> None:
 
     async def main() -> dict[str, object]:
         plant = Plant(PlantConfig(FeedConfig(Endpoint("239.192.99.1", 40001), None),
-                                  StreamConfig(Endpoint("127.0.0.1", 0)), ANY_PORT))
+                                  StreamConfig(Endpoint("127.0.0.1", 0)), ANY_PORT,
+                                  events=NO_EVENTS))
         return plant.figures()
 
     assert sorted(asyncio.run(main())) == sorted(REGISTRY)
@@ -176,7 +179,8 @@ async def _run(
         replay=p.replay if recovery else None,
         recovery=RecoveryConfig() if recovery else RecoveryConfig(give_up_after=0.2),
     )  # fmt: skip
-    plant = Plant(PlantConfig(feed, StreamConfig(Endpoint("127.0.0.1", 0)), ANY_PORT))
+    plant = Plant(PlantConfig(feed, StreamConfig(Endpoint("127.0.0.1", 0)), ANY_PORT,
+                                  events=NO_EVENTS))
     await plant.start()
     itch = Endpoint("127.0.0.1", plant.itch.port)
     early, late = Collected(), Collected()
@@ -268,6 +272,7 @@ def test_a_restarted_plant_reopens_its_journal_and_clients_resume_across_it(
         FeedConfig(p.line_a, p.line_b, rerequest=p.rerequest, replay=p.replay),
         StreamConfig(itch, journal_dir=tmp_path),
         ANY_PORT,
+        events=NO_EVENTS,
     )
     client = Collected()
 
@@ -307,7 +312,7 @@ def test_a_journal_cut_by_a_crash_is_reopened_up_to_its_last_whole_message(
 ) -> None:
     (tmp_path / "SESSION001.journal").write_bytes(msgs(1, 5) + b"\x00\x09par")
     plant = Plant(PlantConfig(itch=StreamConfig(Endpoint("127.0.0.1", 0), journal_dir=tmp_path),
-                              glimpse=ANY_PORT))
+                              glimpse=ANY_PORT, events=NO_EVENTS))
     assert len(plant.itch.journal) == 5 and plant.itch.journal.session == S1
     assert (tmp_path / "SESSION001.journal").read_bytes() == msgs(1, 5)
 
@@ -320,6 +325,7 @@ def test_a_glimpse_snapshot_then_itch_from_its_number_gives_the_whole_days_books
         FeedConfig(p.line_a, p.line_b, rerequest=p.rerequest, replay=p.replay),
         StreamConfig(Endpoint("127.0.0.1", 0)),
         GlimpseConfig(Endpoint("127.0.0.1", 0), refresh=0.1),
+        events=NO_EVENTS,
     )
 
     async def main() -> tuple[list[bytes], int, list[bytes]]:

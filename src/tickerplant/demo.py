@@ -213,7 +213,7 @@ def summary(
         "published_sha256": sha,
         "delivered_sha256": digest,
         "clients": received,
-        "slow_consumers_cut": figures["slow_consumers"]["itch"],
+        "slow_consumers_cut": figures["slow_consumers"]["itch"]["disconnect"],
         "feed": {k: v for k, v in figures.items() if k not in plant.books.figures()},
         "books": plant.books.figures(),
         "exchange": published,

@@ -43,3 +43,4 @@ REREQUEST = Endpoint("127.0.0.1", 31003)
 REPLAY = Endpoint("127.0.0.1", 31004)
 ITCH = Endpoint("127.0.0.1", 31010)  # the plant's itch stream
 GLIMPSE = Endpoint("127.0.0.1", 31011)  # the plant's snapshots
+EVENTS = Endpoint("127.0.0.1", 31012)  # the plant's normalized events

@@ -3,7 +3,10 @@
 The feed handler (lines, re-request, replay) hands its repaired stream to the live books and to
 the ``itch`` stream, a SoupBinTCP server of its journal: a client logs in at any sequence number,
 is replayed from there at full speed and then stays live, and a range the plant lost keeps its
-numbers as marks (:mod:`tickerplant.session.stream`).
+numbers as marks (:mod:`tickerplant.session.stream`). What the books raise (BBO changes, trades,
+status changes) and the ranges lost are the ``events`` stream's records
+(:mod:`tickerplant.wire.events`), journaled and served the same way; its clients may narrow it to
+symbols and, as slow consumers, be conflated or skipped. ``glimpse`` serves snapshots.
 """
 
 from __future__ import annotations
@@ -15,18 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from tickerplant.book import normalize
 from tickerplant.book.snapshot import Directory, snapshot
-from tickerplant.endpoint import GLIMPSE, ITCH, LINE_A, LINE_B, REPLAY, REREQUEST, Endpoint
+from tickerplant.endpoint import EVENTS, GLIMPSE, ITCH, LINE_A, LINE_B, REPLAY, REREQUEST, Endpoint
 from tickerplant.feed.books import LiveBooks
 from tickerplant.feed.handler import FeedHandler
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.ops import passwords
 from tickerplant.ops.config import ConfigError
 from tickerplant.session.events import Batch, Event, GapLost, SessionEnded, SessionStarted
-from tickerplant.session.fanout import FanOutLimits
+from tickerplant.session.fanout import FanOutLimits, Policy
 from tickerplant.session.feed import FeedConfig
 from tickerplant.session.journal import Journal
-from tickerplant.session.stream import ItchStream
+from tickerplant.session.stream import EventStream, ItchStream
 from tickerplant.wire.moldudp64 import session_bytes
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,22 @@ class StreamConfig:
     # stream as served, marks included); a plant started again reopens the newest and serves
     # the same numbers. None: memory only, gone with the process.
     journal_dir: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventsConfig:
+    """The normalized events stream: BBO changes, trades, status changes, lost ranges."""
+
+    listen: Endpoint = EVENTS
+    limits: FanOutLimits = field(default_factory=FanOutLimits)
+    # As for itch: each session's records also go to journal_dir/SESSION.events.
+    journal_dir: Path | None = None
+    # Price levels per side in the image a client gets of each symbol it adds.
+    depth: int = 5
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.depth <= 255:
+            raise ConfigError("depth", f"{self.depth}", "give 0 to 255 levels")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,33 +92,85 @@ class PlantConfig:
     # User name -> scrypt hash of the password (`tickerplant passwd USER` makes one). With none,
     # any login is accepted, from this host's addresses only.
     users: dict[str, str] = field(default_factory=dict)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    # What becomes of a slow consumer: "disconnect" (told why and closed; it resumes from the
+    # journal), or on the events stream "conflate" (only each symbol's latest BBO while it
+    # lags) or "skip" (moved to live, told the range skipped). Per user name (with no users
+    # configured, the name a client logs in with), else ``slow_consumer``.
+    slow_consumer: str = Policy.DISCONNECT.value
+    slow_consumers: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, stored in self.users.items():
-            if not (0 < len(name) <= 6 and name.isascii() and name.isprintable()):
-                raise ConfigError(f"users.{name}", "is not a SoupBinTCP user name",
-                                  "use 1 to 6 ASCII characters")
+            _check_user(name, f"users.{name}")
             passwords.check(stored, f"users.{name}")
+        _policy(self.slow_consumer, "slow_consumer")
+        for name, policy in self.slow_consumers.items():
+            _check_user(name, f"slow_consumers.{name}")
+            _policy(policy, f"slow_consumers.{name}")
+
+
+def _check_user(name: str, where: str) -> None:
+    if not (0 < len(name) <= 6 and name.isascii() and name.isprintable()):
+        raise ConfigError(where, "is not a SoupBinTCP user name", "use 1 to 6 ASCII characters")
+
+
+def _policy(name: str, where: str) -> Policy:
+    try:
+        return Policy(name)
+    except ValueError:
+        choices = ", ".join(p.value for p in Policy)
+        raise ConfigError(where, f"{name!r} is not a policy", f"give one of {choices}") from None
+
+
+class _Catalog:
+    """The books as the events stream's fan-out asks for them (``session.fanout.Catalog``)."""
+
+    def __init__(self, plant: Plant) -> None:
+        self._plant = plant
+        self._by_symbol: dict[bytes, int] = {}
+        self._symbols = -1  # the directory's size when _by_symbol was built
+
+    def locate(self, symbol: bytes) -> int | None:
+        engine = self._plant.books.engine
+        if engine.symbol_count != self._symbols:  # a Stock Directory since: once per change
+            self._by_symbol = {name.encode("latin-1").ljust(8): loc
+                               for loc, name in engine.symbols().items()}  # fmt: skip
+            self._symbols = engine.symbol_count
+        return self._by_symbol.get(symbol)
+
+    def images(self, locates: list[int]) -> bytes:
+        plant = self._plant
+        return normalize.images(
+            plant.books.engine, locates, plant.event_stream.next_sequence - 1,
+            plant._books_at - 1, plant.config.events.depth,
+        )  # fmt: skip
 
 
 class Plant:
     def __init__(self, config: PlantConfig) -> None:
         self.config = config
         self.books = LiveBooks()
-        directory = config.itch.journal_dir
-        self._reopened = _reopen(directory) if directory is not None else None
-        self.stream = ItchStream(config.feed.first_sequence, self._reopened)
-        self._file: BinaryIO | None = None
+        self._itch_file = JournalFile(config.itch.journal_dir, "journal")
+        self.stream = ItchStream(config.feed.first_sequence, self._itch_file.reopened)
+        self._events_file = JournalFile(config.events.journal_dir, "events")
+        self.event_stream = EventStream(self._events_file.reopened)
         self.feed = FeedHandler(config.feed, self._on_batch, self._on_event)
         listen = config.itch.listen
         users = {name.encode("ascii"): stored for name, stored in config.users.items()}
-        # Before the feed hears the exchange, the journal of the run before (clients resume on
-        # it at once), or an empty one waiting for the first session.
-        serving = self._reopened if self._reopened is not None else ItchStream.waiting()
+        policies = {name.encode("ascii"): _policy(policy, name)
+                    for name, policy in config.slow_consumers.items()}  # fmt: skip
         self.itch = SoupServer(
-            serving, listen.host, listen.port,
-            limits=config.itch.limits,
-            users=users or None, verify=passwords.verify, local_only=not users,
+            _serving(self._itch_file.reopened), listen.host, listen.port,
+            limits=config.itch.limits, users=users or None, verify=passwords.verify,
+            local_only=not users, policies=policies, policy=_policy(config.slow_consumer, ""),
+        )  # fmt: skip
+        events = config.events
+        self.events = SoupServer(
+            _serving(self._events_file.reopened), events.listen.host,
+            events.listen.port, limits=events.limits, users=users or None,
+            verify=passwords.verify, local_only=not users, catalog=_Catalog(self),
+            policies=policies, policy=_policy(config.slow_consumer, ""),
         )  # fmt: skip
         self.directory = Directory()
         glimpse = config.glimpse
@@ -116,6 +188,7 @@ class Plant:
         """Listen first, then join the lines: a client may log in before the first packet."""
         self.books.warm()
         await self.itch.start()
+        await self.events.start()
         await self.glimpse.start()
         await self.feed.start()
         self._refresher = asyncio.ensure_future(self._refresh())
@@ -127,24 +200,34 @@ class Plant:
                 await self._refresher
         await self.feed.close()
         await self.itch.close()
+        await self.events.close()
         await self.glimpse.close()
-        if self._file is not None:
-            self._file.close()
+        self._itch_file.close()
+        self._events_file.close()
 
     def figures(self) -> dict[str, Any]:
-        counters = self.itch.counters
+        servers = {"itch": self.itch, "events": self.events}
+        counters = {name: server.counters for name, server in servers.items()}
         return self.feed.figures() | self.books.figures() | {
-            "stream_messages": {"itch": self.stream.counters.messages},
-            "stream_lost_messages": {"itch": self.stream.counters.lost},
-            "clients": {"itch": self.itch.clients},
-            "logins": {"itch": counters.logins},
-            "rejected_logins": {"itch": counters.rejected},
-            "sent_messages": {"itch": counters.messages_sent},
-            "sent_bytes": {"itch": counters.bytes_sent},
-            "slow_consumers": {"itch": counters.slow_consumers},
-            "refused_connections": {"itch": counters.refused},
+            "stream_messages": {"itch": self.stream.counters.messages,
+                                "events": self.event_stream.counters.records},
+            "stream_lost_messages": {"itch": self.stream.counters.lost,
+                                     "events": self.event_stream.counters.lost_notices},
+            "clients": {name: server.clients for name, server in servers.items()},
+            "logins": {name: c.logins for name, c in counters.items()},
+            "rejected_logins": {name: c.rejected for name, c in counters.items()},
+            "sent_messages": {name: c.messages_sent for name, c in counters.items()},
+            "sent_bytes": {name: c.bytes_sent for name, c in counters.items()},
+            "slow_consumers": {
+                name: {"disconnect": c.slow_consumers, "conflate": c.conflating,
+                       "skip": c.skips} for name, c in counters.items()
+            },
+            "conflated_updates": {"events": counters["events"].conflated_updates},
+            "skipped_messages": {"events": counters["events"].skipped_messages},
+            "subscriptions": {"events": counters["events"].subscriptions},
+            "refused_connections": {name: c.refused for name, c in counters.items()},
             "glimpse_logins": self.glimpse.counters.logins,
-        }
+        }  # fmt: skip
 
     async def _refresh(self) -> None:
         while True:
@@ -159,17 +242,21 @@ class Plant:
             self.glimpse.end_session()  # each login: the snapshot, then End of Session
 
     def _on_batch(self, batch: Batch) -> None:
-        self.books.on_batch(batch)
+        events = self.books.on_batch(batch)
         self.directory.take(batch.blocks)
         self._books_at = batch.end
         self.stream.deliver(batch)
-        self._write()
-        self.itch.publish()
+        stream = self.event_stream
+        if stream.journal is not None:
+            stream.append(*normalize.records(events, stream.next_sequence, batch.first))
+        self._publish()
 
     def _on_event(self, event: Event) -> None:
         self.books.on_event(event)
         if isinstance(event, GapLost):
             self._books_at = event.end
+            if self.event_stream.journal is not None:
+                self.event_stream.lose(event.start, event.end)
         if isinstance(event, SessionStarted | GapLost | SessionEnded):
             if self.stream.deliver(event):
                 if isinstance(event, SessionStarted) and event.previous is not None:
@@ -177,34 +264,57 @@ class Plant:
                     self._books_at = self.config.feed.first_sequence
                 journal = self.stream.journal
                 assert journal is not None
-                self._open(journal)
+                self._itch_file.open(journal)
                 self.itch.start_session(journal)
+                events = self.event_stream.start(journal.session)
+                self._events_file.open(events)
+                self.events.start_session(events)
             elif isinstance(event, SessionEnded):
                 self.itch.end_session()
-            self._write()
-            self.itch.publish()
+                self.events.end_session()
+            self._publish()
 
-    def _open(self, journal: Journal) -> None:
-        directory = self.config.itch.journal_dir
-        if directory is None:
+    def _publish(self) -> None:
+        self._itch_file.write(self.stream.take_appended())
+        self._events_file.write(self.event_stream.take_appended())
+        self.itch.publish()
+        self.events.publish()
+
+
+class JournalFile:
+    """A stream's journal on disk: ``directory/SESSION.SUFFIX``, the blocks as served, appended
+    a batch at a time; the newest is read back when the plant starts (:attr:`reopened`). With no
+    directory, nothing is written."""
+
+    def __init__(self, directory: Path | None, suffix: str) -> None:
+        self.directory = directory
+        self.suffix = suffix
+        self.reopened = _reopen(directory, suffix) if directory is not None else None
+        self._file: BinaryIO | None = None
+
+    def open(self, journal: Journal) -> None:
+        if self.directory is None:
             return
-        if self._file is not None:
-            self._file.close()
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{journal.session.decode('ascii').strip()}.journal"
+        self.close()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{journal.session.decode('ascii').strip()}.{self.suffix}"
         # A new session's file starts empty; a reopened one goes on where it ended.
-        self._file = path.open("ab" if journal is self._reopened else "wb", buffering=0)
+        self._file = path.open("ab" if journal is self.reopened else "wb", buffering=0)
 
-    def _write(self) -> None:
-        appended = self.stream.take_appended()
-        if self._file is not None:
+    def write(self, appended: list[bytes]) -> None:
+        if self._file is not None and appended:
             # Page-cache writes of what was just served, a batch at a time: microseconds.
             self._file.write(b"".join(appended))
 
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
-def _reopen(directory: Path) -> Journal | None:
+
+def _reopen(directory: Path, suffix: str) -> Journal | None:
     """The newest session journal a previous run left in ``directory``, read back."""
-    files = sorted(directory.glob("*.journal"), key=lambda p: p.stat().st_mtime)
+    files = sorted(directory.glob(f"*.{suffix}"), key=lambda p: p.stat().st_mtime)
     if not files:
         return None
     path = files[-1]
@@ -218,3 +328,9 @@ def _reopen(directory: Path) -> Journal | None:
         with path.open("r+b") as f:
             f.truncate(taken)
     return journal
+
+
+def _serving(reopened: Journal | None) -> Journal:
+    """What a stream serves before the feed hears the exchange: the journal of the run before
+    (clients resume on it at once), or an empty one waiting for the first session."""
+    return reopened if reopened is not None else ItchStream.waiting()

@@ -142,6 +142,7 @@ class BookEngine:
         bbo, trades, status = take(0, room), take(1, room), take(2, room)
         stats = self._stats
         stats[k.ST_BBO] = stats[k.ST_TRADES] = stats[k.ST_STATUS] = 0
+        stats[k.ST_FIRST] = stats[k.ST_MESSAGES]
         pos = 0
         while True:
             if PLAIN_PYTHON:
@@ -309,6 +310,12 @@ class BookEngine:
         if not 0 <= locate < self._defined.shape[0] or not self._trading_state[locate]:
             return ""
         return chr(self._trading_state[locate])
+
+    def reg_sho(self, locate: int) -> str:
+        """The last Reg SHO Restriction action of ``locate`` ('0', '1' or '2'), '' before any."""
+        if not 0 <= locate < self._defined.shape[0] or not self._reg_sho[locate]:
+            return ""
+        return chr(self._reg_sho[locate])
 
     @property
     def market_state(self) -> str:

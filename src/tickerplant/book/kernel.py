@@ -56,7 +56,8 @@ DONE, NEED_ORDERS, NEED_LEVELS, NEED_LOCATES = 0, 1, 2, 3
 ST_LIVE, ST_PEAK, ST_LIMIT, ST_SHIFT, ST_POOL_USED = 0, 1, 2, 3, 4
 ST_BBO, ST_TRADES, ST_STATUS, ST_MESSAGES, ST_MARKET, ST_MAX_LOCATES = 5, 6, 7, 8, 9, 10
 ST_DELETED = 11  # DELETED slots of the order table: they count against ST_LIMIT
-STATS = 12
+ST_FIRST = 12  # ST_MESSAGES when the block stream began: events number messages from there
+STATS = 13
 ANOMALY_AT = STATS
 TYPE_AT = ANOMALY_AT + len(ANOMALIES)
 COUNTS = TYPE_AT + 256
@@ -226,6 +227,7 @@ def apply_blocks(
     n_bbo = counts[ST_BBO]
     n_trades = counts[ST_TRADES]
     n_status = counts[ST_STATUS]
+    first = counts[ST_FIRST]
     code = DONE
     while pos + 2 <= end:
         size = _u16(buf, pos)
@@ -458,6 +460,7 @@ def apply_blocks(
             status[e]["code"] = code_byte
             for i in range(4):
                 status[e]["reason"][i] = buf[p + _H_REASON + i] if t == _H else 0
+            status[e]["message"] = messages - first - 1
 
         if tr_kind != 0:
             e = n_trades
@@ -470,6 +473,7 @@ def apply_blocks(
             trades[e]["side"] = tr_side
             trades[e]["kind"] = tr_kind
             trades[e]["printable"] = tr_printable
+            trades[e]["message"] = messages - first - 1
 
         if changed:
             # A BBO event only when the best bid or offer differs from the last one sent. A
@@ -494,6 +498,7 @@ def apply_blocks(
                 bbo[e]["bid_size"] = top[locate, 1]
                 bbo[e]["ask_price"] = top[locate, 2]
                 bbo[e]["ask_size"] = top[locate, 3]
+                bbo[e]["message"] = messages - first - 1
     counts[ST_LIVE] = live
     counts[ST_DELETED] = deleted
     counts[ST_PEAK] = peak

@@ -5,7 +5,7 @@ of events is one contiguous buffer that can be sent, written or memory-mapped as
 are integers with 4 implied decimals (ITCH Price(4): 1234500 is $123.45); timestamps are
 nanoseconds since midnight, as ITCH carries them; ``locate`` is the day's stock locate code.
 
-BBO change (``BBO_EVENT``, 34 bytes), one per message that changed a symbol's best bid or offer:
+BBO change (``BBO_EVENT``, 38 bytes), one per message that changed a symbol's best bid or offer:
 
     offset  size  field
     0       2     locate      u16
@@ -14,8 +14,11 @@ BBO change (``BBO_EVENT``, 34 bytes), one per message that changed a symbol's be
     14      8     bid_size    u64, shares at the best bid (all orders at that price)
     22      4     ask_price   u32, 4 implied decimals; 0 with ask_size 0 when no offer
     26      8     ask_size    u64
+    34      4     message     u32, the raising message's index in the block stream processed
+                              (0 for its first message): it orders the three kinds of event
+                              into one stream and names the source message of each
 
-Trade (``TRADE_EVENT``, 33 bytes), one per E, C, P, Q or B message:
+Trade (``TRADE_EVENT``, 37 bytes), one per E, C, P, Q or B message:
 
     0       2     locate      u16
     2       8     timestamp   u64
@@ -27,14 +30,16 @@ Trade (``TRADE_EVENT``, 33 bytes), one per E, C, P, Q or B message:
     31      1     kind        the ITCH type letter: E, C (executions of book orders), P (hidden
                               order), Q (cross), B (broken trade: cancels ``match``)
     32      1     printable   1 when the trade counts toward volume (C carries the flag; B is 0)
+    33      4     message     u32, as in BBO change
 
-Status change (``STATUS_EVENT``, 16 bytes), one per S, H or Y message:
+Status change (``STATUS_EVENT``, 20 bytes), one per S, H or Y message:
 
     0       2     locate      u16 (0 for System Event, which is market-wide)
     2       8     timestamp   u64
     10      1     kind        b'S' system event, b'H' trading action, b'Y' Reg SHO restriction
     11      1     code        event code (S), trading state (H) or Reg SHO action (Y)
     12      4     reason      H's reason code, ASCII, space-padded; zeros for S and Y
+    16      4     message     u32, as in BBO change
 
 Depth level (``LEVEL``, 16 bytes) in snapshots: price u32, size u64, orders u32.
 """
@@ -65,6 +70,7 @@ BBO_EVENT: Final = _packed(
         ("bid_size", "<u8"),
         ("ask_price", "<u4"),
         ("ask_size", "<u8"),
+        ("message", "<u4"),
     ]
 )
 TRADE_EVENT: Final = _packed(
@@ -77,6 +83,7 @@ TRADE_EVENT: Final = _packed(
         ("side", "u1"),
         ("kind", "u1"),
         ("printable", "u1"),
+        ("message", "<u4"),
     ]
 )
 STATUS_EVENT: Final = _packed(
@@ -86,6 +93,7 @@ STATUS_EVENT: Final = _packed(
         ("kind", "u1"),
         ("code", "u1"),
         ("reason", ("u1", (4,))),
+        ("message", "<u4"),
     ]
 )
 LEVEL: Final = _packed([("price", "<u4"), ("size", "<u8"), ("orders", "<u4")])

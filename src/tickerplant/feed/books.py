@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tickerplant.book.engine import BookEngine, EventBuffers
+from tickerplant.book.engine import BookEngine, EventBatch, EventBuffers
 from tickerplant.session.events import Batch, Event, GapLost, SessionStarted
 
 PRICE_SCALE = 10_000  # ITCH Price(4)
@@ -38,7 +38,8 @@ class LiveBooks:
         """Load (first run: compile) the engine's kernel now, not on the first live batch."""
         self.engine.process(b"")
 
-    def on_batch(self, batch: Batch) -> None:
+    def on_batch(self, batch: Batch) -> EventBatch:
+        """Apply ``batch``; its events are valid until the next call."""
         events = self.engine.process(batch.blocks, scratch=self._scratch)
         n = events.bbo.shape[0]
         if n:
@@ -47,6 +48,7 @@ class LiveBooks:
             counts = np.bincount(events.bbo["locate"])
             self._bbo_by_locate[: counts.shape[0]] += counts
         self.trades += events.trades.shape[0]
+        return events
 
     def on_event(self, event: Event) -> None:
         """The feed's ``on_event``: GapLost and session changes come in stream position."""

@@ -19,11 +19,14 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Generic, Protocol, TypeVar, cast
 
 from tickerplant.session.fanout import (
+    Catalog,
     CheckPassword,
     Dropped,
     FanOut,
     FanOutCounters,
     FanOutLimits,
+    Lagging,
+    Policy,
     Subscribed,
     Subscriber,
 )
@@ -224,6 +227,9 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
             log.info("subscriber %s logged in from %d", self.peer, event.first)
         elif isinstance(event, Dropped):
             log.warning("subscriber %s dropped: %s", self.peer, event.reason)
+        elif isinstance(event, Lagging):
+            log.warning("subscriber %s lagging, now %s: %s", self.peer, event.policy.value,
+                        event.reason)
         elif isinstance(event, ProtocolError):
             log.warning("subscriber %s broke the protocol: %s", self.peer, event.reason)
         elif isinstance(event, Closed):
@@ -260,6 +266,9 @@ class SoupServer:
         users: Mapping[bytes, str] | None = None,
         verify: Verify | None = None,
         local_only: bool = False,
+        catalog: Catalog | None = None,
+        policies: Mapping[bytes, Policy] | None = None,
+        policy: Policy = Policy.DISCONNECT,
     ) -> None:
         self.host = host
         self.port = port
@@ -273,6 +282,9 @@ class SoupServer:
             login_timeout=login_timeout,
             local_only=local_only,
             users=users,
+            catalog=catalog,
+            policies=policies,
+            policy=policy,
         )
         self._server: asyncio.Server | None = None
 

@@ -98,9 +98,15 @@ def _streams(now: Figures, before: Figures | None, dt: float) -> Text:
             f"  sent {_rate(now, before, dt, 'sent_messages', stream)} msgs/s"
             f"  journal {now['stream_messages'][stream]:,} messages"
             f" ({now['stream_lost_messages'][stream]:,} lost)"
-            f"  slow consumers cut {now['slow_consumers'][stream]:,}\n"
+            f"  slow consumers {_actions(now['slow_consumers'][stream])}\n"
         )
     return text
+
+
+def _actions(by_action: dict[str, int]) -> str:
+    """Slow consumers by the policy applied: "cut 1" or "cut 0, conflated 2, skipped 1"."""
+    names = {"disconnect": "cut", "conflate": "conflated", "skip": "skipped"}
+    return ", ".join(f"{names[a]} {n:,}" for a, n in by_action.items() if n or a == "disconnect")
 
 
 def _books(now: Figures, before: Figures | None, dt: float) -> Text:

@@ -33,14 +33,18 @@ and later logins are still served their replay, then End of Session.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
+
+import numpy as np
 
 from tickerplant.ops.config import check
 from tickerplant.session.journal import Journal
+from tickerplant.session.selection import conflate, select
 from tickerplant.session.soupbin import (
     DEAD_AFTER,
     HEARTBEAT_INTERVAL,
@@ -53,7 +57,9 @@ from tickerplant.session.soupbin import (
     ProtocolError,
     SoupServerSession,
     State,
+    UnsequencedReceived,
 )
+from tickerplant.wire import events as ev
 from tickerplant.wire.soupbintcp import NOT_AUTHORIZED, PAD, encode_sequenced
 
 H = TypeVar("H")
@@ -63,6 +69,28 @@ CHUNK_MESSAGES = 16384  # read from the journal per catch-up write: ~0.5 MiB of 
 TURN_BYTES = 8 << 20  # what one catch-up turn may write before it yields
 LINGER = 2.0  # seconds a dropped client gets to read the Debug packet before the reset
 FAILURES_KEPT = 4096  # addresses whose failed logins are remembered
+SYMBOL = 8  # bytes per symbol in a subscription request: ITCH's Stock field, space-padded
+
+
+class Policy(enum.Enum):
+    """What becomes of a slow consumer (one per user, from the config)."""
+
+    DISCONNECT = "disconnect"  # told why and closed; it resumes from the journal
+    CONFLATE = "conflate"  # events: while it lags, only each symbol's latest BBO is sent
+    SKIP = "skip"  # events: moved to live, told the exact range it skipped
+
+
+class Catalog(Protocol):
+    """What an events stream's fan-out asks of the books (the owner keeps both in step: the
+    state it reports is the state after the journal's last record)."""
+
+    def locate(self, symbol: bytes) -> int | None:
+        """The locate of ``symbol`` (8 bytes, space-padded) today, None if unknown."""
+        ...
+
+    def images(self, locates: list[int]) -> bytes:
+        """Image records (wire.events) of ``locates``'s current state, as blocks."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +124,12 @@ class FanOutCounters:
     rejected: int = 0
     messages_sent: int = 0
     bytes_sent: int = 0  # of Sequenced Data
-    slow_consumers: int = 0  # over max_backlog or past write_deadline
+    slow_consumers: int = 0  # cut: over max_backlog or past write_deadline
+    conflating: int = 0  # slow consumers moved to conflation (policy conflate)
+    conflated_updates: int = 0  # BBO changes they were not sent
+    skips: int = 0  # slow consumers moved to live (policy skip)
+    skipped_messages: int = 0  # the messages they skipped
+    subscriptions: int = 0  # symbol subscription requests served
     refused: int = 0  # connections over a limit, throttled or not allowed from their address
     protocol_errors: int = 0
     timeouts: int = 0  # login timeouts and dead links
@@ -119,6 +152,14 @@ class Dropped:
 
 
 @dataclass(frozen=True, slots=True)
+class Lagging:
+    """A slow consumer kept under its policy (conflate or skip) rather than cut, for ``reason``."""
+
+    policy: Policy
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class CheckPassword:
     """io: check ``password`` against ``stored`` off the loop, then call
     :meth:`Subscriber.password_checked`."""
@@ -129,7 +170,7 @@ class CheckPassword:
 
 # What a subscriber tells io: its session's events, the login as accepted, a drop (to log), a
 # password to check.
-SubscriberEvent = Event | Subscribed | Dropped | CheckPassword
+SubscriberEvent = Event | Subscribed | Dropped | Lagging | CheckPassword
 
 
 class Subscriber(Generic[H]):
@@ -152,6 +193,14 @@ class Subscriber(Generic[H]):
         self._budget = 0  # bytes the current catch-up turn may still write
         self._turn_at: float | None = None  # the next turn is due: the last one ran out
         self._pushed = False  # live bytes queued that the next backlog report is judged on
+        # events streams: the symbols asked for (sorted locates; None: all), the same as a key
+        # shared by every subscriber asking for them, and the locates whose image was sent at
+        # a sequence number the cursor has not reached (their records before it are not sent)
+        self.locates: np.ndarray | None = None
+        self.group: bytes | None = None
+        self._since: dict[int, int] = {}
+        self.policy = Policy.DISCONNECT  # its user's, set at login
+        self.lagging: Policy | None = None  # a slow consumer kept under its policy
 
     @property
     def active(self) -> bool:
@@ -161,7 +210,7 @@ class Subscriber(Generic[H]):
     @property
     def live(self) -> bool:
         """Caught up: the next publish is pushed to it."""
-        return self.active and self.cursor == self._fanout.published
+        return self.active and self.cursor == self._fanout.published and self.lagging is None
 
     @property
     def closed(self) -> bool:
@@ -182,7 +231,7 @@ class Subscriber(Generic[H]):
         if stuck is not None and now >= stuck and self.active:
             waited = now - (self._paused_at or now)
             reason = f"slow consumer: nothing taken for {waited:.1f} s"
-            self._fanout._slow_consumer(self, now, reason)
+            self._fanout._slow_consumer(self, now, reason, dead=True)
         self.session.handle_timer(now)
         self._fanout._absorb(self)
 
@@ -280,8 +329,16 @@ class FanOut(Generic[H]):
         login_timeout: float = LOGIN_TIMEOUT,
         local_only: bool = False,
         users: Mapping[bytes, str] | None = None,
+        catalog: Catalog | None = None,
+        policies: Mapping[bytes, Policy] | None = None,
+        policy: Policy = Policy.DISCONNECT,
     ) -> None:
         self.journal = journal
+        # An events stream's: its records are wire.events blocks, clients may narrow them to
+        # symbols, and slow consumers may be conflated or skipped (elsewhere they are cut).
+        self.catalog = catalog
+        self.policies = dict(policies or {})  # user name -> policy; others get ``policy``
+        self.policy = policy
         # Users' password hashes (scrypt, see tickerplant.ops.passwords): a login names one and
         # io checks its password off the loop (CheckPassword); None: ``credentials`` decide.
         self.users = users
@@ -306,7 +363,7 @@ class FanOut(Generic[H]):
         new: FanOut[H] = FanOut(
             journal, self._credentials, self.limits, heartbeat_interval=heartbeat_interval,
             dead_after=dead_after, login_timeout=login_timeout, local_only=self.local_only,
-            users=self.users,
+            users=self.users, catalog=self.catalog, policies=self.policies, policy=self.policy,
         )  # fmt: skip
         new.counters, new._failures, new._per_address = (
             self.counters, self._failures, self._per_address
@@ -408,12 +465,19 @@ class FanOut(Generic[H]):
         behind: list[Subscriber[H]] = []
         for subscriber in self._subscribers:
             if subscriber.active:
-                (live if subscriber.cursor == old else behind).append(subscriber)
+                at_end = subscriber.cursor == old and subscriber.lagging is None
+                (live if at_end else behind).append(subscriber)
         if live and new - old <= self.limits.chunk_messages:
             count, blocks = self.journal.blocks(old, new - old)
-            packets = encode_sequenced(blocks)  # once, for every live subscriber
+            groups: dict[bytes | None, tuple[int, bytes]] = {}
             for subscriber in live:
-                self._send(subscriber, packets, count)
+                packets = groups.get(subscriber.group)
+                if packets is None:  # once per group of subscribers asking for the same
+                    mine = (count, blocks)
+                    if subscriber.locates is not None:
+                        mine = select(blocks, subscriber.locates)
+                    packets = groups[subscriber.group] = (mine[0], encode_sequenced(mine[1]))
+                self._send(subscriber, packets[1], packets[0], new)
                 subscriber._pushed = True
         else:
             behind += live
@@ -458,6 +522,9 @@ class FanOut(Generic[H]):
                     subscriber._login = event
                     subscriber._events.append(CheckPassword(stored, event.password))
                 continue
+            if isinstance(event, UnsequencedReceived):
+                self._request(subscriber, event.message)
+                continue
             if isinstance(event, ProtocolError):
                 counters.protocol_errors += 1
             elif isinstance(event, Closed):
@@ -476,30 +543,124 @@ class FanOut(Generic[H]):
         subscriber.session.accept(first)
         subscriber.cursor = first
         subscriber._budget = self.limits.turn_bytes
+        subscriber.policy = self.policies.get(login.username.strip(PAD), self.policy)
         self.counters.logins += 1
         subscriber._events.append(Subscribed(login.username, first))
+        if not login.sequence and subscriber.locates is not None:
+            self._images(subscriber, subscriber.locates.tolist())  # from now: state first
+
+    def _request(self, subscriber: Subscriber[H], message: bytes) -> None:
+        """A subscription request (Unsequenced Data): ``+`` and 8-byte symbols adds them (the
+        first ``+`` narrows the stream from every symbol to these), ``-`` and symbols removes
+        them, ``*`` alone goes back to every symbol. Symbols added once logged in are sent their
+        state first (images), then their updates."""
+        session = subscriber.session
+        op, body = message[:1], message[1:]
+        if self.catalog is None:
+            problem = "this stream takes no requests"
+        elif op not in (b"+", b"-", b"*") or len(body) % SYMBOL or (op == b"*" and body):
+            problem = "a subscription request is + or - then 8-byte symbols, or * alone"
+        else:
+            problem = ""
+        if problem:
+            self.counters.protocol_errors += 1
+            session.send_debug(problem.encode("ascii"))
+            session.close(problem)
+            return
+        assert self.catalog is not None
+        self.counters.subscriptions += 1
+        if op == b"*":
+            subscriber.locates, subscriber.group, subscriber._since = None, None, {}
+            return
+        symbols = [body[i : i + SYMBOL] for i in range(0, len(body), SYMBOL)]
+        found = {s: self.catalog.locate(s.ljust(SYMBOL)) for s in symbols}
+        unknown = [s.decode("latin-1").strip() for s, loc in found.items() if loc is None]
+        if unknown:
+            text = f"unknown symbols (not in today's Stock Directory): {' '.join(unknown)}"
+            session.send_debug(text[:200].encode("ascii", "replace"))
+        chosen = {loc for loc in found.values() if loc is not None}
+        had = set() if subscriber.locates is None else set(subscriber.locates.tolist())
+        now = had | chosen if op == b"+" else had - chosen
+        if op == b"-" and subscriber.locates is None:
+            return  # removing from every symbol: nothing to narrow, say "+" first
+        locates = np.array(sorted(now), dtype=np.uint16)
+        subscriber.locates, subscriber.group = locates, locates.tobytes()
+        for locate in had - now:
+            subscriber._since.pop(locate, None)
+        if op == b"+" and subscriber.active:
+            self._images(subscriber, sorted(chosen - had))
+
+    def _images(self, subscriber: Subscriber[H], locates: list[int]) -> None:
+        """The state of ``locates`` now, then their records from the next number on."""
+        if not locates or self.catalog is None:
+            return
+        for locate in locates:
+            subscriber._since[locate] = self._published
+        blocks = self.catalog.images(locates)
+        packets = encode_sequenced(blocks)
+        subscriber.session.send_sequenced(packets, len(blocks) // ev.BLOCK_SIZE)
+        self.counters.bytes_sent += len(packets)
 
     def _catch_up(self, subscriber: Subscriber[H], now: float) -> None:
         """One chunk from the journal, if it is behind and its socket and its turn allow."""
         if not subscriber.active:
             return
-        if subscriber.cursor < self._published and not subscriber.paused:
+        if subscriber.lagging is Policy.SKIP and not subscriber.paused:
+            self._skip(subscriber)
+        # Until a chunk has something for it: a narrowed subscriber may want none of one.
+        while subscriber.cursor < self._published and not subscriber.paused:
             if subscriber._budget <= 0:
                 if subscriber._turn_at is None:
                     subscriber._turn_at = now  # yield: the next turn once io has looked around
                 return
-            want = min(self.limits.chunk_messages, self._published - subscriber.cursor)
-            count, blocks = self.journal.blocks(subscriber.cursor, want)
+            at = subscriber.cursor
+            want = min(self.limits.chunk_messages, self._published - at)
+            count, blocks = self.journal.blocks(at, want)
+            read = len(blocks)
+            sent = count
+            if self.catalog is not None:
+                sent, blocks = select(blocks, subscriber.locates, subscriber._since)
+                if subscriber.lagging is Policy.CONFLATE:
+                    blocks = self._conflated(subscriber, at, count, blocks)
+                    sent = len(blocks) // ev.BLOCK_SIZE
             packets = encode_sequenced(blocks)
-            self._send(subscriber, packets, count)
-            subscriber._budget -= len(packets)
+            # What it was sent, or (sent nothing) what was read for it: a turn's work is bounded.
+            subscriber._budget -= len(packets) if sent else read
+            self._send(subscriber, packets, sent, at + count)
+            if subscriber._since:
+                subscriber._since = {k: v for k, v in subscriber._since.items()
+                                     if v > subscriber.cursor}  # fmt: skip
+            if sent:
+                break
+        if subscriber.cursor >= self._published:
+            subscriber.lagging = None  # caught up: live again
         self._maybe_end(subscriber)
 
-    def _send(self, subscriber: Subscriber[H], packets: bytes, count: int) -> None:
-        subscriber.session.send_sequenced(packets, count)
-        subscriber.cursor += count
-        self.counters.messages_sent += count
-        self.counters.bytes_sent += len(packets)
+    def _conflated(self, subscriber: Subscriber[H], at: int, count: int, blocks: bytes) -> bytes:
+        """A lagging subscriber's chunk with its BBO changes conflated, after a notice."""
+        _, kept, dropped = conflate(blocks)
+        if not dropped:
+            return blocks
+        self.counters.conflated_updates += dropped
+        return ev.notice(ev.CONFLATED, at, 0, at, count, dropped) + kept
+
+    def _skip(self, subscriber: Subscriber[H]) -> None:
+        """Move a lagging subscriber to live, telling it the exact range it skipped."""
+        at, end = subscriber.cursor, self._published
+        subscriber.lagging = None
+        if end > at:
+            self.counters.skipped_messages += end - at
+            notice = ev.notice(ev.SKIPPED, at, 0, at, end - at, end - at)
+            self._send(subscriber, encode_sequenced(notice), 1, end)
+            subscriber._since = {}
+
+    def _send(self, subscriber: Subscriber[H], packets: bytes, count: int, upto: int) -> None:
+        """``count`` messages framed as ``packets``, which bring its cursor to ``upto``."""
+        if count:
+            subscriber.session.send_sequenced(packets, count)
+            self.counters.messages_sent += count
+            self.counters.bytes_sent += len(packets)
+        subscriber.cursor = upto
 
     def _maybe_end(self, subscriber: Subscriber[H]) -> bool:
         if not (self._ending and subscriber.active and subscriber.cursor >= self._published):
@@ -508,8 +669,24 @@ class FanOut(Generic[H]):
         self._absorb(subscriber)
         return True
 
-    def _slow_consumer(self, subscriber: Subscriber[H], now: float, reason: str) -> None:
-        """Over the backlog cap or past the write deadline: disconnect it, saying why."""
+    def _slow_consumer(
+        self, subscriber: Subscriber[H], now: float, reason: str, dead: bool = False
+    ) -> None:
+        """Over the backlog cap, or past the write deadline (``dead``): its user's policy. On an
+        events stream ``conflate`` and ``skip`` keep a client over the cap (nothing more is
+        pushed to it; what it is sent next is paced by its socket, as catching up is); a client
+        that takes nothing for the write deadline is cut whatever its policy, and so is any
+        slow consumer of another stream (its messages can be neither merged nor skipped)."""
+        policy = subscriber.policy if self.catalog is not None and not dead else Policy.DISCONNECT
+        if policy is not Policy.DISCONNECT:
+            if subscriber.lagging is None:
+                subscriber.lagging = policy
+                if policy is Policy.CONFLATE:
+                    self.counters.conflating += 1
+                else:
+                    self.counters.skips += 1
+                subscriber._events.append(Lagging(policy, reason))
+            return
         self.counters.slow_consumers += 1
         subscriber._events.append(Dropped(reason))
         subscriber.session.send_debug(reason.encode("ascii"))

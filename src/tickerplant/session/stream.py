@@ -1,5 +1,6 @@
-"""The plant's ``itch`` stream: the repaired exchange stream as it is served, numbered as the
-exchange numbered it.
+"""The plant's sequenced streams as they are served: ``itch`` (:class:`ItchStream`), the
+repaired exchange stream numbered as the exchange numbered it, and ``events``
+(:class:`EventStream`), the books' normalized records (:mod:`tickerplant.wire.events`).
 
 Fed the feed session's deliveries in order, it keeps one journal per exchange session. A range
 the plant lost keeps its numbers: each lost message is a *mark*, the one-byte message 0x00 (on
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from tickerplant.session.events import Batch, GapLost, SessionEnded, SessionStarted
 from tickerplant.session.journal import Journal
 from tickerplant.session.sequencer import Delivery
+from tickerplant.wire import events
 from tickerplant.wire.moldudp64 import SESSION_LEN
 
 LOST = b"\x00\x01\x00"  # the block of one lost message: the single byte 0x00
@@ -110,3 +112,69 @@ def _from(item: Batch | GapLost, first: int) -> Batch | GapLost:
     if isinstance(item, GapLost):
         return GapLost(first, item.end, item.revealed_by, item.age)
     return item.since(first)
+
+
+@dataclass(slots=True)
+class EventCounters:
+    records: int = 0  # journaled, notices of lost ranges included
+    lost_notices: int = 0
+
+
+class EventStream:
+    """What the ``events`` stream serves: one journal per exchange session of fixed-size
+    records, numbered from 1 in the order the books raised them.
+
+    The owner numbers each run of records from :attr:`next_sequence` and appends it; the
+    journal a previous run of the plant kept (``reopened``) is continued when its session starts
+    again, the records the rebuilt books raise again below its end being dropped (the books are
+    deterministic: the same itch stream raises the same records).
+    """
+
+    def __init__(self, reopened: Journal | None = None) -> None:
+        self.reopened = reopened
+        self.journal: Journal | None = None
+        self.counters = EventCounters()
+        self._raised = 0  # records raised in this session by this run
+        self._appended: list[bytes] = []
+
+    @property
+    def next_sequence(self) -> int:
+        """The number of the next record raised."""
+        return self._raised + 1
+
+    def start(self, session: bytes) -> Journal:
+        """A new session's journal (the reopened one, if it is that session's)."""
+        reopened, self.reopened = self.reopened, None
+        self._raised = 0
+        if reopened is not None and reopened.session == session:
+            self.journal = reopened
+            self.counters.records = len(reopened)
+        else:
+            self.journal = Journal(session)
+        return self.journal
+
+    def append(self, count: int, blocks: bytes) -> None:
+        """``count`` records numbered from :attr:`next_sequence`, as blocks."""
+        journal = self.journal
+        if journal is None:
+            raise RuntimeError("records before the session started: the plant's bug")
+        first, self._raised = self._raised + 1, self._raised + count
+        have = len(journal)
+        if self._raised <= have:
+            return  # journaled by the run before
+        if first <= have:
+            blocks = blocks[(have + 1 - first) * events.BLOCK_SIZE :]
+        journal.append(blocks)
+        self._appended.append(blocks)
+        self.counters.records = len(journal)
+
+    def lose(self, start: int, end: int) -> None:
+        """The notice that itch numbers [start, end) were lost, in stream position."""
+        count = end - start
+        self.append(1, events.notice(events.LOST, self.next_sequence, start, start, count, count))
+        self.counters.lost_notices += 1
+
+    def take_appended(self) -> list[bytes]:
+        """The blocks journaled since the last call, in order."""
+        out, self._appended = self._appended, []
+        return out

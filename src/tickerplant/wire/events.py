@@ -1,0 +1,131 @@
+"""The ``events`` stream's records: normalized, fixed-size, little-endian.
+
+Each record is one SoupBinTCP Sequenced Data message of :data:`RECORD_SIZE` (52) bytes: an
+18-byte header, then a body that depends on the kind, zero-padded to 34 bytes. One size for
+every kind means a day of them is an array (``np.frombuffer(data, RECORD)``), and a server
+selects a client's symbols or conflates its BBOs with one vectorised pass, never one Python
+object per record.
+
+Header::
+
+    offset  size  field
+    0       1     kind      see below
+    1       1     flags     bit 0 (IMAGE): current state sent on subscribing, not an update
+    2       8     sequence  u64, this record's number in the events stream (for an image: the
+                            last number the state includes; for a notice: the first it covers)
+    10      8     source    u64, the itch sequence number of the message that raised it (for
+                            an image: the last itch message the state includes)
+    18      34    body
+
+Bodies (offsets within the record; prices u32 with 4 implied decimals, timestamps u64
+nanoseconds since midnight, ``locate`` the day's stock locate code, 0 for market-wide):
+
+- ``b`` BBO change: locate u16 @18, timestamp @20, bid_price u32 @28, bid_size u64 @32,
+  ask_price u32 @40, ask_size u64 @44 (a side without orders: price and size 0).
+- ``t`` trade: locate @18, timestamp @20, price u32 @28, size u64 @32, match u64 @40, side u8 @48
+  (``B``/``S`` of the resting order executed, 0 unknown), trade u8 @49 (the ITCH type: E, C,
+  P, Q, or B for a broken trade that cancels ``match``), printable u8 @50.
+- ``s`` status: locate @18, timestamp @20, status u8 @28 (``S`` system event, ``H`` trading
+  action, ``Y`` Reg SHO), code u8 @29, reason 4 bytes @30 (H's reason, ASCII).
+- ``d`` depth level, images only: locate @18, timestamp @20, side u8 @28 (``B``/``S``), level
+  u8 @29 (0 = best), price u32 @30, size u64 @34, orders u32 @42.
+- Notices, locate 0: first u64 @28, count u64 @36, dropped u64 @44.
+  - ``l`` lost: the plant lost itch numbers [first, first + count) (every client gets it, in
+    stream position; books may be wrong from there);
+  - ``k`` skipped: this client, a slow consumer under the ``skip`` policy, was moved to live
+    past events numbers [first, first + count);
+  - ``c`` conflated: of events numbers [first, first + count), ``dropped`` BBO changes were not
+    sent to this slow consumer (``conflate`` policy): each symbol's latest BBO was, before any
+    trade or status of that symbol.
+
+A client that resumes logs in at the ``sequence`` of the last update it received plus one: the
+records it is sent carry their own numbers, so a client narrowed to a few symbols (whose
+Sequenced Data counts are then not the stream's numbers) always knows where it is.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+RECORD_SIZE: Final = 52
+HEADER_SIZE: Final = 18
+BLOCK_SIZE: Final = 2 + RECORD_SIZE  # as a block: u16 big-endian length, then the record
+IMAGE: Final = 1
+
+BBO, TRADE, STATUS, DEPTH = b"b", b"t", b"s", b"d"
+LOST, SKIPPED, CONFLATED = b"l", b"k", b"c"
+NAMES: Final = {BBO: "bbo", TRADE: "trade", STATUS: "status", DEPTH: "depth", LOST: "lost",
+                SKIPPED: "skipped", CONFLATED: "conflated"}  # fmt: skip
+
+_HEADER = [("kind", "S1"), ("flags", "u1"), ("sequence", "<u8"), ("source", "<u8"),
+           ("locate", "<u2"), ("timestamp", "<u8")]  # fmt: skip
+
+
+def _record(body: list[tuple[str, str | tuple[str, tuple[int]]]], block: bool) -> np.dtype[np.void]:
+    fields = ([("length", ">u2")] if block else []) + _HEADER + body
+    names, formats, offsets = [], [], []
+    at = 0
+    for name, fmt in fields:
+        names.append(name)
+        formats.append(fmt)
+        offsets.append(at)
+        at += np.dtype(fmt).itemsize
+    size = RECORD_SIZE + (2 if block else 0)
+    assert at <= size, f"{names} need {at} bytes"
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": size})
+
+
+_BODIES: Final[dict[bytes, list[tuple[str, str | tuple[str, tuple[int]]]]]] = {
+    BBO: [("bid_price", "<u4"), ("bid_size", "<u8"), ("ask_price", "<u4"), ("ask_size", "<u8")],
+    TRADE: [("price", "<u4"), ("size", "<u8"), ("match", "<u8"), ("side", "u1"),
+            ("trade", "u1"), ("printable", "u1")],
+    STATUS: [("status", "u1"), ("code", "u1"), ("reason", ("u1", (4,)))],
+    DEPTH: [("side", "u1"), ("level", "u1"), ("price", "<u4"), ("size", "<u8"),
+            ("orders", "<u4")],
+    LOST: [("first", "<u8"), ("count", "<u8"), ("dropped", "<u8")],
+}  # fmt: skip
+_BODIES[SKIPPED] = _BODIES[CONFLATED] = _BODIES[LOST]
+
+# Each kind's record (RECORDS) and the same as a block with its length (BLOCKS).
+RECORDS: Final = {kind: _record(body, block=False) for kind, body in _BODIES.items()}
+BLOCKS: Final = {kind: _record(body, block=True) for kind, body in _BODIES.items()}
+# Any record: the header, and the body's common start (locate, timestamp).
+RECORD: Final = _record([], block=False)
+BLOCK: Final = _record([], block=True)
+LOCATE_AT: Final = 2 + HEADER_SIZE  # in a block: where every kind's locate is
+
+
+def blocks(kind: bytes, n: int) -> npt.NDArray[np.void]:
+    """``n`` zeroed blocks of ``kind``, framed (length set, kind set): fill in the rest."""
+    out = np.zeros(n, dtype=BLOCKS[kind])
+    out["length"] = RECORD_SIZE
+    out["kind"] = kind
+    return out
+
+
+def notice(kind: bytes, sequence: int, source: int, first: int, count: int,
+           dropped: int) -> bytes:  # fmt: skip
+    """One notice (``LOST``, ``SKIPPED``, ``CONFLATED``) as a block."""
+    out = blocks(kind, 1)
+    out["sequence"], out["source"] = sequence, source
+    out["first"], out["count"], out["dropped"] = first, count, dropped
+    return out.tobytes()
+
+
+def decode(data: bytes | bytearray | memoryview) -> npt.NDArray[np.void]:
+    """Records (each without its length) as a RECORD array; view rows of one kind with
+    ``records[mask].view(RECORDS[kind])``. A length other than RECORD_SIZE is a ValueError."""
+    if len(data) % RECORD_SIZE:
+        raise ValueError(f"{len(data)} bytes is not a whole number of {RECORD_SIZE}-byte records")
+    return np.frombuffer(data, dtype=RECORD)
+
+
+def view(records: npt.NDArray[np.void], kind: bytes) -> npt.NDArray[np.void]:
+    """The records of ``kind`` among ``records`` (a RECORD array), with that kind's fields."""
+    # Selected as whole records: a structured copy would copy the header's fields only.
+    raw = records.view(np.dtype((np.void, RECORD_SIZE)))
+    mine: npt.NDArray[np.void] = raw[records["kind"] == kind].view(RECORDS[kind])
+    return mine
