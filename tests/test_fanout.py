@@ -60,6 +60,7 @@ class Link:
         password: bytes = b"",
         address: str = "127.0.0.1",
         username: bytes = b"",
+        with_login: bytes = b"",
     ) -> None:
         self.client = SoupClientSession(
             now, sequence=sequence, password=password, username=username
@@ -71,7 +72,7 @@ class Link:
         self.events: list[SubscriberEvent] = []  # what the subscriber told io
         self.client_events: list[Event] = []  # what the client saw, batches aside
         self.next = sequence  # the sequence number the next batch must start with
-        self.sub.receive_data(self.client.data_to_send(now), now)
+        self.sub.receive_data(self.client.data_to_send(now) + with_login, now)
         self.service(now)
 
     @property

@@ -4,17 +4,20 @@ loopback with the exchange in its own process and subscribers over real TCP."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import socket
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from harness import ports, source_stream
 from tickerplant.book import BookEngine
-from tickerplant.client import Lost, Reconnected, Record, SubscribeError, subscribe
+from tickerplant.book.normalize import records
+from tickerplant.client import Events, Lost, Reconnected, Record, SubscribeError, subscribe
 from tickerplant.client.subscribe import _split
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.child import ExchangeProcess
@@ -25,7 +28,8 @@ from tickerplant.session.events import Batch, GapLost, SessionEnded, SessionStar
 from tickerplant.session.feed import FeedConfig
 from tickerplant.session.recovery import RecoveryConfig
 from tickerplant.session.stream import LOST, ItchStream
-from tickerplant.wire.blocks import iter_messages, join_messages
+from tickerplant.wire.blocks import iter_messages, join_messages, offsets_of
+from tickerplant.wire.events import BLOCK_SIZE, RECORD_SIZE
 
 S1, S2 = b"SESSION001", b"SESSION002"
 ANY_PORT = GlimpseConfig(Endpoint("127.0.0.1", 0))  # the snapshot service, out of the way
@@ -149,6 +153,7 @@ class Collected:
         self.messages: list[bytes] = []
         self.lost: list[tuple[int, int]] = []
         self.reconnects = 0
+        self.events = CollectedEvents()  # the same client's events subscription, if any
 
     def take(self, record: Record) -> None:
         if isinstance(record, Batch):
@@ -163,10 +168,62 @@ class Collected:
             self.reconnects += 1
 
 
+class CollectedEvents:
+    """An events subscriber's records, checked in order and once each, and what it was told."""
+
+    def __init__(self) -> None:
+        self.records: list[bytes] = []
+        self.lost: list[tuple[int, int]] = []
+        self.reconnects = 0
+        self.next = 1
+
+    def take(self, record: Record) -> None:
+        if isinstance(record, Events):
+            got = record.records
+            assert (got["flags"] == 0).all(), "an image sent to a client replaying from 1"
+            assert got["sequence"].tolist() == list(range(self.next, self.next + len(got)))
+            self.records.append(got.tobytes())
+            self.next += len(got)
+        elif isinstance(record, Lost):
+            assert record.sequence == self.next
+            self.lost.append((record.start, record.end))
+            self.next += 1
+        elif isinstance(record, Reconnected):
+            assert record.sequence == self.next
+            self.reconnects += 1
+        else:
+            raise AssertionError(f"{record} for a client that keeps up")
+
+
+def day_of_events(source: bytes) -> bytes:
+    """The records the books raise for ``source``, numbered from 1, without block lengths."""
+    engine = BookEngine()
+    out, sequence, itch = [], 1, 1
+    for chunk in chunks_of(source):
+        count, blocks = records(engine.process(chunk), sequence, itch)
+        out.append(blocks)
+        sequence += count
+        itch += len(list(iter_messages(chunk)))
+    raw = np.frombuffer(b"".join(out), dtype=np.uint8).reshape(-1, BLOCK_SIZE)
+    return raw[:, 2:].tobytes()
+
+
+def chunks_of(source: bytes, size: int = 1 << 20) -> list[bytes]:
+    """``source`` cut into block streams of about ``size`` bytes, at message boundaries."""
+    offsets, end = offsets_of(source)
+    cuts = [int(offsets[i]) for i in range(0, len(offsets), max(1, size // 30))] + [end]
+    return [source[a:b] for a, b in itertools.pairwise(cuts) if b > a]
+
+
 async def _collect(
     itch: Endpoint, into: Collected, username: str = "", password: str = ""
 ) -> None:
     async for record in subscribe(itch, username=username, password=password, retry=0.05):
+        into.take(record)
+
+
+async def _collect_events(events: Endpoint, into: CollectedEvents) -> None:
+    async for record in subscribe(events, events=True, retry=0.05):
         into.take(record)
 
 
@@ -183,8 +240,10 @@ async def _run(
                                   events=NO_EVENTS))
     await plant.start()
     itch = Endpoint("127.0.0.1", plant.itch.port)
+    events = Endpoint("127.0.0.1", plant.events.port)
     early, late = Collected(), Collected()
-    clients = [asyncio.ensure_future(_collect(itch, early))]
+    clients = [asyncio.ensure_future(_collect(itch, early)),
+               asyncio.ensure_future(_collect_events(events, early.events))]
     rng = random.Random(7)
     aborted: list[int] = []  # where each reset connection's subscriber was
     try:
@@ -194,12 +253,14 @@ async def _run(
         ) as exchange:  # fmt: skip
             await exchange.wait_published(messages // 3)
             clients.append(asyncio.ensure_future(_collect(itch, late)))  # joins mid-session
+            clients.append(asyncio.ensure_future(_collect_events(events, late.events)))
             for _ in range(cuts):  # the server side resets every connection at random moments
                 await asyncio.sleep(rng.uniform(0.06, 0.09))  # past the clients' retry
-                for subscriber in plant.itch.fanout.subscribers:
-                    if subscriber.handle.transport is not None:
-                        subscriber.handle.transport.abort()
-                        aborted.append(subscriber.cursor)
+                for server in (plant.itch, plant.events):
+                    for subscriber in server.fanout.subscribers:
+                        if subscriber.handle.transport is not None:
+                            subscriber.handle.transport.abort()
+                            aborted.append(subscriber.cursor)
             summary = await exchange.summary()
             await asyncio.wait_for(asyncio.gather(*clients), 30)
     finally:
@@ -216,13 +277,18 @@ def test_subscribers_early_and_late_get_the_whole_day_exactly_once() -> None:
     plant, summary, clients = asyncio.run(
         _run(messages, "--seed", "5", "--rate", "200000", "--drop-a", "0.05")
     )
-    source = list(iter_messages(source_stream(5, 500, messages)))
+    day = source_stream(5, 500, messages)
+    source = list(iter_messages(day))
     assert summary["published"] == messages
+    events = day_of_events(day)
     for client in clients:
         assert client.lost == [] and client.messages == source
+        assert b"".join(client.events.records) == events
     figures = plant.figures()
-    assert figures["logins"]["itch"] == 2 and figures["slow_consumers"]["itch"] == 0
+    assert figures["logins"] == {"itch": 2, "events": 2}
+    assert figures["slow_consumers"]["itch"]["disconnect"] == 0
     assert figures["sent_messages"]["itch"] == 2 * messages
+    assert figures["sent_messages"]["events"] == 2 * len(events) // RECORD_SIZE
 
 
 @pytest.mark.slow
@@ -231,13 +297,17 @@ def test_subscribers_cut_again_and_again_resume_with_every_message_once() -> Non
     _, summary, clients = asyncio.run(
         _run(messages, "--seed", "6", "--rate", "100000", cuts=100)
     )
-    source = list(iter_messages(source_stream(6, 500, messages)))
+    day = source_stream(6, 500, messages)
+    source = list(iter_messages(day))
+    events = day_of_events(day)
     assert summary["published"] == messages
     for client in clients:
         assert client.messages == source and client.lost == []
+        assert b"".join(client.events.records) == events and client.events.lost == []
     # Each reset was seen and resumed from, at the number after the last received.
-    assert len(summary["aborted"]) >= 100  # both clients, at most of the 100 moments
-    assert sum(c.reconnects for c in clients) == len(summary["aborted"])
+    assert len(summary["aborted"]) >= 200  # four clients, at most of the 100 moments
+    reconnects = sum(c.reconnects + c.events.reconnects for c in clients)
+    assert reconnects == len(summary["aborted"])
 
 
 @pytest.mark.slow
@@ -252,6 +322,7 @@ def test_what_the_plant_lost_reaches_subscribers_in_place_with_the_numbers_after
     assert lost, "10 % loss on each line without repair lost nothing"
     for client in clients:
         assert client.lost == lost
+        assert client.events.lost == lost  # told in place on the events stream too
         assert len(client.messages) == messages
         lost_numbers = {s for a, b in lost for s in range(a, b)}
         for number, (got, want) in enumerate(zip(client.messages, source, strict=True), 1):

@@ -10,16 +10,23 @@ surfaced as a :class:`Reconnected` record. The iteration ends at the server's En
 
 Flow control: what the consumer has not taken yet is bounded; past ``max_queued`` records the
 connection stops reading (TCP pushes back on the server, whose slow-consumer policy decides).
+
+The ``events`` stream (``events=True``) comes out as :class:`Events` (an array of its records,
+:mod:`tickerplant.wire.events`), with its notices surfaced as :class:`Lost` (itch numbers the
+plant lost), :class:`Skipped` and :class:`Conflated`. Its records carry their own numbers, and
+a reconnect resumes after the last one received. ``symbols`` narrows it (a :class:`Watchlist`
+can be changed while connected, and is asked for again on each reconnect).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from tickerplant.endpoint import Endpoint
 from tickerplant.io.soupbin import SoupConnection
@@ -32,6 +39,7 @@ from tickerplant.session.soupbin import (
     Rejected,
     SoupClientSession,
 )
+from tickerplant.wire import events as ev
 from tickerplant.wire.blocks import offsets_of
 
 log = logging.getLogger(__name__)
@@ -39,10 +47,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Lost:
-    """Messages [start, end) were lost by the plant (or skipped by the server): never coming."""
+    """Messages [start, end) were lost by the plant: never coming. On the events stream they
+    are itch numbers, told by the record numbered ``sequence``."""
 
     start: int
     end: int
+    sequence: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +63,73 @@ class Reconnected:
     reason: str
 
 
-Record = Batch | Lost | Reconnected
+@dataclass(frozen=True, slots=True)
+class Events:
+    """Records of the events stream in the order sent (a ``wire.events.RECORD`` array: view one
+    kind's fields with ``wire.events.view``); images (``flags`` & IMAGE) before updates."""
+
+    records: npt.NDArray[np.void]
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """Events [start, end) were skipped: this client was a slow consumer under ``skip``."""
+
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Conflated:
+    """Of events [start, end), ``dropped`` BBO changes were not sent (a slow consumer under
+    ``conflate``): each symbol's latest was."""
+
+    start: int
+    end: int
+    dropped: int
+
+
+Record = Batch | Lost | Reconnected | Events | Skipped | Conflated
+
+
+class Watchlist:
+    """The symbols an events subscription is narrowed to; change it while connected."""
+
+    def __init__(self, symbols: Iterable[str] = ()) -> None:
+        self._symbols: dict[str, None] = {}
+        self._send: Callable[[bytes], None] | None = None
+        self.add(*symbols)
+
+    @property
+    def symbols(self) -> list[str]:
+        return list(self._symbols)
+
+    def add(self, *symbols: str) -> None:
+        new = [s for s in symbols if s not in self._symbols]
+        self._symbols.update(dict.fromkeys(new))
+        if new and self._send is not None:
+            self._send(b"+" + _padded(new))
+
+    def remove(self, *symbols: str) -> None:
+        gone = [s for s in symbols if s in self._symbols]
+        for symbol in gone:
+            del self._symbols[symbol]
+        if gone and self._send is not None:
+            self._send(b"-" + _padded(gone))
+
+    def request(self) -> bytes:
+        """The request that asks for all of it (Unsequenced Data, sent with each login)."""
+        return b"+" + _padded(self.symbols)
+
+
+def _padded(symbols: list[str]) -> bytes:
+    out = b""
+    for symbol in symbols:
+        name = symbol.encode("ascii")
+        if not 0 < len(name) <= 8:
+            raise ValueError(f"{symbol!r} is not an ITCH symbol (1 to 8 characters)")
+        out += name.ljust(8)
+    return out
 
 
 class SubscribeError(Exception):
@@ -62,9 +138,11 @@ class SubscribeError(Exception):
 
 class _Connection(SoupConnection[SoupClientSession]):
     def __init__(
-        self, session: SoupClientSession, queue: asyncio.Queue[Record | Closed], max_queued: int
+        self, session: SoupClientSession, queue: asyncio.Queue[Record | Closed], max_queued: int,
+        events: bool = False,
     ) -> None:
         super().__init__(session)
+        self.split = _events if events else _split
         self.queue = queue
         self.max_queued = max_queued
         self.accepted: int | None = None
@@ -73,7 +151,7 @@ class _Connection(SoupConnection[SoupClientSession]):
 
     def on_event(self, event: object) -> None:
         if isinstance(event, Batch):
-            for record in _split(event):
+            for record in self.split(event):
                 self.queue.put_nowait(record)
             if self.reading and self.queue.qsize() > self.max_queued and self.transport:
                 self.reading = False
@@ -89,11 +167,44 @@ class _Connection(SoupConnection[SoupClientSession]):
         elif isinstance(event, Closed):
             self.queue.put_nowait(event)
 
+    def request(self, message: bytes) -> None:
+        """Unsequenced Data to the server now (a subscription change)."""
+        if not self.session.closed:
+            self.session.send_unsequenced(message)
+            self.service()
+
     def taken(self) -> None:
         """The consumer took a record: read again once the queue has room."""
         if not self.reading and self.queue.qsize() <= self.max_queued // 2 and self.transport:
             self.reading = True
             self.transport.resume_reading()
+
+
+def _events(batch: Batch) -> list[Record]:
+    """An events stream batch as runs of records and the notices between them."""
+    blocks = np.frombuffer(batch.blocks, dtype=np.uint8)
+    if blocks.shape[0] % ev.BLOCK_SIZE:
+        raise ValueError("the server sent a record that is not an events record")
+    records = blocks.reshape(-1, ev.BLOCK_SIZE)[:, 2:].copy().view(ev.RECORD).reshape(-1)
+    kinds = records["kind"]
+    notices = np.flatnonzero(np.isin(kinds, [ev.LOST, ev.SKIPPED, ev.CONFLATED]))
+    out: list[Record] = []
+    at = 0
+    for i in [*notices.tolist(), records.shape[0]]:
+        if i > at:
+            out.append(Events(records[at:i]))
+        if i < records.shape[0]:
+            notice = records[i : i + 1].view(ev.RECORDS[ev.LOST])[0]
+            first, count = int(notice["first"]), int(notice["count"])
+            kind = bytes(notice["kind"])
+            if kind == ev.LOST:
+                out.append(Lost(first, first + count, int(notice["sequence"])))
+            elif kind == ev.SKIPPED:
+                out.append(Skipped(first, first + count))
+            else:
+                out.append(Conflated(first, first + count, int(notice["dropped"])))
+        at = i + 1
+    return out
 
 
 def _split(batch: Batch) -> list[Record]:
@@ -133,12 +244,18 @@ async def subscribe(
     password: str = "",
     retry: float | None = 0.5,
     max_queued: int = 1024,
+    events: bool = False,
+    symbols: Iterable[str] | Watchlist | None = None,
 ) -> AsyncIterator[Record]:
     """Records from message ``first`` on (0: from now) until the End of Session.
 
     ``retry`` seconds between reconnects (None: a broken connection ends the iteration with
-    ConnectionError). Raises :class:`SubscribeError` if the login is rejected.
+    ConnectionError). Raises :class:`SubscribeError` if the login is rejected. ``events``: the
+    server is an events stream (``symbols`` narrows it, from the login on).
     """
+    if symbols is not None and not events:
+        raise ValueError("symbols narrow the events stream: give events=True")
+    watch = symbols if isinstance(symbols, Watchlist) or symbols is None else Watchlist(symbols)
     loop = asyncio.get_running_loop()
     wanted = first
     reason = ""
@@ -151,7 +268,9 @@ async def subscribe(
             session=session.encode("ascii"),
             sequence=wanted,
         )
-        connection = _Connection(machine, queue, max_queued)
+        if watch is not None:
+            machine.send_unsequenced(watch.request())  # with the login: it narrows the replay
+        connection = _Connection(machine, queue, max_queued, events)
         try:
             # Called within this await, before the loop goes round: it gets this connection.
             await loop.create_connection(lambda: connection, endpoint.host, endpoint.port)  # noqa: B023
@@ -163,12 +282,19 @@ async def subscribe(
             continue
         if reason:
             yield Reconnected(wanted, reason)
+        if watch is not None:
+            watch._send = connection.request
         try:
             while True:
                 item = await queue.get()
                 connection.taken()
                 if isinstance(item, Closed):
                     break
+                if events:
+                    fresh, wanted = _resumed(item, wanted)
+                    if fresh is not None:
+                        yield fresh
+                    continue
                 if connection.accepted is not None and wanted and connection.accepted > wanted:
                     yield Lost(wanted, connection.accepted)  # the server starts later
                     wanted = connection.accepted
@@ -182,6 +308,8 @@ async def subscribe(
                     wanted = item.end
                 yield item
         finally:
+            if watch is not None:
+                watch._send = None
             if connection.transport is not None:
                 connection.transport.abort()
         if item.cause is CloseCause.END_OF_SESSION:
@@ -194,3 +322,29 @@ async def subscribe(
         if retry is None:
             raise ConnectionError(reason)
         await asyncio.sleep(retry)
+
+
+def _resumed(item: Record, wanted: int) -> tuple[Record | None, int]:
+    """An events record as the consumer gets it (what it had before a reconnect dropped), and
+    the number to resume from after it."""
+    if isinstance(item, Skipped):
+        return item, max(wanted, item.end)
+    if isinstance(item, Lost):
+        if item.sequence < wanted:
+            return None, wanted  # told before the reconnect
+        return item, item.sequence + 1
+    if not isinstance(item, Events):
+        return item, wanted
+    records = item.records
+    update = (records["flags"] & ev.IMAGE) == 0
+    sequence = records["sequence"].astype(np.int64)
+    fresh = ~update | (sequence >= wanted)
+    if not fresh.all():
+        records = records[fresh]
+        update, sequence = update[fresh], sequence[fresh]
+        if not records.shape[0]:
+            return None, wanted
+        item = Events(records)
+    if update.any():
+        wanted = max(wanted, int(sequence[update].max()) + 1)
+    return item, wanted

@@ -552,8 +552,9 @@ class FanOut(Generic[H]):
     def _request(self, subscriber: Subscriber[H], message: bytes) -> None:
         """A subscription request (Unsequenced Data): ``+`` and 8-byte symbols adds them (the
         first ``+`` narrows the stream from every symbol to these), ``-`` and symbols removes
-        them, ``*`` alone goes back to every symbol. Symbols added once logged in are sent their
-        state first (images), then their updates."""
+        them, ``*`` alone goes back to every symbol. Symbols added at the live end are sent
+        their state first (images), then their updates; added by a client replaying from an
+        earlier number (one resuming), their records from where it is."""
         session = subscriber.session
         op, body = message[:1], message[1:]
         if self.catalog is None:
@@ -587,7 +588,7 @@ class FanOut(Generic[H]):
         subscriber.locates, subscriber.group = locates, locates.tobytes()
         for locate in had - now:
             subscriber._since.pop(locate, None)
-        if op == b"+" and subscriber.active:
+        if op == b"+" and subscriber.active and subscriber.cursor >= self._published:
             self._images(subscriber, sorted(chosen - had))
 
     def _images(self, subscriber: Subscriber[H], locates: list[int]) -> None:

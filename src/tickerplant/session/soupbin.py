@@ -368,6 +368,11 @@ class SoupClientSession(SoupSession):
         self.session = b""
         self.state = State.LOGGING_IN
 
+    def send_unsequenced(self, message: bytes) -> None:
+        """Unsequenced Data to the server (a request: the events stream's subscriptions)."""
+        self._require(State.LOGGING_IN, State.ACTIVE)
+        self._out.append(encode(UnsequencedData(message)))
+
     def logout(self) -> None:
         """Send Logout Request and close (the server closes its end on reading it)."""
         self._require(State.LOGGING_IN, State.ACTIVE)

@@ -1,0 +1,314 @@
+"""The events stream: records from the books, and the fan-out's symbol subscriptions and slow
+consumer policies on them, on a fake clock (no socket, no sleep)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from test_book_engine import directory, stream
+from test_fanout import Link
+from tickerplant.book import BookEngine
+from tickerplant.book.normalize import images, records
+from tickerplant.session.events import Batch
+from tickerplant.session.fanout import FanOut, FanOutLimits, Lagging, Policy
+from tickerplant.session.journal import Journal
+from tickerplant.session.selection import conflate
+from tickerplant.session.soupbin import Closed, DebugReceived
+from tickerplant.session.stream import EventStream
+from tickerplant.wire import events as ev
+from tickerplant.wire import itch
+from tickerplant.wire.blocks import iter_messages
+from tickerplant.wire.soupbintcp import UnsequencedData as Request
+from tickerplant.wire.soupbintcp import encode
+
+SESSION = b"EVENTS0001"
+
+
+def decoded(blocks: bytes) -> npt.NDArray[np.void]:
+    return ev.decode(b"".join(iter_messages(blocks)))
+
+
+def test_the_books_events_come_out_in_message_order_numbered_with_their_source() -> None:
+    engine = BookEngine()
+    engine.process(stream(directory(5, "ZVZZT"), directory(6, "QQQ")))
+    batch = engine.process(stream(
+        itch.AddOrder(5, 0, 10, 1, "B", 100, "ZVZZT", 99_5000),  # itch 101: BBO
+        itch.StockTradingAction(6, 0, 11, "QQQ", "H", " ", "LUDP"),  # 102: status
+        itch.AddOrder(6, 0, 12, 2, "S", 10, "QQQ", 10_0000),  # 103: BBO
+        itch.OrderExecuted(5, 0, 13, 1, 100, 77),  # 104: trade, then the BBO it emptied
+    ))  # fmt: skip
+    count, blocks = records(batch, 41, 101)
+    out = decoded(blocks)
+    assert count == 5 and len(blocks) == 5 * ev.BLOCK_SIZE
+    assert out["kind"].tolist() == [b"b", b"s", b"b", b"t", b"b"]
+    assert out["sequence"].tolist() == [41, 42, 43, 44, 45]
+    assert out["source"].tolist() == [101, 102, 103, 104, 104]
+    assert out["locate"].tolist() == [5, 6, 6, 5, 5]
+    trade = ev.view(out, ev.TRADE)[0]
+    assert (trade["price"], trade["size"], trade["match"], trade["side"], trade["trade"]) == (
+        99_5000, 100, 77, ord("B"), ord("E"))
+    bbo = ev.view(out, ev.BBO)
+    assert bbo[["bid_price", "bid_size", "ask_price", "ask_size"]].tolist() == [
+        (99_5000, 100, 0, 0), (0, 0, 10_0000, 10), (0, 0, 0, 0)]
+    status = ev.view(out, ev.STATUS)[0]
+    assert (status["status"], status["code"], bytes(status["reason"])) == (
+        ord("H"), ord("H"), b"LUDP")
+    assert records(engine.process(b""), 46, 105) == (0, b"")
+
+
+def test_an_image_is_a_symbols_bbo_status_and_depth_as_of_the_numbers_it_names() -> None:
+    engine = BookEngine()
+    engine.process(stream(
+        itch.SystemEvent(0, 0, 1, "Q"), directory(5, "ZVZZT"),
+        itch.StockTradingAction(5, 0, 2, "ZVZZT", "T", " ", "    "),
+        itch.AddOrder(5, 0, 3, 1, "B", 100, "ZVZZT", 99_0000),
+        itch.AddOrder(5, 0, 4, 2, "B", 50, "ZVZZT", 99_5000),
+        itch.AddOrder(5, 0, 5, 3, "S", 70, "ZVZZT", 100_0000),
+    ))  # fmt: skip
+    out = decoded(images(engine, [5], 9, 6, depth=5))
+    assert (out["flags"] == ev.IMAGE).all() and (out["sequence"] == 9).all()
+    assert (out["source"] == 6).all()
+    assert out["kind"].tolist() == [b"b", b"s", b"d", b"d", b"d", b"s"]
+    depth = ev.view(out, ev.DEPTH)
+    assert depth[["side", "level", "price", "size", "orders"]].tolist() == [
+        (ord("B"), 0, 99_5000, 50, 1), (ord("B"), 1, 99_0000, 100, 1),
+        (ord("S"), 0, 100_0000, 70, 1)]
+    status = ev.view(out, ev.STATUS)
+    assert status[["locate", "status", "code"]].tolist() == [(5, ord("H"), ord("T")),
+                                                            (0, ord("S"), ord("Q"))]
+
+
+# --- the fan-out on an events journal -----------------------------------------------------
+
+
+def bbo(sequence: int, locate: int, bid: int) -> bytes:
+    block = ev.blocks(ev.BBO, 1)
+    block["sequence"], block["source"], block["locate"], block["bid_price"] = (
+        sequence, 1000 + sequence, locate, bid)
+    return block.tobytes()
+
+
+def trade(sequence: int, locate: int, price: int) -> bytes:
+    block = ev.blocks(ev.TRADE, 1)
+    block["sequence"], block["source"], block["locate"], block["price"] = (
+        sequence, 1000 + sequence, locate, price)
+    return block.tobytes()
+
+
+class Catalog:
+    """The books as the fan-out asks for them, for three symbols: an image is a BBO."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.symbols = {b"AAA     ": 1, b"BBB     ": 2, b"CCC     ": 3}
+
+    def locate(self, symbol: bytes) -> int | None:
+        return self.symbols.get(symbol)
+
+    def images(self, locates: list[int]) -> bytes:
+        out = b""
+        for locate in locates:
+            block = ev.blocks(ev.BBO, 1)
+            block["flags"], block["locate"] = ev.IMAGE, locate
+            block["sequence"] = len(self.journal)
+            out += block.tobytes()
+        return out
+
+
+class EventLink(Link):
+    """A client of an events fan-out: keeps every record it reads."""
+
+    def __init__(self, fanout: FanOut[Any], now: float, sequence: int = 0, **kw: Any) -> None:
+        self.records: list[tuple[Any, ...]] = []
+        super().__init__(fanout, now, sequence, **kw)
+
+    def request(self, message: bytes, now: float) -> None:
+        self.sub.receive_data(encode(Request(message)), now)
+        self.service(now)
+
+    def read(self, now: float) -> None:
+        for data in self.unread:
+            self.client.receive_data(data, now)
+        self.unread.clear()
+        while (event := self.client.next_event()) is not None:
+            if isinstance(event, Batch):
+                out = decoded(event.blocks)
+                self.records += out[["kind", "flags", "sequence", "locate"]].tolist()
+                self.raw = out
+            else:
+                self.client_events.append(event)
+        if self.sub.paused:
+            self.sub.resume()
+            self.service(now)
+
+    def kinds(self) -> list[bytes]:
+        return [r[0] for r in self.records]
+
+
+def events_fanout(journal: Journal, **kw: Any) -> FanOut[EventLink]:
+    return FanOut(journal, catalog=Catalog(journal), **kw)
+
+
+def publish(fanout: FanOut[EventLink], journal: Journal, *blocks: bytes, now: float = 0.0) -> None:
+    journal.append(b"".join(blocks))
+    for subscriber in fanout.publish():
+        subscriber.handle.service(now)
+
+
+def test_a_narrowed_client_gets_its_symbols_and_the_market_each_group_encoded_once() -> None:
+    journal = Journal(SESSION)
+    fanout = events_fanout(journal)
+    every, narrow, twin = (EventLink(fanout, 0.0) for _ in range(3))
+    for link in (narrow, twin):
+        link.request(b"+AAA     CCC     ", 0.0)
+    assert narrow.sub.group == twin.sub.group != every.sub.group
+    notice = ev.notice(ev.LOST, 5, 77, 77, 3, 3)
+    publish(fanout, journal, bbo(1, 1, 10), bbo(2, 2, 20), trade(3, 3, 30), bbo(4, 2, 21), notice)
+    assert narrow.writes[-1] is twin.writes[-1]  # one encoding for the group
+    for link in (every, narrow, twin):
+        link.read(0.0)
+    assert [r[2] for r in every.records[-5:]] == [1, 2, 3, 4, 5]
+    # Images first (as of the journal then: empty), then the two symbols and the notice.
+    assert narrow.records == [(b"b", 1, 0, 1), (b"b", 1, 0, 3), (b"b", 0, 1, 1),
+                              (b"t", 0, 3, 3), (b"l", 0, 5, 0)]
+    narrow.request(b"-AAA     ", 0.0)
+    narrow.request(b"+BBB     ", 0.0)  # an image of BBB as of 5, then only its updates
+    publish(fanout, journal, bbo(6, 1, 11), bbo(7, 2, 22), trade(8, 3, 31))
+    narrow.read(0.0)
+    assert narrow.records[5:] == [(b"b", 1, 5, 2), (b"b", 0, 7, 2), (b"t", 0, 8, 3)]
+    narrow.request(b"*", 0.0)
+    publish(fanout, journal, bbo(9, 1, 12))
+    narrow.read(0.0)
+    assert narrow.records[-1] == (b"b", 0, 9, 1)
+    assert fanout.counters.subscriptions == 5
+
+
+def test_a_client_resuming_narrowed_gets_its_symbols_from_its_number_without_images() -> None:
+    journal = Journal(SESSION)
+    journal.append(b"".join(bbo(n, 1 + n % 3, n) for n in range(1, 31)))
+    fanout = events_fanout(journal, limits=FanOutLimits(chunk_messages=4))
+    # The request goes with the login, before it is accepted: it narrows the replay.
+    late = EventLink(fanout, 0.0, sequence=11, with_login=encode(Request(b"+BBB     ")))
+    late.read(0.0)
+    assert [r[2] for r in late.records] == [n for n in range(11, 31) if 1 + n % 3 == 2]
+    assert all(r[1] == 0 for r in late.records)  # no image: it resumes, it has the state
+
+
+def test_bad_requests_are_told_and_closed_unknown_symbols_only_told() -> None:
+    journal = Journal(SESSION)
+    fanout = events_fanout(journal)
+    link = EventLink(fanout, 0.0)
+    link.request(b"+ZZZ     ", 0.0)
+    link.read(0.0)
+    assert DebugReceived(b"unknown symbols (not in today's Stock Directory): ZZZ") in (
+        link.client_events)
+    assert link.sub.active
+    for bad in (b"+AAA", b"?AAA     ", b"*AAA     "):
+        other = EventLink(fanout, 0.0)
+        other.request(bad, 0.0)
+        other.read(0.0)
+        assert other.sub.closed
+        assert any(isinstance(e, DebugReceived) and b"subscription request" in e.text
+                   for e in other.client_events)  # fmt: skip
+    itch_fanout: FanOut[EventLink] = FanOut(Journal(SESSION))
+    plain = EventLink(itch_fanout, 0.0)
+    plain.request(b"+AAA     ", 0.0)
+    assert plain.sub.closed  # the itch stream takes no requests
+    assert fanout.counters.protocol_errors == 3
+
+
+def test_conflate_keeps_each_symbols_latest_bbo_before_its_trade_and_says_how_many() -> None:
+    data = b"".join([bbo(1, 1, 10), bbo(2, 2, 20), bbo(3, 1, 11), trade(4, 1, 11),
+                     bbo(5, 1, 12), bbo(6, 2, 21), bbo(7, 1, 13)])  # fmt: skip
+    count, kept, dropped = conflate(data)
+    assert (count, dropped) == (4, 3)
+    assert decoded(kept)["sequence"].tolist() == [3, 4, 6, 7]
+    assert conflate(bbo(1, 1, 10)) == (1, bbo(1, 1, 10), 0)
+
+
+def lagging(policy: Policy) -> tuple[FanOut[EventLink], Journal, EventLink, EventLink]:
+    """A fan-out with a fast client and a slow one (user ``slow``, under ``policy``), the slow
+    one just gone over the backlog cap."""
+    journal = Journal(SESSION)
+    fanout = events_fanout(journal, limits=FanOutLimits(max_backlog=3000),
+                           policies={b"slow": policy})  # fmt: skip
+    fast = EventLink(fanout, 0.0)
+    slow = EventLink(fanout, 0.0, username=b"slow", high_water=1000)
+    for n in range(0, 60, 20):  # 20 records a batch: 1,100 bytes
+        publish(fanout, journal, *(bbo(n + i, 1 + i % 2, n + i) for i in range(1, 21)))
+        fast.read(0.0)
+    told = slow.events[-1]
+    assert slow.sub.lagging is policy and isinstance(told, Lagging) and told.policy is policy
+    assert "over the 3000 cap" in told.reason
+    return fanout, journal, fast, slow
+
+
+def test_a_conflated_slow_consumer_gets_the_latest_bbo_per_symbol_then_live_again() -> None:
+    fanout, journal, fast, slow = lagging(Policy.CONFLATE)
+    publish(fanout, journal, *(bbo(60 + i, 1 + i % 2, 60 + i) for i in range(1, 21)),
+            trade(81, 1, 5), bbo(82, 1, 82))  # fmt: skip
+    fast.read(0.0)
+    slow.read(0.0)  # takes what was queued, then is sent the rest conflated
+    slow.read(0.0)
+    assert not slow.sub.lagging and slow.sub.live and slow.sub.cursor == 83
+    kinds = slow.kinds()
+    assert kinds.count(b"c") == 1
+    at = kinds.index(b"c")
+    notice = ev.view(slow.raw, ev.CONFLATED)[0]
+    first, count, dropped = int(notice["first"]), int(notice["count"]), int(notice["dropped"])
+    # Everything up to where it lagged, then the notice, then each symbol's latest BBO before
+    # the trade on symbol 1, the trade, and the BBO after it.
+    assert [r[2] for r in slow.records[:at]] == list(range(1, first))
+    assert first + count == 83 and dropped == fanout.counters.conflated_updates
+    assert [r[:3] for r in slow.records[at + 1 :]] == [
+        (b"b", 0, 79), (b"b", 0, 80), (b"t", 0, 81), (b"b", 0, 82)]
+    assert dropped == count - 4 and fanout.counters.conflating == 1
+    assert fanout.counters.slow_consumers == 0 and not slow.sub.closed
+
+
+def test_a_skipped_slow_consumer_is_told_the_exact_range_and_goes_on_live() -> None:
+    fanout, journal, _, slow = lagging(Policy.SKIP)
+    publish(fanout, journal, *(bbo(60 + i, 1, 60 + i) for i in range(1, 21)))
+    slow.read(0.0)
+    slow.read(0.0)
+    skips = [r for r in slow.records if r[0] == b"k"]
+    assert len(skips) == 1
+    notice = ev.view(slow.raw, ev.SKIPPED)[0] if (slow.raw["kind"] == b"k").any() else None
+    assert notice is not None
+    first, count = int(notice["first"]), int(notice["count"])
+    received = [r[2] for r in slow.records if r[0] == b"b"]
+    # Everything before the skip, nothing of it, then everything after: no gap unannounced.
+    assert received == list(range(1, first)) + list(range(first + count, 81))
+    assert fanout.counters.skipped_messages == count and fanout.counters.skips == 1
+    publish(fanout, journal, bbo(81, 1, 1))
+    slow.read(0.0)
+    assert slow.records[-1][2] == 81
+
+
+def test_a_slow_consumer_that_takes_nothing_is_cut_whatever_its_policy() -> None:
+    fanout, _, _, slow = lagging(Policy.CONFLATE)
+    slow.sub.handle_timer(11.0)
+    slow.service(11.0)
+    assert slow.sub.closed and fanout.counters.slow_consumers == 1
+    assert any(isinstance(e, Closed) for e in slow.events)
+
+
+def test_the_event_stream_reopened_drops_what_the_rebuilt_books_raise_again() -> None:
+    first = EventStream()
+    journal = first.start(SESSION)
+    first.append(3, bbo(1, 1, 1) + bbo(2, 1, 2) + bbo(3, 1, 3))
+    again = EventStream(reopened=journal)
+    assert again.start(SESSION) is journal
+    again.append(2, bbo(1, 1, 1) + bbo(2, 1, 2))
+    assert len(journal) == 3 and again.take_appended() == []
+    again.append(2, bbo(3, 1, 3) + bbo(4, 1, 4))
+    assert len(journal) == 4 and again.take_appended() == [bbo(4, 1, 4)]
+    again.lose(100, 105)
+    lost = ev.view(decoded(journal.blocks(5, 1)[1]), ev.LOST)[0]
+    assert (lost["sequence"], lost["first"], lost["count"]) == (5, 100, 5)
+    with pytest.raises(RuntimeError):
+        EventStream().append(1, bbo(1, 1, 1))
