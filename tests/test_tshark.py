@@ -293,7 +293,7 @@ def _pdu(proto: ET.Element) -> str:
         elif name.endswith("seq_num"):  # shown only in the label: "Next sequence number: 6"
             parts.append(f"{name}={showname.split(': ', 1)[1].removesuffix(' (Calculated)')}")
         elif name == "message":
-            parts.append(f"{name}={bytes.fromhex(show.replace(':', '')).decode()}")
+            parts.append(f"{name}={bytes.fromhex(show.replace(':', '')).decode('latin-1')}")
         elif name == "reject_code":
             parts.append(f"{name}={show.strip(chr(39))}")
         elif name != "packet_length":  # alpha: only right padding is stripped, so left would show
@@ -344,3 +344,66 @@ def test_lost_messages_on_the_itch_stream_are_well_formed_marks(
     mark = "message=\x00"
     assert sequenced == ["S seq_num=1 message=first", f"S seq_num=2 {mark}", f"S seq_num=3 {mark}",
                          "S seq_num=4 message=fourth"]
+
+
+def test_the_events_stream_and_a_subscription_request_decode_cleanly(tmp_path: Path) -> None:
+    """Every kind of events record (books' updates, an image, a lost notice) and the client's
+    Unsequenced Data request decode with no malformed packet and no warning."""
+    from test_book_engine import directory, stream
+
+    from tickerplant.book import BookEngine
+    from tickerplant.book.normalize import images, records
+    from tickerplant.client import Events, Lost, subscribe
+    from tickerplant.endpoint import Endpoint
+    from tickerplant.wire import events as ev
+    from tickerplant.wire import itch
+
+    engine = BookEngine()
+    batch = engine.process(stream(
+        itch.SystemEvent(0, 0, 1, "O"), directory(5, "ZVZZT"),
+        itch.StockTradingAction(5, 0, 2, "ZVZZT", "T", " ", "    "),
+        itch.AddOrder(5, 0, 3, 1, "B", 100, "ZVZZT", 99_5000),
+        itch.OrderExecuted(5, 0, 4, 1, 40, 9),
+    ))  # fmt: skip
+    count, blocks = records(batch, 1, 1)
+    journal = Journal(b"TSHARK0003")
+    image = images(engine, [5], count, 5, depth=3)  # an image's records, as any client gets
+    count += len(image) // ev.BLOCK_SIZE
+    journal.append(blocks + image + ev.notice(ev.LOST, count + 1, 6, 6, 2, 2))
+
+    class Books:
+        def locate(self, symbol: bytes) -> int | None:
+            return 5 if symbol == b"ZVZZT   " else None
+
+        def images(self, locates: list[int]) -> bytes:
+            return images(engine, locates, len(journal), 5, depth=3)
+
+    got: list[object] = []
+
+    async def main() -> tuple[Path, int]:
+        server = SoupServer(journal, "127.0.0.1", 0, catalog=Books())
+        port = await server.start()
+        capture = Capture(tmp_path / "events.pcapng", udp=[], tcp=[port])
+        try:
+            await asyncio.to_thread(capture.start)
+            async with asyncio.timeout(30):
+                async for record in subscribe(Endpoint("127.0.0.1", port), events=True,
+                                              symbols=["ZVZZT"], retry=None):  # fmt: skip
+                    got.append(record)
+                    if isinstance(record, Lost):
+                        break
+        finally:
+            await server.close()
+            await asyncio.to_thread(capture.stop)
+        return capture.path, port
+
+    pcap, port = asyncio.run(main())
+    kinds = b"".join(r.records["kind"].tobytes() for r in got if isinstance(r, Events))
+    assert kinds == b"ssbtb" + b"bsds"
+    assert isinstance(got[-1], Lost) and (got[-1].start, got[-1].end) == (6, 8)
+    pdus = []
+    for packet in decode(pcap, f"tcp.port=={port},soupbintcp"):
+        assert_well_formed(packet)
+        pdus += [_pdu(p) for p in packet.findall("proto[@name='soupbintcp']")]
+    assert sum(p.startswith("S ") for p in pdus) == count + 1
+    assert any(p.startswith("U ") for p in pdus)  # the subscription request
