@@ -44,6 +44,11 @@ def test_the_books_events_come_out_in_message_order_numbered_with_their_source()
     count, blocks = records(batch, 41, 101)
     out = decoded(blocks)
     assert count == 5 and len(blocks) == 5 * ev.BLOCK_SIZE
+    # Given the block stream, each Stock Directory in it names its locate in place.
+    more = stream(directory(7, "SPY"), itch.AddOrder(7, 0, 14, 3, "B", 1, "SPY", 1))
+    both = decoded(records(engine.process(more), 46, 105, more)[1])
+    assert both["kind"].tolist() == [b"y", b"b"] and both["source"].tolist() == [105, 106]
+    assert ev.view(both, ev.SYMBOL)[["locate", "symbol"]].tolist() == [(7, b"SPY     ")]
     assert out["kind"].tolist() == [b"b", b"s", b"b", b"t", b"b"]
     assert out["sequence"].tolist() == [41, 42, 43, 44, 45]
     assert out["source"].tolist() == [101, 102, 103, 104, 104]
@@ -57,7 +62,7 @@ def test_the_books_events_come_out_in_message_order_numbered_with_their_source()
     status = ev.view(out, ev.STATUS)[0]
     assert (status["status"], status["code"], bytes(status["reason"])) == (
         ord("H"), ord("H"), b"LUDP")
-    assert records(engine.process(b""), 46, 105) == (0, b"")
+    assert records(engine.process(b""), 48, 107) == (0, b"")
 
 
 def test_an_image_is_a_symbols_bbo_status_and_depth_as_of_the_numbers_it_names() -> None:
@@ -72,7 +77,8 @@ def test_an_image_is_a_symbols_bbo_status_and_depth_as_of_the_numbers_it_names()
     out = decoded(images(engine, [5], 9, 6, depth=5))
     assert (out["flags"] == ev.IMAGE).all() and (out["sequence"] == 9).all()
     assert (out["source"] == 6).all()
-    assert out["kind"].tolist() == [b"b", b"s", b"d", b"d", b"d", b"s"]
+    assert out["kind"].tolist() == [b"y", b"b", b"s", b"d", b"d", b"d", b"s"]
+    assert ev.view(out, ev.SYMBOL)["symbol"].tolist() == [b"ZVZZT   "]
     depth = ev.view(out, ev.DEPTH)
     assert depth[["side", "level", "price", "size", "orders"]].tolist() == [
         (ord("B"), 0, 99_5000, 50, 1), (ord("B"), 1, 99_0000, 100, 1),

@@ -200,7 +200,7 @@ def day_of_events(source: bytes) -> bytes:
     engine = BookEngine()
     out, sequence, itch = [], 1, 1
     for chunk in chunks_of(source):
-        count, blocks = records(engine.process(chunk), sequence, itch)
+        count, blocks = records(engine.process(chunk), sequence, itch, chunk)
         out.append(blocks)
         sequence += count
         itch += len(list(iter_messages(chunk)))

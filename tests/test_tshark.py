@@ -350,7 +350,6 @@ def test_the_events_stream_and_a_subscription_request_decode_cleanly(tmp_path: P
     """Every kind of events record (books' updates, an image, a lost notice) and the client's
     Unsequenced Data request decode with no malformed packet and no warning."""
     from test_book_engine import directory, stream
-
     from tickerplant.book import BookEngine
     from tickerplant.book.normalize import images, records
     from tickerplant.client import Events, Lost, subscribe
@@ -359,13 +358,13 @@ def test_the_events_stream_and_a_subscription_request_decode_cleanly(tmp_path: P
     from tickerplant.wire import itch
 
     engine = BookEngine()
-    batch = engine.process(stream(
+    day = stream(
         itch.SystemEvent(0, 0, 1, "O"), directory(5, "ZVZZT"),
         itch.StockTradingAction(5, 0, 2, "ZVZZT", "T", " ", "    "),
         itch.AddOrder(5, 0, 3, 1, "B", 100, "ZVZZT", 99_5000),
         itch.OrderExecuted(5, 0, 4, 1, 40, 9),
-    ))  # fmt: skip
-    count, blocks = records(batch, 1, 1)
+    )  # fmt: skip
+    count, blocks = records(engine.process(day), 1, 1, day)
     journal = Journal(b"TSHARK0003")
     image = images(engine, [5], count, 5, depth=3)  # an image's records, as any client gets
     count += len(image) // ev.BLOCK_SIZE
@@ -399,7 +398,7 @@ def test_the_events_stream_and_a_subscription_request_decode_cleanly(tmp_path: P
 
     pcap, port = asyncio.run(main())
     kinds = b"".join(r.records["kind"].tobytes() for r in got if isinstance(r, Events))
-    assert kinds == b"ssbtb" + b"bsds"
+    assert kinds == b"sysbtb" + b"ybsds"
     assert isinstance(got[-1], Lost) and (got[-1].start, got[-1].end) == (6, 8)
     pdus = []
     for packet in decode(pcap, f"tcp.port=={port},soupbintcp"):

@@ -248,7 +248,8 @@ class Plant:
         self.stream.deliver(batch)
         stream = self.event_stream
         if stream.journal is not None:
-            stream.append(*normalize.records(events, stream.next_sequence, batch.first))
+            stream.append(*normalize.records(events, stream.next_sequence, batch.first,
+                                             batch.blocks))
         self._publish()
 
     def _on_event(self, event: Event) -> None:

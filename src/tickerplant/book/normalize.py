@@ -13,12 +13,20 @@ import numpy.typing as npt
 
 from tickerplant.book.engine import BookEngine, EventBatch
 from tickerplant.wire import events as ev
+from tickerplant.wire import itch
+from tickerplant.wire.blocks import as_array, offsets_of
 
 
-def records(batch: EventBatch, sequence: int, source: int) -> tuple[int, bytes]:
+def records(batch: EventBatch, sequence: int, source: int, blocks: bytes = b""
+            ) -> tuple[int, bytes]:  # fmt: skip
     """``batch``'s events as blocks numbered from ``sequence``; ``source`` is the itch number
-    of the batch's first message. Returns (records, block stream)."""
+    of the batch's first message; ``blocks``, the block stream that raised them, adds a symbol
+    record for each Stock Directory in it. Returns (records, block stream)."""
     parts = []
+    if blocks:
+        named = _directories(blocks)
+        if named.shape[0]:
+            parts.append((ev.SYMBOL, named, named["message"].astype(np.int64) * 2))
     for kind, rows, rank in ((ev.TRADE, batch.trades, 0), (ev.BBO, batch.bbo, 1),
                              (ev.STATUS, batch.status, 0)):  # fmt: skip
         if rows.shape[0]:
@@ -45,6 +53,8 @@ def records(batch: EventBatch, sequence: int, source: int) -> tuple[int, bytes]:
             for name in ("price", "size", "match", "side", "printable"):
                 block[name] = rows[name]
             block["trade"] = rows["kind"]
+        elif kind == ev.SYMBOL:
+            block["symbol"] = rows["symbol"]
         else:
             block["status"], block["code"], block["reason"] = (
                 rows["kind"], rows["code"], rows["reason"])
@@ -53,9 +63,32 @@ def records(batch: EventBatch, sequence: int, source: int) -> tuple[int, bytes]:
     return total, out.tobytes()
 
 
+_NAMED = np.dtype([("message", "<u4"), ("locate", "<u2"), ("timestamp", "<u8"), ("symbol", "S8")])
+
+
+def _directories(blocks: bytes) -> npt.NDArray[np.void]:
+    """The Stock Directories of a block stream: (message index, locate, timestamp, symbol)."""
+    offsets, size = offsets_of(blocks)
+    arr = as_array(blocks)
+    at = offsets[arr[np.minimum(offsets + 2, max(size - 1, 0))] == ord("R")]
+    at = at[at + 2 + itch.LENGTHS["R"] <= size]
+    out = np.zeros(at.shape[0], dtype=_NAMED)
+    if not at.shape[0]:
+        return out
+    out["message"] = np.searchsorted(offsets, at)
+    p = at + 2  # the message: type, locate (2), tracking (2), timestamp (6), stock (8)
+    out["locate"] = (arr[p + 1].astype(np.uint16) << 8) | arr[p + 2]
+    stamp = np.zeros(at.shape[0], dtype=np.uint64)
+    for i in range(6):
+        stamp = (stamp << np.uint64(8)) | arr[p + 5 + i]
+    out["timestamp"] = stamp
+    out["symbol"] = np.frombuffer(arr[p[:, None] + 11 + np.arange(8)].tobytes(), dtype="S8")
+    return out
+
+
 def images(engine: BookEngine, locates: list[int], sequence: int, source: int,
            depth: int) -> bytes:  # fmt: skip
-    """The current state of ``locates`` as image blocks: per locate its BBO, its trading
+    """The current state of ``locates`` as image blocks: per locate its symbol, its BBO, its trading
     action and Reg SHO status (when the day gave them), its best ``depth`` levels per side;
     then the market's system event. ``sequence`` and ``source``: the last numbers the state
     includes."""
@@ -67,6 +100,9 @@ def images(engine: BookEngine, locates: list[int], sequence: int, source: int,
         return block
 
     for locate in locates:
+        symbol = stamp(ev.blocks(ev.SYMBOL, 1), locate)
+        symbol["symbol"] = (engine.symbol(locate) or "").encode("latin-1").ljust(8)
+        out.append(symbol)
         bbo = stamp(ev.blocks(ev.BBO, 1), locate)
         (bbo["bid_price"], bbo["bid_size"], bbo["ask_price"], bbo["ask_size"]) = engine.bbo(locate)
         out.append(bbo)

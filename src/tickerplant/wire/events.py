@@ -29,6 +29,9 @@ nanoseconds since midnight, ``locate`` the day's stock locate code, 0 for market
   action, ``Y`` Reg SHO), code u8 @29, reason 4 bytes @30 (H's reason, ASCII).
 - ``d`` depth level, images only: locate @18, timestamp @20, side u8 @28 (``B``/``S``), level
   u8 @29 (0 = best), price u32 @30, size u64 @34, orders u32 @42.
+- ``y`` symbol: locate @18, timestamp @20, symbol 8 bytes @28 (ASCII, space-padded): a Stock
+  Directory named the locate (in the stream, and first in each symbol's image), so that a
+  client can name what it reads.
 - Notices, locate 0: first u64 @28, count u64 @36, dropped u64 @44.
   - ``l`` lost: the plant lost itch numbers [first, first + count) (every client gets it, in
     stream position; books may be wrong from there);
@@ -55,10 +58,10 @@ HEADER_SIZE: Final = 18
 BLOCK_SIZE: Final = 2 + RECORD_SIZE  # as a block: u16 big-endian length, then the record
 IMAGE: Final = 1
 
-BBO, TRADE, STATUS, DEPTH = b"b", b"t", b"s", b"d"
+BBO, TRADE, STATUS, DEPTH, SYMBOL = b"b", b"t", b"s", b"d", b"y"
 LOST, SKIPPED, CONFLATED = b"l", b"k", b"c"
-NAMES: Final = {BBO: "bbo", TRADE: "trade", STATUS: "status", DEPTH: "depth", LOST: "lost",
-                SKIPPED: "skipped", CONFLATED: "conflated"}  # fmt: skip
+NAMES: Final = {BBO: "bbo", TRADE: "trade", STATUS: "status", DEPTH: "depth", SYMBOL: "symbol",
+                LOST: "lost", SKIPPED: "skipped", CONFLATED: "conflated"}  # fmt: skip
 
 _HEADER = [("kind", "S1"), ("flags", "u1"), ("sequence", "<u8"), ("source", "<u8"),
            ("locate", "<u2"), ("timestamp", "<u8")]  # fmt: skip
@@ -85,6 +88,7 @@ _BODIES: Final[dict[bytes, list[tuple[str, str | tuple[str, tuple[int]]]]]] = {
     STATUS: [("status", "u1"), ("code", "u1"), ("reason", ("u1", (4,)))],
     DEPTH: [("side", "u1"), ("level", "u1"), ("price", "<u4"), ("size", "<u8"),
             ("orders", "<u4")],
+    SYMBOL: [("symbol", "S8")],
     LOST: [("first", "<u8"), ("count", "<u8"), ("dropped", "<u8")],
 }  # fmt: skip
 _BODIES[SKIPPED] = _BODIES[CONFLATED] = _BODIES[LOST]
