@@ -29,7 +29,7 @@ from tickerplant.session.feed import FeedConfig
 from tickerplant.session.recovery import RecoveryConfig
 from tickerplant.session.stream import LOST, ItchStream
 from tickerplant.wire.blocks import iter_messages, join_messages, offsets_of
-from tickerplant.wire.events import BLOCK_SIZE, RECORD_SIZE
+from tickerplant.wire.events import BLOCK_SIZE, RECORD, RECORD_SIZE
 
 S1, S2 = b"SESSION001", b"SESSION002"
 ANY_PORT = GlimpseConfig(Endpoint("127.0.0.1", 0))  # the snapshot service, out of the way
@@ -438,3 +438,62 @@ def test_a_glimpse_snapshot_then_itch_from_its_number_gives_the_whole_days_books
     for locate in whole.symbols():
         a, b = whole.depth(locate, 1 << 20), late.depth(locate, 1 << 20)
         assert a.bids.tobytes() == b.bids.tobytes() and a.asks.tobytes() == b.asks.tobytes()
+
+
+@pytest.mark.slow
+def test_the_subscribe_command_writes_the_events_stream_as_parquet_and_json(
+    tmp_path: Path,
+) -> None:
+    import json
+    import sys
+
+    import pyarrow.parquet as pq
+
+    messages = 100_000
+    p = ports()
+    config = PlantConfig(
+        FeedConfig(p.line_a, p.line_b, rerequest=p.rerequest, replay=p.replay),
+        StreamConfig(Endpoint("127.0.0.1", 0)), ANY_PORT, events=NO_EVENTS,
+    )  # fmt: skip
+    parquet = tmp_path / "day.parquet"
+
+    async def command(*args: str) -> bytes:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tickerplant", "subscribe", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err
+        return out
+
+    async def main() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        plant = Plant(config)
+        await plant.start()
+        events = f"127.0.0.1:{plant.events.port}"
+        try:
+            async with ExchangeProcess(
+                p.line_a, p.line_b, p.rerequest, p.replay, "--messages", str(messages),
+                "--seed", "4", "--rate", "200000", "--eos-seconds", "0.5",
+            ) as exchange:  # fmt: skip
+                await exchange.summary()
+                while not plant.stream.ended:
+                    await asyncio.sleep(0.05)
+            # Both end at the End of Session, after the whole day from 1.
+            await command(events, "--events", "--parquet", str(parquet))
+            rows = pq.read_table(parquet).to_pylist()
+            name = next(r["symbol"] for r in rows if r["kind"] == "symbol")
+            out = await command(events, "--symbols", name, "--json")
+            return rows, [json.loads(line) for line in out.splitlines()]
+        finally:
+            await plant.close()
+
+    rows, narrowed = asyncio.run(main())
+    day = np.frombuffer(day_of_events(source_stream(4, 500, messages)), dtype=RECORD)
+    assert [r["sequence"] for r in rows] == day["sequence"].tolist()
+    assert [r["source"] for r in rows] == day["source"].tolist()
+    trades = [r for r in rows if r["kind"] == "trade"]
+    assert len(trades) == int((day["kind"] == b"t").sum()) and trades[0]["price"] > 0
+    assert not list(tmp_path.glob("*.partial"))
+    name = next(r["symbol"] for r in rows if r["kind"] == "symbol")
+    assert {r.get("symbol") for r in narrowed if r["locate"]} == {name}
+    assert {r["kind"] for r in narrowed} >= {"symbol", "bbo", "trade"}

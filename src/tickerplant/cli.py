@@ -6,8 +6,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -221,37 +222,108 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _subscribe(args: argparse.Namespace) -> int:
-    from tickerplant.client import Lost, Reconnected, subscribe
+    from tickerplant.client import subscribe
+
+    events = args.events or args.symbols is not None
+    if args.parquet is not None and not events:
+        print("tickerplant subscribe: --parquet writes the events stream's records: add --events"
+              " (and give the events port)", file=sys.stderr)  # fmt: skip
+        return 2
+    symbols = None if args.symbols is None else [s for s in args.symbols.split(",") if s]
+    # What the server says (Debug: unknown symbols, why it disconnected us) reaches the user.
+    told = logging.getLogger("tickerplant.client")
+    told.addHandler(logging.StreamHandler())
+    told.setLevel(logging.INFO)
+    stream = subscribe(args.endpoint, first=args.first, session=args.session,
+                       username=args.username, password=args.password, events=events,
+                       symbols=symbols)  # fmt: skip
+    try:
+        return run_loop(_read_events(stream, args) if events else _read_itch(stream, args))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _read_itch(stream: AsyncIterator[Any], args: argparse.Namespace) -> int:
+    from tickerplant.client import Lost, Reconnected
     from tickerplant.session.events import Batch
     from tickerplant.wire import itch
     from tickerplant.wire.blocks import iter_messages
 
-    async def main() -> int:
-        received = lost = 0
-        console = Console(stderr=True)
-        async for record in subscribe(args.endpoint, first=args.first, session=args.session,
-                                      username=args.username, password=args.password):
-            if isinstance(record, Batch):
+    received = lost = 0
+    console = Console(stderr=True)
+    async for record in stream:
+        if isinstance(record, Batch):
+            if args.json:
+                for seq, msg in enumerate(iter_messages(record.blocks), record.first):
+                    print(json.dumps({"sequence": seq, **_jsonable(itch.decode(msg))}))
+            received += record.count
+        elif isinstance(record, Lost):
+            lost += record.end - record.start
+            if args.json:
+                print(json.dumps({"lost": [record.start, record.end]}))
+        elif isinstance(record, Reconnected):
+            console.print(f"reconnected at {record.sequence}: {record.reason}", markup=False)
+        if not args.json and isinstance(record, Batch | Lost):
+            console.print(f"received {received:,} messages, lost {lost:,}", end="\r")
+        if args.count and received + lost >= args.count:
+            break
+    return 0
+
+
+async def _read_events(stream: AsyncIterator[Any], args: argparse.Namespace) -> int:
+    """The events stream as a live table of BBOs and last trades, as JSON lines, or into a
+    Parquet file (renamed into place when the subscription ends, however it ends)."""
+    import numpy as np
+    from rich.live import Live
+
+    from tickerplant.capture.parquet import RecordParquetWriter
+    from tickerplant.client import Conflated, Events, Lost, Reconnected, Skipped
+    from tickerplant.client.quotes import Quotes, as_json
+
+    quotes = Quotes()
+    writer = RecordParquetWriter(args.parquet) if args.parquet is not None else None
+    console = Console(stderr=True)
+    live = Live(quotes.table(), console=Console(), refresh_per_second=4,
+                transient=False) if not (args.json or writer) else None  # fmt: skip
+    received = 0
+    names = np.full(1 << 16, "", dtype=object)
+    try:
+        if live is not None:
+            live.start()
+        async for record in stream:
+            if isinstance(record, Events):
+                quotes.take(record.records)
+                received += record.records.shape[0]
                 if args.json:
-                    for seq, msg in enumerate(iter_messages(record.blocks), record.first):
-                        print(json.dumps({"sequence": seq, **_jsonable(itch.decode(msg))}))
-                received += record.count
-            elif isinstance(record, Lost):
-                lost += record.end - record.start
+                    for item in as_json(record.records, quotes.names):
+                        print(json.dumps(item))
+                if writer is not None:
+                    for locate, name in quotes.names.items():
+                        names[locate] = name
+                    writer.write(record.records, names)
+                if live is not None:
+                    live.update(quotes.table())
+            elif isinstance(record, Lost | Skipped | Conflated):
+                told = {"lost": [record.start, record.end]} if isinstance(record, Lost) else (
+                    {"skipped": [record.start, record.end]} if isinstance(record, Skipped)
+                    else {"conflated": [record.start, record.end], "dropped": record.dropped})
                 if args.json:
-                    print(json.dumps({"lost": [record.start, record.end]}))
+                    print(json.dumps(told))
+                else:
+                    console.print(f"notice: {told}", markup=False)
             elif isinstance(record, Reconnected):
                 console.print(f"reconnected at {record.sequence}: {record.reason}", markup=False)
-            if not args.json and isinstance(record, Batch | Lost):
-                console.print(f"received {received:,} messages, lost {lost:,}", end="\r")
-            if args.count and received + lost >= args.count:
+            if writer is not None and not args.json:
+                console.print(f"received {received:,} records", end="\r")
+            if args.count and received >= args.count:
                 break
-        return 0
-
-    try:
-        return run_loop(main())
-    except KeyboardInterrupt:
-        return 130
+    finally:
+        if live is not None:
+            live.stop()
+        if writer is not None:
+            writer.close()
+            console.print(f"wrote {writer.rows:,} records to {writer.path}")
+    return 0
 
 
 def _jsonable(record: Any) -> dict[str, Any]:
@@ -384,7 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
     subscribe.add_argument("--username", default="")
     subscribe.add_argument("--password", default="")
     subscribe.add_argument("--count", type=int, default=0, help="stop after this many (0: never)")
-    subscribe.add_argument("--json", action="store_true", help="one JSON line per message")
+    subscribe.add_argument("--json", action="store_true",
+                           help="one JSON line per message (events: per record)")
+    subscribe.add_argument("--events", action="store_true",
+                           help="the server is the events stream (tickerplant run: port 31012):"
+                           " a live table of BBOs and last trades")
+    subscribe.add_argument("--symbols", metavar="SYM,SYM", default=None,
+                           help="narrow the events stream to these symbols (implies --events)")
+    subscribe.add_argument("--parquet", metavar="FILE", default=None,
+                           help="write the events stream's records to FILE (Parquet)")
     subscribe.set_defaults(func=_subscribe)
 
     feed = sub.add_parser("feed", help="join line A and line B, repair gaps, show figures")

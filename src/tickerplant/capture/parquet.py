@@ -38,6 +38,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tickerplant.wire import events as ev
+
 ROW_GROUP_ROWS = 1 << 20
 
 _SYMBOL = pa.dictionary(pa.int32(), pa.string())
@@ -148,3 +150,77 @@ class EventParquetWriter:
     def close(self) -> None:
         self.bbo.close()
         self.trades.close()
+
+
+# The events stream's records (tickerplant.wire.events) as one table: the header's columns,
+# then every kind's fields, zero (letters: null) where a kind has none.
+_LETTERS = ("side", "trade", "status", "code")
+_NUMBERS = ("bid_price", "bid_size", "ask_price", "ask_size", "price", "size", "match",
+            "printable", "level", "orders", "first", "count", "dropped")  # fmt: skip
+RECORD_SCHEMA = pa.schema(
+    [("sequence", pa.int64()), ("source", pa.int64()), ("kind", pa.string()),
+     ("image", pa.bool_()), ("symbol", _SYMBOL), ("locate", pa.uint16()),
+     ("timestamp", pa.int64())]
+    + [(name, pa.int64()) for name in _NUMBERS]
+    + [(name, pa.string()) for name in _LETTERS]
+    + [("reason", pa.string())]
+)  # fmt: skip
+
+
+def records_table(records: Events, symbols: npt.NDArray[np.object_]) -> pa.Table:
+    """Events stream records (a ``wire.events.RECORD`` array) as a table of RECORD_SCHEMA;
+    ``symbols[locate]`` names each locate."""
+    n = records.shape[0]
+    numbers = {name: np.zeros(n, dtype=np.int64) for name in _NUMBERS}
+    letters = {name: np.zeros(n, dtype=np.uint8) for name in _LETTERS}
+    reason = np.zeros((n, 4), dtype=np.uint8)
+    raw = records.view(np.dtype((np.void, ev.RECORD_SIZE)))
+    kinds = records["kind"]
+    for kind, dtype in ev.RECORDS.items():
+        mask = kinds == kind
+        if not mask.any():
+            continue
+        rows = raw[mask].view(dtype)
+        for name in dtype.names or ():
+            if name in numbers:
+                numbers[name][mask] = rows[name]
+            elif name in letters:
+                letters[name][mask] = rows[name]
+        if kind == ev.STATUS:
+            reason[mask] = rows["reason"]
+    names = np.array([ev.NAMES.get(k, "?") for k in kinds.tolist()], dtype=object)
+    columns = [
+        pa.array(records["sequence"].astype(np.int64)),
+        pa.array(records["source"].astype(np.int64)),
+        pa.array(names, type=pa.string()),
+        pa.array((records["flags"] & ev.IMAGE) != 0),
+        _symbols(records["locate"], symbols),
+        pa.array(records["locate"].astype(np.uint16)),
+        pa.array(records["timestamp"].astype(np.int64)),
+        *(pa.array(numbers[name]) for name in _NUMBERS),
+        *(pa.array(letters[name].view("S1").astype(str), mask=letters[name] == 0)
+          for name in _LETTERS),
+        pa.array(reason.view("S4").reshape(-1).astype(str), mask=reason[:, 0] == 0),
+    ]  # fmt: skip
+    return pa.Table.from_arrays(columns, schema=RECORD_SCHEMA)
+
+
+class RecordParquetWriter:
+    """Events stream records to ``path``, batch after batch. Written to ``path.partial`` and
+    renamed on :meth:`close`, so that an interrupted run leaves no half-written file under the
+    name asked for."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._sink = _Sink(self.path + ".partial", RECORD_SCHEMA)
+
+    @property
+    def rows(self) -> int:
+        return self._sink.rows
+
+    def write(self, records: Events, symbols: npt.NDArray[np.object_]) -> None:
+        self._sink.add(records_table(records, symbols))
+
+    def close(self) -> None:
+        self._sink.close()
+        os.replace(self._sink.path, self.path)
