@@ -258,7 +258,8 @@ async def _run(
                 await asyncio.sleep(rng.uniform(0.06, 0.09))  # past the clients' retry
                 for server in (plant.itch, plant.events):
                     for subscriber in server.fanout.subscribers:
-                        if subscriber.handle.transport is not None:
+                        # (not one whose session is over: it has what it needs and goes)
+                        if subscriber.active and subscriber.handle.transport is not None:
                             subscriber.handle.transport.abort()
                             aborted.append(subscriber.cursor)
             summary = await exchange.summary()

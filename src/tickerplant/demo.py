@@ -7,6 +7,11 @@ clients in this process: one that reads everything, one that drops its connectio
 seconds and resumes from its last number, and one that logs in and never reads (a slow consumer,
 cut by the server). The verdict compares, by count and sha256, the published stream with what the
 plant delivered and with what each reading client received.
+
+The ``events`` stream has three clients too: one that reads everything (compared by sha256 with
+the plant's events journal), and two that read slowly, as users whose slow-consumer policy is
+``conflate`` (checked to end with every symbol's last BBO) and ``skip`` (checked to have been
+told of every record it did not get).
 """
 
 from __future__ import annotations
@@ -19,21 +24,30 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 
 from tickerplant import endpoint
-from tickerplant.client import Lost, Reconnected, subscribe
+from tickerplant.client import Conflated, Events, Lost, Reconnected, Skipped, subscribe
+from tickerplant.client.quotes import Quotes
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.ops.config import ConfigError
 from tickerplant.ops.dashboard import LiveTable
 from tickerplant.ops.figures import summed
-from tickerplant.plant import GlimpseConfig, Plant, PlantConfig, StreamConfig
+from tickerplant.plant import EventsConfig, GlimpseConfig, Plant, PlantConfig, StreamConfig
 from tickerplant.session.events import Batch
+from tickerplant.session.fanout import FanOutLimits
 from tickerplant.session.feed import FeedConfig
+from tickerplant.wire import events as ev
 from tickerplant.wire import soupbintcp as soup
 
 DROP_EVERY = 3.0  # seconds the resuming client reads before it drops its connection
+SLOW_PAUSE = 0.1  # seconds a slow events client sleeps after each batch it takes
+# The slow events clients' users and their policies, and a backlog cap low enough for them to
+# hit it within the demo's seconds.
+POLICIES = {"merge": "conflate", "skip": "skip"}
+EVENTS_BACKLOG = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +64,7 @@ class DemoConfig:
     replay: Endpoint = endpoint.REPLAY
     itch: Endpoint = endpoint.ITCH
     glimpse: Endpoint = endpoint.GLIMPSE
+    events: Endpoint = endpoint.EVENTS
 
     def __post_init__(self) -> None:
         if self.seconds <= 0:
@@ -78,6 +93,51 @@ class DemoClient:
             self.lost += record.end - record.start
         elif isinstance(record, Reconnected):
             self.reconnects += 1
+
+
+@dataclass(slots=True)
+class EventsClient:
+    """What one demo client of the events stream received, and what it was told."""
+
+    records: int = 0
+    conflated: int = 0  # BBO changes the server said it did not send
+    skipped: int = 0  # records the server said it skipped
+    unannounced: int = 0  # records neither received nor announced: must stay 0
+    next: int = 1
+    covered: int = 0  # the end of the last range a Conflated notice covered
+    quotes: Quotes = field(default_factory=Quotes)
+    sha256: Any = field(default_factory=hashlib.sha256)
+
+    def take(self, record: object) -> None:
+        if isinstance(record, Events):
+            got = record.records
+            self.records += got.shape[0]
+            self.sha256.update(got.tobytes())
+            self.quotes.take(got)
+            numbers = got["sequence"][(got["flags"] & ev.IMAGE) == 0].astype(np.int64)
+            if numbers.shape[0]:
+                # A number missing is announced if a Conflated notice covered it.
+                prev = np.concatenate([[self.next - 1], numbers[:-1]])
+                hole = numbers - prev - 1
+                self.unannounced += int(hole[(hole > 0) & (prev + 1 >= self.covered)].sum())
+                self.next = max(self.next, int(numbers.max()) + 1)
+        elif isinstance(record, Conflated):
+            self.conflated += record.dropped
+            self.covered = max(self.covered, record.end)
+        elif isinstance(record, Skipped):
+            self.skipped += record.end - record.start
+            self.next = max(self.next, record.end)
+        elif isinstance(record, Lost):
+            self.next += 1  # the record that told it
+
+
+async def _events(events: Endpoint, client: EventsClient, username: str = "",
+                  pause: float = 0.0) -> None:  # fmt: skip
+    async for record in subscribe(events, events=True, username=username, retry=0.2,
+                                  max_queued=8 if pause else 1024):  # fmt: skip
+        client.take(record)
+        if pause and isinstance(record, Events):
+            await asyncio.sleep(pause)
 
 
 async def _reader(itch: Endpoint, client: DemoClient) -> None:
@@ -115,17 +175,27 @@ async def _staller(itch: Endpoint) -> None:
 async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
     feed = FeedConfig(cfg.line_a, cfg.line_b, rerequest=cfg.rerequest, replay=cfg.replay,
                       digest=True)
-    plant = Plant(PlantConfig(feed, StreamConfig(cfg.itch), GlimpseConfig(cfg.glimpse)))
+    plant = Plant(PlantConfig(
+        feed, StreamConfig(cfg.itch), GlimpseConfig(cfg.glimpse),
+        events=EventsConfig(cfg.events, FanOutLimits(max_backlog=EVENTS_BACKLOG)),
+        slow_consumers=POLICIES,
+    ))  # fmt: skip
     if console is not None:
         console.print("loading kernels (the first run compiles them, ~20 s; cached after)")
     await plant.start()
     if console is not None:
-        console.print(f"the itch stream is on {cfg.itch}, snapshots on {cfg.glimpse}; in"
-                      f" another terminal: tickerplant subscribe {cfg.itch} --json",
-                      highlight=False)
+        console.print(f"the itch stream is on {cfg.itch}, events on {cfg.events}, snapshots on"
+                      f" {cfg.glimpse}; in another terminal, live BBOs: tickerplant subscribe"
+                      f" {cfg.events} --events", highlight=False)
     reader, dropper = DemoClient(), DemoClient()
+    watchers = {"events": EventsClient(), "conflated": EventsClient(), "skipper": EventsClient()}
     clients = [asyncio.ensure_future(_reader(cfg.itch, reader)),
-               asyncio.ensure_future(_dropper(cfg.itch, dropper))]
+               asyncio.ensure_future(_dropper(cfg.itch, dropper)),
+               asyncio.ensure_future(_events(cfg.events, watchers["events"])),
+               asyncio.ensure_future(_events(cfg.events, watchers["conflated"], "merge",
+                                             SLOW_PAUSE)),
+               asyncio.ensure_future(_events(cfg.events, watchers["skipper"], "skip",
+                                             SLOW_PAUSE))]
     staller = asyncio.ensure_future(_staller(cfg.itch))
     exchange = ExchangeProcess(
         cfg.line_a, cfg.line_b, cfg.rerequest, cfg.replay,
@@ -157,7 +227,7 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str,
         await exchange.close()
         await plant.close()
     return summary(plant, published, {"reader": reader, "dropper": dropper},
-                   time.monotonic() - started)
+                   time.monotonic() - started, watchers)
 
 
 async def _watch(
@@ -183,7 +253,8 @@ async def _watch(
 
 
 def summary(
-    plant: Plant, published: dict[str, Any], clients: dict[str, DemoClient], seconds: float
+    plant: Plant, published: dict[str, Any], clients: dict[str, DemoClient], seconds: float,
+    watchers: dict[str, EventsClient] | None = None,
 ) -> dict[str, Any]:
     """The verdict (delivered == published and received == published, by count and sha256,
     nothing lost), then the plant's figures, the clients' and the exchange's summary."""
@@ -214,10 +285,31 @@ def summary(
         "delivered_sha256": digest,
         "clients": received,
         "slow_consumers_cut": figures["slow_consumers"]["itch"]["disconnect"],
+        "events": _events_verdict(plant, watchers or {}),
         "feed": {k: v for k, v in figures.items() if k not in plant.books.figures()},
         "books": plant.books.figures(),
         "exchange": published,
     }
+
+
+def _events_verdict(plant: Plant, watchers: dict[str, EventsClient]) -> dict[str, Any]:
+    """The events clients against the plant's events journal: the reader has all of it (by
+    sha256), the conflated client every symbol's last BBO, the skipper no record unannounced."""
+    journal = plant.event_stream.journal
+    total, blocks = (journal.blocks(1, len(journal)) if journal is not None and len(journal)
+                     else (0, b""))  # fmt: skip
+    raw = np.frombuffer(blocks, dtype=np.uint8).reshape(-1, ev.BLOCK_SIZE)[:, 2:]
+    sha = hashlib.sha256(raw.tobytes()).hexdigest()
+    full = watchers.get("events")
+    out: dict[str, Any] = {"records": total}
+    for name, c in watchers.items():
+        out[name] = {
+            "records": c.records, "conflated": c.conflated, "skipped": c.skipped,
+            "unannounced": c.unannounced,
+            "identical": c.records == total and c.sha256.hexdigest() == sha,
+            "last_bbo_identical": full is not None and c.quotes.bbo == full.quotes.bbo,
+        }  # fmt: skip
+    return out
 
 
 def print_summary(result: dict[str, Any], console: Console) -> None:
@@ -239,3 +331,18 @@ def print_summary(result: dict[str, Any], console: Console) -> None:
         f" Duplicates delivered: {result['duplicates_delivered']}.\n"
         f"itch stream: {clients}; slow consumers cut: {result['slow_consumers_cut']}."
     )
+    events = result["events"]
+    if events:
+        ok = "[green]identical[/]"
+        bad = "[bold red]NOT identical[/]"
+        full, conflated, skipper = (events.get(n, {}) for n in ("events", "conflated", "skipper"))
+        console.print(
+            f"events stream: {events['records']:,} records; reader received"
+            f" {full.get('records', 0):,} {ok if full.get('identical') else bad};"
+            f" conflated client {conflated.get('records', 0):,} records,"
+            f" {conflated.get('conflated', 0):,} BBO changes conflated, last BBOs"
+            f" {ok if conflated.get('last_bbo_identical') else bad};"
+            f" skipping client {skipper.get('records', 0):,} records,"
+            f" {skipper.get('skipped', 0):,} skipped and told"
+            f" ({skipper.get('unannounced', 0)} unannounced)."
+        )

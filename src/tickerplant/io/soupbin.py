@@ -35,6 +35,7 @@ from tickerplant.session.soupbin import (
     DEAD_AFTER,
     HEARTBEAT_INTERVAL,
     LOGIN_TIMEOUT,
+    CloseCause,
     Closed,
     Credentials,
     ProtocolError,
@@ -123,9 +124,14 @@ class SoupConnection(asyncio.Protocol, Generic[M]):
         if self.transport is None or self.transport.is_closing():
             return
         if self.session.closed:
-            self.transport.close()  # after what is buffered has been sent
+            self.close_transport()
         else:
             self._arm()
+
+    def close_transport(self) -> None:
+        """The machine is done: close once what is buffered has been sent."""
+        if self.transport is not None:
+            self.transport.close()
 
     def flush(self) -> None:
         """Events and writes until the machine has neither: acting on one may cause the other."""
@@ -172,6 +178,7 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
         self.high_water = high_water
         self.verify = verify
         self._reset: asyncio.TimerHandle | None = None
+        self._graceful = False  # its session ended as the protocol ends one
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -191,7 +198,10 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
 
     def resume_writing(self) -> None:
         self.session.resume()
-        self.service()
+        # Not from inside the transport's write path: a service that ends the session would
+        # close the transport there, and asyncio's selector transport (3.11) then calls
+        # connection_lost twice (once for the close, once as its write buffer empties).
+        self.loop.call_soon(self.service)
 
     def wrote(self) -> None:
         self.session.report_backlog(self.backlog, self.loop.time())
@@ -201,6 +211,29 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
         abort_at = self.session.abort_at
         if abort_at is not None and self._reset is None and self.transport is not None:
             self._reset = self.loop.call_at(abort_at, self.transport.abort)
+
+    def close_transport(self) -> None:
+        """Send what is buffered, then FIN, and read on until the client closes: closing a
+        socket with the client's heartbeats unread would send RST, and the client's kernel
+        would throw away what it had not yet read (the tail of the stream, End of Session).
+        A client that does not close is reset: at the end of the session (or its logout)
+        after the write deadline, after the linger otherwise."""
+        transport = self.transport
+        if transport is None:
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        if self._reset is None:
+            at = self.session.abort_at
+            if at is None:
+                limits = self.fanout.limits
+                # A client at the end of the session may have a lot left to read; one told
+                # why it is closed has a Debug packet to read.
+                wait = limits.write_deadline if self._graceful else limits.linger
+                at = self.loop.time() + wait
+            self._reset = self.loop.call_at(at, transport.abort)
 
     def _checked(self, check: asyncio.Future[bool]) -> None:
         ok = not check.cancelled() and check.exception() is None and check.result()
@@ -233,6 +266,7 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
         elif isinstance(event, ProtocolError):
             log.warning("subscriber %s broke the protocol: %s", self.peer, event.reason)
         elif isinstance(event, Closed):
+            self._graceful = event.cause in (CloseCause.END_OF_SESSION, CloseCause.LOGOUT)
             log.info("subscriber %s closed: %s (%s)", self.peer, event.cause.value, event.detail)
 
 
@@ -324,8 +358,11 @@ class SoupServer:
         # Load (first run: compile) the framing kernel now, not inside the first client's replay.
         encode_sequenced(b"\x00\x01x")
         loop = asyncio.get_running_loop()
+        # Never above the backlog cap: a push over the cap then always pauses the transport, so
+        # a slow consumer kept under its policy hears when it has drained (resume_writing).
+        high_water = min(HIGH_WATER, self.fanout.limits.max_backlog)
         self._server = await loop.create_server(
-            lambda: SubscriberConnection(self.fanout, HIGH_WATER, self.verify),
+            lambda: SubscriberConnection(self.fanout, high_water, self.verify),
             self.host,
             self.port,
             reuse_address=True,
