@@ -318,3 +318,34 @@ def test_the_event_stream_reopened_drops_what_the_rebuilt_books_raise_again() ->
     assert (lost["sequence"], lost["first"], lost["count"]) == (5, 100, 5)
     with pytest.raises(RuntimeError):
         EventStream().append(1, bbo(1, 1, 1))
+
+
+def test_conflate_users_past_the_publish_budget_share_one_conflated_chunk() -> None:
+    journal = Journal(SESSION)
+    fanout = events_fanout(journal, limits=FanOutLimits(publish_bytes=1),
+                           policy=Policy.CONFLATE)  # fmt: skip
+    links = [EventLink(fanout, 0.0) for _ in range(3)]
+    publish(fanout, journal, *(bbo(n, 1 + n % 2, n) for n in range(1, 11)))
+    pushed = [link for link in links if link.sub.cursor == 11]
+    assert len(pushed) == 1
+    chunks = []
+    original = fanout._chunk
+
+    def counted(*args: Any) -> Any:
+        chunks.append(args)
+        return original(*args)
+
+    fanout._chunk = counted  # type: ignore[method-assign]
+    for link in links:
+        if link not in pushed:
+            link.sub.handle_timer(0.0)
+            link.service(0.0)
+        link.read(0.0)
+    assert len(chunks) == 1  # computed once for both, at the same place
+    for link in links:
+        if link in pushed:
+            assert [r[2] for r in link.records] == list(range(1, 11))
+        else:  # the latest BBO of each symbol, after a notice of the 8 not sent
+            assert [r[:3] for r in link.records] == [(b"c", 0, 1), (b"b", 0, 9), (b"b", 0, 10)]
+            assert link.sub.live
+    assert fanout.counters.conflated_updates == 16

@@ -118,6 +118,15 @@ def service(ready: list[fanout_module.Subscriber[Link]], now: float) -> None:
         subscriber.handle.service(now)
 
 
+def turns(links: list[Link], now: float) -> None:
+    """What io's timers do: each subscriber's due timer fires, then it is serviced."""
+    for link in links:
+        due = link.sub.get_timer()
+        if due is not None and due <= now:
+            link.sub.handle_timer(now)
+            link.service(now)
+
+
 def test_publish_encodes_once_and_hands_every_live_subscriber_the_same_bytes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -135,7 +144,7 @@ def test_publish_encodes_once_and_hands_every_live_subscriber_the_same_bytes(
     for first in (11, 111):
         journal.append(messages(first, 100))
         ready = fanout.publish()
-        assert [s.handle for s in ready] == links
+        assert {s.handle for s in ready} == set(links)
         service(ready, 0.0)
         sent = links[0].writes[-1]
         assert all(link.writes[-1] is sent for link in links)  # the very same bytes object
@@ -178,6 +187,10 @@ def test_a_burst_too_big_to_push_is_pulled_from_the_journal_by_each_subscriber()
     assert not any(link.sub.live for link in links)
     service(ready, 0.0)
     for link in links:
+        assert len(link.writes) == 1  # nothing yet: its turn is a timer, due at once
+        assert link.sub.get_timer() == 0.0
+        link.sub.handle_timer(0.0)
+        link.service(0.0)
         assert len(link.writes) == 1 + 3  # Login Accepted, then chunks of 100, 100, 50
         link.read(0.0)
         assert link.next == 261 and link.sub.live
@@ -217,6 +230,7 @@ def test_login_at_zero_starts_with_the_next_message_and_beyond_the_end_waits_for
     assert [s.handle for s in fanout.publish()] == [now]  # 60 is not published yet
     journal.append(messages(56, 10))
     service(fanout.publish(), 0.0)
+    turns([now, future], 0.0)  # 60 onwards, pulled in its turn
     for link in (now, future):
         link.read(0.0)
         assert link.next == 66 and link.sub.live
@@ -257,7 +271,9 @@ def test_a_catch_up_turn_yields_after_turn_bytes_its_next_is_a_timer_due_at_once
         link.service(5.0)
         assert link.sub.cursor == 401 and link.sub.get_timer() == 5.0
     journal.append(messages(1001, 10))
-    service(fanout.publish(), 5.1)  # a publish starts a new turn for those behind, too
+    service(fanout.publish(), 5.1)  # a publish leaves those behind to their turns
+    assert all(link.sub.cursor == 401 for link in links)
+    turns(links, 5.1)
     assert all(link.sub.cursor == 601 for link in links)
     link = links[0]
     link.sub.pause(5.2)
@@ -394,3 +410,27 @@ def test_the_next_sessions_fan_out_keeps_the_servers_counters_and_throttle() -> 
     Link(second, 1.0, password=b"wrong", address="10.0.0.9")  # its second failure in 10 s
     assert "too many failed logins" in _refused(Link(second, 2.0, address="10.0.0.9"))
     assert second.counters.rejected == 2  # counters go on, never back to zero
+
+
+def test_past_the_publish_budget_the_rest_pull_the_batch_on_the_next_turn_in_rotation() -> None:
+    journal = journal_of(10)
+    fanout: FanOut[Link] = FanOut(journal, limits=FanOutLimits(publish_bytes=1))
+    links = [Link(fanout, 0.0) for _ in range(3)]
+    firsts = []
+    for first in (11, 111, 211):
+        journal.append(messages(first, 100))
+        ready = fanout.publish()
+        service(ready, 1.0)
+        pushed = [link for link in links if link.sub.cursor == first + 100]
+        assert len(pushed) == 1  # the budget: one push, the others wait for their turn
+        firsts.append(pushed[0])
+        for link in links:
+            if link is not pushed[0]:
+                assert link.sub.get_timer() == 0.0  # due at once: after the loop looks around
+                link.sub.handle_timer(1.0)
+                link.service(1.0)
+        assert all(link.sub.cursor == first + 100 for link in links)
+        for link in links:
+            link.read(1.0)  # every message once, in order (Link checks)
+    assert len(set(firsts)) == 3  # a different one first each time
+    assert fanout.counters.deferred == 6

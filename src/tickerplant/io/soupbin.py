@@ -366,6 +366,9 @@ class SoupServer:
             self.host,
             self.port,
             reuse_address=True,
+            # Thousands of clients may connect at once (a plant restarting): asyncio's default
+            # of 100 pending would drop their handshakes (the kernel caps it at somaxconn).
+            backlog=min(self.fanout.limits.max_connections, 4096),
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self.port

@@ -68,6 +68,7 @@ MAX_BACKLOG = 16 << 20  # bytes a live subscriber may leave unread before it is 
 CHUNK_MESSAGES = 16384  # read from the journal per catch-up write: ~0.5 MiB of ITCH
 TURN_BYTES = 8 << 20  # what one catch-up turn may write before it yields
 LINGER = 2.0  # seconds a dropped client gets to read the Debug packet before the reset
+PUBLISH_BYTES = 16 << 20  # ~15 ms of writes on this machine
 FAILURES_KEPT = 4096  # addresses whose failed logins are remembered
 SYMBOL = 8  # bytes per symbol in a subscription request: ITCH's Stock field, space-padded
 
@@ -107,10 +108,14 @@ class FanOutLimits:
     failed_logins: int = 5  # from one address within throttle seconds: then it is refused
     throttle: float = 10.0
     max_checks: int = 8  # password checks under way at once (each ~16 MiB and tens of ms)
+    # What one publish may push in all: past it, the live subscribers left pull the batch in
+    # catch-up turns from the next loop iteration, so that a burst to thousands of clients does
+    # not hold the loop (and the feed it shares) for one long call.
+    publish_bytes: int = PUBLISH_BYTES
 
     def __post_init__(self) -> None:
         for name in ("max_backlog", "chunk_messages", "turn_bytes", "max_connections",
-                     "max_per_address", "failed_logins", "max_checks"):
+                     "max_per_address", "failed_logins", "max_checks", "publish_bytes"):
             check(name, getattr(self, name) >= 1, getattr(self, name), "give 1 or more")
         for name in ("linger", "throttle"):
             check(name, getattr(self, name) >= 0, getattr(self, name), "give seconds, 0 or more")
@@ -130,6 +135,7 @@ class FanOutCounters:
     skips: int = 0  # slow consumers moved to live (policy skip)
     skipped_messages: int = 0  # the messages they skipped
     subscriptions: int = 0  # symbol subscription requests served
+    deferred: int = 0  # live pushes left to catch-up turns (past publish_bytes, or a burst)
     refused: int = 0  # connections over a limit, throttled or not allowed from their address
     protocol_errors: int = 0
     timeouts: int = 0  # login timeouts and dead links
@@ -354,6 +360,10 @@ class FanOut(Generic[H]):
         self._subscribers: dict[Subscriber[H], None] = {}  # insertion-ordered set
         self._published = journal.next_sequence
         self._ending = False
+        self._rotation = 0  # who is pushed first: the next publish starts one further on
+        # Catch-up chunks computed this publish, shared by subscribers at the same place asking
+        # for the same: (group, cursor, messages, conflated) -> (messages, sent, packets, dropped)
+        self._shared: dict[tuple[bytes | None, int, int, bool], tuple[int, int, bytes, int]] = {}
 
     def successor(self, journal: Journal) -> FanOut[H]:
         """The fan-out of the next session's ``journal``: the same settings, and the same
@@ -467,10 +477,19 @@ class FanOut(Generic[H]):
             if subscriber.active:
                 at_end = subscriber.cursor == old and subscriber.lagging is None
                 (live if at_end else behind).append(subscriber)
+        self._shared.clear()
+        deferred: list[Subscriber[H]] = []
         if live and new - old <= self.limits.chunk_messages:
             count, blocks = self.journal.blocks(old, new - old)
             groups: dict[bytes | None, tuple[int, bytes]] = {}
-            for subscriber in live:
+            budget = self.limits.publish_bytes
+            first = self._rotation % len(live)
+            self._rotation += 1
+            pushed: list[Subscriber[H]] = []
+            for subscriber in live[first:] + live[:first]:
+                if budget <= 0:
+                    deferred.append(subscriber)
+                    continue
                 packets = groups.get(subscriber.group)
                 if packets is None:  # once per group of subscribers asking for the same
                     mine = (count, blocks)
@@ -479,14 +498,26 @@ class FanOut(Generic[H]):
                     packets = groups[subscriber.group] = (mine[0], encode_sequenced(mine[1]))
                 self._send(subscriber, packets[1], packets[0], new)
                 subscriber._pushed = True
+                budget -= len(packets[1])
+                pushed.append(subscriber)
+            live = pushed
         else:
-            behind += live
-            live = []
-        # Those catching up, waiting for a future sequence number, or facing a burst too big to
-        # push pull it from the journal at their own pace, each starting a new turn.
-        behind = [s for s in behind if s.cursor < new]
+            deferred, live = live, []
+        # Those catching up, waiting for a future sequence number, facing a burst too big to
+        # push, or past this publish's budget pull it from the journal at their own pace, in
+        # turns: the next is due at once, a timer, so it runs after the loop has looked around
+        # (the feed it shares reads its lines) and no one publish does every client's work. A
+        # conflate user who was live and is now behind (the server could not push it all) is
+        # conflated until it has caught up, as a slow consumer is.
+        self.counters.deferred += len(deferred)
+        behind = [s for s in behind + deferred if s.cursor < new]
         for subscriber in behind:
-            subscriber._budget = self.limits.turn_bytes
+            if subscriber._turn_at is None:
+                subscriber._budget = 0
+                subscriber._turn_at = 0.0
+        for subscriber in deferred:
+            if self.catalog is not None and subscriber.policy is Policy.CONFLATE:
+                subscriber.lagging = Policy.CONFLATE
         return live + behind
 
     def end_session(self) -> list[Subscriber[H]]:
@@ -616,17 +647,17 @@ class FanOut(Generic[H]):
                 return
             at = subscriber.cursor
             want = min(self.limits.chunk_messages, self._published - at)
-            count, blocks = self.journal.blocks(at, want)
-            read = len(blocks)
-            sent = count
-            if self.catalog is not None:
-                sent, blocks = select(blocks, subscriber.locates, subscriber._since)
-                if subscriber.lagging is Policy.CONFLATE:
-                    blocks = self._conflated(subscriber, at, count, blocks)
-                    sent = len(blocks) // ev.BLOCK_SIZE
-            packets = encode_sequenced(blocks)
+            conflating = subscriber.lagging is Policy.CONFLATE
+            key = None if subscriber._since else (subscriber.group, at, want, conflating)
+            chunk = self._shared.get(key) if key is not None else None
+            if chunk is None:
+                chunk = self._chunk(subscriber, at, want, conflating)
+                if key is not None:
+                    self._shared[key] = chunk
+            count, sent, packets, dropped = chunk
+            self.counters.conflated_updates += dropped
             # What it was sent, or (sent nothing) what was read for it: a turn's work is bounded.
-            subscriber._budget -= len(packets) if sent else read
+            subscriber._budget -= len(packets) if sent else count * 2 + 1
             self._send(subscriber, packets, sent, at + count)
             if subscriber._since:
                 subscriber._since = {k: v for k, v in subscriber._since.items()
@@ -637,13 +668,21 @@ class FanOut(Generic[H]):
             subscriber.lagging = None  # caught up: live again
         self._maybe_end(subscriber)
 
-    def _conflated(self, subscriber: Subscriber[H], at: int, count: int, blocks: bytes) -> bytes:
-        """A lagging subscriber's chunk with its BBO changes conflated, after a notice."""
-        _, kept, dropped = conflate(blocks)
-        if not dropped:
-            return blocks
-        self.counters.conflated_updates += dropped
-        return ev.notice(ev.CONFLATED, at, 0, at, count, dropped) + kept
+    def _chunk(
+        self, subscriber: Subscriber[H], at: int, want: int, conflating: bool
+    ) -> tuple[int, int, bytes, int]:
+        """Up to ``want`` messages from ``at`` as ``subscriber`` gets them: (messages read,
+        messages sent, packets, BBO changes conflated away)."""
+        count, blocks = self.journal.blocks(at, want)
+        sent, dropped = count, 0
+        if self.catalog is not None:
+            sent, blocks = select(blocks, subscriber.locates, subscriber._since)
+            if conflating:
+                _, kept, dropped = conflate(blocks)
+                if dropped:  # told first, in a notice
+                    blocks = ev.notice(ev.CONFLATED, at, 0, at, count, dropped) + kept
+                    sent = len(blocks) // ev.BLOCK_SIZE
+        return count, sent, encode_sequenced(blocks), dropped
 
     def _skip(self, subscriber: Subscriber[H]) -> None:
         """Move a lagging subscriber to live, telling it the exact range it skipped."""
