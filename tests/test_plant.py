@@ -140,6 +140,12 @@ def test_a_config_with_a_password_in_the_clear_is_refused() -> None:
         PlantConfig(users={"alice": "s3cret"})
     with pytest.raises(ConfigError, match="SoupBinTCP user name"):
         PlantConfig(users={"much_too_long": passwords.hash_password("x")})
+    with pytest.raises(ConfigError, match="slow_consumer: 'drop' is not a policy.*conflate"):
+        PlantConfig(slow_consumer="drop")
+    with pytest.raises(ConfigError, match="slow_consumers.bob: 'nope' is not a policy"):
+        PlantConfig(slow_consumers={"bob": "nope"})
+    with pytest.raises(ConfigError, match="depth"):
+        EventsConfig(depth=300)
     stored = passwords.hash_password("s3cret")
     assert passwords.verify(stored, b"s3cret    ")  # as a login pads it
     assert not passwords.verify(stored, b"s3cret!")

@@ -196,9 +196,11 @@ def _run(args: argparse.Namespace) -> int:
             f"users: {', '.join(config.users)}" if config.users
             else "no users configured: any login is accepted, from this host only"
         )  # fmt: skip
+        events = config.events.listen
         print(
-            f"tickerplant run: serving the itch stream on {itch} ({who});"
-            f" watch it with: tickerplant subscribe {itch}",
+            f"tickerplant run: serving the itch stream on {itch}, events on {events},"
+            f" snapshots on {config.glimpse.listen} ({who}); watch live BBOs with:"
+            f" tickerplant subscribe {events} --events",
             file=sys.stderr,
         )
         loop = asyncio.get_running_loop()

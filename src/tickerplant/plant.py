@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -214,6 +216,9 @@ class Plant:
             "stream_lost_messages": {"itch": self.stream.counters.lost,
                                      "events": self.event_stream.counters.lost_notices},
             "clients": {name: server.clients for name, server in servers.items()},
+            "queued_bytes": {name: server.queued for name, server in servers.items()},
+            "journal_write_errors": {"itch": self._itch_file.errors,
+                                     "events": self._events_file.errors},
             "logins": {name: c.logins for name, c in counters.items()},
             "rejected_logins": {name: c.rejected for name, c in counters.items()},
             "sent_messages": {name: c.messages_sent for name, c in counters.items()},
@@ -284,33 +289,58 @@ class Plant:
 
 class JournalFile:
     """A stream's journal on disk: ``directory/SESSION.SUFFIX``, the blocks as served, appended
-    a batch at a time; the newest is read back when the plant starts (:attr:`reopened`). With no
-    directory, nothing is written."""
+    a batch at a time by a writer thread (a slow disk must not hold the loop); the newest is read
+    back when the plant starts (:attr:`reopened`). With no directory, nothing is written. A
+    write that fails is logged and counted (:attr:`errors`); the stream is still served from
+    memory, but a plant restarted later would not find it whole."""
 
     def __init__(self, directory: Path | None, suffix: str) -> None:
         self.directory = directory
         self.suffix = suffix
         self.reopened = _reopen(directory, suffix) if directory is not None else None
-        self._file: BinaryIO | None = None
+        self.errors = 0
+        self._queue: queue.SimpleQueue[bytes | None] | None = None
+        self._writer: threading.Thread | None = None
 
     def open(self, journal: Journal) -> None:
         if self.directory is None:
             return
-        self.close()
+        self._stop(wait=False)  # the last session's writer finishes its file on its own
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{journal.session.decode('ascii').strip()}.{self.suffix}"
         # A new session's file starts empty; a reopened one goes on where it ended.
-        self._file = path.open("ab" if journal is self.reopened else "wb", buffering=0)
+        file = path.open("ab" if journal is self.reopened else "wb", buffering=0)
+        self._queue = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_all, args=(file, self._queue),
+                                        name=f"journal {path.name}", daemon=True)  # fmt: skip
+        self._writer.start()
 
     def write(self, appended: list[bytes]) -> None:
-        if self._file is not None and appended:
-            # Page-cache writes of what was just served, a batch at a time: microseconds.
-            self._file.write(b"".join(appended))
+        if self._queue is not None and appended:
+            self._queue.put(b"".join(appended))
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Write what is queued, then close (at the plant's shutdown)."""
+        self._stop(wait=True)
+
+    def _stop(self, wait: bool) -> None:
+        if self._queue is not None and self._writer is not None:
+            self._queue.put(None)
+            if wait:
+                self._writer.join()
+        self._queue = self._writer = None
+
+    def _write_all(self, file: BinaryIO, pending: queue.SimpleQueue[bytes | None]) -> None:
+        with file:
+            while (data := pending.get()) is not None:
+                try:
+                    view = memoryview(data)
+                    while view:  # a raw file may take less than it is given
+                        view = view[file.write(view) or 0 :]
+                except OSError as err:
+                    self.errors += 1
+                    if self.errors == 1:
+                        log.error("journal %s: %s; served from memory only", file.name, err)
 
 
 def _reopen(directory: Path, suffix: str) -> Journal | None:

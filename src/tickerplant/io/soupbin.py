@@ -349,6 +349,11 @@ class SoupServer:
         return len(self.fanout)
 
     @property
+    def queued(self) -> int:
+        """Bytes written for the clients that their sockets have not taken yet."""
+        return sum(s.handle.backlog for s in self.fanout.subscribers)
+
+    @property
     def published(self) -> int:
         """One past the last message published: where a login with sequence 0 starts."""
         return self.fanout.published

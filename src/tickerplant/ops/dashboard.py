@@ -95,6 +95,7 @@ def _streams(now: Figures, before: Figures | None, dt: float) -> Text:
     for stream, clients in now["clients"].items():
         text.append(
             f"{stream} stream: {clients:,} clients  {now['logins'][stream]:,} logins"
+            f"  queued {now['queued_bytes'][stream] / 2**20:,.1f} MiB"
             f"  sent {_rate(now, before, dt, 'sent_messages', stream)} msgs/s"
             f"  journal {now['stream_messages'][stream]:,} messages"
             f" ({now['stream_lost_messages'][stream]:,} lost)"

@@ -8,8 +8,8 @@ conventions already (base units in the name, one word per concept); the exporter
 ``tickerplant_`` prefix and ``_total`` to counters. Label values are bounded sets (sources,
 repair kinds, defect kinds), never client addresses or symbols.
 
-Vocabulary, settled here: a *stream* is what the plant serves (``itch``); a *source* is where
-messages came from (line ``a`` or ``b``, the
+Vocabulary, settled here: a *stream* is what the plant serves (``itch``, ``events``); a
+*source* is where messages came from (line ``a`` or ``b``, the
 ``rerequest`` socket, the TCP ``replay``); a *line* is only ``a`` or ``b``; a *repair* is what
 filled a gap (``line``, ``rerequest``, ``replay``); a *defect* is what made a datagram unusable;
 *replay* is the SoupBinTCP session that replays a range (``tickerplant replay FILE`` reads a file,
@@ -97,6 +97,10 @@ STREAMS = (
     Figure("stream_lost_messages", _C, "lost ranges journaled (itch: marks, events: notices)",
            _STREAM),
     Figure("clients", _G, "connections open, logged in or not", _STREAM),
+    Figure("journal_write_errors", _C, "journal file writes that failed (served from memory)",
+           _STREAM),
+    Figure("queued_bytes", _G, "bytes written for clients, not yet taken by their sockets",
+           _STREAM),
     Figure("logins", _C, "logins accepted", _STREAM),
     Figure("rejected_logins", _C, "logins rejected", _STREAM),
     Figure("sent_messages", _C, "sequenced messages sent to clients", _STREAM),
