@@ -211,9 +211,11 @@ def subscriber(
 # ---- publishers --------------------------------------------------------------------------------
 
 def tickerplant_server(
-    port: int, clients: int, messages: int, per_second: float, pipe: Connection
+    port: int, clients: int, messages: int, per_second: float, pipe: Connection,
+    max_backlog: int = 1 << 30,
 ) -> None:
-    """The SoupBinTCP server in its own process; publishes once told to, then reports its CPU."""
+    """The SoupBinTCP server in its own process; publishes once told to, then reports its CPU
+    and how many slow consumers it cut."""
     from tickerplant.cli import run_loop
     from tickerplant.io.soupbin import SoupServer
     from tickerplant.session.fanout import FanOutLimits
@@ -222,7 +224,7 @@ def tickerplant_server(
 
     async def main() -> None:
         server = SoupServer(Journal(b"BENCH00001"), "127.0.0.1", port,
-                            limits=FanOutLimits(max_backlog=1 << 30, write_deadline=600))
+                            limits=FanOutLimits(max_backlog=max_backlog, write_deadline=600))
         await server.start()
         pipe.send("listening")
         loop = asyncio.get_running_loop()
@@ -246,9 +248,11 @@ def tickerplant_server(
             server.publish()
             sent += n
             await asyncio.sleep(0)
-            while max((s.backlog for s in server.fanout.subscribers), default=0) > 4 << 20:
+            while not per_second and max(
+                (s.backlog for s in server.fanout.subscribers), default=0
+            ) > 4 << 20:  # flat out: as fast as the clients take it (paced: no waiting)
                 await asyncio.sleep(0.0005)
-        pipe.send(self_cpu())
+        pipe.send((self_cpu(), server.counters.slow_consumers))
         await loop.run_in_executor(None, pipe.recv)  # "stop"
         await server.close()
 
@@ -330,9 +334,11 @@ def start_server(subject: str, port: int, workdir: Path) -> subprocess.Popen[byt
 
 
 def one_run(
-    subject: str, clients: int, messages: int, workdir: Path, rate: float = 0.0
+    subject: str, clients: int, messages: int, workdir: Path, rate: float = 0.0,
+    stall: bool = False, max_backlog: int = 1 << 30,
 ) -> dict[str, Any] | None:
-    """One run; ``rate`` delivered msgs/s over all clients (0: flat out, no stamps)."""
+    """One run; ``rate`` delivered msgs/s over all clients (0: flat out, no stamps). With
+    ``stall`` (ours only), one more client logs in and never reads."""
     ctx = mp.get_context("spawn")
     port = free_port()
     server = None
@@ -345,8 +351,8 @@ def one_run(
     ours, theirs = ctx.Pipe()
     source: Callable[..., None] = tickerplant_server if subject == "tickerplant" else raw_publisher
     per_second = rate / clients
-    args = (port, clients, messages, per_second, theirs) if subject == "tickerplant" else (
-        subject, port, messages, per_second, theirs)
+    args = (port, clients + stall, messages, per_second, theirs, max_backlog) if (
+        subject == "tickerplant") else (subject, port, messages, per_second, theirs)
     publisher = ctx.Process(target=source, args=args)
     publisher.start()
     theirs.close()  # the child's now: a publisher that dies shows as EOF here, not a hang
@@ -365,16 +371,26 @@ def one_run(
         subs.append(p)
     for a in pipes:
         assert a.recv() == "ready"
+    stalled = None
+    if stall:  # logged in, a tiny receive buffer, never read
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", port))
+        stalled.sendall(soup_login())
     time.sleep(0.2)  # the last logins settle
     idle_bytes = (rss(serving) - rss_alone) / clients  # logged in, nothing published yet
     cpu_server_before = cpu_of(server.pid) if server else 0.0
     ours.send("go")
     results = [a.recv() for a in pipes]
+    cut = 0
     try:
-        publisher_cpu = ours.recv()
+        got = ours.recv()
+        publisher_cpu, cut = got if isinstance(got, tuple) else (got, 0)
         ours.send("stop")
     except (EOFError, OSError):
         publisher_cpu = float("nan")  # it died (its traceback is on stderr): the run is incomplete
+    if stalled is not None:
+        stalled.close()
     publisher.join(30)
     for p in subs:
         p.join(30)
@@ -390,7 +406,7 @@ def one_run(
     return {"lags_us": lags, "idle_bytes": idle_bytes, "delivered": delivered,
             "expected": clients * messages,
             "seconds": seconds,
-            "rate": delivered / seconds if seconds > 0 else 0.0,
+            "rate": delivered / seconds if seconds > 0 else 0.0, "cut": cut,
             "cpu": {"publisher": round(publisher_cpu, 2), "server": round(server_cpu, 2),
                     "subscribers": round(sum(r["cpu"] for r in results), 2)}}
 
@@ -407,10 +423,27 @@ def main() -> None:
     parser.add_argument("--latency-rate", type=float, default=100_000.0,
                         help="delivered msgs/s over all clients in latency runs")
     parser.add_argument("--latency-seconds", type=float, default=3.0)
+    parser.add_argument("--stall-clients", type=int, default=0,
+                        help="also: latency of N reading clients with and without one more that"
+                        " never reads (ours, max_backlog 64 KiB), rounds interleaved")
     args = parser.parse_args()
     subjects = args.subjects.split(",")
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         for round_ in range(args.rounds):
+            if args.stall_clients:
+                clients = args.stall_clients
+                messages = int(args.latency_rate * args.latency_seconds) // clients
+                for stall in (False, True):
+                    r = one_run("tickerplant", clients, messages, Path(tmp), args.latency_rate,
+                                stall=stall, max_backlog=64 << 10)
+                    assert r is not None
+                    p50, p99, p999 = np.percentile(r["lags_us"], [50, 99, 99.9]).tolist()
+                    for metric, value in (("stall_latency_p50", p50), ("stall_latency_p99", p99),
+                                          ("stall_latency_p99.9", p999)):
+                        emit(bench="fanout_throughput", subject="tickerplant", metric=metric,
+                             value=round(value, 1), unit="us", clients=clients, stalled=stall,
+                             cut=r["cut"], complete=r["delivered"] == r["expected"],
+                             delivered_per_s=args.latency_rate, round=round_)
             for clients in [int(c) for c in args.latency_clients.split(",") if c]:
                 messages = int(args.latency_rate * args.latency_seconds) // clients
                 for subject in subjects:
