@@ -38,3 +38,32 @@ def test_stray_bytes_are_refused() -> None:
     else:
         raise AssertionError("a partial block was journaled")
     assert len(journal) == 0
+
+
+@given(pieces, st.integers(0, 200), st.integers(0, 400), st.integers(1, 80), st.integers(1, 80))
+def test_a_spilled_journal_reads_the_same_through_its_backing(
+    parts: list[list[bytes]], keep: int, durable: int, sequence: int, count: int
+) -> None:
+    journal = Journal(b"SESSION001")
+    everything: list[bytes] = []
+    for msgs in parts:
+        journal.append(join_messages(msgs))
+        everything += msgs
+    whole = b"".join(join_messages(m) for m in parts)  # what the owner's file holds
+    held = [durable]  # what the file holds so far
+
+    def backing(offset: int, size: int) -> bytes:
+        assert offset + size <= held[0], "read back what the file does not hold yet"
+        return whole[offset : offset + size]
+
+    journal.backing = backing
+    journal.spill(keep, durable)
+    assert journal.size == len(whole)
+    assert journal.memory >= min(keep, len(whole)) or journal.memory >= len(whole) - durable
+    got, blocks = journal.blocks(sequence, count)
+    want = everything[sequence - 1 : sequence - 1 + count]
+    assert got == len(want) and list(iter_messages(blocks)) == want
+    held[0] = len(whole)
+    journal.spill(0, len(whole))
+    assert journal.memory == 0
+    assert list(iter_messages(journal.blocks(1, len(everything))[1])) == everything

@@ -140,9 +140,9 @@ def test_a_config_with_a_password_in_the_clear_is_refused() -> None:
         PlantConfig(users={"alice": "s3cret"})
     with pytest.raises(ConfigError, match="SoupBinTCP user name"):
         PlantConfig(users={"much_too_long": passwords.hash_password("x")})
-    with pytest.raises(ConfigError, match="slow_consumer: 'drop' is not a policy.*conflate"):
+    with pytest.raises(ConfigError, match=r"slow_consumer: 'drop' is not a policy.*conflate"):
         PlantConfig(slow_consumer="drop")
-    with pytest.raises(ConfigError, match="slow_consumers.bob: 'nope' is not a policy"):
+    with pytest.raises(ConfigError, match=r"slow_consumers\.bob: 'nope' is not a policy"):
         PlantConfig(slow_consumers={"bob": "nope"})
     with pytest.raises(ConfigError, match="depth"):
         EventsConfig(depth=300)
@@ -348,11 +348,12 @@ def test_a_restarted_plant_reopens_its_journal_and_clients_resume_across_it(
         itch = Endpoint("127.0.0.1", s.getsockname()[1])
     config = PlantConfig(
         FeedConfig(p.line_a, p.line_b, rerequest=p.rerequest, replay=p.replay),
-        StreamConfig(itch, journal_dir=tmp_path),
+        # A ring of 256 KiB: a client from 1 reads most of the day back through the file.
+        StreamConfig(itch, journal_dir=tmp_path, memory_bytes=256 << 10),
         ANY_PORT,
         events=NO_EVENTS,
     )
-    client = Collected()
+    client, late = Collected(), Collected()
 
     async def main() -> tuple[int, int]:
         plant = Plant(config)
@@ -372,6 +373,8 @@ def test_a_restarted_plant_reopens_its_journal_and_clients_resume_across_it(
                 await plant.start()
                 await exchange.summary()
                 await asyncio.wait_for(reader, 30)
+            assert plant.figures()["journal_memory_bytes"]["itch"] < 1 << 20
+            await asyncio.wait_for(_collect(itch, late), 30)  # from 1, at the session's end
         finally:
             reader.cancel()
             await plant.close()
@@ -382,6 +385,7 @@ def test_a_restarted_plant_reopens_its_journal_and_clients_resume_across_it(
     assert 0 < stopped_at == reopened < messages
     assert client.messages == list(iter_messages(source)) and client.lost == []
     assert client.reconnects >= 1  # it saw the plant go and resumed by number
+    assert late.messages == client.messages and late.reconnects == 0
     assert (tmp_path / "TP00000001.journal").read_bytes() == source  # the file: the day, once
 
 

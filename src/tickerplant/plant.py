@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from tickerplant.feed.books import LiveBooks
 from tickerplant.feed.handler import FeedHandler
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.ops import passwords
-from tickerplant.ops.config import ConfigError
+from tickerplant.ops.config import ConfigError, check
 from tickerplant.session.events import Batch, Event, GapLost, SessionEnded, SessionStarted
 from tickerplant.session.fanout import FanOutLimits, Policy
 from tickerplant.session.feed import FeedConfig
@@ -36,6 +37,8 @@ from tickerplant.session.stream import EventStream, ItchStream
 from tickerplant.wire.moldudp64 import session_bytes
 
 log = logging.getLogger(__name__)
+
+MEMORY_BYTES = 256 << 20  # of each stream's journal kept in memory (with a journal file)
 
 
 def _feed() -> FeedConfig:
@@ -52,6 +55,12 @@ class StreamConfig:
     # stream as served, marks included); a plant started again reopens the newest and serves
     # the same numbers. None: memory only, gone with the process.
     journal_dir: Path | None = None
+    # With a journal_dir, the newest this many bytes stay in memory; older ones are read back
+    # from the file (the page cache, as a rule) when a client catches up through them.
+    memory_bytes: int = MEMORY_BYTES
+
+    def __post_init__(self) -> None:
+        check("memory_bytes", self.memory_bytes >= 0, self.memory_bytes, "give bytes, 0 or more")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +69,15 @@ class EventsConfig:
 
     listen: Endpoint = EVENTS
     limits: FanOutLimits = field(default_factory=FanOutLimits)
-    # As for itch: each session's records also go to journal_dir/SESSION.events.
+    # As for itch: each session's records also go to journal_dir/SESSION.events, and the
+    # newest memory_bytes of them stay in memory.
     journal_dir: Path | None = None
+    memory_bytes: int = MEMORY_BYTES
     # Price levels per side in the image a client gets of each symbol it adds.
     depth: int = 5
 
     def __post_init__(self) -> None:
+        check("memory_bytes", self.memory_bytes >= 0, self.memory_bytes, "give bytes, 0 or more")
         if not 0 <= self.depth <= 255:
             raise ConfigError("depth", f"{self.depth}", "give 0 to 255 levels")
 
@@ -153,9 +165,10 @@ class Plant:
     def __init__(self, config: PlantConfig) -> None:
         self.config = config
         self.books = LiveBooks()
-        self._itch_file = JournalFile(config.itch.journal_dir, "journal")
+        self._itch_file = JournalFile(config.itch.journal_dir, "journal", config.itch.memory_bytes)
         self.stream = ItchStream(config.feed.first_sequence, self._itch_file.reopened)
-        self._events_file = JournalFile(config.events.journal_dir, "events")
+        self._events_file = JournalFile(config.events.journal_dir, "events",
+                                        config.events.memory_bytes)
         self.event_stream = EventStream(self._events_file.reopened)
         self.feed = FeedHandler(config.feed, self._on_batch, self._on_event)
         listen = config.itch.listen
@@ -217,6 +230,10 @@ class Plant:
                                      "events": self.event_stream.counters.lost_notices},
             "clients": {name: server.clients for name, server in servers.items()},
             "queued_bytes": {name: server.queued for name, server in servers.items()},
+            "journal_memory_bytes": {
+                "itch": self.stream.journal.memory if self.stream.journal else 0,
+                "events": self.event_stream.journal.memory if self.event_stream.journal else 0,
+            },
             "journal_write_errors": {"itch": self._itch_file.errors,
                                      "events": self._events_file.errors},
             "logins": {name: c.logins for name, c in counters.items()},
@@ -281,8 +298,8 @@ class Plant:
             self._publish()
 
     def _publish(self) -> None:
-        self._itch_file.write(self.stream.take_appended())
-        self._events_file.write(self.event_stream.take_appended())
+        self._itch_file.write(self.stream.take_appended(), self.stream.journal)
+        self._events_file.write(self.event_stream.take_appended(), self.event_stream.journal)
         self.itch.publish()
         self.events.publish()
 
@@ -290,17 +307,23 @@ class Plant:
 class JournalFile:
     """A stream's journal on disk: ``directory/SESSION.SUFFIX``, the blocks as served, appended
     a batch at a time by a writer thread (a slow disk must not hold the loop); the newest is read
-    back when the plant starts (:attr:`reopened`). With no directory, nothing is written. A
-    write that fails is logged and counted (:attr:`errors`); the stream is still served from
-    memory, but a plant restarted later would not find it whole."""
+    back when the plant starts (:attr:`reopened`). With no directory, nothing is written. What
+    the file holds, the journal may let go of but its newest ``memory_bytes`` (it reads the rest
+    back through the file). A write that fails is logged and counted (:attr:`errors`); the
+    journal then keeps everything in memory from there, and a plant restarted later would not
+    find the file whole."""
 
-    def __init__(self, directory: Path | None, suffix: str) -> None:
+    def __init__(self, directory: Path | None, suffix: str, memory_bytes: int = MEMORY_BYTES,
+                 ) -> None:  # fmt: skip
         self.directory = directory
         self.suffix = suffix
+        self.memory_bytes = memory_bytes
         self.reopened = _reopen(directory, suffix) if directory is not None else None
         self.errors = 0
+        self.written = 0  # bytes the file holds (the writer thread's count)
         self._queue: queue.SimpleQueue[bytes | None] | None = None
         self._writer: threading.Thread | None = None
+        self._readers: list[int] = []  # descriptors to read spilled ranges back with
 
     def open(self, journal: Journal) -> None:
         if self.directory is None:
@@ -310,18 +333,29 @@ class JournalFile:
         path = self.directory / f"{journal.session.decode('ascii').strip()}.{self.suffix}"
         # A new session's file starts empty; a reopened one goes on where it ended.
         file = path.open("ab" if journal is self.reopened else "wb", buffering=0)
+        self.written = journal.size if journal is self.reopened else 0
+        reader = os.open(path, os.O_RDONLY)
+        self._readers.append(reader)
+        journal.backing = lambda offset, size: _pread(reader, offset, size)
         self._queue = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_all, args=(file, self._queue),
                                         name=f"journal {path.name}", daemon=True)  # fmt: skip
         self._writer.start()
 
-    def write(self, appended: list[bytes]) -> None:
-        if self._queue is not None and appended:
+    def write(self, appended: list[bytes], journal: Journal | None) -> None:
+        if self._queue is None:
+            return
+        if appended:
             self._queue.put(b"".join(appended))
+        if journal is not None and journal.backing is not None and not self.errors:
+            journal.spill(self.memory_bytes, self.written)
 
     def close(self) -> None:
         """Write what is queued, then close (at the plant's shutdown)."""
         self._stop(wait=True)
+        for reader in self._readers:
+            os.close(reader)
+        self._readers = []
 
     def _stop(self, wait: bool) -> None:
         if self._queue is not None and self._writer is not None:
@@ -329,6 +363,7 @@ class JournalFile:
             if wait:
                 self._writer.join()
         self._queue = self._writer = None
+        # The last session's reader stays open until close(): clients may be finishing it.
 
     def _write_all(self, file: BinaryIO, pending: queue.SimpleQueue[bytes | None]) -> None:
         with file:
@@ -336,11 +371,25 @@ class JournalFile:
                 try:
                     view = memoryview(data)
                     while view:  # a raw file may take less than it is given
-                        view = view[file.write(view) or 0 :]
+                        n = file.write(view) or 0
+                        view = view[n:]
+                        self.written += n
                 except OSError as err:
                     self.errors += 1
                     if self.errors == 1:
                         log.error("journal %s: %s; served from memory only", file.name, err)
+
+
+def _pread(fd: int, offset: int, size: int) -> bytes:
+    parts = []
+    while size > 0:
+        part = os.pread(fd, size, offset)
+        if not part:
+            raise RuntimeError(f"journal file ends before {offset + size}: it was cut under us")
+        parts.append(part)
+        offset += len(part)
+        size -= len(part)
+    return b"".join(parts)
 
 
 def _reopen(directory: Path, suffix: str) -> Journal | None:

@@ -97,6 +97,8 @@ STREAMS = (
     Figure("stream_lost_messages", _C, "lost ranges journaled (itch: marks, events: notices)",
            _STREAM),
     Figure("clients", _G, "connections open, logged in or not", _STREAM),
+    Figure("journal_memory_bytes", _G, "of the journal held in memory (the rest: its file)",
+           _STREAM),
     Figure("journal_write_errors", _C, "journal file writes that failed (served from memory)",
            _STREAM),
     Figure("queued_bytes", _G, "bytes written for clients, not yet taken by their sockets",

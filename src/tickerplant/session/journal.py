@@ -4,23 +4,35 @@ The re-request and replay servers answer from it. The journal keeps the block st
 handed (bytes, or views of the source's chunks) rather than copying them: at millions of
 messages a second, a copy into a growing buffer costs the publisher a page fault every 4 KiB.
 Only the offset of each message within its piece is stored, so a range is a slice or two.
+
+A journal whose owner also writes it to a file can keep only its recent part in memory (a ring):
+:meth:`Journal.spill` lets go of the oldest pieces the file already holds, and a range in them is
+read back through the ``backing`` function the owner gave (bytes at an offset of the block stream,
+which is the file's offset too). The journal itself never touches a file.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Callable
 
 import numpy as np
 
 from tickerplant.wire.blocks import as_array, index_blocks
 
 Buffer = bytes | memoryview
+Backing = Callable[[int, int], bytes]  # (offset, size) -> the block stream's bytes there
 
 
 class Journal:
     def __init__(self, session: bytes) -> None:
         self.session = session
-        self._pieces: list[Buffer] = []
+        self._pieces: list[Buffer | None] = []  # None: spilled, read through the backing
+        self._starts: list[int] = []  # byte offset of each piece in the whole block stream
+        self._sizes: list[int] = []
+        self._bytes = 0
+        self._resident = 0  # the oldest piece still in memory
+        self.backing: Backing | None = None
         self._firsts: list[int] = []  # index of each piece's first message
         self._offsets = np.zeros(1024, dtype=np.int64)  # of each message within its piece
         self._count = 0
@@ -32,6 +44,28 @@ class Journal:
 
     def __len__(self) -> int:
         return self._count
+
+    @property
+    def size(self) -> int:
+        """Bytes of the whole block stream journaled."""
+        return self._bytes
+
+    @property
+    def memory(self) -> int:
+        """Bytes of it held in memory."""
+        return self._bytes - (self._starts[self._resident] if self._resident < len(self._starts)
+                              else self._bytes)  # fmt: skip
+
+    def spill(self, keep: int, durable: int) -> None:
+        """Let go of the oldest pieces that lie wholly in the first ``durable`` bytes (what the
+        backing holds) and before the newest ``keep`` bytes; needs :attr:`backing`."""
+        if self.backing is None:
+            raise RuntimeError("a journal spills only with a backing to read it back from")
+        limit = min(durable, self._bytes - keep)
+        while (self._resident < len(self._pieces)
+               and self._starts[self._resident] + self._sizes[self._resident] <= limit):
+            self._pieces[self._resident] = None
+            self._resident += 1  # fmt: skip
 
     def append(self, blocks: Buffer) -> int:
         """Append a block stream of whole messages; returns how many it held.
@@ -59,6 +93,9 @@ class Journal:
             raise ValueError(f"block stream has {arr.shape[0] - consumed} stray bytes at its end")
         if count:
             self._pieces.append(blocks[:consumed] if consumed != arr.shape[0] else blocks)
+            self._starts.append(self._bytes)
+            self._sizes.append(int(consumed))
+            self._bytes += int(consumed)
             self._firsts.append(self._count)
             self._count += count
         return int(count), int(consumed)
@@ -77,8 +114,12 @@ class Journal:
             stop = min(last, end_msg)
             data = self._pieces[piece]
             begin = int(self._offsets[at])
-            end = int(self._offsets[stop]) if stop < end_msg else len(data)
-            out.append(data[begin:end])
+            end = int(self._offsets[stop]) if stop < end_msg else self._sizes[piece]
+            if data is None:  # spilled: from the backing (the page cache, as a rule)
+                assert self.backing is not None
+                out.append(self.backing(self._starts[piece] + begin, end - begin))
+            else:
+                out.append(data[begin:end])
             at = stop
             piece += 1
         return last - first, b"".join(out)
