@@ -64,20 +64,16 @@ class StreamConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class EventsConfig:
-    """The normalized events stream: BBO changes, trades, status changes, lost ranges."""
+class EventsConfig(StreamConfig):
+    """The normalized events stream: BBO changes, trades, status changes, lost ranges. Its
+    journal files are journal_dir/SESSION.events."""
 
     listen: Endpoint = EVENTS
-    limits: FanOutLimits = field(default_factory=FanOutLimits)
-    # As for itch: each session's records also go to journal_dir/SESSION.events, and the
-    # newest memory_bytes of them stay in memory.
-    journal_dir: Path | None = None
-    memory_bytes: int = MEMORY_BYTES
     # Price levels per side in the image a client gets of each symbol it adds.
     depth: int = 5
 
     def __post_init__(self) -> None:
-        check("memory_bytes", self.memory_bytes >= 0, self.memory_bytes, "give bytes, 0 or more")
+        StreamConfig.__post_init__(self)  # (zero-argument super() fails in a slots dataclass)
         if not 0 <= self.depth <= 255:
             raise ConfigError("depth", f"{self.depth}", "give 0 to 255 levels")
 

@@ -48,21 +48,9 @@ from __future__ import annotations
 
 from typing import Final
 
-import numpy as np
+from tickerplant.wire.events import packed
 
-
-def _packed(fields: list[tuple[str, str | tuple[str, tuple[int]]]]) -> np.dtype[np.void]:
-    names, formats, offsets = [], [], []
-    at = 0
-    for name, fmt in fields:
-        names.append(name)
-        formats.append(fmt)
-        offsets.append(at)
-        at += np.dtype(fmt).itemsize
-    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": at})
-
-
-BBO_EVENT: Final = _packed(
+BBO_EVENT: Final = packed(
     [
         ("locate", "<u2"),
         ("timestamp", "<u8"),
@@ -73,7 +61,7 @@ BBO_EVENT: Final = _packed(
         ("message", "<u4"),
     ]
 )
-TRADE_EVENT: Final = _packed(
+TRADE_EVENT: Final = packed(
     [
         ("locate", "<u2"),
         ("timestamp", "<u8"),
@@ -86,7 +74,7 @@ TRADE_EVENT: Final = _packed(
         ("message", "<u4"),
     ]
 )
-STATUS_EVENT: Final = _packed(
+STATUS_EVENT: Final = packed(
     [
         ("locate", "<u2"),
         ("timestamp", "<u8"),
@@ -96,10 +84,10 @@ STATUS_EVENT: Final = _packed(
         ("message", "<u4"),
     ]
 )
-LEVEL: Final = _packed([("price", "<u4"), ("size", "<u8"), ("orders", "<u4")])
+LEVEL: Final = packed([("price", "<u4"), ("size", "<u8"), ("orders", "<u4")])
 # A live order, as a snapshot lists it: reference u64, locate u16, side b'B'/b'S', shares u32,
 # price u32 (4 implied decimals).
-RESTING: Final = _packed(
+RESTING: Final = packed(
     [("reference", "<u8"), ("locate", "<u2"), ("side", "u1"), ("shares", "<u4"), ("price", "<u4")]
 )
 

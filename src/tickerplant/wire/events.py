@@ -63,12 +63,16 @@ LOST, SKIPPED, CONFLATED = b"l", b"k", b"c"
 NAMES: Final = {BBO: "bbo", TRADE: "trade", STATUS: "status", DEPTH: "depth", SYMBOL: "symbol",
                 LOST: "lost", SKIPPED: "skipped", CONFLATED: "conflated"}  # fmt: skip
 
-_HEADER = [("kind", "S1"), ("flags", "u1"), ("sequence", "<u8"), ("source", "<u8"),
+_HEADER: Fields = [("kind", "S1"), ("flags", "u1"), ("sequence", "<u8"), ("source", "<u8"),
            ("locate", "<u2"), ("timestamp", "<u8")]  # fmt: skip
 
 
-def _record(body: list[tuple[str, str | tuple[str, tuple[int]]]], block: bool) -> np.dtype[np.void]:
-    fields = ([("length", ">u2")] if block else []) + _HEADER + body
+Fields = list[tuple[str, str | tuple[str, tuple[int]]]]
+
+
+def packed(fields: Fields, itemsize: int | None = None) -> np.dtype[np.void]:
+    """A structured dtype of ``fields`` one after another, no padding between them, and
+    ``itemsize`` bytes in all (zero-filled past the fields) or just the fields'."""
     names, formats, offsets = [], [], []
     at = 0
     for name, fmt in fields:
@@ -76,12 +80,17 @@ def _record(body: list[tuple[str, str | tuple[str, tuple[int]]]], block: bool) -
         formats.append(fmt)
         offsets.append(at)
         at += np.dtype(fmt).itemsize
-    size = RECORD_SIZE + (2 if block else 0)
+    size = at if itemsize is None else itemsize
     assert at <= size, f"{names} need {at} bytes"
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": size})
 
 
-_BODIES: Final[dict[bytes, list[tuple[str, str | tuple[str, tuple[int]]]]]] = {
+def _record(body: Fields, block: bool) -> np.dtype[np.void]:
+    fields: Fields = [("length", ">u2")] if block else []
+    return packed(fields + _HEADER + body, RECORD_SIZE + (2 if block else 0))
+
+
+_BODIES: Final[dict[bytes, Fields]] = {
     BBO: [("bid_price", "<u4"), ("bid_size", "<u8"), ("ask_price", "<u4"), ("ask_size", "<u8")],
     TRADE: [("price", "<u4"), ("size", "<u8"), ("match", "<u8"), ("side", "u1"),
             ("trade", "u1"), ("printable", "u1")],
