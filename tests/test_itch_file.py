@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,51 @@ def test_writer_closes_on_exit(tmp_path: Path) -> None:
         w.write_message(sample_messages(1)[0])
     with pytest.raises(ValueError, match="closed file"):
         w.write_message(sample_messages(1)[0])
+
+
+# --- gzip, told by its magic bytes ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_bytes", [7, 1000, 1 << 20])
+def test_gzip_reads_as_the_plain_file_whatever_its_name(tmp_path: Path, chunk_bytes: int) -> None:
+    import gzip
+
+    raw = write_file(tmp_path / "day.itch", sample_messages(3000))
+    packed = tmp_path / "day.itch"  # no .gz suffix: the magic bytes decide
+    packed.write_bytes(gzip.compress(raw[:20000]) + gzip.compress(raw[20000:]))  # two members
+    assert b"".join(read_chunks(packed, chunk_bytes)) == raw
+
+
+def test_gzip_on_standard_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gzip
+    import io
+    import sys
+
+    raw = write_file(tmp_path / "day.itch", sample_messages(500))
+
+    class Stdin:
+        buffer = io.BytesIO(gzip.compress(raw))
+
+    monkeypatch.setattr(sys, "stdin", Stdin)
+    assert b"".join(read_chunks("-", 4096)) == raw
+
+
+def test_hostile_gzip_names_its_defect_and_delivers_what_came_before(tmp_path: Path) -> None:
+    import gzip
+
+    raw = write_file(tmp_path / "day.itch", sample_messages(3000))
+    packed = gzip.compress(raw)
+    cases = {
+        "cut.gz": (packed[: len(packed) // 2], "gzip stream cut short"),
+        "garbage.gz": (gzip.compress(bytes(range(256)) * 100), "offset (in the decompressed"),
+        "broken.gz": (packed[:10] + b"\xff" * 200 + packed[210:], "broken gzip data"),
+        "trailing.gz": (packed + b"not gzip", "are not gzip"),
+    }
+    for name, (data, told) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        got = b""
+        with pytest.raises(ItchFileError, match=re.escape(told)):
+            for chunk in read_chunks(path, 4096):
+                got += chunk
+        assert raw.startswith(got), name  # whole messages only, the file's own

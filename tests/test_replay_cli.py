@@ -112,9 +112,39 @@ def test_invalid_file_names_offset_and_exits_2(
     err = capsys.readouterr().err
     assert code == 2
     assert f"offset {pos}" in err and "unknown message type" in err
-    assert pq.read_table(tmp_path / "bad.bbo.parquet").num_rows > 0  # what came before is kept
+    # Issue 9: a failed replay leaves no output behind (it used to keep what came before).
+    assert not list(tmp_path.glob("bad.*parquet*"))
 
 
 def test_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main_replay([str(tmp_path / "nope.itch"), "--no-progress"]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_a_gzip_day_from_a_file_or_from_stdin_replays_to_the_same_tables(
+    day: tuple[Path, SyntheticMarket], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import gzip
+    import subprocess
+    import sys
+
+    path, _ = day
+    packed = tmp_path / "day.itch.gz"
+    packed.write_bytes(gzip.compress(path.read_bytes()))
+    code, plain = _replay(capsys, str(path), "--out", str(tmp_path / "plain"))
+    assert code == 0
+    code, zipped = _replay(capsys, str(packed), "--out", str(tmp_path / "zipped"))
+    assert code == 0 and zipped["messages"] == plain["messages"] == _MESSAGES
+    # zcat day.gz | tickerplant replay - : a real pipe into a real process
+    with subprocess.Popen(["gzip", "-dc", str(packed)], stdout=subprocess.PIPE) as zcat:
+        run = subprocess.run(
+            [sys.executable, "-m", "tickerplant", "replay", "-", "--out", str(tmp_path / "piped"),
+             "--no-progress", "--json"], stdin=zcat.stdout, capture_output=True, timeout=120,
+        )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    for kind in ("bbo", "trades"):
+        want = pq.read_table(tmp_path / f"plain.{kind}.parquet")
+        for other in ("zipped", "piped"):
+            assert pq.read_table(tmp_path / f"{other}.{kind}.parquet").equals(want), other
+    assert main_replay(["-", "--no-progress"]) == 2  # stdin needs --out
+    assert "give --out" in capsys.readouterr().err

@@ -35,18 +35,19 @@ from rich.progress import (
 from rich.table import Table
 
 from tickerplant.book import BookEngine
-from tickerplant.capture.itch_file import CHUNK_BYTES, ItchFileError, read_chunks
+from tickerplant.capture.itch_file import CHUNK_BYTES, GZIP_MAGIC, ItchFileError, read_chunks
 from tickerplant.capture.parquet import EventParquetWriter
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """The replay arguments, on ``parser`` (a cli subcommand) or a parser of their own."""
     p = parser or argparse.ArgumentParser(prog="tickerplant replay", description=__doc__)
-    p.add_argument("file", type=Path, help="ITCH 5.0 file (u16 length + message, repeated)")
+    p.add_argument("file", type=Path, help="ITCH 5.0 file (u16 length + message, repeated),"
+                   " plain or gzip (told by its magic bytes), or - for standard input")
     p.add_argument(
         "--out", type=Path, default=None,
         help="output prefix: writes PREFIX.bbo.parquet and PREFIX.trades.parquet "
-        "(default: FILE without its suffix)",
+        "(default: FILE without its suffix; needed with -)",
     )  # fmt: skip
     p.add_argument("--symbols", default="", help="only these symbols in the output, e.g. AAPL,MSFT")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -63,10 +64,20 @@ def main_replay(argv: Sequence[str] | None = None) -> int:
 def run_replay(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     path: Path = args.file
+    stdin = os.fspath(path) == "-"
+    size: int | None = None  # progress in bytes read, against the file's size when known
     try:
-        size = path.stat().st_size
+        if not stdin:
+            size = path.stat().st_size
+            with path.open("rb") as f:
+                if f.read(2) == GZIP_MAGIC:
+                    size = None  # what it decompresses to is known at the end only
     except OSError as err:
         console.print(f"tickerplant replay: cannot read {path}: {err.strerror}", markup=False)
+        return 2
+    if stdin and args.out is None:
+        console.print("tickerplant replay: reading standard input, give --out PREFIX",
+                      markup=False)  # fmt: skip
         return 2
     prefix = args.out or path.with_suffix("")
     wanted = {s.strip() for s in args.symbols.split(",") if s.strip()}
@@ -121,7 +132,8 @@ def run_replay(args: argparse.Namespace) -> int:
         error = str(err)
     finally:
         output.shutdown(wait=True)
-        writer.close()
+        # Renamed into place only when the whole file was good: no half-written output.
+        writer.close(keep=error is None and sys.exc_info()[0] is None)
     if pending is not None:
         pending.result()  # a failed write raises here, after the files are closed
     seconds = time.perf_counter() - start
@@ -171,8 +183,8 @@ def _summary(
         "anomalies": engine.anomalies,
         "bbo_rows": writer.bbo.rows,
         "trade_rows": writer.trades.rows,
-        "bbo_parquet": writer.bbo.path,
-        "trades_parquet": writer.trades.path,
+        "bbo_parquet": writer.bbo_path,
+        "trades_parquet": writer.trades_path,
         "seconds": round(seconds, 6),
         "msgs_per_s": round(messages / seconds) if seconds > 0 else 0,
         "book_msgs_per_s": round(messages / book_seconds) if book_seconds > 0 else 0,

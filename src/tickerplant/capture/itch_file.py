@@ -1,5 +1,10 @@
 """Historical ITCH 5.0 files: each message preceded by its u16 big-endian length.
 
+A file may be gzip-compressed (NASDAQ publishes its days as ``MMDDYYYY.NASDAQ_ITCH50.gz``):
+recognised by its magic bytes, not its name, and decompressed as it streams, on a thread of its
+own (zlib releases the GIL), so that decompression overlaps the work on the chunks before. ``-``
+reads standard input (``zcat day.gz | tickerplant replay -``).
+
 That framing is exactly a block stream (:mod:`tickerplant.wire.blocks`), so a file is read as a
 sequence of block streams of whole messages, a few MiB each, never as per-message Python objects:
 a day's file holds hundreds of millions of messages. Each chunk is indexed by
@@ -11,8 +16,13 @@ first bad block, counted from the start of the file.
 from __future__ import annotations
 
 import os
+import queue
+import sys
+import threading
+import zlib
 from collections.abc import Iterator
 from types import TracebackType
+from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +36,8 @@ CHUNK_BYTES = 4 << 20
 _MIN_BLOCK = 2 + min(LENGTHS.values())
 
 _LENGTH_ZERO, _UNKNOWN_TYPE, _WRONG_LENGTH = 1, 2, 3
+GZIP_MAGIC = b"\x1f\x8b"
+_AHEAD = 4  # chunks decompressed ahead of the reader: bounded memory
 
 
 class ItchFileError(ValueError):
@@ -111,22 +123,107 @@ def read_chunks(path: str | os.PathLike[str], chunk_bytes: int = CHUNK_BYTES) ->
     scanner = _Scanner()
     tail = b""
     base = 0  # file offset of tail[0]
-    with open(path, "rb") as f:
-        while data := f.read(chunk_bytes):
-            buf = tail + data if tail else data
-            _, consumed, error = scanner.scan(buf, base, "offset")
-            if consumed:
-                yield buf[:consumed]
-            if error:
-                raise ItchFileError(error)
-            tail = buf[consumed:]
-            base += consumed
+    label = "offset"
+    for data, compressed in _ahead(_contents(path, chunk_bytes)):
+        if compressed:
+            label = "offset (in the decompressed stream)"
+        buf = tail + data if tail else data
+        _, consumed, error = scanner.scan(buf, base, label)
+        if consumed:
+            yield buf[:consumed]
+        if error:
+            raise ItchFileError(error)
+        tail = buf[consumed:]
+        base += consumed
     if tail:
         if len(tail) < 2:
             detail = "1 byte of a length field"
         else:
             detail = f"length says {(tail[0] << 8) | tail[1]}, {len(tail) - 2} bytes follow"
         raise ItchFileError(f"file ends inside a message at offset {base}: {detail}")
+
+
+def _contents(path: str | os.PathLike[str], chunk_bytes: int) -> Iterator[tuple[bytes, bool]]:
+    """What the file holds, a chunk at a time, decompressed if it is gzip: (bytes, gzip?)."""
+    stdin = os.fspath(path) == "-"
+    f: BinaryIO = sys.stdin.buffer if stdin else open(path, "rb")  # noqa: SIM115
+    try:
+        head = f.read(chunk_bytes)
+        if not head.startswith(GZIP_MAGIC):
+            while head:
+                yield head, False
+                head = f.read(chunk_bytes)
+            return
+        yield from ((data, True) for data in _gunzip(f, head, chunk_bytes))
+    finally:
+        if not stdin:
+            f.close()
+
+
+def _gunzip(f: BinaryIO, head: bytes, chunk_bytes: int) -> Iterator[bytes]:
+    """gzip members one after another (``cat a.gz b.gz`` is a valid gzip file); each read's
+    output in one piece (a few times the read: ITCH compresses about 3:1)."""
+    inflate = zlib.decompressobj(wbits=31)
+    begun = False  # a member is begun and not yet ended
+    read = 0  # compressed bytes fed so far
+    data = head
+    while data:
+        read += len(data)
+        while data:
+            begun = True
+            try:
+                out = inflate.decompress(data)
+            except zlib.error as err:
+                raise ItchFileError(
+                    f"broken gzip data within compressed bytes {read - len(data)}..{read}: {err}"
+                ) from None
+            if out:
+                yield out
+            data = b""
+            if inflate.eof:  # the next member, if any, starts in what is left
+                begun = False
+                data = inflate.unused_data
+                if data and not (data.startswith(GZIP_MAGIC) or GZIP_MAGIC.startswith(data)):
+                    at = read - len(data)
+                    raise ItchFileError(f"{len(data)} bytes at compressed offset {at}, after the "
+                                        "gzip stream, are not gzip")  # fmt: skip
+                inflate = zlib.decompressobj(wbits=31)
+        data = f.read(chunk_bytes)
+    if begun:
+        raise ItchFileError(f"gzip stream cut short after {read} compressed bytes: the file is "
+                            "truncated (everything before was read)")  # fmt: skip
+
+
+def _ahead(items: Iterator[tuple[bytes, bool]]) -> Iterator[tuple[bytes, bool]]:
+    """``items`` produced on a thread, at most _AHEAD ahead; its exceptions re-raised here."""
+    out: queue.Queue[tuple[bytes, bool] | BaseException | None] = queue.Queue(_AHEAD)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        out.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            out.put(None)
+        except BaseException as err:  # handed to the reader, who raises it
+            out.put(err)
+
+    thread = threading.Thread(target=produce, name="itch file", daemon=True)
+    thread.start()
+    try:
+        while (item := out.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 class ItchWriter:

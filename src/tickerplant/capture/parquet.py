@@ -139,17 +139,26 @@ class EventParquetWriter:
     def __init__(
         self, bbo_path: str | os.PathLike[str], trades_path: str | os.PathLike[str]
     ) -> None:
-        self.bbo = _Sink(bbo_path, BBO_SCHEMA)
-        self.trades = _Sink(trades_path, TRADE_SCHEMA)
+        # Written under .partial names; close(keep=True) renames them into place.
+        self.bbo_path, self.trades_path = os.fspath(bbo_path), os.fspath(trades_path)
+        self.bbo = _Sink(self.bbo_path + ".partial", BBO_SCHEMA)
+        self.trades = _Sink(self.trades_path + ".partial", TRADE_SCHEMA)
 
     def write(self, bbo: Events, trades: Events, symbols: npt.NDArray[np.object_]) -> None:
         """Append events; ``symbols`` maps every locate in them to its symbol."""
         self.bbo.add(bbo_table(bbo, symbols))
         self.trades.add(trade_table(trades, symbols))
 
-    def close(self) -> None:
+    def close(self, keep: bool = True) -> None:
+        """Finish both files: renamed into place with ``keep``, else removed (a failed run
+        leaves no output, not even an empty file)."""
         self.bbo.close()
         self.trades.close()
+        for sink, path in ((self.bbo, self.bbo_path), (self.trades, self.trades_path)):
+            if keep:
+                os.replace(sink.path, path)
+            else:
+                os.unlink(sink.path)
 
 
 # The events stream's records (tickerplant.wire.events) as one table: the header's columns,
