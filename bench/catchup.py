@@ -300,8 +300,7 @@ def conflated_subscriber(port: int, count: int, pipe: Connection) -> None:
             ended = ended or isinstance(other, soup.EndOfSession)
             if other is None and not run:
                 break
-        data = np.frombuffer(b"".join(blocks), dtype=np.uint8).reshape(-1, ev.BLOCK_SIZE)
-        records = data[:, 2:].copy().view(ev.RECORD).reshape(-1)
+        records = ev.from_blocks(b"".join(blocks))
         bbo = ev.view(records, ev.BBO)
         final: dict[int, int] = {}
         for locate, bid in zip(bbo["locate"].tolist(), bbo["bid_price"].tolist(), strict=True):

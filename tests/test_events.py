@@ -29,7 +29,9 @@ SESSION = b"EVENTS0001"
 
 
 def decoded(blocks: bytes) -> npt.NDArray[np.void]:
-    return ev.decode(b"".join(iter_messages(blocks)))
+    out = ev.decode(b"".join(iter_messages(blocks)))  # the slow way, message by message
+    assert out.tobytes() == ev.from_blocks(blocks).tobytes()  # and the one the client takes
+    return out
 
 
 def test_the_books_events_come_out_in_message_order_numbered_with_their_source() -> None:

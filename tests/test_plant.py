@@ -29,7 +29,7 @@ from tickerplant.session.feed import FeedConfig
 from tickerplant.session.recovery import RecoveryConfig
 from tickerplant.session.stream import LOST, ItchStream
 from tickerplant.wire.blocks import iter_messages, join_messages, offsets_of
-from tickerplant.wire.events import BLOCK_SIZE, RECORD, RECORD_SIZE
+from tickerplant.wire.events import RECORD, RECORD_SIZE, from_blocks
 
 S1, S2 = b"SESSION001", b"SESSION002"
 ANY_PORT = GlimpseConfig(Endpoint("127.0.0.1", 0))  # the snapshot service, out of the way
@@ -210,8 +210,7 @@ def day_of_events(source: bytes) -> bytes:
         out.append(blocks)
         sequence += count
         itch += len(list(iter_messages(chunk)))
-    raw = np.frombuffer(b"".join(out), dtype=np.uint8).reshape(-1, BLOCK_SIZE)
-    return raw[:, 2:].tobytes()
+    return bytes(from_blocks(b"".join(out)).tobytes())
 
 
 def chunks_of(source: bytes, size: int = 1 << 20) -> list[bytes]:

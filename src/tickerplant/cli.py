@@ -289,6 +289,7 @@ async def _read_events(stream: AsyncIterator[Any], args: argparse.Namespace) -> 
                 transient=False) if not (args.json or writer) else None  # fmt: skip
     received = 0
     names = np.full(1 << 16, "", dtype=object)
+    named = 0
     try:
         if live is not None:
             live.start()
@@ -300,8 +301,10 @@ async def _read_events(stream: AsyncIterator[Any], args: argparse.Namespace) -> 
                     for item in as_json(record.records, quotes.names):
                         print(json.dumps(item))
                 if writer is not None:
-                    for locate, name in quotes.names.items():
-                        names[locate] = name
+                    if len(quotes.names) != named:  # a symbol named since: once per change
+                        for locate, name in quotes.names.items():
+                            names[locate] = name
+                        named = len(quotes.names)
                     writer.write(record.records, names)
                 if live is not None:
                     live.update(quotes.table())

@@ -298,8 +298,7 @@ def _events_verdict(plant: Plant, watchers: dict[str, EventsClient]) -> dict[str
     journal = plant.event_stream.journal
     total, blocks = (journal.blocks(1, len(journal)) if journal is not None and len(journal)
                      else (0, b""))  # fmt: skip
-    raw = np.frombuffer(blocks, dtype=np.uint8).reshape(-1, ev.BLOCK_SIZE)[:, 2:]
-    sha = hashlib.sha256(raw.tobytes()).hexdigest()
+    sha = hashlib.sha256(ev.from_blocks(blocks).tobytes()).hexdigest()
     full = watchers.get("events")
     out: dict[str, Any] = {"records": total}
     for name, c in watchers.items():

@@ -104,11 +104,14 @@ def trade_table(trades: Events, symbols: npt.NDArray[np.object_]) -> pa.Table:
 
 
 class _Sink:
-    """One Parquet file, written in row groups of about ROW_GROUP_ROWS rows."""
+    """One Parquet file, written in row groups of about ROW_GROUP_ROWS rows, under
+    ``path.partial`` until :meth:`close` renames it into place (or removes it: a failed run
+    leaves no output, not even an empty file)."""
 
     def __init__(self, path: str | os.PathLike[str], schema: pa.Schema) -> None:
         self.path = os.fspath(path)
-        self._writer = pq.ParquetWriter(self.path, schema, compression="zstd")
+        self._partial = self.path + ".partial"
+        self._writer = pq.ParquetWriter(self._partial, schema, compression="zstd")
         self._pending: list[pa.Table] = []
         self._rows = 0
         self.rows = 0
@@ -128,9 +131,13 @@ class _Sink:
             self._pending = []
             self._rows = 0
 
-    def close(self) -> None:
+    def close(self, keep: bool = True) -> None:
         self.flush()
         self._writer.close()
+        if keep:
+            os.replace(self._partial, self.path)
+        else:
+            os.unlink(self._partial)
 
 
 class EventParquetWriter:
@@ -139,10 +146,8 @@ class EventParquetWriter:
     def __init__(
         self, bbo_path: str | os.PathLike[str], trades_path: str | os.PathLike[str]
     ) -> None:
-        # Written under .partial names; close(keep=True) renames them into place.
-        self.bbo_path, self.trades_path = os.fspath(bbo_path), os.fspath(trades_path)
-        self.bbo = _Sink(self.bbo_path + ".partial", BBO_SCHEMA)
-        self.trades = _Sink(self.trades_path + ".partial", TRADE_SCHEMA)
+        self.bbo = _Sink(bbo_path, BBO_SCHEMA)
+        self.trades = _Sink(trades_path, TRADE_SCHEMA)
 
     def write(self, bbo: Events, trades: Events, symbols: npt.NDArray[np.object_]) -> None:
         """Append events; ``symbols`` maps every locate in them to its symbol."""
@@ -152,13 +157,8 @@ class EventParquetWriter:
     def close(self, keep: bool = True) -> None:
         """Finish both files: renamed into place with ``keep``, else removed (a failed run
         leaves no output, not even an empty file)."""
-        self.bbo.close()
-        self.trades.close()
-        for sink, path in ((self.bbo, self.bbo_path), (self.trades, self.trades_path)):
-            if keep:
-                os.replace(sink.path, path)
-            else:
-                os.unlink(sink.path)
+        self.bbo.close(keep)
+        self.trades.close(keep)
 
 
 # The events stream's records (tickerplant.wire.events) as one table: the header's columns,
@@ -215,13 +215,12 @@ def records_table(records: Events, symbols: npt.NDArray[np.object_]) -> pa.Table
 
 
 class RecordParquetWriter:
-    """Events stream records to ``path``, batch after batch. Written to ``path.partial`` and
-    renamed on :meth:`close`, so that an interrupted run leaves no half-written file under the
-    name asked for."""
+    """Events stream records to ``path``, batch after batch (under ``path.partial`` until
+    :meth:`close`)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
-        self._sink = _Sink(self.path + ".partial", RECORD_SCHEMA)
+        self._sink = _Sink(path, RECORD_SCHEMA)
+        self.path = self._sink.path
 
     @property
     def rows(self) -> int:
@@ -232,4 +231,3 @@ class RecordParquetWriter:
 
     def close(self) -> None:
         self._sink.close()
-        os.replace(self._sink.path, self.path)

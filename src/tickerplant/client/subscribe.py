@@ -182,10 +182,7 @@ class _Connection(SoupConnection[SoupClientSession]):
 
 def _events(batch: Batch) -> list[Record]:
     """An events stream batch as runs of records and the notices between them."""
-    blocks = np.frombuffer(batch.blocks, dtype=np.uint8)
-    if blocks.shape[0] % ev.BLOCK_SIZE:
-        raise ValueError("the server sent a record that is not an events record")
-    records = blocks.reshape(-1, ev.BLOCK_SIZE)[:, 2:].copy().view(ev.RECORD).reshape(-1)
+    records = ev.from_blocks(batch.blocks)
     kinds = records["kind"]
     notices = np.flatnonzero(np.isin(kinds, [ev.LOST, ev.SKIPPED, ev.CONFLATED]))
     out: list[Record] = []

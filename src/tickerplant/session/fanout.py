@@ -362,8 +362,9 @@ class FanOut(Generic[H]):
         self._ending = False
         self._rotation = 0  # who is pushed first: the next publish starts one further on
         # Catch-up chunks computed this publish, shared by subscribers at the same place asking
-        # for the same: (group, cursor, messages, conflated) -> (messages, sent, packets, dropped)
-        self._shared: dict[tuple[bytes | None, int, int, bool], tuple[int, int, bytes, int]] = {}
+        # for the same: (group, cursor, messages, conflated) -> what _chunk returned
+        self._shared: dict[tuple[bytes | None, int, int, bool],
+                           tuple[int, int, int, bytes, int]] = {}  # fmt: skip
 
     def successor(self, journal: Journal) -> FanOut[H]:
         """The fan-out of the next session's ``journal``: the same settings, and the same
@@ -654,10 +655,10 @@ class FanOut(Generic[H]):
                 chunk = self._chunk(subscriber, at, want, conflating)
                 if key is not None:
                     self._shared[key] = chunk
-            count, sent, packets, dropped = chunk
+            count, read, sent, packets, dropped = chunk
             self.counters.conflated_updates += dropped
             # What it was sent, or (sent nothing) what was read for it: a turn's work is bounded.
-            subscriber._budget -= len(packets) if sent else count * 2 + 1
+            subscriber._budget -= len(packets) if sent else read
             self._send(subscriber, packets, sent, at + count)
             if subscriber._since:
                 subscriber._since = {k: v for k, v in subscriber._since.items()
@@ -670,11 +671,11 @@ class FanOut(Generic[H]):
 
     def _chunk(
         self, subscriber: Subscriber[H], at: int, want: int, conflating: bool
-    ) -> tuple[int, int, bytes, int]:
+    ) -> tuple[int, int, int, bytes, int]:
         """Up to ``want`` messages from ``at`` as ``subscriber`` gets them: (messages read,
-        messages sent, packets, BBO changes conflated away)."""
+        bytes read, messages sent, packets, BBO changes conflated away)."""
         count, blocks = self.journal.blocks(at, want)
-        sent, dropped = count, 0
+        read, sent, dropped = len(blocks), count, 0
         if self.catalog is not None:
             sent, blocks = select(blocks, subscriber.locates, subscriber._since)
             if conflating:
@@ -682,7 +683,7 @@ class FanOut(Generic[H]):
                 if dropped:  # told first, in a notice
                     blocks = ev.notice(ev.CONFLATED, at, 0, at, count, dropped) + kept
                     sent = len(blocks) // ev.BLOCK_SIZE
-        return count, sent, encode_sequenced(blocks), dropped
+        return count, read, sent, encode_sequenced(blocks), dropped
 
     def _skip(self, subscriber: Subscriber[H]) -> None:
         """Move a lagging subscriber to live, telling it the exact range it skipped."""

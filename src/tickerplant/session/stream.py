@@ -171,8 +171,10 @@ class EventStream:
     def lose(self, start: int, end: int) -> None:
         """The notice that itch numbers [start, end) were lost, in stream position."""
         count = end - start
+        journaled = self.counters.records
         self.append(1, events.notice(events.LOST, self.next_sequence, start, start, count, count))
-        self.counters.lost_notices += 1
+        if self.counters.records > journaled:  # not one the run before journaled already
+            self.counters.lost_notices += 1
 
     def take_appended(self) -> list[bytes]:
         """The blocks journaled since the last call, in order."""

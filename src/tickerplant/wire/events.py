@@ -136,6 +136,19 @@ def decode(data: bytes | bytearray | memoryview) -> npt.NDArray[np.void]:
     return np.frombuffer(data, dtype=RECORD)
 
 
+def from_blocks(data: bytes | bytearray | memoryview) -> npt.NDArray[np.void]:
+    """A block stream of records (as journaled and served) as a RECORD array, its lengths
+    dropped: one reshape, no walk over the framing. A stream of other blocks is a ValueError."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if raw.shape[0] % BLOCK_SIZE:
+        raise ValueError(f"{raw.shape[0]} bytes is not a whole number of events records")
+    rows = raw.reshape(-1, BLOCK_SIZE)
+    if not ((rows[:, 0] == 0) & (rows[:, 1] == RECORD_SIZE)).all():
+        raise ValueError("not a stream of events records: a block is not a 52-byte record")
+    out: npt.NDArray[np.void] = rows[:, 2:].copy().view(RECORD).reshape(-1)
+    return out
+
+
 def view(records: npt.NDArray[np.void], kind: bytes) -> npt.NDArray[np.void]:
     """The records of ``kind`` among ``records`` (a RECORD array), with that kind's fields."""
     # Selected as whole records: a structured copy would copy the header's fields only.
