@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tickerplant.capture.itch_file import ItchFileError, ItchWriter, read_chunks
+from tickerplant.capture.itch_file import ItchFile, ItchFileError, ItchWriter, read_chunks
 from tickerplant.wire import itch
 from tickerplant.wire.blocks import iter_messages, join_messages
 
@@ -110,11 +110,58 @@ def read_until_error(path: Path, chunk_bytes: int) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("chunk_bytes", CHUNKINGS)
-def test_length_zero(tmp_path: Path, chunk_bytes: int) -> None:
-    path, at, good = damaged(tmp_path, b"\x00\x00")
+def test_length_zero_before_no_message_type(tmp_path: Path, chunk_bytes: int) -> None:
+    path, at, good = damaged(tmp_path, b"\x00\x00")  # then the next block's length: 0x00
     delivered, text = read_until_error(path, chunk_bytes)
-    assert text == f"offset {at}: length 0"
+    assert text == f"offset {at}: length 0, and 0x00 is no ITCH message type to take a length from"
     assert delivered == good
+
+
+def zero_prefixed(messages: list[bytes], every: int = 1) -> bytes:
+    """``messages`` framed with a zero length prefix (on every ``every``-th message)."""
+    return b"".join(
+        (b"\x00\x00" if i % every == 0 else len(m).to_bytes(2, "big")) + m
+        for i, m in enumerate(messages)
+    )
+
+
+@pytest.mark.parametrize("chunk_bytes", CHUNKINGS)
+@pytest.mark.parametrize("every", [1, 3])
+def test_zero_prefixes_are_taken_from_the_type_and_counted(
+    tmp_path: Path, chunk_bytes: int, every: int
+) -> None:
+    msgs = sample_messages(300, seed=9)
+    path = tmp_path / "zero.itch"
+    path.write_bytes(zero_prefixed(msgs, every))
+    source = ItchFile(path, chunk_bytes)
+    assert b"".join(source.chunks()) == join_messages(msgs)
+    assert source.inferred_lengths == len(range(0, 300, every))
+
+
+@pytest.mark.parametrize("chunk_bytes", CHUNKINGS)
+def test_zero_prefixed_file_still_names_its_defects(tmp_path: Path, chunk_bytes: int) -> None:
+    msgs = sample_messages(40, seed=10)
+    head = zero_prefixed(msgs)
+    path = tmp_path / "zero.itch"
+    # A prefix that disagrees with its type, after zero-prefixed messages
+    path.write_bytes(head + b"\x00\x14A" + bytes(19) + zero_prefixed(msgs))
+    assert read_until_error(path, chunk_bytes) == (
+        40, f"offset {len(head)}: type 'A' is 36 bytes, length says 20")
+    # bytes that are not ITCH at all
+    path.write_bytes(head + b"\x00\x00zzzz, no ITCH")
+    assert read_until_error(path, chunk_bytes) == (
+        40, f"offset {len(head)}: length 0, and 0x7a ('z') is no ITCH message type to take a "
+        "length from")
+    # a last message cut short
+    cut = head + b"\x00\x00" + msgs[0][:-3]
+    path.write_bytes(cut)
+    delivered, text = read_until_error(path, chunk_bytes)
+    assert delivered == 40
+    assert text == (f"file ends inside a message at offset {len(head)}: length says "
+                    f"{len(msgs[0])}, {len(msgs[0]) - 3} bytes follow")
+    path.write_bytes(head + b"\x00\x00")  # a zero prefix and then nothing
+    assert read_until_error(path, chunk_bytes) == (
+        40, f"file ends inside a message at offset {len(head)}: length says 0, 0 bytes follow")
 
 
 @pytest.mark.parametrize("chunk_bytes", CHUNKINGS)

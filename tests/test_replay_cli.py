@@ -148,3 +148,21 @@ def test_a_gzip_day_from_a_file_or_from_stdin_replays_to_the_same_tables(
             assert pq.read_table(tmp_path / f"{other}.{kind}.parquet").equals(want), other
     assert main_replay(["-", "--no-progress"]) == 2  # stdin needs --out
     assert "give --out" in capsys.readouterr().err
+
+
+def test_a_zero_prefixed_day_replays_to_the_same_tables_and_says_so(
+    day: tuple[Path, SyntheticMarket], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tickerplant.wire.blocks import iter_messages
+
+    path, _ = day
+    zero = tmp_path / "zero.itch"
+    zero.write_bytes(b"".join(b"\x00\x00" + m for m in iter_messages(path.read_bytes())))
+    code, plain = _replay(capsys, str(path), "--out", str(tmp_path / "plain"))
+    assert code == 0 and plain["inferred_lengths"] == 0
+    code, zeroed = _replay(capsys, str(zero), "--out", str(tmp_path / "zero"))
+    assert code == 0
+    assert zeroed["inferred_lengths"] == zeroed["messages"] == _MESSAGES
+    for kind in ("bbo", "trades"):
+        want = pq.read_table(tmp_path / f"plain.{kind}.parquet")
+        assert pq.read_table(tmp_path / f"zero.{kind}.parquet").equals(want)

@@ -35,7 +35,7 @@ from rich.progress import (
 from rich.table import Table
 
 from tickerplant.book import BookEngine
-from tickerplant.capture.itch_file import CHUNK_BYTES, GZIP_MAGIC, ItchFileError, read_chunks
+from tickerplant.capture.itch_file import CHUNK_BYTES, GZIP_MAGIC, ItchFile, ItchFileError
 from tickerplant.capture.parquet import EventParquetWriter
 
 
@@ -83,6 +83,7 @@ def run_replay(args: argparse.Namespace) -> int:
     wanted = {s.strip() for s in args.symbols.split(",") if s.strip()}
     chunk = max(1 << 16, int(args.chunk_mb * (1 << 20)))
     engine = BookEngine()
+    source = ItchFile(path, chunk)
     try:
         Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -104,7 +105,7 @@ def run_replay(args: argparse.Namespace) -> int:
     pending: Future[None] | None = None
     try:
         with progress:
-            for blocks in read_chunks(path, chunk):
+            for blocks in source.chunks():
                 t0 = time.perf_counter()
                 # Fresh buffers (no scratch): the write in flight still reads the last batch
                 # while this one is built.
@@ -138,6 +139,8 @@ def run_replay(args: argparse.Namespace) -> int:
         pending.result()  # a failed write raises here, after the files are closed
     seconds = time.perf_counter() - start
     summary = _summary(engine, path, done, seconds, book_seconds, writer, error)
+    summary["compressed"] = source.compressed
+    summary["inferred_lengths"] = source.inferred_lengths
     summary["symbols_not_found"] = sorted(wanted - set(engine.symbols().values()))
     if args.json:
         print(json.dumps(summary))
@@ -200,6 +203,9 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
         "by type", " ".join(f"{k}={v:,}" for k, v in s["messages_by_type"].items()) or "-"
     )
     table.add_row("symbols", f"{s['symbols']:,}")
+    if s["inferred_lengths"]:
+        table.add_row("lengths inferred", f"{s['inferred_lengths']:,} zero prefixes, taken "
+                      "from the message type")
     table.add_row("peak live orders", f"{s['peak_live_orders']:,}")
     bad = {k: v for k, v in s["anomalies"].items() if v}
     table.add_row("anomalies", " ".join(f"{k}={v:,}" for k, v in bad.items()) or "none")

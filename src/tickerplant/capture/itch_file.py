@@ -3,7 +3,9 @@
 A file may be gzip-compressed (NASDAQ publishes its days as ``MMDDYYYY.NASDAQ_ITCH50.gz``):
 recognised by its magic bytes, not its name, and decompressed as it streams, on a thread of its
 own (zlib releases the GIL), so that decompression overlaps the work on the chunks before. ``-``
-reads standard input (``zcat day.gz | tickerplant replay -``).
+reads standard input (``zcat day.gz | tickerplant replay -``). Some tools write every length
+prefix as zero: such a message's length is taken from its type (and counted), the chunk's
+prefixes written in, so that everything downstream sees the standard framing.
 
 That framing is exactly a block stream (:mod:`tickerplant.wire.blocks`), so a file is read as a
 sequence of block streams of whole messages, a few MiB each, never as per-message Python objects:
@@ -76,10 +78,39 @@ def check_messages(
     return 0, 0
 
 
-def _explain(defect: int, buf: bytes, pos: int, where: str) -> str:
+@kernel
+def infer_lengths(
+    buf: U8, pos: int, lengths: npt.NDArray[np.int16]
+) -> tuple[int, int]:  # pragma: no cover - compiled
+    """Write the length of each message from ``pos`` on whose prefix is zero, taken from its
+    type. Returns ``(inferred, end)``: ``end`` stops short of a zero prefix whose type byte is
+    not in ``buf`` yet (the next chunk tells). The walk leaves a zero prefix before an unknown
+    type as it is, for :func:`check_messages` to name.
+    """
+    n = buf.shape[0]
+    inferred = 0
+    while pos + 2 <= n:
+        size = (np.int64(buf[pos]) << 8) | np.int64(buf[pos + 1])
+        if size == 0:
+            if pos + 3 > n:
+                return inferred, pos
+            size = np.int64(lengths[buf[pos + 2]])
+            if size == 0:
+                break
+            buf[pos] = size >> 8
+            buf[pos + 1] = size & 0xFF
+            inferred += 1
+        pos += 2 + int(size)
+    return inferred, n
+
+
+def _explain(defect: int, buf: bytes | bytearray, pos: int, where: str) -> str:
     size = (buf[pos] << 8) | buf[pos + 1]
     if defect == _LENGTH_ZERO:
-        return f"{where}: length 0"
+        if pos + 2 == len(buf):
+            return f"{where}: length 0"
+        return (f"{where}: length 0, and {describe_type(buf[pos + 2])} is no ITCH message type "
+                "to take a length from")
     type_byte = buf[pos + 2]
     if defect == _UNKNOWN_TYPE:
         return f"{where}: unknown message type {describe_type(type_byte)}"
@@ -88,59 +119,98 @@ def _explain(defect: int, buf: bytes, pos: int, where: str) -> str:
 
 
 class _Scanner:
-    """Indexes and checks buffers, keeping one offsets array across calls."""
+    """Indexes and checks buffers, keeping one offsets array across calls. With ``infer``, a
+    zero length prefix is taken from the message's type (some tools write files so) and counted
+    in ``inferred``; without, it is a defect (the writer vouches for what it writes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, infer: bool = False) -> None:
         self._offsets = np.empty(0, dtype=np.int64)
+        self._infer = infer
+        self.inferred = 0
 
-    def scan(self, buf: bytes, base: int, label: str) -> tuple[int, int, str | None]:
-        """(messages, bytes, error) for the whole, valid messages at the start of ``buf``.
+    def scan(
+        self, buf: bytes | bytearray, base: int, label: str
+    ) -> tuple[int, int, str | None, bytes | bytearray]:
+        """(messages, bytes, error, buf) for the whole, valid messages at the start of ``buf``.
 
         ``error`` describes the first bad block, which the valid messages stop at; ``base`` is
-        the offset of ``buf`` in what ``label`` names.
+        the offset of ``buf`` in what ``label`` names. The ``buf`` returned is the one to take
+        the messages from: a copy with the lengths written in, when some were inferred.
         """
         arr = as_array(buf)
         need = arr.shape[0] // _MIN_BLOCK + 1
         if self._offsets.shape[0] < need:
             self._offsets = np.empty(max(need, 2 * self._offsets.shape[0]), dtype=np.int64)
+        end = arr.shape[0]
         count, consumed = index_blocks(arr, self._offsets)
         defect, pos = check_messages(arr, self._offsets, count, consumed, MESSAGE_LENGTHS)
+        if defect == _LENGTH_ZERO and self._infer:
+            buf = bytearray(buf)
+            arr = as_array(buf)
+            inferred, end = infer_lengths(arr, pos, MESSAGE_LENGTHS)
+            self.inferred += int(inferred)
+            count, consumed = index_blocks(arr[:end], self._offsets)
+            defect, pos = check_messages(arr[:end], self._offsets, count, consumed,
+                                         MESSAGE_LENGTHS)  # fmt: skip
         if defect:
             good = int(np.searchsorted(self._offsets[:count], pos))
-            return good, int(pos), _explain(int(defect), buf, int(pos), f"{label} {base + pos}")
-        return int(count), int(consumed), None
+            where = f"{label} {base + pos}"
+            return good, int(pos), _explain(int(defect), buf, int(pos), where), buf
+        return int(count), int(consumed), None, buf
+
+
+class ItchFile:
+    """An ITCH file (plain or gzip, a path or ``-``) read as block streams of whole messages.
+
+    After (or during) :meth:`chunks`: ``compressed`` tells whether it was gzip and
+    ``inferred_lengths`` how many zero length prefixes were taken from the message type.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], chunk_bytes: int = CHUNK_BYTES) -> None:
+        if chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+        self.path = path
+        self.chunk_bytes = chunk_bytes
+        self.compressed = False
+        self._scanner = _Scanner(infer=True)
+
+    @property
+    def inferred_lengths(self) -> int:
+        return self._scanner.inferred
+
+    def chunks(self) -> Iterator[bytes]:
+        """Block streams of whole messages, each about ``chunk_bytes`` long.
+
+        A message cut by a chunk boundary is carried into the next chunk. At the first malformed
+        block, or when the file ends inside a message, the messages before it are yielded and
+        then :class:`ItchFileError` is raised.
+        """
+        tail: bytes | bytearray = b""
+        base = 0  # file offset of tail[0]
+        label = "offset"
+        for data, compressed in _ahead(_contents(self.path, self.chunk_bytes)):
+            if compressed and not self.compressed:
+                self.compressed = True
+                label = "offset (in the decompressed stream)"
+            buf = tail + data if tail else data
+            _, consumed, error, buf = self._scanner.scan(buf, base, label)
+            if consumed:
+                yield bytes(buf[:consumed])
+            if error:
+                raise ItchFileError(error)
+            tail = buf[consumed:]
+            base += consumed
+        if tail:
+            if len(tail) < 2:
+                detail = "1 byte of a length field"
+            else:
+                detail = f"length says {(tail[0] << 8) | tail[1]}, {len(tail) - 2} bytes follow"
+            raise ItchFileError(f"file ends inside a message at offset {base}: {detail}")
 
 
 def read_chunks(path: str | os.PathLike[str], chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """Block streams of whole messages from an ITCH file, each about ``chunk_bytes`` long.
-
-    A message cut by a chunk boundary is carried into the next chunk. At the first malformed
-    block, or when the file ends inside a message, the messages before it are yielded and then
-    :class:`ItchFileError` is raised.
-    """
-    if chunk_bytes < 1:
-        raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
-    scanner = _Scanner()
-    tail = b""
-    base = 0  # file offset of tail[0]
-    label = "offset"
-    for data, compressed in _ahead(_contents(path, chunk_bytes)):
-        if compressed:
-            label = "offset (in the decompressed stream)"
-        buf = tail + data if tail else data
-        _, consumed, error = scanner.scan(buf, base, label)
-        if consumed:
-            yield buf[:consumed]
-        if error:
-            raise ItchFileError(error)
-        tail = buf[consumed:]
-        base += consumed
-    if tail:
-        if len(tail) < 2:
-            detail = "1 byte of a length field"
-        else:
-            detail = f"length says {(tail[0] << 8) | tail[1]}, {len(tail) - 2} bytes follow"
-        raise ItchFileError(f"file ends inside a message at offset {base}: {detail}")
+    """:meth:`ItchFile.chunks` of ``path``, for callers that need nothing else of the file."""
+    return ItchFile(path, chunk_bytes).chunks()
 
 
 def _contents(path: str | os.PathLike[str], chunk_bytes: int) -> Iterator[tuple[bytes, bool]]:
@@ -238,7 +308,7 @@ class ItchWriter:
     def write_blocks(self, blocks: bytes | bytearray | memoryview) -> None:
         """Append a block stream of whole ITCH messages; nothing of it if any is malformed."""
         raw = bytes(blocks)
-        count, consumed, error = self._scanner.scan(raw, 0, "block stream offset")
+        count, consumed, error, _ = self._scanner.scan(raw, 0, "block stream offset")
         if error:
             raise ItchFileError(error)
         if consumed != len(raw):
