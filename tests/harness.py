@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import time
 from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
 
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.synthetic import SyntheticMarket
@@ -35,3 +44,77 @@ def ports(host: str = "127.0.0.1", group_base: str = "239.192.90") -> Ports:
 
 def source_stream(seed: int, symbols: int, messages: int) -> bytes:
     return b"".join(SyntheticMarket(seed, symbols).chunks(messages))
+
+
+TSHARK = shutil.which("tshark")
+WARM_UP = b"warm-up"  # probes told apart in tshark's summary lines by their length
+FENCE = b"fence"
+
+
+def free_udp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+class LiveCapture:
+    """tshark (dumpcap underneath) capturing ``interface`` into ``path`` for the given ports,
+    started and stopped for sure: probe datagrams to a port of its own until tshark reports one
+    (it is really capturing), and after the traffic one more as a fence (everything before it is
+    in the file). pcapng unless ``file_format`` says (``pcap``)."""
+
+    def __init__(self, path: Path, udp: list[int], tcp: list[int], interface: str = "lo",
+                 file_format: str = "pcapng", link_type: str | None = None) -> None:  # fmt: skip
+        self.path = path
+        self._probe_rx = free_udp_socket()
+        self.probe_port = self._probe_rx.getsockname()[1]
+        ports = [f"udp port {p}" for p in [*udp, self.probe_port]] + [f"tcp port {p}" for p in tcp]
+        self._probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        assert TSHARK is not None
+        self._proc = subprocess.Popen(
+            [TSHARK, "-i", interface, "-f", " or ".join(ports), "-w", str(path), "-F", file_format,
+             "-P", "-l", "-q", "-B", "64", *(["-y", link_type] if link_type else [])],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert self._proc.stdout is not None
+        os.set_blocking(self._proc.stdout.fileno(), False)
+        self._printed = b""
+
+    def _seen(self, probe: bytes) -> bool:
+        assert self._proc.stdout is not None
+        ready, _, _ = select.select([self._proc.stdout], [], [], 0.05)
+        if ready:
+            self._printed += self._proc.stdout.read() or b""
+        # each summary line ends "... → <port> Len=<payload size>"
+        return f" {self.probe_port} Len={len(probe)}".encode() in self._printed
+
+    def _probe_until_seen(self, probe: bytes, deadline: float) -> None:
+        while not self._seen(probe):
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                pytest.skip(f"tshark cannot capture on lo here: {err.strip()[-300:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"tshark reported no {probe!r} probe in time")
+            self._probe.sendto(probe, ("127.0.0.1", self.probe_port))
+            time.sleep(0.05)
+
+    def start(self) -> None:
+        self._probe_until_seen(WARM_UP, time.monotonic() + 30)
+
+    def stop(self) -> None:
+        try:
+            if self._proc.poll() is None:
+                # packets can wait in the kernel's capture buffer: stopping before tshark has
+                # shown the fence, sent after everything else, could lose the test's own packets
+                self._probe_until_seen(FENCE, time.monotonic() + 10)
+        finally:
+            if self._proc.poll() is None:
+                self._proc.send_signal(signal.SIGINT)
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+            self._probe.close()
+            self._probe_rx.close()

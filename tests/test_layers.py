@@ -23,7 +23,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "session": {"wire", "base"},
     "book": {"wire", "base"},
     "io": {"wire", "session", "base"},
-    "capture": {"wire", "base"},
+    "capture": {"wire", "session", "base"},
     "ops": {"base"},
     "exchange": PROCESS,
     "feed": PROCESS,

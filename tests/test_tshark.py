@@ -11,18 +11,14 @@ malformed packets and of expert warnings or errors.
 from __future__ import annotations
 
 import asyncio
-import os
-import select
-import shutil
-import signal
 import socket
 import subprocess
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from harness import TSHARK, LiveCapture, free_udp_socket
 from tickerplant.io.replay_client import ReplayClient
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.session.journal import Journal
@@ -30,79 +26,11 @@ from tickerplant.wire import moldudp64 as mold
 from tickerplant.wire.blocks import join_messages
 from tickerplant.wire.soupbintcp import Debug, LoginRequest, encode
 
-TSHARK = shutil.which("tshark")
 pytestmark = pytest.mark.skipif(
     TSHARK is None, reason="tshark is not installed (apt-get install tshark; .ci/run does)"
 )
 
 WARNING = 0x00600000  # expert severities at or above this are warnings and errors
-WARM_UP = b"warm-up"  # probes told apart in tshark's summary lines by their length
-FENCE = b"fence"
-
-
-def _free_udp_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-class Capture:
-    """tshark capturing ``lo`` into ``path`` for the given ports, started and stopped for sure."""
-
-    def __init__(self, path: Path, udp: list[int], tcp: list[int]) -> None:
-        self.path = path
-        self._probe_rx = _free_udp_socket()
-        self.probe_port = self._probe_rx.getsockname()[1]
-        ports = [f"udp port {p}" for p in [*udp, self.probe_port]] + [f"tcp port {p}" for p in tcp]
-        self._probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        assert TSHARK is not None
-        self._proc = subprocess.Popen(
-            [TSHARK, "-i", "lo", "-f", " or ".join(ports), "-w", str(path), "-P", "-l", "-q"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert self._proc.stdout is not None
-        os.set_blocking(self._proc.stdout.fileno(), False)
-        self._printed = b""
-
-    def _seen(self, probe: bytes) -> bool:
-        assert self._proc.stdout is not None
-        ready, _, _ = select.select([self._proc.stdout], [], [], 0.05)
-        if ready:
-            self._printed += self._proc.stdout.read() or b""
-        # each summary line ends "... → <port> Len=<payload size>"
-        return f" {self.probe_port} Len={len(probe)}".encode() in self._printed
-
-    def _probe_until_seen(self, probe: bytes, deadline: float) -> None:
-        while not self._seen(probe):
-            if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
-                pytest.skip(f"tshark cannot capture on lo here: {err.strip()[-300:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"tshark reported no {probe!r} probe in time")
-            self._probe.sendto(probe, ("127.0.0.1", self.probe_port))
-            time.sleep(0.05)
-
-    def start(self) -> None:
-        self._probe_until_seen(WARM_UP, time.monotonic() + 30)
-
-    def stop(self) -> None:
-        try:
-            if self._proc.poll() is None:
-                # packets can wait in the kernel's capture buffer: stopping before tshark has
-                # shown the fence, sent after everything else, could lose the test's own packets
-                self._probe_until_seen(FENCE, time.monotonic() + 10)
-        finally:
-            if self._proc.poll() is None:
-                self._proc.send_signal(signal.SIGINT)
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(5)
-            self._probe.close()
-            self._probe_rx.close()
-
 
 def decode(pcap: Path, *decode_as: str) -> list[ET.Element]:
     assert TSHARK is not None
@@ -124,7 +52,7 @@ def assert_well_formed(packet: ET.Element) -> None:
 
 
 def test_moldudp64_packets_decode_as_sent(tmp_path: Path) -> None:
-    receiver = _free_udp_socket()
+    receiver = free_udp_socket()
     port = receiver.getsockname()[1]
     session = mold.session_bytes("TSHARK0001")
     itch_like = [b"S" + bytes(10) + b"O", b"A" * 36, b""]
@@ -135,7 +63,7 @@ def test_moldudp64_packets_decode_as_sent(tmp_path: Path) -> None:
         mold.encode_end_of_session(session, 6),
         mold.encode_request(session, 2, 3),
     ]
-    capture = Capture(tmp_path / "mold.pcapng", udp=[port], tcp=[])
+    capture = LiveCapture(tmp_path / "mold.pcapng", udp=[port], tcp=[])
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         capture.start()
@@ -216,7 +144,7 @@ def test_soupbintcp_flow_decodes_as_sent(tmp_path: Path) -> None:
     async def main() -> tuple[Path, int]:
         server = SoupServer(journal, "127.0.0.1", 0, (b"feed", b"pw"), login_timeout=0.5)
         port = await server.start()
-        capture = Capture(tmp_path / "soup.pcapng", udp=[], tcp=[port])
+        capture = LiveCapture(tmp_path / "soup.pcapng", udp=[], tcp=[port])
         try:
             await asyncio.to_thread(capture.start)
             async with asyncio.timeout(30):
@@ -319,7 +247,7 @@ def test_lost_messages_on_the_itch_stream_are_well_formed_marks(
     async def main() -> tuple[Path, int]:
         server = SoupServer(journal, "127.0.0.1", 0)
         port = await server.start()
-        capture = Capture(tmp_path / "lost.pcapng", udp=[], tcp=[port])
+        capture = LiveCapture(tmp_path / "lost.pcapng", udp=[], tcp=[port])
         try:
             await asyncio.to_thread(capture.start)
             async with asyncio.timeout(30):
@@ -382,7 +310,7 @@ def test_the_events_stream_and_a_subscription_request_decode_cleanly(tmp_path: P
     async def main() -> tuple[Path, int]:
         server = SoupServer(journal, "127.0.0.1", 0, catalog=Books())
         port = await server.start()
-        capture = Capture(tmp_path / "events.pcapng", udp=[], tcp=[port])
+        capture = LiveCapture(tmp_path / "events.pcapng", udp=[], tcp=[port])
         try:
             await asyncio.to_thread(capture.start)
             async with asyncio.timeout(30):

@@ -1,6 +1,9 @@
-"""``tickerplant replay FILE``: every book of an ITCH 5.0 file; BBO and trades out to Parquet.
+"""``tickerplant replay FILE``: every book of an ITCH 5.0 day; BBO and trades out to Parquet.
 
-The file is streamed in chunks of whole messages (:func:`read_chunks`), each chunk goes through
+FILE is an ITCH file (plain or gzip, or ``-`` for standard input) or a packet capture (pcap or
+pcapng) of the day's MoldUDP64 lines, told apart by their first bytes; a capture's lines are
+arbitrated into the stream by the feed handler's own machine (:mod:`tickerplant.capture.lines`).
+The day is streamed in chunks of whole messages, each chunk goes through
 the same :class:`BookEngine` the live plant uses, and the events come out as two Parquet files
 (``PREFIX.bbo.parquet``, ``PREFIX.trades.parquet``; columns in tickerplant.capture.parquet).
 The summary at the end counts messages by type, symbols, peak live orders, anomalies and
@@ -15,7 +18,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,8 +38,19 @@ from rich.progress import (
 from rich.table import Table
 
 from tickerplant.book import BookEngine
-from tickerplant.capture.itch_file import CHUNK_BYTES, GZIP_MAGIC, ItchFile, ItchFileError
+from tickerplant.capture.itch_file import (
+    CHUNK_BYTES,
+    GZIP_MAGIC,
+    ItchFile,
+    ItchFileError,
+    ItchWriter,
+    select_locates,
+)
+from tickerplant.capture.lines import CaptureFeed, is_capture_file
 from tickerplant.capture.parquet import EventParquetWriter
+from tickerplant.capture.pcap import CaptureError
+from tickerplant.endpoint import Endpoint
+from tickerplant.ops.config import ConfigError
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -49,7 +63,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         help="output prefix: writes PREFIX.bbo.parquet and PREFIX.trades.parquet "
         "(default: FILE without its suffix; needed with -)",
     )  # fmt: skip
-    p.add_argument("--symbols", default="", help="only these symbols in the output, e.g. AAPL,MSFT")
+    p.add_argument("--symbols", default="", help="only these symbols in the output (Parquet and "
+                   "--itch-out), e.g. AAPL,MSFT")
+    p.add_argument("--itch-out", type=Path, default=None, metavar="FILE",
+                   help="also write the day's messages (a capture's arbitrated stream; with "
+                   "--symbols, only theirs and the market-wide ones) as a standard ITCH file")
+    p.add_argument("--line", action="append", default=[], metavar="GROUP:PORT",
+                   help="a capture's line to read (give two for A and B; default: every "
+                   "MoldUDP64 stream of the one session found)")
+    p.add_argument("--session", default=None, help="a capture's MoldUDP64 session to read")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--chunk-mb", type=float, default=CHUNK_BYTES / (1 << 20), help="read size")
@@ -63,33 +85,53 @@ def main_replay(argv: Sequence[str] | None = None) -> int:
 
 def run_replay(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
+
+    def fail(message: str) -> int:
+        console.print(f"tickerplant replay: {message}", markup=False, soft_wrap=True)
+        return 2
+
     path: Path = args.file
     stdin = os.fspath(path) == "-"
     size: int | None = None  # progress in bytes read, against the file's size when known
     try:
+        capture = is_capture_file(path)
         if not stdin:
             size = path.stat().st_size
             with path.open("rb") as f:
-                if f.read(2) == GZIP_MAGIC:
-                    size = None  # what it decompresses to is known at the end only
+                if capture or f.read(2) == GZIP_MAGIC:
+                    size = None  # what it holds of the day is known at the end only
     except OSError as err:
-        console.print(f"tickerplant replay: cannot read {path}: {err.strerror}", markup=False)
-        return 2
+        return fail(f"cannot read {path}: {err.strerror}")
     if stdin and args.out is None:
-        console.print("tickerplant replay: reading standard input, give --out PREFIX",
-                      markup=False)  # fmt: skip
-        return 2
+        return fail("reading standard input, give --out PREFIX")
+    if (args.line or args.session) and not capture:
+        return fail(f"--line and --session choose a capture's lines; {path} is no capture")
+    try:
+        lines = [Endpoint.parse(text, "--line") for text in args.line]
+    except ConfigError as err:
+        return fail(str(err))
     prefix = args.out or path.with_suffix("")
     wanted = {s.strip() for s in args.symbols.split(",") if s.strip()}
     chunk = max(1 << 16, int(args.chunk_mb * (1 << 20)))
     engine = BookEngine()
-    source = ItchFile(path, chunk)
+    feed: CaptureFeed | None = None
+    itch_file: ItchFile | None = None
+    if capture:
+        try:
+            feed = CaptureFeed(path, lines, args.session, chunk)
+        except CaptureError as err:
+            return fail(str(err))
+        chunks: Iterator[tuple[bytes, npt.NDArray[np.int64] | None]] = feed.chunks()
+    else:
+        itch_file = ItchFile(path, chunk)
+        chunks = ((blocks, None) for blocks in itch_file.chunks())
     try:
         Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+        itch_out = ItchWriter(f"{args.itch_out}.partial") if args.itch_out else None
     except OSError as err:
-        console.print(f"tickerplant replay: cannot write {prefix}: {err.strerror}", markup=False)
-        return 2
-    writer = EventParquetWriter(f"{prefix}.bbo.parquet", f"{prefix}.trades.parquet")
+        return fail(f"cannot write {err.filename}: {err.strerror}")
+    writer = EventParquetWriter(f"{prefix}.bbo.parquet", f"{prefix}.trades.parquet",
+                                captured=capture)  # fmt: skip
     progress = _progress(console, disable=args.no_progress or not console.is_terminal)
     task = progress.add_task(path.name, total=size, msgs="0", rate="", live="0", symbols="0")
     error = None
@@ -105,7 +147,7 @@ def run_replay(args: argparse.Namespace) -> int:
     pending: Future[None] | None = None
     try:
         with progress:
-            for blocks in source.chunks():
+            for blocks, times in chunks:
                 t0 = time.perf_counter()
                 # Fresh buffers (no scratch): the write in flight still reads the last batch
                 # while this one is built.
@@ -119,9 +161,11 @@ def run_replay(args: argparse.Namespace) -> int:
                 bbo, trades = batch.bbo, batch.trades
                 if wanted:
                     bbo, trades = bbo[keep[bbo["locate"]]], trades[keep[trades["locate"]]]
+                if itch_out is not None:
+                    itch_out.write_blocks(select_locates(blocks, keep) if wanted else blocks)
                 if pending is not None:
                     pending.result()
-                pending = output.submit(writer.write, bbo, trades, symbols)
+                pending = output.submit(writer.write, bbo, trades, symbols, times)
                 done += len(blocks)
                 elapsed = time.perf_counter() - start
                 progress.update(
@@ -129,26 +173,41 @@ def run_replay(args: argparse.Namespace) -> int:
                     rate=f"{engine.messages / elapsed / 1e6:.1f}M msg/s",
                     live=f"{engine.live_orders:,}", symbols=f"{engine.symbol_count:,}",
                 )  # fmt: skip
-    except ItchFileError as err:
+    except (ItchFileError, CaptureError) as err:
         error = str(err)
     finally:
         output.shutdown(wait=True)
         # Renamed into place only when the whole file was good: no half-written output.
-        writer.close(keep=error is None and sys.exc_info()[0] is None)
+        ok = error is None and sys.exc_info()[0] is None
+        writer.close(keep=ok)
+        if itch_out is not None:
+            itch_out.close()
+            if ok:
+                os.replace(f"{args.itch_out}.partial", args.itch_out)
+            else:
+                os.unlink(f"{args.itch_out}.partial")
+        if feed is not None:
+            feed.close()
     if pending is not None:
         pending.result()  # a failed write raises here, after the files are closed
     seconds = time.perf_counter() - start
     summary = _summary(engine, path, done, seconds, book_seconds, writer, error)
-    summary["compressed"] = source.compressed
-    summary["inferred_lengths"] = source.inferred_lengths
     summary["symbols_not_found"] = sorted(wanted - set(engine.symbols().values()))
+    if itch_file is not None:
+        summary["compressed"] = itch_file.compressed
+        summary["inferred_lengths"] = itch_file.inferred_lengths
+    if feed is not None:
+        summary["capture"] = feed.figures()
+    if itch_out is not None:
+        summary["itch_out"] = os.fspath(args.itch_out)
+        summary["itch_out_messages"] = itch_out.messages
     if args.json:
         print(json.dumps(summary))
     else:
         _print_summary(console, summary)
     if error:
-        console.print(f"tickerplant replay: {path} is not valid ITCH 5.0: {error}", markup=False)
-        return 2
+        what = "a capture of MoldUDP64 lines" if capture else "valid ITCH 5.0"
+        return fail(f"{path} is not {what}: {error}" if not capture else error)
     return 0
 
 
@@ -203,7 +262,7 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
         "by type", " ".join(f"{k}={v:,}" for k, v in s["messages_by_type"].items()) or "-"
     )
     table.add_row("symbols", f"{s['symbols']:,}")
-    if s["inferred_lengths"]:
+    if s.get("inferred_lengths"):
         table.add_row("lengths inferred", f"{s['inferred_lengths']:,} zero prefixes, taken "
                       "from the message type")
     table.add_row("peak live orders", f"{s['peak_live_orders']:,}")
@@ -213,9 +272,30 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
                   f"(books alone {s['book_msgs_per_s'] / 1e6:.2f}M) in {s['seconds']:.2f} s")
     if s["symbols_not_found"]:
         table.add_row("not in the file", ", ".join(s["symbols_not_found"]))
+    if "capture" in s:
+        _capture_rows(table, s["capture"])
+    if "itch_out" in s:
+        table.add_row("ITCH out", f"{s['itch_out_messages']:,} messages -> {s['itch_out']}")
     table.add_row("BBO rows", f"{s['bbo_rows']:,} -> {s['bbo_parquet']}")
     table.add_row("trade rows", f"{s['trade_rows']:,} -> {s['trades_parquet']}")
     console.print(table)
+
+
+def _capture_rows(table: Table, c: dict[str, Any]) -> None:
+    for st in c["streams"]:
+        table.add_row(f"stream {st['line']}",
+                      f"session {st['session'].strip()} seq {st['first_sequence']:,}.."
+                      f"{st['last_sequence']:,}, {st['packets']:,} packets")  # fmt: skip
+    table.add_row("lines", " ".join(f"{k.upper()}={v}" for k, v in c["lines"].items()))
+    kinds = " ".join(f"{k}={v:,}" for k, v in c["packets_by_kind"].items())
+    table.add_row("capture", f"{c['packets']:,} packets: {kinds}; not MoldUDP64 "
+                  f"{c['not_moldudp64']:,}")  # fmt: skip
+    repaired = " ".join(f"{k.upper()}={v:,}" for k, v in c["gaps_repaired"].items())
+    table.add_row("arbitration", f"{c['delivered_messages']:,} messages, "
+                  f"{c['duplicate_messages']:,} duplicates; gaps filled by the other line: "
+                  f"{repaired}")  # fmt: skip
+    lost = ", ".join(f"[{a:,}, {b:,})" for a, b in c["lost_ranges"][:10])
+    table.add_row("lost (on every line)", f"{c['lost_messages']:,} messages {lost}".strip())
 
 
 def _symbol_mask(symbols: npt.NDArray[np.object_], wanted: set[str]) -> npt.NDArray[np.bool_]:

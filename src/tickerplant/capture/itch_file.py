@@ -296,6 +296,30 @@ def _ahead(items: Iterator[tuple[bytes, bool]]) -> Iterator[tuple[bytes, bool]]:
         thread.join()
 
 
+@kernel
+def _select(buf: U8, keep: npt.NDArray[np.bool_], out: U8) -> int:  # pragma: no cover - compiled
+    n = buf.shape[0]
+    pos = 0
+    used = 0
+    while pos + 2 <= n:
+        size = (int(buf[pos]) << 8) | int(buf[pos + 1])
+        locate = (int(buf[pos + 3]) << 8) | int(buf[pos + 4])
+        if locate == 0 or (locate < keep.shape[0] and keep[locate]):
+            out[used : used + 2 + size] = buf[pos : pos + 2 + size]
+            used += 2 + size
+        pos += 2 + size
+    return used
+
+
+def select_locates(blocks: bytes, keep: npt.NDArray[np.bool_]) -> bytes:
+    """The messages of a checked block stream whose stock locate ``keep`` marks, and the
+    market-wide ones (locate 0: system events, MWCB); every ITCH 5.0 message has its locate at
+    the same place."""
+    buf = as_array(blocks)
+    out = np.empty_like(buf)
+    return out[: _select(buf, keep, out)].tobytes()
+
+
 class ItchWriter:
     """Writes an ITCH file from block streams or single messages, checking every message."""
 

@@ -23,6 +23,10 @@ Trades file (one row per E, C, P, Q or B message):
     kind       string, the ITCH type letter: E, C, P, Q or B
     printable  bool, whether the trade counts toward volume
 
+Replayed from a packet capture, both files end with one more column:
+    capture_time  timestamp[ns, UTC], when the capture saw the first copy (on any line) of the
+               message that raised the row
+
 Prices stay integers so that no price is ever rounded: divide by 10_000 to get dollars, e.g. in
 DuckDB ``SELECT symbol, timestamp, (ask_price - bid_price) / 1e4 AS spread FROM 'x.bbo.parquet'
 WHERE symbol = 'AAPL' AND bid_size > 0 AND ask_size > 0``.
@@ -69,6 +73,18 @@ TRADE_SCHEMA = pa.schema(
 )
 
 Events = npt.NDArray[np.void]
+CAPTURE_TIME = pa.field("capture_time", pa.timestamp("ns", tz="UTC"))
+
+
+def _captured(
+    columns: list[pa.Array], schema: pa.Schema, events: Events, times: npt.NDArray[np.int64] | None
+) -> pa.Table:
+    """The table of ``columns``, with each event's capture time when ``times`` (per message of
+    the block stream the events came from) is given."""
+    if times is not None:
+        columns = [*columns, pa.array(times[events["message"]], type=CAPTURE_TIME.type)]
+        schema = schema.append(CAPTURE_TIME)
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _symbols(locates: npt.NDArray[Any], table: npt.NDArray[np.object_]) -> pa.Array:
@@ -77,17 +93,21 @@ def _symbols(locates: npt.NDArray[Any], table: npt.NDArray[np.object_]) -> pa.Ar
     )
 
 
-def bbo_table(bbo: Events, symbols: npt.NDArray[np.object_]) -> pa.Table:
+def bbo_table(
+    bbo: Events, symbols: npt.NDArray[np.object_], times: npt.NDArray[np.int64] | None = None
+) -> pa.Table:
     """BBO events as a table of BBO_SCHEMA; ``symbols[locate]`` names each locate."""
     columns = [
         _symbols(bbo["locate"], symbols),
         pa.array(bbo["locate"].astype(np.uint16)),
         *(pa.array(bbo[name].astype(np.int64)) for name in BBO_SCHEMA.names[2:]),
     ]
-    return pa.Table.from_arrays(columns, schema=BBO_SCHEMA)
+    return _captured(columns, BBO_SCHEMA, bbo, times)
 
 
-def trade_table(trades: Events, symbols: npt.NDArray[np.object_]) -> pa.Table:
+def trade_table(
+    trades: Events, symbols: npt.NDArray[np.object_], times: npt.NDArray[np.int64] | None = None
+) -> pa.Table:
     """Trade events as a table of TRADE_SCHEMA."""
     side = trades["side"]
     known = (side == ord("B")) | (side == ord("S"))
@@ -100,7 +120,7 @@ def trade_table(trades: Events, symbols: npt.NDArray[np.object_]) -> pa.Table:
         pa.array(trades["kind"].view("S1").astype(str)),
         pa.array(trades["printable"] != 0),
     ]
-    return pa.Table.from_arrays(columns, schema=TRADE_SCHEMA)
+    return _captured(columns, TRADE_SCHEMA, trades, times)
 
 
 class _Sink:
@@ -144,15 +164,21 @@ class EventParquetWriter:
     """BBO changes to ``bbo_path`` and trades to ``trades_path``, batch after batch."""
 
     def __init__(
-        self, bbo_path: str | os.PathLike[str], trades_path: str | os.PathLike[str]
-    ) -> None:
-        self.bbo = _Sink(bbo_path, BBO_SCHEMA)
-        self.trades = _Sink(trades_path, TRADE_SCHEMA)
+        self, bbo_path: str | os.PathLike[str], trades_path: str | os.PathLike[str],
+        captured: bool = False,
+    ) -> None:  # fmt: skip
+        extra = [CAPTURE_TIME] if captured else []
+        self.bbo = _Sink(bbo_path, pa.schema([*BBO_SCHEMA, *extra]))
+        self.trades = _Sink(trades_path, pa.schema([*TRADE_SCHEMA, *extra]))
 
-    def write(self, bbo: Events, trades: Events, symbols: npt.NDArray[np.object_]) -> None:
-        """Append events; ``symbols`` maps every locate in them to its symbol."""
-        self.bbo.add(bbo_table(bbo, symbols))
-        self.trades.add(trade_table(trades, symbols))
+    def write(
+        self, bbo: Events, trades: Events, symbols: npt.NDArray[np.object_],
+        times: npt.NDArray[np.int64] | None = None,
+    ) -> None:  # fmt: skip
+        """Append events; ``symbols`` maps every locate in them to its symbol, ``times`` (of a
+        writer that is ``captured``) every message of their block stream to its capture time."""
+        self.bbo.add(bbo_table(bbo, symbols, times))
+        self.trades.add(trade_table(trades, symbols, times))
 
     def close(self, keep: bool = True) -> None:
         """Finish both files: renamed into place with ``keep``, else removed (a failed run

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tickerplant import endpoint
-from tickerplant.capture.itch_file import read_chunks
+from tickerplant.capture.lines import read_messages
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.pacing import AsFastAsPossible, FixedRate, ItchClock, Pacer
 from tickerplant.exchange.publisher import (
@@ -55,7 +55,8 @@ class SyntheticSource:
 
 @dataclass(frozen=True, slots=True)
 class FileSource:
-    """A historical ITCH 5.0 file (u16 length + message, repeated)."""
+    """A historical ITCH 5.0 file (u16 length + message, repeated; plain or gzip), or a packet
+    capture of a day's MoldUDP64 lines (published as their arbitrated stream)."""
 
     path: str
 
@@ -128,7 +129,8 @@ class ExchangeConfig:
         if isinstance(source, FileSource):
             if not os.path.isfile(source.path):
                 raise ConfigError(
-                    "source.path", f"{source.path!r} is not a file", "give an ITCH 5.0 file"
+                    "source.path", f"{source.path!r} is not a file",
+                    "give an ITCH 5.0 file or a capture of MoldUDP64 lines"
                 )
             return
         if not 1 <= source.symbols <= 0xFFFF:
@@ -208,7 +210,7 @@ def _source(config: ExchangeConfig) -> Iterator[bytes]:
     if isinstance(source, FileSource):
         # Read (and checked) inside a publisher tick, on the loop that also serves re-requests
         # and replay: a small chunk keeps that pause near the tick's slice, not 4 MiB of I/O.
-        return read_chunks(source.path, _FILE_CHUNK_BYTES)
+        return read_messages(source.path, _FILE_CHUNK_BYTES)
     market = SyntheticMarket(source.seed, source.symbols)
     return market.chunks(source.messages, config.chunk_messages)
 

@@ -1,0 +1,479 @@
+"""The MoldUDP64 lines in a packet capture, arbitrated into the stream once, in order.
+
+:func:`streams` lists every MoldUDP64 stream a capture holds (destination group:port and session,
+first and last sequence number, packets); :class:`CaptureFeed` picks the lines (given, or every
+stream of the one session found), and feeds them through the live feed handler's own machine,
+:class:`~tickerplant.session.feed.FeedSession`, with the capture's clock as ``now`` and nothing to
+repair from but the other line: the stream comes out as the plant would have delivered it, and a
+range missing from every captured line comes out as a lost range with its exact bounds.
+
+The session machine is fed as the live handler's event loop feeds it, each line's packets of a
+window (up to WINDOW packets of the capture) drained in turn, except that consecutive packets of
+one line are joined into one MoldUDP64 packet first: arbitration decides by sequence number, so
+one packet of a run says what its packets say, and a capture's millions of packets cost Python a
+few thousand calls. Each message's capture time is that of its first copy on any line, kept in a
+ring indexed by sequence number as the packets are read.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tickerplant.capture import pcap
+from tickerplant.capture.itch_file import CHUNK_BYTES, ItchFile
+from tickerplant.capture.pcap import UDP, CaptureError
+from tickerplant.endpoint import Endpoint
+from tickerplant.jit import kernel
+from tickerplant.session.events import Batch, GapLost, SessionEnded, SessionStarted, Source
+from tickerplant.session.feed import Datagrams, FeedConfig, FeedSession
+from tickerplant.session.recovery import RecoveryConfig
+from tickerplant.wire import moldudp64 as mold
+from tickerplant.wire.blocks import U8
+
+I64 = npt.NDArray[np.int64]
+
+# What a UDP datagram is to MoldUDP64 (``_classify``)
+_DATA, _HEARTBEAT, _END, _REQUEST, _NOT_MOLD, _OTHER = range(6)
+_MAX_SESSIONS = 64  # distinct sessions told apart in one capture; more is not a feed
+_RING = 1 << 22  # messages whose first capture time is kept (4M: seconds of a busy feed)
+_ROW_BYTES = 1 << 16  # a joined packet: at most this long
+_ROWS = 256
+GIVE_UP_AFTER = 1.0  # capture seconds a gap waits for the other line's copy
+
+
+@dataclass(slots=True)
+class Stream:
+    """A MoldUDP64 stream found in a capture: one destination, one session."""
+
+    line: Endpoint
+    session: str
+    packets: int = 0  # data, heartbeats and end of session
+    messages: int = 0
+    heartbeats: int = 0
+    end_of_session: int = 0
+    first_sequence: int = 0  # of the first message carried (0: only heartbeats)
+    last_sequence: int = 0  # of the last message carried or announced
+    first_time: int = 0  # ns since the epoch
+    last_time: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"line": str(self.line), "session": self.session, "packets": self.packets,
+                "messages": self.messages, "heartbeats": self.heartbeats,
+                "end_of_session": self.end_of_session, "first_sequence": self.first_sequence,
+                "last_sequence": self.last_sequence, "first_time": self.first_time,
+                "last_time": self.last_time}  # fmt: skip
+
+
+@dataclass(slots=True)
+class CaptureSummary:
+    """What a capture held besides its streams."""
+
+    counters: pcap.CaptureCounters
+    streams: list[Stream]
+    requests: dict[str, int] = field(default_factory=dict)  # re-requests by destination
+    not_moldudp64: int = 0  # UDP datagrams that are not MoldUDP64 packets
+
+
+# --- kernels -------------------------------------------------------------------------------------
+
+
+@kernel
+def _classify(
+    buf: U8, offset: I64, length: npt.NDArray[np.int32], kind: npt.NDArray[np.int8], n: int,
+    what: npt.NDArray[np.int8], seq: I64, count: I64, session: I64,
+    sessions: npt.NDArray[np.uint8], known: int,
+) -> int:  # fmt: skip  # pragma: no cover - compiled
+    """Each packet's MoldUDP64 reading (``what``, sequence, count) and session (an index into
+    ``sessions``, which it extends); returns how many sessions are known after."""
+    for i in range(n):
+        seq[i] = 0
+        count[i] = 0
+        session[i] = -1
+        if kind[i] != UDP:
+            what[i] = _OTHER
+            continue
+        p = offset[i]
+        size = length[i]
+        defect, s, c = mold._check(buf[p : p + size], size)
+        if defect == 0:
+            what[i] = _HEARTBEAT if c == 0 else _END if c == 0xFFFF else _DATA
+        elif defect == 3 and size == 20 and s != 0:  # a request: a header asking for ``c``
+            what[i] = _REQUEST
+        else:
+            what[i] = _NOT_MOLD
+            continue
+        seq[i] = s
+        count[i] = c
+        for k in range(known):
+            same = True
+            for j in range(10):
+                if sessions[k, j] != buf[p + j]:
+                    same = False
+                    break
+            if same:
+                session[i] = k
+                break
+        if session[i] < 0 and known < sessions.shape[0]:
+            for j in range(10):
+                sessions[known, j] = buf[p + j]
+            session[i] = known
+            known += 1
+    return known
+
+
+@kernel
+def _first_seen(
+    seq: I64, count: I64, time: I64, picked: I64, tags: I64, times: I64
+) -> None:  # pragma: no cover - compiled
+    """Note the capture time of each message's first copy among the ``picked`` data packets."""
+    mask = tags.shape[0] - 1
+    for i in picked:
+        t = time[i]
+        for m in range(seq[i], seq[i] + count[i]):
+            slot = m & mask
+            if tags[slot] < m:
+                tags[slot] = m
+                times[slot] = t
+
+
+@kernel
+def _times_of(first: int, n: int, tags: I64, times: I64, out: I64) -> int:  # pragma: no cover
+    """The first capture times of messages [first, first + n) into ``out``; the number of the
+    first whose time the ring no longer holds, or 0."""
+    mask = tags.shape[0] - 1
+    for k in range(n):
+        slot = (first + k) & mask
+        if tags[slot] != first + k:
+            return first + k
+        out[k] = times[slot]
+    return 0
+
+
+@kernel
+def _join(
+    buf: U8, offset: I64, length: npt.NDArray[np.int32], what: npt.NDArray[np.int8],
+    seq: I64, count: I64, picked: I64, start: int, rows: U8, lengths: I64,
+) -> tuple[int, int]:  # fmt: skip  # pragma: no cover - compiled
+    """Copy the ``picked`` packets from ``start`` into ``rows``, joining each run of data packets
+    that follow one another into one packet. Returns (rows filled, packets consumed)."""
+    width = rows.shape[1]
+    filled = 0
+    i = start
+    while i < picked.shape[0] and filled < rows.shape[0]:
+        k = picked[i]
+        p = offset[k]
+        size = length[k]
+        row = rows[filled]
+        if what[k] != _DATA:  # as it came: heartbeats, end of session, what the machine rejects
+            keep = min(size, width)
+            row[:keep] = buf[p : p + keep]
+            lengths[filled] = size
+            filled += 1
+            i += 1
+            continue
+        row[:size] = buf[p : p + size]
+        end = seq[k] + count[k]
+        total = count[k]
+        used = size
+        i += 1
+        while i < picked.shape[0]:
+            j = picked[i]
+            more = length[j] - 20
+            if what[j] != _DATA or seq[j] != end or total + count[j] > 0xFFFE:
+                break
+            if used + more > width:
+                break
+            q = offset[j]
+            row[used : used + more] = buf[q + 20 : q + 20 + more]
+            used += more
+            end += count[j]
+            total += count[j]
+            i += 1
+        row[18] = total >> 8
+        row[19] = total & 0xFF
+        lengths[filled] = used
+        filled += 1
+    return filled, i
+
+
+# --- listing -------------------------------------------------------------------------------------
+
+
+class _Reading:
+    """A capture's windows with their MoldUDP64 reading; sessions numbered across windows."""
+
+    def __init__(self, capture: pcap.Capture) -> None:
+        self.capture = capture
+        self.sessions = np.zeros((_MAX_SESSIONS, 10), dtype=np.uint8)
+        self.known = 0
+
+    def windows(self) -> Iterator[tuple[pcap.Packets, npt.NDArray[np.int8], I64, I64, I64]]:
+        for packets in self.capture.windows():
+            n = len(packets)
+            what = np.empty(n, np.int8)
+            seq, count, session = (np.empty(n, np.int64) for _ in range(3))
+            self.known = _classify(self.capture.buf, packets.offset, packets.length,
+                                   packets.kind, n, what, seq, count, session,
+                                   self.sessions, self.known)  # fmt: skip
+            yield packets, what, seq, count, session
+
+    def name(self, index: int) -> str:
+        return bytes(self.sessions[index]).decode("latin-1")
+
+
+def _endpoint(dst: int, port: int) -> Endpoint:
+    return Endpoint(str(ipaddress.IPv4Address(dst)), port)
+
+
+def streams(capture: pcap.Capture) -> CaptureSummary:
+    """Every MoldUDP64 stream in ``capture``, in the order of their destinations."""
+    reading = _Reading(capture)
+    found: dict[tuple[int, int, int], Stream] = {}
+    requests: dict[str, int] = {}
+    not_mold = 0
+    for packets, what, seq, count, session in reading.windows():
+        not_mold += int((what == _NOT_MOLD).sum())
+        asks = what == _REQUEST
+        if asks.any():
+            for dst, port in zip(packets.dst[asks].tolist(), packets.port[asks].tolist(),
+                                 strict=True):  # fmt: skip
+                name = str(_endpoint(dst, port))
+                requests[name] = requests.get(name, 0) + 1
+        mine = what <= _END
+        if not mine.any():
+            continue
+        keys = (packets.dst[mine].astype(np.int64) << 24) | (packets.port[mine].astype(np.int64)
+                                                              << 8) | session[mine]  # fmt: skip
+        w, s, c, t = what[mine], seq[mine], count[mine], packets.time[mine]
+        for key in np.unique(keys).tolist():
+            at = keys == key
+            dst, port, index = key >> 24, (key >> 8) & 0xFFFF, key & 0xFF
+            stream = found.get((dst, port, index))
+            if stream is None:
+                stream = found[(dst, port, index)] = Stream(
+                    _endpoint(dst, port), reading.name(index), first_time=int(t[at][0]))
+            data = at & (w == _DATA)
+            stream.packets += int(at.sum())
+            stream.messages += int(c[data].sum())
+            stream.heartbeats += int((at & (w == _HEARTBEAT)).sum())
+            stream.end_of_session += int((at & (w == _END)).sum())
+            if data.any():
+                first = int(s[data].min())
+                if not stream.first_sequence or first < stream.first_sequence:
+                    stream.first_sequence = first
+                stream.last_sequence = max(stream.last_sequence,
+                                           int((s[data] + c[data]).max()) - 1)  # fmt: skip
+            announced = at & (w != _DATA)
+            if announced.any():  # a heartbeat names the next message: the one before was sent
+                stream.last_sequence = max(stream.last_sequence, int(s[announced].max()) - 1)
+            stream.last_time = int(t[at][-1])
+    listed = sorted(found.values(), key=lambda x: (ipaddress.IPv4Address(x.line.host),
+                                                   x.line.port, x.session))  # fmt: skip
+    return CaptureSummary(capture.counters, listed, requests, not_mold)
+
+
+# --- arbitration ---------------------------------------------------------------------------------
+
+
+def _choose(summary: CaptureSummary, lines: list[Endpoint], session: str | None,
+            path: str) -> tuple[list[Stream], str]:  # fmt: skip
+    """The streams to arbitrate and their session, or a CaptureError saying what to choose."""
+    found = summary.streams
+    listing = "; ".join(f"{s.line} session {s.session.strip() or '(blank)'}" for s in found)
+    if not found:
+        kinds = ", ".join(f"{k} {v:,}" for k, v in summary.counters.by_kind.items()) or "none"
+        raise CaptureError(f"{path}: no MoldUDP64 in this capture ({summary.counters.packets:,} "
+                           f"packets: {kinds}; {summary.not_moldudp64:,} UDP datagrams that are "
+                           "not MoldUDP64)")  # fmt: skip
+    if lines:
+        if len(lines) > 2:
+            raise CaptureError(f"--line: {len(lines)} lines given; a feed has lines A and B")
+        for line in lines:
+            if not any(s.line == line for s in found):
+                raise CaptureError(f"--line {line}: no MoldUDP64 to {line} in {path}; it holds: "
+                                   f"{listing}")  # fmt: skip
+        found = [s for line in lines for s in found if s.line == line]
+    if session is not None:
+        found = [s for s in found if s.session.strip() == session.strip()]
+        if not found:
+            raise CaptureError(f"--session {session}: not on those lines of {path}; they carry: "
+                               f"{listing}")  # fmt: skip
+    sessions = sorted({s.session for s in found})
+    if len(sessions) > 1:
+        raise CaptureError(f"{path} holds {len(sessions)} sessions ("
+                           + ", ".join(s.strip() for s in sessions)
+                           + f"): pick one with --session; streams: {listing}")  # fmt: skip
+    if len(found) > 2:
+        multicast = [s for s in found if ipaddress.IPv4Address(s.line.host).is_multicast]
+        if len(multicast) in (1, 2):
+            found = multicast
+        else:
+            raise CaptureError(f"{path}: {len(found)} streams of session {sessions[0].strip()}; "
+                               f"pick lines A and B with --line GROUP:PORT: {listing}")  # fmt: skip
+    return found, sessions[0]
+
+
+
+class CaptureFeed:
+    """A capture's lines as the arbitrated stream: :meth:`chunks` yields block streams of whole
+    messages with each message's capture time; ``lost`` lists the ranges no line carried."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        lines: list[Endpoint] | None = None,
+        session: str | None = None,
+        chunk_bytes: int = CHUNK_BYTES,
+        give_up_after: float = GIVE_UP_AFTER,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.capture = pcap.Capture(self.path)
+        self.summary = streams(self.capture)
+        self.lines, self.session = _choose(self.summary, lines or [], session, self.path)
+        self.chunk_bytes = chunk_bytes
+        self.give_up_after = give_up_after
+        self.lost: list[tuple[int, int]] = []
+        self.messages = 0
+        self.ended = False
+        first = [s.first_sequence for s in self.lines if s.first_sequence]
+        self.first_sequence = min(first) if first else 1
+        self.feed = FeedSession(FeedConfig(
+            line_a=self.lines[0].line,
+            line_b=self.lines[1].line if len(self.lines) > 1 else None,
+            first_sequence=self.first_sequence,
+            recovery=RecoveryConfig(line_wait=0.0, rerequest=False, replay=False,
+                                    give_up_after=give_up_after),
+            max_held_bytes=1 << 30,
+        ))  # fmt: skip
+
+    def close(self) -> None:
+        self.capture.close()
+
+    def figures(self) -> dict[str, Any]:
+        """The capture's listing and what arbitration made of it, JSON-ready."""
+        f = self.feed.figures()
+        c = self.summary.counters
+        return {
+            "streams": [s.to_dict() for s in self.summary.streams],
+            "lines": {src.label: str(s.line) for src, s in zip(Source, self.lines, strict=False)},
+            "session": self.session.strip(),
+            "first_sequence": self.first_sequence,
+            "delivered_messages": f["delivered_messages"],
+            "lost_messages": f["lost_messages"],
+            "lost_ranges": [[a, b] for a, b in self.lost],  # [start, end), as the plant says
+            "duplicate_messages": f["duplicate_messages"],
+            "gaps_seen": {k: v for k, v in f["gaps_seen"].items() if k in ("a", "b")},
+            "gaps_repaired": {k: f["gaps_repaired"][k]["line"] for k in ("a", "b")},
+            "ended": self.ended,
+            "packets": c.packets,
+            "packets_by_kind": dict(c.by_kind),
+            "link_types": dict(c.link_types),
+            "skipped_blocks": dict(c.skipped_blocks),
+            "rerequests": dict(self.summary.requests),
+            "not_moldudp64": self.summary.not_moldudp64,
+        }
+
+    def chunks(self) -> Iterator[tuple[bytes, I64]]:
+        """(block stream, capture time of each message in it), about ``chunk_bytes`` each."""
+        reading = _Reading(self.capture)
+        wanted = [(int(ipaddress.IPv4Address(s.line.host)), s.line.port) for s in self.lines]
+        rows = [Datagrams(_ROWS, _ROW_BYTES) for _ in wanted]
+        tags = np.zeros(_RING, np.int64)
+        times = np.zeros(_RING, np.int64)
+        out: list[bytes] = []
+        out_times: list[I64] = []
+        size = 0
+        index = -1
+        now = 0.0
+        for packets, what, seq, count, session in reading.windows():
+            if index < 0:  # the session's number in this reading (the same order as the listing)
+                names = [reading.name(k) for k in range(reading.known)]
+                index = names.index(self.session) if self.session in names else -1
+            n = len(packets)
+            if n == 0:
+                continue
+            now = float(packets.time[-1]) / 1e9
+            picks = []
+            for dst, port in wanted:
+                on_line = (packets.dst == dst) & (packets.port == port) & (what != _OTHER)
+                ours = on_line & ((session == index) | (what == _NOT_MOLD))
+                picks.append(np.flatnonzero(ours))
+            data = np.sort(np.concatenate(picks))
+            data = data[what[data] == _DATA]
+            _first_seen(seq, count, packets.time, data, tags, times)
+            for source, picked, buffer in zip(Source, picks, rows, strict=False):
+                start = 0
+                while start < picked.shape[0]:
+                    filled, start = _join(self.capture.buf, packets.offset, packets.length, what,
+                                          seq, count, picked, start, buffer.rows,
+                                          buffer.lengths)  # fmt: skip
+                    self.feed.receive_datagrams(source, buffer, filled, now)
+            timer = self.feed.get_timer()
+            if timer is not None and timer <= now:
+                self.feed.handle_timer(now)
+            for blocks, stamps in self._deliveries(tags, times):
+                out.append(blocks)
+                out_times.append(stamps)
+                size += len(blocks)
+            if size >= self.chunk_bytes:
+                yield b"".join(out), np.concatenate(out_times)
+                out, out_times, size = [], [], 0
+        # The capture is over: what is still missing will never come.
+        for _ in range(3):  # a gap is given up once it is the first; its GapLost frees the next
+            if not self.feed.sequencer.gaps:
+                break
+            now += self.give_up_after + 1.0
+            self.feed.handle_timer(now)
+        for blocks, stamps in self._deliveries(tags, times):
+            out.append(blocks)
+            out_times.append(stamps)
+        if out:
+            yield b"".join(out), np.concatenate(out_times)
+
+    def _deliveries(self, tags: I64, times: I64) -> Iterator[tuple[bytes, I64]]:
+        for item in self.feed.take():
+            if isinstance(item, Batch):
+                stamps = np.empty(item.count, np.int64)
+                missing = _times_of(item.first, item.count, tags, times, stamps)
+                if missing:
+                    raise CaptureError(
+                        f"{self.path}: message {missing} was delivered after more than {_RING:,} "
+                        "messages behind the other line's copy: the lines are too far apart in "
+                        "this capture to arbitrate")  # fmt: skip
+                self.messages += item.count
+                yield item.blocks, stamps
+            elif isinstance(item, GapLost):
+                self.lost.append((item.start, item.end))
+            elif isinstance(item, SessionEnded):
+                self.ended = True
+            elif isinstance(item, SessionStarted) and item.previous is not None:
+                raise CaptureError(f"{self.path}: the session changed within the chosen lines")
+
+
+def is_capture_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` (not standard input) starts with a pcap or pcapng magic number."""
+    if os.fspath(path) == "-":
+        return False
+    with open(path, "rb") as f:
+        return pcap.is_capture(f.read(4))
+
+
+def read_messages(path: str | os.PathLike[str], chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """Block streams of a day's messages from an ITCH file (plain or gzip) or a capture of its
+    MoldUDP64 lines (arbitrated), told apart by their first bytes."""
+    if not is_capture_file(path):
+        yield from ItchFile(path, chunk_bytes).chunks()
+        return
+    feed = CaptureFeed(path, chunk_bytes=chunk_bytes)
+    try:
+        for blocks, _ in feed.chunks():
+            yield blocks
+    finally:
+        feed.close()
