@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tickerplant.capture.itch_file import ItchFile, ItchFileError, ItchWriter, read_chunks
+from tickerplant.capture.itch_file import (
+    INFLATERS,
+    ItchFile,
+    ItchFileError,
+    ItchWriter,
+    inflater,
+    read_chunks,
+)
 from tickerplant.wire import itch
 from tickerplant.wire.blocks import iter_messages, join_messages
 
@@ -280,3 +287,20 @@ def test_hostile_gzip_names_its_defect_and_delivers_what_came_before(tmp_path: P
             for chunk in read_chunks(path, 4096):
                 got += chunk
         assert raw.startswith(got), name  # whole messages only, the file's own
+
+
+@pytest.mark.parametrize("name", sorted(INFLATERS))
+def test_every_installed_inflater_reads_the_same_and_names_the_same_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    import gzip
+
+    monkeypatch.setenv("TICKERPLANT_INFLATE", name)
+    assert inflater()[0] == name
+    raw = join_messages(sample_messages(2000, seed=12))
+    path = tmp_path / "day.gz"
+    path.write_bytes(gzip.compress(raw))
+    assert b"".join(read_chunks(path, 4096)) == raw
+    path.write_bytes(gzip.compress(raw)[:-100])
+    with pytest.raises(ItchFileError, match="gzip stream cut short"):
+        list(read_chunks(path))

@@ -47,7 +47,8 @@ from tickerplant.capture.itch_file import (
     select_locates,
 )
 from tickerplant.capture.lines import CaptureFeed, is_capture_file
-from tickerplant.capture.parquet import EventParquetWriter
+from tickerplant.capture.messages import MessageParquetWriter
+from tickerplant.capture.parquet import EventParquetWriter, Events
 from tickerplant.capture.pcap import CaptureError
 from tickerplant.endpoint import Endpoint
 from tickerplant.ops.config import ConfigError
@@ -68,6 +69,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--itch-out", type=Path, default=None, metavar="FILE",
                    help="also write the day's messages (a capture's arbitrated stream; with "
                    "--symbols, only theirs and the market-wide ones) as a standard ITCH file")
+    p.add_argument("--messages", action="store_true",
+                   help="also write every message, one Parquet table per type, to "
+                   "PREFIX.messages/LETTER.parquet")
     p.add_argument("--line", action="append", default=[], metavar="GROUP:PORT",
                    help="a capture's line to read (give two for A and B; default: every "
                    "MoldUDP64 stream of the one session found)")
@@ -132,6 +136,15 @@ def run_replay(args: argparse.Namespace) -> int:
         return fail(f"cannot write {err.filename}: {err.strerror}")
     writer = EventParquetWriter(f"{prefix}.bbo.parquet", f"{prefix}.trades.parquet",
                                 captured=capture)  # fmt: skip
+    messages = MessageParquetWriter(f"{prefix}.messages", capture) if args.messages else None
+
+    def write(blocks: bytes, bbo: Events, trades: Events, symbols: npt.NDArray[np.object_],
+              keep: npt.NDArray[np.bool_] | None,
+              times: npt.NDArray[np.int64] | None) -> None:  # fmt: skip
+        writer.write(bbo, trades, symbols, times)
+        if messages is not None:
+            messages.write(blocks, symbols, times, keep)
+
     progress = _progress(console, disable=args.no_progress or not console.is_terminal)
     task = progress.add_task(path.name, total=size, msgs="0", rate="", live="0", symbols="0")
     error = None
@@ -165,7 +178,8 @@ def run_replay(args: argparse.Namespace) -> int:
                     itch_out.write_blocks(select_locates(blocks, keep) if wanted else blocks)
                 if pending is not None:
                     pending.result()
-                pending = output.submit(writer.write, bbo, trades, symbols, times)
+                pending = output.submit(write, blocks, bbo, trades, symbols,
+                                        keep if wanted else None, times)  # fmt: skip
                 done += len(blocks)
                 elapsed = time.perf_counter() - start
                 progress.update(
@@ -180,6 +194,8 @@ def run_replay(args: argparse.Namespace) -> int:
         # Renamed into place only when the whole file was good: no half-written output.
         ok = error is None and sys.exc_info()[0] is None
         writer.close(keep=ok)
+        if messages is not None:
+            messages.close(keep=ok)
         if itch_out is not None:
             itch_out.close()
             if ok:
@@ -198,6 +214,9 @@ def run_replay(args: argparse.Namespace) -> int:
         summary["inferred_lengths"] = itch_file.inferred_lengths
     if feed is not None:
         summary["capture"] = feed.figures()
+    if messages is not None:
+        summary["messages_parquet"] = messages.path
+        summary["message_rows"] = messages.rows
     if itch_out is not None:
         summary["itch_out"] = os.fspath(args.itch_out)
         summary["itch_out_messages"] = itch_out.messages
@@ -274,6 +293,9 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
         table.add_row("not in the file", ", ".join(s["symbols_not_found"]))
     if "capture" in s:
         _capture_rows(table, s["capture"])
+    if "messages_parquet" in s:
+        rows = " ".join(f"{k}={v:,}" for k, v in s["message_rows"].items())
+        table.add_row("message rows", f"{rows} -> {s['messages_parquet']}/")
     if "itch_out" in s:
         table.add_row("ITCH out", f"{s['itch_out_messages']:,} messages -> {s['itch_out']}")
     table.add_row("BBO rows", f"{s['bbo_rows']:,} -> {s['bbo_parquet']}")

@@ -123,7 +123,7 @@ def trade_table(
     return _captured(columns, TRADE_SCHEMA, trades, times)
 
 
-class _Sink:
+class Sink:
     """One Parquet file, written in row groups of about ROW_GROUP_ROWS rows, under
     ``path.partial`` until :meth:`close` renames it into place (or removes it: a failed run
     leaves no output, not even an empty file)."""
@@ -168,8 +168,8 @@ class EventParquetWriter:
         captured: bool = False,
     ) -> None:  # fmt: skip
         extra = [CAPTURE_TIME] if captured else []
-        self.bbo = _Sink(bbo_path, pa.schema([*BBO_SCHEMA, *extra]))
-        self.trades = _Sink(trades_path, pa.schema([*TRADE_SCHEMA, *extra]))
+        self.bbo = Sink(bbo_path, pa.schema([*BBO_SCHEMA, *extra]))
+        self.trades = Sink(trades_path, pa.schema([*TRADE_SCHEMA, *extra]))
 
     def write(
         self, bbo: Events, trades: Events, symbols: npt.NDArray[np.object_],
@@ -245,7 +245,7 @@ class RecordParquetWriter:
     :meth:`close`)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._sink = _Sink(path, RECORD_SCHEMA)
+        self._sink = Sink(path, RECORD_SCHEMA)
         self.path = self._sink.path
 
     @property
