@@ -135,7 +135,7 @@ def tshark(path: Path) -> tuple[int, str, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--messages", type=int, default=2_500_000)
+    ap.add_argument("--messages", type=int, default=2_600_000)  # > 1M packets
     ap.add_argument("--per", type=int, default=5, help="messages per packet")
     ap.add_argument("--loss", type=float, default=0.01, help="each line's packet loss")
     ap.add_argument("--rounds", type=int, default=3)

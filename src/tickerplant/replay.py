@@ -38,6 +38,7 @@ from rich.progress import (
 from rich.table import Table
 
 from tickerplant.book import BookEngine
+from tickerplant.capture.depth import DepthSnapshots
 from tickerplant.capture.itch_file import (
     CHUNK_BYTES,
     GZIP_MAGIC,
@@ -72,6 +73,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--messages", action="store_true",
                    help="also write every message, one Parquet table per type, to "
                    "PREFIX.messages/LETTER.parquet")
+    p.add_argument("--depth", type=int, default=0, metavar="N",
+                   help="also write the top N levels per side of the --symbols' books, every "
+                   "--every of exchange time, to PREFIX.depth.parquet")
+    p.add_argument("--every", default="1s", metavar="INTERVAL",
+                   help="the snapshots' interval: 1s, 500ms, 100us, 1m... (default 1s)")
     p.add_argument("--line", action="append", default=[], metavar="GROUP:PORT",
                    help="a capture's line to read (give two for A and B; default: every "
                    "MoldUDP64 stream of the one session found)")
@@ -116,6 +122,13 @@ def run_replay(args: argparse.Namespace) -> int:
         return fail(str(err))
     prefix = args.out or path.with_suffix("")
     wanted = {s.strip() for s in args.symbols.split(",") if s.strip()}
+    every = _interval(args.every)
+    if args.depth < 0 or args.depth > 1000:
+        return fail(f"--depth {args.depth}: give the levels per side, 1 to 1000")
+    if every is None:
+        return fail(f"--every {args.every!r}: give a duration such as 1s, 500ms, 100us or 1m")
+    if args.depth and not wanted:
+        return fail("--depth snapshots the books of --symbols: name them, e.g. --symbols AAPL")
     chunk = max(1 << 16, int(args.chunk_mb * (1 << 20)))
     engine = BookEngine()
     feed: CaptureFeed | None = None
@@ -137,6 +150,7 @@ def run_replay(args: argparse.Namespace) -> int:
     writer = EventParquetWriter(f"{prefix}.bbo.parquet", f"{prefix}.trades.parquet",
                                 captured=capture)  # fmt: skip
     messages = MessageParquetWriter(f"{prefix}.messages", capture) if args.messages else None
+    depth = DepthSnapshots(f"{prefix}.depth.parquet", args.depth, every) if args.depth else None
 
     def write(blocks: bytes, bbo: Events, trades: Events, symbols: npt.NDArray[np.object_],
               keep: npt.NDArray[np.bool_] | None,
@@ -160,27 +174,38 @@ def run_replay(args: argparse.Namespace) -> int:
     pending: Future[None] | None = None
     try:
         with progress:
-            for blocks, times in chunks:
-                t0 = time.perf_counter()
-                # Fresh buffers (no scratch): the write in flight still reads the last batch
-                # while this one is built.
-                batch = engine.process(blocks)
-                book_seconds += time.perf_counter() - t0
-                now = (engine.symbol_count, engine.anomalies["locate_redefined"])
-                if now != naming:
-                    naming = now
-                    symbols = engine.symbol_table()
-                    keep = _symbol_mask(symbols, wanted)
-                bbo, trades = batch.bbo, batch.trades
-                if wanted:
-                    bbo, trades = bbo[keep[bbo["locate"]]], trades[keep[trades["locate"]]]
-                if itch_out is not None:
-                    itch_out.write_blocks(select_locates(blocks, keep) if wanted else blocks)
-                if pending is not None:
-                    pending.result()
-                pending = output.submit(write, blocks, bbo, trades, symbols,
-                                        keep if wanted else None, times)  # fmt: skip
-                done += len(blocks)
+            for chunk_blocks, chunk_times in chunks:
+                pieces = (depth.split(chunk_blocks, chunk_times) if depth is not None
+                          else [(chunk_blocks, chunk_times, [])])  # fmt: skip
+                for blocks, times, moments in pieces:
+                    if blocks:
+                        t0 = time.perf_counter()
+                        # Fresh buffers (no scratch): the write in flight still reads the last
+                        # batch while this one is built.
+                        batch = engine.process(blocks)
+                        book_seconds += time.perf_counter() - t0
+                        now = (engine.symbol_count, engine.anomalies["locate_redefined"])
+                        if now != naming:
+                            naming = now
+                            symbols = engine.symbol_table()
+                            keep = _symbol_mask(symbols, wanted)
+                            if depth is not None:
+                                depth.locates = {loc: name for loc, name in
+                                                 engine.symbols().items() if name in wanted}
+                        bbo, trades = batch.bbo, batch.trades
+                        if wanted:
+                            bbo, trades = bbo[keep[bbo["locate"]]], trades[keep[trades["locate"]]]
+                        if itch_out is not None:
+                            itch_out.write_blocks(select_locates(blocks, keep) if wanted
+                                                  else blocks)  # fmt: skip
+                        if pending is not None:
+                            pending.result()
+                        pending = output.submit(write, blocks, bbo, trades, symbols,
+                                                keep if wanted else None, times)  # fmt: skip
+                    for moment in moments:
+                        assert depth is not None
+                        depth.snapshot(engine, moment)
+                done += len(chunk_blocks)
                 elapsed = time.perf_counter() - start
                 progress.update(
                     task, completed=done, msgs=f"{engine.messages:,}",
@@ -196,6 +221,8 @@ def run_replay(args: argparse.Namespace) -> int:
         writer.close(keep=ok)
         if messages is not None:
             messages.close(keep=ok)
+        if depth is not None:
+            depth.close(keep=ok)
         if itch_out is not None:
             itch_out.close()
             if ok:
@@ -214,6 +241,10 @@ def run_replay(args: argparse.Namespace) -> int:
         summary["inferred_lengths"] = itch_file.inferred_lengths
     if feed is not None:
         summary["capture"] = feed.figures()
+    if depth is not None:
+        summary["depth_parquet"] = depth.path
+        summary["depth_rows"] = depth.rows
+        summary["depth_snapshots"] = depth.snapshots
     if messages is not None:
         summary["messages_parquet"] = messages.path
         summary["message_rows"] = messages.rows
@@ -293,6 +324,9 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
         table.add_row("not in the file", ", ".join(s["symbols_not_found"]))
     if "capture" in s:
         _capture_rows(table, s["capture"])
+    if "depth_parquet" in s:
+        table.add_row("depth rows", f"{s['depth_rows']:,} in {s['depth_snapshots']:,} "
+                      f"snapshots -> {s['depth_parquet']}")  # fmt: skip
     if "messages_parquet" in s:
         rows = " ".join(f"{k}={v:,}" for k, v in s["message_rows"].items())
         table.add_row("message rows", f"{rows} -> {s['messages_parquet']}/")
@@ -318,6 +352,22 @@ def _capture_rows(table: Table, c: dict[str, Any]) -> None:
                   f"{repaired}")  # fmt: skip
     lost = ", ".join(f"[{a:,}, {b:,})" for a, b in c["lost_ranges"][:10])
     table.add_row("lost (on every line)", f"{c['lost_messages']:,} messages {lost}".strip())
+
+
+_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000}
+
+
+def _interval(text: str) -> int | None:
+    """``1s``, ``500ms``, ``100us``, ``1m`` as nanoseconds (None: not a positive duration)."""
+    for unit in sorted(_UNITS, key=len, reverse=True):
+        number = text.strip().removesuffix(unit)
+        if number != text.strip():
+            try:
+                value = round(float(number) * _UNITS[unit])
+            except ValueError:
+                return None
+            return value if value > 0 else None
+    return None
 
 
 def _symbol_mask(symbols: npt.NDArray[np.object_], wanted: set[str]) -> npt.NDArray[np.bool_]:
