@@ -24,12 +24,12 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from tickerplant.book import BookEngine
 from tickerplant.capture.parquet import Sink
 from tickerplant.jit import kernel
 from tickerplant.wire.blocks import U8, as_array, offsets_of
@@ -42,6 +42,19 @@ DEPTH_SCHEMA = pa.schema([
     ("locate", pa.uint16()), ("side", pa.string()), ("level", pa.uint8()),
     ("price", pa.int64()), ("size", pa.int64()), ("orders", pa.int64()),
 ])  # fmt: skip
+
+
+class _Depth(Protocol):
+    @property
+    def bids(self) -> npt.NDArray[np.void]: ...  # LEVEL records (price, size, orders), best first
+    @property
+    def asks(self) -> npt.NDArray[np.void]: ...
+
+
+class Books(Protocol):
+    """What snapshots read: the book engine's ``depth`` (capture/ does not import book/)."""
+
+    def depth(self, locate: int, levels: int = 10) -> _Depth: ...
 
 
 @kernel
@@ -125,7 +138,7 @@ class DepthSnapshots:
         hi = int(offsets[end]) if end < offsets.shape[0] else len(blocks)
         return blocks[lo:hi], (times[first:end] if times is not None else None)
 
-    def snapshot(self, engine: BookEngine, moment: int) -> None:
+    def snapshot(self, engine: Books, moment: int) -> None:
         """The chosen books as they stand, at ``moment``."""
         self.snapshots += 1
         for locate, name in self.locates.items():

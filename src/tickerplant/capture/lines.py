@@ -335,8 +335,12 @@ class CaptureFeed:
     ) -> None:
         self.path = os.fspath(path)
         self.capture = pcap.Capture(self.path)
-        self.summary = streams(self.capture)
-        self.lines, self.session = _choose(self.summary, lines or [], session, self.path)
+        try:
+            self.summary = streams(self.capture)
+            self.lines, self.session = _choose(self.summary, lines or [], session, self.path)
+        except CaptureError:
+            self.capture.close()
+            raise
         self.chunk_bytes = chunk_bytes
         self.give_up_after = give_up_after
         self.lost: list[tuple[int, int]] = []
