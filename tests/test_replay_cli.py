@@ -166,3 +166,29 @@ def test_a_zero_prefixed_day_replays_to_the_same_tables_and_says_so(
     for kind in ("bbo", "trades"):
         want = pq.read_table(tmp_path / f"plain.{kind}.parquet")
         assert pq.read_table(tmp_path / f"zero.{kind}.parquet").equals(want)
+
+
+def test_itch_out_with_symbols_cuts_the_day_down_to_them(
+    day: tuple[Path, SyntheticMarket], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tickerplant.wire.blocks import iter_messages
+
+    path, market = day
+    chosen = market.tickers[:2]
+    out = tmp_path / "cut.itch"
+    code, summary = _replay(capsys, str(path), "--out", str(tmp_path / "cut"), "--symbols",
+                            ",".join(chosen), "--itch-out", str(out))  # fmt: skip
+    assert code == 0
+    engine = BookEngine()
+    engine.process(path.read_bytes())
+    locates = {loc for loc, name in engine.symbols().items() if name in chosen}
+    want = [m for m in iter_messages(path.read_bytes())
+            if int.from_bytes(m[1:3], "big") in locates | {0}]  # fmt: skip
+    assert list(iter_messages(out.read_bytes())) == want
+    assert summary["itch_out_messages"] == len(want) < _MESSAGES
+    # and the cut-down day replays to the same tables for those symbols
+    code, _ = _replay(capsys, str(out), "--out", str(tmp_path / "again"))
+    assert code == 0
+    for kind in ("bbo", "trades"):
+        first = pq.read_table(tmp_path / f"cut.{kind}.parquet")
+        assert pq.read_table(tmp_path / f"again.{kind}.parquet").equals(first)
