@@ -279,7 +279,7 @@ def test_the_delivered_digest_is_of_the_block_stream() -> None:
 
 def test_latencies_keep_every_count_and_the_max_but_only_recent_values() -> None:
     lat = Latencies()
-    assert lat.figures() == {"count": 0}
+    assert lat.figures()["count"] == 0 and "p50" not in lat.figures()
     lat.add(5.0)  # an old, slow repair
     for _ in range(Latencies.RECENT):
         lat.add(0.001)
@@ -287,6 +287,20 @@ def test_latencies_keep_every_count_and_the_max_but_only_recent_values() -> None
     assert figures["count"] == Latencies.RECENT + 1
     assert figures["max"] == 5.0  # seconds, over all
     assert figures["p50"] == figures["p99"] == 0.001  # the 5 s one has left the window
+    # the histogram keeps them all: cumulative, each bound counting what is at most it
+    buckets = dict((str(b), n) for b, n in figures["buckets"])  # type: ignore[attr-defined]
+    assert buckets["0.0005"] == 0 and buckets["0.001"] == Latencies.RECENT
+    assert buckets["2.5"] == Latencies.RECENT and buckets["5.0"] == buckets["+Inf"] == lat.count
+    assert abs(figures["sum"] - (5.0 + 0.001 * Latencies.RECENT)) < 1e-6  # type: ignore[operator]
+
+
+def test_latency_buckets_run_from_10_us_to_10_s() -> None:
+    from tickerplant.session.latency import BUCKETS
+
+    assert BUCKETS[0] == 1e-5 and BUCKETS[-1] == 10.0 and list(BUCKETS) == sorted(BUCKETS)
+    lat = Latencies()
+    lat.add(20.0)  # above every bound: +Inf only
+    assert [n for _, n in lat.figures()["buckets"]][-2:] == [0, 1]  # type: ignore[attr-defined]
 
 
 def test_repair_kinds_are_one_vocabulary() -> None:

@@ -22,7 +22,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "wire": {"base"},
     "session": {"wire", "base"},
     "book": {"wire", "base"},
-    "io": {"wire", "session", "base"},
+    "io": {"wire", "session", "ops", "base"},
     "capture": {"wire", "session", "base"},
     "ops": {"base"},
     "exchange": PROCESS,

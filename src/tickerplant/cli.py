@@ -16,7 +16,9 @@ from rich.console import Console
 
 from tickerplant import endpoint
 from tickerplant.endpoint import Endpoint
+from tickerplant.io.web import WebServer
 from tickerplant.ops.config import ConfigError, default
+from tickerplant.ops.metrics import Snapshot
 
 T = TypeVar("T")
 
@@ -41,12 +43,21 @@ def _endpoint(field: str) -> Callable[[str], Endpoint]:
     return parse
 
 
+def _web(listen: Endpoint | None, snapshot: Snapshot) -> WebServer | None:
+    """The metrics listener on ``listen``, if any, its URL told on stderr."""
+    if listen is None:
+        return None
+    web = WebServer(listen, snapshot)
+    print(f"metrics: {web.url}metrics", file=sys.stderr)
+    return web
+
+
 def _demo(args: argparse.Namespace) -> int:
     from tickerplant.demo import DemoConfig, print_summary, run_demo
 
     cfg = DemoConfig(
         seconds=args.seconds, rate=args.rate, drop_a=args.drop_a, drop_b=args.drop_b,
-        seed=args.seed, symbols=args.symbols,
+        seed=args.seed, symbols=args.symbols, metrics=None if args.no_metrics else args.metrics,
     )  # fmt: skip
     console = Console(stderr=args.json)
 
@@ -141,6 +152,8 @@ def _feed(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         feed = FeedHandler(cfg)
+        snapshot = Snapshot()
+        web = _web(args.metrics, snapshot)
         await feed.start()
         loop = asyncio.get_running_loop()
         end = loop.time() + args.seconds if args.seconds else float("inf")
@@ -148,11 +161,15 @@ def _feed(args: argparse.Namespace) -> int:
             with LiveTable(None if args.json else Console(), loop.time()) as table:
                 while loop.time() < end and not (args.until_end and feed.session_ended.is_set()):
                     await asyncio.sleep(0.5)
-                    table.show(feed.figures(), loop.time())
+                    figures = feed.figures()
+                    snapshot.set(figures)
+                    table.show(figures, loop.time())
         except asyncio.CancelledError:
             pass
         finally:
             await feed.close()
+            if web is not None:
+                web.close()
         if args.json:
             import resource
 
@@ -187,8 +204,12 @@ def _run(args: argparse.Namespace) -> int:
         else PlantConfig()
     )
 
+    listen = args.metrics or config.metrics.listen
+
     async def main() -> int:
         plant = Plant(config)
+        snapshot = Snapshot()
+        web = _web(listen, snapshot)
         await plant.start()
         console = None if args.json else Console()
         itch = config.itch.listen
@@ -213,9 +234,13 @@ def _run(args: argparse.Namespace) -> int:
                 while not stop.is_set() and loop.time() < end:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), min(0.5, end - loop.time()))
-                    table.show(plant.figures(), loop.time(), "tickerplant run")
+                    figures = plant.figures()
+                    snapshot.set(figures)
+                    table.show(figures, loop.time(), "tickerplant run")
         finally:
             await plant.close()
+            if web is not None:
+                web.close()
         if args.json:
             print(json.dumps(plant.figures()))
         return 0
@@ -384,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=default(DemoConfig, "seed"))
     demo.add_argument("--symbols", type=int, default=default(DemoConfig, "symbols"))
     demo.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    demo.add_argument("--metrics", type=_endpoint("--metrics"), default=endpoint.METRICS,
+                      metavar="HOST:PORT", help=f"Prometheus metrics (default {endpoint.METRICS})")
+    demo.add_argument("--no-metrics", action="store_true", help="serve no metrics")
     demo.set_defaults(func=_demo)
 
     ex = sub.add_parser("exchange", help="the exchange simulator: publish a session on A and B")
@@ -447,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--example-config", action="store_true", help="print every setting")
     run.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
     run.add_argument("--json", action="store_true", help="print final figures as JSON")
+    run.add_argument("--metrics", type=_endpoint("--metrics"), default=None, metavar="HOST:PORT",
+                     help="serve Prometheus metrics here (overrides [metrics] listen)")
     run.set_defaults(func=_run)
 
     passwd = sub.add_parser("passwd", help="a user's password as the config stores it")
@@ -505,6 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     feed.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
     feed.add_argument("--until-end", action="store_true", help="stop at the end of session")
     feed.add_argument("--json", action="store_true", help="print final figures as JSON")
+    feed.add_argument("--metrics", type=_endpoint("--metrics"), default=None, metavar="HOST:PORT",
+                      help="serve Prometheus metrics here")
     feed.set_defaults(func=_feed)
     return parser
 

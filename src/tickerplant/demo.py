@@ -32,9 +32,11 @@ from tickerplant.client import Conflated, Events, Lost, Reconnected, Skipped, su
 from tickerplant.client.quotes import Quotes
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.child import ExchangeProcess
+from tickerplant.io.web import WebServer
 from tickerplant.ops.config import ConfigError
 from tickerplant.ops.dashboard import LiveTable
 from tickerplant.ops.figures import summed
+from tickerplant.ops.metrics import Snapshot
 from tickerplant.plant import EventsConfig, GlimpseConfig, Plant, PlantConfig, StreamConfig
 from tickerplant.session.events import Batch
 from tickerplant.session.fanout import FanOutLimits
@@ -65,6 +67,7 @@ class DemoConfig:
     itch: Endpoint = endpoint.ITCH
     glimpse: Endpoint = endpoint.GLIMPSE
     events: Endpoint = endpoint.EVENTS
+    metrics: Endpoint | None = endpoint.METRICS  # Prometheus metrics (None: not served)
 
     def __post_init__(self) -> None:
         if self.seconds <= 0:
@@ -182,7 +185,11 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str,
     ))  # fmt: skip
     if console is not None:
         console.print("loading kernels (the first run compiles them, ~20 s; cached after)")
+    snapshot = Snapshot()
+    web = WebServer(cfg.metrics, snapshot) if cfg.metrics is not None else None
     await plant.start()
+    if console is not None and web is not None:
+        console.print(f"Prometheus metrics: {web.url}metrics", highlight=False)
     if console is not None:
         console.print(f"the itch stream is on {cfg.itch}, events on {cfg.events}, snapshots on"
                       f" {cfg.glimpse}; in another terminal, live BBOs: tickerplant subscribe"
@@ -210,7 +217,7 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str,
     started = time.monotonic()
     try:
         await exchange.start()
-        await _watch(plant, stop, started, cfg, console)
+        await _watch(plant, stop, started, cfg, console, snapshot)
         if stop.is_set():
             exchange.end_session()  # early: the exchange still answers repairs meanwhile
         published = await exchange.summary(timeout=60)
@@ -226,13 +233,16 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str,
             task.cancel()
         await exchange.close()
         await plant.close()
+        if web is not None:
+            web.close()
     return summary(plant, published, {"reader": reader, "dropper": dropper},
                    time.monotonic() - started, watchers)
 
 
 async def _watch(
-    plant: Plant, stop: asyncio.Event, started: float, cfg: DemoConfig, console: Console | None
-) -> None:
+    plant: Plant, stop: asyncio.Event, started: float, cfg: DemoConfig, console: Console | None,
+    snapshot: Snapshot,
+) -> None:  # fmt: skip
     """Until the session ends, the user stops us, or the run overstays its welcome."""
     deadline = started + cfg.seconds + 30
     ended = asyncio.ensure_future(plant.feed.session_ended.wait())
@@ -243,6 +253,7 @@ async def _watch(
                 await asyncio.wait({ended, stopped}, timeout=0.5)
                 now = time.monotonic()
                 figures = plant.figures()
+                snapshot.set(figures)
                 title = f"tickerplant demo: {now - started:4.1f} s of {cfg.seconds:g}"
                 if not figures["delivered_messages"]:
                     title += " (waiting for the exchange: its first run compiles kernels)"

@@ -44,3 +44,4 @@ REPLAY = Endpoint("127.0.0.1", 31004)
 ITCH = Endpoint("127.0.0.1", 31010)  # the plant's itch stream
 GLIMPSE = Endpoint("127.0.0.1", 31011)  # the plant's snapshots
 EVENTS = Endpoint("127.0.0.1", 31012)  # the plant's normalized events
+METRICS = Endpoint("127.0.0.1", 9464)  # the demo's metrics (Prometheus's port for exporters)

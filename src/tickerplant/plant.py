@@ -27,6 +27,7 @@ from tickerplant.endpoint import EVENTS, GLIMPSE, ITCH, LINE_A, LINE_B, REPLAY, 
 from tickerplant.feed.books import LiveBooks
 from tickerplant.feed.handler import FeedHandler
 from tickerplant.io.soupbin import SoupServer
+from tickerplant.io.web import MetricsConfig
 from tickerplant.ops import passwords
 from tickerplant.ops.config import ConfigError, check
 from tickerplant.session.events import Batch, Event, GapLost, SessionEnded, SessionStarted
@@ -109,6 +110,7 @@ class PlantConfig:
     # configured, the name a client logs in with), else ``slow_consumer``.
     slow_consumer: str = Policy.DISCONNECT.value
     slow_consumers: dict[str, str] = field(default_factory=dict)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
         for name, stored in self.users.items():

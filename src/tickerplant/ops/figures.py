@@ -27,7 +27,7 @@ from typing import Any
 class Kind(Enum):
     COUNTER = "counter"  # only goes up within a run
     GAUGE = "gauge"  # a level now
-    SUMMARY = "summary"  # latencies: count, p50, p99, max (seconds)
+    HISTOGRAM = "histogram"  # latencies: count, sum, buckets; and p50, p99, max (seconds)
     INFO = "info"  # text or lists for people, not for Prometheus
 
 
@@ -39,7 +39,7 @@ class Figure:
     labels: tuple[str, ...] = ()
 
 
-_C, _G, _S, _I = Kind.COUNTER, Kind.GAUGE, Kind.SUMMARY, Kind.INFO
+_C, _G, _H, _I = Kind.COUNTER, Kind.GAUGE, Kind.HISTOGRAM, Kind.INFO
 _SRC = ("source",)
 
 FEED = (
@@ -62,7 +62,7 @@ FEED = (
     Figure("replays_failed", _C, "TCP replay sessions that ended short"),
     Figure("replay_failures", _I, "why replay sessions ended short, by reason"),
     Figure("consumer_errors", _C, "consumer callbacks that raised"),
-    Figure("repair_latency_seconds", _S, "gap seen to gap repaired", ("repair",)),
+    Figure("repair_latency_seconds", _H, "gap seen to gap repaired", ("repair",)),
     Figure("line_state", _G, "down 0, quiet 1, up 2", ("line",)),
     Figure("packets", _C, "datagrams received, good or bad (replay: runs)", _SRC),
     Figure("messages", _C, "messages in data packets of the session", _SRC),

@@ -4,26 +4,41 @@ from __future__ import annotations
 
 import numpy as np
 
+# Histogram bounds (seconds, each counting what is at most it): 10 us to 10 s, 1-2.5-5 a decade.
+# A repair by the other line lands in microseconds, a re-request in milliseconds, a replay or a
+# loss in seconds.
+BUCKETS = (*(round(m * 10.0**e, 9) for e in range(-5, 1) for m in (1, 2.5, 5)), 10.0)
+
 
 class Latencies:
-    """Every latency counted, the last ``RECENT`` kept for the percentiles, so that memory and the
-    work of a figures snapshot (on the event loop) stay bounded however long the session runs."""
+    """Every latency counted into histogram buckets, the last ``RECENT`` kept for the
+    percentiles, so that memory and the work of a figures snapshot (on the event loop) stay
+    bounded however long the session runs."""
 
     RECENT = 1 << 16
 
     def __init__(self) -> None:
         self._recent = np.zeros(self.RECENT, dtype=np.float64)
+        self._bounds = np.array(BUCKETS)
+        self._buckets = np.zeros(len(BUCKETS) + 1, dtype=np.int64)  # the last: above them all
         self.count = 0
+        self.sum = 0.0
         self.max = 0.0
 
     def add(self, seconds: float) -> None:
         self._recent[self.count % self.RECENT] = seconds
+        self._buckets[int(np.searchsorted(self._bounds, seconds))] += 1
         self.count += 1
+        self.sum += seconds
         self.max = max(self.max, seconds)
 
-    def figures(self) -> dict[str, float | int]:
-        """count and max over all; p50 and p99 over the last RECENT; in seconds."""
-        if not self.count:
-            return {"count": 0}
-        p50, p99 = np.percentile(self._recent[: min(self.count, self.RECENT)], [50, 99])
-        return {"count": self.count, "p50": float(p50), "p99": float(p99), "max": self.max}
+    def figures(self) -> dict[str, object]:
+        """count, sum, max and the histogram (``buckets``: [bound, how many at most it], the
+        last bound "+Inf") over all; p50 and p99 over the last RECENT; in seconds."""
+        cumulative = np.cumsum(self._buckets).tolist()
+        buckets = [[bound, n] for bound, n in zip([*BUCKETS, "+Inf"], cumulative, strict=True)]
+        out: dict[str, object] = {"count": self.count, "sum": self.sum, "buckets": buckets}
+        if self.count:
+            p50, p99 = np.percentile(self._recent[: min(self.count, self.RECENT)], [50, 99])
+            out |= {"p50": float(p50), "p99": float(p99), "max": self.max}
+        return out

@@ -1,0 +1,130 @@
+"""Prometheus metrics: every registered figure exported under its name, type and labels, read by
+prometheus-client's own parser from a real listener; during the demo, counters move."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from harness import ports
+from tickerplant.endpoint import Endpoint
+from tickerplant.io.web import WebServer
+from tickerplant.ops.config import ConfigError
+from tickerplant.ops.figures import REGISTRY, Kind
+from tickerplant.ops.metrics import Snapshot
+from tickerplant.session.feed import FeedConfig, FeedSession
+
+TYPES = {Kind.COUNTER: "counter", Kind.GAUGE: "gauge", Kind.HISTOGRAM: "histogram"}
+EXPORTED = {name for name, f in REGISTRY.items() if f.kind is not Kind.INFO} | {"session"}
+
+
+def scrape(url: str) -> dict[str, object]:
+    with urllib.request.urlopen(url + "metrics", timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def check_families(families: dict[str, object], names: set[str]) -> None:
+    for name in names:
+        figure = REGISTRY[name]
+        if figure.kind is Kind.INFO:  # the text format has it as a gauge named *_info
+            info = families[f"tickerplant_{name}_info"]
+            assert [set(s.labels) for s in info.samples] == [{"session"}]  # type: ignore[attr-defined]
+            continue
+        family = families.get(f"tickerplant_{name}")
+        assert family is not None, name
+        assert family.type == TYPES[figure.kind], name  # type: ignore[attr-defined]
+        for sample in family.samples:  # type: ignore[attr-defined]
+            assert set(sample.labels) - {"le"} == set(figure.labels), (name, sample)
+            if figure.kind is Kind.COUNTER:
+                assert sample.name == f"tickerplant_{name}_total"
+
+
+def test_a_feed_sessions_figures_are_served_by_name_type_and_label() -> None:
+    session = FeedSession(FeedConfig(Endpoint("239.1.1.1", 30001), Endpoint("239.1.1.2", 30002)))
+    snapshot = Snapshot()
+    figures = session.figures()
+    figures["repair_latency_seconds"]["line"] = {"count": 2, "sum": 3e-5, "buckets": [
+        [1e-5, 1], [2.5e-5, 2], ["+Inf", 2]]}  # fmt: skip
+    figures["line_state"] = {"a": "up", "b": "quiet"}
+    snapshot.set(figures)
+    web = WebServer(Endpoint("127.0.0.1", 0), snapshot)
+    try:
+        families = scrape(web.url)
+        check_families(families, EXPORTED & set(figures))
+        states = {s.labels["line"]: s.value for s in families["tickerplant_line_state"].samples}
+        assert states == {"a": 2.0, "b": 1.0}
+        latency = families["tickerplant_repair_latency_seconds"]
+        buckets = {(s.labels["repair"], s.labels["le"]): s.value for s in latency.samples
+                   if s.name.endswith("_bucket")}  # fmt: skip
+        assert buckets[("line", "1e-05")] == 1 and buckets[("line", "+Inf")] == 2
+        assert "process_cpu_seconds" in families  # the process's own, beside ours
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(web.url + "nope", timeout=5)
+    finally:
+        web.close()
+
+
+def test_a_port_in_use_is_a_config_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with pytest.raises(ConfigError, match="cannot listen on"):
+            WebServer(Endpoint("127.0.0.1", s.getsockname()[1]), Snapshot())
+
+
+@pytest.mark.slow
+def test_the_demo_serves_every_documented_metric_and_its_counters_move() -> None:
+    from test_demo import _free_port
+    from tickerplant.demo import DemoConfig, run_demo
+
+    p = ports()
+    metrics = Endpoint("127.0.0.1", _free_port())
+    cfg = DemoConfig(seconds=6, rate=200_000, line_a=p.line_a, line_b=p.line_b,
+                     rerequest=p.rerequest, replay=p.replay,
+                     itch=Endpoint("127.0.0.1", _free_port()),
+                     glimpse=Endpoint("127.0.0.1", _free_port()),
+                     events=Endpoint("127.0.0.1", _free_port()), metrics=metrics)  # fmt: skip
+    scrapes: list[dict[str, object]] = []
+    done = threading.Event()
+
+    def scraper() -> None:
+        while not done.is_set() and len(scrapes) < 200:
+            try:
+                got = scrape(f"http://{metrics}/")
+            except OSError:
+                got = {}
+            delivered = got.get("tickerplant_delivered_messages")
+            if delivered is not None and delivered.samples[0].value > 0:  # type: ignore[attr-defined]
+                scrapes.append(got)
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=scraper)
+    thread.start()
+    try:
+        result = asyncio.run(run_demo(cfg))
+    finally:
+        done.set()
+        thread.join()
+    assert result["identical"]
+    assert len(scrapes) >= 5
+    first, last = scrapes[0], scrapes[-1]
+    check_families(last, EXPORTED)
+
+    def value(families: dict[str, object], name: str, **labels: str) -> float:
+        return sum(s.value for s in families[name].samples  # type: ignore[attr-defined]
+                   if s.name == name + "_total" and labels.items() <= s.labels.items())
+
+    for name, labels in [("tickerplant_delivered_messages", {}),
+                         ("tickerplant_packets", {"source": "a"}),
+                         ("tickerplant_gaps_repaired", {"source": "a"}),
+                         ("tickerplant_sent_messages", {"stream": "itch"})]:  # fmt: skip
+        assert value(last, name, **labels) > value(first, name, **labels), name
