@@ -128,3 +128,32 @@ def test_the_demo_serves_every_documented_metric_and_its_counters_move() -> None
                          ("tickerplant_gaps_repaired", {"source": "a"}),
                          ("tickerplant_sent_messages", {"stream": "itch"})]:  # fmt: skip
         assert value(last, name, **labels) > value(first, name, **labels), name
+
+
+def test_every_grafana_expression_names_a_metric_the_plant_exports() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    import tickerplant.ops
+
+    path = Path(tickerplant.ops.__file__).parent / "grafana" / "tickerplant.json"
+    dashboard = json.loads(path.read_text())
+    exported = {f"tickerplant_{n}" + ("_total" if REGISTRY[n].kind is Kind.COUNTER else "")
+                for n in EXPORTED} | {"tickerplant_session_info"}  # fmt: skip
+    exported |= {f"tickerplant_{n}_{s}" for n in EXPORTED if REGISTRY[n].kind is Kind.HISTOGRAM
+                 for s in ("bucket", "sum", "count")}  # fmt: skip
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    expressions += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    assert len(expressions) > 20
+    for expr in expressions:
+        names = re.findall(r"\btickerplant_[a-z0-9_]+", expr)
+        assert names, expr
+        for name in names:
+            assert name in exported, (name, expr)
+        # labels used in the expression are the figure's own
+        for name in names:
+            figure = REGISTRY[re.sub(r"^tickerplant_|_(total|bucket|sum|count|info)$", "", name)]
+            for label in re.findall(r"by \(([^)]*)\)", expr):
+                used = {x.strip() for x in label.split(",")} - {"le"}
+                assert used <= set(figure.labels), (expr, used)
