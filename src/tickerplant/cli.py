@@ -17,6 +17,7 @@ from rich.console import Console
 from tickerplant import endpoint
 from tickerplant.endpoint import Endpoint
 from tickerplant.io.web import WebServer
+from tickerplant.ops import logs
 from tickerplant.ops.config import ConfigError, default
 from tickerplant.ops.metrics import Snapshot
 
@@ -206,6 +207,11 @@ def _run(args: argparse.Namespace) -> int:
 
     listen = args.metrics or config.metrics.listen
 
+    logging.getLogger("tickerplant.run").info(
+        "config %s loaded", args.config or "(defaults)",
+        extra=logs.fields(event="config_loaded", path=str(args.config or ""),
+                          users=len(config.users), metrics=str(listen or "")))  # fmt: skip
+
     async def main() -> int:
         plant = Plant(config)
         snapshot = Snapshot()
@@ -257,10 +263,8 @@ def _subscribe(args: argparse.Namespace) -> int:
               " (and give the events port)", file=sys.stderr)  # fmt: skip
         return 2
     symbols = None if args.symbols is None else [s for s in args.symbols.split(",") if s]
-    # What the server says (Debug: unknown symbols, why it disconnected us) reaches the user.
-    told = logging.getLogger("tickerplant.client")
-    told.addHandler(logging.StreamHandler())
-    told.setLevel(logging.INFO)
+    # What the server says (Debug: unknown symbols, why it disconnected us) reaches the user
+    # through the logs main() set up, at info.
     stream = subscribe(args.endpoint, first=args.first, session=args.session,
                        username=args.username, password=args.password, events=events,
                        symbols=symbols)  # fmt: skip
@@ -385,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     from tickerplant.session.recovery import RecoveryConfig
 
     parser = argparse.ArgumentParser(prog="tickerplant", description=__doc__)
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="log lines on stderr: text, or one JSON object per line")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        default="info", help="the least severe log line written")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="exchange simulator + feed handler on loopback, live table")
@@ -543,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logs.setup(args.log_format, args.log_level)
     try:
         return int(args.func(args))
     except ConfigError as err:

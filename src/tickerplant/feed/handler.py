@@ -22,7 +22,16 @@ from tickerplant.io.datagrams import DatagramDrain, Socket, open_connected
 from tickerplant.io.multicast import open_receiver
 from tickerplant.io.replay_client import ReplayClient
 from tickerplant.ops.config import ConfigError
-from tickerplant.session.events import Batch, Event, SessionEnded, SessionStarted, Source
+from tickerplant.ops.logs import DEFECT_REPORT, fields
+from tickerplant.session.events import (
+    Batch,
+    Event,
+    GapLost,
+    LineStateChanged,
+    SessionEnded,
+    SessionStarted,
+    Source,
+)
 from tickerplant.session.feed import (
     Datagrams,
     FeedConfig,
@@ -60,6 +69,8 @@ class FeedHandler:
         self._loop: asyncio.AbstractEventLoop | None = None
         # uvloop's loop.time() ticks in whole milliseconds, too coarse for repair latencies.
         self._clock = time.monotonic
+        self._report_at = 0.0  # when unusable datagrams are next reported
+        self._reported: dict[Source, int] = {}  # unusable datagrams reported so far, by source
 
     async def start(self) -> None:
         _warm_kernels()
@@ -81,6 +92,7 @@ class FeedHandler:
 
     async def close(self) -> None:
         assert self._loop is not None
+        self._report_defects(self._clock())  # the last of them, up to the end
         for drain in self._drains.values():
             self._loop.remove_reader(drain.sock.fileno())
             drain.sock.close()
@@ -116,8 +128,28 @@ class FeedHandler:
     def _on_readable(self, source: Source, drain: DatagramDrain) -> None:
         n = drain.drain()
         if n:
-            self.session.receive_datagrams(source, drain.buffer, n, self._clock())
+            now = self._clock()
+            self.session.receive_datagrams(source, drain.buffer, n, now)
             self._service()
+            if now >= self._report_at:
+                self._report_defects(now)
+
+    def _report_defects(self, now: float) -> None:
+        """One line per source that dropped datagrams since the last report, with the counts:
+        a flood of bad packets is told in a few lines, every one of them counted."""
+        self._report_at = now + DEFECT_REPORT
+        for source, fig in self.session.counters.sources.items():
+            kinds = {d.name.lower(): n for d, n in fig.defects.items()}
+            kinds["other_session"] = fig.foreign_packets
+            total = sum(kinds.values())
+            new = total - self._reported.get(source, 0)
+            if new:
+                self._reported[source] = total
+                detail = ", ".join(f"{k} {v:,}" for k, v in kinds.items() if v)
+                log.warning("%s: %d datagrams dropped as unusable since the last report "
+                            "(so far: %s)", source.label, new, detail,
+                            extra=fields(event="datagrams_dropped", source=source.label,
+                                         dropped=new, **kinds))  # fmt: skip
 
     def _on_replay(self, session: bytes, first: int, count: int, blocks: bytes) -> None:
         self.session.receive_replay(session, first, count, blocks, self._clock())
@@ -144,9 +176,11 @@ class FeedHandler:
                 self.session_ended.set()
             elif isinstance(item, SessionStarted) and item.previous is not None:
                 self.session_ended.clear()
+            _tell(item)
             if self.on_event is not None:
                 self._hand_over(self.on_event, item)
         for event in session.take_events():
+            _tell(event)
             if self.on_event is not None:
                 self._hand_over(self.on_event, event)
         datagrams = session.datagrams_to_send()
@@ -203,6 +237,10 @@ class FeedHandler:
             # session hands the gaps it covered back to recovery.
             ok, reason = False, f"{type(err).__name__}: {err}"
         self._replay = None
+        if not ok:
+            log.warning("replay of %d..%d failed: %s", request.first, request.end - 1, reason,
+                        extra=fields(event="replay_failed", first=request.first,
+                                     last=request.end - 1, reason=reason))  # fmt: skip
         self.session.replay_ended(ok, reason, self._clock())
         self._service()
 
@@ -222,3 +260,25 @@ def _warm_kernels() -> None:
     framer = soup.Framer(soup.Side.SERVER)
     framer.feed(soup.encode_sequenced(b"\x00\x01x"))
     framer.take_sequenced()
+
+
+def _tell(item: object) -> None:
+    """The log line of a delivery or event an operator cares about (repairs are only counted)."""
+    if isinstance(item, LineStateChanged):
+        line, old, new = item.line.label, item.old.value, item.new.value
+        level = logging.WARNING if new == "down" else logging.INFO
+        log.log(level, "line %s: %s -> %s", line, old, new,
+                extra=fields(event="line_state", line=line, old=old, state=new))  # fmt: skip
+    elif isinstance(item, GapLost):
+        log.warning("gap lost: messages %d..%d (%d), seen on %s, after %.3f s", item.start,
+                    item.end - 1, item.end - item.start, item.revealed_by.label, item.age,
+                    extra=fields(event="gap_lost", start=item.start, end=item.end,
+                                 source=item.revealed_by.label))  # fmt: skip
+    elif isinstance(item, SessionStarted):
+        name = item.session.decode("ascii", "replace").strip()
+        log.info("session %s started", name, extra=fields(event="session_started", session=name))
+    elif isinstance(item, SessionEnded):
+        name = item.session.decode("ascii", "replace").strip()
+        log.info("session %s ended before message %d", name, item.next_sequence,
+                 extra=fields(event="session_ended", session=name,
+                              next_sequence=item.next_sequence))  # fmt: skip
