@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import hashlib
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,7 @@ class DemoConfig:
     glimpse: Endpoint = endpoint.GLIMPSE
     events: Endpoint = endpoint.EVENTS
     metrics: Endpoint | None = endpoint.METRICS  # Prometheus metrics (None: not served)
+    recovery: bool = True  # False: the plant repairs from the other line only
 
     def __post_init__(self) -> None:
         if self.seconds <= 0:
@@ -176,8 +178,8 @@ async def _staller(itch: Endpoint) -> None:
 
 
 async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
-    feed = FeedConfig(cfg.line_a, cfg.line_b, rerequest=cfg.rerequest, replay=cfg.replay,
-                      digest=True)
+    feed = FeedConfig(cfg.line_a, cfg.line_b, rerequest=cfg.rerequest if cfg.recovery else None,
+                      replay=cfg.replay if cfg.recovery else None, digest=True)
     plant = Plant(PlantConfig(
         feed, StreamConfig(cfg.itch), GlimpseConfig(cfg.glimpse),
         events=EventsConfig(cfg.events, FanOutLimits(max_backlog=EVENTS_BACKLOG)),
@@ -189,7 +191,8 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str,
     web = WebServer(cfg.metrics, snapshot) if cfg.metrics is not None else None
     await plant.start()
     if console is not None and web is not None:
-        console.print(f"Prometheus metrics: {web.url}metrics", highlight=False)
+        console.print(f"dashboard: {web.url} (Prometheus metrics: {web.url}metrics)",
+                      highlight=False)  # fmt: skip
     if console is not None:
         console.print(f"the itch stream is on {cfg.itch}, events on {cfg.events}, snapshots on"
                       f" {cfg.glimpse}; in another terminal, live BBOs: tickerplant subscribe"
@@ -212,7 +215,11 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str,
     )  # fmt: skip
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # Off the main thread (a test driving a browser beside it) signals cannot be had: the
+    # caller ends the run.
+    signals = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is \
+        threading.main_thread() else ()  # fmt: skip
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     started = time.monotonic()
     try:
@@ -227,7 +234,7 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str,
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*clients), timeout=10)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in signals:
             loop.remove_signal_handler(sig)
         for task in (*clients, staller):
             task.cancel()

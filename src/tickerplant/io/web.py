@@ -1,5 +1,7 @@
-"""The process's one HTTP listener: Prometheus metrics at ``/metrics`` (the browser dashboard
-next, on the same listener).
+"""The process's one HTTP listener: Prometheus metrics at ``/metrics``, the browser dashboard at
+``/`` (static files shipped in the package, ``tickerplant/ops/web``: no build step, no CDN), and
+its live feed at ``/events`` (Server-Sent Events: the figures snapshot and the latest operator
+events as one JSON object, every UPDATE seconds).
 
 It runs on a thread of its own (the standard library's WSGI server, a thread per request) and
 reads only the figures snapshot the process replaces from its event loop
@@ -10,9 +12,13 @@ listen`` in the plant's config).
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -21,7 +27,13 @@ from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 
 from tickerplant.endpoint import Endpoint
 from tickerplant.ops.config import ConfigError
+from tickerplant.ops.logs import EventRing
 from tickerplant.ops.metrics import FiguresCollector, Snapshot
+
+UPDATE = 0.5  # seconds between the dashboard's updates
+STATIC = Path(__file__).resolve().parent.parent / "ops" / "web"
+_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+          ".css": "text/css; charset=utf-8"}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +41,18 @@ class MetricsConfig:
     # host:port of the listener (None: none). The figures it serves are the ones the process
     # draws its live table from, every half second.
     listen: Endpoint | None = None
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every infinite or NaN float as None: JSON has no Infinity (a figure such as
+    bytes per live order is infinite with no orders), and browsers refuse it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -47,6 +71,13 @@ class WebServer:
     """Serves ``snapshot``'s figures on ``listen`` until :meth:`close`."""
 
     def __init__(self, listen: Endpoint, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+        self._closing = threading.Event()
+        self._ring = EventRing(snapshot.events)
+        logger = logging.getLogger("tickerplant")
+        logger.addHandler(self._ring)
+        if logger.getEffectiveLevel() > logging.INFO:  # the events are info lines
+            logger.setLevel(logging.INFO)
         self.registry = CollectorRegistry()
         self.registry.register(FiguresCollector(snapshot))
         ProcessCollector(registry=self.registry)  # CPU seconds, memory, open files
@@ -66,17 +97,35 @@ class WebServer:
         if path == "/metrics":
             result: Iterable[bytes] = self._metrics(environ, start_response)
             return result
-        if path == "/":
-            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"tickerplant: metrics at /metrics\n"]
+        if path == "/events":
+            start_response("200 OK", [("Content-Type", "text/event-stream"),
+                                      ("Cache-Control", "no-cache")])  # fmt: skip
+            return self._events()
+        name = "index.html" if path == "/" else path.removeprefix("/static/")
+        file = STATIC / name
+        if path in ("/", f"/static/{name}") and "/" not in name and file.suffix in _TYPES:
+            start_response("200 OK", [("Content-Type", _TYPES[file.suffix]),
+                                      ("Cache-Control", "no-cache")])  # fmt: skip
+            return [file.read_bytes()]
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-        return [f"no {path} here: metrics are at /metrics\n".encode()]
+        return [f"no {path} here: the dashboard is at /, metrics at /metrics\n".encode()]
+
+    def _events(self) -> Iterator[bytes]:
+        """The dashboard's feed, on this request's own thread, until the client or we go."""
+        yield b"retry: 1000\n\n"
+        while not self._closing.is_set():
+            snap = self._snapshot
+            data = {"time": snap.time, "figures": snap.figures, "events": list(snap.events)[-50:]}
+            yield b"data: " + json.dumps(_finite(data), default=str).encode() + b"\n\n"
+            self._closing.wait(UPDATE)
 
     @property
     def url(self) -> str:
         return f"http://{self.endpoint}/"
 
     def close(self) -> None:
+        self._closing.set()
+        logging.getLogger("tickerplant").removeHandler(self._ring)
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)

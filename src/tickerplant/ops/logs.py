@@ -20,6 +20,7 @@ import json
 import logging
 import sys
 import time
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -60,6 +61,21 @@ class RateLimit(logging.Filter):
             record.msg = f"{record.msg} [{int(held)} like this held back]"
         state[:] = [tokens - 1, now, 0]
         return True
+
+
+class EventRing(logging.Handler):
+    """The log's event lines (those with an ``event`` field) as dicts in ``ring``, newest last:
+    the dashboard's event log."""
+
+    def __init__(self, ring: deque[dict[str, Any]]) -> None:
+        super().__init__(logging.INFO)
+        self.ring = ring
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not hasattr(record, "tp_event"):
+            return
+        item = json.loads(JsonFormatter().format(record))
+        self.ring.append(item)
 
 
 class JsonFormatter(logging.Formatter):

@@ -14,6 +14,8 @@ the loop nothing and sees one consistent moment.
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,12 +35,17 @@ LINE_STATES = {"down": 0, "quiet": 1, "up": 2}
 
 
 class Snapshot:
-    """The latest figures, replaced whole (one reference assignment: atomic under the GIL)."""
+    """The latest figures, replaced whole (one reference assignment: atomic under the GIL),
+    when (``time``, seconds since the epoch), and the operator's events lately logged
+    (``events``, a bounded ring :class:`tickerplant.ops.logs.EventRing` fills)."""
 
-    def __init__(self) -> None:
+    def __init__(self, events: int = 200) -> None:
         self.figures: Figures = {}
+        self.time = 0.0
+        self.events: deque[dict[str, Any]] = deque(maxlen=events)
 
     def set(self, figures: Figures) -> None:
+        self.time = time.time()
         self.figures = figures
 
 
