@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,8 @@ from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.exchange.synthetic import SyntheticMarket
 from tickerplant.feed.handler import FeedHandler
+from tickerplant.io.web import WebServer
+from tickerplant.ops.metrics import Snapshot
 from tickerplant.session.events import Batch
 from tickerplant.session.feed import FeedConfig
 
@@ -66,7 +70,22 @@ class RunResult:
         return int(self.figures["lost_messages"])
 
 
-async def run_once(offset: int, *exchange_args: str, digest: bool = True) -> RunResult:
+SCRAPER = """
+import sys, time, urllib.request
+url, every = sys.argv[1], float(sys.argv[2])
+while True:
+    start = time.monotonic()
+    urllib.request.urlopen(url, timeout=5).read()
+    print(round((time.monotonic() - start) * 1e3, 3), flush=True)
+    time.sleep(max(0.0, every - (time.monotonic() - start)))
+"""
+
+
+async def run_once(offset: int, *exchange_args: str, digest: bool = True,
+                   scrape_every: float = 0.0) -> RunResult:  # fmt: skip
+    """With ``scrape_every``, the process also serves its figures as Prometheus metrics
+    (refreshed from the loop every 0.5 s, as the faces do) and another process scrapes them
+    that often; ``figures["scrapes"]`` counts the scrapes and their durations (ms)."""
     line_a, line_b, rerequest, replay = endpoints(offset)
     marks: list[float] = []
 
@@ -80,6 +99,20 @@ async def run_once(offset: int, *exchange_args: str, digest: bool = True) -> Run
         FeedConfig(line_a, line_b, rerequest=rerequest, replay=replay, digest=digest), on_batch
     )
     await feed.start()
+    snapshot = Snapshot()
+    web = WebServer(Endpoint("127.0.0.1", 0), snapshot) if scrape_every else None
+    scraper = None
+    refresher = None
+    if web is not None:
+        async def refresh() -> None:
+            while True:
+                snapshot.set(feed.figures())
+                await asyncio.sleep(0.5)
+
+        refresher = asyncio.ensure_future(refresh())
+        scraper = subprocess.Popen([sys.executable, "-c", SCRAPER, web.url + "metrics",
+                                    str(scrape_every)],
+                                   stdout=subprocess.PIPE, text=True)  # fmt: skip
     cpu = time.process_time()
     try:
         async with ExchangeProcess(
@@ -89,10 +122,21 @@ async def run_once(offset: int, *exchange_args: str, digest: bool = True) -> Run
             await asyncio.wait_for(feed.session_ended.wait(), 30)
     finally:
         await feed.close()
-    cpu = time.process_time() - cpu
+        cpu = time.process_time() - cpu
+        scrapes: list[float] = []
+        if scraper is not None:
+            scraper.terminate()
+            out, _ = scraper.communicate(timeout=10)
+            scrapes = [float(x) for x in out.split()]
+        if refresher is not None:
+            refresher.cancel()
+        if web is not None:
+            web.close()
     seconds = marks[-1] - marks[0] if len(marks) > 1 else 0.0
     delivered = feed.session.counters.delivered
     identical = (delivered == summary["published"]
                  and (not digest or feed.session.digest == summary["sha256"]))
-    return RunResult(summary["published"], delivered, identical, seconds, cpu,
-                     feed.figures(), summary)
+    figures = feed.figures()
+    if scrape_every:
+        figures["scrapes"] = scrapes
+    return RunResult(summary["published"], delivered, identical, seconds, cpu, figures, summary)
