@@ -10,7 +10,7 @@ import pytest
 from tickerplant.endpoint import Endpoint
 from tickerplant.feed.books import LiveBooks
 from tickerplant.feed.handler import FeedHandler
-from tickerplant.ops.figures import REGISTRY, STREAMS, Kind
+from tickerplant.ops.figures import EXCHANGE, REGISTRY, STREAMS, Kind
 from tickerplant.session.events import Batch, GapLost, Source
 from tickerplant.session.feed import FeedConfig
 
@@ -63,8 +63,8 @@ def test_every_figure_the_plant_shows_is_registered_with_its_labels() -> None:
         return feed.figures() | LiveBooks().figures()
 
     figures = asyncio.run(main())
-    plant = sorted(f.name for f in STREAMS)
-    assert sorted(figures) == sorted(set(REGISTRY) - set(plant))  # nothing unnamed or unshown
+    others = {f.name for f in (*STREAMS, *EXCHANGE)}  # the plant's streams, the simulator
+    assert sorted(figures) == sorted(set(REGISTRY) - others)  # nothing unnamed or unshown
     for name, value in figures.items():
         figure = REGISTRY[name]
         assert _depth(value, len(figure.labels)) == len(figure.labels), name

@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,15 +18,16 @@ from harness import ports
 from tickerplant.endpoint import Endpoint
 from tickerplant.io.web import WebServer
 from tickerplant.ops.config import ConfigError
-from tickerplant.ops.figures import REGISTRY, Kind
+from tickerplant.ops.figures import EXCHANGE, REGISTRY, Kind
 from tickerplant.ops.metrics import Snapshot
 from tickerplant.session.feed import FeedConfig, FeedSession
 
 TYPES = {Kind.COUNTER: "counter", Kind.GAUGE: "gauge", Kind.HISTOGRAM: "histogram"}
-EXPORTED = {name for name, f in REGISTRY.items() if f.kind is not Kind.INFO} | {"session"}
+SIMULATOR = {f.name for f in EXCHANGE} | {"session"}
+EXPORTED = {n for n, f in REGISTRY.items() if f.kind is not Kind.INFO} - SIMULATOR | {"session"}
 
 
-def scrape(url: str) -> dict[str, object]:
+def scrape(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url + "metrics", timeout=5) as response:
         assert response.headers["Content-Type"].startswith("text/plain")
         text = response.read().decode()
@@ -157,3 +159,41 @@ def test_every_grafana_expression_names_a_metric_the_plant_exports() -> None:
             for label in re.findall(r"by \(([^)]*)\)", expr):
                 used = {x.strip() for x in label.split(",")} - {"le"}
                 assert used <= set(figure.labels), (expr, used)
+
+
+@pytest.mark.slow
+def test_the_exchange_simulator_serves_its_own_figures() -> None:
+    import subprocess
+    import sys
+
+    from test_demo import _free_port
+
+    p = ports()
+    metrics = Endpoint("127.0.0.1", _free_port())
+    exchange = subprocess.Popen(
+        [sys.executable, "-m", "tickerplant", "exchange", "--line-a", str(p.line_a), "--line-b",
+         str(p.line_b), "--no-rerequest", "--no-replay", "--messages", "600000", "--rate",
+         "100000", "--drop-a", "0.05", "--metrics", str(metrics), "--eos-seconds", "0.5"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    scrapes = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(scrapes) < 2 and time.monotonic() < deadline:
+            try:
+                got = scrape(f"http://{metrics}/")
+            except OSError:
+                time.sleep(0.2)
+                continue
+            published = got.get("tickerplant_published_messages")
+            if published is not None and published.samples[0].value > 0:
+                scrapes.append(got)
+                time.sleep(1.0)
+    finally:
+        exchange.wait(60)
+    assert len(scrapes) == 2
+    check_families(scrapes[-1], SIMULATOR)
+    first, last = (s["tickerplant_published_messages"].samples[0].value for s in scrapes)
+    assert last > first
+    samples = scrapes[-1]["tickerplant_line_dropped_packets"].samples
+    dropped = {s.labels["line"]: s.value for s in samples}
+    assert dropped["a"] > 0 and dropped["b"] == 0  # the loss injected on A only

@@ -110,7 +110,10 @@ def _exchange(args: argparse.Namespace) -> int:
     )
     console = Console(stderr=True)
 
+    snapshot = Snapshot()
+
     def progress(s: ExchangeSummary) -> None:
+        snapshot.set(s.figures())
         # Plain lines on stderr, also with --json: tests and scripts wait on "published N".
         console.print(
             f"{s.seconds:6.1f} s  published {s.published} messages in {s.packets} packets"
@@ -123,7 +126,12 @@ def _exchange(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        summary = await run_exchange(cfg, stop, progress)
+        web = _web(args.metrics, snapshot)
+        try:
+            summary = await run_exchange(cfg, stop, progress)
+        finally:
+            if web is not None:
+                web.close()
         if args.json:
             print(json.dumps(summary.to_dict()), flush=True)
         else:
@@ -469,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="end of session lasts this",
     )
     ex.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    ex.add_argument("--metrics", type=_endpoint("--metrics"), default=None, metavar="HOST:PORT",
+                    help="serve Prometheus metrics here")
     ex.set_defaults(func=_exchange)
 
     from tickerplant.replay import build_parser as replay_arguments

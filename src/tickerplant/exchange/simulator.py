@@ -195,6 +195,25 @@ class ExchangeSummary:
     ended: bool  # the end of session was sent for its whole while
     error: str | None = None  # why the source stopped early, if it did
 
+    def figures(self) -> dict[str, Any]:
+        """The summary as figures (names in ``tickerplant.ops.figures.EXCHANGE``)."""
+        lines = {line.name.lower(): line for line in self.lines}
+        rerequest, replay = self.rerequest, self.replay
+        return {
+            "session": self.session.strip(),
+            "published_messages": self.published,
+            "published_packets": self.packets,
+            "line_sent_packets": {k: v.sent for k, v in lines.items()},
+            "line_dropped_packets": {k: v.dropped for k, v in lines.items()},
+            "line_send_retries": {k: v.retries for k, v in lines.items()},
+            "line_send_errors": {k: v.errors for k, v in lines.items()},
+            "rerequests_received": rerequest.requests if rerequest else 0,
+            "rerequest_messages_served": rerequest.messages if rerequest else 0,
+            "rerequests_refused": rerequest.refused if rerequest else 0,
+            "replay_logins": replay.logins if replay else 0,
+            "replay_sent_messages": replay.messages_sent if replay else 0,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         if self.rerequest is not None:

@@ -117,7 +117,24 @@ STREAMS = (
     Figure("glimpse_logins", _C, "snapshots served"),
 )
 
-REGISTRY: Mapping[str, Figure] = {f.name: f for f in (*FEED, *BOOKS, *STREAMS)}
+_LINE = ("line",)
+
+# The exchange simulator's (``tickerplant exchange --metrics``); the session is FEED's figure.
+EXCHANGE = (
+    Figure("published_messages", _C, "messages the exchange published"),
+    Figure("published_packets", _C, "data packets published (each line, before loss injection)"),
+    Figure("line_sent_packets", _C, "packets sent on the line", _LINE),
+    Figure("line_dropped_packets", _C, "packets not sent on purpose: loss injection", _LINE),
+    Figure("line_send_retries", _C, "sends deferred by a full socket buffer, none lost", _LINE),
+    Figure("line_send_errors", _C, "sends that failed: the packet is lost on the line", _LINE),
+    Figure("rerequests_received", _C, "MoldUDP64 re-requests received"),
+    Figure("rerequest_messages_served", _C, "messages sent back to re-requests"),
+    Figure("rerequests_refused", _C, "re-requests refused: another session or rate limited"),
+    Figure("replay_logins", _C, "TCP replay sessions logged in"),
+    Figure("replay_sent_messages", _C, "messages sent by TCP replay"),
+)
+
+REGISTRY: Mapping[str, Figure] = {f.name: f for f in (*FEED, *BOOKS, *STREAMS, *EXCHANGE)}
 
 Figures = dict[str, Any]  # a snapshot: registry names to values, nested per label
 
