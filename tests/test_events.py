@@ -163,7 +163,7 @@ def events_fanout(journal: Journal, **kw: Any) -> FanOut[EventLink]:
 
 def publish(fanout: FanOut[EventLink], journal: Journal, *blocks: bytes, now: float = 0.0) -> None:
     journal.append(b"".join(blocks))
-    for subscriber in fanout.publish():
+    for subscriber in fanout.publish(0.0):
         subscriber.handle.service(now)
 
 

@@ -143,7 +143,7 @@ def test_publish_encodes_once_and_hands_every_live_subscriber_the_same_bytes(
     monkeypatch.setattr(fanout_module, "encode_sequenced", counted)
     for first in (11, 111):
         journal.append(messages(first, 100))
-        ready = fanout.publish()
+        ready = fanout.publish(0.0)
         assert {s.handle for s in ready} == set(links)
         service(ready, 0.0)
         sent = links[0].writes[-1]
@@ -167,11 +167,11 @@ def test_a_subscriber_behind_catches_up_from_the_journal_and_joins_the_live_stre
     while not behind.sub.live:
         journal.append(messages(first, 30))
         first += 30
-        service(fanout.publish(), 1.0)
+        service(fanout.publish(1.0), 1.0)
         behind.read(1.0)
         live.read(1.0)
     journal.append(messages(first, 30))
-    service(fanout.publish(), 1.0)
+    service(fanout.publish(1.0), 1.0)
     assert behind.writes[-1] is live.writes[-1]  # caught up: pushed like everyone else
     behind.read(1.0)
     live.read(1.0)
@@ -183,7 +183,7 @@ def test_a_burst_too_big_to_push_is_pulled_from_the_journal_by_each_subscriber()
     fanout: FanOut[Link] = FanOut(journal, limits=FanOutLimits(chunk_messages=100))
     links = [Link(fanout, 0.0) for _ in range(2)]
     journal.append(messages(11, 250))
-    ready = fanout.publish()
+    ready = fanout.publish(0.0)
     assert not any(link.sub.live for link in links)
     service(ready, 0.0)
     for link in links:
@@ -205,7 +205,7 @@ def test_a_live_subscriber_over_max_backlog_is_told_why_and_closed_the_others_co
     for tick in range(1, 6):
         journal.append(messages(first, 40))
         first += 40
-        ready = fanout.publish()
+        ready = fanout.publish(0.0)
         assert stuck.sub in ready or stuck.sub.closed
         service(ready, float(tick))
         healthy.read(float(tick))
@@ -227,9 +227,9 @@ def test_login_at_zero_starts_with_the_next_message_and_beyond_the_end_waits_for
     now, future = Link(fanout, 0.0), Link(fanout, 0.0, sequence=60)
     assert now.events == [Subscribed(b"", 51)] and future.events == [Subscribed(b"", 60)]
     journal.append(messages(51, 5))
-    assert [s.handle for s in fanout.publish()] == [now]  # 60 is not published yet
+    assert [s.handle for s in fanout.publish(0.0)] == [now]  # 60 is not published yet
     journal.append(messages(56, 10))
-    service(fanout.publish(), 0.0)
+    service(fanout.publish(0.0), 0.0)
     turns([now, future], 0.0)  # 60 onwards, pulled in its turn
     for link in (now, future):
         link.read(0.0)
@@ -271,7 +271,7 @@ def test_a_catch_up_turn_yields_after_turn_bytes_its_next_is_a_timer_due_at_once
         link.service(5.0)
         assert link.sub.cursor == 401 and link.sub.get_timer() == 5.0
     journal.append(messages(1001, 10))
-    service(fanout.publish(), 5.1)  # a publish leaves those behind to their turns
+    service(fanout.publish(5.1), 5.1)  # a publish leaves those behind to their turns
     assert all(link.sub.cursor == 401 for link in links)
     turns(links, 5.1)
     assert all(link.sub.cursor == 601 for link in links)
@@ -419,7 +419,7 @@ def test_past_the_publish_budget_the_rest_pull_the_batch_on_the_next_turn_in_rot
     firsts = []
     for first in (11, 111, 211):
         journal.append(messages(first, 100))
-        ready = fanout.publish()
+        ready = fanout.publish(0.0)
         service(ready, 1.0)
         pushed = [link for link in links if link.sub.cursor == first + 100]
         assert len(pushed) == 1  # the budget: one push, the others wait for their turn
@@ -434,3 +434,21 @@ def test_past_the_publish_budget_the_rest_pull_the_batch_on_the_next_turn_in_rot
             link.read(1.0)  # every message once, in order (Link checks)
     assert len(set(firsts)) == 3  # a different one first each time
     assert fanout.counters.deferred == 6
+
+
+def test_delivery_latency_runs_from_the_publish_to_the_write_that_takes_it() -> None:
+    journal = journal_of(10)
+    fanout: FanOut[Link] = FanOut(journal)
+    quick, late = Link(fanout, 0.0, sequence=11), Link(fanout, 0.0, sequence=11)
+    journal.append(messages(11, 5))
+    ready = fanout.publish(1.0)
+    quick.service(1.0005)  # taken half a millisecond after the publish
+    late.service(1.25)  # the loop got to this one a quarter of a second later
+    assert {s.handle for s in ready} == {quick, late}
+    figures = fanout.delivery.figures()
+    assert figures["count"] == 2
+    assert abs(figures["sum"] - 0.2505) < 1e-9  # type: ignore[operator]
+    buckets = dict((str(b), n) for b, n in figures["buckets"])  # type: ignore[attr-defined]
+    assert buckets["0.0005"] == 1 and buckets["0.25"] == 2
+    late.service(2.0)  # nothing more to write: nothing more measured
+    assert fanout.delivery.figures()["count"] == 2

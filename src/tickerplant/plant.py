@@ -238,6 +238,8 @@ class Plant:
             "rejected_logins": {name: c.rejected for name, c in counters.items()},
             "sent_messages": {name: c.messages_sent for name, c in counters.items()},
             "sent_bytes": {name: c.bytes_sent for name, c in counters.items()},
+            "delivery_latency_seconds": {name: server.fanout.delivery.figures()
+                                         for name, server in servers.items()},
             "slow_consumers": {
                 name: {"disconnect": c.slow_consumers, "conflate": c.conflating,
                        "skip": c.skips} for name, c in counters.items()

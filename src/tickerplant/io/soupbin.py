@@ -380,7 +380,7 @@ class SoupServer:
 
     def publish(self) -> None:
         """Send every caught-up client what the journal gained since the last call."""
-        _service(self.fanout.publish())
+        _service(self.fanout.publish(asyncio.get_running_loop().time()))
 
     def end_session(self) -> None:
         """End of Session to every client once it has caught up (now, for those that have)."""

@@ -107,6 +107,8 @@ STREAMS = (
     Figure("rejected_logins", _C, "logins rejected", _STREAM),
     Figure("sent_messages", _C, "sequenced messages sent to clients", _STREAM),
     Figure("sent_bytes", _C, "bytes of Sequenced Data sent to clients", _STREAM),
+    Figure("delivery_latency_seconds", _H,
+           "a publish to the first of it taken for a client's socket", _STREAM),
     Figure("slow_consumers", _C, "slow consumers handled, by the policy applied",
            ("stream", "action")),
     Figure("conflated_updates", _C, "BBO changes not sent to conflated slow consumers", _STREAM),

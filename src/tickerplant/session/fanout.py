@@ -44,6 +44,7 @@ import numpy as np
 
 from tickerplant.ops.config import check
 from tickerplant.session.journal import Journal
+from tickerplant.session.latency import Latencies
 from tickerplant.session.selection import conflate, select
 from tickerplant.session.soupbin import (
     DEAD_AFTER,
@@ -199,6 +200,7 @@ class Subscriber(Generic[H]):
         self._budget = 0  # bytes the current catch-up turn may still write
         self._turn_at: float | None = None  # the next turn is due: the last one ran out
         self._pushed = False  # live bytes queued that the next backlog report is judged on
+        self._queued_at: float | None = None  # the publish that gave it something to write
         # events streams: the symbols asked for (sorted locates; None: all), the same as a key
         # shared by every subscriber asking for them, and the locates whose image was sent at
         # a sequence number the cursor has not reached (their records before it are not sent)
@@ -260,7 +262,11 @@ class Subscriber(Generic[H]):
         fanout = self._fanout
         if self.cursor < fanout._published or fanout._ending:  # else only the outbox to send
             fanout._catch_up(self, now)
-        return self.session.data_to_send(now)
+        data = self.session.data_to_send(now)
+        if data and self._queued_at is not None:
+            fanout.delivery.add(max(0.0, now - self._queued_at))
+            self._queued_at = None
+        return data
 
     def password_checked(self, ok: bool, now: float) -> None:
         """io's answer to :class:`CheckPassword` (moot if the connection went meanwhile)."""
@@ -355,6 +361,9 @@ class FanOut(Generic[H]):
         self._checking = 0  # password checks io is running
         self.limits = limits if limits is not None else FanOutLimits()
         self.counters = FanOutCounters()
+        # From the publish that gave a subscriber something to write to the moment io took the
+        # first of it for the socket: the loop's delay, publish budgets and catch-up turns.
+        self.delivery = Latencies()
         self._credentials = credentials
         self._timing = (heartbeat_interval, dead_after, login_timeout)
         self._subscribers: dict[Subscriber[H], None] = {}  # insertion-ordered set
@@ -465,7 +474,7 @@ class FanOut(Generic[H]):
             else:
                 self._per_address.pop(subscriber.address, None)
 
-    def publish(self) -> list[Subscriber[H]]:
+    def publish(self, now: float) -> list[Subscriber[H]]:
         """Take in what the journal gained since the last call; returns the subscribers with
         something to write now."""
         old, new = self._published, self.journal.next_sequence
@@ -519,7 +528,11 @@ class FanOut(Generic[H]):
         for subscriber in deferred:
             if self.catalog is not None and subscriber.policy is Policy.CONFLATE:
                 subscriber.lagging = Policy.CONFLATE
-        return live + behind
+        ready = live + behind
+        for subscriber in ready:
+            if subscriber._queued_at is None:
+                subscriber._queued_at = now
+        return ready
 
     def end_session(self) -> list[Subscriber[H]]:
         """End of Session to every subscriber once it has caught up; returns those ended now."""

@@ -76,6 +76,7 @@ function show(message) {
   if (f.clients) {
     rows("#streams", Object.keys(f.clients).map((s) => [`stream-${s}`, [s, fmt(f.clients[s]),
       bytes(f.queued_bytes[s]), fmt(rate(f, before, dt, "sent_messages", s)),
+      ms((f.delivery_latency_seconds[s] || {}).p50), ms((f.delivery_latency_seconds[s] || {}).p99),
       fmt(f.slow_consumers[s].disconnect), fmt(f.slow_consumers[s].conflate),
       fmt(f.slow_consumers[s].skip)]]));
   } else {
