@@ -126,7 +126,9 @@ def test_the_dashboard_shows_the_lines_live_and_a_cut_line_going_quiet() -> None
                               ".textContent.replace(/,/g, '')) > 0", timeout=20_000)  # fmt: skip
         state_b = "#source-b td[data-col='1']"
         assert tab.inner_text(state_b) == "up"
-        assert number(tab, "#source-a td[data-col='3']") > 0, errors  # msgs/s, live
+        a_rate = "#source-a td[data-col='3']"  # msgs/s: from the second snapshot on
+        tab.wait_for_function(f"() => Number(document.querySelector(\"{a_rate}\")"
+                              ".textContent.replace(/,/g, '')) > 0", timeout=10_000)  # fmt: skip
         with cut(cfg.line_b.port):
             cut_at = time.monotonic()
             tab.wait_for_function(f"() => ['quiet', 'down'].includes(document.querySelector("
