@@ -138,6 +138,10 @@ def test_the_dashboard_shows_the_lines_live_and_a_cut_line_going_quiet() -> None
             tab.screenshot(path=str(ARTIFACTS / "dashboard-line-b-cut.png"), full_page=True)
         assert took <= 3 * HEARTBEAT_INTERVAL, took
         tab.wait_for_selector("#event-log li[data-event='line_state']", state="attached")
+        # the demo's client that never reads, cut: in the event log with its address and why
+        cut_line = tab.wait_for_selector("#event-log li[data-event='slow_consumer_cut']",
+                                         state="attached", timeout=30_000)  # fmt: skip
+        assert "127.0.0.1:" in cut_line.inner_text()
     assert not errors, errors
     assert result["published"] == result["delivered"]  # re-requests repaired what B did not
 

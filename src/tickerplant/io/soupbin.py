@@ -18,6 +18,7 @@ import socket
 from collections.abc import Callable, Iterable, Mapping
 from typing import Generic, Protocol, TypeVar, cast
 
+from tickerplant.ops.logs import fields
 from tickerplant.session.fanout import (
     Catalog,
     CheckPassword,
@@ -259,15 +260,28 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
         elif isinstance(event, Subscribed):
             log.info("subscriber %s logged in from %d", self.peer, event.first)
         elif isinstance(event, Dropped):
-            log.warning("subscriber %s dropped: %s", self.peer, event.reason)
+            client = _address(self.peer)
+            log.warning("client %s cut: %s", client, event.reason,
+                        extra=fields(event="slow_consumer_cut", client=client,
+                                     reason=event.reason))  # fmt: skip
         elif isinstance(event, Lagging):
-            log.warning("subscriber %s lagging, now %s: %s", self.peer, event.policy.value,
-                        event.reason)
+            client = _address(self.peer)
+            log.warning("client %s lagging, now %s: %s", client, event.policy.value,
+                        event.reason, extra=fields(event="slow_consumer", client=client,
+                                                   policy=event.policy.value,
+                                                   reason=event.reason))  # fmt: skip
         elif isinstance(event, ProtocolError):
             log.warning("subscriber %s broke the protocol: %s", self.peer, event.reason)
         elif isinstance(event, Closed):
             self._graceful = event.cause in (CloseCause.END_OF_SESSION, CloseCause.LOGOUT)
             log.info("subscriber %s closed: %s (%s)", self.peer, event.cause.value, event.detail)
+
+
+def _address(peer: object) -> str:
+    """host:port of a peer as asyncio reports it (a tuple), as an operator writes it."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
 
 
 HIGH_WATER = 2 << 20  # the transport asks us to stop writing above this, resumes below a quarter
