@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import shutil
 import statistics
 import struct
@@ -29,11 +28,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from book_throughput import DATA, make_file
+from plant_run import emitter
 from tickerplant.capture.itch_file import read_chunks
 from tickerplant.capture.lines import CaptureFeed
 from tickerplant.wire import moldudp64 as mold
@@ -44,9 +43,7 @@ PORTS = (31001, 31002)
 GROUPS = ("239.192.77.1", "239.192.77.2")
 
 
-def emit(subject: str, metric: str, value: float, unit: str, **extra: Any) -> None:
-    row = {"bench": BENCH, "subject": subject, "metric": metric, "value": value, "unit": unit}
-    print(json.dumps(row | extra), flush=True)
+emit = emitter(BENCH)
 
 
 def make_capture(path: Path, stream: bytes, per: int, loss: float) -> int:

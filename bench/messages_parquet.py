@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from book_throughput import DATA, make_file
+from plant_run import emitter
 from tickerplant.book import BookEngine
 from tickerplant.capture.itch_file import read_chunks
 from tickerplant.capture.messages import MessageParquetWriter, dictionary, tables
@@ -37,9 +36,7 @@ from tickerplant.capture.messages import MessageParquetWriter, dictionary, table
 BENCH = "messages_parquet"
 
 
-def emit(subject: str, metric: str, value: float, unit: str, **extra: Any) -> None:
-    row = {"bench": BENCH, "subject": subject, "metric": metric, "value": value, "unit": unit}
-    print(json.dumps(row | extra), flush=True)
+emit = emitter(BENCH)
 
 
 def main() -> int:

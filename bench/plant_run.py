@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,15 @@ DATA = Path(__file__).parent / "data"
 
 def emit(**fields: Any) -> None:
     print(json.dumps(fields), flush=True)
+
+
+def emitter(bench: str) -> Callable[..., None]:
+    """``emit`` for one benchmark: (subject, metric, value, unit, **extra) a line."""
+
+    def row(subject: str, metric: str, value: float, unit: str, **extra: Any) -> None:
+        emit(bench=bench, subject=subject, metric=metric, value=value, unit=unit, **extra)
+
+    return row
 
 
 def itch_file(messages: int, seed: int = 1, symbols: int = 500) -> Path:

@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from book_throughput import DATA, make_file
+from plant_run import emitter
 from tickerplant.capture.itch_file import INFLATERS
 
 BENCH = "replay_gzip"
 
 
-def emit(subject: str, metric: str, value: float, unit: str, **extra: Any) -> None:
-    row = {"bench": BENCH, "subject": subject, "metric": metric, "value": value, "unit": unit}
-    print(json.dumps(row | extra), flush=True)
+emit = emitter(BENCH)
 
 
 def replay(path: Path, out: Path, inflater: str | None) -> tuple[float, dict[str, Any]]:
