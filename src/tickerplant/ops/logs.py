@@ -70,11 +70,12 @@ class EventRing(logging.Handler):
     def __init__(self, ring: deque[dict[str, Any]]) -> None:
         super().__init__(logging.INFO)
         self.ring = ring
+        self._json = JsonFormatter()
 
     def emit(self, record: logging.LogRecord) -> None:
         if not hasattr(record, "tp_event"):
             return
-        item = json.loads(JsonFormatter().format(record))
+        item = json.loads(self._json.format(record))
         self.ring.append(item)
 
 
