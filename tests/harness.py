@@ -73,21 +73,23 @@ class LiveCapture:
         assert TSHARK is not None
         self._proc = subprocess.Popen(
             [TSHARK, "-i", interface, "-f", " or ".join(ports), "-w", str(path), "-F", file_format,
-             "-P", "-l", "-q", "-B", "64", *(["-y", link_type] if link_type else [])],
+             "-P", "-l", "-q", "-B", "64", *(["-y", link_type] if link_type else []),
+             # fields, not summary lines: a summary names the protocol a port is registered to
+             # (PNIO, TZSP, ENIP... on some ephemeral ports) instead of the port and length
+             "-T", "fields", "-e", "udp.dstport", "-e", "udp.length"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
         assert self._proc.stdout is not None
         os.set_blocking(self._proc.stdout.fileno(), False)
-        self._printed = b""
+        self._printed = b"\n"
 
     def _seen(self, probe: bytes) -> bool:
         assert self._proc.stdout is not None
         ready, _, _ = select.select([self._proc.stdout], [], [], 0.05)
         if ready:
             self._printed += self._proc.stdout.read() or b""
-        # each summary line ends "... → <port> Len=<payload size>"
-        return f" {self.probe_port} Len={len(probe)}".encode() in self._printed
+        return f"\n{self.probe_port}\t{8 + len(probe)}\n".encode() in self._printed
 
     def _probe_until_seen(self, probe: bytes, deadline: float) -> None:
         while not self._seen(probe):
