@@ -7,12 +7,17 @@ CPU-second of the feed's process (its listener thread included); then the drop i
 CPU-second with scraping (the median of the rounds' ratios; target: under 3 %) and the scrapes'
 own durations. One JSON object per line.
 
-    .venv/bin/python bench/metrics_scrape.py [--messages N] [--rate R] [--rounds 5]
+    .venv/bin/python bench/metrics_scrape.py [--messages N] [--rate R] [--rounds 5] [--pin]
+
+``--pin`` gives the feed (this process, its listener thread included) CPU 0 and confines the
+exchange and the scraper to the other cores: on a 2-core machine the exchange otherwise takes
+the feed's core at random moments, which moves msgs per CPU-second more than scraping does.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 
 from plant_run import emit, itch_file, run_once
@@ -29,12 +34,19 @@ async def main(args: argparse.Namespace) -> None:
     served: list[float] = []
     scrapes: list[float] = []
     offset = 0
+    others = None
+    if args.pin:
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < 2:
+            raise SystemExit("--pin needs two cores: the feed's and the exchange's")
+        os.sched_setaffinity(0, {cores[0]})  # before the listener's thread exists: it inherits
+        others = ",".join(map(str, cores[1:]))
     for _ in range(args.rounds):
         this = {}
         for label, every in modes:
             offset += 1
             r = await run_once(offset, "--itch", path, "--rate", str(int(args.rate)),
-                               scrape_every=every)  # fmt: skip
+                               scrape_every=every, others=others)  # fmt: skip
             assert r.identical and r.lost == 0, (label, r.delivered, r.published, r.lost)
             per_cpu = r.delivered / r.cpu_seconds
             runs[label].append((r.msgs_per_s, per_cpu))
@@ -68,4 +80,5 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=3_000_000)
     parser.add_argument("--every", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--pin", action="store_true")
     run_loop(main(parser.parse_args()))

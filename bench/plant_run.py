@@ -92,10 +92,13 @@ while True:
 
 
 async def run_once(offset: int, *exchange_args: str, digest: bool = True,
-                   scrape_every: float = 0.0) -> RunResult:  # fmt: skip
+                   scrape_every: float = 0.0, others: str | None = None) -> RunResult:  # fmt: skip
     """With ``scrape_every``, the process also serves its figures as Prometheus metrics
     (refreshed from the loop every 0.5 s, as the faces do) and another process scrapes them
-    that often; ``figures["scrapes"]`` counts the scrapes and their durations (ms)."""
+    that often; ``figures["scrapes"]`` counts the scrapes and their durations (ms). ``others``
+    (a taskset CPU list) confines the exchange and the scraper, so that a caller that pinned
+    itself elsewhere has its cores to itself."""
+    confine = ["taskset", "-c", others] if others else []
     line_a, line_b, rerequest, replay = endpoints(offset)
     marks: list[float] = []
 
@@ -120,14 +123,15 @@ async def run_once(offset: int, *exchange_args: str, digest: bool = True,
                 await asyncio.sleep(0.5)
 
         refresher = asyncio.ensure_future(refresh())
-        scraper = subprocess.Popen([sys.executable, "-c", SCRAPER, web.url + "metrics",
+        scraper = subprocess.Popen([*confine, sys.executable, "-c", SCRAPER, web.url + "metrics",
                                     str(scrape_every)],
                                    stdout=subprocess.PIPE, text=True)  # fmt: skip
     cpu = time.process_time()
     try:
-        async with ExchangeProcess(
-            line_a, line_b, rerequest, replay, "--eos-seconds", "1", *exchange_args
-        ) as exchange:
+        child = ExchangeProcess(line_a, line_b, rerequest, replay, "--eos-seconds", "1",
+                                *exchange_args)  # fmt: skip
+        child.command = [*confine, *child.command]
+        async with child as exchange:
             summary = await exchange.summary()
             await asyncio.wait_for(feed.session_ended.wait(), 30)
     finally:

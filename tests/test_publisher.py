@@ -6,7 +6,9 @@ import asyncio
 import hashlib
 import os
 import socket
+import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -395,3 +397,33 @@ def test_the_exchange_publishes_a_synthetic_day_and_answers_repairs_after_the_en
     assert isinstance(rerequest, dict) and rerequest["answered"] == 1
     lines = summary["lines"]
     assert isinstance(lines, tuple) and [line["sent"] for line in lines] == [len(got_a)] * 2
+
+
+def test_a_sources_first_chunk_is_taken_off_the_loop_and_its_failure_kept() -> None:
+    """Opening a capture lists it in a pass over the whole file: that first chunk must come from
+    a thread, not stall the loop serving repairs; a source that fails there fails in the first
+    tick, as it would have unprimed."""
+    from tickerplant.exchange.simulator import _ahead
+
+    taken_on: list[int] = []
+
+    def chunks() -> Iterator[bytes]:
+        for chunk in (b"first", b"second"):
+            taken_on.append(threading.get_ident())
+            yield chunk
+
+    def broken() -> Iterator[bytes]:
+        raise ValueError("offset 0: not ITCH")
+        yield b""
+
+    async def main() -> tuple[list[bytes], Iterator[bytes], Iterator[bytes], int]:
+        primed = await _ahead(chunks())
+        failing = await _ahead(broken())  # not raised yet
+        return list(primed), failing, await _ahead(iter(())), threading.get_ident()
+
+    got, failing, empty, loop_thread = asyncio.run(main())
+    assert got == [b"first", b"second"]
+    assert taken_on[0] != loop_thread and taken_on[1] == threading.get_ident()
+    with pytest.raises(ValueError, match="offset 0"):
+        next(failing)
+    assert list(empty) == []

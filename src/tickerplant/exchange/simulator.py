@@ -228,10 +228,32 @@ def _source(config: ExchangeConfig) -> Iterator[bytes]:
     source = config.source
     if isinstance(source, FileSource):
         # Read (and checked) inside a publisher tick, on the loop that also serves re-requests
-        # and replay: a small chunk keeps that pause near the tick's slice, not 4 MiB of I/O.
+        # and replay: a small chunk keeps that pause near the tick's slice, not 4 MiB of I/O
+        # (the first, which may list a whole capture, is taken on a thread: see _ahead).
         return read_messages(source.path, _FILE_CHUNK_BYTES)
     market = SyntheticMarket(source.seed, source.symbols)
     return market.chunks(source.messages, config.chunk_messages)
+
+
+async def _ahead(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """``chunks`` with its first taken on a thread: opening a capture lists its streams in a pass
+    over the whole file (about a second per million packets), which would stall the loop that
+    serves re-requests and replay in the first tick. A failure is raised where the publisher
+    would have met it."""
+    first: bytes | Exception | None
+    try:
+        first = await asyncio.to_thread(next, chunks, None)
+    except (ValueError, OSError) as exc:
+        first = exc
+    return _resumed(first, chunks)
+
+
+def _resumed(first: bytes | Exception | None, rest: Iterator[bytes]) -> Iterator[bytes]:
+    if isinstance(first, Exception):
+        raise first
+    if first is not None:
+        yield first
+        yield from rest
 
 
 def _pacer(config: ExchangeConfig) -> Pacer:
@@ -273,7 +295,7 @@ async def run_exchange(
             await _listen("replay", config.replay, replay.start())
         publisher = Publisher(
             journal,
-            _source(config),
+            await _ahead(_source(config)),
             lines,
             _pacer(config),
             drop_seed=config.drop_seed,
