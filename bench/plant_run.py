@@ -6,12 +6,13 @@ Shared by the feed benchmarks; each prints one JSON object per line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,13 +92,40 @@ while True:
 """
 
 
+@contextlib.asynccontextmanager
+async def serving(figures: Callable[[], dict[str, Any]], scrape_every: float,
+                  confine: list[str]) -> AsyncIterator[list[float]]:  # fmt: skip
+    """This process serving ``figures`` as Prometheus metrics (refreshed from the loop every
+    0.5 s, as the faces do) while another process, started under ``confine``, scrapes them every
+    ``scrape_every`` seconds; the list yielded holds the scrapes' durations (ms) once done."""
+    snapshot = Snapshot()
+    web = WebServer(Endpoint("127.0.0.1", 0), snapshot)
+
+    async def refresh() -> None:
+        while True:
+            snapshot.set(figures())
+            await asyncio.sleep(0.5)
+
+    refresher = asyncio.ensure_future(refresh())
+    scraper = subprocess.Popen([*confine, sys.executable, "-c", SCRAPER, web.url + "metrics",
+                                str(scrape_every)], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    scrapes: list[float] = []
+    try:
+        yield scrapes
+    finally:
+        scraper.terminate()
+        out, _ = scraper.communicate(timeout=10)
+        scrapes += [float(x) for x in out.split()]
+        refresher.cancel()
+        web.close()
+
+
 async def run_once(offset: int, *exchange_args: str, digest: bool = True,
                    scrape_every: float = 0.0, others: str | None = None) -> RunResult:  # fmt: skip
-    """With ``scrape_every``, the process also serves its figures as Prometheus metrics
-    (refreshed from the loop every 0.5 s, as the faces do) and another process scrapes them
-    that often; ``figures["scrapes"]`` counts the scrapes and their durations (ms). ``others``
-    (a taskset CPU list) confines the exchange and the scraper, so that a caller that pinned
-    itself elsewhere has its cores to itself."""
+    """With ``scrape_every``, the process also serves its figures (see :func:`serving`);
+    ``figures["scrapes"]`` holds the scrapes' durations (ms). ``others`` (a taskset CPU list)
+    confines the exchange and the scraper, so that a caller that pinned itself elsewhere has
+    its cores to itself."""
     confine = ["taskset", "-c", others] if others else []
     line_a, line_b, rerequest, replay = endpoints(offset)
     marks: list[float] = []
@@ -112,40 +140,20 @@ async def run_once(offset: int, *exchange_args: str, digest: bool = True,
         FeedConfig(line_a, line_b, rerequest=rerequest, replay=replay, digest=digest), on_batch
     )
     await feed.start()
-    snapshot = Snapshot()
-    web = WebServer(Endpoint("127.0.0.1", 0), snapshot) if scrape_every else None
-    scraper = None
-    refresher = None
-    if web is not None:
-        async def refresh() -> None:
-            while True:
-                snapshot.set(feed.figures())
-                await asyncio.sleep(0.5)
-
-        refresher = asyncio.ensure_future(refresh())
-        scraper = subprocess.Popen([*confine, sys.executable, "-c", SCRAPER, web.url + "metrics",
-                                    str(scrape_every)],
-                                   stdout=subprocess.PIPE, text=True)  # fmt: skip
-    cpu = time.process_time()
-    try:
-        child = ExchangeProcess(line_a, line_b, rerequest, replay, "--eos-seconds", "1",
-                                *exchange_args)  # fmt: skip
-        child.command = [*confine, *child.command]
-        async with child as exchange:
-            summary = await exchange.summary()
-            await asyncio.wait_for(feed.session_ended.wait(), 30)
-    finally:
-        await feed.close()
-        cpu = time.process_time() - cpu
-        scrapes: list[float] = []
-        if scraper is not None:
-            scraper.terminate()
-            out, _ = scraper.communicate(timeout=10)
-            scrapes = [float(x) for x in out.split()]
-        if refresher is not None:
-            refresher.cancel()
-        if web is not None:
-            web.close()
+    async with contextlib.AsyncExitStack() as stack:
+        scrapes = (await stack.enter_async_context(serving(feed.figures, scrape_every, confine))
+                   if scrape_every else [])  # fmt: skip
+        cpu = time.process_time()
+        try:
+            child = ExchangeProcess(line_a, line_b, rerequest, replay, "--eos-seconds", "1",
+                                    *exchange_args)  # fmt: skip
+            child.command = [*confine, *child.command]
+            async with child as exchange:
+                summary = await exchange.summary()
+                await asyncio.wait_for(feed.session_ended.wait(), 30)
+        finally:
+            await feed.close()
+            cpu = time.process_time() - cpu
     seconds = marks[-1] - marks[0] if len(marks) > 1 else 0.0
     delivered = feed.session.counters.delivered
     identical = (delivered == summary["published"]
