@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,7 @@ class RunResult:
     identical: bool
     seconds: float  # first to last delivered message
     cpu_seconds: float  # this process (the feed handler) over the whole run
+    loop_cpu_seconds: float  # of it, the event loop's thread (the feed's own work)
     figures: dict[str, Any]
     exchange: dict[str, Any]
 
@@ -92,14 +94,25 @@ while True:
 """
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU-seconds process ``pid`` has used (its threads included)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.asynccontextmanager
 async def serving(figures: Callable[[], dict[str, Any]], scrape_every: float,
-                  confine: list[str]) -> AsyncIterator[list[float]]:  # fmt: skip
+                  confine: list[str]) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
     """This process serving ``figures`` as Prometheus metrics (refreshed from the loop every
     0.5 s, as the faces do) while another process, started under ``confine``, scrapes them every
-    ``scrape_every`` seconds; the list yielded holds the scrapes' durations (ms) once done."""
+    ``scrape_every`` seconds. Yields, filled in once done, ``scrapes`` (their durations, ms) and
+    ``listener_cpu_seconds`` (what the listener process used meanwhile, ``listener_seconds``)."""
     snapshot = Snapshot()
     web = WebServer(Endpoint("127.0.0.1", 0), snapshot)
+    if confine:  # the listener is a process of its own: off the feed's core too
+        subprocess.run(["taskset", "-a", "-p", "-c", confine[-1], str(web.pid)], check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
 
     async def refresh() -> None:
         while True:
@@ -109,21 +122,26 @@ async def serving(figures: Callable[[], dict[str, Any]], scrape_every: float,
     refresher = asyncio.ensure_future(refresh())
     scraper = subprocess.Popen([*confine, sys.executable, "-c", SCRAPER, web.url + "metrics",
                                 str(scrape_every)], stdout=subprocess.PIPE, text=True)  # fmt: skip
-    scrapes: list[float] = []
+    out: dict[str, Any] = {}
+    # answered once the listener has started (the plant bound its port: the request waits)
+    await asyncio.to_thread(lambda: urllib.request.urlopen(web.url + "metrics", timeout=30).read())
+    listener, since = cpu_seconds(web.pid), time.monotonic()
     try:
-        yield scrapes
+        yield out
     finally:
         scraper.terminate()
-        out, _ = scraper.communicate(timeout=10)
-        scrapes += [float(x) for x in out.split()]
+        text, _ = scraper.communicate(timeout=10)
+        out["scrapes"] = [float(x) for x in text.split()]
+        out["listener_cpu_seconds"] = cpu_seconds(web.pid) - listener
+        out["listener_seconds"] = time.monotonic() - since
         refresher.cancel()
         web.close()
 
 
 async def run_once(offset: int, *exchange_args: str, digest: bool = True,
                    scrape_every: float = 0.0, others: str | None = None) -> RunResult:  # fmt: skip
-    """With ``scrape_every``, the process also serves its figures (see :func:`serving`);
-    ``figures["scrapes"]`` holds the scrapes' durations (ms). ``others`` (a taskset CPU list)
+    """With ``scrape_every``, the process also serves its figures (see :func:`serving`), and
+    ``figures`` has what :func:`serving` yields. ``others`` (a taskset CPU list)
     confines the exchange and the scraper, so that a caller that pinned itself elsewhere has
     its cores to itself."""
     confine = ["taskset", "-c", others] if others else []
@@ -141,9 +159,9 @@ async def run_once(offset: int, *exchange_args: str, digest: bool = True,
     )
     await feed.start()
     async with contextlib.AsyncExitStack() as stack:
-        scrapes = (await stack.enter_async_context(serving(feed.figures, scrape_every, confine))
-                   if scrape_every else [])  # fmt: skip
-        cpu = time.process_time()
+        served = (await stack.enter_async_context(serving(feed.figures, scrape_every, confine))
+                  if scrape_every else {})  # fmt: skip
+        cpu, loop_cpu = time.process_time(), time.thread_time()
         try:
             child = ExchangeProcess(line_a, line_b, rerequest, replay, "--eos-seconds", "1",
                                     *exchange_args)  # fmt: skip
@@ -154,11 +172,12 @@ async def run_once(offset: int, *exchange_args: str, digest: bool = True,
         finally:
             await feed.close()
             cpu = time.process_time() - cpu
+            loop_cpu = time.thread_time() - loop_cpu
     seconds = marks[-1] - marks[0] if len(marks) > 1 else 0.0
     delivered = feed.session.counters.delivered
     identical = (delivered == summary["published"]
                  and (not digest or feed.session.digest == summary["sha256"]))
     figures = feed.figures()
-    if scrape_every:
-        figures["scrapes"] = scrapes
-    return RunResult(summary["published"], delivered, identical, seconds, cpu, figures, summary)
+    figures.update(served)
+    return RunResult(summary["published"], delivered, identical, seconds, cpu, loop_cpu, figures,
+                     summary)  # fmt: skip

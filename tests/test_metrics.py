@@ -4,7 +4,10 @@ prometheus-client's own parser from a real listener; during the demo, counters m
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -73,6 +76,104 @@ def test_a_feed_sessions_figures_are_served_by_name_type_and_label() -> None:
             urllib.request.urlopen(web.url + "nope", timeout=5)
     finally:
         web.close()
+
+
+def _value(families: dict[str, Any], name: str) -> float:
+    return float(families[name].samples[0].value)
+
+
+def test_the_listener_is_a_process_of_its_own_serving_the_plants_snapshots_and_figures() -> None:
+    from prometheus_client import CollectorRegistry, ProcessCollector
+
+    snapshot = Snapshot()
+    session = FeedSession(FeedConfig(Endpoint("239.1.1.1", 30001), Endpoint("239.1.1.2", 30002)))
+    snapshot.set(session.figures())
+    web = WebServer(Endpoint("127.0.0.1", 0), snapshot)
+    try:
+        assert web.pid != os.getpid()
+        families = scrape(web.url)
+        assert _value(families, "tickerplant_delivered_messages") == 0
+        ours = CollectorRegistry()
+        ProcessCollector(registry=ours)
+        start = {m.name: m.samples[0].value for m in ours.collect()}["process_start_time_seconds"]
+        # the process figures are the plant's (this process's), not the listener's
+        assert _value(families, "process_start_time_seconds") == start
+        figures = session.figures()
+        figures["delivered_messages"] = 12345
+        snapshot.set(figures)
+        deadline = time.monotonic() + 10
+        while _value(scrape(web.url), "tickerplant_delivered_messages") != 12345:
+            assert time.monotonic() < deadline, "the listener never served the new snapshot"
+            time.sleep(0.05)
+    finally:
+        web.close()
+    assert web._process.returncode == 0  # it ended when the pair closed, not killed
+    with pytest.raises(OSError):
+        scrape(web.url)
+
+
+def test_the_listener_ends_with_the_plant_however_it_ends() -> None:
+    plant = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from tickerplant.endpoint import Endpoint\n"
+        "from tickerplant.io.web import WebServer\n"
+        "from tickerplant.ops.metrics import Snapshot\n"
+        "web = WebServer(Endpoint('127.0.0.1', 0), Snapshot())\n"
+        "print(web.pid, web.url, flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert plant.stdout is not None
+        pid, url = plant.stdout.readline().split()
+        assert "tickerplant_delivered_messages" not in scrape(url)  # serving, no figures yet
+        plant.kill()  # SIGKILL: no close, no atexit
+        plant.wait()
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{pid}") and "zombie" not in _state(pid):
+            assert time.monotonic() < deadline, "the listener outlived the plant"
+            time.sleep(0.05)
+    finally:
+        plant.kill()
+        plant.wait()
+
+
+def _state(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return f.read().lower()
+    except FileNotFoundError:
+        return "zombie"
+
+
+def test_a_listener_gone_is_logged_and_the_plant_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    snapshot = Snapshot()
+    web = WebServer(Endpoint("127.0.0.1", 0), snapshot)
+    try:
+        web._process.kill()
+        web._process.wait()
+        with caplog.at_level("WARNING", logger="tickerplant.web"):
+            snapshot.set({"delivered_messages": 1})  # from the loop: must not raise
+        assert "metrics listener" in caplog.text and "takes no figures" in caplog.text
+    finally:
+        web.close()
+
+
+def test_a_listener_that_stops_reading_costs_the_loop_a_skipped_snapshot_never_a_wait() -> None:
+    import signal
+
+    snapshot = Snapshot()
+    web = WebServer(Endpoint("127.0.0.1", 0), snapshot)
+    os.kill(web.pid, signal.SIGSTOP)
+    try:
+        big = {"lost_ranges": [[i, i + 1] for i in range(2000)]}  # ~20 KB a snapshot
+        for _ in range(2000):  # the pair holds a few: a blocking send would wait here for good
+            snapshot.set(big)
+        assert web.skipped > 0
+    finally:
+        os.kill(web.pid, signal.SIGCONT)
+        web.close()
+    assert web._process.returncode == 0
 
 
 def test_a_port_in_use_is_a_config_error() -> None:

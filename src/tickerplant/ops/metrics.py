@@ -8,15 +8,15 @@ gauge (0 down, 1 quiet, 2 up), the session as an info metric. Text figures for p
 ranges, replay failure reasons, the busiest symbols) are not exported.
 
 The collector never calls into the plant: the process hands it snapshots (:class:`Snapshot`,
-replaced whole from the event loop, read whole by the scraping thread), so that a scrape costs
-the loop nothing and sees one consistent moment.
+replaced whole from the event loop and handed whole to the listener process, which collects
+from its copy), so that a scrape costs the plant nothing and sees one consistent moment.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client.core import (
@@ -37,16 +37,20 @@ LINE_STATES = {"down": 0, "quiet": 1, "up": 2}
 class Snapshot:
     """The latest figures, replaced whole (one reference assignment: atomic under the GIL),
     when (``time``, seconds since the epoch), and the operator's events lately logged
-    (``events``, a bounded ring :class:`tickerplant.ops.logs.EventRing` fills)."""
+    (``events``, a bounded ring :class:`tickerplant.ops.logs.EventRing` fills). Each
+    :meth:`set` is handed to the watchers (the listener process's channel)."""
 
     def __init__(self, events: int = 200) -> None:
         self.figures: Figures = {}
         self.time = 0.0
         self.events: deque[dict[str, Any]] = deque(maxlen=events)
+        self.watchers: list[Callable[[Snapshot], None]] = []
 
-    def set(self, figures: Figures) -> None:
-        self.time = time.time()
+    def set(self, figures: Figures, at: float | None = None) -> None:
+        self.time = time.time() if at is None else at
         self.figures = figures
+        for watcher in self.watchers:
+            watcher(self)
 
 
 def _leaves(
