@@ -142,8 +142,8 @@ async def run_once(offset: int, *exchange_args: str, digest: bool = True,
                    scrape_every: float = 0.0, others: str | None = None) -> RunResult:  # fmt: skip
     """With ``scrape_every``, the process also serves its figures (see :func:`serving`), and
     ``figures`` has what :func:`serving` yields. ``others`` (a taskset CPU list)
-    confines the exchange and the scraper, so that a caller that pinned itself elsewhere has
-    its cores to itself."""
+    confines the exchange, the listener process and the scraper, so that a caller that pinned
+    itself elsewhere has its cores to itself."""
     confine = ["taskset", "-c", others] if others else []
     line_a, line_b, rerequest, replay = endpoints(offset)
     marks: list[float] = []
