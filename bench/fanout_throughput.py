@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import multiprocessing as mp
 import os
 import re
@@ -53,25 +52,17 @@ from typing import Any
 
 import numpy as np
 
+from plant_run import cpu_of, emit
+
 SIZE = 40
 SUBSCRIBERS = 4
 PAYLOAD = b"m" * SIZE
-
-
-def emit(**fields: Any) -> None:
-    print(json.dumps(fields), flush=True)
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def cpu_of(pid: int) -> float:
-    """utime + stime of a process, from /proc (seconds)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss(pid: int) -> int:

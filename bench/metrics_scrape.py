@@ -48,11 +48,11 @@ async def main(args: argparse.Namespace) -> None:
         cores = sorted(os.sched_getaffinity(0))
         if len(cores) < 2:
             raise SystemExit("--pin needs two cores: the feed's and the exchange's")
-        os.sched_setaffinity(0, {cores[0]})  # before the listener's thread exists: it inherits
+        os.sched_setaffinity(0, {cores[0]})  # the listener process is moved off it (serving)
         others = ",".join(map(str, cores[1:]))
     for n in range(args.rounds):
         this = {}
-        # each round starts with the next mode: the first run after the idle accounting differs
+        # each round starts with the next mode: a round's first run is slower, whichever it is
         for label, every in modes[n % 3:] + modes[:n % 3]:
             offset += 1
             r = await run_once(offset, "--itch", path, "--rate", str(int(args.rate)),
@@ -85,8 +85,7 @@ async def main(args: argparse.Namespace) -> None:
     drop = 1 - statistics.median(ratios)
     emit(bench=BENCH, subject="tickerplant", metric="cpu_efficiency_drop", value=round(drop, 4),
          unit="fraction", target=0.03, met=drop < 0.03, ratios=[round(r, 4) for r in ratios])
-    # the part of the drop that is the loop's own work slowing (caches, GIL handoffs), not the
-    # listener's threads: what remains is the listener's CPU in the run
+    # the loop's own work alone: any difference from the process's is other threads' CPU
     emit(bench=BENCH, subject="tickerplant", metric="loop_cpu_efficiency_drop",
          value=round(1 - statistics.median(loop_ratios), 4), unit="fraction",
          ratios=[round(r, 4) for r in loop_ratios])  # fmt: skip

@@ -94,24 +94,25 @@ while True:
 """
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_of(pid: int) -> float:
     """User and system CPU-seconds process ``pid`` has used (its threads included)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.asynccontextmanager
 async def serving(figures: Callable[[], dict[str, Any]], scrape_every: float,
-                  confine: list[str]) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
+                  others: str | None) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
     """This process serving ``figures`` as Prometheus metrics (refreshed from the loop every
-    0.5 s, as the faces do) while another process, started under ``confine``, scrapes them every
-    ``scrape_every`` seconds. Yields, filled in once done, ``scrapes`` (their durations, ms) and
-    ``listener_cpu_seconds`` (what the listener process used meanwhile, ``listener_seconds``)."""
+    0.5 s, as the faces do) while another process scrapes them every ``scrape_every`` seconds;
+    the listener and the scraper confined to the CPUs ``others`` (a taskset list), if given.
+    Yields, filled in once done, ``scrapes`` (their durations, ms) and ``listener_cpu_seconds``
+    (what the listener process used meanwhile, ``listener_seconds``)."""
     snapshot = Snapshot()
     web = WebServer(Endpoint("127.0.0.1", 0), snapshot)
-    if confine:  # the listener is a process of its own: off the feed's core too
-        subprocess.run(["taskset", "-a", "-p", "-c", confine[-1], str(web.pid)], check=True,
+    confine = ["taskset", "-c", others] if others else []
+    if others:  # the listener is a process of its own: off the feed's core too
+        subprocess.run(["taskset", "-a", "-p", "-c", others, str(web.pid)], check=True,
                        stdout=subprocess.DEVNULL)  # fmt: skip
 
     async def refresh() -> None:
@@ -125,14 +126,14 @@ async def serving(figures: Callable[[], dict[str, Any]], scrape_every: float,
     out: dict[str, Any] = {}
     # answered once the listener has started (the plant bound its port: the request waits)
     await asyncio.to_thread(lambda: urllib.request.urlopen(web.url + "metrics", timeout=30).read())
-    listener, since = cpu_seconds(web.pid), time.monotonic()
+    listener, since = cpu_of(web.pid), time.monotonic()
     try:
         yield out
     finally:
         scraper.terminate()
         text, _ = scraper.communicate(timeout=10)
         out["scrapes"] = [float(x) for x in text.split()]
-        out["listener_cpu_seconds"] = cpu_seconds(web.pid) - listener
+        out["listener_cpu_seconds"] = cpu_of(web.pid) - listener
         out["listener_seconds"] = time.monotonic() - since
         refresher.cancel()
         web.close()
@@ -159,7 +160,7 @@ async def run_once(offset: int, *exchange_args: str, digest: bool = True,
     )
     await feed.start()
     async with contextlib.AsyncExitStack() as stack:
-        served = (await stack.enter_async_context(serving(feed.figures, scrape_every, confine))
+        served = (await stack.enter_async_context(serving(feed.figures, scrape_every, others))
                   if scrape_every else {})  # fmt: skip
         cpu, loop_cpu = time.process_time(), time.thread_time()
         try:

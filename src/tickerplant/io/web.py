@@ -118,9 +118,10 @@ class WebServer:
             self._channel.send(data)
         except BlockingIOError:
             self.skipped += 1
-        except OSError as err:
+        except OSError as err:  # gone: said once, and no more snapshots made for it
             log.warning("the metrics listener (pid %d) takes no figures: %s; exit status %s",
                         self.pid, err.strerror, self._process.poll())  # fmt: skip
+            snapshot.watchers.remove(self._hand)
 
     @property
     def url(self) -> str:

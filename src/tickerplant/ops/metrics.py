@@ -49,7 +49,7 @@ class Snapshot:
     def set(self, figures: Figures, at: float | None = None) -> None:
         self.time = time.time() if at is None else at
         self.figures = figures
-        for watcher in self.watchers:
+        for watcher in tuple(self.watchers):  # a watcher may leave as it is told
             watcher(self)
 
 
