@@ -5,6 +5,7 @@ simulator's lines (dumpcap, loss on A) replaying to exactly the tables of the fi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import struct
@@ -29,7 +30,7 @@ from pcapfile import (
     simple,
 )
 from tickerplant.capture import pcap
-from tickerplant.capture.lines import CaptureFeed, streams
+from tickerplant.capture.lines import CaptureFeed, read_messages, streams
 from tickerplant.capture.pcap import Capture, CaptureError
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.synthetic import SyntheticMarket
@@ -244,6 +245,55 @@ def test_lines_are_arbitrated_and_what_both_lost_is_reported_exactly(tmp_path: P
         copies += [t + 10_000] * (k not in drop_b)
         expect += [min(copies)] * len(msgs[7 * k : 7 * k + 7])
     assert times.tolist() == expect
+    feed.close()
+
+
+def test_two_packets_millions_apart_at_the_end_of_a_capture_are_both_told(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As an appliance excerpts a real TotalView session: one packet, then 38 s later one far
+    beyond the sequencer's max_jump (VLAN-tagged Ethernet, ns pcap). Nothing confirms or refutes
+    the far one before the capture ends: it is delivered, the range before it reported lost."""
+    msgs = day_messages(39)
+    first, far = 14_764_496, 19_009_117
+    out = [(T0, frame(ipv4_udp(mold.encode_packet(b"TOTALVIEW1", first, msgs[:1]), A.host,
+                               A.port), pcap.ETHERNET, vlans=1)),
+           (T0 + 38 * 10**9, frame(ipv4_udp(mold.encode_packet(b"TOTALVIEW1", far, msgs[1:]),
+                                            A.host, A.port), pcap.ETHERNET, vlans=1))]  # fmt: skip
+    path = tmp_path / "excerpt.pcap"
+    path.write_bytes(pcap_file(out, pcap.ETHERNET, nanos=True))
+    feed = CaptureFeed(path)
+    stream, times = arbitrated(feed)
+    assert stream == join_messages(msgs)
+    assert times.tolist() == [T0] + [T0 + 38 * 10**9] * 38
+    figures = feed.figures()
+    assert figures["lost_ranges"] == [[first + 1, far]]
+    assert figures["lost_messages"] == far - first - 1
+    assert figures["delivered_messages"] == 39
+    assert figures["suspects"] == [{"line": "a", "sequence": far, "count": 38, "accepted": True}]
+    feed.close()
+    # The simulator's source renumbers what it publishes: what the capture lacked is said.
+    with caplog.at_level(logging.WARNING, "tickerplant.capture.lines"):
+        assert b"".join(read_messages(path)) == join_messages(msgs)
+    assert f"[[{first + 1}, {far}]]" in caplog.text and "accepted" in caplog.text
+
+
+def test_a_stray_far_packet_in_the_middle_of_a_capture_is_rejected_and_told(
+    tmp_path: Path,
+) -> None:
+    msgs = day_messages(700)
+    packets = mold_packets(msgs)
+    stray = (2**40, mold.encode_packet(b"CAPTURE001", 2**40, msgs[:3]))
+    packets = [*packets[:50], stray, *packets[50:]]
+    path = tmp_path / "stray.pcap"
+    two_lines(path, packets, drop_a={50}, drop_b=set())  # the stray on line B only
+    feed = CaptureFeed(path)
+    stream, _ = arbitrated(feed)
+    assert stream == join_messages(msgs)  # no lost range, no duplicate
+    figures = feed.figures()
+    assert figures["lost_ranges"] == [] and figures["duplicate_messages"] == len(msgs)
+    assert figures["suspects"] == [{"line": "b", "sequence": 2**40, "count": 3,
+                                    "accepted": False}]  # fmt: skip
     feed.close()
 
 

@@ -21,6 +21,7 @@ from tickerplant.session.events import (
     SessionEnded,
     SessionStarted,
     Source,
+    SuspectDecided,
 )
 from tickerplant.session.feed import (
     Datagrams,
@@ -31,6 +32,7 @@ from tickerplant.session.feed import (
 )
 from tickerplant.session.latency import Latencies
 from tickerplant.session.recovery import RecoveryConfig
+from tickerplant.session.sequencer import SUSPECT_WAIT
 from tickerplant.wire import moldudp64 as mold
 from tickerplant.wire.blocks import iter_messages, join_messages
 
@@ -191,6 +193,39 @@ def test_a_stalled_replay_is_cancelled_with_its_reason() -> None:
     p.tick(1.0)
     assert p.lost == [(1, 1001)]
     assert list(p.session.figures()["replay_failures"].values()) == [1]
+
+
+def test_a_stray_far_packet_mid_stream_is_decided_on_the_session_timer_and_told() -> None:
+    """A stray far ahead on line B while both lines go on: no lost range, no duplicate, no
+    re-request; the session's own timer decides it (rejected), with its numbers in an event."""
+    p = Plant(rerequest=SERVICE)
+    p.send(A, packet(1, 5), at=1.0)
+    p.send(B, packet(1, 5), mold.encode_packet(S1, 2**40, [b"x"] * 3), at=1.0001)
+    assert p.session.sequencer.get_timer() == 1.0001 + SUSPECT_WAIT
+    for k in range(6, 200, 5):
+        p.now += 0.05
+        p.send(A, packet(k, 5))
+        p.send(B, packet(k, 5))
+    p.tick(10.0)
+    assert p.delivered == list(range(1, 201)) and p.lost == [] and p.requests == []
+    (decided,) = [e for e in p.events if isinstance(e, SuspectDecided)]
+    assert (decided.source, decided.sequence, decided.count, decided.accepted) == (B, 2**40, 3,
+                                                                                  False)
+    figures = p.session.figures()
+    assert figures["suspects_rejected"] == 1 and figures["suspects_accepted"] == 0
+    assert figures["duplicates_delivered"] == figures["skipped_unreported"] == 0
+
+
+def test_a_far_packet_with_nothing_after_it_is_the_streams_when_the_input_ends() -> None:
+    p = Plant()
+    p.send(A, packet(1, 1), at=0.0)
+    p.send(A, packet(19_009_117, 38), at=38.0)
+    assert p.delivered == [1]
+    p.session.input_ended(38.0)
+    p.tick(38.0 + RecoveryConfig().give_up_after + 1)
+    assert p.lost == [(2, 19_009_117)]
+    assert p.delivered == [1, *range(19_009_117, 19_009_155)]
+    assert p.session.figures()["suspects_accepted"] == 1
 
 
 def test_lines_go_up_quiet_and_down_on_exact_timers() -> None:

@@ -12,9 +12,10 @@ from tickerplant.session.events import (
     SessionEnded,
     SessionStarted,
     Source,
+    SuspectDecided,
 )
 from tickerplant.session.recovery import CancelReplay, Recovery, RecoveryConfig, Replay, Rerequest
-from tickerplant.session.sequencer import Sequencer
+from tickerplant.session.sequencer import SUSPECT_WAIT, Sequencer
 from tickerplant.wire.blocks import iter_messages, join_messages
 
 A, B, RR, RP = Source.LINE_A, Source.LINE_B, Source.REREQUEST, Source.REPLAY
@@ -233,15 +234,79 @@ def test_one_stray_far_ahead_cannot_turn_the_stream_into_duplicates() -> None:
     p.packet(A, 1, 10, 0.0)
     p.packet(B, 2**62, 1, 0.1)  # a stray: set aside, the horizon stays
     assert p.seq.horizon == 11 and p.seq.counters.suspect_packets == 1
+    assert p.seq.get_timer() == 0.1 + SUSPECT_WAIT
     for first in range(11, 100, 10):
         p.packet(A, first, 10, 0.2)
     rec.handle_timer(5.0)
+    p.seq.handle_timer(0.1 + SUSPECT_WAIT)  # the lines went on where they were: a stray
     p.collect()
     assert p.delivered == list(range(1, 101)) and p.lost == []
-    # A real jump is confirmed by the next packet, and the one set aside is fetched with the gap.
+    assert [e for e in p.events if isinstance(e, SuspectDecided)] == [
+        SuspectDecided(B, 2**62, 1, False, SUSPECT_WAIT)]
+    assert p.seq.counters.suspects_rejected == 1 and p.seq.get_timer() is None
+    # A real jump is confirmed by the next packet, which admits the one set aside with it.
     p.packet(A, 10_000, 10, 6.0)
     p.packet(A, 10_010, 10, 6.0)
-    assert [(g.start, g.end) for g in p.seq.gaps] == [(101, 10_010)]
+    assert [(g.start, g.end) for g in p.seq.gaps] == [(101, 10_000)]
+    assert p.seq.horizon == 10_020 and p.seq.counters.suspects_accepted == 0
+    rec.handle_timer(7.5)
+    p.collect()
+    assert p.lost == [(101, 10_000)] and p.delivered[-20:] == list(range(10_000, 10_020))
+
+
+def test_a_stray_with_nothing_after_it_is_told_when_decided() -> None:
+    """Two packets millions apart and then nothing (the excerpt of a session a capture holds):
+    when it has waited suspect_wait, or the input ends, the far packet is the stream's."""
+    for decide in ("timer", "end"):
+        p = Plant(max_jump=1000)
+        p.packet(A, 1, 1, 0.0)
+        p.packet(A, 5_000_000, 38, 38.0)
+        assert p.delivered == [1] and p.seq.suspect is not None
+        if decide == "timer":
+            p.seq.handle_timer(38.0 + SUSPECT_WAIT - 0.001)
+            assert p.seq.suspect is not None  # not due yet
+            p.seq.handle_timer(38.0 + SUSPECT_WAIT)
+        else:
+            p.seq.decide_suspect(38.5)
+        assert p.seq.counters.suspects_accepted == 1
+        assert [(g.start, g.end) for g in p.seq.gaps] == [(2, 5_000_000)]
+        p.seq.give_up(p.seq.gaps[0], 50.0)
+        p.collect()
+        assert p.lost == [(2, 5_000_000)] and p.delivered[-38:] == list(range(5_000_000,
+                                                                             5_000_038))
+
+
+def test_far_packets_that_disagree_each_decide_the_one_before() -> None:
+    """An excerpt of three far-apart packets: each later one decides the one before it (nothing
+    came between them near the stream, so it is the stream's), and the last the input's end."""
+    p = Plant(max_jump=1000)
+    p.packet(A, 1, 1, 0.0)
+    p.packet(A, 1_000_000, 2, 1.0)
+    p.packet(A, 3_000_000, 3, 2.0)
+    assert p.seq.counters.suspects_accepted == 1 and p.seq.suspect is not None
+    p.seq.decide_suspect(3.0)
+    while p.seq.gaps:
+        p.seq.give_up(p.seq.gaps[0], 10.0)
+    p.collect()
+    assert p.lost == [(2, 1_000_000), (1_000_002, 3_000_000)]
+    assert [d for d in p.delivered if d > 0] == [1, 1_000_000, 1_000_001, *range(3_000_000,
+                                                                               3_000_003)]
+
+
+def test_a_far_heartbeat_is_weighed_as_a_packet_is() -> None:
+    p = Plant(max_jump=1000)
+    p.packet(A, 1, 5, 0.0)
+    p.seq.on_heartbeat(B, 2**50, 0.5)  # a stray heartbeat: the horizon stays
+    assert p.seq.horizon == 6 and p.seq.gaps == []
+    p.seq.on_heartbeat(A, 6, 1.0)  # line A says where the stream is
+    p.seq.handle_timer(0.5 + SUSPECT_WAIT)
+    assert p.seq.counters.suspects_rejected == 1 and p.seq.horizon == 6
+    # The session ends where the stream is: a stray pending then is decided at once.
+    p.seq.on_heartbeat(B, 2**51, 6.0)
+    p.seq.on_end_of_session(A, 6, 6.1)
+    p.collect()
+    assert p.seq.counters.suspects_rejected == 2 and p.seq.suspect is None
+    assert any(isinstance(e, SessionEnded) for e in p.events)
 
 
 def test_overflowing_packets_of_one_stall_make_one_gap() -> None:

@@ -352,6 +352,11 @@ def _capture_rows(table: Table, c: dict[str, Any]) -> None:
                   f"{repaired}")  # fmt: skip
     lost = ", ".join(f"[{a:,}, {b:,})" for a, b in c["lost_ranges"][:10])
     table.add_row("lost (on every line)", f"{c['lost_messages']:,} messages {lost}".strip())
+    if c["suspects"]:  # far beyond the stream, never confirmed by a second packet: decided
+        table.add_row("far packets", ", ".join(
+            f"{d['line'].upper()} seq {d['sequence']:,} ({d['count']} messages) "
+            + ("accepted" if d["accepted"] else "rejected as a stray")
+            for d in c["suspects"][:10]))  # fmt: skip
 
 
 _UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000}

@@ -18,6 +18,7 @@ ring indexed by sequence number as the packets are read.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,11 +32,20 @@ from tickerplant.capture.itch_file import CHUNK_BYTES, ItchFile
 from tickerplant.capture.pcap import UDP, CaptureError
 from tickerplant.endpoint import Endpoint
 from tickerplant.jit import kernel
-from tickerplant.session.events import Batch, GapLost, SessionEnded, SessionStarted, Source
-from tickerplant.session.feed import Datagrams, FeedConfig, FeedSession
+from tickerplant.session.events import (
+    Batch,
+    GapLost,
+    SessionEnded,
+    SessionStarted,
+    Source,
+    SuspectDecided,
+)
+from tickerplant.session.feed import LOST_RANGES_KEPT, Datagrams, FeedConfig, FeedSession
 from tickerplant.session.recovery import RecoveryConfig
 from tickerplant.wire import moldudp64 as mold
 from tickerplant.wire.blocks import U8
+
+log = logging.getLogger(__name__)
 
 I64 = npt.NDArray[np.int64]
 
@@ -130,15 +140,18 @@ def _classify(
 
 @kernel
 def _first_seen(
-    seq: I64, count: I64, time: I64, picked: I64, tags: I64, times: I64
+    seq: I64, count: I64, time: I64, picked: I64, tags: I64, times: I64, floor: int
 ) -> None:  # pragma: no cover - compiled
-    """Note the capture time of each message's first copy among the ``picked`` data packets."""
+    """Note the capture time of each message's first copy among the ``picked`` data packets.
+
+    A slot is taken over only from a message below ``floor`` (delivered already): a stray far
+    ahead must not evict the times of the stream it strayed into."""
     mask = tags.shape[0] - 1
     for i in picked:
         t = time[i]
         for m in range(seq[i], seq[i] + count[i]):
             slot = m & mask
-            if tags[slot] < m:
+            if tags[slot] < m and tags[slot] < floor:
                 tags[slot] = m
                 times[slot] = t
 
@@ -344,6 +357,9 @@ class CaptureFeed:
         self.chunk_bytes = chunk_bytes
         self.give_up_after = give_up_after
         self.lost: list[tuple[int, int]] = []
+        # Packets far beyond the stream that no second packet confirmed: each decided, kept
+        # with its numbers (the first LOST_RANGES_KEPT; the figures count them all).
+        self.suspects: list[SuspectDecided] = []
         self.messages = 0
         self.ended = False
         first = [s.first_sequence for s in self.lines if s.first_sequence]
@@ -372,6 +388,12 @@ class CaptureFeed:
             "delivered_messages": f["delivered_messages"],
             "lost_messages": f["lost_messages"],
             "lost_ranges": [[a, b] for a, b in self.lost],  # [start, end), as the plant says
+            "suspect_packets": f["suspect_packets"],
+            "suspects": [
+                {"line": d.source.label, "sequence": d.sequence, "count": d.count,
+                 "accepted": d.accepted}
+                for d in self.suspects
+            ],
             "duplicate_messages": f["duplicate_messages"],
             "gaps_seen": {k: v for k, v in f["gaps_seen"].items() if k in ("a", "b")},
             "gaps_repaired": {k: f["gaps_repaired"][k]["line"] for k in ("a", "b")},
@@ -411,7 +433,8 @@ class CaptureFeed:
                 picks.append(np.flatnonzero(ours))
             data = np.sort(np.concatenate(picks))
             data = data[what[data] == _DATA]
-            _first_seen(seq, count, packets.time, data, tags, times)
+            _first_seen(seq, count, packets.time, data, tags, times,
+                        self.feed.sequencer.expected)
             for source, picked, buffer in zip(Source, picks, rows, strict=False):
                 start = 0
                 while start < picked.shape[0]:
@@ -429,7 +452,9 @@ class CaptureFeed:
             if size >= self.chunk_bytes:
                 yield b"".join(out), np.concatenate(out_times)
                 out, out_times, size = [], [], 0
-        # The capture is over: what is still missing will never come.
+        # The capture is over: what is still missing will never come, and a packet set aside
+        # as suspect will never be confirmed; it is decided (and told) here.
+        self.feed.input_ended(now)
         sequencer = self.feed.sequencer
         while sequencer.gaps:
             open_gaps = len(sequencer.gaps)
@@ -462,6 +487,9 @@ class CaptureFeed:
                 self.ended = True
             elif isinstance(item, SessionStarted) and item.previous is not None:
                 raise CaptureError(f"{self.path}: the session changed within the chosen lines")
+        for event in self.feed.take_events():  # repairs are counted in the figures already
+            if isinstance(event, SuspectDecided) and len(self.suspects) < LOST_RANGES_KEPT:
+                self.suspects.append(event)
 
 
 def is_capture_file(path: str | os.PathLike[str]) -> bool:
@@ -484,3 +512,10 @@ def read_messages(path: str | os.PathLike[str], chunk_bytes: int = CHUNK_BYTES) 
             yield blocks
     finally:
         feed.close()
+    # The caller numbers what it is given anew (the simulator's own session): what the capture
+    # lacked is said here, or it would vanish between the file and the wire.
+    f = feed.figures()
+    if f["lost_messages"] or f["suspects"]:
+        log.warning("%s: %d messages missing from every captured line %s; far packets decided: "
+                    "%s", feed.path, f["lost_messages"], f["lost_ranges"][:10],
+                    f["suspects"][:10])  # fmt: skip

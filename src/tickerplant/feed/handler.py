@@ -31,6 +31,7 @@ from tickerplant.session.events import (
     SessionEnded,
     SessionStarted,
     Source,
+    SuspectDecided,
 )
 from tickerplant.session.feed import (
     Datagrams,
@@ -93,6 +94,12 @@ class FeedHandler:
     async def close(self) -> None:
         assert self._loop is not None
         self._report_defects(self._clock())  # the last of them, up to the end
+        suspect = self.session.sequencer.suspect
+        if suspect is not None:  # stopped before it could be decided: said, not dropped unsaid
+            log.warning("stopped with a packet set aside undecided: %s, sequence %d, %d messages",
+                        suspect.source.label, suspect.sequence, suspect.count,
+                        extra=fields(event="suspect_undecided", source=suspect.source.label,
+                                     sequence=suspect.sequence, count=suspect.count))  # fmt: skip
         for drain in self._drains.values():
             self._loop.remove_reader(drain.sock.fileno())
             drain.sock.close()
@@ -274,6 +281,15 @@ def _tell(item: object) -> None:
                     item.end - 1, item.end - item.start, item.revealed_by.label, item.age,
                     extra=fields(event="gap_lost", start=item.start, end=item.end,
                                  source=item.revealed_by.label))  # fmt: skip
+    elif isinstance(item, SuspectDecided):
+        what = "heartbeat" if item.count < 0 else f"packet of {item.count} messages"
+        verdict = ("accepted: the stream jumped there" if item.accepted
+                   else "rejected as a stray: the lines went on near the stream")  # fmt: skip
+        log.warning("%s at sequence %d on %s, far beyond the stream and unconfirmed for %.1f s:"
+                    " %s", what, item.sequence, item.source.label, item.age, verdict,
+                    extra=fields(event="suspect_decided", source=item.source.label,
+                                 sequence=item.sequence, count=item.count,
+                                 accepted=item.accepted))  # fmt: skip
     elif isinstance(item, SessionStarted):
         name = item.session.decode("ascii", "replace").strip()
         log.info("session %s started", name, extra=fields(event="session_started", session=name))

@@ -56,6 +56,8 @@ FEED = (
     Figure("duplicate_messages", _C, "copies dropped by arbitration"),
     Figure("hold_overflow_packets", _C, "early packets dropped: the hold-back queue was full"),
     Figure("suspect_packets", _C, "packets far beyond the stream, awaiting a second to agree"),
+    Figure("suspects_rejected", _C, "suspect packets decided strays and dropped, each logged"),
+    Figure("suspects_accepted", _C, "suspect packets decided the stream's own (it jumped)"),
     Figure("rerequests_sent", _C, "MoldUDP64 re-requests sent"),
     Figure("rerequest_send_errors", _C, "re-requests the socket refused"),
     Figure("replays_started", _C, "TCP replay sessions started"),

@@ -102,4 +102,18 @@ class SessionEnded:
     next_sequence: int
 
 
-Event = GapRepaired | GapLost | LineStateChanged | SessionStarted | SessionEnded
+@dataclass(frozen=True, slots=True)
+class SuspectDecided:
+    """A packet (``count`` messages from ``sequence``; a heartbeat: ``count`` -1, ``sequence``
+    its next number) that came far beyond the stream and waited ``age`` seconds for a second to
+    agree: ``accepted`` as the stream's (the range before it is a gap like any other), or
+    rejected as a stray and dropped."""
+
+    source: Source
+    sequence: int
+    count: int
+    accepted: bool
+    age: float
+
+
+Event = GapRepaired | GapLost | LineStateChanged | SessionStarted | SessionEnded | SuspectDecided

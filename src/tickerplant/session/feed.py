@@ -306,6 +306,13 @@ class FeedSession:
         for live in self.liveness.values():
             self._line_state(live.handle_timer(now))
         self._line_timer = self._next_line_timer()
+        self.sequencer.handle_timer(now)
+        self._advance(now)
+
+    def input_ended(self, now: float) -> None:
+        """Nothing more will come (a capture's end): a packet still set aside as suspect is
+        decided now rather than left unsaid."""
+        self.sequencer.decide_suspect(now)
         self._advance(now)
 
     # ---- outputs ------------------------------------------------------------------------------
@@ -316,11 +323,9 @@ class FeedSession:
         Never late, sometimes early: the lines' deadlines only move later while they are heard,
         so the earliest is recomputed when one changes state or fires, not on every wake-up.
         """
-        recovery = self.recovery.get_timer()
-        lines = self._line_timer
-        if recovery is None or (lines is not None and lines < recovery):
-            return lines
-        return recovery
+        timers = [t for t in (self.recovery.get_timer(), self._line_timer,
+                              self.sequencer.get_timer()) if t is not None]  # fmt: skip
+        return min(timers) if timers else None
 
     def take(self) -> list[Delivery]:
         """The stream since the last call, in order: batches, lost ranges, session markers."""
@@ -362,6 +367,8 @@ class FeedSession:
             "duplicate_messages": sc.duplicate_messages,
             "hold_overflow_packets": sc.hold_overflow_packets,
             "suspect_packets": sc.suspect_packets,
+            "suspects_rejected": sc.suspects_rejected,
+            "suspects_accepted": sc.suspects_accepted,
             "rerequests_sent": rc.rerequests_sent,
             "rerequest_send_errors": c.rerequest_send_errors,
             "replays_started": rc.replays_started,

@@ -11,6 +11,8 @@ State, all of it here:
 - ``horizon``: one past the highest sequence number known to exist (from data or heartbeats).
 - held packets: data in [expected, horizon) that arrived early, keyed by first sequence number.
 - ``gaps``: the ranges in [expected, horizon) that nobody has sent us yet, sorted, disjoint.
+- a suspect: one packet (or heartbeat) more than ``max_jump`` past the horizon, set aside until a
+  second agrees with it; never dropped unsaid (see :meth:`Sequencer._set_aside`).
 
 A gap may be filled piecewise (from a line, a capped re-request, a replay); the :class:`GapRecord`
 its pieces share decides when it is over and who finished it.
@@ -29,6 +31,7 @@ from tickerplant.session.events import (
     SessionEnded,
     SessionStarted,
     Source,
+    SuspectDecided,
 )
 from tickerplant.wire.blocks import offsets_of
 
@@ -69,6 +72,22 @@ class Gap:
 
 # Early packets held back while a gap is repaired; past this, they are dropped and fetched again.
 MAX_HELD_BYTES = 128 << 20
+# How long a suspect waits for a second packet to agree before it is decided: above MoldUDP64's
+# heartbeat interval, so that a line still carrying the stream has said where it is meanwhile.
+SUSPECT_WAIT = 5.0
+
+
+@dataclass(slots=True)
+class Suspect:
+    """A packet (``count`` >= 0) or heartbeat (``count`` -1) far beyond the horizon, set aside."""
+
+    source: Source
+    sequence: int
+    count: int
+    blocks: bytes
+    at: float
+    end_of_session: bool = False
+    contradicted: bool = False  # a line was heard near the stream since: it did not jump
 
 
 def _by_source() -> dict[Source, int]:
@@ -86,6 +105,8 @@ class SequencerCounters:
     gaps_seen: dict[Source, int] = field(default_factory=_by_source)  # by revealing source
     gaps_lost: dict[Source, int] = field(default_factory=_by_source)  # by revealing source
     suspect_packets: int = 0  # far beyond the horizon, awaiting a second packet to agree
+    suspects_rejected: int = 0  # decided strays: the lines went on near the stream meanwhile
+    suspects_accepted: int = 0  # decided real: nothing contradicted them (a capture's end, ...)
 
 
 class Sequencer:
@@ -96,6 +117,7 @@ class Sequencer:
         max_held_bytes: int = MAX_HELD_BYTES,
         session_timeout: float = 5.0,
         max_jump: int = 1 << 20,
+        suspect_wait: float = SUSPECT_WAIT,
     ) -> None:
         self.session = session
         self._pinned = session is not None
@@ -103,6 +125,7 @@ class Sequencer:
         self.max_held_bytes = max_held_bytes
         self.session_timeout = session_timeout
         self.max_jump = max_jump
+        self.suspect_wait = suspect_wait
         self.counters = SequencerCounters()
         self._out: list[tuple[int, int, Buffer] | Marker] = []
         self.events: list[Event] = []
@@ -118,7 +141,7 @@ class Sequencer:
         self.ended_at: int | None = None  # next sequence announced by end of session
         self._end_reported = False
         self._last_heard = float("-inf")
-        self._far: int | None = None
+        self.suspect: Suspect | None = None
 
     # ---- inputs -------------------------------------------------------------------------------
 
@@ -158,7 +181,7 @@ class Sequencer:
         c = self.counters
         end = sequence + count
         expected = self.expected
-        if sequence == expected and not self._held and not self.gaps:
+        if sequence == expected and not self._held and not self.gaps and self.suspect is None:
             # The steady state: in order, nothing outstanding.
             self._out.append((sequence, count, blocks))
             self.expected = end
@@ -166,6 +189,12 @@ class Sequencer:
                 self.horizon = end
             c.delivered += count
             return
+        if sequence > self.horizon + self.max_jump:
+            if self._set_aside(Suspect(source, sequence, count, bytes(blocks), now), now):
+                return
+            expected = self.expected
+        elif self.suspect is not None and source.is_line:
+            self.suspect.contradicted = True
         if end <= expected:
             c.duplicate_packets += 1
             c.duplicate_messages += count
@@ -175,8 +204,6 @@ class Sequencer:
             c.duplicate_messages += expected - sequence
             count -= expected - sequence
             sequence = expected
-        if sequence > self.horizon + self.max_jump and self._suspect(sequence):
-            return
         if sequence != self.expected and self.held_bytes + len(blocks) > self.max_held_bytes:
             # Order within bounded memory: the packet goes, its range stays (or becomes) missing
             # and recovery fetches it once the head of the stream has moved on.
@@ -202,14 +229,41 @@ class Sequencer:
 
     def on_heartbeat(self, source: Source, next_sequence: int, now: float) -> None:
         """A heartbeat (or end of session) says messages up to ``next_sequence`` exist."""
-        if next_sequence > self.horizon + self.max_jump and self._suspect(next_sequence):
-            return
+        if next_sequence > self.horizon + self.max_jump:
+            if self._set_aside(Suspect(source, next_sequence, -1, b"", now), now):
+                return
+        elif self.suspect is not None and source.is_line:
+            self.suspect.contradicted = True
         self._reveal(next_sequence, source, now)
         self._check_end()
 
     def on_end_of_session(self, source: Source, next_sequence: int, now: float) -> None:
+        if next_sequence > self.horizon + self.max_jump:
+            suspect = Suspect(source, next_sequence, -1, b"", now, end_of_session=True)
+            if self._set_aside(suspect, now):
+                return
         self.ended_at = next_sequence
         self.on_heartbeat(source, next_sequence, now)
+        if self.suspect is not None:  # the session is over where it was: nothing jumped
+            self.decide_suspect(now)
+
+    def decide_suspect(self, now: float) -> None:
+        """Decide the suspect set aside, if any, now: rejected (counted, told with its numbers)
+        if a line was heard near the stream since it came, else taken as the stream's own (the
+        range before it revealed, repaired or reported lost as any gap). Called when it has
+        waited ``suspect_wait``, when the session ends, and when the input ends (a capture)."""
+        suspect, self.suspect = self.suspect, None
+        if suspect is None:
+            return
+        accepted = not suspect.contradicted
+        if accepted:
+            self.counters.suspects_accepted += 1
+        else:
+            self.counters.suspects_rejected += 1
+        self.events.append(SuspectDecided(suspect.source, suspect.sequence, suspect.count,
+                                          accepted, now - suspect.at))  # fmt: skip
+        if accepted:
+            self._admit(suspect, now)
 
     def give_up(self, gap: Gap, now: float) -> None:
         """Recovery has run out of means: report [start, end) lost, in stream order, and go on."""
@@ -257,6 +311,15 @@ class Sequencer:
         events, self.events = self.events, []
         return events
 
+    def get_timer(self) -> float | None:
+        """When the suspect set aside is due to be decided (None: there is none)."""
+        return None if self.suspect is None else self.suspect.at + self.suspect_wait
+
+    def handle_timer(self, now: float) -> None:
+        timer = self.get_timer()
+        if timer is not None and now >= timer:
+            self.decide_suspect(now)
+
     @property
     def outstanding(self) -> int:
         """Messages known to exist but not yet delivered (held plus missing)."""
@@ -272,6 +335,7 @@ class Sequencer:
 
     def _abandon_outstanding(self, now: float) -> None:
         """A session that ends with gaps still open loses them, and says so."""
+        self.decide_suspect(now)
         for gap in list(self.gaps):
             self.give_up(gap, now)
 
@@ -292,21 +356,37 @@ class Sequencer:
             self.gaps.append(Gap(self.horizon, end, GapRecord(self.horizon, end, now, source)))
         self.horizon = end
 
-    def _suspect(self, sequence: int) -> bool:
-        """Whether a sequence number this far ahead must wait for a second packet to agree.
+    def _set_aside(self, suspect: Suspect, now: float) -> bool:
+        """Whether a packet this far ahead is set aside (True) or goes on (False).
 
         One stray datagram (a stale publisher, a corrupted header, a spoof) must not move the
-        horizon to 2**62 and turn the real stream into duplicates once that gap is given up.
-        A real jump (late join, long outage) is confirmed by the very next packet, and the one
-        set aside is fetched with the rest of the gap.
+        horizon to 2**62 and turn the real stream into duplicates once that gap is given up. A
+        real jump (late join, long outage) is confirmed by the next packet, which admits the one
+        set aside with it. A second far packet that does not agree decides the first (see
+        :meth:`decide_suspect`) and is then weighed against what that left.
         """
-        previous = self._far
-        if previous is not None and abs(sequence - previous) <= self.max_jump:
-            self._far = None
+        pending = self.suspect
+        if pending is not None and abs(suspect.sequence - pending.sequence) <= self.max_jump:
+            self.suspect = None
+            self._admit(pending, now)
             return False
-        self._far = sequence
+        if pending is not None:
+            self.decide_suspect(now)
+            if suspect.sequence <= self.horizon + self.max_jump:
+                return False
+        self.suspect = suspect
         self.counters.suspect_packets += 1
         return True
+
+    def _admit(self, suspect: Suspect, now: float) -> None:
+        """The suspect is the stream's: everything between the horizon and it is missing."""
+        self._reveal(suspect.sequence, suspect.source, now)
+        if suspect.end_of_session:
+            self.on_end_of_session(suspect.source, suspect.sequence, now)
+        elif suspect.count < 0:
+            self.on_heartbeat(suspect.source, suspect.sequence, now)
+        else:
+            self.on_packet(suspect.source, suspect.sequence, suspect.count, suspect.blocks, now)
 
     def _fill(self, start: int, end: int, source: Source, now: float) -> bool:
         """Remove [start, end) from the gaps; False if it filled nothing (a duplicate)."""
