@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import shutil
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +42,36 @@ def ports(host: str = "127.0.0.1", group_base: str = "239.192.90") -> Ports:
         Endpoint(host, base + 2),
         Endpoint(host, base + 3),
     )
+
+
+Said = str | Callable[[], str]  # what was awaited; a callable is asked only on failure
+
+
+def _said(what: Said) -> str:
+    return what if isinstance(what, str) else what()
+
+
+async def until(condition: Callable[[], object], timeout: float, what: Said,
+                interval: float = 0.005) -> None:  # fmt: skip
+    """Wait on the running loop until ``condition()`` holds (the loop goes round meanwhile, so
+    what the test waits for can happen); past ``timeout`` seconds, fail saying ``what`` did not
+    happen. The way tests over sockets synchronise: on the thing itself, never on a sleep."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not condition():
+        if loop.time() >= end:
+            raise AssertionError(f"not within {timeout:g} s: {_said(what)}")
+        await asyncio.sleep(interval)
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: Said,
+               interval: float = 0.05) -> None:  # fmt: skip
+    """:func:`until` for a test without a loop (a process, a thread, a scrape over HTTP)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= end:
+            raise AssertionError(f"not within {timeout:g} s: {_said(what)}")
+        time.sleep(interval)
 
 
 def source_stream(seed: int, symbols: int, messages: int) -> bytes:

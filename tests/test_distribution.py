@@ -11,6 +11,7 @@ import socket
 
 import pytest
 
+from harness import until
 from tickerplant.client import subscribe
 from tickerplant.endpoint import Endpoint
 from tickerplant.io.soupbin import SoupServer
@@ -74,7 +75,8 @@ def test_fifty_clients_one_stops_reading_it_is_cut_and_the_others_get_everything
             got = [[0] for _ in range(49)]
             readers = [asyncio.ensure_future(_reader(itch, g)) for g in got]
             stalled, _keep = await _stalled(itch)
-            await asyncio.sleep(0.2)  # every login in
+            await until(lambda: server.counters.logins == 50, 10,
+                        lambda: f"every login in: {server.counters.logins} of 50")  # fmt: skip
             await _publish(server, total)
             await asyncio.wait_for(asyncio.gather(*readers), 60)
             # All it was sent before the reset (it read nothing within the linger, so the Debug
@@ -137,7 +139,10 @@ def test_bad_clients_by_the_thousand_do_not_stop_a_good_one_and_cost_bounded_mem
             good = [0]
             reader = asyncio.ensure_future(_reader(itch, good, username="good",
                                                    password="s3cret"))
-            await asyncio.sleep(0.3)
+            # logged in amid them (its address is the only one the bad clients do not use)
+            await until(lambda: any(s.active and s.address == "127.0.0.1"
+                                    for s in server.fanout.subscribers), 10,
+                        "the good client logged in")  # fmt: skip
             await _publish(server, total)
             await asyncio.wait_for(reader, 30)  # the good client got everything meanwhile
             grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before  # KiB
@@ -180,12 +185,13 @@ def test_a_server_that_goes_away_and_comes_back_is_resumed_from_by_number() -> N
         reader = asyncio.ensure_future(resilient())
         journal.append(chunk(1, total // 2))
         server.publish()
-        await asyncio.sleep(0.3)
+        await until(lambda: got[0] == total // 2, 10,
+                    lambda: f"the first half received: {got[0]} of {total // 2}")  # fmt: skip
         await server.close()  # the server stops...
         journal.append(chunk(total // 2 + 1, total // 2))  # ...the stream went on meanwhile
         server = SoupServer(journal, "127.0.0.1", port)  # ...and a new one reopens it
         await server.start()
-        await asyncio.sleep(0.2)
+        await until(lambda: server.counters.logins, 10, "the subscriber logged in again")
         server.end_session()
         try:
             await asyncio.wait_for(reader, 20)

@@ -6,13 +6,13 @@ import asyncio
 
 import pytest
 
-from harness import ports
+from harness import ports, until
 from tickerplant.endpoint import Endpoint
 from tickerplant.feed.handler import FeedHandler
 from tickerplant.io.multicast import open_sender
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.ops.config import ConfigError
-from tickerplant.session.events import Batch, Event, GapLost, SessionEnded
+from tickerplant.session.events import Batch, Event, GapLost, SessionEnded, Source
 from tickerplant.session.feed import FeedConfig
 from tickerplant.session.journal import Journal
 from tickerplant.session.recovery import RecoveryConfig
@@ -29,12 +29,20 @@ def _lines() -> tuple[Endpoint, Endpoint]:
     return p.line_a, p.line_b
 
 
-async def _settle(feed: FeedHandler, until: int, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    counters = feed.session.counters
-    while counters.delivered + feed.session.sequencer.counters.lost < until and loop.time() < end:
-        await asyncio.sleep(0.01)
+async def _settle(feed: FeedHandler, last: int, timeout: float = 5.0) -> None:
+    """Until every message up to ``last`` is delivered or reported lost."""
+    counters, lost = feed.session.counters, feed.session.sequencer.counters
+
+    def settled() -> int:
+        return counters.delivered + lost.lost
+
+    await until(lambda: settled() >= last, timeout,
+                lambda: f"{settled()} of {last} messages delivered or reported lost")
+
+
+def _received(feed: FeedHandler, source: Source) -> int:
+    """Datagrams the feed has taken from ``source``'s socket, good or bad."""
+    return feed.session.counters.sources[source].packets
 
 
 def test_loss_on_one_line_repaired_by_the_other_and_bad_datagrams_counted() -> None:
@@ -62,20 +70,24 @@ def test_loss_on_one_line_repaired_by_the_other_and_bad_datagrams_counted() -> N
             ]
             first = mold.encode_packet(SESSION, 1, [b"msg-000001"])
             sender.sendto(first, (line_a.host, line_a.port))  # the session we follow
-            await asyncio.sleep(0.05)
+            await until(lambda: feed.session.counters.delivered == 1, 5, "the first packet taken")
             bad.append(mold.encode_packet(mold.session_bytes("SOMEONEELS"), 1, [b"x"]))
             for raw in bad:
                 sender.sendto(raw, (line_a.host, line_a.port))
             seq = 1
+            sent_a = 1 + len(bad)
             for i in range(2000):
                 msgs = [b"msg-%06d" % (seq + k) for k in range(5)]
                 packet = mold.encode_packet(SESSION, seq, msgs)
                 if i % 10 != 3:  # line A loses a tenth of its packets
                     sender.sendto(packet, (line_a.host, line_a.port))
+                    sent_a += 1
                 sender.sendto(packet, (line_b.host, line_b.port))
                 seq += 5
-                if i % 100 == 0:
-                    await asyncio.sleep(0.001)
+                if i % 100 == 99:  # the feed reads on this loop: let it, before buffers fill
+                    await until(lambda a=sent_a, b=i + 1: _received(feed, Source.LINE_A) >= a
+                                and _received(feed, Source.LINE_B) >= b, 5,
+                                f"the feed taking the {i + 1} packets sent")  # fmt: skip
             sender.sendto(mold.encode_end_of_session(SESSION, seq), (line_a.host, line_a.port))
             await _settle(feed, seq - 1)
             await asyncio.wait_for(feed.session_ended.wait(), 5)
@@ -230,10 +242,12 @@ def test_a_new_session_cancels_the_old_sessions_replay() -> None:
     def on_batch(batch: Batch) -> None:
         got.extend(zip(range(batch.first, batch.end), iter_messages(batch.blocks), strict=True))
 
+    logins: list[bytes] = []
+
     async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(49)
+        logins.append(await reader.read(49))
         writer.write(soup.encode(soup.LoginAccepted(SESSION, 1)))
-        await asyncio.sleep(5)
+        await asyncio.sleep(5)  # logged in, and sends nothing
         writer.close()
 
     async def main() -> FeedHandler:
@@ -247,13 +261,14 @@ def test_a_new_session_cancels_the_old_sessions_replay() -> None:
         a = (line_a.host, line_a.port)
         try:
             sender.sendto(mold.encode_packet(SESSION, 1001, [b"old"]), a)  # late join: replay
-            await asyncio.sleep(0.3)
-            assert feed.session.recovery.replaying is not None
+            await until(lambda: logins and feed.session.recovery.replaying is not None, 5,
+                        "the replay of 1..1000 under way, logged in")  # fmt: skip
             sender.sendto(mold.encode_end_of_session(SESSION, 1002), a)
-            await asyncio.sleep(0.05)
+            await until(lambda: feed.session.counters.sources[Source.LINE_A].end_of_session, 5,
+                        "the old session's End of Session taken")  # fmt: skip
             new = mold.session_bytes("LOOPTEST02")
             sender.sendto(mold.encode_packet(new, 1, [b"new-1", b"new-2"]), a)
-            await asyncio.sleep(0.3)
+            await until(lambda: len(got) >= 3, 5, lambda: f"the new session delivered: {got}")
         finally:
             sender.close()
             await feed.close()
@@ -284,10 +299,12 @@ def test_a_consumer_that_raises_loses_nothing_else_and_is_counted() -> None:
         await feed.start()
         sender, _ = open_sender("127.0.0.1")
         try:
-            for first in range(1, 30, 3):
+            for sent, first in enumerate(range(1, 30, 3), 1):
                 sender.sendto(mold.encode_packet(SESSION, first, [b"a", b"b", b"c"]),
                               (line_a.host, line_a.port))
-                await asyncio.sleep(0.01)  # one batch per packet
+                # one batch per packet: the next is sent once the feed has taken this one
+                await until(lambda n=sent: _received(feed, Source.LINE_A) >= n, 5,
+                            f"packet {sent} taken")  # fmt: skip
             await _settle(feed, 30)
         finally:
             sender.close()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import ports
+from harness import ports, wait_until
 from tickerplant.endpoint import Endpoint
 from tickerplant.io.web import WebServer
 from tickerplant.ops.config import ConfigError
@@ -101,10 +101,8 @@ def test_the_listener_is_a_process_of_its_own_serving_the_plants_snapshots_and_f
         figures = session.figures()
         figures["delivered_messages"] = 12345
         snapshot.set(figures)
-        deadline = time.monotonic() + 10
-        while _value(scrape(web.url), "tickerplant_delivered_messages") != 12345:
-            assert time.monotonic() < deadline, "the listener never served the new snapshot"
-            time.sleep(0.05)
+        wait_until(lambda: _value(scrape(web.url), "tickerplant_delivered_messages") == 12345,
+                   10, "the listener serving the new snapshot")  # fmt: skip
     finally:
         web.close()
     assert web._process.returncode == 0  # it ended when the pair closed, not killed
@@ -127,10 +125,7 @@ def test_the_listener_ends_with_the_plant_however_it_ends() -> None:
         assert "tickerplant_delivered_messages" not in scrape(url)  # serving, no figures yet
         plant.kill()  # SIGKILL: no close, no atexit
         plant.wait()
-        deadline = time.monotonic() + 10
-        while not _ended(pid):
-            assert time.monotonic() < deadline, "the listener outlived the plant"
-            time.sleep(0.05)
+        wait_until(lambda: _ended(pid), 10, "the listener ending with the plant")
     finally:
         plant.kill()
         plant.wait()
@@ -277,22 +272,27 @@ def test_the_exchange_simulator_serves_its_own_figures() -> None:
          str(p.line_b), "--no-rerequest", "--no-replay", "--messages", "600000", "--rate",
          "100000", "--drop-a", "0.05", "--metrics", str(metrics), "--eos-seconds", "0.5"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    scrapes = []
+    scrapes: list[dict[str, Any]] = []
+
+    def published(families: dict[str, Any]) -> float:
+        found = families.get("tickerplant_published_messages")
+        return float(found.samples[0].value) if found is not None else 0.0
+
+    def moved() -> bool:
+        """Scraped again: kept if more is published than by the last one kept (none: 0)."""
+        try:
+            got = scrape(f"http://{metrics}/")
+        except OSError:
+            return False  # not listening yet (the exchange loads its kernels first)
+        if published(got) > (published(scrapes[-1]) if scrapes else 0):
+            scrapes.append(got)
+        return len(scrapes) == 2
+
     try:
-        deadline = time.monotonic() + 60
-        while len(scrapes) < 2 and time.monotonic() < deadline:
-            try:
-                got = scrape(f"http://{metrics}/")
-            except OSError:
-                time.sleep(0.2)
-                continue
-            published = got.get("tickerplant_published_messages")
-            if published is not None and published.samples[0].value > 0:
-                scrapes.append(got)
-                time.sleep(1.0)
+        wait_until(moved, 60, lambda: f"two scrapes of the exchange publishing, {len(scrapes)}"
+                   " so far", interval=0.2)  # fmt: skip
     finally:
         exchange.wait(60)
-    assert len(scrapes) == 2
     check_families(scrapes[-1], SIMULATOR)
     first, last = (s["tickerplant_published_messages"].samples[0].value for s in scrapes)
     assert last > first

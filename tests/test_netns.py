@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from harness import Ports, ports, source_stream
+from harness import Ports, ports, source_stream, until
 from netns import Host, NetnsUnavailable, TwoHosts, two_hosts, unavailable
 from tickerplant.exchange.child import ExchangeProcess
+from tickerplant.exchange.publisher import INTERLEAVE
 from tickerplant.ops.figures import summed
 from tickerplant.wire.blocks import offsets_of
 
@@ -190,7 +191,12 @@ def test_both_lines_cut_without_recovery_services_reports_exactly_the_lost_range
             await exchange.wait_published(100_000, timeout=20)
             before = exchange.published
             hosts.feed.nft(cut)
-            await asyncio.sleep(0.05)
+            # Out again once it has dropped a packet on both lines: the lines take turns every
+            # INTERLEAVE packets, so that many twice and one more in a row hold both copies of
+            # one packet, whenever the rule went in.
+            both = 2 * INTERLEAVE + 1
+            await until(lambda: hosts.feed.nft_counters("cut")["both lines"] >= both, 20,
+                        f"the cut dropping {both} datagrams")  # fmt: skip
             hosts.feed.drop_table("cut")
             await exchange.wait_published(min(exchange.published + 1, MESSAGES), timeout=20)
             return before, exchange.published, await exchange.summary(timeout=40)

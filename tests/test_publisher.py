@@ -250,7 +250,7 @@ def test_a_full_socket_buffer_delays_a_line_without_losing_a_packet() -> None:
     give_up = time.monotonic() + 20
     try:
         while not publisher.ending:
-            assert time.monotonic() < give_up
+            assert time.monotonic() < give_up, "the publisher never reached its end of session"
             publisher.handle_timer(time.monotonic())
             drain(receiver_b, heard_b)
             for _ in range(8):  # a slow reader: a few datagrams per tick
@@ -259,6 +259,7 @@ def test_a_full_socket_buffer_delays_a_line_without_losing_a_packet() -> None:
                 except BlockingIOError:
                     break
         while line_a.backlog:
+            assert time.monotonic() < give_up, f"line A still holds {len(line_a.backlog)} datagrams"
             publisher.handle_timer(time.monotonic())
             drain(peer, heard_a)
         drain(peer, heard_a)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from harness import until
 from tickerplant.io.replay_client import ReplayClient, ReplayError
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.session.fanout import FanOutLimits
@@ -73,14 +74,6 @@ def run(
         asyncio.run(bounded())
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not condition():
-        assert loop.time() < end, "condition not met in time"
-        await asyncio.sleep(0.005)
-
-
 async def serving(
     journal: Journal, body: Callable[[SoupServer], Awaitable[None]], **kwargs: Any
 ) -> None:
@@ -140,7 +133,7 @@ def test_fetch_delivers_the_range_in_runs_and_logs_out() -> None:
         assert client.stop_reason == "complete"
         assert got.next == 5001
         assert got.runs < 5000 // 10  # batches, not one call per message
-        await until(lambda: server.clients == 0)
+        await until(lambda: server.clients == 0, 5, "the client gone after its logout")
         assert server.counters.logins == 1
 
     run(lambda: serving(journal_of(5000), body))
@@ -175,7 +168,7 @@ def test_a_caught_up_client_gets_what_is_published_next() -> None:
         got = Received(1)
         client = ReplayClient("127.0.0.1", server.port, SESSION, got)
         fetch = asyncio.create_task(client.fetch(1, 1500, timeout=10))
-        await until(lambda: got.next == 1001)
+        await until(lambda: got.next == 1001, 5, lambda: f"1000 messages fetched ({got.next - 1})")
         for first in range(1001, 1501, 100):
             journal.append(messages(first, 100))
             server.publish()
@@ -206,7 +199,7 @@ def test_login_beyond_the_end_waits_for_that_message() -> None:
         got = Received(1101)
         client = ReplayClient("127.0.0.1", server.port, SESSION, got)
         fetch = asyncio.create_task(client.fetch(1101, 1200, timeout=10))
-        await until(lambda: server.counters.logins == 1)
+        await until(lambda: server.counters.logins == 1, 5, "the client logged in")
         journal.append(messages(1001, 300))
         server.publish()
         assert await fetch == 1200
@@ -259,7 +252,7 @@ def test_a_fetch_that_times_out_returns_how_far_it_got() -> None:
         client = ReplayClient("127.0.0.1", server.port, SESSION, Received(1))
         assert await client.fetch(1, 5000, timeout=0.5) == 1000
         assert client.stop_reason == "timeout"
-        await until(lambda: server.clients == 0)  # it logged out and closed
+        await until(lambda: server.clients == 0, 5, "the client logged out and closed")
 
     run(lambda: serving(journal_of(1000), body))
 
@@ -272,7 +265,7 @@ def test_an_exception_in_on_messages_comes_back_from_fetch() -> None:
         client = ReplayClient("127.0.0.1", server.port, SESSION, broken)
         with pytest.raises(KeyError, match="downstream bug"):
             await client.fetch(1, 100, timeout=5)
-        await until(lambda: server.clients == 0)
+        await until(lambda: server.clients == 0, 5, "the broken client's connection closed")
 
     run(lambda: serving(journal_of(100), body))
 
@@ -296,7 +289,8 @@ def test_a_client_that_breaks_the_protocol_is_told_why_and_closed() -> None:
         raw.writer.write(encode(ClientHeartbeat()) + b"\x00\x01Q")
         rest = await raw.rest()
         assert isinstance(rest[-1], Debug) and b"unknown_type" in rest[-1].text
-        await until(lambda: server.counters.protocol_errors == 1 and server.clients == 0)
+        await until(lambda: server.counters.protocol_errors == 1 and server.clients == 0, 5,
+                    "the protocol error counted and the connection closed")
 
     run(lambda: serving(journal_of(5), body))
 

@@ -163,22 +163,31 @@ def test_the_source_table_is_bounded() -> None:
 
 async def _exchange_with_server() -> None:
     journal = journal_of(3000)
-    limits = RerequestLimits(max_messages=500, source_rate=100.0, source_burst=500.0)
+    # A budget that does not refill within the test (a message every 1,000 s): what is refused
+    # is refused whatever the clock says. Refilling with time is the policy's, tested above
+    # with ``now`` given.
+    limits = RerequestLimits(max_messages=500, source_rate=0.001, source_burst=500.0)
     server = RerequestServer(journal, "127.0.0.1", 0, limits)
     port = await server.start()
     loop = asyncio.get_running_loop()
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    client.setblocking(False)
-    client.bind(("127.0.0.1", 0))
-    client.connect(("127.0.0.1", port))
 
-    async def answer(sequence: int, count: int) -> list[bytes]:
+    def socket_from(address: str) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind((address, 0))
+        sock.connect(("127.0.0.1", port))
+        return sock
+
+    client = socket_from("127.0.0.1")
+    other = socket_from("127.0.0.2")  # another source address: a budget of its own
+
+    async def answer(sequence: int, count: int, via: socket.socket = client) -> list[bytes]:
         """Ask for a range and collect the reply until it holds ``count`` messages."""
-        client.send(encode_request(SESSION, sequence, count))
+        via.send(encode_request(SESSION, sequence, count))
         got: list[bytes] = []
         expect = sequence
         while len(got) < count:
-            raw = await asyncio.wait_for(loop.sock_recv(client, 2048), 2.0)
+            raw = await asyncio.wait_for(loop.sock_recv(via, 2048), 2.0)
             packet = decode_packet(raw)
             # a reply to an earlier, refused request would arrive first and fail here
             assert packet.sequence == expect, (packet.sequence, expect)
@@ -204,13 +213,17 @@ async def _exchange_with_server() -> None:
         # 5 messages spent; the rest of the burst goes to this request, the next is refused
         assert len(await answer(1000, 495)) == 495
         client.send(encode_request(SESSION, 1, 500))
-        await asyncio.sleep(0.15)  # 15 messages refill: the next request is answered
-        assert await answer(2000, 10) == [message(s) for s in range(2000, 2010)]
+        # Another address is answered meanwhile; the refused request was handled before it (one
+        # socket, in order), so a reply to it would be waiting by now: there is none.
+        assert await answer(2000, 10, other) == [message(s) for s in range(2000, 2010)]
         assert c.rate_limited_source == 1
+        with pytest.raises(BlockingIOError):
+            client.recv(2048)
         assert c.answered == 4
         assert c.requests == 9
     finally:
         client.close()
+        other.close()
         await server.close()
 
 

@@ -15,16 +15,23 @@ import socket
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from harness import TSHARK, LiveCapture, free_udp_socket
+from harness import TSHARK, LiveCapture, free_udp_socket, until
 from tickerplant.io.replay_client import ReplayClient
-from tickerplant.io.soupbin import SoupServer
+from tickerplant.io.soupbin import SoupConnection, SoupServer
 from tickerplant.session.journal import Journal
 from tickerplant.wire import moldudp64 as mold
 from tickerplant.wire.blocks import join_messages
-from tickerplant.wire.soupbintcp import Debug, LoginRequest, encode
+from tickerplant.wire.soupbintcp import (
+    ClientHeartbeat,
+    Debug,
+    LoginRequest,
+    ServerHeartbeat,
+    encode,
+)
 
 pytestmark = pytest.mark.skipif(
     TSHARK is None, reason="tshark is not installed (apt-get install tshark; .ci/run does)"
@@ -108,12 +115,18 @@ def test_moldudp64_packets_decode_as_sent(tmp_path: Path) -> None:
     assert "Number of Requested Messages" in fields(packets[4], "_ws.expert.message")
 
 
-async def _soupbin_flow(server: SoupServer, received: list[tuple[int, int, bytes]]) -> None:
+async def _soupbin_flow(
+    server: SoupServer, received: list[tuple[int, int, bytes]], heard: list[bytes]
+) -> None:
     port = server.port
-    # 1: login, replay, idle long enough for heartbeats both ways, live data, logout
+    # 1: login, replay, idle until a heartbeat has gone each way, live data, logout
     client = ReplayClient("127.0.0.1", port, b"", lambda *run: received.append(run), "feed", "pw")
-    fetch = asyncio.create_task(client.fetch(1, 5, timeout=10))
-    await asyncio.sleep(1.5)
+    fetch = asyncio.create_task(client.fetch(1, 5, timeout=20))
+    beats = {"the client's": encode(ClientHeartbeat()), "the server's": encode(ServerHeartbeat())}
+    await until(lambda: all(any(b in d for d in heard) for b in beats.values()), 10,
+                lambda: "a heartbeat received each way: " + ", ".join(
+                    f"{who} {'in' if any(b in d for d in heard) else 'not yet'}"
+                    for who, b in beats.items()))  # fmt: skip
     server.journal.append(join_messages([b"fourth", b"fifth"]))
     server.publish()
     assert await fetch == 5
@@ -136,10 +149,18 @@ async def _soupbin_flow(server: SoupServer, received: list[tuple[int, int, bytes
     writer.close()
 
 
-def test_soupbintcp_flow_decodes_as_sent(tmp_path: Path) -> None:
+def test_soupbintcp_flow_decodes_as_sent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     journal = Journal(b"TSHARK0001")
     journal.append(join_messages([b"first", b"second", b"third"]))
     received: list[tuple[int, int, bytes]] = []
+    heard: list[bytes] = []  # what either side's connection read, to wait on heartbeats by
+    read = SoupConnection.data_received
+
+    def spy(self: SoupConnection[Any], data: bytes) -> None:
+        heard.append(bytes(data))
+        read(self, data)
+
+    monkeypatch.setattr(SoupConnection, "data_received", spy)
 
     async def main() -> tuple[Path, int]:
         server = SoupServer(journal, "127.0.0.1", 0, (b"feed", b"pw"), login_timeout=0.5)
@@ -148,7 +169,7 @@ def test_soupbintcp_flow_decodes_as_sent(tmp_path: Path) -> None:
         try:
             await asyncio.to_thread(capture.start)
             async with asyncio.timeout(30):
-                await _soupbin_flow(server, received)
+                await _soupbin_flow(server, received, heard)
         finally:
             await server.close()
             await asyncio.to_thread(capture.stop)
