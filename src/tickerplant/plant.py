@@ -200,10 +200,22 @@ class Plant:
     async def start(self) -> None:
         """Listen first, then join the lines: a client may log in before the first packet."""
         self.books.warm()
-        await self.itch.start()
-        await self.events.start()
-        await self.glimpse.start()
-        await self.feed.start()
+        servers = {"itch": self.itch, "events": self.events, "glimpse": self.glimpse}
+        try:
+            for name, server in servers.items():
+                try:
+                    await server.start()
+                except OSError as err:  # in use, or not an address of this host
+                    # (the errno's words: the loop's own repeat the address, reworded)
+                    why = os.strerror(err.errno) if err.errno else str(err)
+                    listen = Endpoint(server.host, server.port)
+                    raise ConfigError(f"{name}.listen", f"cannot listen on {listen}: {why}",
+                                      "give a free host:port") from None
+            await self.feed.start()
+        except BaseException:
+            for server in servers.values():  # (one never started closes as a no-op)
+                await server.close()
+            raise
         self._refresher = asyncio.ensure_future(self._refresh())
 
     async def close(self) -> None:
@@ -245,6 +257,8 @@ class Plant:
                        "skip": c.skips} for name, c in counters.items()
             },
             "conflated_updates": {"events": counters["events"].conflated_updates},
+            "conflated_rounds": {"events": counters["events"].conflated_rounds},
+            "staleness_seconds": {"events": self.events.fanout.staleness.figures()},
             "skipped_messages": {"events": counters["events"].skipped_messages},
             "subscriptions": {"events": counters["events"].subscriptions},
             "refused_connections": {name: c.refused for name, c in counters.items()},
@@ -323,6 +337,7 @@ class JournalFile:
         self.written = 0  # bytes the file holds (the writer thread's count)
         self._queue: queue.SimpleQueue[bytes | None] | None = None
         self._writer: threading.Thread | None = None
+        self._finishing: list[threading.Thread] = []  # earlier sessions' writers, ending
         self._readers: list[int] = []  # descriptors to read spilled ranges back with
 
     def open(self, journal: Journal) -> None:
@@ -351,8 +366,12 @@ class JournalFile:
             journal.spill(self.memory_bytes, self.written)
 
     def close(self) -> None:
-        """Write what is queued, then close (at the plant's shutdown)."""
+        """Write what is queued, then close (at the plant's shutdown): every session's file,
+        the earlier ones too, is whole when this returns."""
         self._stop(wait=True)
+        for writer in self._finishing:
+            writer.join()
+        self._finishing = []
         for reader in self._readers:
             os.close(reader)
         self._readers = []
@@ -362,6 +381,9 @@ class JournalFile:
             self._queue.put(None)
             if wait:
                 self._writer.join()
+            else:
+                self._finishing = [w for w in self._finishing if w.is_alive()]
+                self._finishing.append(self._writer)
         self._queue = self._writer = None
         # The last session's reader stays open until close(): clients may be finishing it.
 

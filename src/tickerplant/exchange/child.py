@@ -80,20 +80,33 @@ class ExchangeProcess:
     def end_session(self) -> None:
         """Ask the exchange to end its session now (it still answers repairs meanwhile)."""
         if self._proc is not None and self._proc.returncode is None:
-            self._proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                self._proc.send_signal(signal.SIGINT)
 
-    async def summary(self, timeout: float = 120) -> dict[str, Any]:
-        """Wait for the exchange to finish and return its JSON summary."""
+    async def report(self, timeout: float = 120) -> dict[str, Any]:
+        """The exchange's JSON summary as soon as it prints it (its only line on stdout), before
+        it has closed and exited: a demo being stopped has no time to spare for that."""
         assert self._proc is not None and self._proc.stdout is not None
-        out = await asyncio.wait_for(self._proc.stdout.read(), timeout)
-        await asyncio.wait_for(self._proc.wait(), timeout)
-        if self._reader is not None:
-            await self._reader
-        if self._proc.returncode != 0 or not out.strip():
+        line = await asyncio.wait_for(self._proc.stdout.readline(), timeout)
+        if not line.strip():  # stdout closed without one: it failed
+            await asyncio.wait_for(self._proc.wait(), timeout)
             raise RuntimeError(
                 f"exchange failed (rc {self._proc.returncode}): {self.stderr_tail()}"
             )
-        result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    async def summary(self, timeout: float = 120) -> dict[str, Any]:
+        """Wait for the exchange to finish and return its JSON summary."""
+        assert self._proc is not None
+        result = await self.report(timeout)
+        await asyncio.wait_for(self._proc.wait(), timeout)
+        if self._reader is not None:
+            await self._reader
+        if self._proc.returncode != 0:
+            raise RuntimeError(
+                f"exchange failed (rc {self._proc.returncode}): {self.stderr_tail()}"
+            )
         return result
 
     def stderr_tail(self) -> str:

@@ -119,6 +119,7 @@ class Publisher:
         self._pos = 0
         self._last_sent: float | None = None
         self._ending_since: float | None = None
+        self._ends_at = math.inf  # when the end of session is over
         self._next_end_of_session = 0.0
         self.next_sequence = journal.next_sequence
         self.messages = 0
@@ -137,13 +138,17 @@ class Publisher:
     def ending(self) -> bool:
         return self._ending_since is not None
 
-    def finish(self, now: float) -> None:
-        """Stop publishing messages and start the end of session (a user asked to stop)."""
+    def finish(self, now: float, within: float | None = None) -> None:
+        """Stop publishing messages and start the end of session (a user asked to stop), over
+        at most ``within`` seconds from now if given (a stopped process has little time)."""
         if self._ending_since is None:
             self._exhausted = True
             self._chunk = memoryview(b"")
             self._offsets = np.empty(0, dtype=np.int64)
             self._begin_end(now)
+        if within is not None:
+            self._ends_at = min(self._ends_at, now + within)
+            self._next_end_of_session = min(self._next_end_of_session, self._ends_at)
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` has work again (at once: now or earlier; None: done)."""
@@ -287,15 +292,17 @@ class Publisher:
 
     def _begin_end(self, now: float) -> None:
         self._ending_since = now
+        self._ends_at = now + self.end_of_session_seconds
         self._next_end_of_session = now
 
     def _end_of_session(self, now: float) -> float:
-        assert self._ending_since is not None
-        over = self._ending_since + self.end_of_session_seconds
+        over = self._ends_at
         if now >= self._next_end_of_session:
             self._broadcast(encode_end_of_session(self.session, self.next_sequence), now)
             self.end_of_session_packets += 1
-            self._next_end_of_session = now + self.heartbeat_interval
+            # An end cut short still sends its last round at its end: a receiver that missed
+            # the first gets a second.
+            self._next_end_of_session = min(now + self.heartbeat_interval, over)
         if now >= over and self.end_of_session_packets > 0:
             self.done = True
             return math.inf

@@ -41,6 +41,11 @@ from tickerplant.wire.moldudp64 import HEARTBEAT_INTERVAL, session_bytes
 
 PACING_MODES = ("fast", "rate", "itch")
 PROGRESS_INTERVAL = 0.5  # seconds between on_progress calls
+# A stopped exchange's end of session lasts at most this: two rounds of end-of-session packets
+# (one lost is not the end told to no one), repairs answered in between. A service stopped must
+# be gone within 2 s, and a demo stopped waits for the exchange's summary within its own 2 s;
+# the configured end (END_OF_SESSION_SECONDS, 3 s) is for a session that ran its course.
+STOPPED_END_OF_SESSION = 0.3
 _LINE_FIX = "give the address of a local interface that can send multicast"
 
 
@@ -269,7 +274,8 @@ async def run_exchange(
     stop: asyncio.Event | None = None,
     on_progress: Callable[[ExchangeSummary], None] | None = None,
 ) -> ExchangeSummary:
-    """Publish one session; setting ``stop`` ends it early (the end of session is still sent)."""
+    """Publish one session; setting ``stop`` ends it early (the end of session is still sent,
+    for at most STOPPED_END_OF_SESSION)."""
     config.validate()
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -343,7 +349,7 @@ async def _drive(
     while not publisher.done:
         now = loop.time()
         if stop is not None and stop.is_set():
-            publisher.finish(now)
+            publisher.finish(now, STOPPED_END_OF_SESSION)
         try:
             publisher.handle_timer(now)
         except SourceError as exc:  # a damaged file: end the session on what was published
@@ -363,7 +369,7 @@ async def _drive(
         delay = deadline - loop.time()
         if delay <= 0:
             await asyncio.sleep(0)
-        elif stop is None or publisher.ending:
+        elif stop is None or stop.is_set():
             await asyncio.sleep(min(delay, PROGRESS_INTERVAL))
         else:
             with contextlib.suppress(TimeoutError):

@@ -81,8 +81,9 @@ class WebServer:
     def __init__(self, listen: Endpoint, snapshot: Snapshot) -> None:
         try:
             server = socket.create_server((listen.host, listen.port))
-        except OSError as err:
-            raise ConfigError("metrics.listen", f"cannot listen on {listen}: {err.strerror}",
+        except OSError as err:  # (the errno's words: create_server's repeat the address)
+            why = os.strerror(err.errno) if err.errno else str(err)
+            raise ConfigError("metrics.listen", f"cannot listen on {listen}: {why}",
                               "give a free host:port") from None  # fmt: skip
         self.endpoint = Endpoint(listen.host, server.getsockname()[1])
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -223,8 +224,10 @@ def serve(listening: socket.socket, channel: socket.socket, plant: int) -> None:
         at, figures, events = pickle.loads(data)
         snapshot.events = deque(events, EVENTS)
         snapshot.set(figures, at)
+    # The plant has gone or is going, and waits for us: no shutdown(), which waits for the
+    # server's next poll (up to half a second); its threads are daemons, a request in flight
+    # is cut as the plant's exit would cut it.
     site.closing.set()
-    server.shutdown()
     server.server_close()
 
 
