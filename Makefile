@@ -3,14 +3,23 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# Compiles every kernel into numba's cache (~20 s), so that the first `make run` loads them and
+# shows live figures at once. It needs multicast on loopback, as the demo does: should it fail,
+# the install stands and the first run compiles instead.
+WARM   := $(BIN)/python -m tickerplant.warm
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean warm
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	-$(WARM)
 	touch $(STAMP)
+
+# Again after editing a kernel: a kernel's cache is keyed by its file.
+warm: $(STAMP)
+	$(WARM)
 
 run: $(STAMP)
 	$(BIN)/tickerplant demo

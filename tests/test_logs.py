@@ -10,10 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import ports
+from harness import ports, until
 from tickerplant.feed.handler import FeedHandler
 from tickerplant.io.multicast import open_sender
 from tickerplant.ops import logs
+from tickerplant.session.events import Source
 from tickerplant.session.feed import FeedConfig
 from tickerplant.session.recovery import RecoveryConfig
 from tickerplant.wire import moldudp64 as mold
@@ -79,19 +80,19 @@ def test_a_flood_of_malformed_datagrams_is_counted_in_a_few_lines_and_delivery_g
         sender, _ = open_sender("127.0.0.1")
         sender.setblocking(True)
         seq = 1
+        taken = feed.session.counters.sources[Source.LINE_A]
         try:
             for i in range(flood):
                 sender.sendto(b"\x00" * 25, p.line_a.pair)  # no MoldUDP64 packet: a defect
                 if i % 100 == 0:  # and the real stream, between
                     sender.sendto(mold.encode_packet(SESSION, seq, [b"m%07d" % seq]), p.line_a.pair)
                     seq += 1
-                if i % 500 == 0:
-                    await asyncio.sleep(0)  # the reader drains on this loop
+                if i % 500 == 499:  # the reader drains on this loop: let it, before buffers fill
+                    sent = i + 1 + seq - 1  # the bad ones and the real ones
+                    await until(lambda n=sent: taken.packets >= n, 10,
+                                f"the feed taking the {sent} datagrams sent")  # fmt: skip
             sender.sendto(mold.encode_end_of_session(SESSION, seq), p.line_a.pair)
-            loop = asyncio.get_running_loop()
-            end = loop.time() + 10
-            while not feed.session_ended.is_set() and loop.time() < end:
-                await asyncio.sleep(0.01)
+            await until(feed.session_ended.is_set, 10, "the session's end delivered")
         finally:
             sender.close()
             await feed.close()

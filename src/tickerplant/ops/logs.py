@@ -12,6 +12,10 @@ line it lets through. A storm (a flood of bad packets, thousands of clients cut 
 fill a disk. ``--log-format json`` writes one JSON object per line: ``time`` (ISO 8601, UTC),
 ``level``, ``logger``, ``message``, and the event's own fields (``line``, ``state``, ``start``,
 ``end``...) as keys, for Loki, Elasticsearch or ``jq``.
+
+While a live table is drawn on the terminal the lines go through its console, above it
+(:func:`diverted`); the demo keeps what it stages with its own clients off the terminal
+(:func:`planned`), not off the dashboard's event log.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import logging
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -61,6 +67,55 @@ class RateLimit(logging.Filter):
             record.msg = f"{record.msg} [{int(held)} like this held back]"
         state[:] = [tokens - 1, now, 0]
         return True
+
+
+class Planned(logging.Filter):
+    """Holds back from a handler the lines about ``users``' connections, unless the log is at
+    debug level: the misbehaviour a demo stages on purpose (its client that reconnects every
+    few seconds, its slow consumers skipped, conflated and cut), which its table and its verdict
+    sum up. A line each would scroll the table away and read as trouble. Only the handler is
+    spared them: the dashboard's event ring still gets its events."""
+
+    def __init__(self, users: Iterable[str]) -> None:
+        super().__init__()
+        self.users = frozenset(users)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "tp_user", None) not in self.users:
+            return True
+        return logging.getLogger("tickerplant").isEnabledFor(logging.DEBUG)
+
+
+def planned(users: Iterable[str]) -> None:
+    """From now on, :class:`Planned` on the handlers :func:`setup` installed (before their rate
+    limit, which the planned lines would otherwise use up); a second call replaces the first."""
+    for handler in handlers():
+        handler.filters = [f for f in handler.filters if not isinstance(f, Planned)]
+        handler.filters.insert(0, Planned(users))
+
+
+def handlers() -> list[logging.StreamHandler[TextIO]]:
+    """The handlers :func:`setup` installed on the ``tickerplant`` logger."""
+    return [
+        h
+        for h in logging.getLogger("tickerplant").handlers
+        if getattr(h, "tickerplant", False) and isinstance(h, logging.StreamHandler)
+    ]
+
+
+@contextmanager
+def diverted(to: Callable[[TextIO], TextIO]) -> Iterator[None]:
+    """Meanwhile, each :func:`setup` handler writing to a terminal writes to ``to(its stream)``
+    instead: a live display's console, which prints the lines above itself rather than under
+    it, where they would scroll it away. A log sent to a file stays there."""
+    moved = [(h, h.stream) for h in handlers() if h.stream.isatty()]
+    for handler, stream in moved:
+        handler.setStream(to(stream))
+    try:
+        yield
+    finally:
+        for handler, stream in moved:
+            handler.setStream(stream)
 
 
 class EventRing(logging.Handler):
@@ -112,7 +167,7 @@ def setup(format: str = "text", level: str = "info", stream: TextIO | None = Non
     handler.setFormatter(JsonFormatter() if format == "json" else TextFormatter())
     handler.addFilter(limit or RateLimit())
     root = logging.getLogger("tickerplant")
-    for old in [h for h in root.handlers if getattr(h, "tickerplant", False)]:
+    for old in handlers():
         root.removeHandler(old)
     handler.tickerplant = True  # type: ignore[attr-defined]
     root.addHandler(handler)
