@@ -13,8 +13,18 @@ from test_book_engine import directory, stream
 from test_fanout import Link
 from tickerplant.book import BookEngine
 from tickerplant.book.normalize import images, records
+from tickerplant.client.subscribe import Conflated, Events
+from tickerplant.client.subscribe import _events as client_records
+from tickerplant.client.subscribe import _resumed as resumed
 from tickerplant.session.events import Batch
-from tickerplant.session.fanout import FanOut, FanOutLimits, Lagging, Policy
+from tickerplant.session.fanout import (
+    CONFLATE_INTERVAL,
+    FanOut,
+    FanOutLimits,
+    Lagging,
+    Policy,
+    Subscribed,
+)
 from tickerplant.session.journal import Journal
 from tickerplant.session.selection import conflate
 from tickerplant.session.soupbin import Closed, DebugReceived
@@ -100,10 +110,18 @@ def bbo(sequence: int, locate: int, bid: int) -> bytes:
     return block.tobytes()
 
 
-def trade(sequence: int, locate: int, price: int) -> bytes:
+def trade(sequence: int, locate: int, price: int, size: int = 0, broken: bool = False) -> bytes:
     block = ev.blocks(ev.TRADE, 1)
     block["sequence"], block["source"], block["locate"], block["price"] = (
         sequence, 1000 + sequence, locate, price)
+    block["size"], block["trade"] = size, ev.BROKEN if broken else ord("E")
+    return block.tobytes()
+
+
+def status(sequence: int, locate: int) -> bytes:
+    block = ev.blocks(ev.STATUS, 1)
+    block["sequence"], block["source"], block["locate"] = sequence, 1000 + sequence, locate
+    block["status"] = ord("H")
     return block.tobytes()
 
 
@@ -163,7 +181,7 @@ def events_fanout(journal: Journal, **kw: Any) -> FanOut[EventLink]:
 
 def publish(fanout: FanOut[EventLink], journal: Journal, *blocks: bytes, now: float = 0.0) -> None:
     journal.append(b"".join(blocks))
-    for subscriber in fanout.publish(0.0):
+    for subscriber in fanout.publish(now):
         subscriber.handle.service(now)
 
 
@@ -229,13 +247,65 @@ def test_bad_requests_are_told_and_closed_unknown_symbols_only_told() -> None:
     assert fanout.counters.protocol_errors == 3
 
 
-def test_conflate_keeps_each_symbols_latest_bbo_before_its_trade_and_says_how_many() -> None:
-    data = b"".join([bbo(1, 1, 10), bbo(2, 2, 20), bbo(3, 1, 11), trade(4, 1, 11),
-                     bbo(5, 1, 12), bbo(6, 2, 21), bbo(7, 1, 13)])  # fmt: skip
+def test_conflate_keeps_each_symbols_latest_bbo_and_summarises_its_trades() -> None:
+    data = b"".join([bbo(1, 1, 10), bbo(2, 2, 20), trade(3, 1, 11, 100), bbo(4, 1, 12),
+                     trade(5, 2, 21, 5), status(6, 1), trade(7, 1, 13, 50), trade(8, 1, 9, 1),
+                     trade(9, 1, 12, 0, broken=True), bbo(10, 1, 13), bbo(11, 2, 22)])
     count, kept, dropped = conflate(data)
-    assert (count, dropped) == (4, 3)
-    assert decoded(kept)["sequence"].tolist() == [3, 4, 6, 7]
+    out = decoded(kept)
+    # Symbol 1: its status, the broken trade and its last BBO as they were; its three trades
+    # as one summary where the last was. Symbol 2: its lone trade as itself, its last BBO.
+    assert out["kind"].tolist() == [b"t", b"s", b"T", b"t", b"b", b"b"]
+    assert out["sequence"].tolist() == [5, 6, 8, 9, 10, 11]
+    assert (count, dropped) == (6, 11 - 6)
+    (summary,) = ev.view(out, ev.TRADES).tolist()
+    # kind, flags, sequence, source, locate, timestamp, count, volume, last, high, low
+    assert summary == (b"T", 0, 8, 1008, 1, 0, 3, 151, 9, 13, 9)
     assert conflate(bbo(1, 1, 10)) == (1, bbo(1, 1, 10), 0)
+    plain = bbo(1, 1, 10) + trade(2, 1, 10, 1) + bbo(3, 2, 10)
+    assert conflate(plain) == (3, plain, 0)  # nothing to conflate: the same bytes
+
+
+def test_a_conflated_run_leaves_a_client_with_the_state_and_every_trade() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        n = int(rng.integers(1, 300))
+        kinds = rng.choice([ev.BBO, ev.TRADE, ev.STATUS], n, p=[0.6, 0.35, 0.05])
+        locates = rng.integers(1, 6, n)
+        data = b"".join(
+            bbo(i, int(loc), int(rng.integers(1, 10**6))) if k == ev.BBO
+            else trade(i, int(loc), int(rng.integers(1, 10**6)), int(rng.integers(1, 10**4)),
+                       broken=rng.random() < 0.05) if k == ev.TRADE
+            else status(i, int(loc))
+            for i, (k, loc) in enumerate(zip(kinds, locates, strict=True), start=1))
+        count, kept, dropped = conflate(data)
+        assert count + dropped == n and len(kept) == count * ev.BLOCK_SIZE
+        assert held(decoded(kept)) == held(decoded(data))
+
+
+def held(out: npt.NDArray[np.void]) -> dict[str, dict[int, Any]]:
+    """What a client holds after these records: each symbol's last BBO and last trade price, its
+    trades' count and volume (summaries included), and its statuses and broken trades."""
+    state: dict[str, dict[int, Any]] = {"bbo": {}, "last": {}, "count": {}, "volume": {},
+                                        "other": {}}
+    for row in out:
+        kind, loc = bytes(row["kind"]), int(row["locate"])
+        one = row.reshape(1)
+        if kind == ev.BBO:
+            state["bbo"][loc] = int(one.view(ev.RECORDS[ev.BBO])["bid_price"][0])
+        elif kind == ev.TRADE and one.view(ev.RECORDS[ev.TRADE])["trade"][0] != ev.BROKEN:
+            t = one.view(ev.RECORDS[ev.TRADE])[0]
+            state["last"][loc] = int(t["price"])
+            state["count"][loc] = state["count"].get(loc, 0) + 1
+            state["volume"][loc] = state["volume"].get(loc, 0) + int(t["size"])
+        elif kind == ev.TRADES:
+            t = one.view(ev.RECORDS[ev.TRADES])[0]
+            state["last"][loc] = int(t["last"])
+            state["count"][loc] = state["count"].get(loc, 0) + int(t["count"])
+            state["volume"][loc] = state["volume"].get(loc, 0) + int(t["volume"])
+        else:
+            state["other"].setdefault(loc, []).append(int(row["sequence"]))
+    return state
 
 
 def lagging(policy: Policy) -> tuple[FanOut[EventLink], Journal, EventLink, EventLink]:
@@ -255,27 +325,79 @@ def lagging(policy: Policy) -> tuple[FanOut[EventLink], Journal, EventLink, Even
     return fanout, journal, fast, slow
 
 
-def test_a_conflated_slow_consumer_gets_the_latest_bbo_per_symbol_then_live_again() -> None:
+def test_a_conflated_slow_consumer_gets_rounds_of_the_latest_until_an_interval_is_quiet() -> None:
     fanout, journal, fast, slow = lagging(Policy.CONFLATE)
     publish(fanout, journal, *(bbo(60 + i, 1 + i % 2, 60 + i) for i in range(1, 21)),
-            trade(81, 1, 5), bbo(82, 1, 82))  # fmt: skip
-    fast.read(0.0)
-    slow.read(0.0)  # takes what was queued, then is sent the rest conflated
-    slow.read(0.0)
-    assert not slow.sub.lagging and slow.sub.live and slow.sub.cursor == 83
+            trade(81, 1, 5, 10), trade(82, 1, 6, 20), bbo(83, 1, 83), now=1.0)  # fmt: skip
+    fast.read(1.0)
+    slow.read(1.2)  # takes what was queued; its socket drained, the round goes
+    slow.read(1.2)
     kinds = slow.kinds()
     assert kinds.count(b"c") == 1
     at = kinds.index(b"c")
     notice = ev.view(slow.raw, ev.CONFLATED)[0]
     first, count, dropped = int(notice["first"]), int(notice["count"]), int(notice["dropped"])
-    # Everything up to where it lagged, then the notice, then each symbol's latest BBO before
-    # the trade on symbol 1, the trade, and the BBO after it.
+    # Everything up to where it lagged, then the notice, then symbol 2's latest BBO, symbol
+    # 1's two trades as one summary and its latest BBO.
     assert [r[2] for r in slow.records[:at]] == list(range(1, first))
-    assert first + count == 83 and dropped == fanout.counters.conflated_updates
-    assert [r[:3] for r in slow.records[at + 1 :]] == [
-        (b"b", 0, 79), (b"b", 0, 80), (b"t", 0, 81), (b"b", 0, 82)]
-    assert dropped == count - 4 and fanout.counters.conflating == 1
-    assert fanout.counters.slow_consumers == 0 and not slow.sub.closed
+    assert first + count == 84 and dropped == fanout.counters.conflated_updates
+    assert [r[:3] for r in slow.records[at + 1 :]] == [(b"b", 0, 79), (b"T", 0, 82),
+                                                       (b"b", 0, 83)]  # fmt: skip
+    assert dropped == count - 3 and fanout.counters.conflating == 1
+    # The picture it had before the round was 0.2 s old: the publish of 61 at 1.0.
+    assert fanout.staleness.figures()["max"] == pytest.approx(0.2)
+    # Still conflated: the next publish waits for the next round, an interval on.
+    publish(fanout, journal, bbo(84, 2, 84), bbo(85, 2, 85), now=1.25)
+    assert slow.sub.lagging is Policy.CONFLATE and slow.sub.cursor == 84
+    assert slow.sub.get_timer() == pytest.approx(1.2 + CONFLATE_INTERVAL)
+    slow.sub.handle_timer(1.3)
+    slow.service(1.3)
+    slow.read(1.3)
+    assert [r[:3] for r in slow.records[-2:]] == [(b"c", 0, 84), (b"b", 0, 85)]
+    # An interval with nothing new: live again, and pushed what comes next.
+    slow.sub.handle_timer(1.41)
+    assert slow.sub.lagging is None and slow.sub.live
+    publish(fanout, journal, bbo(86, 1, 86), now=1.45)
+    slow.read(1.45)
+    assert slow.records[-1][:3] == (b"b", 0, 86)
+    assert fanout.counters.slow_consumers == 0 and fanout.counters.conflated_rounds == 2
+
+
+def test_a_conflate_users_kernel_holds_little_unsent_and_more_held_makes_it_a_slow_one() -> None:
+    journal = Journal(SESSION)
+    fanout = events_fanout(journal, limits=FanOutLimits(conflate_unsent=2000),
+                           policies={b"slow": Policy.CONFLATE})  # fmt: skip
+    slow = EventLink(fanout, 0.0, username=b"slow")
+    other = EventLink(fanout, 0.0)
+    assert isinstance(slow.events[0], Subscribed) and slow.events[0].unsent == 2000
+    assert isinstance(other.events[0], Subscribed) and other.events[0].unsent is None
+    publish(fanout, journal, *(bbo(n, 1, n) for n in range(1, 31)))  # 1,620 bytes: kept up
+    assert slow.sub.lagging is None
+    publish(fanout, journal, *(bbo(n, 1, n) for n in range(31, 61)))  # 3,240 unread: too much
+    assert slow.sub.lagging is Policy.CONFLATE and other.sub.lagging is None
+    assert "over the 2000 cap" in slow.events[-1].reason  # max_backlog is 16 MiB
+
+
+def test_the_subscriber_library_takes_rounds_read_together_as_one_batch() -> None:
+    rounds = b"".join([ev.notice(ev.CONFLATED, 10, 0, 10, 40, 38), bbo(48, 1, 1), bbo(49, 2, 2),
+                       ev.notice(ev.CONFLATED, 50, 0, 50, 20, 19), bbo(69, 1, 3)])
+    out = client_records(Batch(1, 5, rounds))
+    assert out[:2] == [Conflated(10, 50, 38), Conflated(50, 70, 19)]
+    assert len(out) == 3 and isinstance(out[2], Events)
+    assert ev.view(out[2].records, ev.BBO)[["sequence", "bid_price"]].tolist() == [
+        (48, 1), (49, 2), (69, 3)]  # whole records, bodies and all
+    lost = b"".join([bbo(1, 1, 1), ev.notice(ev.LOST, 2, 0, 100, 5, 0), bbo(3, 1, 2)])
+    kinds = [type(r).__name__ for r in client_records(Batch(1, 3, lost))]
+    assert kinds == ["Events", "Lost", "Events"]  # a lost range stands where it was
+
+
+def test_records_had_before_a_reconnect_are_dropped_and_the_rest_kept_whole() -> None:
+    records = ev.from_blocks(bbo(5, 1, 50) + bbo(6, 1, 60) + bbo(7, 2, 70))
+    item, wanted = resumed(Events(records), 6)
+    assert isinstance(item, Events) and wanted == 8
+    # Bodies and all: a boolean index of a structured array would have kept the header only.
+    assert ev.view(item.records, ev.BBO)[["sequence", "bid_price"]].tolist() == [(6, 60),
+                                                                                 (7, 70)]
 
 
 def test_a_skipped_slow_consumer_is_told_the_exact_range_and_goes_on_live() -> None:
@@ -339,10 +461,11 @@ def test_conflate_users_past_the_publish_budget_share_one_conflated_chunk() -> N
 
     fanout._chunk = counted  # type: ignore[method-assign]
     for link in links:
+        link.read(0.0)  # the login accepted: a round waits for what was written before it
         if link not in pushed:
             link.sub.handle_timer(0.0)
             link.service(0.0)
-        link.read(0.0)
+            link.read(0.0)
     assert len(chunks) == 1  # computed once for both, at the same place
     for link in links:
         if link in pushed:

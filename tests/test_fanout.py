@@ -81,6 +81,7 @@ class Link:
 
     def service(self, now: float) -> None:
         """What SoupConnection does: events, then writes until there are none."""
+        self.sub.held(self.backlog)
         while True:
             while (event := self.sub.next_event()) is not None:
                 self.events.append(event)
@@ -164,12 +165,15 @@ def test_a_subscriber_behind_catches_up_from_the_journal_and_joins_the_live_stre
     live = Link(fanout, 0.0)
     assert behind.sub.paused and behind.sub.cursor == 301  # its socket took three chunks
     first = 1001
-    while not behind.sub.live:
+    for _ in range(100):  # each round it reads three chunks of 100, the stream grows by 30
+        if behind.sub.live:
+            break
         journal.append(messages(first, 30))
         first += 30
         service(fanout.publish(1.0), 1.0)
         behind.read(1.0)
         live.read(1.0)
+    assert behind.sub.live, f"never caught up: at {behind.sub.cursor} of {journal.next_sequence}"
     journal.append(messages(first, 30))
     service(fanout.publish(1.0), 1.0)
     assert behind.writes[-1] is live.writes[-1]  # caught up: pushed like everyone else
@@ -247,8 +251,11 @@ def test_end_of_session_comes_after_catching_up_and_for_later_logins() -> None:
     live.service(0.0)
     live.read(0.0)
     assert live.client_events[-1] == Closed(CloseCause.END_OF_SESSION, "session over at 1001")
-    while not behind.client.closed:
+    for _ in range(100):  # two chunks of 100 a read
+        if behind.client.closed:
+            break
         behind.read(0.0)
+    assert behind.client.closed, f"no End of Session after catching up: at {behind.next}"
     assert behind.next == 1001
     assert behind.client_events[-1] == Closed(CloseCause.END_OF_SESSION, "session over at 1001")
     late = Link(fanout, 0.0, sequence=990)

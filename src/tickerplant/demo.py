@@ -12,20 +12,26 @@ The ``events`` stream has three clients too: one that reads everything (compared
 the plant's events journal), and two that read slowly, as users whose slow-consumer policy is
 ``conflate`` (checked to end with every symbol's last BBO) and ``skip`` (checked to have been
 told of every record it did not get).
+
+Stopped (SIGTERM, Ctrl-C: the ``stop`` event), the exchange ends its session at once and the
+demo waits STOP_WAIT for its summary and for what is in flight, then gives the same verdict on
+what it has, marked ``stopped``: what was published before the stop against what was delivered
+and received by then. A client still catching up is told ``incomplete (stopped early)``, not
+``NOT identical``; the command exits 0 either way, as the user asked for the stop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import hashlib
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from rich.console import Console
 
 from tickerplant import endpoint
@@ -34,6 +40,7 @@ from tickerplant.client.quotes import Quotes
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.io.web import WebServer
+from tickerplant.ops import logs
 from tickerplant.ops.config import ConfigError
 from tickerplant.ops.dashboard import LiveTable
 from tickerplant.ops.figures import summed
@@ -42,14 +49,24 @@ from tickerplant.plant import EventsConfig, GlimpseConfig, Plant, PlantConfig, S
 from tickerplant.session.events import Batch
 from tickerplant.session.fanout import FanOutLimits
 from tickerplant.session.feed import FeedConfig
+from tickerplant.session.soupbin import HEARTBEAT_INTERVAL
 from tickerplant.wire import events as ev
 from tickerplant.wire import soupbintcp as soup
 
 DROP_EVERY = 3.0  # seconds the resuming client reads before it drops its connection
 SLOW_PAUSE = 0.1  # seconds a slow events client sleeps after each batch it takes
+SLOW_RCVBUF = 256 << 10  # bytes their kernels may hold for them unread (SO_RCVBUF)
+STALENESS_EVERY = 0.02  # seconds between samples of the conflated client's staleness
+STALENESS_P99 = 0.5  # the verdict's bound on it, seconds
+# Seconds a stopped demo waits for the exchange's summary (its session ends within
+# simulator.STOPPED_END_OF_SESSION) and for what is in flight, of the 2 s a stop may take.
+STOP_WAIT = 0.8
 # The slow events clients' users and their policies, and a backlog cap low enough for them to
 # hit it within the demo's seconds.
 POLICIES = {"merge": "conflate", "skip": "skip"}
+# The user names the demo's own clients log in as: what they are put through is staged, summed
+# up in the table and the verdict, and logged only at debug level (logs.planned).
+OWN_USERS = ("reader", "drop", "stall", "events", *POLICIES)
 EVENTS_BACKLOG = 1 << 20
 
 
@@ -105,13 +122,20 @@ class EventsClient:
     """What one demo client of the events stream received, and what it was told."""
 
     records: int = 0
-    conflated: int = 0  # BBO changes the server said it did not send
+    conflated: int = 0  # records the server said it did not send as themselves
     skipped: int = 0  # records the server said it skipped
     unannounced: int = 0  # records neither received nor announced: must stay 0
     next: int = 1
     covered: int = 0  # the end of the last range a Conflated notice covered
     quotes: Quotes = field(default_factory=Quotes)
     sha256: Any = field(default_factory=hashlib.sha256)
+    # Trades by locate, counted from trades and trades summaries alike (broken ones aside).
+    trade_count: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(1 << 16, np.int64))
+    trade_volume: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros(1 << 16, np.int64))
+    # After each batch taken: the newest number held and when (the reader's are "live").
+    newest: list[int] = field(default_factory=list)
+    taken_at: list[float] = field(default_factory=list)
 
     def take(self, record: object) -> None:
         if isinstance(record, Events):
@@ -119,6 +143,14 @@ class EventsClient:
             self.records += got.shape[0]
             self.sha256.update(got.tobytes())
             self.quotes.take(got)
+            trades = ev.view(got, ev.TRADE)
+            trades = trades[trades["trade"] != ev.BROKEN]
+            summaries = ev.view(got, ev.TRADES)
+            np.add.at(self.trade_count, trades["locate"], 1)
+            np.add.at(self.trade_volume, trades["locate"], trades["size"].astype(np.int64))
+            np.add.at(self.trade_count, summaries["locate"], summaries["count"].astype(np.int64))
+            np.add.at(self.trade_volume, summaries["locate"],
+                      summaries["volume"].astype(np.int64))  # fmt: skip
             numbers = got["sequence"][(got["flags"] & ev.IMAGE) == 0].astype(np.int64)
             if numbers.shape[0]:
                 # A number missing is announced if a Conflated notice covered it.
@@ -126,6 +158,8 @@ class EventsClient:
                 hole = numbers - prev - 1
                 self.unannounced += int(hole[(hole > 0) & (prev + 1 >= self.covered)].sum())
                 self.next = max(self.next, int(numbers.max()) + 1)
+                self.newest.append(self.next - 1)
+                self.taken_at.append(time.monotonic())
         elif isinstance(record, Conflated):
             self.conflated += record.dropped
             self.covered = max(self.covered, record.end)
@@ -138,15 +172,29 @@ class EventsClient:
 
 async def _events(events: Endpoint, client: EventsClient, username: str = "",
                   pause: float = 0.0) -> None:  # fmt: skip
+    # A slow client keeps its buffers small: what waits there is as stale as it is long.
     async for record in subscribe(events, events=True, username=username, retry=0.2,
-                                  max_queued=8 if pause else 1024):  # fmt: skip
+                                  max_queued=1 if pause else 1024,
+                                  rcvbuf=SLOW_RCVBUF if pause else None):  # fmt: skip
         client.take(record)
         if pause and isinstance(record, Events):
             await asyncio.sleep(pause)
 
 
+async def _staleness(client: EventsClient, live: EventsClient, samples: list[float]) -> None:
+    """Every STALENESS_EVERY, how stale ``client``'s picture is: since when the live reader
+    has held a record it has not (0 when it holds all the reader has). Sampled on a clock,
+    not on its reads, so the time it spends between reads counts."""
+    while True:
+        await asyncio.sleep(STALENESS_EVERY)
+        if not client.newest:
+            continue  # not logged in yet
+        i = bisect.bisect_right(live.newest, client.newest[-1])
+        samples.append(0.0 if i == len(live.newest) else time.monotonic() - live.taken_at[i])
+
+
 async def _reader(itch: Endpoint, client: DemoClient) -> None:
-    async for record in subscribe(itch, retry=0.2):
+    async for record in subscribe(itch, retry=0.2, username="reader"):
         client.take(record)
 
 
@@ -157,7 +205,7 @@ async def _dropper(itch: Endpoint, client: DemoClient) -> None:
     while True:
         until = loop.time() + DROP_EVERY
         ended = True
-        async for record in subscribe(itch, first=first, retry=0.2):
+        async for record in subscribe(itch, first=first, retry=0.2, username="drop"):
             client.take(record)
             if isinstance(record, Batch | Lost):
                 first = record.end
@@ -170,14 +218,25 @@ async def _dropper(itch: Endpoint, client: DemoClient) -> None:
 
 
 async def _staller(itch: Endpoint) -> None:
-    """Logs in from 1 and never reads: the server must cut it, not wait for it."""
+    """Logs in from 1 and never reads, but heartbeats, as a stuck application whose connection
+    stays alive does: the server must cut it as a slow consumer, not wait for it. (Silent, it
+    would be closed as a dead link after dead_after, 15 s: before the exchange's first packet
+    when a first run spends ~20 s compiling kernels, and never cut for what it did not read.)"""
     with contextlib.suppress(OSError):
         _, writer = await asyncio.open_connection(itch.host, itch.port)
-        writer.write(soup.encode(soup.LoginRequest(b"", b"", b"", 1)))
-        await asyncio.sleep(3600)
+        try:
+            writer.write(soup.encode(soup.LoginRequest(b"stall", b"", b"", 1)))
+            while not writer.is_closing():  # until the server's reset, seen on a write
+                writer.write(soup.encode(soup.ClientHeartbeat()))
+                await asyncio.sleep(HEARTBEAT_INTERVAL)
+        finally:
+            writer.close()
 
 
-async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
+async def run_demo(cfg: DemoConfig, console: Console | None = None,
+                   stop: asyncio.Event | None = None) -> dict[str, Any]:
+    """The demo until the session's end and the verdict; ``stop`` set ends it early (the
+    exchange ends its session at once) and the verdict covers what came in by then."""
     feed = FeedConfig(cfg.line_a, cfg.line_b, rerequest=cfg.rerequest if cfg.recovery else None,
                       replay=cfg.replay if cfg.recovery else None, digest=True)
     plant = Plant(PlantConfig(
@@ -185,11 +244,18 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str,
         events=EventsConfig(cfg.events, FanOutLimits(max_backlog=EVENTS_BACKLOG)),
         slow_consumers=POLICIES,
     ))  # fmt: skip
+    logs.planned(OWN_USERS)
     if console is not None:
-        console.print("loading kernels (the first run compiles them, ~20 s; cached after)")
+        console.print("loading kernels (the first run compiles them, ~20 s, unless make cached"
+                      " them)")
     snapshot = Snapshot()
     web = WebServer(cfg.metrics, snapshot) if cfg.metrics is not None else None
-    await plant.start()
+    try:
+        await plant.start()
+    except BaseException:
+        if web is not None:
+            web.close()
+        raise
     if console is not None and web is not None:
         console.print(f"dashboard: {web.url} (Prometheus metrics: {web.url}metrics)",
                       highlight=False)  # fmt: skip
@@ -201,49 +267,73 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str,
     watchers = {"events": EventsClient(), "conflated": EventsClient(), "skipper": EventsClient()}
     clients = [asyncio.ensure_future(_reader(cfg.itch, reader)),
                asyncio.ensure_future(_dropper(cfg.itch, dropper)),
-               asyncio.ensure_future(_events(cfg.events, watchers["events"])),
+               asyncio.ensure_future(_events(cfg.events, watchers["events"], "events")),
                asyncio.ensure_future(_events(cfg.events, watchers["conflated"], "merge",
                                              SLOW_PAUSE)),
                asyncio.ensure_future(_events(cfg.events, watchers["skipper"], "skip",
                                              SLOW_PAUSE))]
     staller = asyncio.ensure_future(_staller(cfg.itch))
+    staleness: list[float] = []
+    sampler = asyncio.ensure_future(_staleness(watchers["conflated"], watchers["events"],
+                                               staleness))  # fmt: skip
     exchange = ExchangeProcess(
         cfg.line_a, cfg.line_b, cfg.rerequest, cfg.replay,
         "--messages", str(int(cfg.rate * cfg.seconds)), "--seed", str(cfg.seed),
         "--symbols", str(cfg.symbols), "--rate", str(cfg.rate),
         "--drop-a", str(cfg.drop_a), "--drop-b", str(cfg.drop_b),
     )  # fmt: skip
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    # Off the main thread (a test driving a browser beside it) signals cannot be had: the
-    # caller ends the run.
-    signals = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is \
-        threading.main_thread() else ()  # fmt: skip
-    for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop if stop is not None else asyncio.Event()
+    published: dict[str, Any] = {}
     started = time.monotonic()
+    relay: asyncio.Task[float] | None = None
     try:
         await exchange.start()
+        # A stop reaches the exchange at once, not after the busy loop's next turn of the table.
+        relay = asyncio.ensure_future(_relay(stop, exchange))
         await _watch(plant, stop, started, cfg, console, snapshot)
-        if stop.is_set():
-            exchange.end_session()  # early: the exchange still answers repairs meanwhile
-        published = await exchange.summary(timeout=60)
-        # After end of session the plant may still be finishing repairs, the clients reading.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(plant.feed.session_ended.wait(), timeout=10)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*clients), timeout=10)
+        finishing = asyncio.ensure_future(_finish(exchange, plant, clients, published))
+        await asyncio.wait({finishing, relay}, return_when=asyncio.FIRST_COMPLETED)
+        if not finishing.done():
+            # Stopped: the exchange is ending its session (answering repairs meanwhile), and
+            # the verdict takes what is in by STOP_WAIT after the stop: the user is waiting.
+            left = relay.result() + STOP_WAIT - time.monotonic()
+            await asyncio.wait({finishing}, timeout=max(0.0, left))
+            finishing.cancel()
+        (outcome,) = await asyncio.gather(finishing, return_exceptions=True)
+        if isinstance(outcome, Exception) and not stop.is_set():
+            raise outcome  # the exchange failed: so did the demo (stopped, it may not report)
     finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-        for task in (*clients, staller):
+        for task in (*clients, staller, sampler, *([relay] if relay is not None else [])):
             task.cancel()
         await exchange.close()
         await plant.close()
         if web is not None:
             web.close()
-    return summary(plant, published, {"reader": reader, "dropper": dropper},
-                   time.monotonic() - started, watchers)
+    result = summary(plant, published, {"reader": reader, "dropper": dropper},
+                     time.monotonic() - started, watchers, staleness)
+    result["stopped"] = stop.is_set()
+    return result
+
+
+async def _relay(stop: asyncio.Event, exchange: ExchangeProcess) -> float:
+    """On a stop, the exchange ends its session; returns when the stop was seen."""
+    await stop.wait()
+    exchange.end_session()
+    return time.monotonic()
+
+
+async def _finish(exchange: ExchangeProcess, plant: Plant, clients: list[asyncio.Task[None]],
+                  published: dict[str, Any]) -> None:  # fmt: skip
+    """After the exchange's last message: its summary, into ``published``; then the plant and
+    the clients finishing what they are at (repairs, catching up)."""
+    published.update(await exchange.report(timeout=60))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(plant.feed.session_ended.wait(), timeout=10)
+    # (asyncio.wait, not wait_for(gather): a gather cancelled by a stop leaves its
+    # CancelledError unretrieved, logged as a traceback at the exit.)
+    done, _ = await asyncio.wait(clients, timeout=10)
+    for client in done:
+        client.result()  # a client that failed: the demo failed
 
 
 async def _watch(
@@ -257,7 +347,10 @@ async def _watch(
     try:
         with LiveTable(console, time.monotonic()) as table:
             while not (ended.done() or stopped.done()) and time.monotonic() < deadline:
-                await asyncio.wait({ended, stopped}, timeout=0.5)
+                # (FIRST_COMPLETED: by default wait() waits for both, so a stop was seen
+                # only at the next half second)
+                await asyncio.wait({ended, stopped}, timeout=0.5,
+                                   return_when=asyncio.FIRST_COMPLETED)
                 now = time.monotonic()
                 figures = plant.figures()
                 snapshot.set(figures)
@@ -272,11 +365,13 @@ async def _watch(
 
 def summary(
     plant: Plant, published: dict[str, Any], clients: dict[str, DemoClient], seconds: float,
-    watchers: dict[str, EventsClient] | None = None,
+    watchers: dict[str, EventsClient] | None = None, staleness: list[float] | None = None,
 ) -> dict[str, Any]:
     """The verdict (delivered == published and received == published, by count and sha256,
-    nothing lost), then the plant's figures, the clients' and the exchange's summary."""
+    nothing lost; the events clients as :func:`_events_verdict` judges them), then the plant's
+    figures, the clients' and the exchange's summary."""
     figures = plant.figures()
+    books = plant.books.figures()  # once: asked per figure, it cost a stopped demo 0.15 s
     count = published.get("published")
     sha = published.get("sha256")
     delivered = figures["delivered_messages"]
@@ -293,26 +388,31 @@ def summary(
         and figures["lost_messages"] == 0
         and all(c["identical"] for c in received.values())
     )
+    events = _events_verdict(plant, watchers or {}, staleness or [])
     return {
         "published": count,
         "delivered": delivered,
         "identical": identical,
+        "verdict": identical and events.get("ok", True),
         "duplicates_delivered": figures["duplicates_delivered"],
         "seconds": round(seconds, 3),
         "published_sha256": sha,
         "delivered_sha256": digest,
         "clients": received,
         "slow_consumers_cut": figures["slow_consumers"]["itch"]["disconnect"],
-        "events": _events_verdict(plant, watchers or {}),
-        "feed": {k: v for k, v in figures.items() if k not in plant.books.figures()},
-        "books": plant.books.figures(),
+        "events": events,
+        "feed": {k: v for k, v in figures.items() if k not in books},
+        "books": books,
         "exchange": published,
     }
 
 
-def _events_verdict(plant: Plant, watchers: dict[str, EventsClient]) -> dict[str, Any]:
+def _events_verdict(plant: Plant, watchers: dict[str, EventsClient], staleness: list[float]
+                    ) -> dict[str, Any]:  # fmt: skip
     """The events clients against the plant's events journal: the reader has all of it (by
-    sha256), the conflated client every symbol's last BBO, the skipper no record unannounced."""
+    sha256); the conflated client ends with every symbol's last BBO and its trades' count and
+    volume (trades and summaries), and was never staler than STALENESS_P99 at the 99th
+    percentile; neither slow client missed a record unannounced."""
     journal = plant.event_stream.journal
     total, blocks = (journal.blocks(1, len(journal)) if journal is not None and len(journal)
                      else (0, b""))  # fmt: skip
@@ -325,22 +425,48 @@ def _events_verdict(plant: Plant, watchers: dict[str, EventsClient]) -> dict[str
             "unannounced": c.unannounced,
             "identical": c.records == total and c.sha256.hexdigest() == sha,
             "last_bbo_identical": full is not None and c.quotes.bbo == full.quotes.bbo,
+            "trades_identical": full is not None
+            and bool((c.trade_count == full.trade_count).all())
+            and bool((c.trade_volume == full.trade_volume).all()),
         }  # fmt: skip
+    if "conflated" in out:
+        ages = np.array(staleness or [0.0])
+        out["conflated"]["staleness_seconds"] = {
+            "samples": len(staleness), "p50": float(np.percentile(ages, 50)),
+            "p99": float(np.percentile(ages, 99)), "max": float(ages.max())}  # fmt: skip
+    conflated, skipper, reader = (out.get(n, {}) for n in ("conflated", "skipper", "events"))
+    out["ok"] = bool(
+        reader.get("identical", True)
+        and conflated.get("last_bbo_identical", True)
+        and conflated.get("trades_identical", True)
+        and conflated.get("staleness_seconds", {}).get("p99", 0.0) <= STALENESS_P99
+        and conflated.get("unannounced", 0) == 0
+        and skipper.get("unannounced", 0) == 0
+    )
     return out
 
 
 def print_summary(result: dict[str, Any], console: Console) -> None:
     feed = result["feed"]
     repaired = summed(feed["gaps_repaired"])
-    verdict = "[green]identical[/]" if result["identical"] else "[bold red]NOT identical[/]"
+    ok = "[green]identical[/]"
+    # Stopped early, a shortfall may be the stop's rather than a fault's: said so, not in red.
+    stopped = result.get("stopped", False)
+    bad = "[yellow]incomplete (stopped early)[/]" if stopped else "[bold red]NOT identical[/]"
+    verdict = ok if result["identical"] else bad
     clients = "; ".join(
         f"{name} received {c['messages']:,}"
         + (f" over {c['reconnects'] + 1} connections" if c["reconnects"] else "")
-        + (" [green]identical[/]" if c["identical"] else " [bold red]NOT identical[/]")
+        + f" {ok if c['identical'] else bad}"
         for name, c in result["clients"].items()
     )
+    if stopped:
+        console.print(f"stopped early: the verdict covers what the exchange published before the"
+                      f" stop and what came in within {STOP_WAIT:g} s of it")  # fmt: skip
+    published = result["published"]
     console.print(
-        f"published {result['published']:,} messages, delivered {result['delivered']:,}:"
+        f"published {'?' if published is None else f'{published:,}'} messages,"
+        f" delivered {result['delivered']:,}:"
         f" {verdict} (sha256 {str(result['delivered_sha256'])[:16]}...)\n"
         f"gaps seen {sum(feed['gaps_seen'].values()):,}: repaired by the other line"
         f" {repaired['line']:,}, by re-request {repaired['rerequest']:,},"
@@ -350,16 +476,27 @@ def print_summary(result: dict[str, Any], console: Console) -> None:
     )
     events = result["events"]
     if events:
-        ok = "[green]identical[/]"
-        bad = "[bold red]NOT identical[/]"
         full, conflated, skipper = (events.get(n, {}) for n in ("events", "conflated", "skipper"))
         console.print(
             f"events stream: {events['records']:,} records; reader received"
             f" {full.get('records', 0):,} {ok if full.get('identical') else bad};"
             f" conflated client {conflated.get('records', 0):,} records,"
-            f" {conflated.get('conflated', 0):,} BBO changes conflated, last BBOs"
-            f" {ok if conflated.get('last_bbo_identical') else bad};"
+            f" {conflated.get('conflated', 0):,} merged away, last BBOs"
+            f" {ok if conflated.get('last_bbo_identical') else bad}, trades (count and"
+            f" volume per symbol) {ok if conflated.get('trades_identical') else bad},"
+            f" staleness {_staleness_text(conflated.get('staleness_seconds'), bad)};"
             f" skipping client {skipper.get('records', 0):,} records,"
             f" {skipper.get('skipped', 0):,} skipped and told"
             f" ({skipper.get('unannounced', 0)} unannounced)."
         )
+
+
+def _staleness_text(ages: dict[str, float] | None, bad: str) -> str:
+    """p50 / p99 / max of the conflated client's staleness, the p99 judged."""
+    if not ages:
+        return "not measured"
+    p99 = ages["p99"]
+    judged = f"[green]{p99 * 1e3:.0f} ms[/]" if p99 <= STALENESS_P99 else (
+        f"{p99 * 1e3:.0f} ms " + bad.replace("NOT identical", f"over {STALENESS_P99 * 1e3:.0f}"))
+    return (f"p50 {ages['p50'] * 1e3:.0f} ms, p99 {judged} (<= {STALENESS_P99 * 1e3:.0f}),"
+            f" max {ages['max'] * 1e3:.0f} ms")

@@ -191,7 +191,8 @@ class EventParquetWriter:
 # then every kind's fields, zero (letters: null) where a kind has none.
 _LETTERS = ("side", "trade", "status", "code")
 _NUMBERS = ("bid_price", "bid_size", "ask_price", "ask_size", "price", "size", "match",
-            "printable", "level", "orders", "first", "count", "dropped")  # fmt: skip
+            "printable", "level", "orders", "first", "count", "dropped", "volume", "last",
+            "high", "low")  # fmt: skip
 RECORD_SCHEMA = pa.schema(
     [("sequence", pa.int64()), ("source", pa.int64()), ("kind", pa.string()),
      ("image", pa.bool_()), ("symbol", _SYMBOL), ("locate", pa.uint16()),

@@ -13,6 +13,8 @@ from rich.table import Table
 from tickerplant.wire import events as ev
 
 PRICE_SCALE = 10_000  # 4 implied decimals
+# A trade or a trades summary as a last price: (its number, symbol, price, size or volume).
+_LAST = np.dtype([("sequence", "<u8"), ("locate", "<u2"), ("price", "<u4"), ("size", "<u8")])
 
 
 def _latest(rows: npt.NDArray[np.void]) -> npt.NDArray[np.void]:
@@ -45,9 +47,16 @@ class Quotes:
             for locate, n in zip(locates.tolist(), counts.tolist(), strict=True):
                 self.updates[locate] = self.updates.get(locate, 0) + n
         trades = ev.view(records, ev.TRADE)
-        trades = trades[trades["trade"] != ord("B")]  # a broken trade is not a last price
-        if trades.shape[0]:
-            for locate, price, size in _latest(trades)[["locate", "price", "size"]].tolist():
+        trades = trades[trades["trade"] != ev.BROKEN]  # a broken trade is not a last price
+        summaries = ev.view(records, ev.TRADES)  # a conflated client's: last price, volume
+        last = np.concatenate([
+            trades[["sequence", "locate", "price", "size"]].astype(_LAST),
+            summaries[["sequence", "locate", "last", "volume"]].astype(_LAST),
+        ])  # fields cast by position
+        if last.shape[0]:
+            if summaries.shape[0]:
+                last = last[np.argsort(last["sequence"], kind="stable")]
+            for locate, price, size in _latest(last)[["locate", "price", "size"]].tolist():
                 self.last[locate] = (price, size)
         status = ev.view(records, ev.STATUS)
         market = status[status["status"] == ord("S")]

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tickerplant.endpoint import Endpoint
-from tickerplant.io.soupbin import SoupConnection
+from tickerplant.io.soupbin import SoupConnection, connect
 from tickerplant.session.events import Batch
 from tickerplant.session.soupbin import (
     CloseCause,
@@ -181,11 +181,20 @@ class _Connection(SoupConnection[SoupClientSession]):
 
 
 def _events(batch: Batch) -> list[Record]:
-    """An events stream batch as runs of records and the notices between them."""
+    """An events stream batch as runs of records and the notices between them. Lost and
+    skipped notices stand where they were; conflated ones go first and do not split the
+    records: a slow consumer that reads several rounds at once takes them as one batch, and is
+    at the latest at once rather than one of its pauses per round later."""
     records = ev.from_blocks(batch.blocks)
     kinds = records["kind"]
-    notices = np.flatnonzero(np.isin(kinds, [ev.LOST, ev.SKIPPED, ev.CONFLATED]))
+    conflated = kinds == ev.CONFLATED
     out: list[Record] = []
+    if conflated.any():
+        for notice in ev.view(records, ev.CONFLATED).tolist():
+            first, count, dropped = notice[-3:]
+            out.append(Conflated(first, first + count, dropped))
+        records, kinds = ev.where(records, ~conflated), kinds[~conflated]
+    notices = np.flatnonzero(np.isin(kinds, [ev.LOST, ev.SKIPPED]))
     at = 0
     for i in [*notices.tolist(), records.shape[0]]:
         if i > at:
@@ -193,13 +202,10 @@ def _events(batch: Batch) -> list[Record]:
         if i < records.shape[0]:
             notice = records[i : i + 1].view(ev.RECORDS[ev.LOST])[0]
             first, count = int(notice["first"]), int(notice["count"])
-            kind = bytes(notice["kind"])
-            if kind == ev.LOST:
+            if bytes(notice["kind"]) == ev.LOST:
                 out.append(Lost(first, first + count, int(notice["sequence"])))
-            elif kind == ev.SKIPPED:
-                out.append(Skipped(first, first + count))
             else:
-                out.append(Conflated(first, first + count, int(notice["dropped"])))
+                out.append(Skipped(first, first + count))
         at = i + 1
     return out
 
@@ -243,12 +249,16 @@ async def subscribe(
     max_queued: int = 1024,
     events: bool = False,
     symbols: Iterable[str] | Watchlist | None = None,
+    rcvbuf: int | None = None,
 ) -> AsyncIterator[Record]:
     """Records from message ``first`` on (0: from now) until the End of Session.
 
     ``retry`` seconds between reconnects (None: a broken connection ends the iteration with
     ConnectionError). Raises :class:`SubscribeError` if the login is rejected. ``events``: the
-    server is an events stream (``symbols`` narrows it, from the login on).
+    server is an events stream (``symbols`` narrows it, from the login on). ``rcvbuf``: what
+    the kernel may hold unread for us (SO_RCVBUF, set before connecting; None: the kernel's
+    autotuning, which grows it to megabytes): a conflated consumer that wants a fresh picture
+    keeps it, and ``max_queued``, small, since what waits there is as old as it is long.
     """
     if symbols is not None and not events:
         raise ValueError("symbols narrow the events stream: give events=True")
@@ -270,7 +280,7 @@ async def subscribe(
         connection = _Connection(machine, queue, max_queued, events)
         try:
             # Called within this await, before the loop goes round: it gets this connection.
-            await loop.create_connection(lambda: connection, endpoint.host, endpoint.port)  # noqa: B023
+            await connect(lambda: connection, endpoint, rcvbuf)  # noqa: B023
         except OSError as err:
             if retry is None:
                 raise ConnectionError(f"cannot reach {endpoint}: {err}") from err
@@ -337,7 +347,7 @@ def _resumed(item: Record, wanted: int) -> tuple[Record | None, int]:
     sequence = records["sequence"].astype(np.int64)
     fresh = ~update | (sequence >= wanted)
     if not fresh.all():
-        records = records[fresh]
+        records = ev.where(records, fresh)
         update, sequence = update[fresh], sequence[fresh]
         if not records.shape[0]:
             return None, wanted

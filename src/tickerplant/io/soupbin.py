@@ -18,6 +18,7 @@ import socket
 from collections.abc import Callable, Iterable, Mapping
 from typing import Generic, Protocol, TypeVar, cast
 
+from tickerplant.endpoint import Endpoint
 from tickerplant.ops.logs import fields
 from tickerplant.session.fanout import (
     Catalog,
@@ -208,6 +209,7 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
         self.session.report_backlog(self.backlog, self.loop.time())
 
     def service(self) -> None:
+        self.session.held(self.backlog)
         super().service()
         abort_at = self.session.abort_at
         if abort_at is not None and self._reset is None and self.transport is not None:
@@ -258,23 +260,53 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
             check = self.loop.run_in_executor(None, verify, event.stored, event.password)
             check.add_done_callback(self._checked)
         elif isinstance(event, Subscribed):
-            log.info("subscriber %s logged in from %d", self.peer, event.first)
+            log.info("subscriber %s logged in from %d", self.peer, event.first,
+                     extra=self._fields())  # fmt: skip
+            sock = self.transport.get_extra_info("socket") if self.transport else None
+            if event.unsent is not None and sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, event.unsent)
         elif isinstance(event, Dropped):
-            client = _address(self.peer)
-            log.warning("client %s cut: %s", client, event.reason,
-                        extra=fields(event="slow_consumer_cut", client=client,
-                                     reason=event.reason))  # fmt: skip
+            log.warning("client %s cut: %s", _address(self.peer), event.reason,
+                        extra=self._fields(event="slow_consumer_cut",
+                                           reason=event.reason))  # fmt: skip
         elif isinstance(event, Lagging):
-            client = _address(self.peer)
-            log.warning("client %s lagging, now %s: %s", client, event.policy.value,
-                        event.reason, extra=fields(event="slow_consumer", client=client,
-                                                   policy=event.policy.value,
-                                                   reason=event.reason))  # fmt: skip
+            log.warning("client %s lagging, now %s: %s", _address(self.peer),
+                        event.policy.value, event.reason,
+                        extra=self._fields(event="slow_consumer", policy=event.policy.value,
+                                           reason=event.reason))  # fmt: skip
         elif isinstance(event, ProtocolError):
-            log.warning("subscriber %s broke the protocol: %s", self.peer, event.reason)
+            log.warning("subscriber %s broke the protocol: %s", self.peer, event.reason,
+                        extra=self._fields())  # fmt: skip
         elif isinstance(event, Closed):
             self._graceful = event.cause in (CloseCause.END_OF_SESSION, CloseCause.LOGOUT)
-            log.info("subscriber %s closed: %s (%s)", self.peer, event.cause.value, event.detail)
+            log.info("subscriber %s closed: %s (%s)", self.peer, event.cause.value, event.detail,
+                     extra=self._fields())  # fmt: skip
+
+    def _fields(self, **values: object) -> dict[str, object]:
+        """A line's fields: the client's address and the user it logged in as (a filter on a
+        handler may tell a demo's own clients from others by it: ``logs.planned``)."""
+        user = self.session.session.username.decode("ascii", "replace")
+        return fields(client=_address(self.peer), user=user, **values)
+
+
+async def connect(factory: Callable[[], asyncio.Protocol], endpoint: Endpoint,
+                  rcvbuf: int | None = None) -> None:  # fmt: skip
+    """A TCP connection to ``endpoint`` for the protocol ``factory`` makes; ``rcvbuf``: the
+    receive buffer asked for (SO_RCVBUF; None: the kernel's autotuning)."""
+    loop = asyncio.get_running_loop()
+    if rcvbuf is None:
+        await loop.create_connection(factory, endpoint.host, endpoint.port)
+        return
+    # Set before connect: the window scale the handshake agrees on follows it.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (endpoint.host, endpoint.port))
+    except BaseException:
+        sock.close()
+        raise
+    await loop.create_connection(factory, sock=sock)
 
 
 def _address(peer: object) -> str:
@@ -284,6 +316,8 @@ def _address(peer: object) -> str:
     return str(peer)
 
 
+# Linux's; the socket module names it from Python 3.12 on only.
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 HIGH_WATER = 2 << 20  # the transport asks us to stop writing above this, resumes below a quarter
 
 

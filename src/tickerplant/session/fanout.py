@@ -23,6 +23,13 @@ The policy, all of it here:
   judged: past ``max_backlog`` the subscriber is sent a Debug packet saying why and closed, and
   its connection is reset ``linger`` seconds later. :meth:`FanOut._slow_consumer` is the one place
   that decides, where per-user policies (conflate, skip) would choose.
+- *Conflated* (events, a ``conflate`` user): its kernel is asked to hold at most
+  ``conflate_unsent`` bytes unsent (io sets TCP_NOTSENT_LOWAT, told by :class:`Subscribed`), so
+  that what cannot go waits in io where it is seen; past that much held it is a slow consumer,
+  and gets rounds (:func:`~tickerplant.session.selection.conflate` of everything since its
+  last) every ``conflate_interval`` at most, each once io holds nothing of the one before, until
+  an interval passes with nothing new. What is stale is then bounded by those few bytes and
+  the client's own buffers, not by the stream's rate times the kernel's.
 
 Login sequence numbers: 0 starts with the next message published; a number beyond the journal's
 end is accepted and served once published (the spec's "(re)start from that number"; rejecting
@@ -70,6 +77,13 @@ CHUNK_MESSAGES = 16384  # read from the journal per catch-up write: ~0.5 MiB of 
 TURN_BYTES = 8 << 20  # what one catch-up turn may write before it yields
 LINGER = 2.0  # seconds a dropped client gets to read the Debug packet before the reset
 PUBLISH_BYTES = 16 << 20  # ~15 ms of writes on this machine
+# A slow consumer under ``conflate`` gets a round (everything published since its last, each
+# symbol's latest BBO, its trades summarised) at most this often, and only once its socket has
+# taken the round before: what its kernel buffers hold stays a few rounds, not seconds of them.
+CONFLATE_INTERVAL = 0.1
+CONFLATE_UNSENT = 16 << 10  # bytes a conflate user's kernel may hold unsent, and io beyond it
+ROUND_MESSAGES = 1 << 17  # read from the journal for one round at most (~7 MB of records)
+PUBLISHES_KEPT = 4096  # (number, time) of recent publishes: how stale a conflated client is
 FAILURES_KEPT = 4096  # addresses whose failed logins are remembered
 SYMBOL = 8  # bytes per symbol in a subscription request: ITCH's Stock field, space-padded
 
@@ -113,12 +127,15 @@ class FanOutLimits:
     # catch-up turns from the next loop iteration, so that a burst to thousands of clients does
     # not hold the loop (and the feed it shares) for one long call.
     publish_bytes: int = PUBLISH_BYTES
+    conflate_interval: float = CONFLATE_INTERVAL
+    conflate_unsent: int = CONFLATE_UNSENT
 
     def __post_init__(self) -> None:
         for name in ("max_backlog", "chunk_messages", "turn_bytes", "max_connections",
-                     "max_per_address", "failed_logins", "max_checks", "publish_bytes"):
+                     "max_per_address", "failed_logins", "max_checks", "publish_bytes",
+                     "conflate_unsent"):
             check(name, getattr(self, name) >= 1, getattr(self, name), "give 1 or more")
-        for name in ("linger", "throttle"):
+        for name in ("linger", "throttle", "conflate_interval"):
             check(name, getattr(self, name) >= 0, getattr(self, name), "give seconds, 0 or more")
         check("write_deadline", self.write_deadline > 0, self.write_deadline, "give seconds > 0")
 
@@ -132,7 +149,8 @@ class FanOutCounters:
     bytes_sent: int = 0  # of Sequenced Data
     slow_consumers: int = 0  # cut: over max_backlog or past write_deadline
     conflating: int = 0  # slow consumers moved to conflation (policy conflate)
-    conflated_updates: int = 0  # BBO changes they were not sent
+    conflated_updates: int = 0  # records they were not sent as themselves (merged away)
+    conflated_rounds: int = 0  # rounds sent to them
     skips: int = 0  # slow consumers moved to live (policy skip)
     skipped_messages: int = 0  # the messages they skipped
     subscriptions: int = 0  # symbol subscription requests served
@@ -145,10 +163,12 @@ class FanOutCounters:
 
 @dataclass(frozen=True, slots=True)
 class Subscribed:
-    """The login was accepted: Sequenced Data follows from message ``first``."""
+    """The login was accepted: Sequenced Data follows from message ``first``. ``unsent``: the
+    bytes its kernel may hold unsent (TCP_NOTSENT_LOWAT; None: the kernel's own)."""
 
     username: bytes
     first: int
+    unsent: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +229,11 @@ class Subscriber(Generic[H]):
         self._since: dict[int, int] = {}
         self.policy = Policy.DISCONNECT  # its user's, set at login
         self.lagging: Policy | None = None  # a slow consumer kept under its policy
+        # Conflated: when its next round may go, and whether it stays conflated until a round
+        # finds nothing new (a slow consumer) or only until it has caught up (pushed past the
+        # publish budget by the server's own limit, not by its slowness).
+        self._round_at = 0.0
+        self._until_quiet = False
 
     @property
     def active(self) -> bool:
@@ -235,6 +260,10 @@ class Subscriber(Generic[H]):
         if self._turn_at is not None and now >= self._turn_at:
             self._turn_at = None
             self._budget = self._fanout.limits.turn_bytes
+            if (self.lagging is Policy.CONFLATE and now >= self._round_at
+                    and self.cursor >= self._fanout.published):  # fmt: skip
+                self.lagging = None  # a round's interval with nothing new: live again
+                self._until_quiet = False
         stuck = self._stuck_until()
         if stuck is not None and now >= stuck and self.active:
             waited = now - (self._paused_at or now)
@@ -308,12 +337,20 @@ class Subscriber(Generic[H]):
         self._paused_at = None
         self._budget = self._fanout.limits.turn_bytes
 
+    def held(self, size: int) -> None:
+        """io holds ``size`` bytes for it beyond the socket now (before it asks what to write:
+        a conflated round waits for the one before to be gone)."""
+        self.backlog = size
+
     def report_backlog(self, size: int, now: float) -> None:
         """io holds ``size`` bytes for it beyond the socket, just after a write."""
         self.backlog = size
         if self._pushed:
             self._pushed = False
-            cap = self._fanout.limits.max_backlog
+            limits = self._fanout.limits
+            cap = limits.max_backlog
+            if self._fanout.catalog is not None and self.policy is Policy.CONFLATE:
+                cap = min(cap, limits.conflate_unsent)  # it would rather have rounds than wait
             if self.active and size > cap:
                 reason = f"slow consumer: {size} bytes unsent, over the {cap} cap"
                 self._fanout._slow_consumer(self, now, reason)
@@ -364,6 +401,10 @@ class FanOut(Generic[H]):
         # From the publish that gave a subscriber something to write to the moment io took the
         # first of it for the socket: the loop's delay, publish budgets and catch-up turns.
         self.delivery = Latencies()
+        # How stale a conflated slow consumer's picture was as each round went: from the
+        # publish of the oldest record it had not been sent to the round.
+        self.staleness = Latencies()
+        self._publishes: deque[tuple[int, float]] = deque(maxlen=PUBLISHES_KEPT)
         self._credentials = credentials
         self._timing = (heartbeat_interval, dead_after, login_timeout)
         self._subscribers: dict[Subscriber[H], None] = {}  # insertion-ordered set
@@ -481,6 +522,7 @@ class FanOut(Generic[H]):
         if new <= old:
             return []
         self._published = new
+        self._publishes.append((old, now))
         live: list[Subscriber[H]] = []
         behind: list[Subscriber[H]] = []
         for subscriber in self._subscribers:
@@ -527,7 +569,7 @@ class FanOut(Generic[H]):
                 subscriber._turn_at = 0.0
         for subscriber in deferred:
             if self.catalog is not None and subscriber.policy is Policy.CONFLATE:
-                subscriber.lagging = Policy.CONFLATE
+                subscriber.lagging = subscriber.lagging or Policy.CONFLATE
         ready = live + behind
         for subscriber in ready:
             if subscriber._queued_at is None:
@@ -590,7 +632,9 @@ class FanOut(Generic[H]):
         subscriber._budget = self.limits.turn_bytes
         subscriber.policy = self.policies.get(login.username.strip(PAD), self.policy)
         self.counters.logins += 1
-        subscriber._events.append(Subscribed(login.username, first))
+        conflated = self.catalog is not None and subscriber.policy is Policy.CONFLATE
+        unsent = self.limits.conflate_unsent if conflated else None
+        subscriber._events.append(Subscribed(login.username, first, unsent))
         if not login.sequence and subscriber.locates is not None:
             self._images(subscriber, subscriber.locates.tolist())  # from now: state first
 
@@ -660,8 +704,11 @@ class FanOut(Generic[H]):
                     subscriber._turn_at = now  # yield: the next turn once io has looked around
                 return
             at = subscriber.cursor
-            want = min(self.limits.chunk_messages, self._published - at)
             conflating = subscriber.lagging is Policy.CONFLATE
+            if conflating and not self._round_due(subscriber, now):
+                return
+            step = ROUND_MESSAGES if conflating else self.limits.chunk_messages
+            want = min(step, self._published - at)
             key = None if subscriber._since else (subscriber.group, at, want, conflating)
             chunk = self._shared.get(key) if key is not None else None
             if chunk is None:
@@ -672,15 +719,43 @@ class FanOut(Generic[H]):
             self.counters.conflated_updates += dropped
             # What it was sent, or (sent nothing) what was read for it: a turn's work is bounded.
             subscriber._budget -= len(packets) if sent else read
+            if conflating:
+                self._round_sent(subscriber, at, now)
             self._send(subscriber, packets, sent, at + count)
             if subscriber._since:
                 subscriber._since = {k: v for k, v in subscriber._since.items()
                                      if v > subscriber.cursor}  # fmt: skip
-            if sent:
+            if sent or conflating:
                 break
-        if subscriber.cursor >= self._published:
+        if subscriber.cursor >= self._published and not subscriber._until_quiet:
             subscriber.lagging = None  # caught up: live again
         self._maybe_end(subscriber)
+
+    def _round_due(self, subscriber: Subscriber[H], now: float) -> bool:
+        """Whether a conflated round may go now: its interval is over and io holds nothing of
+        the round before (else it waits: the next round then covers more, not more rounds)."""
+        if self._ending:
+            return True  # the journal is complete: the rest goes as it can, then End of Session
+        if now >= subscriber._round_at and not subscriber.backlog:
+            return True
+        # io tells us when a full socket drains (resume), not when its last bytes go: a round
+        # held back by a backlog looks again a tenth of an interval on.
+        again = now + self.limits.conflate_interval / 10 if subscriber.backlog else 0.0
+        if subscriber._turn_at is None or subscriber._turn_at <= now:
+            subscriber._turn_at = max(subscriber._round_at, again)
+        return False
+
+    def _round_sent(self, subscriber: Subscriber[H], at: int, now: float) -> None:
+        """A round from ``at`` goes now: its staleness noted, the next one's time set."""
+        self.counters.conflated_rounds += 1
+        published = 0.0
+        for number, when in reversed(self._publishes):  # the publish that brought ``at``
+            published = when
+            if number <= at:
+                break
+        self.staleness.add(max(0.0, now - published))
+        subscriber._round_at = now + self.limits.conflate_interval
+        subscriber._turn_at = subscriber._round_at
 
     def _chunk(
         self, subscriber: Subscriber[H], at: int, want: int, conflating: bool
@@ -733,9 +808,13 @@ class FanOut(Generic[H]):
         slow consumer of another stream (its messages can be neither merged nor skipped)."""
         policy = subscriber.policy if self.catalog is not None and not dead else Policy.DISCONNECT
         if policy is not Policy.DISCONNECT:
-            if subscriber.lagging is None:
+            # A conflate user pushed past the budget (lagging until caught up) that turns out
+            # slow too stays conflated until a quiet round, and is told so.
+            if subscriber.lagging is None or (policy is Policy.CONFLATE
+                                              and not subscriber._until_quiet):  # fmt: skip
                 subscriber.lagging = policy
                 if policy is Policy.CONFLATE:
+                    subscriber._until_quiet = True
                     self.counters.conflating += 1
                 else:
                     self.counters.skips += 1

@@ -32,14 +32,20 @@ nanoseconds since midnight, ``locate`` the day's stock locate code, 0 for market
 - ``y`` symbol: locate @18, timestamp @20, symbol 8 bytes @28 (ASCII, space-padded): a Stock
   Directory named the locate (in the stream, and first in each symbol's image), so that a
   client can name what it reads.
+- ``T`` trades summary, sent only to a conflated slow consumer in place of two or more trades
+  of one symbol (broken trades are never summarised): locate @18, timestamp @20 (the last
+  trade's), count u32 @28 (trades), volume u64 @32 (shares), last u32 @40, high u32 @44, low
+  u32 @48 (prices); ``sequence`` and ``source`` are the last trade's. A 52-byte record has no
+  room for a VWAP as well: the full stream has every trade.
 - Notices, locate 0: first u64 @28, count u64 @36, dropped u64 @44.
   - ``l`` lost: the plant lost itch numbers [first, first + count) (every client gets it, in
     stream position; books may be wrong from there);
   - ``k`` skipped: this client, a slow consumer under the ``skip`` policy, was moved to live
     past events numbers [first, first + count);
-  - ``c`` conflated: of events numbers [first, first + count), ``dropped`` BBO changes were not
-    sent to this slow consumer (``conflate`` policy): each symbol's latest BBO was, before any
-    trade or status of that symbol.
+  - ``c`` conflated: of events numbers [first, first + count), ``dropped`` records were not
+    sent as themselves to this slow consumer (``conflate`` policy): each symbol's latest BBO
+    was, and its trades as one ``T`` summary (a lone trade as itself); statuses, symbols,
+    broken trades and notices are sent as they are, in order.
 
 A client that resumes logs in at the ``sequence`` of the last update it received plus one: the
 records it is sent carry their own numbers, so a client narrowed to a few symbols (whose
@@ -58,10 +64,12 @@ HEADER_SIZE: Final = 18
 BLOCK_SIZE: Final = 2 + RECORD_SIZE  # as a block: u16 big-endian length, then the record
 IMAGE: Final = 1
 
-BBO, TRADE, STATUS, DEPTH, SYMBOL = b"b", b"t", b"s", b"d", b"y"
+BBO, TRADE, STATUS, DEPTH, SYMBOL, TRADES = b"b", b"t", b"s", b"d", b"y", b"T"
 LOST, SKIPPED, CONFLATED = b"l", b"k", b"c"
 NAMES: Final = {BBO: "bbo", TRADE: "trade", STATUS: "status", DEPTH: "depth", SYMBOL: "symbol",
-                LOST: "lost", SKIPPED: "skipped", CONFLATED: "conflated"}  # fmt: skip
+                TRADES: "trades", LOST: "lost", SKIPPED: "skipped",
+                CONFLATED: "conflated"}  # fmt: skip
+BROKEN: Final = ord("B")  # a trade record's ``trade`` for a broken trade
 
 _HEADER: Fields = [("kind", "S1"), ("flags", "u1"), ("sequence", "<u8"), ("source", "<u8"),
            ("locate", "<u2"), ("timestamp", "<u8")]  # fmt: skip
@@ -98,6 +106,8 @@ _BODIES: Final[dict[bytes, Fields]] = {
     DEPTH: [("side", "u1"), ("level", "u1"), ("price", "<u4"), ("size", "<u8"),
             ("orders", "<u4")],
     SYMBOL: [("symbol", "S8")],
+    TRADES: [("count", "<u4"), ("volume", "<u8"), ("last", "<u4"), ("high", "<u4"),
+             ("low", "<u4")],
     LOST: [("first", "<u8"), ("count", "<u8"), ("dropped", "<u8")],
 }  # fmt: skip
 _BODIES[SKIPPED] = _BODIES[CONFLATED] = _BODIES[LOST]
@@ -129,8 +139,8 @@ def notice(kind: bytes, sequence: int, source: int, first: int, count: int,
 
 
 def decode(data: bytes | bytearray | memoryview) -> npt.NDArray[np.void]:
-    """Records (each without its length) as a RECORD array; view rows of one kind with
-    ``records[mask].view(RECORDS[kind])``. A length other than RECORD_SIZE is a ValueError."""
+    """Records (each without its length) as a RECORD array; the rows of one kind with their
+    fields: :func:`view`. A length other than RECORD_SIZE is a ValueError."""
     if len(data) % RECORD_SIZE:
         raise ValueError(f"{len(data)} bytes is not a whole number of {RECORD_SIZE}-byte records")
     return np.frombuffer(data, dtype=RECORD)
@@ -151,7 +161,14 @@ def from_blocks(data: bytes | bytearray | memoryview) -> npt.NDArray[np.void]:
 
 def view(records: npt.NDArray[np.void], kind: bytes) -> npt.NDArray[np.void]:
     """The records of ``kind`` among ``records`` (a RECORD array), with that kind's fields."""
-    # Selected as whole records: a structured copy would copy the header's fields only.
-    raw = records.view(np.dtype((np.void, RECORD_SIZE)))
-    mine: npt.NDArray[np.void] = raw[records["kind"] == kind].view(RECORDS[kind])
+    mine: npt.NDArray[np.void] = where(records, records["kind"] == kind).view(RECORDS[kind])
     return mine
+
+
+def where(records: npt.NDArray[np.void], mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.void]:
+    """The records (a RECORD array) where ``mask`` is true, whole. ``records[mask]`` would copy
+    the header's fields only: numpy copies a structured array's fields, not the bytes between,
+    and every body lies between RECORD's fields."""
+    raw = records.view(np.dtype((np.void, RECORD_SIZE)))
+    out: npt.NDArray[np.void] = raw[mask].view(RECORD)
+    return out

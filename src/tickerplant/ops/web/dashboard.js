@@ -78,6 +78,7 @@ function show(message) {
       bytes(f.queued_bytes[s]), fmt(rate(f, before, dt, "sent_messages", s)),
       ms((f.delivery_latency_seconds[s] || {}).p50), ms((f.delivery_latency_seconds[s] || {}).p99),
       fmt(f.slow_consumers[s].disconnect), fmt(f.slow_consumers[s].conflate),
+      s in f.staleness_seconds ? ms(f.staleness_seconds[s].p99) : "",
       fmt(f.slow_consumers[s].skip)]]));
   } else {
     $("distribution").hidden = true;
