@@ -87,8 +87,11 @@ def test_the_demo_screen_reads_whole_at(width: int) -> None:
         for figure in figures_shown(recorded()[name]["now"]):
             assert any(figure in line for line in lines), (name, figure)
     # a phrase and its number stay together
-    for phrase in ("outstanding 0", "open gaps 0", "duplicates delivered 0", "anomalies 0"):
+    for phrase in ("outstanding 0", "open gaps 0", "duplicates delivered 0", "anomalies 0",
+                   "conflated staleness p99 101 ms"):
         assert any(phrase in line for line in lines), phrase
+    # the verdict's staleness (the conflated client's own), its three figures on one line
+    assert any("staleness p50" in line and "p99" in line for line in lines)
 
 
 def test_the_screen_fits_a_terminal_50_lines_high_at_80_columns() -> None:

@@ -489,6 +489,10 @@ def print_summary(result: dict[str, Any], console: Console) -> None:
             f" {skipper.get('skipped', 0):,} skipped and told"
             f" ({skipper.get('unannounced', 0)} unannounced)."
         )
+    if result["verdict"]:
+        console.print("[bold green]verdict: every check passed[/]")
+    elif not stopped:
+        console.print("[bold red]verdict: a check failed (above, in red)[/]")
 
 
 def _staleness_text(ages: dict[str, float] | None, bad: str) -> str:

@@ -141,9 +141,17 @@ def _streams(now: Figures, before: Figures | None, dt: float) -> list[Renderable
             f"journal {now['stream_messages'][stream]:,} messages"
             f" ({now['stream_lost_messages'][stream]:,} lost)",
             f"slow consumers {_actions(now['slow_consumers'][stream])}",
+            *_staleness(now.get("staleness_seconds", {}).get(stream)),
         )
         for stream, clients in now["clients"].items()
     ]
+
+
+def _staleness(ages: dict[str, Any] | None) -> list[str]:
+    """How stale conflated clients' pictures were as their rounds went, once there were any."""
+    if not ages or not ages["count"]:
+        return []
+    return [f"conflated staleness p99 {ages['p99'] * 1e3:,.0f} ms"]
 
 
 def _actions(by_action: dict[str, int]) -> str:
