@@ -137,6 +137,14 @@ def test_a_log_to_a_file_stays_in_the_file_while_the_table_is_shown() -> None:
     assert "to the file" in stderr.getvalue()
 
 
+def test_off_a_terminal_the_last_frame_ends_its_line() -> None:
+    """Rich prints its one frame off a terminal with no newline: what follows would run on."""
+    out = io.StringIO()
+    with LiveTable(Console(file=out, width=80), 0.0) as table:
+        table.show(recorded()["final"]["now"], 0.5, "tickerplant demo")
+    assert out.getvalue().endswith("\n") and "tickerplant demo" in out.getvalue()
+
+
 def test_the_demos_staged_misbehaviour_is_kept_off_the_terminal_but_not_the_dashboard() -> None:
     stderr = io.StringIO()
     logs.setup(stream=stderr)

@@ -207,6 +207,8 @@ class LiveTable:
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
+        if self._live is not None and not self._live.console.is_terminal:
+            self._live.console.line()  # rich ends its one frame off a terminal without a newline
 
     def show(self, figures: Figures, now: float, title: str = "") -> None:
         if self._live is not None:
