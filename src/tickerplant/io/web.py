@@ -218,12 +218,21 @@ def serve(listening: socket.socket, channel: socket.socket, plant: int) -> None:
     server.socket = listening
     server.server_bind()
     server.set_app(site.app)
-    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
-    thread.start()
-    while data := channel.recv(CHANNEL):
+
+    def take(data: bytes) -> None:
         at, figures, events = pickle.loads(data)
         snapshot.events = deque(events, EVENTS)
         snapshot.set(figures, at)
+
+    # The plant hands its snapshot as it starts us: taken before the first request is served,
+    # so that no scrape sees a listener without the figures it was started with.
+    data = channel.recv(CHANNEL)
+    if data:
+        take(data)
+        thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+        thread.start()
+    while data := channel.recv(CHANNEL):
+        take(data)
     # The plant has gone or is going, and waits for us: no shutdown(), which waits for the
     # server's next poll (up to half a second); its threads are daemons, a request in flight
     # is cut as the plant's exit would cut it.
