@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from tickerplant.io.datagrams import DatagramDrain, Socket, open_connected
+from tickerplant.io.loop import LoopLag
 from tickerplant.io.multicast import open_receiver
 from tickerplant.io.replay_client import ReplayClient
 from tickerplant.ops.config import ConfigError
@@ -72,10 +73,12 @@ class FeedHandler:
         self._clock = time.monotonic
         self._report_at = 0.0  # when unusable datagrams are next reported
         self._reported: dict[Source, int] = {}  # unusable datagrams reported so far, by source
+        self._lag = LoopLag()  # the loop it shares with whatever the process runs beside it
 
     async def start(self) -> None:
         _warm_kernels()
         self._loop = asyncio.get_running_loop()
+        self._lag.start()
         cfg = self.config
         for source, group in cfg.lines:
             try:
@@ -93,6 +96,7 @@ class FeedHandler:
 
     async def close(self) -> None:
         assert self._loop is not None
+        self._lag.close()
         self._report_defects(self._clock())  # the last of them, up to the end
         suspect = self.session.sequencer.suspect
         if suspect is not None:  # stopped before it could be decided: said, not dropped unsaid
@@ -122,6 +126,7 @@ class FeedHandler:
         figures["wakeups"] = {s.label: d.wakeups if d else 0 for s, d in drains}
         figures["socket_errors"] = {s.label: d.errors if d else 0 for s, d in drains}
         figures["consumer_errors"] = self.consumer_errors
+        figures["loop_lag_seconds"] = self._lag.lag.figures()
         return figures
 
     # ---- bytes and time in --------------------------------------------------------------------

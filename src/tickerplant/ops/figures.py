@@ -64,6 +64,7 @@ FEED = (
     Figure("replays_failed", _C, "TCP replay sessions that ended short"),
     Figure("replay_failures", _I, "why replay sessions ended short, by reason"),
     Figure("consumer_errors", _C, "consumer callbacks that raised"),
+    Figure("loop_lag_seconds", _H, "how late the event loop ran a callback that was due"),
     Figure("repair_latency_seconds", _H, "gap seen to gap repaired", ("repair",)),
     Figure("line_state", _G, "down 0, quiet 1, up 2", ("line",)),
     Figure("packets", _C, "datagrams received, good or bad (replay: runs)", _SRC),
