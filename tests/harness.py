@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import select
 import shutil
 import signal
@@ -72,6 +73,17 @@ def wait_until(condition: Callable[[], object], timeout: float, what: Said,
         if time.monotonic() >= end:
             raise AssertionError(f"not within {timeout:g} s: {_said(what)}")
         time.sleep(interval)
+
+
+def allow_open_files(n: int) -> None:
+    """Let this process hold ``n`` descriptors (the soft limit raised toward the hard one, as
+    root's often already is and a user's 1024 is not), or skip saying why."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= n:
+        return
+    if hard != resource.RLIM_INFINITY and hard < n:
+        pytest.skip(f"needs {n} open files; the hard limit is {hard} (ulimit -Hn)")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
 
 
 def source_stream(seed: int, symbols: int, messages: int) -> bytes:
