@@ -61,7 +61,11 @@ class LiveBooks:
     def figures(self, busiest: int = 3) -> dict[str, Any]:
         """Sizes, counts and the busiest symbols' BBO (names in ``tickerplant.ops.figures``)."""
         engine = self.engine
-        top = np.argsort(self._bbo_by_locate)[::-1][:busiest]
+        counts = self._bbo_by_locate
+        # Only the locates in use sorted: this runs on the loop twice a second, and sorting all
+        # 65,536 took 1.5 ms of the 2.1 a snapshot cost (argpartition as much: mostly zeros).
+        used = np.flatnonzero(counts)
+        top = used[np.lexsort((used, -counts[used]))][:busiest]
         quotes = []
         for locate in top.tolist():
             if not self._bbo_by_locate[locate]:
