@@ -30,8 +30,11 @@ def run(tree: Path, script: list[str], timeout: float) -> list[dict[str, object]
     env = {**os.environ, "PYTHONPATH": str(tree / "src")}
     out = subprocess.run(
         [sys.executable, *script], env=env, capture_output=True, text=True, timeout=timeout,
-        check=True, cwd=tree,
+        cwd=tree,
     )  # fmt: skip
+    if out.returncode:  # what it said, not only that it failed
+        raise RuntimeError(f"{' '.join(script)} in {tree} exited {out.returncode}:\n"
+                           f"{out.stderr[-2000:]}")  # fmt: skip
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
