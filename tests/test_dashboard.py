@@ -13,7 +13,6 @@ import io
 import json
 import logging
 from collections import deque
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +35,8 @@ HEADINGS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """logs.setup configures the process; the tests after these expect pytest's own capture."""
-    yield
-    root = logging.getLogger("tickerplant")
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    root.propagate = True
-    root.setLevel(logging.NOTSET)
+# logs.setup configures the process: put back after each test (the fixture is conftest's).
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def recorded() -> dict[str, Any]:

@@ -6,7 +6,6 @@ import asyncio
 import io
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 
@@ -22,15 +21,8 @@ from tickerplant.wire import moldudp64 as mold
 SESSION = mold.session_bytes("LOGTEST001")
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """logs.setup configures the process; the tests after these expect pytest's own capture."""
-    yield
-    root = logging.getLogger("tickerplant")
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    root.propagate = True
-    root.setLevel(logging.NOTSET)
+# logs.setup configures the process: put back after each test (the fixture is conftest's).
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 class Clock:
