@@ -7,11 +7,13 @@ from tickerplant.wire.blocks import iter_messages, join_messages
 pieces = st.lists(st.lists(st.binary(max_size=20), max_size=12), min_size=1, max_size=8)
 
 
-@given(pieces, st.integers(-2, 80), st.integers(-1, 80))
+@given(pieces, st.integers(-2, 80), st.integers(-1, 80), st.sampled_from([1, 5, 1 << 20]))
 def test_any_range_reads_back_what_was_appended(
-    parts: list[list[bytes]], sequence: int, count: int
+    parts: list[list[bytes]], sequence: int, count: int, offsets_per_array: int
 ) -> None:
     journal = Journal(b"SESSION001")
+    # Small arrays of offsets: appends and reads that cross from one to the next.
+    journal.offsets_per_array = offsets_per_array
     everything: list[bytes] = []
     for i, msgs in enumerate(parts):
         stream = join_messages(msgs)

@@ -287,16 +287,20 @@ class BookEngine:
 
     def resting_orders(self) -> npt.NDArray[np.void]:
         """Every live order as ``RESTING`` records, in order-reference order (time priority)."""
+        return resting(self.live_rows())
+
+    def live_rows(self) -> npt.NDArray[np.int64]:
+        """The order table's live rows (key, value), a copy: what :func:`resting` reads, taken
+        from the books in one vectorised gather, without the sort (which may then run on a
+        thread while the books go on)."""
         full = self._ctrl.view(np.uint8) < 0x80  # a full slot's control byte is 7 hash bits
-        rows = self._orders.reshape(-1, 2)[full]
-        out = np.zeros(rows.shape[0], dtype=RESTING)
-        key, value = rows[:, 0], rows[:, 1]
-        out["reference"] = key & ((1 << 47) - 1)
-        out["locate"] = key >> 47
-        out["side"] = np.where((value >> 31) & 1, ord("S"), ord("B"))
-        out["shares"] = value & ((1 << 31) - 1)
-        out["price"] = value >> 32
-        return np.sort(out, order="reference")
+        return self._orders.reshape(-1, 2)[full]
+
+    def names(self) -> npt.NDArray[np.bytes_]:
+        """Each locate's 8-byte symbol as the Stock Directory gave it (spaces if undefined),
+        indexed by locate: a copy."""
+        names = np.where(self._defined[:, None] != 0, self._names, ord(" ")).astype(np.uint8)
+        return names.view("S8").ravel()
 
     def bbo(self, locate: int) -> tuple[int, int, int, int]:
         """(bid price, bid size, ask price, ask size) of ``locate``; zeros for an empty side."""
@@ -366,3 +370,19 @@ class BookEngine:
         live = self.live_orders
         return self.state_bytes / live if live else float("inf")
 
+
+def resting(rows: npt.NDArray[np.int64]) -> npt.NDArray[np.void]:
+    """Live order table rows (:meth:`BookEngine.live_rows`) as ``RESTING`` records, in
+    order-reference order (time priority)."""
+    reference = rows[:, 0] & ((1 << 47) - 1)
+    # Sorted by its integer key, not with np.sort(order=): a structured sort compares records
+    # field by field, 12-21 ms for 12,000 orders against 1 ms.
+    rows = rows[np.argsort(reference)]
+    key, value = rows[:, 0], rows[:, 1]
+    out = np.zeros(rows.shape[0], dtype=RESTING)
+    out["reference"] = key & ((1 << 47) - 1)
+    out["locate"] = key >> 47
+    out["side"] = np.where((value >> 31) & 1, ord("S"), ord("B"))
+    out["shares"] = value & ((1 << 31) - 1)
+    out["price"] = value >> 32
+    return out

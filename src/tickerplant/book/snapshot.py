@@ -14,13 +14,17 @@ day of hundreds of millions).
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
 
-from tickerplant.book.engine import BookEngine
+import numpy as np
+import numpy.typing as npt
+
+from tickerplant.book.engine import BookEngine, resting
 from tickerplant.wire import itch
 from tickerplant.wire.blocks import as_array, join_messages, offsets_of
 
-_KEPT = np.frombuffer(b"SRHY", dtype=np.uint8)
+_KEPT = np.zeros(256, dtype=np.bool_)  # by message type: the ones a Directory keeps
+_KEPT[list(b"SRHY")] = True
 END_OF_SNAPSHOT = ord("G")
 
 
@@ -37,7 +41,7 @@ class Directory:
             return
         arr = as_array(blocks)
         types = arr[np.minimum(offsets + 2, size - 1)]
-        for i in np.flatnonzero(np.isin(types, _KEPT)).tolist():
+        for i in np.flatnonzero(_KEPT[types]).tolist():  # (np.isin: 130 us a live batch)
             at = int(offsets[i])
             length = (int(arr[at]) << 8) | int(arr[at + 1])
             message = bytes(blocks[at + 2 : at + 2 + length])
@@ -47,18 +51,39 @@ class Directory:
                 self.by_locate[(message[0], int.from_bytes(message[1:3], "big"))] = message
 
 
-def snapshot(engine: BookEngine, directory: Directory, next_sequence: int) -> bytes:
-    """The block stream of a snapshot of ``engine``'s books; see the module's docstring."""
+@dataclass(frozen=True, slots=True)
+class Picture:
+    """What a snapshot is made of, taken from the live books between two batches: the
+    reference messages, the symbols, the live order rows (copies, one vectorised gather).
+    Making the snapshot of it (:meth:`encode`: a sort and an encode, milliseconds for a
+    synthetic day, tenths of a second for a real one) reads nothing of the books, so it runs on
+    a thread while the books go on."""
+
+    head: bytes
+    rows: npt.NDArray[np.int64]
+    names: npt.NDArray[np.bytes_]
+    next_sequence: int
+
+    def encode(self) -> bytes:
+        """The snapshot's block stream; see the module's docstring."""
+        end = bytes([END_OF_SNAPSHOT]) + str(self.next_sequence).ljust(20).encode("ascii")
+        return self.head + _add_orders(resting(self.rows), self.names) + join_messages([end])
+
+
+def picture(engine: BookEngine, directory: Directory, next_sequence: int) -> Picture:
+    """The books as they stand, for a snapshot continuing from ``next_sequence``."""
     messages: list[bytes] = []
     if directory.system_event is not None:
         messages.append(directory.system_event)
     kept = directory.by_locate
     for kind in (ord("R"), ord("H"), ord("Y")):  # directories first: the adds name their locates
         messages += [kept[key] for key in sorted(k for k in kept if k[0] == kind)]
-    head = join_messages(messages)
-    adds = _add_orders(engine)
-    end = bytes([END_OF_SNAPSHOT]) + str(next_sequence).ljust(20).encode("ascii")
-    return head + adds + join_messages([end])
+    return Picture(join_messages(messages), engine.live_rows(), engine.names(), next_sequence)
+
+
+def snapshot(engine: BookEngine, directory: Directory, next_sequence: int) -> bytes:
+    """The block stream of a snapshot of ``engine``'s books; see the module's docstring."""
+    return picture(engine, directory, next_sequence).encode()
 
 
 # Add Order (A) as a block: u16 length, then the message (ITCH 5.0, big-endian), 38 bytes.
@@ -70,12 +95,8 @@ _ADD = np.dtype([
 assert _ADD.itemsize == 2 + itch.LENGTHS["A"]
 
 
-def _add_orders(engine: BookEngine) -> bytes:
+def _add_orders(orders: npt.NDArray[np.void], names: npt.NDArray[np.bytes_]) -> bytes:
     """One Add Order per resting order, built as one array (a book can hold millions)."""
-    orders = engine.resting_orders()
-    names = np.full(engine.max_symbols, b" " * 8, dtype="S8")
-    for locate, name in engine.symbols().items():
-        names[locate] = name.encode("ascii").ljust(8)
     out = np.zeros(orders.shape[0], dtype=_ADD)
     out["length"] = itch.LENGTHS["A"]
     out["type"] = ord("A")

@@ -31,6 +31,7 @@ from tickerplant.exchange.publisher import (
 )
 from tickerplant.exchange.rerequest_server import RerequestServer
 from tickerplant.exchange.synthetic import SyntheticMarket
+from tickerplant.io.loop import delay
 from tickerplant.io.multicast import DEFAULT_SNDBUF, Line, LineConfig
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.ops.config import ConfigError
@@ -366,14 +367,14 @@ async def _drive(
             on_progress(snapshot(error))
         if deadline is None:
             break
-        delay = deadline - loop.time()
-        if delay <= 0:
+        wait = delay(deadline, loop.time())
+        if wait <= 0:
             await asyncio.sleep(0)
         elif stop is None or stop.is_set():
-            await asyncio.sleep(min(delay, PROGRESS_INTERVAL))
+            await asyncio.sleep(min(wait, PROGRESS_INTERVAL))
         else:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), min(delay, PROGRESS_INTERVAL))
+                await asyncio.wait_for(stop.wait(), min(wait, PROGRESS_INTERVAL))
     return error
 
 
