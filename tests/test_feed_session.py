@@ -81,21 +81,23 @@ class Plant:
 
     def collect(self) -> None:
         s = self.session
-        for item in s.take():
+        while (item := s.next_event()) is not None:
             if isinstance(item, Batch):
                 got = [int(m[1:]) for m in iter_messages(item.blocks)]
                 assert got == list(range(item.first, item.end))
                 self.delivered += got
+            elif isinstance(item, ReplayStart | ReplayCancel):
+                self.replays.append(item)
             elif isinstance(item, GapLost):
                 self.lost.append((item.start, item.end))
-            else:
+            elif isinstance(item, SessionStarted | SessionEnded):
                 self.markers.append(item)
-        self.events += s.take_events()
+            else:
+                self.events.append(item)
         for datagram in s.datagrams_to_send():
             request = mold.decode_request(datagram)
             assert request.session == S1 or request.session == S2
             self.requests.append((request.sequence, request.count))
-        self.replays += s.take_replays()
 
     def repaired(self) -> list[GapRepaired]:
         return [e for e in self.events if isinstance(e, GapRepaired)]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tickerplant.io.loop import LoopLag
+import uvloop
+
+from tickerplant.io.loop import TICK, LoopLag, Timer, clock, delay
 
 
 def test_a_callback_that_holds_the_loop_shows_as_lag() -> None:
@@ -25,3 +27,51 @@ def test_a_callback_that_holds_the_loop_shows_as_lag() -> None:
     figures = asyncio.run(main())
     assert isinstance(figures["max"], float) and figures["max"] >= 0.045
     assert isinstance(figures["p50"], float) and figures["p50"] < 0.045  # the others ran on time
+
+
+def test_a_wait_is_whole_ticks_rounded_up() -> None:
+    assert delay(10.0, 10.0) == 0.0 and delay(10.0, 10.5) == 0.0  # due, or past due
+    assert delay(10.0, 10.0 - 0.0003) == TICK  # under a tick: one tick, not a spin
+    assert delay(10.0, 10.0 - TICK) == TICK
+    assert delay(10.0, 10.0 - 0.0015) == 2 * TICK
+
+
+def test_a_timer_due_within_a_tick_fires_a_few_times_not_thousands() -> None:
+    """uvloop runs a timer armed for less than its millisecond tick at its next turn: re-armed
+    until due, a 0.3 ms wait took thousands of turns before the wait was rounded up."""
+
+    async def main() -> tuple[int, float]:
+        due = clock() + 0.0003
+        fired = [0]
+        done = asyncio.get_running_loop().create_future()
+
+        def fire() -> None:
+            fired[0] += 1
+            if clock() >= due:
+                done.set_result(clock())
+            else:  # as a machine fired early does: nothing is due, it says when
+                timer.arm(due)
+
+        timer = Timer(fire)
+        timer.arm(due)
+        at = await asyncio.wait_for(done, 10)
+        return fired[0], at - due
+
+    fired, late = uvloop.run(main())
+    assert fired <= 3, f"fired {fired} times for one 0.3 ms wait: the loop spun"
+    assert 0 <= late < 0.5, f"fired {late:.3f} s late"
+
+
+def test_an_earlier_deadline_replaces_a_later_one_and_a_later_one_waits() -> None:
+    async def main() -> float:
+        done = asyncio.get_running_loop().create_future()
+        timer = Timer(lambda: done.set_result(clock()))
+        start = clock()
+        timer.arm(start + 5)
+        timer.arm(start + 0.002)  # earlier: replaces it
+        timer.arm(start + 3)  # later: the one armed stands
+        fired: float = await asyncio.wait_for(done, 10)
+        assert timer.at == float("inf")  # fired: not armed again until the machine says so
+        return fired - start
+
+    assert uvloop.run(main()) < 1  # not the 3 or 5 s

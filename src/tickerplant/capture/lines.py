@@ -201,7 +201,7 @@ def _join(
             more = length[j] - 20
             if what[j] != _DATA or seq[j] != end or total + count[j] > 0xFFFE:
                 break
-            if used + more > width:
+            if used + more >= width:  # a row that fills its width reads as cut by the kernel
                 break
             q = offset[j]
             row[used : used + more] = buf[q + 20 : q + 20 + more]
@@ -470,7 +470,7 @@ class CaptureFeed:
             yield b"".join(out), np.concatenate(out_times)
 
     def _deliveries(self, tags: I64, times: I64) -> Iterator[tuple[bytes, I64]]:
-        for item in self.feed.take():
+        while (item := self.feed.next_event()) is not None:
             if isinstance(item, Batch):
                 stamps = np.empty(item.count, np.int64)
                 missing = _times_of(item.first, item.count, tags, times, stamps)
@@ -487,9 +487,10 @@ class CaptureFeed:
                 self.ended = True
             elif isinstance(item, SessionStarted) and item.previous is not None:
                 raise CaptureError(f"{self.path}: the session changed within the chosen lines")
-        for event in self.feed.take_events():  # repairs are counted in the figures already
-            if isinstance(event, SuspectDecided) and len(self.suspects) < LOST_RANGES_KEPT:
-                self.suspects.append(event)
+            elif isinstance(item, SuspectDecided) and len(self.suspects) < LOST_RANGES_KEPT:
+                self.suspects.append(item)
+            # Repairs are counted in the figures already; line states and replays (none
+            # configured) have nothing to say about a capture.
 
 
 def is_capture_file(path: str | os.PathLike[str]) -> bool:

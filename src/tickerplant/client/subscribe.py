@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tickerplant.endpoint import Endpoint
+from tickerplant.io.loop import clock
 from tickerplant.io.soupbin import SoupConnection, connect
 from tickerplant.session.events import Batch
 from tickerplant.session.soupbin import (
@@ -263,13 +264,12 @@ async def subscribe(
     if symbols is not None and not events:
         raise ValueError("symbols narrow the events stream: give events=True")
     watch = symbols if isinstance(symbols, Watchlist) or symbols is None else Watchlist(symbols)
-    loop = asyncio.get_running_loop()
     wanted = first
     reason = ""
     while True:
         queue: asyncio.Queue[Record | Closed] = asyncio.Queue()
         machine = SoupClientSession(
-            loop.time(),
+            clock(),
             username=username.encode("ascii"),
             password=password.encode("ascii"),
             session=session.encode("ascii"),

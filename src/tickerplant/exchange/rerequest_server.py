@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
+from tickerplant.io.loop import clock
 from tickerplant.session.journal import Journal
 from tickerplant.session.rerequest import RerequestCounters, RerequestLimits, Rerequests
 
@@ -26,7 +27,7 @@ class _Protocol(asyncio.DatagramProtocol):
         transport = self.transport
         if transport is None:
             return
-        now = asyncio.get_running_loop().time()
+        now = clock()
         for packet in self.policy.handle(data, addr, now):
             transport.sendto(packet, addr)
 

@@ -31,7 +31,7 @@ from tickerplant.exchange.publisher import (
 )
 from tickerplant.exchange.rerequest_server import RerequestServer
 from tickerplant.exchange.synthetic import SyntheticMarket
-from tickerplant.io.loop import delay
+from tickerplant.io.loop import clock, delay
 from tickerplant.io.multicast import DEFAULT_SNDBUF, Line, LineConfig
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.ops.config import ConfigError
@@ -278,8 +278,7 @@ async def run_exchange(
     """Publish one session; setting ``stop`` ends it early (the end of session is still sent,
     for at most STOPPED_END_OF_SESSION)."""
     config.validate()
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    started = clock()
     journal = Journal(session_bytes(config.session))
     lines: list[Line] = []
     rerequest: RerequestServer | None = None
@@ -313,7 +312,7 @@ async def run_exchange(
         servers = (rerequest, replay)
 
         def snapshot(error: str | None) -> ExchangeSummary:
-            return _summary(config, publisher, lines, servers, loop.time() - started, error)
+            return _summary(config, publisher, lines, servers, clock() - started, error)
 
         error = await _drive(publisher, replay, stop, on_progress, snapshot)
         return snapshot(error)
@@ -343,12 +342,11 @@ async def _drive(
     snapshot: Callable[[str | None], ExchangeSummary],
 ) -> str | None:
     """Tick the publisher until its session has ended; returns why the source failed, if it did."""
-    loop = asyncio.get_running_loop()
     error: str | None = None
-    next_progress = loop.time() + PROGRESS_INTERVAL
+    next_progress = clock() + PROGRESS_INTERVAL
     ended = False
     while not publisher.done:
-        now = loop.time()
+        now = clock()
         if stop is not None and stop.is_set():
             publisher.finish(now, STOPPED_END_OF_SESSION)
         try:
@@ -367,7 +365,7 @@ async def _drive(
             on_progress(snapshot(error))
         if deadline is None:
             break
-        wait = delay(deadline, loop.time())
+        wait = delay(deadline, clock())
         if wait <= 0:
             await asyncio.sleep(0)
         elif stop is None or stop.is_set():

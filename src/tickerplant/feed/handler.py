@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any, BinaryIO
@@ -19,7 +18,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from tickerplant.io.datagrams import DatagramDrain, Socket, open_connected
-from tickerplant.io.loop import LoopLag
+from tickerplant.io.loop import LoopLag, Timer, clock
 from tickerplant.io.multicast import open_receiver
 from tickerplant.io.replay_client import ReplayClient
 from tickerplant.ops.config import ConfigError
@@ -66,11 +65,8 @@ class FeedHandler:
         self._rcvbuf: dict[Source, int] = {}
         self._capture: BinaryIO | None = None
         self._replay: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = float("inf")
+        self._timer = Timer(self._on_timer)
         self._loop: asyncio.AbstractEventLoop | None = None
-        # uvloop's loop.time() ticks in whole milliseconds, too coarse for repair latencies.
-        self._clock = time.monotonic
         self._report_at = 0.0  # when unusable datagrams are next reported
         self._reported: dict[Source, int] = {}  # unusable datagrams reported so far, by source
         self._lag = LoopLag()  # the loop it shares with whatever the process runs beside it
@@ -97,7 +93,7 @@ class FeedHandler:
     async def close(self) -> None:
         assert self._loop is not None
         self._lag.close()
-        self._report_defects(self._clock())  # the last of them, up to the end
+        self._report_defects(clock())  # the last of them, up to the end
         suspect = self.session.sequencer.suspect
         if suspect is not None:  # stopped before it could be decided: said, not dropped unsaid
             log.warning("stopped with a packet set aside undecided: %s, sequence %d, %d messages",
@@ -108,8 +104,7 @@ class FeedHandler:
             self._loop.remove_reader(drain.sock.fileno())
             drain.sock.close()
         self._drains.clear()
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         replay = self._replay
         self._cancel_replay()
         if replay is not None:
@@ -140,7 +135,7 @@ class FeedHandler:
     def _on_readable(self, source: Source, drain: DatagramDrain) -> None:
         n = drain.drain()
         if n:
-            now = self._clock()
+            now = clock()
             self.session.receive_datagrams(source, drain.buffer, n, now)
             self._service()
             if now >= self._report_at:
@@ -164,37 +159,35 @@ class FeedHandler:
                                          dropped=new, **kinds))  # fmt: skip
 
     def _on_replay(self, session: bytes, first: int, count: int, blocks: bytes) -> None:
-        self.session.receive_replay(session, first, count, blocks, self._clock())
+        self.session.receive_replay(session, first, count, blocks, clock())
         self._service()
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = float("inf")
-        self.session.handle_timer(self._clock())
+        self.session.handle_timer(clock())
         self._service()
 
     # ---- what the session produced, out -------------------------------------------------------
 
     def _service(self) -> None:
         session = self.session
-        for item in session.take():
+        while (item := session.next_event()) is not None:
             if isinstance(item, Batch):
                 if self._capture is not None:
                     self._capture.write(item.blocks)
                 if self.on_batch is not None:
                     self._hand_over(self.on_batch, item)
-                continue
-            if isinstance(item, SessionEnded):
-                self.session_ended.set()
-            elif isinstance(item, SessionStarted) and item.previous is not None:
-                self.session_ended.clear()
-            _tell(item)
-            if self.on_event is not None:
-                self._hand_over(self.on_event, item)
-        for event in session.take_events():
-            _tell(event)
-            if self.on_event is not None:
-                self._hand_over(self.on_event, event)
+            elif isinstance(item, ReplayStart):
+                self._replay = asyncio.ensure_future(self._run_replay(item))
+            elif isinstance(item, ReplayCancel):
+                self._cancel_replay()
+            else:
+                if isinstance(item, SessionEnded):
+                    self.session_ended.set()
+                elif isinstance(item, SessionStarted) and item.previous is not None:
+                    self.session_ended.clear()
+                _tell(item)
+                if self.on_event is not None:
+                    self._hand_over(self.on_event, item)
         datagrams = session.datagrams_to_send()
         if datagrams:  # only when a re-request server is configured, so its socket is open
             sock = self._drains[Source.REREQUEST].sock
@@ -203,12 +196,7 @@ class FeedHandler:
                     sock.send(datagram)
                 except OSError:
                     session.rerequest_unsent()
-        for request in session.take_replays():
-            if isinstance(request, ReplayStart):
-                self._replay = asyncio.ensure_future(self._run_replay(request))
-            elif isinstance(request, ReplayCancel):
-                self._cancel_replay()
-        self._arm()
+        self._timer.arm(session.get_timer())
 
     def _hand_over(self, consumer: Callable[[Any], None], item: Delivery | Event) -> None:
         """A consumer's bug must not cost the other items of this wake-up, nor go unnoticed."""
@@ -217,16 +205,6 @@ class FeedHandler:
         except Exception:
             self.consumer_errors += 1
             log.exception("consumer failed on %s; the stream goes on", type(item).__name__)
-
-    def _arm(self) -> None:
-        deadline = self.session.get_timer()
-        if deadline is None or deadline >= self._timer_at:
-            return  # the timer set fires first, and re-arms for what is due after it
-        assert self._loop is not None
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = self._loop.call_later(max(0.0, deadline - self._clock()), self._on_timer)
 
     async def _run_replay(self, request: ReplayStart) -> None:
         cfg = self.config
@@ -253,7 +231,7 @@ class FeedHandler:
             log.warning("replay of %d..%d failed: %s", request.first, request.end - 1, reason,
                         extra=fields(event="replay_failed", first=request.first,
                                      last=request.end - 1, reason=reason))  # fmt: skip
-        self.session.replay_ended(ok, reason, self._clock())
+        self.session.replay_ended(ok, reason, clock())
         self._service()
 
     def _cancel_replay(self) -> None:

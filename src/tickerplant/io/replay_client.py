@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from tickerplant.io.loop import clock
 from tickerplant.io.soupbin import SoupConnection
 from tickerplant.session.events import Batch
 from tickerplant.session.soupbin import (
@@ -187,7 +188,7 @@ class ReplayClient:
 
     def _login(self, sequence: int) -> SoupClientSession:
         return SoupClientSession(
-            asyncio.get_running_loop().time(),
+            clock(),
             username=self.username,
             password=self.password,
             session=self.session,

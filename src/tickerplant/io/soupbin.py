@@ -2,8 +2,9 @@
 
 :class:`SoupConnection` is the whole adapter between a machine (a session of
 :mod:`tickerplant.session.soupbin`, or a fan-out :class:`~tickerplant.session.fanout.Subscriber`)
-and a TCP transport, in the shape of aioquic's asyncio protocol: bytes in with ``loop.time()``,
-then act on the machine's events and write what it has, then re-arm its one timer.
+and a TCP transport, in the shape of aioquic's asyncio protocol: bytes in with ``now`` on the
+one clock (:data:`tickerplant.io.loop.clock`), then act on the machine's events and write what
+it has, then re-arm its one timer.
 :class:`SubscriberConnection` is a fan-out subscriber's: it also tells the subscriber what the
 socket says (full, drained, how much it holds), so the fan-out's policy sees flow control
 without a socket. :class:`SoupServer` is a listener of those around one fan-out. The replay
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Generic, Protocol, TypeVar, cast
 
 from tickerplant.endpoint import Endpoint
+from tickerplant.io.loop import Timer, clock, delay
 from tickerplant.ops.logs import fields
 from tickerplant.session.fanout import (
     Catalog,
@@ -50,7 +52,7 @@ Verify = Callable[[str, bytes], bool]  # (stored hash, password as sent): does i
 
 
 class SoupMachine(Protocol):
-    """What :class:`SoupConnection` drives; ``now`` always comes from the loop's clock."""
+    """What :class:`SoupConnection` drives; ``now`` always comes from the one clock."""
 
     @property
     def closed(self) -> bool: ...
@@ -80,8 +82,7 @@ class SoupConnection(asyncio.Protocol, Generic[M]):
         self.session = session
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
-        self._timer_at = float("inf")
+        self._timer = Timer(self._on_timer)
 
     def on_event(self, event: object) -> None:
         """One of the machine's events (its own types: dispatch with isinstance)."""
@@ -100,13 +101,11 @@ class SoupConnection(asyncio.Protocol, Generic[M]):
         self.service()
 
     def data_received(self, data: bytes) -> None:
-        self.session.receive_data(data, self.loop.time())
+        self.session.receive_data(data, clock())
         self.service()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         self.session.close(f"connection lost ({exc})" if exc else "connection closed by the peer")
         self.service()
         self.transport = None
@@ -128,7 +127,7 @@ class SoupConnection(asyncio.Protocol, Generic[M]):
         if self.session.closed:
             self.close_transport()
         else:
-            self._arm()
+            self._timer.arm(self.session.get_timer())
 
     def close_transport(self) -> None:
         """The machine is done: close once what is buffered has been sent."""
@@ -143,29 +142,14 @@ class SoupConnection(asyncio.Protocol, Generic[M]):
             transport = self.transport
             if transport is None or transport.is_closing():
                 return
-            data = self.session.data_to_send(self.loop.time())
+            data = self.session.data_to_send(clock())
             if not data:
                 return
             transport.write(data)
             self.wrote()
 
-    def _arm(self) -> None:
-        deadline = self.session.get_timer()
-        if deadline is None:
-            return
-        if self._timer is not None:
-            if self._timer_at <= deadline:
-                return  # it fires first, and _on_timer re-arms for the later deadline
-            self._timer.cancel()
-        # Kept apart from the handle: uvloop returns a plain Handle, without when(), for a
-        # deadline already past (a catch-up turn due at once).
-        self._timer_at = deadline
-        self._timer = self.loop.call_at(deadline, self._on_timer)
-
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = float("inf")
-        self.session.handle_timer(self.loop.time())
+        self.session.handle_timer(clock())
         self.service()
 
 
@@ -185,7 +169,7 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) else ""
-        super().__init__(self.fanout.connect(self, asyncio.get_running_loop().time(), address))
+        super().__init__(self.fanout.connect(self, clock(), address))
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -196,7 +180,7 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
             self._reset = None
 
     def pause_writing(self) -> None:
-        self.session.pause(self.loop.time())
+        self.session.pause(clock())
 
     def resume_writing(self) -> None:
         self.session.resume()
@@ -206,14 +190,14 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
         self.loop.call_soon(self.service)
 
     def wrote(self) -> None:
-        self.session.report_backlog(self.backlog, self.loop.time())
+        self.session.report_backlog(self.backlog, clock())
 
     def service(self) -> None:
         self.session.held(self.backlog)
         super().service()
         abort_at = self.session.abort_at
         if abort_at is not None and self._reset is None and self.transport is not None:
-            self._reset = self.loop.call_at(abort_at, self.transport.abort)
+            self._reset = self.loop.call_later(delay(abort_at, clock()), self.transport.abort)
 
     def close_transport(self) -> None:
         """Send what is buffered, then FIN, and read on until the client closes: closing a
@@ -235,12 +219,12 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
                 # A client at the end of the session may have a lot left to read; one told
                 # why it is closed has a Debug packet to read.
                 wait = limits.write_deadline if self._graceful else limits.linger
-                at = self.loop.time() + wait
-            self._reset = self.loop.call_at(at, transport.abort)
+                at = clock() + wait
+            self._reset = self.loop.call_later(delay(at, clock()), transport.abort)
 
     def _checked(self, check: asyncio.Future[bool]) -> None:
         ok = not check.cancelled() and check.exception() is None and check.result()
-        self.session.password_checked(ok, self.loop.time())
+        self.session.password_checked(ok, clock())
         self.service()
 
     def shutdown(self, detail: str) -> None:
@@ -428,7 +412,7 @@ class SoupServer:
 
     def publish(self) -> None:
         """Send every caught-up client what the journal gained since the last call."""
-        _service(self.fanout.publish(asyncio.get_running_loop().time()))
+        _service(self.fanout.publish(clock()))
 
     def end_session(self) -> None:
         """End of Session to every client once it has caught up (now, for those that have)."""

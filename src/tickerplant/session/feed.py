@@ -4,11 +4,11 @@ In the shape of aioquic's connection. Inputs: :meth:`FeedSession.receive_datagra
 batch from a line or from the re-request socket), :meth:`FeedSession.receive_replay` (a run of
 messages from the TCP replay), :meth:`FeedSession.replay_ended`, and
 :meth:`FeedSession.handle_timer` at :meth:`FeedSession.get_timer`. Outputs, drained after every
-input: :meth:`FeedSession.take` (the repaired stream in order: batches, and lost ranges and
-session markers in their stream positions), :meth:`FeedSession.take_events` (gap repairs and
-line state changes), :meth:`FeedSession.datagrams_to_send` (re-requests) and
-:meth:`FeedSession.take_replays` (TCP replays to start or cancel). ``now`` always comes in as an
-argument.
+input, two as in aioquic: :meth:`FeedSession.next_event`, one :data:`FeedOutput` at a time in the
+order the session produced them (the repaired stream's batches, with lost ranges and session
+markers in their stream positions; gap repairs, line state changes and suspects decided; TCP
+replays to start or cancel), and :meth:`FeedSession.datagrams_to_send` (re-requests, bytes for
+their socket). ``now`` always comes in as an argument.
 
 The machines it composes: the :class:`Sequencer` (arbitration, hold-back, gaps), the
 :class:`Recovery` (what to ask for, when to give up) and one :class:`Liveness` per line. Around
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -144,6 +145,7 @@ class ReplayCancel:
 
 
 ReplayRequest = ReplayStart | ReplayCancel
+FeedOutput = Delivery | Event | ReplayRequest
 
 
 def _defects() -> dict[mold.Defect, int]:
@@ -204,10 +206,8 @@ class FeedSession:
         self._next_delivery = config.first_sequence
         self._digest = hashlib.sha256() if config.digest else None
         self._replaying = False
-        self._deliveries: list[Delivery] = []
-        self._events: list[Event] = []
+        self._outputs: deque[FeedOutput] = deque()
         self._datagrams: list[bytes] = []
-        self._replays: list[ReplayRequest] = []
         self._line_timer: float | None = None  # the lines' earliest deadline (all down: none)
         self._seqs = np.zeros(DRAIN_ROWS, dtype=np.int64)
         self._counts = np.zeros(DRAIN_ROWS, dtype=np.int64)
@@ -218,8 +218,8 @@ class FeedSession:
     def receive_datagrams(self, source: Source, datagrams: Datagrams, n: int, now: float) -> None:
         """The first ``n`` rows of ``datagrams`` came from ``source``'s socket.
 
-        The rows may be reused once this returns: what the sequencer delivers is joined into a
-        batch by :meth:`take`, called before the next drain, and what it holds it copies.
+        The rows may be reused once this returns: what the sequencer delivered is joined into
+        batches before it does, and what it holds it copies.
         """
         if n == 0:
             return
@@ -327,23 +327,16 @@ class FeedSession:
                               self.sequencer.get_timer()) if t is not None]  # fmt: skip
         return min(timers) if timers else None
 
-    def take(self) -> list[Delivery]:
-        """The stream since the last call, in order: batches, lost ranges, session markers."""
-        out, self._deliveries = self._deliveries, []
-        return out
+    def next_event(self) -> FeedOutput | None:
+        """The oldest output not yet taken (None: none left until the next input).
 
-    def take_events(self) -> list[Event]:
-        """Gap repairs and line state changes since the last call."""
-        out, self._events = self._events, []
-        return out
+        The deliveries among them come in stream order: batches, lost ranges, session markers.
+        """
+        return self._outputs.popleft() if self._outputs else None
 
     def datagrams_to_send(self) -> list[bytes]:
         """MoldUDP64 requests for the re-request server."""
         out, self._datagrams = self._datagrams, []
-        return out
-
-    def take_replays(self) -> list[ReplayRequest]:
-        out, self._replays = self._replays, []
         return out
 
     def figures(self) -> dict[str, Any]:
@@ -411,7 +404,7 @@ class FeedSession:
                 elif isinstance(action, Replay):
                     assert seq.session is not None
                     self._replaying = True
-                    self._replays.append(ReplayStart(seq.session, action.first, action.end))
+                    self._outputs.append(ReplayStart(seq.session, action.first, action.end))
                 elif isinstance(action, CancelReplay):
                     self._cancel_replay("stalled: nothing delivered for replay_stall seconds")
         for item in seq.take():
@@ -421,7 +414,7 @@ class FeedSession:
                 kind = event.repaired_by.repair
                 self.counters.sources[event.revealed_by].gaps_repaired[kind] += 1
                 self.latencies[kind].add(event.latency)
-            self._events.append(event)
+            self._outputs.append(event)
 
     def _deliver(self, item: Delivery) -> None:
         if isinstance(item, Batch):
@@ -443,7 +436,7 @@ class FeedSession:
             self._next_delivery = self.config.first_sequence
             self._cancel_replay(None)
             self.recovery.reset()
-        self._deliveries.append(item)
+        self._outputs.append(item)
 
     def _check_continuity(self, first: int) -> None:
         """Count a delivery that overlaps what went before, or leaves a hole no GapLost covers."""
@@ -455,7 +448,7 @@ class FeedSession:
 
     def _line_state(self, change: LineStateChanged | None) -> None:
         if change is not None:
-            self._events.append(change)
+            self._outputs.append(change)
             self._line_timer = self._next_line_timer()
 
     def _next_line_timer(self) -> float | None:
@@ -465,7 +458,7 @@ class FeedSession:
     def _cancel_replay(self, reason: str | None) -> None:
         if self._replaying:
             self._replaying = False
-            self._replays.append(ReplayCancel(reason))
+            self._outputs.append(ReplayCancel(reason))
             if reason is not None:
                 self._replay_failed(reason)
 
