@@ -1,21 +1,35 @@
-"""Wire to client latency as a packet capture sees it, issue 19's measure (a): the kernel's
-timestamps, never our clocks.
+"""Wire to client latency, issue 19's two measures in one run: (a) as a packet capture sees it,
+and (b) from our own timestamps, the client's wake-up included.
 
 The exchange simulator publishes a synthetic day at ``--rate`` on both lines (loss injected on
 line A with ``--drop-a``), ``tickerplant run`` with its defaults serves it, ``--clients``
 clients on one stream from now only drain their sockets (one process, heartbeating), and
 dumpcap on ``lo`` keeps both lines and the TCP segments the plant sends to ``--sampled`` of the
-clients. Afterwards tshark reads the capture: each MoldUDP64 packet's sequence and count (the
-first copy of a message on either line is its wire time), and each segment's bytes (reassembled
-per connection, the SoupBinTCP framing walked: the segment that carried a message's last byte is
-its time at the client's socket). On ``events`` a record is timed from the first copy of the
-``itch`` message that raised it (its ``source``). A message never on either line (lost on both,
-repaired by re-request or replay) has no wire time: it is counted, not timed.
+clients.
 
-One JSON object per line: p50, p99, p99.9 and max per run (``subject`` tickerplant: the
-anchors are other products' published figures, see issue 19), and the histogram (log buckets, 4
-per octave, from 1 us). ``--repeat`` runs rounds and the summary gives each round's figures and
-their median.
+(a) ``wire_to_client``: the kernel's timestamps on ``lo``, never our clocks. tshark reads the
+capture: each MoldUDP64 packet's sequence and count (the first copy of a message on either line
+is its wire time), and each segment's bytes (reassembled per connection, the SoupBinTCP framing
+walked: the segment that carried a message's last byte is its time at the client's socket).
+
+(b) ``sent_to_read``: the exchange logs each data packet it sends on each line with
+``time.monotonic_ns()`` just before the send call (``tickerplant exchange --sent-log``), and the
+sampled clients keep the bytes they read and ``time.monotonic_ns()`` just after each read
+returns; both are CLOCK_MONOTONIC, one clock across processes. A message runs from the send call
+of its first copy (the earliest over the lines) to the return of the read that delivered its
+last byte: the kernel both ways (the multicast send and the TCP receive), the plant, and the
+client's wake-up (its select, and the reads of the sockets ready before its own). Where (a)
+starts and stops on ``lo`` itself, (b) adds the sending kernel's path to ``lo`` and everything on
+the client's side of the socket, so it runs a little above (a).
+
+On ``events`` a record is timed from the first copy of the ``itch`` message that raised it (its
+``source``). A message never on either line (lost on both, repaired by re-request or replay) has
+no wire time and was in no send call: it is counted, not timed, in both.
+
+One JSON object per line: p50, p99, p99.9 and max per run and measure (``subject`` tickerplant:
+the anchors are other products' published figures, see issue 19), and each measure's histogram
+(log buckets, 4 per octave, from 1 us). ``--repeat`` runs rounds and the summary gives each
+round's figures and their median.
 
     .venv/bin/python bench/wire_latency.py --rate 100000 --clients 10 --seconds 10
 """
@@ -37,23 +51,36 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from numpy.lib.npyio import NpzFile
 
 from tickerplant.endpoint import Endpoint
 from tickerplant.wire.blocks import offsets_of
 
 BENCH = "wire_latency"
+MEASURES = ("wire_to_client", "sent_to_read")  # (a), (b)
+QUANTILES = ("p50", "p99", "p99.9", "max")
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+# Reads the clients record at most (3 x 8 bytes each): past it they go on reading, unrecorded.
+RECORDED_READS = 20_000_000
 
 # The drain-only clients: one process, a connection from each local port given (so that a
 # capture can be filtered to them before they connect, and hold their handshakes and logins),
 # each logged in from now (sequence 0), heartbeating every second and reading everything into
-# one buffer until the server closes.
+# one buffer until the server closes. The first ``sampled`` also keep what they read, and each
+# of their reads (the socket, its stream's bytes so far, the clock just after it returned); at
+# the end all of it goes to the .npz file ``out``. Every client's byte count goes to stdout.
 CLIENTS = r"""
 import selectors, socket, sys, time
+from array import array
+import numpy as np
 host, port, deadline = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+out, sampled, cap = sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 login = b"L" + b" " * 6 + b" " * 10 + b" " * 10 + b"0".rjust(20)
 sel = selectors.DefaultSelector()
 socks = []
-for local in sys.argv[4:]:
+for local in sys.argv[7:]:
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("127.0.0.1", int(local)))
@@ -64,7 +91,13 @@ for local in sys.argv[4:]:
     socks.append(s)
 print("connected", flush=True)
 got = {s: 0 for s in socks}
+index = {s: i for i, s in enumerate(socks)}
+kept = [bytearray() for _ in socks[:sampled]]
+which, ends, stamps = array("q"), array("q"), array("q")
+room = cap
+now_ns = time.monotonic_ns
 buf = bytearray(1 << 20)
+view = memoryview(buf)
 beat, open_ = time.monotonic() + 1, set(socks)
 end = time.monotonic() + deadline
 while open_ and time.monotonic() < end:
@@ -72,6 +105,7 @@ while open_ and time.monotonic() < end:
         s = key.fileobj
         try:
             k = s.recv_into(buf)
+            ns = now_ns()
         except (BlockingIOError, ConnectionError):
             k = 0 if s in open_ else -1
         if k == 0:
@@ -79,6 +113,13 @@ while open_ and time.monotonic() < end:
             open_.discard(s)
         elif k > 0:
             got[s] += k
+            i = index[s]
+            if i < sampled and room:
+                room -= 1
+                kept[i] += view[:k]
+                which.append(i)
+                ends.append(got[s])
+                stamps.append(ns)
     if time.monotonic() >= beat:
         beat += 1
         for s in open_:
@@ -86,6 +127,11 @@ while open_ and time.monotonic() < end:
                 s.send(b"\x00\x01R")
             except OSError:
                 pass
+if not room:
+    print(f"clients: recorded the first {cap} reads only, then read on", file=sys.stderr)
+np.savez(out, which=np.array(which, dtype=np.int64), ends=np.array(ends, dtype=np.int64),
+         ns=np.array(stamps, dtype=np.int64), capped=np.array(not room),
+         **{f"stream{i}": np.frombuffer(bytes(b), dtype=np.uint8) for i, b in enumerate(kept)})
 print(" ".join(str(got[s]) for s in socks), flush=True)
 """
 
@@ -179,7 +225,7 @@ def tshark(*args: str) -> list[list[str]]:
     return [line.split("\t") for line in out.splitlines() if line]
 
 
-def first_copies(cap: Path, setup: Setup) -> tuple[int, npt.NDArray[np.float64]]:
+def first_copies(cap: Path, setup: Setup) -> tuple[int, F64]:
     """(first number, the time of each message's first copy on either line; nan: never)."""
     rows = tshark("-r", str(cap), "-d", f"udp.port=={setup.line_a.port},moldudp64",
                   "-d", f"udp.port=={setup.line_b.port},moldudp64",
@@ -191,6 +237,19 @@ def first_copies(cap: Path, setup: Setup) -> tuple[int, npt.NDArray[np.float64]]
     times = np.array([float(r[0]) for r in rows])
     seqs = np.array([int(r[1]) for r in rows], dtype=np.int64)
     counts = np.array([int(r[2]) for r in rows], dtype=np.int64)
+    return earliest(seqs, counts, times)
+
+
+def sent_copies(log: Path) -> tuple[int, F64]:
+    """(first number, the monotonic time in seconds of the send call that carried each
+    message's first copy on either line; nan: never), from the exchange's ``--sent-log``."""
+    sent = np.load(log, allow_pickle=False)
+    return earliest(sent["first"], sent["count"], sent["ns"] * 1e-9)
+
+
+def earliest(seqs: I64, counts: I64, times: F64) -> tuple[int, F64]:
+    """Packets (first number, count, time) as (the first number, the earliest time of each
+    message among the packets that carried it; nan: none did)."""
     first = int(seqs.min())
     end = int((seqs + counts).max())
     out = np.full(end - first, np.inf)
@@ -200,14 +259,14 @@ def first_copies(cap: Path, setup: Setup) -> tuple[int, npt.NDArray[np.float64]]
     return first, out
 
 
-def _ramp(counts: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+def _ramp(counts: I64) -> I64:
     """0, 1, ... count-1 for each count, concatenated."""
     starts = np.repeat(np.cumsum(counts) - counts, counts)
     return np.arange(int(counts.sum()), dtype=np.int64) - starts
 
 
 def client_times(cap: Path, server: int, client: int, stream: str
-                 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], int]:  # fmt: skip
+                 ) -> tuple[I64, F64, int]:  # fmt: skip
     """Each Sequenced Data message the plant sent one client: its itch number (events: the
     source of the record) and the time of the segment that carried its last byte; and the
     stream's bytes (to check against what the client read)."""
@@ -229,12 +288,51 @@ def client_times(cap: Path, server: int, client: int, stream: str
         data += payload[len(data) - start :]
         ends.append(len(data))
         times.append(at)
-    numbers, last_byte = _walk(bytes(data), stream)
-    where = np.searchsorted(np.array(ends), last_byte, side="right")
-    return numbers, np.array(times)[where], len(data)
+    numbers, at_client = delivered(bytes(data), np.array(ends), np.array(times), stream)
+    return numbers, at_client, len(data)
 
 
-def _walk(data: bytes, stream: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+def client_reads(reads: NpzFile, client: int, stream: str) -> tuple[I64, F64, int]:
+    """What the clients' file ``reads`` (an open .npz) says of sampled client ``client``: each
+    Sequenced Data message's number (events: its source) and the monotonic time in seconds of
+    the read that delivered its last byte; and the bytes it kept."""
+    mine = reads["which"] == client
+    data = reads[f"stream{client}"].tobytes()
+    numbers, at = delivered(data, reads["ends"][mine], reads["ns"][mine] * 1e-9, stream)
+    return numbers, at, len(data)
+
+
+def delivered(data: bytes, ends: I64, times: F64, stream: str) -> tuple[I64, F64]:
+    """A stream that arrived in pieces (``ends[i]``: its bytes once piece ``i`` had come, at
+    ``times[i]``): each Sequenced Data message's number (events: its source) and the time of the
+    piece that carried its last byte."""
+    numbers, last_byte = _walk(data, stream)
+    return numbers, times[np.searchsorted(ends, last_byte, side="right")]
+
+
+def latencies(numbers: I64, at: F64, first: int, sent: F64) -> F64:
+    """``at`` less each message's time in ``sent`` (indexed from number ``first``); nan where
+    it has none."""
+    index = numbers - first
+    known = (index >= 0) & (index < sent.shape[0])
+    since = np.full(numbers.shape[0], np.nan)
+    since[known] = sent[index[known]]
+    late: F64 = at - since
+    return late
+
+
+def summary(parts: list[F64]) -> dict[str, Any]:
+    """Quantiles and histogram of the timed latencies in ``parts``; the untimed counted."""
+    lat = np.concatenate(parts)
+    untimed = int(np.isnan(lat).sum())
+    lat = lat[~np.isnan(lat)]
+    return {"timed": int(lat.shape[0]), "untimed": untimed,
+            "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
+            "p99.9": float(np.percentile(lat, 99.9)), "max": float(lat.max()),
+            "histogram": histogram(lat)}  # fmt: skip
+
+
+def _walk(data: bytes, stream: str) -> tuple[I64, I64]:
     """The SoupBinTCP packets of a server's stream: each Sequenced Data's number (events: its
     record's source) and the offset of its last byte. Packets are framed as blocks are (a u16
     length first), so the compiled block walk finds them; the rest is vectorised."""
@@ -256,7 +354,7 @@ def _walk(data: bytes, stream: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[
     return got, last[sequenced]
 
 
-def histogram(seconds: npt.NDArray[np.float64]) -> list[list[float]]:
+def histogram(seconds: F64) -> list[list[float]]:
     """Log buckets, 4 per octave from 1 us: [upper bound in seconds, count] where count > 0."""
     edges = 1e-6 * 2.0 ** (np.arange(0, 4 * 24) / 4)
     counts, _ = np.histogram(np.clip(seconds, 0, edges[-1]), bins=np.concatenate([[0], edges]))
@@ -266,6 +364,8 @@ def histogram(seconds: npt.NDArray[np.float64]) -> list[list[float]]:
 def one_run(args: argparse.Namespace, work: Path, index: int) -> dict[str, Any]:
     setup = Setup.free()
     config = work / f"plant{index}.toml"
+    sent_log = work / f"sent{index}.npy"
+    reads = work / f"reads{index}.npz"
     config.write_text(setup.config(args.set))
     command = ["-m", "tickerplant"] if not args.gc_off else [
         "-c", "import gc, sys; from tickerplant.cli import main; gc.disable(); sys.exit(main())"]
@@ -283,7 +383,8 @@ def one_run(args: argparse.Namespace, work: Path, index: int) -> dict[str, Any]:
         cap = work / f"run{index}.pcapng"
         capture = Capture(cap, f"{lines} or (tcp src port {stream.port} and ({tcp}))")
         clients = subprocess.Popen([sys.executable, "-c", CLIENTS, stream.host, str(stream.port),
-                                    str(args.seconds + 120), *map(str, ports)],
+                                    str(args.seconds + 120), str(reads), str(args.sampled),
+                                    str(RECORDED_READS), *map(str, ports)],
                                    stdout=subprocess.PIPE, text=True)  # fmt: skip
         assert clients.stdout is not None
         if clients.stdout.readline().strip() != "connected":
@@ -293,7 +394,7 @@ def one_run(args: argparse.Namespace, work: Path, index: int) -> dict[str, Any]:
              "--line-a", str(setup.line_a), "--line-b", str(setup.line_b),
              "--rerequest", str(setup.rerequest), "--replay", str(setup.replay),
              "--rate", str(args.rate), "--messages", str(int(args.rate * args.seconds)),
-             "--drop-a", str(args.drop_a), "--eos-seconds", "1"],
+             "--drop-a", str(args.drop_a), "--eos-seconds", "1", "--sent-log", str(sent_log)],
             check=True, capture_output=True, text=True, timeout=args.seconds + 300)  # fmt: skip
         published = json.loads(exchange.stdout)["published"]
         received = [int(n) for n in clients.stdout.readline().split()]  # they end at End of Session
@@ -310,26 +411,25 @@ def one_run(args: argparse.Namespace, work: Path, index: int) -> dict[str, Any]:
     figures = json.loads(out) if out.strip() else {}
     loop = figures.get("loop_lag_seconds", {})
     first, wire = first_copies(cap, setup)
-    latencies = []
-    for port, got in zip(sampled, received, strict=False):
-        numbers, at, size = client_times(cap, stream.port, port, args.stream)
-        if size != got:
-            raise RuntimeError(f"the capture holds {size} bytes to client port {port}, it read "
-                               f"{got}: dumpcap missed segments ({said})")  # fmt: skip
-        index_ = numbers - first
-        known = (index_ >= 0) & (index_ < wire.shape[0])
-        sent = np.full(numbers.shape[0], np.nan)
-        sent[known] = wire[index_[known]]
-        latencies.append(at - sent)
-    lat = np.concatenate(latencies)
-    untimed = int(np.isnan(lat).sum())
-    lat = lat[~np.isnan(lat)]
-    cap.unlink()
-    return {"published": published, "timed": int(lat.shape[0]), "untimed": untimed,
-            "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
-            "p99.9": float(np.percentile(lat, 99.9)), "max": float(lat.max()),
-            "histogram": histogram(lat), "dumpcap": said,
-            "loop_lag": {k: loop.get(k) for k in ("count", "p50", "p99", "max")}}  # fmt: skip
+    sent_first, sent = sent_copies(sent_log)
+    measured: dict[str, list[F64]] = {m: [] for m in MEASURES}
+    with np.load(reads, allow_pickle=False) as recorded:
+        capped = bool(recorded["capped"])
+        for client, (port, got) in enumerate(zip(sampled, received, strict=False)):
+            numbers, at, size = client_times(cap, stream.port, port, args.stream)
+            if size != got:
+                raise RuntimeError(f"the capture holds {size} bytes to client port {port}, it "
+                                   f"read {got}: dumpcap missed segments ({said})")  # fmt: skip
+            measured["wire_to_client"].append(latencies(numbers, at, first, wire))
+            numbers, at, size = client_reads(recorded, client, args.stream)
+            if size != got and not capped:
+                raise RuntimeError(f"client port {port} kept {size} bytes of the {got} it read")
+            measured["sent_to_read"].append(latencies(numbers, at, sent_first, sent))
+    for done in (cap, sent_log, reads):
+        done.unlink()
+    return {"published": published, "dumpcap": said, "reads_capped": capped,
+            "loop_lag": {k: loop.get(k) for k in ("count", "p50", "p99", "max")},
+            **{m: summary(parts) for m, parts in measured.items()}}  # fmt: skip
 
 
 def main() -> None:
@@ -337,7 +437,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=100_000, help="messages/s the exchange sends")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=1)
-    parser.add_argument("--sampled", type=int, default=2, help="clients whose segments are kept")
+    parser.add_argument("--sampled", type=int, default=2,
+                        help="clients whose segments are captured (a), whose reads are kept (b)")
     parser.add_argument("--stream", choices=("itch", "events"), default="itch")
     parser.add_argument("--drop-a", type=float, default=0.0, help="loss injected on line A")
     parser.add_argument("--repeat", type=int, default=1)
@@ -358,20 +459,27 @@ def main() -> None:
         for i in range(args.repeat):
             run = one_run(args, Path(tmp), i)
             rounds.append(run)
-            for q in ("p50", "p99", "p99.9", "max"):
-                print(json.dumps({**base, "round": i, "metric": f"wire_to_client_{q}",
-                                  "value": round(run[q], 7), "unit": "s"}), flush=True)
-            print(json.dumps({**base, "round": i, "metric": "wire_to_client_histogram",
-                              "value": run["timed"], "unit": "messages",
-                              "buckets": run["histogram"], "untimed": run["untimed"],
-                              "published": run["published"], "dumpcap": run["dumpcap"],
-                              "plant_loop_lag_seconds": run["loop_lag"]}),
-                  flush=True)  # fmt: skip
-    for q in ("p50", "p99", "p99.9", "max"):
-        values = [r[q] for r in rounds]
-        print(json.dumps({**base, "metric": f"wire_to_client_{q}_median",
-                          "value": round(float(np.median(values)), 7), "unit": "s",
-                          "rounds": [round(v, 7) for v in values]}), flush=True)  # fmt: skip
+            # What each measure's figures rest on: the capture for (a), the clients' record of
+            # their reads for (b).
+            said = {"wire_to_client": {"dumpcap": run["dumpcap"]},
+                    "sent_to_read": {"reads_capped": run["reads_capped"]}}  # fmt: skip
+            for m in MEASURES:
+                got = run[m]
+                for q in QUANTILES:
+                    print(json.dumps({**base, "round": i, "metric": f"{m}_{q}",
+                                      "value": round(got[q], 7), "unit": "s"}), flush=True)
+                print(json.dumps({**base, "round": i, "metric": f"{m}_histogram",
+                                  "value": got["timed"], "unit": "messages",
+                                  "buckets": got["histogram"], "untimed": got["untimed"],
+                                  "published": run["published"], **said[m],
+                                  "plant_loop_lag_seconds": run["loop_lag"]}),
+                      flush=True)  # fmt: skip
+    for m in MEASURES:
+        for q in QUANTILES:
+            values = [r[m][q] for r in rounds]
+            print(json.dumps({**base, "metric": f"{m}_{q}_median",
+                              "value": round(float(np.median(values)), 7), "unit": "s",
+                              "rounds": [round(v, 7) for v in values]}), flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

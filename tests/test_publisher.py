@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tickerplant.endpoint import Endpoint
@@ -21,7 +26,7 @@ from tickerplant.exchange.simulator import (
     SyntheticSource,
     run_exchange,
 )
-from tickerplant.io.multicast import Line, LineConfig, open_receiver
+from tickerplant.io.multicast import Line, LineConfig, SentLog, open_receiver
 from tickerplant.ops.config import ConfigError
 from tickerplant.session.journal import Journal
 from tickerplant.wire.blocks import join_messages
@@ -236,7 +241,7 @@ def test_drop_mask_does_not_depend_on_how_packets_are_sliced() -> None:
 def test_a_full_socket_buffer_delays_a_line_without_losing_a_packet() -> None:
     config_a, config_b = lines_config(40)
     receiver_b = receiver(config_b)
-    line_a, line_b = Line("A", config_a), Line("B", config_b)
+    line_a, line_b = Line("A", config_a, sent_log=SentLog()), Line("B", config_b)
     # Line A writes to a Unix datagram pair instead: its queue holds a handful of datagrams, so
     # sends really fail with EAGAIN until the test reads some (loopback multicast never does).
     line_a.sock.close()
@@ -276,6 +281,12 @@ def test_a_full_socket_buffer_delays_a_line_without_losing_a_packet() -> None:
     assert sum(p.count for p in data_a) == 20_000
     assert b"".join(p.blocks for p in data_a) == b"".join(source)
     assert line_a.errors == 0
+    # The log holds each packet once, when it really went: held ones when the backlog sent them.
+    assert line_a.sent_log is not None
+    logged = line_a.sent_log.records("A")
+    assert logged["first"].tolist() == [p.sequence for p in data_a]
+    assert logged["count"].tolist() == [p.count for p in data_a]
+    assert (np.diff(logged["ns"]) >= 0).all()
 
 
 def test_a_chunk_that_is_not_whole_messages_is_refused_by_name() -> None:
@@ -311,12 +322,58 @@ def test_config_errors_name_the_field_and_the_fix() -> None:
         "source.messages": ExchangeConfig(source=SyntheticSource(messages=10)),
         "source.path": ExchangeConfig(source=FileSource("/nonexistent/day.itch")),
         "replay": ExchangeConfig(replay=Endpoint("localhost", 1)),
+        "sent_log": ExchangeConfig(sent_log=" "),
     }
     for name, config in cases.items():
         with pytest.raises(ConfigError) as info:
             config.validate()
         assert info.value.field == name
         assert str(info.value).startswith(f"{name}: ")
+
+
+def test_the_sent_log_lists_each_lines_data_packets_as_sent(tmp_path: Path) -> None:
+    a, b = lines_config(80)
+    log = tmp_path / "sent.npy"
+    before = time.monotonic_ns()
+    done = subprocess.run(
+        [sys.executable, "-m", "tickerplant", "exchange", "--line-a", f"{a.group}:{a.port}",
+         "--line-b", f"{b.group}:{b.port}", "--messages", "30000", "--symbols", "20",
+         "--drop-a", "0.1", "--no-rerequest", "--no-replay", "--eos-seconds", "0.2", "--json",
+         "--sent-log", str(log)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    after = time.monotonic_ns()
+    summary = json.loads(done.stdout)
+    sent = np.load(log, allow_pickle=False)
+    assert ((before < sent["ns"]) & (sent["ns"] < after)).all()  # one clock across processes
+    assert (np.diff(sent["ns"]) >= 0).all()
+    for line in summary["lines"]:
+        mine = sent[sent["line"] == line["name"].encode()]
+        assert (np.diff(mine["ns"]) >= 0).all()
+        assert mine.shape[0] == summary["packets"] - line["dropped"]
+        # every packet but heartbeats and ends of session
+        assert line["sent"] == (mine.shape[0] + summary["heartbeats"]
+                                + summary["end_of_session_packets"])  # fmt: skip
+    b_packets = sent[sent["line"] == b"B"]
+    assert b_packets["first"][0] == 1
+    assert (b_packets["first"][1:] == (b_packets["first"] + b_packets["count"])[:-1]).all()
+    assert int(b_packets["count"].sum()) == summary["published"] == 30_000
+    a_packets = sent[sent["line"] == b"A"]
+    assert 0 < a_packets.shape[0] < b_packets.shape[0]  # line A lost some on purpose
+    assert set(a_packets["first"].tolist()) < set(b_packets["first"].tolist())
+
+
+def test_a_sent_log_that_cannot_be_written_is_refused_before_publishing(tmp_path: Path) -> None:
+    a, b = lines_config(82)
+    done = subprocess.run(
+        [sys.executable, "-m", "tickerplant", "exchange", "--line-a", f"{a.group}:{a.port}",
+         "--line-b", f"{b.group}:{b.port}", "--messages", "30000", "--symbols", "20",
+         "--no-rerequest", "--no-replay", "--sent-log", str(tmp_path / "absent" / "sent.npy")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "sent_log: cannot write" in done.stderr
+    assert "published" not in done.stderr
 
 
 def test_sockets_that_cannot_open_name_their_field() -> None:

@@ -158,6 +158,7 @@ def _exchange(args: argparse.Namespace) -> int:
         replay=None if args.no_replay else args.replay,
         end_of_session_seconds=args.eos_seconds,
         drop_seed=args.drop_seed,
+        sent_log=args.sent_log,
     )
     console = Console(stderr=True)
 
@@ -536,6 +537,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=default(ExchangeConfig, "end_of_session_seconds"),
         help="end of session lasts this",
+    )
+    ex.add_argument(
+        "--sent-log",
+        metavar="PATH",
+        default=None,
+        help="write each line's data packets, with the monotonic time of their send call, to "
+        "PATH (.npy) at the end",
     )
     ex.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     ex.add_argument("--metrics", type=_endpoint("--metrics"), default=None, metavar="HOST:PORT",

@@ -17,7 +17,7 @@ import math
 import os
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from tickerplant import endpoint
 from tickerplant.capture.lines import read_messages
@@ -32,7 +32,7 @@ from tickerplant.exchange.publisher import (
 from tickerplant.exchange.rerequest_server import RerequestServer
 from tickerplant.exchange.synthetic import SyntheticMarket
 from tickerplant.io.loop import clock, delay
-from tickerplant.io.multicast import DEFAULT_SNDBUF, Line, LineConfig
+from tickerplant.io.multicast import DEFAULT_SNDBUF, Line, LineConfig, SentLog, write_sent_log
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.ops.config import ConfigError
 from tickerplant.session.fanout import FanOutCounters
@@ -85,6 +85,9 @@ class ExchangeConfig:
     chunk_messages: int = 4096  # messages the synthetic source makes per call (~3 ms)
     slice_packets: int = SLICE_PACKETS
     sndbuf: int = DEFAULT_SNDBUF
+    # A file (.npy) that gets every data packet sent on each line with the monotonic clock just
+    # before its send call, written when the session is over (issue 19's sent-to-read latency).
+    sent_log: str | None = None
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for the first bad field."""
@@ -129,6 +132,8 @@ class ExchangeConfig:
         ):
             if value < 1:
                 raise ConfigError(name, f"{value}", "give 1 or more")
+        if self.sent_log is not None and not self.sent_log.strip():
+            raise ConfigError("sent_log", "is blank", "give a file to write, or none")
 
     def _validate_source(self) -> None:
         source = self.source
@@ -283,10 +288,14 @@ async def run_exchange(
     lines: list[Line] = []
     rerequest: RerequestServer | None = None
     replay: SoupServer | None = None
+    sent_log: BinaryIO | None = None
     try:
+        if config.sent_log is not None:
+            sent_log = _open_sent_log(config.sent_log)
         for name, line_config in (("A", config.line_a), ("B", config.line_b)):
             try:
-                lines.append(Line(name, line_config, config.sndbuf))
+                log = SentLog() if sent_log is not None else None
+                lines.append(Line(name, line_config, config.sndbuf, log))
             except OSError as exc:
                 raise ConfigError(
                     f"line_{name.lower()}", f"cannot open its socket ({exc})", _LINE_FIX
@@ -323,6 +332,22 @@ async def run_exchange(
             await rerequest.close()
         for line in lines:
             line.close()
+        if sent_log is not None:
+            with sent_log:
+                write_sent_log(sent_log, lines)
+
+
+def _open_sent_log(path: str) -> BinaryIO:
+    """Opened before anything is published: a path that cannot be written fails at the start,
+    not after the session."""
+    try:
+        return open(path, "wb")  # closed in run_exchange's finally, once written
+    except OSError as exc:
+        raise ConfigError(
+            "sent_log",
+            f"cannot write {path!r} ({exc.strerror})",
+            "give a file in a writable directory",
+        ) from exc
 
 
 async def _listen(name: str, where: Endpoint, start: Coroutine[Any, Any, int]) -> None:

@@ -2,6 +2,9 @@
 
 Loopback works without touching ``lo``: the receiver binds the group and port and joins on
 127.0.0.1; the sender names the outgoing interface and keeps multicast loopback on.
+
+A line can keep a :class:`SentLog`: each data packet it handed the kernel, with the monotonic
+clock read just before the send call (issue 19's measure (b) joins it to clients' reads).
 """
 
 from __future__ import annotations
@@ -9,9 +12,15 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+import time
+from array import array
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+import numpy.typing as npt
 
 from tickerplant.endpoint import Endpoint
 from tickerplant.io import mmsg
@@ -68,6 +77,73 @@ def open_sender(
 
 DEFAULT_SNDBUF = 8 << 20
 
+# A MoldUDP64 header: session (10 bytes), then the sequence number (u64) and the message count
+# (u16), big-endian; counts 0 (heartbeat) and 0xFFFF (end of session) carry no messages.
+_SEQUENCE_AND_COUNT = np.arange(10, 20, dtype=np.int64)
+_NO_MESSAGES = (0, 0xFFFF)
+SENT_LOG_DTYPE = np.dtype([("line", "S1"), ("first", "<i8"), ("count", "<i8"), ("ns", "<i8")])
+Send = Callable[[bytes | memoryview], int]
+
+
+class SentLog:
+    """The data packets a line sent: each one's first sequence number, message count, and
+    ``time.monotonic_ns()`` just before the send call that carried it.
+
+    A sendmmsg call is recorded as a whole: one gather of its packets' headers and one clock
+    read, no Python per packet. Headers are decoded, and heartbeats and ends of session dropped,
+    only in :meth:`records`.
+    """
+
+    def __init__(self) -> None:
+        self._heads: list[U8] = []  # (packets, 10) bytes 10..20 of each packet, per send call
+        self._ns = array("q")  # per send call
+        self._packets = array("q")  # per send call
+
+    def frames(self, frames: U8, starts: I64, ns: int) -> None:
+        """The packets at ``starts`` in ``frames`` went out in one call at ``ns``."""
+        self._heads.append(frames[starts[:, None] + _SEQUENCE_AND_COUNT])
+        self._ns.append(ns)
+        self._packets.append(starts.shape[0])
+
+    def packet(self, packet: bytes | memoryview, ns: int) -> None:
+        # Copied: a publisher's packets are views of a buffer it reuses for the next slice.
+        self._heads.append(np.frombuffer(packet, np.uint8, 10, 10).reshape(1, 10).copy())
+        self._ns.append(ns)
+        self._packets.append(1)
+
+    def sender(self, send: Send) -> Send:
+        """``send``, recording each packet it took (one send call per packet: the fallback and
+        backlog paths, already Python per packet)."""
+
+        def logged(packet: bytes | memoryview) -> int:
+            ns = time.monotonic_ns()
+            sent = send(packet)
+            self.packet(packet, ns)
+            return sent
+
+        return logged
+
+    def records(self, line: str) -> npt.NDArray[np.void]:
+        """The data packets in the order sent, as :data:`SENT_LOG_DTYPE` records of ``line``."""
+        heads = np.concatenate(self._heads) if self._heads else np.empty((0, 10), np.uint8)
+        first = heads[:, :8].copy().view(">u8").reshape(-1)
+        count = heads[:, 8:].copy().view(">u2").reshape(-1)
+        ns = np.repeat(np.array(self._ns, dtype=np.int64), np.array(self._packets, dtype=np.int64))
+        data = ~np.isin(count, _NO_MESSAGES)
+        out = np.empty(int(data.sum()), dtype=SENT_LOG_DTYPE)
+        out["line"] = line
+        out["first"] = first[data]
+        out["count"] = count[data]
+        out["ns"] = ns[data]
+        return out
+
+
+def write_sent_log(file: BinaryIO, lines: Sequence[Line]) -> None:
+    """Every logged line's data packets into ``file`` (.npy), in the order sent across lines."""
+    parts = [line.sent_log.records(line.name) for line in lines if line.sent_log is not None]
+    records = np.concatenate(parts) if parts else np.empty(0, SENT_LOG_DTYPE)
+    np.save(file, records[np.argsort(records["ns"], kind="stable")], allow_pickle=False)
+
 
 @dataclass(frozen=True, slots=True)
 class LineConfig:
@@ -84,9 +160,16 @@ class LineConfig:
 class Line:
     """One line's non-blocking UDP socket (connected to its group) and its counters."""
 
-    def __init__(self, name: str, config: LineConfig, sndbuf: int = DEFAULT_SNDBUF) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: LineConfig,
+        sndbuf: int = DEFAULT_SNDBUF,
+        sent_log: SentLog | None = None,
+    ) -> None:
         self.name = name
         self.config = config
+        self.sent_log = sent_log
         sock, self.sndbuf = open_sender(config.interface, config.ttl, config.loopback, sndbuf)
         try:
             # A connected socket skips the per-send address parsing and route lookup.
@@ -108,7 +191,7 @@ class Line:
             self.backlog.extend(map(bytes, packets))
             self.flush()
             return
-        send = self.sock.send
+        send = self._send()
         failed = 0
         for index, packet in enumerate(packets):
             try:
@@ -132,7 +215,9 @@ class Line:
             return
         done = 0
         total = len(starts)
+        log = self.sent_log
         while done < total:
+            ns = time.monotonic_ns() if log is not None else 0
             try:
                 sent = self._mmsg.send(frames, starts[done:], ends[done:])
             except BlockingIOError:
@@ -150,6 +235,8 @@ class Line:
                 self.backlog.extend(bytes(view[a:b]) for a, b in rest)
                 return
             self.sent += sent
+            if log is not None:
+                log.frames(frames, starts[done : done + sent], ns)
             done += sent
 
     def _hold(self, packets: Sequence[bytes | memoryview], index: int, failed: int) -> None:
@@ -165,7 +252,7 @@ class Line:
     def flush(self) -> bool:
         """Retry the backlog; True when it is empty."""
         backlog = self.backlog
-        send = self.sock.send
+        send = self._send()
         while backlog:
             try:
                 send(backlog[0])
@@ -181,6 +268,10 @@ class Line:
                 self.sent += 1
             backlog.popleft()
         return True
+
+    def _send(self) -> Send:
+        # Looked up per call, not kept: tests swap ``sock`` for a socket pair.
+        return self.sock.send if self.sent_log is None else self.sent_log.sender(self.sock.send)
 
     def close(self) -> None:
         self.sock.close()
