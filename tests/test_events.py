@@ -16,6 +16,7 @@ from tickerplant.book.normalize import images, records
 from tickerplant.client.subscribe import Conflated, Events
 from tickerplant.client.subscribe import _events as client_records
 from tickerplant.client.subscribe import _resumed as resumed
+from tickerplant.exchange.synthetic import SyntheticMarket
 from tickerplant.session.events import Batch
 from tickerplant.session.fanout import (
     CONFLATE_INTERVAL,
@@ -98,6 +99,21 @@ def test_an_image_is_a_symbols_bbo_status_and_depth_as_of_the_numbers_it_names()
     status = ev.view(out, ev.STATUS)
     assert status[["locate", "status", "code"]].tolist() == [(5, ord("H"), ord("T")),
                                                             (0, ord("S"), ord("Q"))]
+
+
+def test_images_of_many_symbols_are_each_ones_image_in_the_order_asked() -> None:
+    """Built for all the locates at once: the same records as each locate's own image, in the
+    order asked (an unknown locate: its symbol blank, no BBO, no depth), one market status."""
+    engine = BookEngine()
+    engine.process(b"".join(SyntheticMarket(3, 40).chunks(30_000)))
+    asked = [*sorted(engine.symbols())[::-3], 999, 2]  # the order asked, not the locates'
+    for depth in (0, 3):
+        whole = images(engine, asked, 77, 55, depth)
+        alone = [images(engine, [locate], 77, 55, depth) for locate in asked]
+        market = alone[0][-ev.BLOCK_SIZE:]
+        assert decoded(market)["kind"].tolist() == [b"s"]
+        assert whole == b"".join(a[: -ev.BLOCK_SIZE] for a in alone) + market
+    assert sum(decoded(whole)["kind"] == b"d") > len(asked)  # depth there to be ordered
 
 
 # --- the fan-out on an events journal -----------------------------------------------------

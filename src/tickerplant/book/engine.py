@@ -98,6 +98,23 @@ class Depth:
     asks: Events
 
 
+@dataclass(frozen=True, slots=True)
+class Images:
+    """:meth:`BookEngine.images`: per locate asked (in the order asked) its symbol (8 bytes,
+    spaces if undefined), BBO (bid price, bid size, ask price, ask size), trading state and Reg
+    SHO codes (0: none yet); then its depth rows, in order: ``position`` (of the locate in the
+    order asked), ``side`` (0 bids, 1 asks), ``level`` (0 best) and the level itself."""
+
+    names: npt.NDArray[np.bytes_]
+    top: npt.NDArray[np.int64]
+    trading: npt.NDArray[np.uint8]
+    reg_sho: npt.NDArray[np.uint8]
+    position: npt.NDArray[np.int64]
+    side: npt.NDArray[np.int64]
+    level: npt.NDArray[np.int64]
+    depth: npt.NDArray[np.void]
+
+
 class BookEngine:
     """Full-depth order books for every locate a Stock Directory defines.
 
@@ -301,6 +318,31 @@ class BookEngine:
         indexed by locate: a copy."""
         names = np.where(self._defined[:, None] != 0, self._names, ord(" ")).astype(np.uint8)
         return names.view("S8").ravel()
+
+    def images(self, locates: npt.NDArray[np.int64], levels: int) -> Images:
+        """What an image of each of ``locates`` shows, for all of them at once (a client may
+        add thousands of symbols: one Python step per symbol took 43 us each on the loop)."""
+        known = (locates >= 0) & (locates < self._defined.shape[0])
+        at = np.where(known, locates, 0)
+        top = np.where(known[:, None], self._top[at], 0)
+        trading = np.where(known, self._trading_state[at], 0).astype(np.uint8)
+        reg_sho = np.where(known, self._reg_sho[at], 0).astype(np.uint8)
+        # The best ``levels`` of each book (bids, then asks, per locate) lie at the end of its
+        # run in the level pool, best last.
+        books = (2 * at[:, None] + np.arange(2)).reshape(-1)
+        start, length = self._bk_start[books], self._bk_len[books]
+        taken = np.where(np.repeat(known, 2), np.minimum(length, max(levels, 0)), 0)
+        book = np.repeat(np.arange(books.shape[0]), taken)
+        level = np.arange(book.shape[0]) - np.repeat(np.cumsum(taken) - taken, taken)
+        rows = np.repeat(start + length - 1, taken) - level
+        key = self._lv_key[rows].astype(np.int64)
+        side = book % 2
+        depth = np.zeros(book.shape[0], dtype=LEVEL)
+        depth["price"] = np.where(side == 1, -key, key)
+        depth["size"] = self._lv_qty[rows]
+        depth["orders"] = self._lv_cnt[rows]
+        return Images(self.names()[at] if locates.shape[0] else np.empty(0, "S8"),
+                      top, trading, reg_sho, book // 2, side, level, depth)  # fmt: skip
 
     def bbo(self, locate: int) -> tuple[int, int, int, int]:
         """(bid price, bid size, ask price, ask size) of ``locate``; zeros for an empty side."""

@@ -91,37 +91,42 @@ def images(engine: BookEngine, locates: list[int], sequence: int, source: int,
     """The current state of ``locates`` as image blocks: per locate its symbol, its BBO, its trading
     action and Reg SHO status (when the day gave them), its best ``depth`` levels per side;
     then the market's system event. ``sequence`` and ``source``: the last numbers the state
-    includes."""
-    out: list[npt.NDArray[np.void]] = []
+    includes. Built for all the locates at once, each kind as one array, then put in order."""
+    at = np.asarray(locates, dtype=np.int64)
+    state = engine.images(at, depth)
+    everyone = np.arange(at.shape[0])
+    # Each part: its blocks, and their place: the locate's position in the order asked (the
+    # market's last), then the part's order within a locate, then the level.
+    parts: list[tuple[npt.NDArray[np.void], npt.NDArray[np.int64], npt.NDArray[np.int64],
+                      npt.NDArray[np.int64]]] = []  # fmt: skip
 
-    def stamp(block: npt.NDArray[np.void], locate: int) -> npt.NDArray[np.void]:
+    def part(kind: bytes, position: npt.NDArray[np.int64], order: npt.NDArray[np.int64] | int,
+             level: npt.NDArray[np.int64] | int = 0) -> npt.NDArray[np.void]:  # fmt: skip
+        block = ev.blocks(kind, position.shape[0])
         block["flags"], block["sequence"], block["source"] = ev.IMAGE, sequence, source
-        block["locate"] = locate
+        block["locate"] = np.append(at, 0)[position]
+        shape = position.shape
+        parts.append((block, position, np.broadcast_to(order, shape),
+                      np.broadcast_to(level, shape)))  # fmt: skip
         return block
 
-    for locate in locates:
-        symbol = stamp(ev.blocks(ev.SYMBOL, 1), locate)
-        symbol["symbol"] = (engine.symbol(locate) or "").encode("latin-1").ljust(8)
-        out.append(symbol)
-        bbo = stamp(ev.blocks(ev.BBO, 1), locate)
-        (bbo["bid_price"], bbo["bid_size"], bbo["ask_price"], bbo["ask_size"]) = engine.bbo(locate)
-        out.append(bbo)
-        for kind, code in ((b"H", engine.trading_state(locate)),
-                           (b"Y", engine.reg_sho(locate))):  # fmt: skip
-            if code:
-                status = stamp(ev.blocks(ev.STATUS, 1), locate)
-                status["status"], status["code"] = ord(kind), ord(code)
-                out.append(status)
-        book = engine.depth(locate, depth)
-        for side, levels in ((b"B", book.bids), (b"S", book.asks)):
-            rows = stamp(ev.blocks(ev.DEPTH, levels.shape[0]), locate)
-            rows["side"] = ord(side)
-            rows["level"] = np.arange(levels.shape[0])
-            for name in ("price", "size", "orders"):
-                rows[name] = levels[name]
-            out.append(rows)
+    part(ev.SYMBOL, everyone, 0)["symbol"] = state.names
+    bbo = part(ev.BBO, everyone, 1)
+    for i, name in enumerate(("bid_price", "bid_size", "ask_price", "ask_size")):
+        bbo[name] = state.top[:, i]
+    for rank, kind, codes in ((2, b"H", state.trading), (3, b"Y", state.reg_sho)):
+        has = np.flatnonzero(codes)
+        status = part(ev.STATUS, has, rank)
+        status["status"], status["code"] = ord(kind), codes[has]
+    rows = part(ev.DEPTH, state.position, 4 + state.side, state.level)  # bids, then asks
+    rows["side"] = np.where(state.side == 1, ord("S"), ord("B"))
+    rows["level"] = state.level
+    for name in ("price", "size", "orders"):
+        rows[name] = state.depth[name]
     if engine.market_state:
-        status = stamp(ev.blocks(ev.STATUS, 1), 0)
-        status["status"], status["code"] = ord("S"), ord(engine.market_state)
-        out.append(status)
-    return b"".join(block.tobytes() for block in out)
+        market = part(ev.STATUS, np.array([at.shape[0]]), 0)
+        market["status"], market["code"] = ord("S"), ord(engine.market_state)
+    raw = np.dtype((np.void, ev.BLOCK_SIZE))
+    blocks = np.concatenate([block.view(raw) for block, _, _, _ in parts])
+    position, order, level = (np.concatenate([p[k] for p in parts]) for k in (1, 2, 3))
+    return blocks[np.lexsort((level, order, position))].tobytes()
