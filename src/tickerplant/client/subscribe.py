@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -251,7 +251,7 @@ async def subscribe(
     events: bool = False,
     symbols: Iterable[str] | Watchlist | None = None,
     rcvbuf: int | None = None,
-) -> AsyncIterator[Record]:
+) -> AsyncGenerator[Record]:
     """Records from message ``first`` on (0: from now) until the End of Session.
 
     ``retry`` seconds between reconnects (None: a broken connection ends the iteration with

@@ -75,7 +75,9 @@ H = TypeVar("H")
 
 MAX_BACKLOG = 16 << 20  # bytes a live subscriber may leave unread before it is dropped
 CHUNK_MESSAGES = 16384  # read from the journal per catch-up write: ~0.5 MiB of ITCH
-TURN_BYTES = 8 << 20  # what one catch-up turn may write before it yields
+# What one catch-up turn may write before it yields: 8 MiB held the loop up to 36 ms (a client
+# reading from 1 on loopback never fills its socket), 1 MiB about 5 (bench/loop_lag.py).
+TURN_BYTES = 1 << 20
 LINGER = 2.0  # seconds a dropped client gets to read the Debug packet before the reset
 PUBLISH_BYTES = 16 << 20  # ~15 ms of writes on this machine
 # A slow consumer under ``conflate`` gets a round (everything published since its last, each
