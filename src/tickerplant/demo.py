@@ -68,6 +68,11 @@ POLICIES = {"merge": "conflate", "skip": "skip"}
 # up in the table and the verdict, and logged only at debug level (logs.planned).
 OWN_USERS = ("reader", "drop", "stall", "events", *POLICIES)
 EVENTS_BACKLOG = 1 << 20
+# The staller is cut as a slow consumer whichever way it fell behind: pushed live past the
+# backlog cap, or (a burst deferred it once) left to catch-up turns, which stop at its full
+# socket and leave only the write deadline, 10 s by default: longer than the demo on a busy
+# machine. The readers never stop reading for this long.
+STALL_CUT = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +245,8 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None,
     feed = FeedConfig(cfg.line_a, cfg.line_b, rerequest=cfg.rerequest if cfg.recovery else None,
                       replay=cfg.replay if cfg.recovery else None, digest=True)
     plant = Plant(PlantConfig(
-        feed, StreamConfig(cfg.itch), GlimpseConfig(cfg.glimpse),
+        feed, StreamConfig(cfg.itch, FanOutLimits(write_deadline=STALL_CUT)),
+        GlimpseConfig(cfg.glimpse),
         events=EventsConfig(cfg.events, FanOutLimits(max_backlog=EVENTS_BACKLOG)),
         slow_consumers=POLICIES,
     ))  # fmt: skip
