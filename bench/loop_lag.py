@@ -36,12 +36,14 @@ from typing import Any
 from tickerplant.client.subscribe import subscribe
 from tickerplant.endpoint import Endpoint
 from tickerplant.session.events import Batch
+from tickerplant.wire import soupbintcp as soup
 from tickerplant.wire.blocks import iter_messages
 from wire_latency import Setup, wait_listening
 
 BENCH = "loop_lag"
 TARGET = 0.005  # seconds: p99.9 of the lag at most this
-LOGIN = b"L" + b" " * 6 + b" " * 10 + b" " * 10 + b"1".rjust(20)
+LOGIN = soup.encode(soup.LoginRequest(b"", b"", b"", 1))  # any session, from message 1
+HEARTBEAT = soup.encode(soup.ClientHeartbeat())
 
 
 def catch_up(endpoint: Endpoint, deadline: float) -> tuple[int, float]:
@@ -50,7 +52,7 @@ def catch_up(endpoint: Endpoint, deadline: float) -> tuple[int, float]:
     started = time.monotonic()
     got = 0
     with socket.create_connection((endpoint.host, endpoint.port)) as s:
-        s.sendall(len(LOGIN).to_bytes(2, "big") + LOGIN)
+        s.sendall(LOGIN)
         s.settimeout(1.0)
         beat = time.monotonic() + 1
         buf = bytearray(1 << 20)
@@ -64,7 +66,7 @@ def catch_up(endpoint: Endpoint, deadline: float) -> tuple[int, float]:
             got += max(n, 0)
             if time.monotonic() >= beat:  # heartbeats: a client silent for 15 s is cut
                 beat += 1
-                s.sendall(b"\x00\x01R")
+                s.sendall(HEARTBEAT)
     return got, time.monotonic() - started
 
 

@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from tickerplant.endpoint import Endpoint
 from tickerplant.io import mmsg
+from tickerplant.wire import moldudp64 as mold
 from tickerplant.wire.blocks import I64, U8
 
 # Linux's SO_RCVBUFFORCE / SO_SNDBUFFORCE: as root they pass net.core.[rw]mem_max, which is
@@ -77,10 +78,8 @@ def open_sender(
 
 DEFAULT_SNDBUF = 8 << 20
 
-# A MoldUDP64 header: session (10 bytes), then the sequence number (u64) and the message count
-# (u16), big-endian; counts 0 (heartbeat) and 0xFFFF (end of session) carry no messages.
-_SEQUENCE_AND_COUNT = np.arange(10, 20, dtype=np.int64)
-_NO_MESSAGES = (0, 0xFFFF)
+# A MoldUDP64 header's sequence number (u64) and message count (u16), after the session.
+_SEQUENCE_AND_COUNT = np.arange(mold.SESSION_LEN, mold.HEADER_LEN, dtype=np.int64)
 SENT_LOG_DTYPE = np.dtype([("line", "S1"), ("first", "<i8"), ("count", "<i8"), ("ns", "<i8")])
 Send = Callable[[bytes | memoryview], int]
 
@@ -95,7 +94,7 @@ class SentLog:
     """
 
     def __init__(self) -> None:
-        self._heads: list[U8] = []  # (packets, 10) bytes 10..20 of each packet, per send call
+        self._heads: list[U8] = []  # each packet's sequence and count bytes, per send call
         self._ns = array("q")  # per send call
         self._packets = array("q")  # per send call
 
@@ -107,7 +106,8 @@ class SentLog:
 
     def packet(self, packet: bytes | memoryview, ns: int) -> None:
         # Copied: a publisher's packets are views of a buffer it reuses for the next slice.
-        self._heads.append(np.frombuffer(packet, np.uint8, 10, 10).reshape(1, 10).copy())
+        head = np.frombuffer(packet, np.uint8, _SEQUENCE_AND_COUNT.shape[0], mold.SESSION_LEN)
+        self._heads.append(head.reshape(1, -1).copy())
         self._ns.append(ns)
         self._packets.append(1)
 
@@ -125,11 +125,12 @@ class SentLog:
 
     def records(self, line: str) -> npt.NDArray[np.void]:
         """The data packets in the order sent, as :data:`SENT_LOG_DTYPE` records of ``line``."""
-        heads = np.concatenate(self._heads) if self._heads else np.empty((0, 10), np.uint8)
+        width = _SEQUENCE_AND_COUNT.shape[0]
+        heads = np.concatenate(self._heads) if self._heads else np.empty((0, width), np.uint8)
         first = heads[:, :8].copy().view(">u8").reshape(-1)
         count = heads[:, 8:].copy().view(">u2").reshape(-1)
         ns = np.repeat(np.array(self._ns, dtype=np.int64), np.array(self._packets, dtype=np.int64))
-        data = ~np.isin(count, _NO_MESSAGES)
+        data = (count != mold.HEARTBEAT) & (count != mold.END_OF_SESSION)
         out = np.empty(int(data.sum()), dtype=SENT_LOG_DTYPE)
         out["line"] = line
         out["first"] = first[data]
