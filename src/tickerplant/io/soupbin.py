@@ -83,6 +83,7 @@ class SoupConnection(asyncio.Protocol, Generic[M]):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self._timer = Timer(self._on_timer)
+        self._unreported = False  # push() wrote: wrote() is still owed
 
     def on_event(self, event: object) -> None:
         """One of the machine's events (its own types: dispatch with isinstance)."""
@@ -134,8 +135,22 @@ class SoupConnection(asyncio.Protocol, Generic[M]):
         if self.transport is not None:
             self.transport.close()
 
+    def push(self) -> None:
+        """Write what the machine has to send now and nothing more; :meth:`service` does the
+        rest (its events, :meth:`wrote`, its timer). A server pushes a publish to all its
+        clients before it services any."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            data = self.session.data_to_send(clock())
+            if data:
+                transport.write(data)
+                self._unreported = True
+
     def flush(self) -> None:
         """Events and writes until the machine has neither: acting on one may cause the other."""
+        if self._unreported:
+            self._unreported = False
+            self.wrote()
         while True:
             while (event := self.session.next_event()) is not None:
                 self.on_event(event)
@@ -431,5 +446,12 @@ class SoupServer:
 
 
 def _service(subscribers: Iterable[Subscriber[SubscriberConnection]]) -> None:
+    """Write to each, back to back, then service each. A write wakes its reader; one that comes
+    after the reader has gone back to sleep pays that wake-up again: 12 us a write back to back,
+    25 us with 30 us of work between writes (10 clients in one process, 3.9 KB each), and
+    servicing a subscriber between its write and the next is that much work."""
+    subscribers = list(subscribers)
+    for subscriber in subscribers:
+        subscriber.handle.push()
     for subscriber in subscribers:
         subscriber.handle.service()
