@@ -14,7 +14,14 @@ from tickerplant.session.events import (
     Source,
     SuspectDecided,
 )
-from tickerplant.session.recovery import CancelReplay, Recovery, RecoveryConfig, Replay, Rerequest
+from tickerplant.session.recovery import (
+    Action,
+    CancelReplay,
+    Recovery,
+    RecoveryConfig,
+    Replay,
+    Rerequest,
+)
 from tickerplant.session.sequencer import SUSPECT_WAIT, Sequencer
 from tickerplant.wire.blocks import iter_messages, join_messages
 
@@ -24,6 +31,16 @@ S1 = b"SESSION001"
 
 def msgs(first: int, count: int) -> bytes:
     return join_messages([b"m%d" % s for s in range(first, first + count)])
+
+
+def due(rec: Recovery, now: float) -> list[Action]:
+    """What recovery finds due at ``now``."""
+    rec.handle_timer(now)
+    return list(iter(rec.next_event, None))
+
+
+def drained(seq: Sequencer) -> list[object]:
+    return list(iter(seq.next_event, None))
 
 
 class Plant:
@@ -41,7 +58,7 @@ class Plant:
         self.collect()
 
     def collect(self) -> None:
-        for item in self.seq.take():
+        while (item := self.seq.next_event()) is not None:
             if isinstance(item, Batch):
                 got = [int(m[1:]) for m in iter_messages(item.blocks)]
                 assert got == list(range(item.first, item.end))
@@ -52,8 +69,7 @@ class Plant:
                 assert item.start == self.next_expected()
                 self.delivered += [-1] * (item.end - item.start)
             else:
-                self.events.append(item)  # session markers, in stream position
-        self.events += self.seq.take_events()
+                self.events.append(item)  # session markers in stream position, then the rest
 
     def next_expected(self) -> int:
         return len(self.delivered) + 1
@@ -110,14 +126,14 @@ def test_loss_on_both_lines_is_rerequested() -> None:
     p.packet(A, 1, 3, 0.0)
     p.packet(A, 7, 3, 0.010)
     p.packet(B, 7, 3, 0.0101)
-    assert rec.handle_timer(0.0105) == []  # still within the other line's window
+    assert due(rec, 0.0105) == []  # still within the other line's window
     assert rec.get_timer() == 0.011
-    assert rec.handle_timer(0.011) == [Rerequest(4, 3)]
+    assert due(rec, 0.011) == [Rerequest(4, 3)]
     p.packet(RR, 4, 3, 0.013)
     assert p.delivered == list(range(1, 10))
     (gap,) = p.repaired()
     assert (gap.repaired_by, round(gap.latency, 6)) == (RR, 0.003)
-    assert rec.handle_timer(0.02) == [] and rec.get_timer() is None
+    assert due(rec, 0.02) == [] and rec.get_timer() is None
 
 
 def test_gap_revealed_by_heartbeat_only() -> None:
@@ -126,7 +142,7 @@ def test_gap_revealed_by_heartbeat_only() -> None:
     p.packet(A, 1, 3, 0.0)
     p.seq.on_heartbeat(B, 8, 1.0)  # messages 4..7 exist; no line carried them
     assert [(g.start, g.end) for g in p.seq.gaps] == [(4, 8)]
-    assert rec.handle_timer(1.01) == [Rerequest(4, 4)]
+    assert due(rec, 1.01) == [Rerequest(4, 4)]
     p.packet(RR, 4, 4, 1.02)
     assert p.delivered == list(range(1, 8))
     assert p.repaired()[0].revealed_by == B
@@ -142,7 +158,7 @@ def test_retries_back_off_then_gap_is_lost_and_stream_goes_on() -> None:
     sent = []
     now = 0.0
     while now < 2.0:
-        sent += [(round(now, 4), a) for a in rec.handle_timer(now)]
+        sent += [(round(now, 4), a) for a in due(rec, now)]
         p.collect()
         if rec.get_timer() is None:
             break
@@ -161,9 +177,9 @@ def test_large_gap_and_late_join_go_to_replay() -> None:
     p = Plant()
     rec = Recovery(p.seq, RecoveryConfig(replay_threshold=100))
     p.packet(A, 1001, 10, 5.0)  # joined late: 1..1000 went by before we started
-    actions = rec.handle_timer(5.01)
+    actions = due(rec, 5.01)
     assert actions == [Replay(1, 1001)]
-    assert rec.handle_timer(5.02) == []  # one replay at a time
+    assert due(rec, 5.02) == []  # one replay at a time
     p.packet(RP, 1, 600, 5.1)
     p.packet(RP, 601, 410, 5.2)  # overlaps held 1001..1010: trimmed, not doubled
     rec.replay_finished(True, 5.2)
@@ -176,12 +192,12 @@ def test_failed_replay_is_retried_then_lost() -> None:
     cfg = RecoveryConfig(rerequest=False, replay_threshold=10, replay_retry=0.5, give_up_after=2)
     rec = Recovery(p.seq, cfg)
     p.packet(A, 100, 1, 0.0)
-    assert rec.handle_timer(0.01) == [Replay(1, 100)]
+    assert due(rec, 0.01) == [Replay(1, 100)]
     rec.replay_finished(False, 0.2)
-    assert rec.handle_timer(0.3) == [] and rec.get_timer() == 0.7
-    assert rec.handle_timer(0.7) == [Replay(1, 100)]
+    assert due(rec, 0.3) == [] and rec.get_timer() == 0.7
+    assert due(rec, 0.7) == [Replay(1, 100)]
     rec.replay_finished(False, 0.8)
-    rec.handle_timer(2.0)
+    due(rec, 2.0)
     p.collect()
     assert p.lost == [(1, 100)] and p.delivered[-1] == 100
 
@@ -191,13 +207,13 @@ def test_answers_in_flight_are_not_asked_again_and_the_next_part_follows_at_once
     rec = Recovery(p.seq, RecoveryConfig(max_request=1000, rerequest_timeout=0.01))
     p.packet(A, 1, 1, 0.0)
     p.packet(A, 3002, 1, 0.0)
-    assert rec.handle_timer(0.002) == [Rerequest(2, 1000)]
+    assert due(rec, 0.002) == [Rerequest(2, 1000)]
     for first in range(2, 1002, 40):  # the answer arrives as many packets
         p.packet(RR, first, min(40, 1002 - first), 0.003)
         if first < 962:
-            assert rec.handle_timer(0.003) == []  # the rest of that answer is on its way: no storm
+            assert due(rec, 0.003) == []  # the rest of that answer is on its way: no storm
     # all of it came: the next part at once
-    assert rec.handle_timer(0.004) == [Rerequest(1002, 1000)]
+    assert due(rec, 0.004) == [Rerequest(1002, 1000)]
 
 
 def test_a_capped_answer_is_completed_after_the_timeout() -> None:
@@ -205,19 +221,19 @@ def test_a_capped_answer_is_completed_after_the_timeout() -> None:
     rec = Recovery(p.seq, RecoveryConfig(max_request=1000, rerequest_timeout=0.01))
     p.packet(A, 1, 1, 0.0)
     p.packet(A, 3002, 1, 0.0)
-    assert rec.handle_timer(0.002) == [Rerequest(2, 1000)]
+    assert due(rec, 0.002) == [Rerequest(2, 1000)]
     p.packet(RR, 2, 400, 0.003)  # the server capped its answer at 400
-    assert rec.handle_timer(0.004) == []
-    assert rec.handle_timer(0.012) == [Rerequest(402, 1000)]
+    assert due(rec, 0.004) == []
+    assert due(rec, 0.012) == [Rerequest(402, 1000)]
 
 
 def test_while_replay_is_failing_large_gaps_fall_back_to_rerequests() -> None:
     p = Plant()
     rec = Recovery(p.seq, RecoveryConfig(replay_threshold=10, replay_retry=0.5))
     p.packet(A, 100, 1, 0.0)
-    assert rec.handle_timer(0.01) == [Replay(1, 100)]
+    assert due(rec, 0.01) == [Replay(1, 100)]
     rec.replay_finished(False, 0.2)
-    assert rec.handle_timer(0.3) == [Rerequest(1, 99)]
+    assert due(rec, 0.3) == [Rerequest(1, 99)]
 
 
 def test_large_gaps_are_rerequested_when_there_is_no_replay() -> None:
@@ -225,7 +241,7 @@ def test_large_gaps_are_rerequested_when_there_is_no_replay() -> None:
     rec = Recovery(p.seq, RecoveryConfig(replay=False, replay_threshold=100, max_request=500))
     p.packet(A, 1, 1, 0.0)
     p.packet(A, 30_002, 1, 0.0)
-    assert rec.handle_timer(0.002) == [Rerequest(2, 500)]
+    assert due(rec, 0.002) == [Rerequest(2, 500)]
 
 
 def test_one_stray_far_ahead_cannot_turn_the_stream_into_duplicates() -> None:
@@ -237,7 +253,7 @@ def test_one_stray_far_ahead_cannot_turn_the_stream_into_duplicates() -> None:
     assert p.seq.get_timer() == 0.1 + SUSPECT_WAIT
     for first in range(11, 100, 10):
         p.packet(A, first, 10, 0.2)
-    rec.handle_timer(5.0)
+    due(rec, 5.0)
     p.seq.handle_timer(0.1 + SUSPECT_WAIT)  # the lines went on where they were: a stray
     p.collect()
     assert p.delivered == list(range(1, 101)) and p.lost == []
@@ -249,7 +265,7 @@ def test_one_stray_far_ahead_cannot_turn_the_stream_into_duplicates() -> None:
     p.packet(A, 10_010, 10, 6.0)
     assert [(g.start, g.end) for g in p.seq.gaps] == [(101, 10_000)]
     assert p.seq.horizon == 10_020 and p.seq.counters.suspects_accepted == 0
-    rec.handle_timer(7.5)
+    due(rec, 7.5)
     p.collect()
     assert p.lost == [(101, 10_000)] and p.delivered[-20:] == list(range(10_000, 10_020))
 
@@ -337,13 +353,13 @@ def test_hold_back_is_bounded_and_overflow_is_recovered() -> None:
     for first in range(3, 30, 3):
         p.packet(A, first, 3)
     assert p.seq.held_bytes <= 40 and p.seq.counters.hold_overflow_packets > 0
-    asked = rec.handle_timer(0.001)
+    asked = due(rec, 0.001)
     assert asked[0] == Rerequest(2, 1)
     for action in asked:
         assert isinstance(action, Rerequest)
         p.packet(RR, action.sequence, action.count, 0.002)
     while p.seq.gaps:
-        for action in rec.handle_timer(0.003):
+        for action in due(rec, 0.003):
             assert isinstance(action, Rerequest)
             p.packet(RR, action.sequence, action.count, 0.003)
     assert p.delivered == list(range(1, 30))
@@ -359,7 +375,7 @@ def test_session_change_and_foreign_sessions() -> None:
     assert [e for e in p.events if isinstance(e, SessionEnded)] == [SessionEnded(S1, 4)]
     assert p.seq.accepts(b"SESSION002", 0.3)  # the old one ended: follow the new one
     p.seq.on_packet(A, 1, 2, msgs(1, 2), 0.3)
-    marker, batch = p.seq.take()  # the new session's start comes before its first batch
+    marker, batch = drained(p.seq)  # the new session's start comes before its first batch
     assert marker == SessionStarted(b"SESSION002", S1)
     assert isinstance(batch, Batch) and batch.first == 1 and batch.count == 2
     starts = [e for e in p.events if isinstance(e, SessionStarted)]
@@ -372,7 +388,7 @@ def test_silent_session_is_replaced_and_its_gaps_reported_lost() -> None:
     p.packet(A, 5, 1, 0.0)
     assert not p.seq.accepts(b"SESSION002", 4.0)
     assert p.seq.accepts(b"SESSION002", 6.0)
-    lost = [i for i in p.seq.take() if isinstance(i, GapLost)]
+    lost = [i for i in drained(p.seq) if isinstance(i, GapLost)]
     assert [(g.start, g.end) for g in lost] == [(2, 5)]
 
 
@@ -401,7 +417,7 @@ def test_any_interleaving_of_two_lines_delivers_each_message_once_in_order(
         now += 0.0001
     p.seq.on_heartbeat(A, first, now)
     for _ in range(200):  # the re-request server answers everything asked
-        actions = rec.handle_timer(now)
+        actions = due(rec, now)
         if not actions and not p.seq.gaps:
             break
         for action in actions:
@@ -418,10 +434,10 @@ def test_a_silent_replay_is_cancelled_and_its_gap_given_up() -> None:
     cfg = RecoveryConfig(rerequest=False, replay_threshold=10, give_up_after=1.0, replay_stall=1.0)
     rec = Recovery(p.seq, cfg)
     p.packet(A, 100, 1, 0.0)
-    assert rec.handle_timer(0.01) == [Replay(1, 100)]
+    assert due(rec, 0.01) == [Replay(1, 100)]
     rec.replay_progress(0.5)  # some progress, then silence
-    assert rec.handle_timer(1.2) == [] and rec.get_timer() == 1.5
-    assert rec.handle_timer(1.5) == [CancelReplay()]
+    assert due(rec, 1.2) == [] and rec.get_timer() == 1.5
+    assert due(rec, 1.5) == [CancelReplay()]
     p.collect()
     assert p.lost == [(1, 100)]
 
@@ -444,7 +460,7 @@ def test_hostile_arrivals_never_break_order_or_repeat_a_message(
         p.packet(source, first, count, now)
         if heartbeats and i % 7 == 0:
             p.seq.on_heartbeat(A, heartbeats[i % len(heartbeats)], now)
-        rec.handle_timer(now)
+        due(rec, now)
         p.collect()  # checks each batch is contiguous with the last and true to its numbers
         now += 0.1
     delivered = [s for s in p.delivered if s != -1]
@@ -458,9 +474,9 @@ def test_gaps_are_given_up_in_stream_order_never_above_one_a_replay_covers() -> 
     p = Plant()
     rec = Recovery(p.seq, RecoveryConfig(replay_threshold=10, rerequest=False))
     p.packet(A, 20, 1, 0.0)  # joined late: [1, 20) to replay
-    assert rec.handle_timer(0.01) == [Replay(1, 20)]
+    assert due(rec, 0.01) == [Replay(1, 20)]
     p.packet(A, 25, 5, 0.02)  # reveals [21, 25)
-    rec.handle_timer(3.0)  # past give_up_after for [21, 25), while the replay is still running
+    due(rec, 3.0)  # past give_up_after for [21, 25), while the replay is still running
     assert p.lost == [] and [(g.start, g.end) for g in p.seq.gaps] == [(1, 20), (21, 25)]
     p.packet(RR, 15, 15, 3.1)
     p.packet(RP, 1, 14, 3.2)
@@ -473,9 +489,9 @@ def test_a_large_gap_above_a_running_replay_is_rerequested_meanwhile() -> None:
     p = Plant()
     rec = Recovery(p.seq, RecoveryConfig(replay_threshold=100))
     p.packet(A, 1001, 10, 0.0)
-    assert rec.handle_timer(0.01) == [Replay(1, 1001)]
+    assert due(rec, 0.01) == [Replay(1, 1001)]
     p.packet(A, 5001, 10, 0.5)  # an outage: [1011, 5001) is over the threshold
-    assert rec.handle_timer(0.51) == [Rerequest(1011, 1000)]  # the replay is busy below it
+    assert due(rec, 0.51) == [Rerequest(1011, 1000)]  # the replay is busy below it
     p.packet(RR, 1011, 3990, 0.6)
     assert p.lost == [] and [(g.start, g.end) for g in p.seq.gaps] == [(1, 1001)]
     p.packet(RP, 1, 1000, 0.7)

@@ -10,7 +10,6 @@ and replays are served while the lines run at full speed, and through the end of
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import ipaddress
 import math
@@ -31,7 +30,7 @@ from tickerplant.exchange.publisher import (
 )
 from tickerplant.exchange.rerequest_server import RerequestServer
 from tickerplant.exchange.synthetic import SyntheticMarket
-from tickerplant.io.loop import clock, delay
+from tickerplant.io.loop import Timer, clock
 from tickerplant.io.multicast import DEFAULT_SNDBUF, Line, LineConfig, SentLog, write_sent_log
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.ops.config import ConfigError
@@ -366,11 +365,16 @@ async def _drive(
     on_progress: Callable[[ExchangeSummary], None] | None,
     snapshot: Callable[[str | None], ExchangeSummary],
 ) -> str | None:
-    """Tick the publisher until its session has ended; returns why the source failed, if it did."""
+    """Run the publisher on its timer until its session has ended; returns why the source
+    failed, if it did. ``stop`` fires the timer at once (the publisher starts its end of
+    session); progress is reported at least every PROGRESS_INTERVAL."""
+    done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
     error: str | None = None
     next_progress = clock() + PROGRESS_INTERVAL
     ended = False
-    while not publisher.done:
+
+    def step() -> None:
+        nonlocal error, next_progress, ended
         now = clock()
         if stop is not None and stop.is_set():
             publisher.finish(now, STOPPED_END_OF_SESSION)
@@ -389,16 +393,35 @@ async def _drive(
             next_progress = now + PROGRESS_INTERVAL
             on_progress(snapshot(error))
         if deadline is None:
-            break
-        wait = delay(deadline, clock())
-        if wait <= 0:
-            await asyncio.sleep(0)
-        elif stop is None or stop.is_set():
-            await asyncio.sleep(min(wait, PROGRESS_INTERVAL))
+            done.set_result(error)
         else:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), min(wait, PROGRESS_INTERVAL))
-    return error
+            timer.arm(min(deadline, next_progress))
+
+    def guarded() -> None:
+        # A callback's exception would go to the loop's handler, not to whoever awaits the run.
+        if done.done():
+            return
+        try:
+            step()
+        except BaseException as exc:
+            done.set_exception(exc)
+
+    def stopped(_: object) -> None:
+        timer.cancel()
+        guarded()
+
+    timer = Timer(guarded)
+    waiter = asyncio.ensure_future(stop.wait()) if stop is not None else None
+    if waiter is not None:
+        waiter.add_done_callback(stopped)
+    guarded()
+    try:
+        return await done
+    finally:
+        timer.cancel()
+        if waiter is not None:
+            waiter.remove_done_callback(stopped)
+            waiter.cancel()
 
 
 def _summary(

@@ -35,7 +35,6 @@ from tickerplant.session.events import (
     Event,
     GapLost,
     GapRepaired,
-    LineStateChanged,
     Repair,
     SessionEnded,
     SessionStarted,
@@ -270,9 +269,10 @@ class FeedSession:
         live = self.liveness.get(source)
         if live is not None:
             if messages:
-                self._line_state(live.heard_data(now))
+                live.heard_data(now)
             elif heartbeats:
-                self._line_state(live.heard_heartbeat(now))
+                live.heard_heartbeat(now)
+            self._line_state(live)
         self._advance(now)
 
     def receive_replay(self, session: bytes, first: int, count: int, blocks: bytes,
@@ -304,7 +304,8 @@ class FeedSession:
 
     def handle_timer(self, now: float) -> None:
         for live in self.liveness.values():
-            self._line_state(live.handle_timer(now))
+            live.handle_timer(now)
+            self._line_state(live)
         self._line_timer = self._next_line_timer()
         self.sequencer.handle_timer(now)
         self._advance(now)
@@ -395,7 +396,8 @@ class FeedSession:
         rec = self.recovery
         timer = rec.get_timer()
         if seq.gaps or (timer is not None and now >= timer):
-            for action in rec.handle_timer(now):
+            rec.handle_timer(now)
+            while (action := rec.next_event()) is not None:
                 if isinstance(action, Rerequest):
                     if seq.session is not None:
                         self._datagrams.append(
@@ -407,14 +409,15 @@ class FeedSession:
                     self._outputs.append(ReplayStart(seq.session, action.first, action.end))
                 elif isinstance(action, CancelReplay):
                     self._cancel_replay("stalled: nothing delivered for replay_stall seconds")
-        for item in seq.take():
-            self._deliver(item)
-        for event in seq.take_events():
-            if isinstance(event, GapRepaired):
-                kind = event.repaired_by.repair
-                self.counters.sources[event.revealed_by].gaps_repaired[kind] += 1
-                self.latencies[kind].add(event.latency)
-            self._outputs.append(event)
+        while (item := seq.next_event()) is not None:
+            if isinstance(item, Batch | GapLost | SessionStarted | SessionEnded):
+                self._deliver(item)
+                continue
+            if isinstance(item, GapRepaired):
+                kind = item.repaired_by.repair
+                self.counters.sources[item.revealed_by].gaps_repaired[kind] += 1
+                self.latencies[kind].add(item.latency)
+            self._outputs.append(item)
 
     def _deliver(self, item: Delivery) -> None:
         if isinstance(item, Batch):
@@ -446,8 +449,8 @@ class FeedSession:
             self.counters.skipped_unreported += first - self._next_delivery
             log.error("messages [%d, %d) skipped without a GapLost", self._next_delivery, first)
 
-    def _line_state(self, change: LineStateChanged | None) -> None:
-        if change is not None:
+    def _line_state(self, live: Liveness) -> None:
+        while (change := live.next_event()) is not None:
             self._outputs.append(change)
             self._line_timer = self._next_line_timer()
 

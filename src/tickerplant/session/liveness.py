@@ -1,11 +1,14 @@
 """Line health: each line is up (messages), quiet (heartbeats only) or down (silence).
 
-Pure, with the session machines' one clock interface: the feed session reports what it heard
-and when (a line that comes back is up or quiet at once), and calls :meth:`Liveness.handle_timer`
-at :meth:`Liveness.get_timer`, the moment the line would turn quiet or down if nothing came.
+Pure, with the session machines' one clock interface and one way out: the feed session reports
+what it heard and when (a line that comes back is up or quiet at once), calls
+:meth:`Liveness.handle_timer` at :meth:`Liveness.get_timer`, the moment the line would turn
+quiet or down if nothing came, and takes each change from :meth:`Liveness.next_event`.
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 from tickerplant.ops.config import ConfigError
 from tickerplant.session.events import LineState, LineStateChanged, Source
@@ -25,15 +28,16 @@ class Liveness:
         self._last_data = float("-inf")
         self._last_heard = float("-inf")
         self.state = LineState.DOWN
+        self._events: deque[LineStateChanged] = deque()
 
-    def heard_data(self, now: float) -> LineStateChanged | None:
+    def heard_data(self, now: float) -> None:
         self._last_data = now
         self._last_heard = now
-        return self._move(now)
+        self._move(now)
 
-    def heard_heartbeat(self, now: float) -> LineStateChanged | None:
+    def heard_heartbeat(self, now: float) -> None:
         self._last_heard = now
-        return self._move(now)
+        self._move(now)
 
     def get_timer(self) -> float | None:
         """When the state changes if nothing more is heard (None: down, it waits for traffic)."""
@@ -44,8 +48,12 @@ class Liveness:
             return down_at
         return None
 
-    def handle_timer(self, now: float) -> LineStateChanged | None:
-        return self._move(now)
+    def handle_timer(self, now: float) -> None:
+        self._move(now)
+
+    def next_event(self) -> LineStateChanged | None:
+        """The oldest change not yet taken (None: the line is where it was)."""
+        return self._events.popleft() if self._events else None
 
     def _state_at(self, now: float) -> LineState:
         # Deadlines are reached, not passed: a timer set for one must find the change there.
@@ -55,10 +63,8 @@ class Liveness:
             return LineState.UP
         return LineState.QUIET
 
-    def _move(self, now: float) -> LineStateChanged | None:
+    def _move(self, now: float) -> None:
         new = self._state_at(now)
-        if new is self.state:
-            return None
-        change = LineStateChanged(self.line, self.state, new)
-        self.state = new
-        return change
+        if new is not self.state:
+            self._events.append(LineStateChanged(self.line, self.state, new))
+            self.state = new

@@ -1,16 +1,18 @@
 """Gap recovery: wait for the other line, then re-request, then replay, then give up.
 
-Sans-I/O like aioquic's loss recovery, with the session machines' one clock interface:
-:meth:`Recovery.handle_timer` takes ``now``, looks at the sequencer's outstanding gaps and returns
-what is due (:class:`Rerequest`, :class:`Replay`, :class:`CancelReplay`); :meth:`Recovery.get_timer`
-says when to call it again. It is also called whenever new gaps appear. The feed session performs
-the actions and feeds whatever comes back into the sequencer as data from ``Source.REREQUEST`` or
-``Source.REPLAY``. A gap that no means has filled by ``give_up_after`` is handed back to the
-sequencer as lost, which puts a GapLost marker in the stream: nothing is skipped silently.
+Sans-I/O like aioquic's loss recovery, with the session machines' one clock interface and one
+way out: :meth:`Recovery.handle_timer` takes ``now`` and looks at the sequencer's outstanding
+gaps; :meth:`Recovery.next_event` gives what it found due (:class:`Rerequest`, :class:`Replay`,
+:class:`CancelReplay`); :meth:`Recovery.get_timer` says when to call it again. It is also called
+whenever new gaps appear. The feed session performs the actions and feeds whatever comes back
+into the sequencer as data from ``Source.REREQUEST`` or ``Source.REPLAY``. A gap that no means
+has filled by ``give_up_after`` is handed back to the sequencer as lost, which puts a GapLost
+marker in the stream: nothing is skipped silently.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 from tickerplant.ops.config import check
@@ -91,17 +93,19 @@ class Recovery:
         self._replay_retry_at = 0.0
         self._timer: float | None = None
         self.counters = RecoveryCounters()
+        self._actions: deque[Action] = deque()
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` next has something to do (None: nothing outstanding)."""
         return self._timer
 
-    def handle_timer(self, now: float) -> list[Action]:
-        """What is due at ``now``: requests to send, a replay to start or cancel; gaps past
-        ``give_up_after`` are handed back to the sequencer as lost."""
+    def handle_timer(self, now: float) -> None:
+        """Find what is due at ``now`` (requests to send, a replay to start or cancel, for
+        :meth:`next_event`); gaps past ``give_up_after`` are handed back to the sequencer as
+        lost."""
         cfg = self.config
         seq = self.sequencer
-        actions: list[Action] = []
+        actions = self._actions
         deadline = float("inf")
         requests = 0
         if self.replaying is not None:
@@ -161,7 +165,10 @@ class Recovery:
                     deadline = min(deadline, self._replay_retry_at)
         self.counters.rerequests_sent += requests
         self._timer = deadline if deadline != float("inf") else None
-        return actions
+
+    def next_event(self) -> Action | None:
+        """The oldest action found due and not yet taken (None: nothing to do)."""
+        return self._actions.popleft() if self._actions else None
 
     def reset(self) -> None:
         """A new session: whatever was under way belonged to the old one."""

@@ -2,8 +2,10 @@
 
 Sans-I/O, in the shape of aioquic's connection: the feed handler hands in each packet's header
 fields and block stream with ``now``; the sequencer keeps the first copy of every sequence number,
-holds back what arrives early, records each gap with when and by whom it was seen, and queues
-in-order :class:`Batch` es (and :class:`GapLost` markers, in stream position) for :meth:`take`.
+holds back what arrives early, records each gap with when and by whom it was seen, and gives,
+one at a time from :meth:`next_event`, in-order :class:`Batch` es (with :class:`GapLost` markers
+and session markers in stream position), then what it noticed on the way (repairs, suspects
+decided).
 
 State, all of it here:
 - ``expected``: the next sequence number to deliver; everything below it has been delivered or
@@ -21,6 +23,7 @@ its pieces share decides when it is over and who finished it.
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from dataclasses import dataclass, field
 
 from tickerplant.session.events import (
@@ -128,7 +131,8 @@ class Sequencer:
         self.suspect_wait = suspect_wait
         self.counters = SequencerCounters()
         self._out: list[tuple[int, int, Buffer] | Marker] = []
-        self.events: list[Event] = []
+        self._events: list[Event] = []
+        self._ready: deque[Delivery | Event] = deque()  # drained from the two, in that order
         self._reset(first_sequence)
 
     def _reset(self, first_sequence: int) -> None:
@@ -260,7 +264,7 @@ class Sequencer:
             self.counters.suspects_accepted += 1
         else:
             self.counters.suspects_rejected += 1
-        self.events.append(SuspectDecided(suspect.source, suspect.sequence, suspect.count,
+        self._events.append(SuspectDecided(suspect.source, suspect.sequence, suspect.count,
                                           accepted, now - suspect.at))  # fmt: skip
         if accepted:
             self._admit(suspect, now)
@@ -282,11 +286,19 @@ class Sequencer:
 
     # ---- outputs ------------------------------------------------------------------------------
 
-    def take(self) -> list[Delivery]:
-        """Everything delivered since the last call, in stream order: batches of messages, lost
-        gaps, and the session markers between them."""
-        if not self._out:
-            return []
+    def next_event(self) -> Delivery | Event | None:
+        """The oldest output not yet taken (None: none until the next input): what was
+        delivered, in stream order (batches of messages, each run of contiguous pieces joined
+        into one; lost gaps; the session markers between them), then the repairs and suspects
+        decided meanwhile."""
+        if not self._ready:
+            self._ready.extend(self._batches())
+            self._out = []
+            self._ready.extend(self._events)
+            self._events = []
+        return self._ready.popleft() if self._ready else None
+
+    def _batches(self) -> list[Delivery]:
         out: list[Delivery] = []
         run: list[Buffer] = []
         first = count = 0
@@ -304,12 +316,7 @@ class Sequencer:
             count += item[1]
         if run:
             out.append(Batch(first, count, b"".join(run)))
-        self._out = []
         return out
-
-    def take_events(self) -> list[Event]:
-        events, self.events = self.events, []
-        return events
 
     def get_timer(self) -> float | None:
         """When the suspect set aside is due to be decided (None: there is none)."""
@@ -424,7 +431,7 @@ class Sequencer:
         if record.pieces or record.lost or source is None:
             return  # a lost gap is reported by its GapLost marker, in stream position
         age = now - record.opened_at
-        self.events.append(GapRepaired(record.start, record.end, record.revealed_by, source, age))
+        self._events.append(GapRepaired(record.start, record.end, record.revealed_by, source, age))
 
     def _hold(self, sequence: int, count: int, blocks: Buffer) -> None:
         previous = self._held.get(sequence)
