@@ -31,6 +31,7 @@ import resource
 import selectors
 import socket
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -180,8 +181,8 @@ def conflated_server(port: int, clients: int, symbols: int, bbo_rate: float, sec
         def locate(self, symbol: bytes) -> int | None:
             return None
 
-        def images(self, locates: list[int]) -> bytes:
-            return b""
+        def images(self, locates: list[int]) -> Callable[[], bytes]:
+            return lambda: b""
 
     journal = Journal(b"CONFLATE01")
     rng = np.random.default_rng(1)

@@ -136,10 +136,17 @@ print(" ".join(str(got[s]) for s in socks), flush=True)
 """
 
 
-def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(count: int, kind: socket.SocketKind = socket.SOCK_STREAM) -> list[int]:
+    """``count`` distinct free ports: held open while picked (a port freed and asked for again
+    may come back, and two clients bound to one port cannot both connect to the plant)."""
+    socks = [socket.socket(socket.AF_INET, kind) for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @dataclass
@@ -154,12 +161,10 @@ class Setup:
 
     @classmethod
     def free(cls) -> Setup:
-        udp, tcp = socket.SOCK_DGRAM, socket.SOCK_STREAM
-        return cls(Endpoint("239.192.96.1", free_port(udp)),
-                   Endpoint("239.192.96.2", free_port(udp)),
-                   Endpoint("127.0.0.1", free_port(udp)), Endpoint("127.0.0.1", free_port(tcp)),
-                   Endpoint("127.0.0.1", free_port(tcp)), Endpoint("127.0.0.1", free_port(tcp)),
-                   Endpoint("127.0.0.1", free_port(tcp)))  # fmt: skip
+        a, b, rerequest = free_ports(3, socket.SOCK_DGRAM)
+        replay, itch, events, glimpse = free_ports(4)
+        return cls(Endpoint("239.192.96.1", a), Endpoint("239.192.96.2", b),
+                   *(Endpoint("127.0.0.1", p) for p in (rerequest, replay, itch, events, glimpse)))
 
     def config(self, settings: list[str]) -> str:
         """``tickerplant run``'s config: these addresses, ``settings`` (``table.key=TOML``, to
@@ -376,7 +381,7 @@ def one_run(args: argparse.Namespace, work: Path, index: int) -> dict[str, Any]:
     try:
         wait_listening(setup.itch, 60, "the plant")
         stream = setup.events if args.stream == "events" else setup.itch
-        ports = [free_port() for _ in range(args.clients)]
+        ports = free_ports(args.clients)
         sampled = ports[: args.sampled]
         lines = f"udp dst port {setup.line_a.port} or udp dst port {setup.line_b.port}"
         tcp = " or ".join(f"dst port {p}" for p in sampled)

@@ -3,6 +3,7 @@ consumer policies on them, on a fake clock (no socket, no sleep)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from tickerplant.exchange.synthetic import SyntheticMarket
 from tickerplant.session.events import Batch
 from tickerplant.session.fanout import (
     CONFLATE_INTERVAL,
+    BuildImages,
     FanOut,
     FanOutLimits,
     Lagging,
@@ -151,14 +153,14 @@ class Catalog:
     def locate(self, symbol: bytes) -> int | None:
         return self.symbols.get(symbol)
 
-    def images(self, locates: list[int]) -> bytes:
+    def images(self, locates: list[int]) -> Callable[[], bytes]:
         out = b""
-        for locate in locates:
+        for locate in locates:  # the state now: what the journal holds
             block = ev.blocks(ev.BBO, 1)
             block["flags"], block["locate"] = ev.IMAGE, locate
             block["sequence"] = len(self.journal)
             out += block.tobytes()
-        return out
+        return lambda: out
 
 
 class EventLink(Link):
@@ -166,7 +168,22 @@ class EventLink(Link):
 
     def __init__(self, fanout: FanOut[Any], now: float, sequence: int = 0, **kw: Any) -> None:
         self.records: list[tuple[Any, ...]] = []
+        self.hold_images = False  # io has not built them yet: build_images() does
         super().__init__(fanout, now, sequence, **kw)
+
+    def service(self, now: float) -> None:
+        super().service(now)
+        if not self.hold_images:
+            self.build_images(now)
+
+    def build_images(self, now: float) -> None:
+        """What io does with BuildImages (off the loop, there): build, hand back, service."""
+        asked = [e for e in self.events if isinstance(e, BuildImages)]
+        self.events = [e for e in self.events if not isinstance(e, BuildImages)]
+        for event in asked:
+            self.sub.images_built(event.number, event.build())
+        if asked:
+            self.service(now)
 
     def request(self, message: bytes, now: float) -> None:
         self.sub.receive_data(encode(Request(message)), now)
@@ -227,6 +244,34 @@ def test_a_narrowed_client_gets_its_symbols_and_the_market_each_group_encoded_on
     narrow.read(0.0)
     assert narrow.records[-1] == (b"b", 0, 9, 1)
     assert fanout.counters.subscriptions == 5
+
+
+def test_images_built_off_the_loop_go_first_in_the_order_asked_and_nothing_passes_them() -> None:
+    journal = Journal(SESSION)
+    fanout = events_fanout(journal)
+    link = EventLink(fanout, 0.0)
+    link.hold_images = True
+    link.request(b"+AAA     ", 0.0)
+    publish(fanout, journal, bbo(1, 1, 10))  # meanwhile: it waits in the journal for the image
+    link.request(b"+BBB     ", 0.0)
+    publish(fanout, journal, bbo(2, 2, 20), bbo(3, 1, 11))
+    fanout.end_session()
+    link.read(0.0)
+    assert link.records == [] and not link.sub.live and link.sub.imaging
+    first, second = [e for e in link.events if isinstance(e, BuildImages)]
+    link.events.clear()
+    link.sub.images_built(second.number, second.build())  # the second is built first
+    link.service(0.0)
+    link.read(0.0)
+    assert link.records == []  # it waits for the first
+    link.sub.images_built(first.number, first.build())
+    link.service(0.0)
+    link.read(0.0)
+    # AAA's image as of nothing, BBB's as of 1; then AAA's update 1 (after its image) and
+    # both updates since; then End of Session, only now.
+    assert link.records == [(b"b", 1, 0, 1), (b"b", 1, 1, 2), (b"b", 0, 1, 1), (b"b", 0, 2, 2),
+                            (b"b", 0, 3, 1)]
+    assert not link.sub.imaging and link.sub.closed
 
 
 def test_a_client_resuming_narrowed_gets_its_symbols_from_its_number_without_images() -> None:

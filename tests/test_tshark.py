@@ -14,6 +14,7 @@ import asyncio
 import socket
 import subprocess
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -300,7 +301,7 @@ def test_the_events_stream_and_a_subscription_request_decode_cleanly(tmp_path: P
     Unsequenced Data request decode with no malformed packet and no warning."""
     from test_book_engine import directory, stream
     from tickerplant.book import BookEngine
-    from tickerplant.book.normalize import images, records
+    from tickerplant.book.normalize import images, imaging, records
     from tickerplant.client import Events, Lost, subscribe
     from tickerplant.endpoint import Endpoint
     from tickerplant.wire import events as ev
@@ -323,8 +324,8 @@ def test_the_events_stream_and_a_subscription_request_decode_cleanly(tmp_path: P
         def locate(self, symbol: bytes) -> int | None:
             return 5 if symbol == b"ZVZZT   " else None
 
-        def images(self, locates: list[int]) -> bytes:
-            return images(engine, locates, len(journal), 5, depth=3)
+        def images(self, locates: list[int]) -> Callable[[], bytes]:
+            return imaging(engine, locates, len(journal), 5, depth=3)
 
     got: list[object] = []
 

@@ -17,6 +17,7 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -151,9 +152,9 @@ class _Catalog:
             self._symbols = engine.symbol_count
         return self._by_symbol.get(symbol)
 
-    def images(self, locates: list[int]) -> bytes:
+    def images(self, locates: list[int]) -> Callable[[], bytes]:
         plant = self._plant
-        return normalize.images(
+        return normalize.imaging(
             plant.books.engine, locates, plant.event_stream.next_sequence - 1,
             plant._books_at - 1, plant.config.events.depth,
         )  # fmt: skip

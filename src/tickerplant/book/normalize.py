@@ -8,10 +8,13 @@ caused (the execution, then the book it left).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import numpy as np
 import numpy.typing as npt
 
-from tickerplant.book.engine import BookEngine, EventBatch
+from tickerplant.book.engine import BookEngine, EventBatch, Images
 from tickerplant.wire import events as ev
 from tickerplant.wire import itch
 from tickerplant.wire.blocks import as_array, offsets_of
@@ -91,9 +94,24 @@ def images(engine: BookEngine, locates: list[int], sequence: int, source: int,
     """The current state of ``locates`` as image blocks: per locate its symbol, its BBO, its trading
     action and Reg SHO status (when the day gave them), its best ``depth`` levels per side;
     then the market's system event. ``sequence`` and ``source``: the last numbers the state
-    includes. Built for all the locates at once, each kind as one array, then put in order."""
+    includes."""
+    return imaging(engine, locates, sequence, source, depth)()
+
+
+def imaging(engine: BookEngine, locates: list[int], sequence: int, source: int,
+            depth: int) -> Callable[[], bytes]:  # fmt: skip
+    """:func:`images` in two steps: the books' state is taken now (one gather, a copy), and
+    the function returned encodes it, reading nothing of the books: it may run on a thread
+    while they go on. Built for all the locates at once, each kind as one array, then put in
+    order."""
     at = np.asarray(locates, dtype=np.int64)
     state = engine.images(at, depth)
+    market_state = engine.market_state
+    return partial(_images, state, at, sequence, source, market_state)
+
+
+def _images(state: Images, at: npt.NDArray[np.int64], sequence: int, source: int,
+            market_state: str) -> bytes:  # fmt: skip
     everyone = np.arange(at.shape[0])
     # Each part: its blocks, and their place: the locate's position in the order asked (the
     # market's last), then the part's order within a locate, then the level.
@@ -123,9 +141,9 @@ def images(engine: BookEngine, locates: list[int], sequence: int, source: int,
     rows["level"] = state.level
     for name in ("price", "size", "orders"):
         rows[name] = state.depth[name]
-    if engine.market_state:
+    if market_state:
         market = part(ev.STATUS, np.array([at.shape[0]]), 0)
-        market["status"], market["code"] = ord("S"), ord(engine.market_state)
+        market["status"], market["code"] = ord("S"), ord(market_state)
     raw = np.dtype((np.void, ev.BLOCK_SIZE))
     blocks = np.concatenate([block.view(raw) for block, _, _, _ in parts])
     position, order, level = (np.concatenate([p[k] for p in parts]) for k in (1, 2, 3))

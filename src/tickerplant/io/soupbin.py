@@ -17,12 +17,14 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Generic, Protocol, TypeVar, cast
 
 from tickerplant.endpoint import Endpoint
 from tickerplant.io.loop import Timer, clock, delay
 from tickerplant.ops.logs import fields
 from tickerplant.session.fanout import (
+    BuildImages,
     Catalog,
     CheckPassword,
     Dropped,
@@ -237,6 +239,17 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
                 at = clock() + wait
             self._reset = self.loop.call_later(delay(at, clock()), transport.abort)
 
+    def _built(self, number: int, build: asyncio.Future[bytes]) -> None:
+        if build.cancelled():
+            return  # the loop is closing
+        error = build.exception()
+        if error is not None:  # our bug, not the client's: it is told, and nothing is skipped
+            log.error("images for %s failed", self.peer, exc_info=error, extra=self._fields())
+            self.shutdown(f"images failed: {type(error).__name__}")
+            return
+        self.session.images_built(number, build.result())
+        self.service()
+
     def _checked(self, check: asyncio.Future[bool]) -> None:
         ok = not check.cancelled() and check.exception() is None and check.result()
         self.session.password_checked(ok, clock())
@@ -252,7 +265,10 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
                 self.transport.close()
 
     def on_event(self, event: object) -> None:
-        if isinstance(event, CheckPassword):
+        if isinstance(event, BuildImages):
+            build = self.loop.run_in_executor(None, event.build)
+            build.add_done_callback(partial(self._built, event.number))
+        elif isinstance(event, CheckPassword):
             verify = self.verify
             if verify is None:
                 raise RuntimeError("a fan-out with users needs a verify function")

@@ -23,6 +23,10 @@ The policy, all of it here:
   judged: past ``max_backlog`` the subscriber is sent a Debug packet saying why and closed, and
   its connection is reset ``linger`` seconds later. :meth:`FanOut._slow_consumer` is the one place
   that decides, where per-user policies (conflate, skip) would choose.
+- *Imaging* (events, symbols added at the live end): their state is taken at once and encoded
+  off the loop (:class:`BuildImages`, answered by :meth:`Subscriber.images_built`); until every
+  image asked for has gone, in the order asked, the subscriber is sent nothing else and what is
+  published meanwhile waits in the journal for it, as for one catching up.
 - *Conflated* (events, a ``conflate`` user): its kernel is asked to hold at most
   ``conflate_unsent`` bytes unsent (io sets TCP_NOTSENT_LOWAT, told by :class:`Subscribed`), so
   that what cannot go waits in io where it is seen; past that much held it is a slow consumer,
@@ -44,7 +48,7 @@ import bisect
 import enum
 import ipaddress
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -107,8 +111,9 @@ class Catalog(Protocol):
         """The locate of ``symbol`` (8 bytes, space-padded) today, None if unknown."""
         ...
 
-    def images(self, locates: list[int]) -> bytes:
-        """Image records (wire.events) of ``locates``'s current state, as blocks."""
+    def images(self, locates: list[int]) -> Callable[[], bytes]:
+        """``locates``'s current state, taken now; the function returned encodes it as image
+        records (wire.events blocks) from what was taken, so it may run on a thread."""
         ...
 
 
@@ -198,9 +203,18 @@ class CheckPassword:
     password: bytes = field(repr=False)
 
 
+@dataclass(frozen=True, slots=True)
+class BuildImages:
+    """io: run ``build`` off the loop (it encodes a state already taken), then call
+    :meth:`Subscriber.images_built` with ``number`` and what it returned."""
+
+    number: int
+    build: Callable[[], bytes] = field(repr=False)
+
+
 # What a subscriber tells io: its session's events, the login as accepted, a drop (to log), a
-# password to check.
-SubscriberEvent = Event | Subscribed | Dropped | Lagging | CheckPassword
+# password to check, images to encode.
+SubscriberEvent = Event | Subscribed | Dropped | Lagging | CheckPassword | BuildImages
 
 
 class Subscriber(Generic[H]):
@@ -237,6 +251,11 @@ class Subscriber(Generic[H]):
         # publish budget by the server's own limit, not by its slowness).
         self._round_at = 0.0
         self._until_quiet = False
+        # Images asked for (BuildImages numbers from 0), those io has built and not yet sent,
+        # and the number of the next to send: they go in the order asked, before anything else.
+        self._images_asked = 0
+        self._images_built: dict[int, bytes] = {}
+        self._images_sent = 0
 
     @property
     def active(self) -> bool:
@@ -246,7 +265,13 @@ class Subscriber(Generic[H]):
     @property
     def live(self) -> bool:
         """Caught up: the next publish is pushed to it."""
-        return self.active and self.cursor == self._fanout.published and self.lagging is None
+        return (self.active and self.cursor == self._fanout.published and self.lagging is None
+                and not self.imaging)  # fmt: skip
+
+    @property
+    def imaging(self) -> bool:
+        """Images asked for are still being built: nothing else goes until they have."""
+        return self._images_sent < self._images_asked
 
     @property
     def closed(self) -> bool:
@@ -317,6 +342,18 @@ class Subscriber(Generic[H]):
         else:
             self.session.reject(NOT_AUTHORIZED)
         fanout._absorb(self)
+
+    def images_built(self, number: int, blocks: bytes) -> None:
+        """io's answer to :class:`BuildImages` ``number``: its image blocks. They go in the
+        order asked; the last sent, what was published meanwhile follows, in turns."""
+        self._images_built[number] = blocks
+        while self._images_sent in self._images_built:
+            blocks = self._images_built.pop(self._images_sent)
+            self._images_sent += 1
+            if self.active:
+                self._fanout._send_images(self, blocks)
+        if not self.imaging:
+            self._budget = self._fanout.limits.turn_bytes
 
     def next_event(self) -> SubscriberEvent | None:
         return self._events.popleft() if self._events else None
@@ -530,7 +567,8 @@ class FanOut(Generic[H]):
         behind: list[Subscriber[H]] = []
         for subscriber in self._subscribers:
             if subscriber.active:
-                at_end = subscriber.cursor == old and subscriber.lagging is None
+                at_end = (subscriber.cursor == old and subscriber.lagging is None
+                          and not subscriber.imaging)  # fmt: skip
                 (live if at_end else behind).append(subscriber)
         self._shared.clear()
         deferred: list[Subscriber[H]] = []
@@ -680,23 +718,30 @@ class FanOut(Generic[H]):
         subscriber.locates, subscriber.group = locates, locates.tobytes()
         for locate in had - now:
             subscriber._since.pop(locate, None)
-        if op == b"+" and subscriber.active and subscriber.cursor >= self._published:
+        # One waiting for images is behind only for them: it was at the live end when it asked.
+        at_end = subscriber.cursor >= self._published or subscriber.imaging
+        if op == b"+" and subscriber.active and at_end:
             self._images(subscriber, sorted(chosen - had))
 
     def _images(self, subscriber: Subscriber[H], locates: list[int]) -> None:
-        """The state of ``locates`` now, then their records from the next number on."""
+        """The state of ``locates`` now (taken now, encoded by io off the loop), then their
+        records from the next number on."""
         if not locates or self.catalog is None:
             return
         for locate in locates:
             subscriber._since[locate] = self._published
-        blocks = self.catalog.images(locates)
+        build = self.catalog.images(locates)
+        subscriber._events.append(BuildImages(subscriber._images_asked, build))
+        subscriber._images_asked += 1
+
+    def _send_images(self, subscriber: Subscriber[H], blocks: bytes) -> None:
         packets = encode_sequenced(blocks)
         subscriber.session.send_sequenced(packets, len(blocks) // ev.BLOCK_SIZE)
         self.counters.bytes_sent += len(packets)
 
     def _catch_up(self, subscriber: Subscriber[H], now: float) -> None:
         """One chunk from the journal, if it is behind and its socket and its turn allow."""
-        if not subscriber.active:
+        if not subscriber.active or subscriber.imaging:
             return
         if subscriber.lagging is Policy.SKIP and not subscriber.paused:
             self._skip(subscriber)
@@ -796,7 +841,8 @@ class FanOut(Generic[H]):
         subscriber.cursor = upto
 
     def _maybe_end(self, subscriber: Subscriber[H]) -> bool:
-        if not (self._ending and subscriber.active and subscriber.cursor >= self._published):
+        if not (self._ending and subscriber.active and subscriber.cursor >= self._published
+                and not subscriber.imaging):  # fmt: skip
             return False
         subscriber.session.end_session()
         self._absorb(subscriber)
