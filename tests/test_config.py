@@ -9,7 +9,8 @@ import pytest
 
 from tickerplant import cli
 from tickerplant.endpoint import Endpoint
-from tickerplant.ops.config import ConfigError, default, load, load_file
+from tickerplant.errors import ConfigError
+from tickerplant.ops.config import default, load, load_file
 from tickerplant.session.feed import FeedConfig
 from tickerplant.session.recovery import RecoveryConfig
 

@@ -27,7 +27,7 @@ from tickerplant.session.soupbin import (
     DebugReceived,
     Event,
     LoggedIn,
-    ProtocolError,
+    ProtocolViolated,
     SoupClientSession,
 )
 from tickerplant.wire.blocks import join_messages
@@ -312,7 +312,7 @@ def test_failed_logins_and_broken_protocol_are_counted_and_never_subscribed() ->
     junk = fanout.connect("junk", 0.0)
     login = SoupClientSession(0.0, password=b"secret").data_to_send(0.0)
     junk.receive_data(login + b"\x00\x01Q", 0.0)  # the login, then an unknown packet type
-    assert [type(e) for e in drain(junk)] == [ProtocolError, Closed]
+    assert [type(e) for e in drain(junk)] == [ProtocolViolated, Closed]
     counters = fanout.counters
     assert (counters.rejected, counters.timeouts, counters.protocol_errors) == (1, 1, 1)
     assert counters.logins == 0 and counters.connections == 3

@@ -8,10 +8,10 @@ import pytest
 
 from harness import ports, until
 from tickerplant.endpoint import Endpoint
+from tickerplant.errors import ConfigError
 from tickerplant.feed.handler import FeedHandler
 from tickerplant.io.multicast import open_sender
 from tickerplant.io.soupbin import SoupServer
-from tickerplant.ops.config import ConfigError
 from tickerplant.session.events import Batch, Event, GapLost, SessionEnded, Source
 from tickerplant.session.feed import FeedConfig
 from tickerplant.session.journal import Journal

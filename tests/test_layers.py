@@ -14,7 +14,8 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = SRC / "tickerplant"
 
 # Modules every layer may import: they import only the standard library, numpy and numba.
-BASE = {"tickerplant", "tickerplant.jit", "tickerplant.endpoint", "tickerplant.ops.config"}
+BASE = {"tickerplant", "tickerplant.jit", "tickerplant.endpoint", "tickerplant.errors",
+        "tickerplant.ops.config"}
 PROCESS = {"wire", "session", "book", "io", "capture", "ops", "base"}
 # layer -> the layers it may import (its own package always)
 MAY_IMPORT: dict[str, set[str]] = {

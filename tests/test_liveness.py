@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tickerplant.ops.config import ConfigError
+from tickerplant.errors import ConfigError
 from tickerplant.session.events import LineState, LineStateChanged, Source
 from tickerplant.session.liveness import Liveness
 

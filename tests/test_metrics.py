@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness import ports, wait_until
 from tickerplant.endpoint import Endpoint
+from tickerplant.errors import ConfigError
 from tickerplant.io.web import WebServer
-from tickerplant.ops.config import ConfigError
 from tickerplant.ops.figures import EXCHANGE, REGISTRY, Kind
 from tickerplant.ops.metrics import Snapshot
 from tickerplant.session.feed import FeedConfig, FeedSession

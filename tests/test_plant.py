@@ -20,9 +20,10 @@ from tickerplant.book.normalize import records
 from tickerplant.client import Events, Lost, Reconnected, Record, SubscribeError, subscribe
 from tickerplant.client.subscribe import _split
 from tickerplant.endpoint import Endpoint
+from tickerplant.errors import ConfigError
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.ops import passwords
-from tickerplant.ops.config import ConfigError, example, load
+from tickerplant.ops.config import example, load
 from tickerplant.plant import EventsConfig, GlimpseConfig, Plant, PlantConfig, StreamConfig
 from tickerplant.session.events import Batch, GapLost, SessionEnded, SessionStarted, Source
 from tickerplant.session.feed import FeedConfig

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tickerplant.endpoint import Endpoint
+from tickerplant.errors import ConfigError
 from tickerplant.exchange.pacing import ItchClock, Pacer
 from tickerplant.exchange.publisher import Publisher, SourceError, drop_mask
 from tickerplant.exchange.simulator import (
@@ -27,7 +28,6 @@ from tickerplant.exchange.simulator import (
     run_exchange,
 )
 from tickerplant.io.multicast import Line, LineConfig, SentLog, open_receiver
-from tickerplant.ops.config import ConfigError
 from tickerplant.session.journal import Journal
 from tickerplant.wire.blocks import join_messages
 from tickerplant.wire.moldudp64 import (

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from tickerplant.ops.config import ConfigError
+from tickerplant.errors import ConfigError, LocalProtocolError
 from tickerplant.session.events import Batch
 from tickerplant.session.soupbin import (
     CloseCause,
     Closed,
     DebugReceived,
     Event,
-    LocalProtocolError,
     LoggedIn,
     LoginReceived,
-    ProtocolError,
+    ProtocolViolated,
     Rejected,
     SoupClientSession,
     SoupServerSession,
@@ -259,7 +258,7 @@ def test_debug_and_unsequenced_data_reach_the_application() -> None:
 def _expect_protocol_error(session: SoupSession, data: bytes, reason: str) -> None:
     session.receive_data(data, 0.0)
     events = drain(session)
-    assert isinstance(events[0], ProtocolError)
+    assert isinstance(events[0], ProtocolViolated)
     assert reason in events[0].reason
     assert events[-1] == Closed(CloseCause.PROTOCOL_ERROR, events[0].reason)
     # the peer is told why before the close

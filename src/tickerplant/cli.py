@@ -22,9 +22,10 @@ from rich.console import Console
 
 from tickerplant import endpoint
 from tickerplant.endpoint import Endpoint
+from tickerplant.errors import ConfigError
 from tickerplant.io.web import WebServer
 from tickerplant.ops import logs
-from tickerplant.ops.config import ConfigError, default
+from tickerplant.ops.config import default
 from tickerplant.ops.metrics import Snapshot
 
 T = TypeVar("T")

@@ -38,10 +38,10 @@ from tickerplant import endpoint
 from tickerplant.client import Conflated, Events, Lost, Reconnected, Skipped, subscribe
 from tickerplant.client.quotes import Quotes
 from tickerplant.endpoint import Endpoint
+from tickerplant.errors import ConfigError
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.io.web import WebServer
 from tickerplant.ops import logs
-from tickerplant.ops.config import ConfigError
 from tickerplant.ops.dashboard import LiveTable
 from tickerplant.ops.figures import summed
 from tickerplant.ops.metrics import Snapshot

@@ -25,12 +25,13 @@ from typing import Any, BinaryIO
 from tickerplant.book import normalize
 from tickerplant.book.snapshot import Directory, picture
 from tickerplant.endpoint import EVENTS, GLIMPSE, ITCH, LINE_A, LINE_B, REPLAY, REREQUEST, Endpoint
+from tickerplant.errors import ConfigError
 from tickerplant.feed.books import LiveBooks
 from tickerplant.feed.handler import FeedHandler
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.io.web import MetricsConfig
 from tickerplant.ops import passwords
-from tickerplant.ops.config import ConfigError, check
+from tickerplant.ops.config import check
 from tickerplant.session.events import Batch, Event, GapLost, SessionEnded, SessionStarted
 from tickerplant.session.fanout import FanOutLimits, Policy
 from tickerplant.session.feed import FeedConfig

@@ -52,7 +52,7 @@ from tickerplant.capture.messages import MessageParquetWriter
 from tickerplant.capture.parquet import EventParquetWriter, Events
 from tickerplant.capture.pcap import CaptureError
 from tickerplant.endpoint import Endpoint
-from tickerplant.ops.config import ConfigError
+from tickerplant.errors import ConfigError
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

@@ -32,6 +32,7 @@ from typing import BinaryIO
 import numpy as np
 import numpy.typing as npt
 
+from tickerplant.errors import InputError
 from tickerplant.jit import kernel
 from tickerplant.wire.blocks import U8, as_array, index_blocks
 from tickerplant.wire.itch import LENGTHS, MESSAGE_LENGTHS, describe_type
@@ -75,7 +76,7 @@ def inflater() -> tuple[str, ModuleType]:
     return next(iter(INFLATERS.items()))
 
 
-class ItchFileError(ValueError):
+class ItchFileError(InputError):
     """A file (or block stream) that is not a sequence of well-formed ITCH 5.0 messages."""
 
 

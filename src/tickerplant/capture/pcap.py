@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from tickerplant.errors import InputError
 from tickerplant.jit import kernel
 from tickerplant.wire.blocks import U8
 
@@ -54,7 +55,7 @@ LINK_NAMES = {ETHERNET: "ethernet", RAW: "raw", 12: "raw", 14: "raw", 228: "ipv4
               SLL: "linux_sll", SLL2: "linux_sll2", NULL: "null", LOOP: "loop"}  # fmt: skip
 
 
-class CaptureError(ValueError):
+class CaptureError(InputError):
     """A file that is not a pcap or pcapng capture, or one whose framing is broken."""
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tickerplant.endpoint import Endpoint
+from tickerplant.errors import RemoteError
 from tickerplant.io.loop import clock
 from tickerplant.io.soupbin import SoupConnection, connect
 from tickerplant.session.events import Batch
@@ -133,7 +134,7 @@ def _padded(symbols: list[str]) -> bytes:
     return out
 
 
-class SubscribeError(Exception):
+class SubscribeError(RemoteError):
     """The server refused the login: trying again the same way will not help."""
 
 

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from tickerplant.errors import InputError
 from tickerplant.exchange.pacing import AsFastAsPossible, Pacer
 from tickerplant.io.multicast import Line
 from tickerplant.session.journal import Journal
@@ -64,7 +65,7 @@ def drop_mask(
     return mask
 
 
-class SourceError(ValueError):
+class SourceError(InputError):
     """The message source handed over something the publisher cannot send."""
 
 

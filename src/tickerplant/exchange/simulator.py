@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 from tickerplant import endpoint
 from tickerplant.capture.lines import read_messages
 from tickerplant.endpoint import Endpoint
+from tickerplant.errors import ConfigError
 from tickerplant.exchange.pacing import AsFastAsPossible, FixedRate, ItchClock, Pacer
 from tickerplant.exchange.publisher import (
     END_OF_SESSION_SECONDS,
@@ -33,7 +34,6 @@ from tickerplant.exchange.synthetic import SyntheticMarket
 from tickerplant.io.loop import Timer, clock
 from tickerplant.io.multicast import DEFAULT_SNDBUF, Line, LineConfig, SentLog, write_sent_log
 from tickerplant.io.soupbin import SoupServer
-from tickerplant.ops.config import ConfigError
 from tickerplant.session.fanout import FanOutCounters
 from tickerplant.session.journal import Journal
 from tickerplant.session.rerequest import RerequestCounters, RerequestLimits

@@ -17,11 +17,11 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from tickerplant.errors import ConfigError
 from tickerplant.io.datagrams import DatagramDrain, Socket, open_connected
 from tickerplant.io.loop import LoopLag, Timer, clock
 from tickerplant.io.multicast import open_receiver
 from tickerplant.io.replay_client import ReplayClient
-from tickerplant.ops.config import ConfigError
 from tickerplant.ops.logs import DEFECT_REPORT, fields
 from tickerplant.session.events import (
     Batch,

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from tickerplant.errors import RemoteError
 from tickerplant.io.loop import clock
 from tickerplant.io.soupbin import SoupConnection
 from tickerplant.session.events import Batch
@@ -22,7 +23,7 @@ from tickerplant.session.soupbin import (
     Closed,
     DebugReceived,
     LoggedIn,
-    ProtocolError,
+    ProtocolViolated,
     Rejected,
     SoupClientSession,
     State,
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 OnMessages = Callable[[int, int, bytes], None]
 
 
-class ReplayError(Exception):
+class ReplayError(RemoteError):
     """The replay server refused us (login rejected): retrying the same way will not help."""
 
 
@@ -81,7 +82,7 @@ class _Fetch(SoupConnection[SoupClientSession]):
         elif isinstance(event, Rejected):
             reason = {b"A": "not authorized", b"S": "session not available"}.get(event.reason)
             self._fail(ReplayError(f"login rejected: {reason or event.reason!r}"))
-        elif isinstance(event, ProtocolError):
+        elif isinstance(event, ProtocolViolated):
             log.warning("replay server %s broke the protocol: %s", self.peer, event.reason)
         elif isinstance(event, Closed) and not self.done.done():
             self.done.set_result(event)

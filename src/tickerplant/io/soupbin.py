@@ -44,7 +44,7 @@ from tickerplant.session.soupbin import (
     CloseCause,
     Closed,
     Credentials,
-    ProtocolError,
+    ProtocolViolated,
 )
 from tickerplant.wire.soupbintcp import encode_sequenced
 
@@ -289,7 +289,7 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
                         event.policy.value, event.reason,
                         extra=self._fields(event="slow_consumer", policy=event.policy.value,
                                            reason=event.reason))  # fmt: skip
-        elif isinstance(event, ProtocolError):
+        elif isinstance(event, ProtocolViolated):
             log.warning("subscriber %s broke the protocol: %s", self.peer, event.reason,
                         extra=self._fields())  # fmt: skip
         elif isinstance(event, Closed):

@@ -43,7 +43,7 @@ from prometheus_client import (
 )
 
 from tickerplant.endpoint import Endpoint
-from tickerplant.ops.config import ConfigError
+from tickerplant.errors import ConfigError
 from tickerplant.ops.logs import EventRing
 from tickerplant.ops.metrics import FiguresCollector, Snapshot
 

@@ -20,24 +20,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tickerplant.errors import ConfigError
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A setting the user got wrong: ``field`` (a dotted path), what is wrong, and the fix.
-
-    The user's mistake, not ours: commands print it and exit 2, where a bug gets a traceback.
-    """
-
-    def __init__(self, field: str, problem: str, fix: str) -> None:
-        super().__init__(f"{field}: {problem}; {fix}")
-        self.field = field
-        self.problem = problem
-        self.fix = fix
-
-    def within(self, table: str) -> ConfigError:
-        """The same error, its field seen from the enclosing ``table``."""
-        return ConfigError(f"{table}.{self.field}" if table else self.field, self.problem, self.fix)
 
 
 def check(field: str, ok: bool, value: object, fix: str) -> None:

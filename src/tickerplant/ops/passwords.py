@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import secrets
 
-from tickerplant.ops.config import ConfigError
+from tickerplant.errors import ConfigError
 
 N, R, P = 1 << 14, 8, 1
 _KEY = 32

@@ -67,7 +67,7 @@ from tickerplant.session.soupbin import (
     Credentials,
     Event,
     LoginReceived,
-    ProtocolError,
+    ProtocolViolated,
     SoupServerSession,
     State,
     UnsequencedReceived,
@@ -653,7 +653,7 @@ class FanOut(Generic[H]):
             if isinstance(event, UnsequencedReceived):
                 self._request(subscriber, event.message)
                 continue
-            if isinstance(event, ProtocolError):
+            if isinstance(event, ProtocolViolated):
                 counters.protocol_errors += 1
             elif isinstance(event, Closed):
                 if event.cause is CloseCause.LOGIN_REJECTED:

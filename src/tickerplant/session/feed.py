@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from tickerplant.endpoint import Endpoint
-from tickerplant.ops.config import ConfigError
+from tickerplant.errors import ConfigError
 from tickerplant.session.events import (
     Batch,
     Event,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from tickerplant.ops.config import ConfigError
+from tickerplant.errors import ConfigError
 from tickerplant.session.events import LineState, LineStateChanged, Source
 
 

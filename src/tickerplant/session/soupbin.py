@@ -8,8 +8,8 @@ and after every call drains :meth:`data_to_send`, :meth:`next_event` and re-arms
 Liveness is the spec's: a side that has sent nothing for ``heartbeat_interval`` sends a heartbeat,
 and a side that has heard nothing for ``dead_after`` closes the link. Who broke the protocol
 decides what happens: bytes from the peer that are not SoupBinTCP, or a packet it may not send
-now, earn a Debug packet with the reason, a :class:`ProtocolError` event and a close; a wrong call
-from our own side raises :class:`LocalProtocolError`.
+now, earn a Debug packet with the reason, a :class:`ProtocolViolated` event and a close; a
+wrong call from our own side raises :class:`~tickerplant.errors.LocalProtocolError`.
 
 State, all of it here: ``state`` (a :class:`State`), the framer's unread bytes, the outbox, the
 event queue, when we last sent and last heard, and ``next_sequence``.
@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
+from tickerplant.errors import LocalProtocolError, MalformedPacket
 from tickerplant.ops.config import check
 from tickerplant.session.events import Batch
 from tickerplant.wire.soupbintcp import (
@@ -36,7 +37,6 @@ from tickerplant.wire.soupbintcp import (
     LoginRejected,
     LoginRequest,
     LogoutRequest,
-    MalformedPacket,
     Packet,
     ServerHeartbeat,
     Side,
@@ -106,7 +106,7 @@ class DebugReceived:
 
 
 @dataclass(frozen=True, slots=True)
-class ProtocolError:
+class ProtocolViolated:
     """The peer broke the protocol; a :class:`Closed` follows."""
 
     reason: str
@@ -127,13 +127,9 @@ Event = (
     | Batch
     | UnsequencedReceived
     | DebugReceived
-    | ProtocolError
+    | ProtocolViolated
     | Closed
 )
-
-
-class LocalProtocolError(RuntimeError):
-    """Our own side called the session at the wrong time: a bug, so it raises."""
 
 
 class SoupSession:
@@ -225,7 +221,7 @@ class SoupSession:
 
     def _protocol_error(self, reason: str) -> None:
         self._out.append(encode(Debug(reason.encode("ascii", "replace"))))
-        self._events.append(ProtocolError(reason))
+        self._events.append(ProtocolViolated(reason))
         self._close(CloseCause.PROTOCOL_ERROR, reason)
 
     def _close(self, cause: CloseCause, detail: str) -> None:

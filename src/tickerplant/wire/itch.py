@@ -25,8 +25,10 @@ from typing import Annotated, Any, Final, NamedTuple, get_type_hints
 import numpy as np
 import numpy.typing as npt
 
+from tickerplant.errors import InputError
 
-class ItchError(ValueError):
+
+class ItchError(InputError):
     """Bytes that are not an ITCH 5.0 message, or a record that cannot be encoded as one."""
 
 

@@ -17,6 +17,7 @@ from enum import IntEnum
 import numpy as np
 import numpy.typing as npt
 
+from tickerplant.errors import MalformedPacket
 from tickerplant.jit import kernel
 from tickerplant.wire.blocks import I64, U8, as_array, iter_messages, join_messages
 
@@ -42,14 +43,6 @@ class Defect(IntEnum):
     COUNT_MISMATCH = 3  # the blocks present do not match the message count
     TRUNCATED_DATAGRAM = 4  # the datagram filled the receive buffer: the kernel cut it
     BAD_SEQUENCE = 5  # sequence number 0, or 2**63 and above: no session gets there
-
-
-class MalformedPacket(ValueError):
-    """A datagram that is not a MoldUDP64 packet; ``defect`` says why."""
-
-    def __init__(self, defect: Defect, detail: str) -> None:
-        super().__init__(f"{defect.name.lower()}: {detail}")
-        self.defect = defect
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from typing import NoReturn
 
 import numpy as np
 
+from tickerplant.errors import MalformedPacket
 from tickerplant.jit import kernel
 from tickerplant.wire.blocks import U8, as_array
 
@@ -189,14 +190,6 @@ class Defect(IntEnum):
     WRONG_SENDER = 4  # a known type that this side's peer never sends
     BAD_SIZE = 5  # a fixed-layout packet whose payload is not exactly its layout's size
     BAD_NUMBER = 6  # a numeric field that is not digits after stripping padding
-
-
-class MalformedPacket(ValueError):
-    """Bytes on the stream that are not a SoupBinTCP packet; ``defect`` says why."""
-
-    def __init__(self, defect: Defect, detail: str) -> None:
-        super().__init__(f"{defect.name.lower()}: {detail}")
-        self.defect = defect
 
 
 def encode(packet: Packet) -> bytes:
