@@ -21,8 +21,8 @@ The policy, all of it here:
 - *Slow consumer*: the live stream is pushed whatever the socket says (what catching up pulls is
   paced by the socket), so only a push can pile bytes up, and the backlog io reports after one is
   judged: past ``max_backlog`` the subscriber is sent a Debug packet saying why and closed, and
-  its connection is reset ``linger`` seconds later. :meth:`FanOut._slow_consumer` is the one place
-  that decides, where per-user policies (conflate, skip) would choose.
+  its connection is reset ``linger`` seconds later. :meth:`FanOut._slow_consumer` chooses among
+  the per-user policies (disconnect, conflate, skip).
 - *Imaging* (events, symbols added at the live end): their state is taken at once and encoded
   off the loop (:class:`BuildImages`, answered by :meth:`Subscriber.images_built`); until every
   image asked for has gone, in the order asked, the subscriber is sent nothing else and what is
