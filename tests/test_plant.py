@@ -26,6 +26,7 @@ from tickerplant.ops import passwords
 from tickerplant.ops.config import example, load
 from tickerplant.plant import EventsConfig, GlimpseConfig, Plant, PlantConfig, StreamConfig
 from tickerplant.session.events import Batch, GapLost, SessionEnded, SessionStarted, Source
+from tickerplant.session.fanout import Policy
 from tickerplant.session.feed import FeedConfig
 from tickerplant.session.recovery import RecoveryConfig
 from tickerplant.session.stream import LOST, ItchStream
@@ -141,15 +142,31 @@ def test_every_figure_the_plant_shows_is_registered() -> None:
     assert sorted(asyncio.run(main())) == sorted(set(REGISTRY) - simulator)
 
 
+def test_slow_consumer_policies_are_per_stream_and_itch_takes_only_disconnect() -> None:
+    conflated = load(PlantConfig, {"events": {"slow_consumer": "conflate",
+                                              "slow_consumers": {"bob": "skip"}}})
+    assert conflated.events.slow_consumer == "conflate" and conflated.itch.slow_consumer == (
+        "disconnect")
+    assert conflated.events.policies() == {b"bob": Policy.SKIP}
+    for key, value in (("slow_consumer", "conflate"), ("slow_consumers", {"bob": "skip"})):
+        with pytest.raises(ConfigError) as err:  # told when the config loads, naming the field
+            load(PlantConfig, {"itch": {key: value}})
+        assert err.value.field.startswith(f"itch.{key}")
+        assert "cannot be done on this stream" in str(err.value) and "disconnect" in str(err.value)
+    for old in ("slow_consumer", "slow_consumers"):  # the plant-wide keys of before
+        with pytest.raises(ConfigError, match=rf"^{old}: has moved; set \[events\] {old}"):
+            load(PlantConfig, {old: "conflate" if old == "slow_consumer" else {"bob": "skip"}})
+
+
 def test_a_config_with_a_password_in_the_clear_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"users\.alice: is not an scrypt hash"):
         PlantConfig(users={"alice": "s3cret"})
     with pytest.raises(ConfigError, match="SoupBinTCP user name"):
         PlantConfig(users={"much_too_long": passwords.hash_password("x")})
     with pytest.raises(ConfigError, match=r"slow_consumer: 'drop' is not a policy.*conflate"):
-        PlantConfig(slow_consumer="drop")
+        EventsConfig(slow_consumer="drop")
     with pytest.raises(ConfigError, match=r"slow_consumers\.bob: 'nope' is not a policy"):
-        PlantConfig(slow_consumers={"bob": "nope"})
+        EventsConfig(slow_consumers={"bob": "nope"})
     with pytest.raises(ConfigError, match="depth"):
         EventsConfig(depth=300)
     stored = passwords.hash_password("s3cret")

@@ -247,8 +247,8 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None,
     plant = Plant(PlantConfig(
         feed, StreamConfig(cfg.itch, FanOutLimits(write_deadline=STALL_CUT)),
         GlimpseConfig(cfg.glimpse),
-        events=EventsConfig(cfg.events, FanOutLimits(max_backlog=EVENTS_BACKLOG)),
-        slow_consumers=POLICIES,
+        events=EventsConfig(cfg.events, FanOutLimits(max_backlog=EVENTS_BACKLOG),
+                            slow_consumers=POLICIES),
     ))  # fmt: skip
     logs.planned(OWN_USERS)
     if console is not None:

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 from tickerplant.book import normalize
 from tickerplant.book.snapshot import Directory, picture
@@ -61,9 +61,38 @@ class StreamConfig:
     # With a journal_dir, the newest this many bytes stay in memory; older ones are read back
     # from the file (the page cache, as a rule) when a client catches up through them.
     memory_bytes: int = MEMORY_BYTES
+    # What becomes of a slow consumer of this stream: "disconnect" (told why and closed; it
+    # resumes from the journal), or on the events stream "conflate" (each symbol's latest
+    # state while it lags) or "skip" (moved to live, told the range skipped). Per user name
+    # (with no users configured, the name a client logs in with), else ``slow_consumer``.
+    slow_consumer: str = Policy.DISCONNECT.value
+    slow_consumers: dict[str, str] = field(default_factory=dict)
+    # The policies this stream can carry out: itch's messages can be neither merged nor skipped.
+    POLICIES: ClassVar[tuple[Policy, ...]] = (Policy.DISCONNECT,)
 
     def __post_init__(self) -> None:
         check("memory_bytes", self.memory_bytes >= 0, self.memory_bytes, "give bytes, 0 or more")
+        self.policy(self.slow_consumer, "slow_consumer")
+        for name, policy in self.slow_consumers.items():
+            _check_user(name, f"slow_consumers.{name}")
+            self.policy(policy, f"slow_consumers.{name}")
+
+    def policy(self, name: str, where: str) -> Policy:
+        """The policy ``name`` (the setting at ``where``), if this stream can carry it out."""
+        fix = "give one of " + ", ".join(p.value for p in self.POLICIES)
+        try:
+            policy = Policy(name)
+        except ValueError:
+            raise ConfigError(where, f"{name!r} is not a policy", fix) from None
+        if policy not in self.POLICIES:
+            raise ConfigError(where, f"{name!r} cannot be done on this stream (its messages "
+                              "can be neither merged nor skipped)", fix)  # fmt: skip
+        return policy
+
+    def policies(self) -> dict[bytes, Policy]:
+        """Each user's policy, by the name a login carries."""
+        return {user.encode("ascii"): self.policy(policy, f"slow_consumers.{user}")
+                for user, policy in self.slow_consumers.items()}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +103,7 @@ class EventsConfig(StreamConfig):
     listen: Endpoint = EVENTS
     # Price levels per side in the image a client gets of each symbol it adds.
     depth: int = 5
+    POLICIES: ClassVar[tuple[Policy, ...]] = (Policy.DISCONNECT, Policy.CONFLATE, Policy.SKIP)
 
     def __post_init__(self) -> None:
         StreamConfig.__post_init__(self)  # (zero-argument super() fails in a slots dataclass)
@@ -106,35 +136,24 @@ class PlantConfig:
     # any login is accepted, from this host's addresses only.
     users: dict[str, str] = field(default_factory=dict)
     events: EventsConfig = field(default_factory=EventsConfig)
-    # What becomes of a slow consumer: "disconnect" (told why and closed; it resumes from the
-    # journal), or on the events stream "conflate" (only each symbol's latest BBO while it
-    # lags) or "skip" (moved to live, told the range skipped). Per user name (with no users
-    # configured, the name a client logs in with), else ``slow_consumer``.
-    slow_consumer: str = Policy.DISCONNECT.value
-    slow_consumers: dict[str, str] = field(default_factory=dict)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # Keys a config may still carry from before, and where they went.
+    MOVED: ClassVar[dict[str, str]] = {
+        "slow_consumer": "[events] slow_consumer (policies are per stream; [itch] takes only "
+                         "disconnect)",
+        "slow_consumers": "[events] slow_consumers (policies are per stream; [itch] takes only "
+                          "disconnect)",
+    }  # fmt: skip
 
     def __post_init__(self) -> None:
         for name, stored in self.users.items():
             _check_user(name, f"users.{name}")
             passwords.check(stored, f"users.{name}")
-        _policy(self.slow_consumer, "slow_consumer")
-        for name, policy in self.slow_consumers.items():
-            _check_user(name, f"slow_consumers.{name}")
-            _policy(policy, f"slow_consumers.{name}")
 
 
 def _check_user(name: str, where: str) -> None:
     if not (0 < len(name) <= 6 and name.isascii() and name.isprintable()):
         raise ConfigError(where, "is not a SoupBinTCP user name", "use 1 to 6 ASCII characters")
-
-
-def _policy(name: str, where: str) -> Policy:
-    try:
-        return Policy(name)
-    except ValueError:
-        choices = ", ".join(p.value for p in Policy)
-        raise ConfigError(where, f"{name!r} is not a policy", f"give one of {choices}") from None
 
 
 class _Catalog:
@@ -173,19 +192,19 @@ class Plant:
         self.feed = FeedHandler(config.feed, self._on_batch, self._on_event)
         listen = config.itch.listen
         users = {name.encode("ascii"): stored for name, stored in config.users.items()}
-        policies = {name.encode("ascii"): _policy(policy, name)
-                    for name, policy in config.slow_consumers.items()}  # fmt: skip
         self.itch = SoupServer(
             _serving(self._itch_file.reopened), listen.host, listen.port,
             limits=config.itch.limits, users=users or None, verify=passwords.verify,
-            local_only=not users, policies=policies, policy=_policy(config.slow_consumer, ""),
+            local_only=not users, policies=config.itch.policies(),
+            policy=config.itch.policy(config.itch.slow_consumer, "itch.slow_consumer"),
         )  # fmt: skip
         events = config.events
         self.events = SoupServer(
             _serving(self._events_file.reopened), events.listen.host,
             events.listen.port, limits=events.limits, users=users or None,
             verify=passwords.verify, local_only=not users, catalog=_Catalog(self),
-            policies=policies, policy=_policy(config.slow_consumer, ""),
+            policies=events.policies(),
+            policy=events.policy(events.slow_consumer, "events.slow_consumer"),
         )  # fmt: skip
         self.directory = Directory()
         glimpse = config.glimpse

@@ -61,6 +61,9 @@ def load(cls: type[T], table: Mapping[str, Any], path: str = "", parsers: Mappin
     for key, raw in table.items():
         where = f"{path}.{key}" if path else key
         if key not in fields:
+            moved = getattr(cls, "MOVED", {}).get(key)
+            if moved is not None:  # a key from an older config: say where it went
+                raise ConfigError(where, "has moved", f"set {moved} instead")
             known = ", ".join(sorted(fields))
             raise ConfigError(where, "is not a setting", f"use one of: {known}")
         values[key] = _convert(hints[key], raw, where, parsers)
