@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -310,23 +310,25 @@ def test_a_chunk_that_is_not_whole_messages_is_refused_by_name() -> None:
 
 
 def test_config_errors_name_the_field_and_the_fix() -> None:
-    good = ExchangeConfig()
-    good.validate()
-    cases = {
-        "line_a.group": ExchangeConfig(line_a=LineConfig("10.0.0.1", 30001)),
-        "line_b.drop": ExchangeConfig(line_b=LineConfig("239.1.1.2", 30002, drop=1.5)),
-        "line_b": ExchangeConfig(line_b=ExchangeConfig().line_a),
-        "session": ExchangeConfig(session="MUCH-TOO-LONG-A-NAME"),
-        "pacing": ExchangeConfig(pacing="warp"),
-        "rate": ExchangeConfig(pacing="rate", rate=0),
-        "source.messages": ExchangeConfig(source=SyntheticSource(messages=10)),
-        "source.path": ExchangeConfig(source=FileSource("/nonexistent/day.itch")),
-        "replay": ExchangeConfig(replay=Endpoint("localhost", 1)),
-        "sent_log": ExchangeConfig(sent_log=" "),
+    ExchangeConfig()  # the defaults are good
+    cases: dict[str, Callable[[], object]] = {
+        # A line checks itself, where its class is; the config that holds it names it.
+        "group": lambda: LineConfig("10.0.0.1", 30001),
+        "drop": lambda: LineConfig("239.1.1.2", 30002, drop=1.5),
+        "ttl": lambda: LineConfig("239.1.1.2", 30002, ttl=300),
+        "interface": lambda: LineConfig("239.1.1.2", 30002, interface="lo"),
+        "line_b": lambda: ExchangeConfig(line_b=ExchangeConfig().line_a),
+        "session": lambda: ExchangeConfig(session="MUCH-TOO-LONG-A-NAME"),
+        "pacing": lambda: ExchangeConfig(pacing="warp"),
+        "rate": lambda: ExchangeConfig(pacing="rate", rate=0),
+        "source.messages": lambda: ExchangeConfig(source=SyntheticSource(messages=10)),
+        "source.path": lambda: ExchangeConfig(source=FileSource("/nonexistent/day.itch")),
+        "replay": lambda: ExchangeConfig(replay=Endpoint("localhost", 1)),
+        "sent_log": lambda: ExchangeConfig(sent_log=" "),
     }
-    for name, config in cases.items():
+    for name, build in cases.items():
         with pytest.raises(ConfigError) as info:
-            config.validate()
+            build()
         assert info.value.field == name
         assert str(info.value).startswith(f"{name}: ")
 
@@ -374,6 +376,16 @@ def test_a_sent_log_that_cannot_be_written_is_refused_before_publishing(tmp_path
     assert done.returncode == 2
     assert "sent_log: cannot write" in done.stderr
     assert "published" not in done.stderr
+
+
+def test_the_command_line_names_the_line_a_bad_group_belongs_to() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tickerplant", "exchange", "--line-b", "10.0.0.1:30001",
+         "--messages", "30000", "--symbols", "20"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "line_b.group: '10.0.0.1' is not allowed; use a multicast group" in done.stderr
 
 
 def test_sockets_that_cannot_open_name_their_field() -> None:

@@ -137,10 +137,13 @@ def _exchange(args: argparse.Namespace) -> int:
     )
     from tickerplant.io.multicast import LineConfig
 
-    def line(group: Endpoint, drop: float) -> LineConfig:
-        return LineConfig(
-            group.host, group.port, args.interface, args.ttl, not args.no_loopback, drop
-        )
+    def line(name: str, group: Endpoint, drop: float) -> LineConfig:
+        try:
+            return LineConfig(
+                group.host, group.port, args.interface, args.ttl, not args.no_loopback, drop
+            )
+        except ConfigError as err:
+            raise err.within(name) from None
 
     pacing = "itch" if args.speed else "rate" if args.rate else "fast"
     source: FileSource | SyntheticSource = (
@@ -153,8 +156,8 @@ def _exchange(args: argparse.Namespace) -> int:
         pacing=pacing,
         rate=args.rate or 1.0,
         speed=args.speed or 1.0,
-        line_a=line(args.line_a, args.drop_a),
-        line_b=line(args.line_b, args.drop_b),
+        line_a=line("line_a", args.line_a, args.drop_a),
+        line_b=line("line_b", args.line_b, args.drop_b),
         rerequest=None if args.no_rerequest else args.rerequest,
         replay=None if args.no_replay else args.replay,
         end_of_session_seconds=args.eos_seconds,

@@ -21,10 +21,7 @@ class Endpoint:
         host, sep, port = text.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(field, f"{text!r} is not host:port", "e.g. 239.1.1.1:30001")
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            raise ConfigError(field, f"{host!r} is not an IPv4 address", "e.g. 127.0.0.1") from None
+        ipv4(host, field)
         return cls(host, int(port))
 
     @property
@@ -34,6 +31,14 @@ class Endpoint:
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+def ipv4(host: str, field: str) -> ipaddress.IPv4Address:
+    """``host`` as an IPv4 address; ``field`` names the setting in the error."""
+    try:
+        return ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ConfigError(field, f"{host!r} is not an IPv4 address", "e.g. 127.0.0.1") from None
 
 
 # Where the exchange simulator and the plant meet unless told otherwise.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import ipaddress
 import math
 import os
 from collections.abc import Callable, Coroutine, Iterator
@@ -20,7 +19,7 @@ from typing import Any, BinaryIO
 
 from tickerplant import endpoint
 from tickerplant.capture.lines import read_messages
-from tickerplant.endpoint import Endpoint
+from tickerplant.endpoint import Endpoint, ipv4
 from tickerplant.errors import ConfigError
 from tickerplant.exchange.pacing import AsFastAsPossible, FixedRate, ItchClock, Pacer
 from tickerplant.exchange.publisher import (
@@ -88,8 +87,8 @@ class ExchangeConfig:
     # before its send call, written when the session is over (issue 19's sent-to-read latency).
     sent_log: str | None = None
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` for the first bad field."""
+    def __post_init__(self) -> None:
+        """Raise :class:`ConfigError` for the first bad field (each line checked itself)."""
         try:
             session_bytes(self.session)
         except (ValueError, UnicodeEncodeError):
@@ -105,15 +104,13 @@ class ExchangeConfig:
             raise ConfigError("rate", f"{self.rate} messages/s", "give a rate above 0")
         if self.pacing == "itch" and not (self.speed > 0 and math.isfinite(self.speed)):
             raise ConfigError("speed", f"{self.speed}", "give a factor of real time above 0")
-        for name, line in (("line_a", self.line_a), ("line_b", self.line_b)):
-            _validate_line(name, line)
         if (self.line_a.group, self.line_a.port) == (self.line_b.group, self.line_b.port):
             raise ConfigError(
                 "line_b", "is the same group and port as line_a", "give each line its own"
             )
         for name, where in (("rerequest", self.rerequest), ("replay", self.replay)):
             if where is not None:
-                _validate_address(name, where.host)
+                ipv4(where.host, name)
                 if not 0 <= where.port < 65536:
                     raise ConfigError(name, f"port {where.port}", "use 0 (any) to 65535")
         if not (self.end_of_session_seconds >= 0 and math.isfinite(self.end_of_session_seconds)):
@@ -152,27 +149,6 @@ class ExchangeConfig:
                 f"{source.messages} cannot hold a day over {source.symbols} symbols",
                 f"give at least {least}",
             )
-
-
-def _validate_address(name: str, host: str) -> ipaddress.IPv4Address:
-    try:
-        return ipaddress.IPv4Address(host)
-    except ValueError:
-        raise ConfigError(name, f"{host!r} is not an IPv4 address", "e.g. 127.0.0.1") from None
-
-
-def _validate_line(name: str, line: LineConfig) -> None:
-    if not _validate_address(f"{name}.group", line.group).is_multicast:
-        raise ConfigError(
-            f"{name}.group", f"{line.group} is not a multicast group", "use 224.0.0.0-239.x.x.x"
-        )
-    if not 0 < line.port < 65536:
-        raise ConfigError(f"{name}.port", f"{line.port}", "use 1..65535")
-    _validate_address(f"{name}.interface", line.interface)
-    if not 0 <= line.ttl <= 255:
-        raise ConfigError(f"{name}.ttl", f"{line.ttl}", "use 0..255 (1 stays on the subnet)")
-    if not 0 <= line.drop < 1:
-        raise ConfigError(f"{name}.drop", f"{line.drop}", "give a probability in [0, 1)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +257,6 @@ async def run_exchange(
 ) -> ExchangeSummary:
     """Publish one session; setting ``stop`` ends it early (the end of session is still sent,
     for at most STOPPED_END_OF_SESSION)."""
-    config.validate()
     started = clock()
     journal = Journal(session_bytes(config.session))
     lines: list[Line] = []

@@ -22,8 +22,9 @@ from typing import BinaryIO
 import numpy as np
 import numpy.typing as npt
 
-from tickerplant.endpoint import Endpoint
+from tickerplant.endpoint import Endpoint, ipv4
 from tickerplant.io import mmsg
+from tickerplant.ops.config import check
 from tickerplant.wire import moldudp64 as mold
 from tickerplant.wire.blocks import I64, U8
 
@@ -156,6 +157,14 @@ class LineConfig:
     ttl: int = 1
     loopback: bool = True
     drop: float = 0.0  # probability of skipping a data packet on this line (loss injection)
+
+    def __post_init__(self) -> None:
+        multicast = ipv4(self.group, "group").is_multicast
+        check("group", multicast, self.group, "use a multicast group, 224.0.0.0-239.255.255.255")
+        check("port", 0 < self.port < 65536, self.port, "use 1..65535")
+        ipv4(self.interface, "interface")
+        check("ttl", 0 <= self.ttl <= 255, self.ttl, "use 0..255 (1 stays on the subnet)")
+        check("drop", 0 <= self.drop < 1, self.drop, "give a probability in [0, 1)")
 
 
 class Line:
