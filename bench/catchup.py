@@ -77,6 +77,7 @@ def catchup_server(port: int, messages: int, live_rate: float, pipe: Connection)
     from tickerplant.cli import run_loop
     from tickerplant.exchange.synthetic import SyntheticMarket
     from tickerplant.io.soupbin import SoupServer
+    from tickerplant.session.fanout import FanOut
     from tickerplant.session.journal import Journal
 
     chunks = list(SyntheticMarket(3, 500).chunks(messages + int(live_rate * 60), 1000))
@@ -85,7 +86,7 @@ def catchup_server(port: int, messages: int, live_rate: float, pipe: Connection)
         journal.append(chunks.pop(0))
 
     async def main() -> None:
-        server = SoupServer(journal, "127.0.0.1", port)
+        server = SoupServer(FanOut(journal), "127.0.0.1", port)
         await server.start()
         pipe.send(len(journal))
         start = time.monotonic()
@@ -173,7 +174,7 @@ def conflated_server(port: int, clients: int, symbols: int, bbo_rate: float, sec
     more_files()
     from tickerplant.cli import run_loop
     from tickerplant.io.soupbin import SoupServer
-    from tickerplant.session.fanout import FanOutLimits, Policy
+    from tickerplant.session.fanout import FanOut, FanOutLimits, Policy
     from tickerplant.session.journal import Journal
     from tickerplant.wire import events as ev
 
@@ -191,8 +192,8 @@ def conflated_server(port: int, clients: int, symbols: int, bbo_rate: float, sec
     async def main() -> None:
         limits = FanOutLimits(max_backlog=64 << 10, max_connections=clients + 10,
                               max_per_address=clients + 10, write_deadline=60)  # fmt: skip
-        server = SoupServer(journal, "127.0.0.1", port, limits=limits, catalog=Everything(),
-                            policy=Policy.CONFLATE)  # fmt: skip
+        server = SoupServer(FanOut(journal, limits=limits, catalog=Everything(),
+                                   policy=Policy.CONFLATE), "127.0.0.1", port)  # fmt: skip
         await server.start()
         before = rss_self()
         pipe.send("listening")

@@ -211,13 +211,13 @@ def tickerplant_server(
     and how many slow consumers it cut."""
     from tickerplant.cli import run_loop
     from tickerplant.io.soupbin import SoupServer
-    from tickerplant.session.fanout import FanOutLimits
+    from tickerplant.session.fanout import FanOut, FanOutLimits
     from tickerplant.session.journal import Journal
     from tickerplant.wire.blocks import join_messages
 
     async def main() -> None:
-        server = SoupServer(Journal(b"BENCH00001"), "127.0.0.1", port,
-                            limits=FanOutLimits(max_backlog=max_backlog, write_deadline=600))
+        limits = FanOutLimits(max_backlog=max_backlog, write_deadline=600)
+        server = SoupServer(FanOut(Journal(b"BENCH00001"), limits=limits), "127.0.0.1", port)
         await server.start()
         pipe.send("listening")
         loop = asyncio.get_running_loop()

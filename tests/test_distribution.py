@@ -17,7 +17,7 @@ from tickerplant.endpoint import Endpoint
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.ops import passwords
 from tickerplant.session.events import Batch
-from tickerplant.session.fanout import FanOutLimits
+from tickerplant.session.fanout import FanOut, FanOutLimits
 from tickerplant.session.journal import Journal
 from tickerplant.wire import soupbintcp as soup
 from tickerplant.wire.blocks import join_messages
@@ -67,8 +67,8 @@ def test_fifty_clients_one_stops_reading_it_is_cut_and_the_others_get_everything
     total = 200_000  # ~7 MB of messages: far past the stalled client's cap and buffers
 
     async def main() -> tuple[list[list[int]], int, bytes]:
-        server = SoupServer(Journal(SESSION), "127.0.0.1", 0,
-                            limits=FanOutLimits(max_backlog=1 << 20, linger=0.5))
+        server = SoupServer(FanOut(Journal(SESSION), limits=FanOutLimits(
+            max_backlog=1 << 20, linger=0.5)), "127.0.0.1", 0)
         port = await server.start()
         itch = Endpoint("127.0.0.1", port)
         try:
@@ -103,10 +103,10 @@ def test_bad_clients_by_the_thousand_do_not_stop_a_good_one_and_cost_bounded_mem
 
     async def main() -> tuple[int, dict[str, int], int]:
         stored = passwords.hash_password("s3cret")
-        server = SoupServer(
-            Journal(SESSION), "127.0.0.1", 0, users={b"good": stored}, verify=passwords.verify,
-            limits=FanOutLimits(max_per_address=2_000), login_timeout=2.0,
-        )  # fmt: skip
+        server = SoupServer(FanOut(
+            Journal(SESSION), users={b"good": stored}, limits=FanOutLimits(max_per_address=2_000),
+            login_timeout=2.0,
+        ), "127.0.0.1", 0, verify=passwords.verify)  # fmt: skip
         port = await server.start()
         itch = Endpoint("127.0.0.1", port)
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -171,7 +171,7 @@ def test_a_server_that_goes_away_and_comes_back_is_resumed_from_by_number() -> N
 
     async def main() -> int:
         journal = Journal(SESSION)
-        server = SoupServer(journal, "127.0.0.1", 0)
+        server = SoupServer(FanOut(journal), "127.0.0.1", 0)
         port = await server.start()
         itch = Endpoint("127.0.0.1", port)
         got = [0]
@@ -190,7 +190,7 @@ def test_a_server_that_goes_away_and_comes_back_is_resumed_from_by_number() -> N
                     lambda: f"the first half received: {got[0]} of {total // 2}")  # fmt: skip
         await server.close()  # the server stops...
         journal.append(chunk(total // 2 + 1, total // 2))  # ...the stream went on meanwhile
-        server = SoupServer(journal, "127.0.0.1", port)  # ...and a new one reopens it
+        server = SoupServer(FanOut(journal), "127.0.0.1", port)  # ...and a new one reopens it
         await server.start()
         await until(lambda: server.counters.logins, 10, "the subscriber logged in again")
         server.end_session()

@@ -13,6 +13,7 @@ from tickerplant.feed.handler import FeedHandler
 from tickerplant.io.multicast import open_sender
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.session.events import Batch, Event, GapLost, SessionEnded, Source
+from tickerplant.session.fanout import FanOut
 from tickerplant.session.feed import FeedConfig
 from tickerplant.session.journal import Journal
 from tickerplant.session.recovery import RecoveryConfig
@@ -165,7 +166,7 @@ def test_a_replay_server_that_refuses_us_ends_in_a_reported_loss_not_a_stuck_gap
     async def main() -> FeedHandler:
         journal = Journal(SESSION)
         journal.append(join_messages([b"m%d" % i for i in range(1, 1001)]))
-        server = SoupServer(journal, "127.0.0.1", 0, (b"user", b"secret"))
+        server = SoupServer(FanOut(journal, (b"user", b"secret")), "127.0.0.1", 0)
         port = await server.start()
         cfg = FeedConfig(
             line_a, line_b, replay=Endpoint("127.0.0.1", port), replay_username="user",

@@ -15,7 +15,7 @@ import pytest
 from harness import until
 from tickerplant.io.replay_client import ReplayClient, ReplayError
 from tickerplant.io.soupbin import SoupServer
-from tickerplant.session.fanout import FanOutLimits
+from tickerplant.session.fanout import FanOut, FanOutLimits
 from tickerplant.session.journal import Journal
 from tickerplant.wire.blocks import iter_messages
 from tickerplant.wire.soupbintcp import (
@@ -77,7 +77,7 @@ def run(
 async def serving(
     journal: Journal, body: Callable[[SoupServer], Awaitable[None]], **kwargs: Any
 ) -> None:
-    server = SoupServer(journal, "127.0.0.1", 0, **kwargs)
+    server = SoupServer(FanOut(journal, **kwargs), "127.0.0.1", 0)
     await server.start()
     try:
         await body(server)

@@ -35,6 +35,7 @@ from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.exchange.synthetic import SyntheticMarket
 from tickerplant.io.soupbin import SoupServer
+from tickerplant.session.fanout import FanOut
 from tickerplant.session.journal import Journal
 from tickerplant.wire.blocks import iter_messages
 
@@ -398,7 +399,7 @@ def test_subscribe_json_read_by_head_ends_quietly(tmp_path: Path) -> None:
     err = tmp_path / "subscribe.stderr"
 
     async def main() -> tuple[bytes, int]:
-        server = SoupServer(journal, "127.0.0.1", 0)
+        server = SoupServer(FanOut(journal), "127.0.0.1", 0)
         await server.start()
         server.end_session()
         command = shlex.join(_tickerplant("subscribe", f"127.0.0.1:{server.port}", "--json"))

@@ -23,6 +23,7 @@ import pytest
 from harness import TSHARK, LiveCapture, free_udp_socket, until
 from tickerplant.io.replay_client import ReplayClient
 from tickerplant.io.soupbin import SoupConnection, SoupServer
+from tickerplant.session.fanout import FanOut
 from tickerplant.session.journal import Journal
 from tickerplant.wire import moldudp64 as mold
 from tickerplant.wire.blocks import join_messages
@@ -164,7 +165,7 @@ def test_soupbintcp_flow_decodes_as_sent(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(SoupConnection, "data_received", spy)
 
     async def main() -> tuple[Path, int]:
-        server = SoupServer(journal, "127.0.0.1", 0, (b"feed", b"pw"), login_timeout=0.5)
+        server = SoupServer(FanOut(journal, (b"feed", b"pw"), login_timeout=0.5), "127.0.0.1", 0)
         port = await server.start()
         capture = LiveCapture(tmp_path / "soup.pcapng", udp=[], tcp=[port])
         try:
@@ -267,7 +268,7 @@ def test_lost_messages_on_the_itch_stream_are_well_formed_marks(
     records: list[object] = []
 
     async def main() -> tuple[Path, int]:
-        server = SoupServer(journal, "127.0.0.1", 0)
+        server = SoupServer(FanOut(journal), "127.0.0.1", 0)
         port = await server.start()
         capture = LiveCapture(tmp_path / "lost.pcapng", udp=[], tcp=[port])
         try:
@@ -330,7 +331,7 @@ def test_the_events_stream_and_a_subscription_request_decode_cleanly(tmp_path: P
     got: list[object] = []
 
     async def main() -> tuple[Path, int]:
-        server = SoupServer(journal, "127.0.0.1", 0, catalog=Books())
+        server = SoupServer(FanOut(journal, catalog=Books()), "127.0.0.1", 0)
         port = await server.start()
         capture = LiveCapture(tmp_path / "events.pcapng", udp=[], tcp=[port])
         try:

@@ -33,7 +33,7 @@ from tickerplant.io.web import MetricsConfig
 from tickerplant.ops import passwords
 from tickerplant.ops.config import check
 from tickerplant.session.events import Batch, Event, GapLost, SessionEnded, SessionStarted
-from tickerplant.session.fanout import FanOutLimits, Policy
+from tickerplant.session.fanout import FanOut, FanOutLimits, Policy
 from tickerplant.session.feed import FeedConfig
 from tickerplant.session.journal import Journal
 from tickerplant.session.stream import EventStream, ItchStream
@@ -190,28 +190,22 @@ class Plant:
                                         config.events.memory_bytes)
         self.event_stream = EventStream(self._events_file.reopened)
         self.feed = FeedHandler(config.feed, self._on_batch, self._on_event)
-        listen = config.itch.listen
-        users = {name.encode("ascii"): stored for name, stored in config.users.items()}
-        self.itch = SoupServer(
-            _serving(self._itch_file.reopened), listen.host, listen.port,
-            limits=config.itch.limits, users=users or None, verify=passwords.verify,
-            local_only=not users, policies=config.itch.policies(),
-            policy=config.itch.policy(config.itch.slow_consumer, "itch.slow_consumer"),
-        )  # fmt: skip
-        events = config.events
-        self.events = SoupServer(
-            _serving(self._events_file.reopened), events.listen.host,
-            events.listen.port, limits=events.limits, users=users or None,
-            verify=passwords.verify, local_only=not users, catalog=_Catalog(self),
-            policies=events.policies(),
+        users = {name.encode("ascii"): stored for name, stored in config.users.items()} or None
+        itch, events, glimpse = config.itch, config.events, config.glimpse
+        self.itch = SoupServer(FanOut(
+            _serving(self._itch_file.reopened), limits=itch.limits, users=users,
+            local_only=not users, policies=itch.policies(),
+            policy=itch.policy(itch.slow_consumer, "itch.slow_consumer"),
+        ), itch.listen.host, itch.listen.port, verify=passwords.verify)  # fmt: skip
+        self.events = SoupServer(FanOut(
+            _serving(self._events_file.reopened), limits=events.limits, users=users,
+            local_only=not users, catalog=_Catalog(self), policies=events.policies(),
             policy=events.policy(events.slow_consumer, "events.slow_consumer"),
-        )  # fmt: skip
+        ), events.listen.host, events.listen.port, verify=passwords.verify)  # fmt: skip
         self.directory = Directory()
-        glimpse = config.glimpse
-        self.glimpse = SoupServer(
-            ItchStream.waiting(), glimpse.listen.host, glimpse.listen.port, limits=glimpse.limits,
-            users=users or None, verify=passwords.verify, local_only=not users,
-        )  # fmt: skip
+        self.glimpse = SoupServer(FanOut(
+            ItchStream.waiting(), limits=glimpse.limits, users=users, local_only=not users,
+        ), glimpse.listen.host, glimpse.listen.port, verify=passwords.verify)  # fmt: skip
         self._snapshot_at = 0  # the itch number the current snapshot continues from
         # The number after the last message the books applied (or were told lost): what a
         # snapshot continues from. Behind the journal's end while a restarted plant catches up.

@@ -33,7 +33,7 @@ from tickerplant.exchange.synthetic import SyntheticMarket
 from tickerplant.io.loop import Timer, clock
 from tickerplant.io.multicast import DEFAULT_SNDBUF, Line, LineConfig, SentLog, write_sent_log
 from tickerplant.io.soupbin import SoupServer
-from tickerplant.session.fanout import FanOutCounters
+from tickerplant.session.fanout import FanOut, FanOutCounters
 from tickerplant.session.journal import Journal
 from tickerplant.session.rerequest import RerequestCounters, RerequestLimits
 from tickerplant.wire.moldudp64 import HEARTBEAT_INTERVAL, session_bytes
@@ -280,7 +280,7 @@ async def run_exchange(
             )
             await _listen("rerequest", config.rerequest, rerequest.start())
         if config.replay is not None:
-            replay = SoupServer(journal, config.replay.host, config.replay.port)
+            replay = SoupServer(FanOut(journal), config.replay.host, config.replay.port)
             await _listen("replay", config.replay, replay.start())
         publisher = Publisher(
             journal,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Generic, Protocol, TypeVar, cast
 
@@ -25,25 +25,18 @@ from tickerplant.io.loop import Timer, clock, delay
 from tickerplant.ops.logs import fields
 from tickerplant.session.fanout import (
     BuildImages,
-    Catalog,
     CheckPassword,
     Dropped,
     FanOut,
     FanOutCounters,
-    FanOutLimits,
     Lagging,
-    Policy,
     Subscribed,
     Subscriber,
 )
 from tickerplant.session.journal import Journal
 from tickerplant.session.soupbin import (
-    DEAD_AFTER,
-    HEARTBEAT_INTERVAL,
-    LOGIN_TIMEOUT,
     CloseCause,
     Closed,
-    Credentials,
     ProtocolViolated,
 )
 from tickerplant.wire.soupbintcp import encode_sequenced
@@ -344,45 +337,22 @@ class SoupServer:
     :class:`~tickerplant.session.fanout.FanOut`; the policy (catch-up paced by each client's
     socket, encode once for every live client, slow consumers dropped, logins, End of Session)
     is the fan-out's, the bytes are the connections'. The exchange's replay server and the
-    plant's streams are each one of these. ``credentials`` as
-    :class:`~tickerplant.session.soupbin.SoupServerSession` takes them (None: anyone). The owner
-    appends to the journal and then calls :meth:`publish`.
+    plant's streams are each one of these, each given its fan-out built (its settings are the
+    fan-out's, written once). The owner appends to the journal and then calls :meth:`publish`.
     """
 
     def __init__(
         self,
-        journal: Journal,
+        fanout: FanOut[SubscriberConnection],
         host: str,
         port: int,
-        credentials: Credentials = None,
         *,
-        limits: FanOutLimits | None = None,
-        heartbeat_interval: float = HEARTBEAT_INTERVAL,
-        dead_after: float = DEAD_AFTER,
-        login_timeout: float = LOGIN_TIMEOUT,
-        users: Mapping[bytes, str] | None = None,
         verify: Verify | None = None,
-        local_only: bool = False,
-        catalog: Catalog | None = None,
-        policies: Mapping[bytes, Policy] | None = None,
-        policy: Policy = Policy.DISCONNECT,
     ) -> None:
         self.host = host
         self.port = port
-        self.verify = verify
-        self.fanout: FanOut[SubscriberConnection] = FanOut(
-            journal,
-            credentials,
-            limits,
-            heartbeat_interval=heartbeat_interval,
-            dead_after=dead_after,
-            login_timeout=login_timeout,
-            local_only=local_only,
-            users=users,
-            catalog=catalog,
-            policies=policies,
-            policy=policy,
-        )
+        self.verify = verify  # checks a password against its stored hash (a fan-out with users)
+        self.fanout = fanout
         self._server: asyncio.Server | None = None
 
     @property

@@ -45,6 +45,7 @@ and later logins are still served their replay, then End of Session.
 from __future__ import annotations
 
 import bisect
+import copy
 import enum
 import ipaddress
 from collections import OrderedDict, deque
@@ -422,7 +423,6 @@ class FanOut(Generic[H]):
         policies: Mapping[bytes, Policy] | None = None,
         policy: Policy = Policy.DISCONNECT,
     ) -> None:
-        self.journal = journal
         # An events stream's: its records are wire.events blocks, clients may narrow them to
         # symbols, and slow consumers may be conflated or skipped (elsewhere they are cut).
         self.catalog = catalog
@@ -433,11 +433,20 @@ class FanOut(Generic[H]):
         self.users = users
         # With nobody's credentials checked, only this host's clients are served.
         self.local_only = local_only
-        self._per_address: dict[str, int] = {}
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-        self._checking = 0  # password checks io is running
         self.limits = limits if limits is not None else FanOutLimits()
+        self._credentials = credentials
+        self._timing = (heartbeat_interval, dead_after, login_timeout)
+        # The server's, whatever the session: what it counted, whom it throttles, and how many
+        # connections each address holds.
         self.counters = FanOutCounters()
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._per_address: dict[str, int] = {}
+        self._begin(journal)
+
+    def _begin(self, journal: Journal) -> None:
+        """What belongs to the session of ``journal``: its subscribers and where they stand."""
+        self.journal = journal
+        self._checking = 0  # password checks io is running
         # From the publish that gave a subscriber something to write to the moment io took the
         # first of it for the socket: the loop's delay, publish budgets and catch-up turns.
         self.delivery = Latencies()
@@ -445,8 +454,6 @@ class FanOut(Generic[H]):
         # publish of the oldest record it had not been sent to the round.
         self.staleness = Latencies()
         self._publishes: deque[tuple[int, float]] = deque(maxlen=PUBLISHES_KEPT)
-        self._credentials = credentials
-        self._timing = (heartbeat_interval, dead_after, login_timeout)
         self._subscribers: dict[Subscriber[H], None] = {}  # insertion-ordered set
         self._published = journal.next_sequence
         self._ending = False
@@ -460,15 +467,8 @@ class FanOut(Generic[H]):
         """The fan-out of the next session's ``journal``: the same settings, and the same
         counters, throttle and per-address counts (they are the server's, not the session's).
         """
-        heartbeat_interval, dead_after, login_timeout = self._timing
-        new: FanOut[H] = FanOut(
-            journal, self._credentials, self.limits, heartbeat_interval=heartbeat_interval,
-            dead_after=dead_after, login_timeout=login_timeout, local_only=self.local_only,
-            users=self.users, catalog=self.catalog, policies=self.policies, policy=self.policy,
-        )  # fmt: skip
-        new.counters, new._failures, new._per_address = (
-            self.counters, self._failures, self._per_address
-        )
+        new = copy.copy(self)
+        new._begin(journal)
         return new
 
     def __len__(self) -> int:
