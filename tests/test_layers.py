@@ -146,3 +146,12 @@ def test_the_checker_catches_a_wrong_import(tmp_path: Path) -> None:
     assert {"tickerplant.io.multicast", "socket", "tickerplant.io.web"} <= found
     assert layer("tickerplant.session.feed") == "session"
     assert layer("tickerplant.io.multicast") not in MAY_IMPORT["session"]
+
+
+def test_io_carries_out_what_the_fan_out_decides() -> None:
+    """The slow-consumer limits are the fan-out's to act on: io reads none of them (it is told
+    the high-water mark, when to reset, how long after a FIN)."""
+    decided = {"linger", "write_deadline", "max_backlog"}
+    tree = ast.parse((PACKAGE / "io" / "soupbin.py").read_text())
+    read = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    assert not read & decided, f"io/soupbin.py reads {sorted(read & decided)}"

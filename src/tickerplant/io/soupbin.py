@@ -35,7 +35,6 @@ from tickerplant.session.fanout import (
 )
 from tickerplant.session.journal import Journal
 from tickerplant.session.soupbin import (
-    CloseCause,
     Closed,
     ProtocolViolated,
 )
@@ -167,14 +166,13 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
     """One fan-out subscriber on its TCP connection; the factory of a fan-out server's listener."""
 
     def __init__(
-        self, fanout: FanOut[SubscriberConnection], high_water: int, verify: Verify | None = None
+        self, fanout: FanOut[SubscriberConnection], verify: Verify | None = None
     ) -> None:
         # The machine comes with the transport: its peer's address is part of the connection.
         self.fanout = fanout
-        self.high_water = high_water
+        self.high_water = fanout.high_water
         self.verify = verify
         self._reset: asyncio.TimerHandle | None = None
-        self._graceful = False  # its session ended as the protocol ends one
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -213,8 +211,8 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
         """Send what is buffered, then FIN, and read on until the client closes: closing a
         socket with the client's heartbeats unread would send RST, and the client's kernel
         would throw away what it had not yet read (the tail of the stream, End of Session).
-        A client that does not close is reset: at the end of the session (or its logout)
-        after the write deadline, after the linger otherwise."""
+        A client that does not close is reset when the fan-out says: ``abort_at`` (a dropped
+        client), else ``reset_after`` seconds from now."""
         transport = self.transport
         if transport is None:
             return
@@ -225,11 +223,7 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
         if self._reset is None:
             at = self.session.abort_at
             if at is None:
-                limits = self.fanout.limits
-                # A client at the end of the session may have a lot left to read; one told
-                # why it is closed has a Debug packet to read.
-                wait = limits.write_deadline if self._graceful else limits.linger
-                at = clock() + wait
+                at = clock() + self.session.reset_after
             self._reset = self.loop.call_later(delay(at, clock()), transport.abort)
 
     def _built(self, number: int, build: asyncio.Future[bytes]) -> None:
@@ -286,7 +280,6 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
             log.warning("subscriber %s broke the protocol: %s", self.peer, event.reason,
                         extra=self._fields())  # fmt: skip
         elif isinstance(event, Closed):
-            self._graceful = event.cause in (CloseCause.END_OF_SESSION, CloseCause.LOGOUT)
             log.info("subscriber %s closed: %s (%s)", self.peer, event.cause.value, event.detail,
                      extra=self._fields())  # fmt: skip
 
@@ -326,7 +319,6 @@ def _address(peer: object) -> str:
 
 # Linux's; the socket module names it from Python 3.12 on only.
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
-HIGH_WATER = 2 << 20  # the transport asks us to stop writing above this, resumes below a quarter
 
 
 class SoupServer:
@@ -396,11 +388,8 @@ class SoupServer:
         # Load (first run: compile) the framing kernel now, not inside the first client's replay.
         encode_sequenced(b"\x00\x01x")
         loop = asyncio.get_running_loop()
-        # Never above the backlog cap: a push over the cap then always pauses the transport, so
-        # a slow consumer kept under its policy hears when it has drained (resume_writing).
-        high_water = min(HIGH_WATER, self.fanout.limits.max_backlog)
         self._server = await loop.create_server(
-            lambda: SubscriberConnection(self.fanout, high_water, self.verify),
+            lambda: SubscriberConnection(self.fanout, self.verify),
             self.host,
             self.port,
             reuse_address=True,

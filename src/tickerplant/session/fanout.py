@@ -83,6 +83,7 @@ CHUNK_MESSAGES = 16384  # read from the journal per catch-up write: ~0.5 MiB of 
 # What one catch-up turn may write before it yields: 8 MiB held the loop up to 36 ms (a client
 # reading from 1 on loopback never fills its socket), 1 MiB about 5 (bench/loop_lag.py).
 TURN_BYTES = 1 << 20
+HIGH_WATER = 2 << 20  # io's transport asks us to stop writing above this, resumes below a quarter
 LINGER = 2.0  # seconds a dropped client gets to read the Debug packet before the reset
 PUBLISH_BYTES = 16 << 20  # ~15 ms of writes on this machine
 # A slow consumer under ``conflate`` gets a round (everything published since its last, each
@@ -233,6 +234,8 @@ class Subscriber(Generic[H]):
         self._checked = False  # its password was checked (and counted as it started)
         self._paused_at: float | None = None
         self.abort_at: float | None = None  # io resets the connection then (a dropped client)
+        # Closed: how long after its FIN io resets a connection the client has not closed
+        self.reset_after = LINGER
         self._fanout = fanout
         self._events: deque[SubscriberEvent] = deque()
         self._budget = 0  # bytes the current catch-up turn may still write
@@ -463,6 +466,13 @@ class FanOut(Generic[H]):
         self._shared: dict[tuple[bytes | None, int, int, bool],
                            tuple[int, int, int, bytes, int]] = {}  # fmt: skip
 
+    @property
+    def high_water(self) -> int:
+        """io's write buffer above which its transport pauses: never above the backlog cap, so
+        that a push over the cap always pauses it, and a slow consumer kept under its policy
+        hears when it has drained (resume)."""
+        return min(HIGH_WATER, self.limits.max_backlog)
+
     def successor(self, journal: Journal) -> FanOut[H]:
         """The fan-out of the next session's ``journal``: the same settings, and the same
         counters, throttle and per-address counts (they are the server's, not the session's).
@@ -656,6 +666,12 @@ class FanOut(Generic[H]):
             if isinstance(event, ProtocolViolated):
                 counters.protocol_errors += 1
             elif isinstance(event, Closed):
+                # How long io waits, after its FIN, for the client to close before a reset: a
+                # client at the end of the session (or logging out) may have a lot left to
+                # read; one told why it is closed has a Debug packet to read.
+                graceful = event.cause in (CloseCause.END_OF_SESSION, CloseCause.LOGOUT)
+                limits = self.limits
+                subscriber.reset_after = limits.write_deadline if graceful else limits.linger
                 if event.cause is CloseCause.LOGIN_REJECTED:
                     counters.rejected += 1
                     if not subscriber._checked:  # a checked one was counted when it started
