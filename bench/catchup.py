@@ -74,8 +74,8 @@ def free_port() -> int:
 
 
 def catchup_server(port: int, messages: int, live_rate: float, pipe: Connection) -> None:
-    from tickerplant.cli import run_loop
     from tickerplant.exchange.synthetic import SyntheticMarket
+    from tickerplant.io.loop import run_loop
     from tickerplant.io.soupbin import SoupServer
     from tickerplant.session.fanout import FanOut
     from tickerplant.session.journal import Journal
@@ -172,7 +172,7 @@ def conflated_server(port: int, clients: int, symbols: int, bbo_rate: float, sec
                      pipe: Connection) -> None:  # fmt: skip
     os.sched_setaffinity(0, {0})
     more_files()
-    from tickerplant.cli import run_loop
+    from tickerplant.io.loop import run_loop
     from tickerplant.io.soupbin import SoupServer
     from tickerplant.session.fanout import FanOut, FanOutLimits, Policy
     from tickerplant.session.journal import Journal

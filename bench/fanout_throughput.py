@@ -209,7 +209,7 @@ def tickerplant_server(
 ) -> None:
     """The SoupBinTCP server in its own process; publishes once told to, then reports its CPU
     and how many slow consumers it cut."""
-    from tickerplant.cli import run_loop
+    from tickerplant.io.loop import run_loop
     from tickerplant.io.soupbin import SoupServer
     from tickerplant.session.fanout import FanOut, FanOutLimits
     from tickerplant.session.journal import Journal

@@ -15,8 +15,8 @@ import statistics
 import sys
 
 from plant_run import emit, endpoints, itch_file
-from tickerplant.cli import run_loop
 from tickerplant.exchange.child import ExchangeProcess
+from tickerplant.io.loop import run_loop
 
 
 async def once(offset: int, path: str, rate: int) -> dict[str, object]:

@@ -18,8 +18,8 @@ import statistics
 import time
 
 from plant_run import emit, endpoints, itch_file, run_once
-from tickerplant.cli import run_loop
 from tickerplant.exchange.child import ExchangeProcess
+from tickerplant.io.loop import run_loop
 from tickerplant.io.multicast import open_receiver
 
 

@@ -27,7 +27,7 @@ import os
 import statistics
 
 from plant_run import emit, itch_file, run_once
-from tickerplant.cli import run_loop
+from tickerplant.io.loop import run_loop
 
 BENCH = "metrics_scrape"
 

@@ -13,7 +13,7 @@ import argparse
 import statistics
 
 from plant_run import emit, itch_file, run_once
-from tickerplant.cli import run_loop
+from tickerplant.io.loop import run_loop
 
 
 async def main(args: argparse.Namespace) -> None:

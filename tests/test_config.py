@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tickerplant import cli
+from tickerplant import cli, commands
 from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
 from tickerplant.ops.config import default, load, load_file
@@ -92,6 +92,6 @@ def test_the_users_mistake_exits_2_with_the_field_and_our_bug_shows_its_tracebac
     def bug(args: object) -> int:
         raise ValueError("an internal invariant broke")
 
-    monkeypatch.setattr(cli, "_feed", bug)
+    monkeypatch.setattr(commands, "feed", bug)
     with pytest.raises(ValueError, match="invariant"):
         cli.main(["feed"])

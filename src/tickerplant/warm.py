@@ -15,9 +15,9 @@ import socket
 import sys
 import time
 
-from tickerplant.cli import run_loop
 from tickerplant.demo import DemoConfig, run_demo
 from tickerplant.endpoint import LINE_A, LINE_B, Endpoint
+from tickerplant.io.loop import run_loop
 from tickerplant.jit import PLAIN_PYTHON
 from tickerplant.ops import logs
 

@@ -1,4 +1,5 @@
-"""The loop's clock and timers, and how late the loop runs what is due.
+"""The loop's clock and timers, how late the loop runs what is due, and the loop itself: a
+command's runner (uvloop where installed) and the signals that stop it.
 
 :data:`clock` is the one clock of every machine's ``now`` and deadline (``time.monotonic``:
 uvloop's ``loop.time()`` is read once a turn and ticks in whole milliseconds, so a latency read
@@ -12,11 +13,18 @@ milliseconds, which is part of what is measured (timer-paced work waits for it t
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from types import FrameType
+from typing import Any, TypeVar
 
+from tickerplant.ops import logs
 from tickerplant.session.latency import Latencies
+
+T = TypeVar("T")
 
 EVERY = 0.01  # seconds between probes: 100 callbacks a second, nothing beside the feed's work
 # uvloop runs timers on whole milliseconds: a wait shorter than that fires at the loop's next
@@ -90,3 +98,54 @@ class LoopLag:
         now = clock()
         self.lag.add(max(0.0, now - self._due))
         self._arm(now)
+
+
+def run_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on uvloop where installed, else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    result: T = uvloop.run(coro)
+    return result
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def stop_on_signals(stop: asyncio.Event, command: str) -> Callable[[], None]:
+    """SIGTERM or the first Ctrl-C sets ``stop``: the command winds down (its journals written,
+    its children ended) and exits 0, as a service stopped by systemd or a container must. From
+    then on either signal has its default action: a second Ctrl-C ends the process at once.
+    Call from the loop, as the command's first step; returns what puts the handlers back.
+
+    A plain signal handler rather than the loop's: the loop's runs only when the loop turns,
+    and a first start compiling kernels (~20 s) holds the loop, so the second Ctrl-C, meant
+    for exactly that wait, would be queued behind it too."""
+    loop = asyncio.get_running_loop()
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    signalled: list[int] = []
+
+    def announce(name: str) -> None:
+        logging.getLogger(f"tickerplant.{command}").info(
+            "stopping on %s (a second one ends at once)", name,
+            extra=logs.fields(event="stopping", signal=name))  # fmt: skip
+        stop.set()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        signalled.append(signum)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        loop.call_soon_threadsafe(announce, signal.Signals(signum).name)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        # After a stop the defaults stay: the process is ending, and a second signal must end
+        # it even in its last steps.
+        if not signalled:
+            for sig, old in before.items():
+                signal.signal(sig, old)
+
+    return restore
