@@ -113,7 +113,7 @@ def catchup_client(port: int, until: int, pipe: Connection) -> None:
     # Load the framing kernel first (numba's cache): the clock is for reading, not loading.
     warm = Framer(Side.SERVER)
     warm.feed(encode_sequenced(b"\x00\x01x"))
-    warm.take_sequenced()
+    warm.next_sequenced()
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     now = time.monotonic()
@@ -296,7 +296,7 @@ def conflated_subscriber(port: int, count: int, pipe: Connection) -> None:
         blocks = []
         ended = False
         while True:  # heartbeats and the rest between runs of Sequenced Data
-            _, run = framer.take_sequenced()
+            _, run = framer.next_sequenced()
             blocks.append(run)
             other = framer.next_packet()
             ended = ended or isinstance(other, soup.EndOfSession)

@@ -92,7 +92,7 @@ def test_fifty_clients_one_stops_reading_it_is_cut_and_the_others_get_everything
     framer = soup.Framer(soup.Side.SERVER)
     framer.feed(told)
     assert isinstance(framer.next_packet(), soup.LoginAccepted)
-    count, blocks = framer.take_sequenced()
+    count, blocks = framer.next_sequenced()
     assert 0 < count < total and blocks == chunk(1, count)  # in order, then cut
 
 

@@ -495,9 +495,9 @@ def test_the_event_stream_reopened_drops_what_the_rebuilt_books_raise_again() ->
     again = EventStream(reopened=journal)
     assert again.start(SESSION) is journal
     again.append(2, bbo(1, 1, 1) + bbo(2, 1, 2))
-    assert len(journal) == 3 and again.take_appended() == []
+    assert len(journal) == 3 and again.blocks_to_write() == []
     again.append(2, bbo(3, 1, 3) + bbo(4, 1, 4))
-    assert len(journal) == 4 and again.take_appended() == [bbo(4, 1, 4)]
+    assert len(journal) == 4 and again.blocks_to_write() == [bbo(4, 1, 4)]
     again.lose(100, 105)
     lost = ev.view(decoded(journal.blocks(5, 1)[1]), ev.LOST)[0]
     assert (lost["sequence"], lost["first"], lost["count"]) == (5, 100, 5)

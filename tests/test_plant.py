@@ -184,7 +184,7 @@ class Collected:
         self.reconnects = 0
         self.events = CollectedEvents()  # the same client's events subscription, if any
 
-    def take(self, record: Record) -> None:
+    def receive(self, record: Record) -> None:
         if isinstance(record, Batch):
             assert record.first == len(self.messages) + 1, "out of order or twice"
             self.messages += iter_messages(record.blocks)
@@ -206,7 +206,7 @@ class CollectedEvents:
         self.reconnects = 0
         self.next = 1
 
-    def take(self, record: Record) -> None:
+    def receive(self, record: Record) -> None:
         if isinstance(record, Events):
             got = record.records
             assert (got["flags"] == 0).all(), "an image sent to a client replaying from 1"
@@ -247,12 +247,12 @@ async def _collect(
     itch: Endpoint, into: Collected, username: str = "", password: str = ""
 ) -> None:
     async for record in subscribe(itch, username=username, password=password, retry=0.05):
-        into.take(record)
+        into.receive(record)
 
 
 async def _collect_events(events: Endpoint, into: CollectedEvents) -> None:
     async for record in subscribe(events, events=True, retry=0.05):
-        into.take(record)
+        into.receive(record)
 
 
 async def _run(

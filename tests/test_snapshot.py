@@ -35,7 +35,7 @@ def test_a_snapshot_then_the_rest_of_the_stream_gives_the_whole_days_books() -> 
         for lo in range(0, cut, 7_000):  # as the live books take batches
             blocks = join_messages(day[lo : min(lo + 7_000, cut)])
             engine.process(blocks)
-            directory.take(blocks)
+            directory.apply(blocks)
         snap = list(iter_messages(snapshot(engine, directory, cut + 1)))
         end = snap.pop()
         assert end[:1] == b"G" and int(end[1:]) == cut + 1 and len(end) == 21

@@ -202,14 +202,14 @@ server_packets = st.one_of(
 def test_fast_path_takes_runs_of_sequenced_data_whatever_the_split(
     sent: list[Packet], cuts: list[int]
 ) -> None:
-    """What a client sees: take_sequenced for runs of S, next_packet for everything else."""
+    """What a client sees: next_sequenced for runs of S, next_packet for everything else."""
     stream = b"".join(encode(p) for p in sent)
     framer = Framer(Side.SERVER)
     got: list[Packet] = []
     for piece in _cut(stream, cuts):
         framer.feed(piece)
         while True:
-            count, blocks = framer.take_sequenced()
+            count, blocks = framer.next_sequenced()
             messages = list(iter_messages(blocks))
             assert len(messages) == count
             got.extend(SequencedData(m) for m in messages)
@@ -227,7 +227,7 @@ def test_encode_sequenced_matches_one_packet_per_message(messages: list[bytes]) 
     assert wire == b"".join(encode(SequencedData(m)) for m in messages)
     framer = Framer(Side.SERVER)
     framer.feed(wire)
-    assert framer.take_sequenced() == (len(messages), blocks)
+    assert framer.next_sequenced() == (len(messages), blocks)
 
 
 def test_encode_sequenced_refuses_a_truncated_stream_or_a_message_without_room() -> None:
@@ -239,17 +239,17 @@ def test_encode_sequenced_refuses_a_truncated_stream_or_a_message_without_room()
         encode_sequenced(b"\x00")
 
 
-def test_take_sequenced_stops_before_anything_else() -> None:
+def test_next_sequenced_stops_before_anything_else() -> None:
     stream = encode_sequenced(join_messages([b"a", b"bb"])) + encode(ServerHeartbeat())
     stream += encode(SequencedData(b"ccc"))
     framer = Framer(Side.SERVER)
     framer.feed(stream[:-1])  # the last packet incomplete
-    assert framer.take_sequenced() == (2, join_messages([b"a", b"bb"]))
-    assert framer.take_sequenced() == (0, b"")
+    assert framer.next_sequenced() == (2, join_messages([b"a", b"bb"]))
+    assert framer.next_sequenced() == (0, b"")
     assert framer.next_packet() == ServerHeartbeat()
-    assert framer.take_sequenced() == (0, b"")
+    assert framer.next_sequenced() == (0, b"")
     framer.feed(stream[-1:])
-    assert framer.take_sequenced() == (1, join_messages([b"ccc"]))
+    assert framer.next_sequenced() == (1, join_messages([b"ccc"]))
 
 
 # --- what the framer refuses -------------------------------------------------------------
@@ -280,7 +280,7 @@ def test_oversize_is_refused_before_the_payload_arrives() -> None:
     # and the fast path leaves an oversize S for next_packet to refuse
     framer = Framer(Side.SERVER, max_length=10)
     framer.feed(encode(SequencedData(b"x" * 20)))
-    assert framer.take_sequenced() == (0, b"")
+    assert framer.next_sequenced() == (0, b"")
     with pytest.raises(MalformedPacket):
         framer.next_packet()
 
@@ -319,7 +319,7 @@ def test_a_fixed_size_packet_announcing_more_is_refused_from_its_header() -> Non
 def test_sequenced_data_from_a_client_is_not_taken_as_messages() -> None:
     framer = Framer(Side.CLIENT)
     framer.feed(b"\x00\x04Sabc")
-    assert framer.take_sequenced() == (0, b"")
+    assert framer.next_sequenced() == (0, b"")
     with pytest.raises(MalformedPacket) as err:
         framer.next_packet()
     assert err.value.defect is Defect.WRONG_SENDER

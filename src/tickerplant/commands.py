@@ -329,7 +329,7 @@ async def _read_events(stream: AsyncIterator[Any], args: argparse.Namespace) -> 
             live.start()
         async for record in stream:
             if isinstance(record, Events):
-                quotes.take(record.records)
+                quotes.apply(record.records)
                 received += record.records.shape[0]
                 if args.json:
                     for item in as_json(record.records, quotes.names):

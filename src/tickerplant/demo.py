@@ -112,7 +112,7 @@ class DemoClient:
     reconnects: int = 0
     sha256: Any = field(default_factory=hashlib.sha256)
 
-    def take(self, record: object) -> None:
+    def receive(self, record: object) -> None:
         if isinstance(record, Batch):
             self.messages += record.count
             self.sha256.update(record.blocks)
@@ -142,12 +142,12 @@ class EventsClient:
     newest: list[int] = field(default_factory=list)
     taken_at: list[float] = field(default_factory=list)
 
-    def take(self, record: object) -> None:
+    def receive(self, record: object) -> None:
         if isinstance(record, Events):
             got = record.records
             self.records += got.shape[0]
             self.sha256.update(got.tobytes())
-            self.quotes.take(got)
+            self.quotes.apply(got)
             trades = ev.view(got, ev.TRADE)
             trades = trades[trades["trade"] != ev.BROKEN]
             summaries = ev.view(got, ev.TRADES)
@@ -181,7 +181,7 @@ async def _events(events: Endpoint, client: EventsClient, username: str = "",
     async for record in subscribe(events, events=True, username=username, retry=0.2,
                                   max_queued=1 if pause else 1024,
                                   rcvbuf=SLOW_RCVBUF if pause else None):  # fmt: skip
-        client.take(record)
+        client.receive(record)
         if pause and isinstance(record, Events):
             await asyncio.sleep(pause)
 
@@ -200,7 +200,7 @@ async def _staleness(client: EventsClient, live: EventsClient, samples: list[flo
 
 async def _reader(itch: Endpoint, client: DemoClient) -> None:
     async for record in subscribe(itch, retry=0.2, username="reader"):
-        client.take(record)
+        client.receive(record)
 
 
 async def _dropper(itch: Endpoint, client: DemoClient) -> None:
@@ -211,7 +211,7 @@ async def _dropper(itch: Endpoint, client: DemoClient) -> None:
         until = loop.time() + DROP_EVERY
         ended = True
         async for record in subscribe(itch, first=first, retry=0.2, username="drop"):
-            client.take(record)
+            client.receive(record)
             if isinstance(record, Batch | Lost):
                 first = record.end
             if loop.time() >= until:

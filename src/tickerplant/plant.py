@@ -305,7 +305,7 @@ class Plant:
         self.stream.deliver(batch)
         self._publish_itch()
         events = self.books.on_batch(batch)
-        self.directory.take(batch.blocks)
+        self.directory.apply(batch.blocks)
         self._books_at = batch.end
         stream = self.event_stream
         if stream.journal is not None:
@@ -341,11 +341,11 @@ class Plant:
         self._publish_events()
 
     def _publish_itch(self) -> None:
-        self._itch_file.write(self.stream.take_appended(), self.stream.journal)
+        self._itch_file.write(self.stream.blocks_to_write(), self.stream.journal)
         self.itch.publish()
 
     def _publish_events(self) -> None:
-        self._events_file.write(self.event_stream.take_appended(), self.event_stream.journal)
+        self._events_file.write(self.event_stream.blocks_to_write(), self.event_stream.journal)
         self.events.publish()
 
 

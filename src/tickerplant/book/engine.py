@@ -73,7 +73,7 @@ class EventBuffers:
     def __init__(self) -> None:
         self._arrays: list[Events | None] = [None, None, None]
 
-    def take(self, kind: int, room: int) -> Events:
+    def buffer(self, kind: int, room: int) -> Events:
         """The buffer of ``kind`` (0 BBO, 1 trades, 2 status) grown to ``room`` records."""
         buf = self._arrays[kind]
         if buf is None or buf.shape[0] < room:
@@ -155,8 +155,8 @@ class BookEngine:
         """
         buf = blocks if isinstance(blocks, np.ndarray) else as_array(blocks)
         room = buf.shape[0] // _MIN_BLOCK + 1
-        take = _fresh if scratch is None else scratch.take
-        bbo, trades, status = take(0, room), take(1, room), take(2, room)
+        buffer = _fresh if scratch is None else scratch.buffer
+        bbo, trades, status = buffer(0, room), buffer(1, room), buffer(2, room)
         stats = self._stats
         stats[k.ST_BBO] = stats[k.ST_TRADES] = stats[k.ST_STATUS] = 0
         stats[k.ST_FIRST] = stats[k.ST_MESSAGES]

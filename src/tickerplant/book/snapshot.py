@@ -35,7 +35,7 @@ class Directory:
         self.system_event: bytes | None = None
         self.by_locate: dict[tuple[int, int], bytes] = {}  # (type, locate) -> message
 
-    def take(self, blocks: bytes) -> None:
+    def apply(self, blocks: bytes) -> None:
         offsets, size = offsets_of(blocks)
         if not offsets.shape[0]:
             return

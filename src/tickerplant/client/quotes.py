@@ -35,7 +35,7 @@ class Quotes:
         self.updates: dict[int, int] = {}
         self.market = ""
 
-    def take(self, records: npt.NDArray[np.void]) -> None:
+    def apply(self, records: npt.NDArray[np.void]) -> None:
         for row in ev.view(records, ev.SYMBOL).tolist():
             self.names[row[4]] = row[6].decode("latin-1").strip()
         bbo = ev.view(records, ev.BBO)

@@ -249,7 +249,7 @@ def _warm_kernels() -> None:
     # The replay client's: compiling them in the middle of a late join stalls the catch-up.
     framer = soup.Framer(soup.Side.SERVER)
     framer.feed(soup.encode_sequenced(b"\x00\x01x"))
-    framer.take_sequenced()
+    framer.next_sequenced()
 
 
 def _tell(item: object) -> None:

@@ -180,7 +180,7 @@ class Sequencer:
         """A run of ``count`` messages starting at ``sequence`` (its session already accepted).
 
         ``blocks`` may be a view of a receive buffer: what is held back is copied, and what is
-        delivered must stay unchanged until the next :meth:`take`, which copies it out.
+        delivered must stay unchanged until the next :meth:`next_event`, which copies it out.
         """
         c = self.counters
         end = sequence + count

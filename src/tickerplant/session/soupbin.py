@@ -379,7 +379,7 @@ class SoupClientSession(SoupSession):
         framer = self._framer
         while not self.closed:
             if self.state is State.ACTIVE:
-                count, blocks = framer.take_sequenced()
+                count, blocks = framer.next_sequenced()
                 if count:
                     self._events.append(Batch(self.next_sequence, count, blocks))
                     self.next_sequence += count
@@ -389,7 +389,7 @@ class SoupClientSession(SoupSession):
             self._handle(packet)
 
     def _handle(self, packet: Packet) -> None:
-        # In the active state take_sequenced has consumed every S that next_packet could return.
+        # In the active state next_sequenced has consumed every S that next_packet could return.
         if isinstance(packet, Debug):
             self._events.append(DebugReceived(packet.text))
         elif isinstance(packet, EndOfSession):

@@ -34,7 +34,7 @@ class StreamCounters:
 class ItchStream:
     """What the ``itch`` stream serves; the owner publishes :attr:`journal` after each delivery,
     starts serving a new journal when :meth:`deliver` says the session changed, and writes what
-    :meth:`take_appended` returns to the session's file.
+    :meth:`blocks_to_write` returns to the session's file.
 
     ``reopened`` is a journal a previous run of the plant kept (read back from its file): when
     the feed starts that session again, the stream continues it, numbers and all, and what the
@@ -93,7 +93,7 @@ class ItchStream:
             self._lose(item.end - item.start)
         return False
 
-    def take_appended(self) -> list[bytes]:
+    def blocks_to_write(self) -> list[bytes]:
         """The block streams journaled since the last call, marks included, in order."""
         out, self._appended = self._appended, []
         return out
@@ -176,7 +176,7 @@ class EventStream:
         if self.counters.records > journaled:  # not one the run before journaled already
             self.counters.lost_notices += 1
 
-    def take_appended(self) -> list[bytes]:
+    def blocks_to_write(self) -> list[bytes]:
         """The blocks journaled since the last call, in order."""
         out, self._appended = self._appended, []
         return out

@@ -11,7 +11,7 @@ real implementations pad either way and some with NULs, so fields are stripped a
 
 Replays move millions of Sequenced Data packets, so those never become Python objects on the hot
 path: :func:`encode_sequenced` turns a block stream into a run of ``S`` packets and
-:meth:`Framer.take_sequenced` turns a run of ``S`` packets back into a block stream, each one
+:meth:`Framer.next_sequenced` turns a run of ``S`` packets back into a block stream, each one
 compiled pass over the bytes.
 """
 
@@ -259,7 +259,7 @@ def _sent_by(side: Side) -> frozenset[int]:
 class Framer:
     """Packets out of a byte stream sent by ``sender``, whatever the split of the reads.
 
-    Call :meth:`feed` with each read, then :meth:`take_sequenced` (fast path, runs of ``S``) and/or
+    Call :meth:`feed` with each read, then :meth:`next_sequenced` (fast path, runs of ``S``) and/or
     :meth:`next_packet` until they return nothing. A stream that breaks the protocol raises
     :class:`MalformedPacket`, and keeps raising it: nothing after a bad length can be trusted.
     """
@@ -327,7 +327,7 @@ class Framer:
         while (packet := self.next_packet()) is not None:
             yield packet
 
-    def take_sequenced(self) -> tuple[int, bytes]:
+    def next_sequenced(self) -> tuple[int, bytes]:
         """The run of whole ``S`` packets at the head of the buffer as (count, block stream).
 
         Stops before anything else (another type, a bad length, an incomplete packet), which
