@@ -10,7 +10,7 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from rich.console import Console
@@ -30,6 +30,25 @@ def _web(listen: Endpoint | None, snapshot: Snapshot) -> WebServer | None:
     web = WebServer(listen, snapshot)
     print(f"metrics: {web.url}metrics", file=sys.stderr)
     return web
+
+
+async def _show(
+    figures: Callable[[], dict[str, Any]], snapshot: Snapshot, console: Console | None,
+    stop: asyncio.Event, seconds: float, title: str = "", done: Callable[[], bool] = lambda: False,
+) -> None:
+    """The figures every half second, on the table and for /metrics, until ``stop``, ``seconds``
+    (0: no end) or ``done()``."""
+    from tickerplant.ops.dashboard import LiveTable
+
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds if seconds else float("inf")
+    with LiveTable(console, loop.time()) as table:
+        while not stop.is_set() and loop.time() < end and not done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(0.5, end - loop.time()))
+            now = figures()
+            snapshot.set(now)
+            table.show(now, loop.time(), title)
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -130,7 +149,6 @@ def exchange(args: argparse.Namespace) -> int:
 
 def feed(args: argparse.Namespace) -> int:
     from tickerplant.feed.handler import FeedHandler
-    from tickerplant.ops.dashboard import LiveTable
     from tickerplant.session.feed import FeedConfig
     from tickerplant.session.recovery import RecoveryConfig
 
@@ -157,17 +175,8 @@ def feed(args: argparse.Namespace) -> int:
             web = _web(args.metrics, snapshot)
             await feed.start()
             started = True
-            loop = asyncio.get_running_loop()
-            end = loop.time() + args.seconds if args.seconds else float("inf")
-            with LiveTable(None if args.json else Console(), loop.time()) as table:
-                while not stop.is_set() and loop.time() < end and not (
-                    args.until_end and feed.session_ended.is_set()
-                ):
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), min(0.5, end - loop.time()))
-                    figures = feed.figures()
-                    snapshot.set(figures)
-                    table.show(figures, loop.time())
+            await _show(feed.figures, snapshot, None if args.json else Console(), stop,
+                        args.seconds, done=lambda: args.until_end and feed.session_ended.is_set())
         finally:
             if started:
                 await feed.close()
@@ -191,7 +200,6 @@ def feed(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from tickerplant.ops.config import example, load_file
-    from tickerplant.ops.dashboard import LiveTable
     from tickerplant.plant import Plant, PlantConfig
 
     if args.example_config:
@@ -237,15 +245,7 @@ def run(args: argparse.Namespace) -> int:
                 f" tickerplant subscribe {events} --events",
                 file=sys.stderr,
             )
-            loop = asyncio.get_running_loop()
-            end = loop.time() + args.seconds if args.seconds else float("inf")
-            with LiveTable(console, loop.time()) as table:
-                while not stop.is_set() and loop.time() < end:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), min(0.5, end - loop.time()))
-                    figures = plant.figures()
-                    snapshot.set(figures)
-                    table.show(figures, loop.time(), "tickerplant run")
+            await _show(plant.figures, snapshot, console, stop, args.seconds, "tickerplant run")
         finally:
             if started:
                 await plant.close()

@@ -191,18 +191,21 @@ class Plant:
         self.event_stream = EventStream(self._events_file.reopened)
         self.feed = FeedHandler(config.feed, self._on_batch, self._on_event)
         users = {name.encode("ascii"): stored for name, stored in config.users.items()} or None
-        itch, events, glimpse = config.itch, config.events, config.glimpse
-        self.itch = SoupServer(FanOut(
-            _serving(self._itch_file.reopened), limits=itch.limits, users=users,
-            local_only=not users, policies=itch.policies(),
-            policy=itch.policy(itch.slow_consumer, "itch.slow_consumer"),
-        ), itch.listen.host, itch.listen.port, verify=passwords.verify)  # fmt: skip
-        self.events = SoupServer(FanOut(
-            _serving(self._events_file.reopened), limits=events.limits, users=users,
-            local_only=not users, catalog=_Catalog(self), policies=events.policies(),
-            policy=events.policy(events.slow_consumer, "events.slow_consumer"),
-        ), events.listen.host, events.listen.port, verify=passwords.verify)  # fmt: skip
+
+        def server(journal: Journal, stream: StreamConfig, catalog: _Catalog | None = None
+                   ) -> SoupServer:  # fmt: skip
+            """A stream's server: the plant's users (none: this host's clients only), the
+            stream's limits and its users' slow-consumer policies."""
+            return SoupServer(FanOut(
+                journal, limits=stream.limits, users=users, local_only=not users,
+                catalog=catalog, policies=stream.policies(),
+                policy=stream.policy(stream.slow_consumer, "slow_consumer"),
+            ), stream.listen.host, stream.listen.port, verify=passwords.verify)  # fmt: skip
+
+        self.itch = server(_serving(self._itch_file.reopened), config.itch)
+        self.events = server(_serving(self._events_file.reopened), config.events, _Catalog(self))
         self.directory = Directory()
+        glimpse = config.glimpse
         self.glimpse = SoupServer(FanOut(
             ItchStream.waiting(), limits=glimpse.limits, users=users, local_only=not users,
         ), glimpse.listen.host, glimpse.listen.port, verify=passwords.verify)  # fmt: skip

@@ -316,7 +316,10 @@ class BookEngine:
     def names(self) -> npt.NDArray[np.bytes_]:
         """Each locate's 8-byte symbol as the Stock Directory gave it (spaces if undefined),
         indexed by locate: a copy."""
-        names = np.where(self._defined[:, None] != 0, self._names, ord(" ")).astype(np.uint8)
+        return self._named(slice(None))
+
+    def _named(self, at: npt.NDArray[np.int64] | slice) -> npt.NDArray[np.bytes_]:
+        names = np.where(self._defined[at, None] != 0, self._names[at], ord(" ")).astype(np.uint8)
         return names.view("S8").ravel()
 
     def images(self, locates: npt.NDArray[np.int64], levels: int) -> Images:
@@ -341,8 +344,7 @@ class BookEngine:
         depth["price"] = np.where(side == 1, -key, key)
         depth["size"] = self._lv_qty[rows]
         depth["orders"] = self._lv_cnt[rows]
-        return Images(self.names()[at] if locates.shape[0] else np.empty(0, "S8"),
-                      top, trading, reg_sho, book // 2, side, level, depth)  # fmt: skip
+        return Images(self._named(at), top, trading, reg_sho, book // 2, side, level, depth)
 
     def bbo(self, locate: int) -> tuple[int, int, int, int]:
         """(bid price, bid size, ask price, ask size) of ``locate``; zeros for an empty side."""

@@ -129,33 +129,29 @@ class SoupConnection(asyncio.Protocol, Generic[M]):
         if self.transport is not None:
             self.transport.close()
 
-    def push(self) -> None:
-        """Write what the machine has to send now and nothing more; :meth:`service` does the
-        rest (its events, :meth:`wrote`, its timer). A server pushes a publish to all its
-        clients before it services any."""
+    def push(self) -> bool:
+        """Write what the machine has to send now and nothing more (whether it wrote);
+        :meth:`service` does the rest (its events, :meth:`wrote`, its timer). A server pushes a
+        publish to all its clients before it services any."""
         transport = self.transport
-        if transport is not None and not transport.is_closing():
-            data = self.session.data_to_send(clock())
-            if data:
-                transport.write(data)
-                self._unreported = True
+        if transport is None or transport.is_closing():
+            return False
+        data = self.session.data_to_send(clock())
+        if data:
+            transport.write(data)
+            self._unreported = True
+        return bool(data)
 
     def flush(self) -> None:
         """Events and writes until the machine has neither: acting on one may cause the other."""
-        if self._unreported:
-            self._unreported = False
-            self.wrote()
         while True:
+            if self._unreported:
+                self._unreported = False
+                self.wrote()
             while (event := self.session.next_event()) is not None:
                 self.on_event(event)
-            transport = self.transport
-            if transport is None or transport.is_closing():
+            if not self.push():
                 return
-            data = self.session.data_to_send(clock())
-            if not data:
-                return
-            transport.write(data)
-            self.wrote()
 
     def _on_timer(self) -> None:
         self.session.handle_timer(clock())
@@ -205,7 +201,7 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
         super().service()
         abort_at = self.session.abort_at
         if abort_at is not None and self._reset is None and self.transport is not None:
-            self._reset = self.loop.call_later(delay(abort_at, clock()), self.transport.abort)
+            self._reset_at(abort_at, self.transport)
 
     def close_transport(self) -> None:
         """Send what is buffered, then FIN, and read on until the client closes: closing a
@@ -222,9 +218,10 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
         transport.write_eof()
         if self._reset is None:
             at = self.session.abort_at
-            if at is None:
-                at = clock() + self.session.reset_after
-            self._reset = self.loop.call_later(delay(at, clock()), transport.abort)
+            self._reset_at(clock() + self.session.reset_after if at is None else at, transport)
+
+    def _reset_at(self, at: float, transport: asyncio.Transport) -> None:
+        self._reset = self.loop.call_later(delay(at, clock()), transport.abort)
 
     def _built(self, number: int, build: asyncio.Future[bytes]) -> None:
         if build.cancelled():

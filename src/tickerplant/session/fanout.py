@@ -571,15 +571,13 @@ class FanOut(Generic[H]):
         old, new = self._published, self.journal.next_sequence
         if new <= old:
             return []
-        self._published = new
-        self._publishes.append((old, now))
         live: list[Subscriber[H]] = []
         behind: list[Subscriber[H]] = []
         for subscriber in self._subscribers:
             if subscriber.active:
-                at_end = (subscriber.cursor == old and subscriber.lagging is None
-                          and not subscriber.imaging)  # fmt: skip
-                (live if at_end else behind).append(subscriber)
+                (live if subscriber.live else behind).append(subscriber)
+        self._published = new
+        self._publishes.append((old, now))
         self._shared.clear()
         deferred: list[Subscriber[H]] = []
         if live and new - old <= self.limits.chunk_messages:

@@ -410,7 +410,7 @@ class FeedSession:
                 elif isinstance(action, CancelReplay):
                     self._cancel_replay("stalled: nothing delivered for replay_stall seconds")
         while (item := seq.next_event()) is not None:
-            if isinstance(item, Batch | GapLost | SessionStarted | SessionEnded):
+            if isinstance(item, Delivery):
                 self._deliver(item)
                 continue
             if isinstance(item, GapRepaired):
