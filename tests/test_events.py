@@ -20,14 +20,15 @@ from tickerplant.client.subscribe import _resumed as resumed
 from tickerplant.exchange.synthetic import SyntheticMarket
 from tickerplant.session.events import Batch
 from tickerplant.session.fanout import (
-    CONFLATE_INTERVAL,
     BuildImages,
     FanOut,
     FanOutLimits,
     Lagging,
+    Phase,
     Policy,
     Subscribed,
 )
+from tickerplant.session.fanout.limits import CONFLATE_INTERVAL
 from tickerplant.session.journal import Journal
 from tickerplant.session.selection import conflate
 from tickerplant.session.soupbin import Closed, DebugReceived
@@ -224,7 +225,8 @@ def test_a_narrowed_client_gets_its_symbols_and_the_market_each_group_encoded_on
     every, narrow, twin = (EventLink(fanout, 0.0) for _ in range(3))
     for link in (narrow, twin):
         link.request(b"+AAA     CCC     ", 0.0)
-    assert narrow.sub.group == twin.sub.group != every.sub.group
+    groups = [link.sub.subscription.group for link in (narrow, twin, every)]
+    assert groups[0] == groups[1] != groups[2]
     notice = ev.notice(ev.LOST, 5, 77, 77, 3, 3)
     publish(fanout, journal, bbo(1, 1, 10), bbo(2, 2, 20), trade(3, 3, 30), bbo(4, 2, 21), notice)
     assert narrow.writes[-1] is twin.writes[-1]  # one encoding for the group
@@ -381,7 +383,8 @@ def lagging(policy: Policy) -> tuple[FanOut[EventLink], Journal, EventLink, Even
         publish(fanout, journal, *(bbo(n + i, 1 + i % 2, n + i) for i in range(1, 21)))
         fast.read(0.0)
     told = slow.events[-1]
-    assert slow.sub.lagging is policy and isinstance(told, Lagging) and told.policy is policy
+    phase = Phase.CONFLATED if policy is Policy.CONFLATE else Phase.SKIPPING
+    assert slow.sub.phase is phase and isinstance(told, Lagging) and told.policy is policy
     assert "over the 3000 cap" in told.reason
     return fanout, journal, fast, slow
 
@@ -406,10 +409,10 @@ def test_a_conflated_slow_consumer_gets_rounds_of_the_latest_until_an_interval_i
                                                        (b"b", 0, 83)]  # fmt: skip
     assert dropped == count - 3 and fanout.counters.conflating == 1
     # The picture it had before the round was 0.2 s old: the publish of 61 at 1.0.
-    assert fanout.staleness.figures()["max"] == pytest.approx(0.2)
+    assert fanout.delivery.staleness.figures()["max"] == pytest.approx(0.2)
     # Still conflated: the next publish waits for the next round, an interval on.
     publish(fanout, journal, bbo(84, 2, 84), bbo(85, 2, 85), now=1.25)
-    assert slow.sub.lagging is Policy.CONFLATE and slow.sub.cursor == 84
+    assert slow.sub.phase is Phase.CONFLATED and slow.sub.cursor == 84
     assert slow.sub.get_timer() == pytest.approx(1.2 + CONFLATE_INTERVAL)
     slow.sub.handle_timer(1.3)
     slow.service(1.3)
@@ -417,7 +420,7 @@ def test_a_conflated_slow_consumer_gets_rounds_of_the_latest_until_an_interval_i
     assert [r[:3] for r in slow.records[-2:]] == [(b"c", 0, 84), (b"b", 0, 85)]
     # An interval with nothing new: live again, and pushed what comes next.
     slow.sub.handle_timer(1.41)
-    assert slow.sub.lagging is None and slow.sub.live
+    assert slow.sub.phase is Phase.LIVE and slow.sub.live
     publish(fanout, journal, bbo(86, 1, 86), now=1.45)
     slow.read(1.45)
     assert slow.records[-1][:3] == (b"b", 0, 86)
@@ -433,9 +436,9 @@ def test_a_conflate_users_kernel_holds_little_unsent_and_more_held_makes_it_a_sl
     assert isinstance(slow.events[0], Subscribed) and slow.events[0].unsent == 2000
     assert isinstance(other.events[0], Subscribed) and other.events[0].unsent is None
     publish(fanout, journal, *(bbo(n, 1, n) for n in range(1, 31)))  # 1,620 bytes: kept up
-    assert slow.sub.lagging is None
+    assert slow.sub.phase is Phase.LIVE
     publish(fanout, journal, *(bbo(n, 1, n) for n in range(31, 61)))  # 3,240 unread: too much
-    assert slow.sub.lagging is Policy.CONFLATE and other.sub.lagging is None
+    assert slow.sub.phase is Phase.CONFLATED and other.sub.phase is Phase.LIVE
     assert "over the 2000 cap" in slow.events[-1].reason  # max_backlog is 16 MiB
 
 
@@ -513,21 +516,14 @@ def test_conflate_users_past_the_publish_budget_share_one_conflated_chunk() -> N
     publish(fanout, journal, *(bbo(n, 1 + n % 2, n) for n in range(1, 11)))
     pushed = [link for link in links if link.sub.cursor == 11]
     assert len(pushed) == 1
-    chunks = []
-    original = fanout._chunk
-
-    def counted(*args: Any) -> Any:
-        chunks.append(args)
-        return original(*args)
-
-    fanout._chunk = counted  # type: ignore[method-assign]
+    chunks = fanout.counters.chunks
     for link in links:
         link.read(0.0)  # the login accepted: a round waits for what was written before it
         if link not in pushed:
             link.sub.handle_timer(0.0)
             link.service(0.0)
             link.read(0.0)
-    assert len(chunks) == 1  # computed once for both, at the same place
+    assert fanout.counters.chunks == chunks + 1  # computed once for both, at the same place
     for link in links:
         if link in pushed:
             assert [r[2] for r in link.records] == list(range(1, 11))

@@ -19,6 +19,7 @@ from tickerplant.session.fanout import (
     FanOutLimits,
     Subscribed,
     SubscriberEvent,
+    delivery,
 )
 from tickerplant.session.journal import Journal
 from tickerplant.session.soupbin import (
@@ -141,7 +142,7 @@ def test_publish_encodes_once_and_hands_every_live_subscriber_the_same_bytes(
         encodes.append(len(blocks))
         return encode_sequenced(blocks)
 
-    monkeypatch.setattr(fanout_module, "encode_sequenced", counted)
+    monkeypatch.setattr(delivery, "encode_sequenced", counted)
     for first in (11, 111):
         journal.append(messages(first, 100))
         ready = fanout.publish(0.0)
@@ -216,7 +217,7 @@ def test_a_live_subscriber_over_max_backlog_is_told_why_and_closed_the_others_co
     assert fanout.counters.slow_consumers == 1
     reason = f"slow consumer: {3 * 40 * PACKET + 33} bytes unsent, over the {100 * PACKET} cap"
     assert stuck.events[-2:] == [Dropped(reason), Closed(CloseCause.LOCAL, reason)]
-    assert stuck.sub.closed and stuck.sub.abort_at == 3.0 + 2.0  # dropped at the third tick
+    assert stuck.sub.closed and stuck.sub.reset_after == 2.0  # reset once it had the linger
     stuck.read(5.0)  # it wakes up: what was queued, then why it was dropped
     assert stuck.next == 131
     assert stuck.client_events[-1] == DebugReceived(reason.encode())
@@ -380,7 +381,7 @@ def test_a_socket_that_takes_nothing_past_the_write_deadline_is_a_slow_consumer(
         dropped = [e for e in stuck.events if isinstance(e, Dropped)]
         cut = [Dropped("slow consumer: nothing taken for 2.0 s")]
         assert dropped == (cut if now == 3.0 else [])
-    assert stuck.sub.closed and stuck.sub.abort_at == 3.0 + limits.linger
+    assert stuck.sub.closed and stuck.sub.reset_after == limits.linger
     assert fine.sub.active and fanout.counters.slow_consumers == 1
 
 
@@ -452,10 +453,10 @@ def test_delivery_latency_runs_from_the_publish_to_the_write_that_takes_it() -> 
     quick.service(1.0005)  # taken half a millisecond after the publish
     late.service(1.25)  # the loop got to this one a quarter of a second later
     assert {s.handle for s in ready} == {quick, late}
-    figures = fanout.delivery.figures()
+    figures = fanout.delivery.latency.figures()
     assert figures["count"] == 2
     assert abs(figures["sum"] - 0.2505) < 1e-9  # type: ignore[operator]
     buckets = dict((str(b), n) for b, n in figures["buckets"])  # type: ignore[attr-defined]
     assert buckets["0.0005"] == 1 and buckets["0.25"] == 2
     late.service(2.0)  # nothing more to write: nothing more measured
-    assert fanout.delivery.figures()["count"] == 2
+    assert fanout.delivery.latency.figures()["count"] == 2

@@ -268,7 +268,7 @@ class Plant:
             "rejected_logins": {name: c.rejected for name, c in counters.items()},
             "sent_messages": {name: c.messages_sent for name, c in counters.items()},
             "sent_bytes": {name: c.bytes_sent for name, c in counters.items()},
-            "delivery_latency_seconds": {name: server.fanout.delivery.figures()
+            "delivery_latency_seconds": {name: server.fanout.delivery.latency.figures()
                                          for name, server in servers.items()},
             "slow_consumers": {
                 name: {"disconnect": c.slow_consumers, "conflate": c.conflating,
@@ -276,7 +276,7 @@ class Plant:
             },
             "conflated_updates": {"events": counters["events"].conflated_updates},
             "conflated_rounds": {"events": counters["events"].conflated_rounds},
-            "staleness_seconds": {"events": self.events.fanout.staleness.figures()},
+            "staleness_seconds": {"events": self.events.fanout.delivery.staleness.figures()},
             "skipped_messages": {"events": counters["events"].skipped_messages},
             "subscriptions": {"events": counters["events"].subscriptions},
             "refused_connections": {name: c.refused for name, c in counters.items()},

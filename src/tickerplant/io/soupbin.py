@@ -21,7 +21,7 @@ from functools import partial
 from typing import Generic, Protocol, TypeVar, cast
 
 from tickerplant.endpoint import Endpoint
-from tickerplant.io.loop import Timer, clock, delay
+from tickerplant.io.loop import Timer, clock
 from tickerplant.ops.logs import fields
 from tickerplant.session.fanout import (
     BuildImages,
@@ -199,16 +199,13 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
     def service(self) -> None:
         self.session.held(self.backlog)
         super().service()
-        abort_at = self.session.abort_at
-        if abort_at is not None and self._reset is None and self.transport is not None:
-            self._reset_at(abort_at, self.transport)
 
     def close_transport(self) -> None:
         """Send what is buffered, then FIN, and read on until the client closes: closing a
         socket with the client's heartbeats unread would send RST, and the client's kernel
         would throw away what it had not yet read (the tail of the stream, End of Session).
-        A client that does not close is reset when the fan-out says: ``abort_at`` (a dropped
-        client), else ``reset_after`` seconds from now."""
+        A client that does not close is reset when the fan-out says, ``reset_after`` seconds
+        from now."""
         transport = self.transport
         if transport is None:
             return
@@ -217,11 +214,7 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
             return
         transport.write_eof()
         if self._reset is None:
-            at = self.session.abort_at
-            self._reset_at(clock() + self.session.reset_after if at is None else at, transport)
-
-    def _reset_at(self, at: float, transport: asyncio.Transport) -> None:
-        self._reset = self.loop.call_later(delay(at, clock()), transport.abort)
+            self._reset = self.loop.call_later(self.session.reset_after, transport.abort)
 
     def _built(self, number: int, build: asyncio.Future[bytes]) -> None:
         if build.cancelled():
@@ -356,7 +349,7 @@ class SoupServer:
         if journal is current.journal:
             return  # served already (a journal reopened from the run before)
         if len(current.journal) == 0 and not current.ending:
-            current.journal = journal
+            current.adopt(journal)
             return
         _service(current.end_session())
         self.fanout = current.successor(journal)

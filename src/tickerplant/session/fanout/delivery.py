@@ -1,0 +1,249 @@
+"""Delivery: one session's journal to its subscribers, pushed to the live, pulled by the rest.
+
+- *Live*: :meth:`Delivery.publish` encodes what the journal gained once and hands the same bytes
+  to every live subscriber: per subscriber one append per batch, no work per message.
+- *Catching up*: a subscriber behind pulls the journal in chunks as its socket takes them, at
+  most ``turn_bytes`` a turn, so one client draining as fast as we write cannot keep the others
+  (and the timers) waiting; its next turn is a timer due at once.
+- *Imaging* (events, symbols added at the live end): until every image asked for has gone, in
+  the order asked, a subscriber is sent nothing else, and what is published meanwhile waits in
+  the journal for it, as for one catching up.
+- *Conflated* (events, a ``conflate`` user kept under its policy): it gets rounds
+  (:func:`~tickerplant.session.selection.conflate` of everything since its last) every
+  ``conflate_interval`` at most, each once io holds nothing of the one before, until an interval
+  passes with nothing new (a slow consumer) or it has caught up (one pushed past the publish
+  budget). What is stale is then bounded by a few bytes and the client's own buffers, not by the
+  stream's rate times the kernel's.
+- *Skipping* (events, a ``skip`` user kept under its policy): its next turn moves it to the live
+  end, telling it the exact range it skipped.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from tickerplant.session.fanout.limits import FanOutLimits
+from tickerplant.session.fanout.state import Phase, Step
+from tickerplant.session.journal import Journal
+from tickerplant.session.latency import Latencies
+from tickerplant.session.selection import conflate, select
+from tickerplant.wire import events as ev
+from tickerplant.wire.soupbintcp import encode_sequenced
+
+if TYPE_CHECKING:
+    from tickerplant.session.fanout.core import FanOutCounters
+    from tickerplant.session.fanout.subscriber import Subscriber
+
+ROUND_MESSAGES = 1 << 17  # read from the journal for one round at most (~7 MB of records)
+PUBLISHES_KEPT = 4096  # (number, time) of recent publishes: how stale a conflated client is
+
+# A chunk as a subscriber gets it: (messages read, bytes read, messages sent, packets, BBO
+# changes conflated away).
+Chunk = tuple[int, int, int, bytes, int]
+
+
+class Delivery:
+    """What belongs to the session of ``journal``: how far it is published and its turns."""
+
+    def __init__(self, journal: Journal, limits: FanOutLimits, counters: FanOutCounters,
+                 events: bool) -> None:  # fmt: skip
+        self.journal = journal
+        self.limits = limits
+        self.counters = counters
+        self.events = events  # an events stream: records may be selected and conflated
+        self.published = journal.next_sequence
+        self.ending = False
+        # From the publish that gave a subscriber something to write to the moment io took the
+        # first of it for the socket: the loop's delay, publish budgets and catch-up turns.
+        self.latency = Latencies()
+        # How stale a conflated slow consumer's picture was as each round went: from the
+        # publish of the oldest record it had not been sent to the round.
+        self.staleness = Latencies()
+        self._publishes: deque[tuple[int, float]] = deque(maxlen=PUBLISHES_KEPT)
+        self._rotation = 0  # who is pushed first: the next publish starts one further on
+        # Catch-up chunks computed this publish, shared by subscribers at the same place asking
+        # for the same: (group, cursor, messages, conflated) -> the chunk
+        self._shared: dict[tuple[bytes | None, int, int, bool], Chunk] = {}
+
+    def publish(
+        self, subscribers: list[Subscriber[Any]], now: float
+    ) -> tuple[list[Subscriber[Any]], list[Subscriber[Any]]]:
+        """Take in what the journal gained since the last call: returns the live subscribers it
+        was pushed to, and those live that were not (past this publish's budget, or a burst too
+        big to push): the policy says what becomes of them."""
+        old, new = self.published, self.journal.next_sequence
+        if new <= old:
+            return [], []
+        live: list[Subscriber[Any]] = []
+        for subscriber in subscribers:
+            if subscriber.phase is Phase.CATCHING_UP and subscriber.cursor == old:
+                subscriber.move(Step.CAUGHT_UP)  # it was waiting for this number
+            if subscriber.phase is Phase.LIVE:
+                if subscriber.imaging:
+                    subscriber.move(Step.DEFER)  # its images first
+                else:
+                    live.append(subscriber)
+        self.published = new
+        self._publishes.append((old, now))
+        self._shared.clear()
+        if not live or new - old > self.limits.chunk_messages:
+            return [], live
+        count, blocks = self.journal.blocks(old, new - old)
+        groups: dict[bytes | None, tuple[int, bytes]] = {}
+        budget = self.limits.publish_bytes
+        first = self._rotation % len(live)
+        self._rotation += 1
+        pushed: list[Subscriber[Any]] = []
+        deferred: list[Subscriber[Any]] = []
+        for subscriber in live[first:] + live[:first]:
+            if budget <= 0:
+                deferred.append(subscriber)
+                continue
+            group = subscriber.subscription.group
+            packets = groups.get(group)
+            if packets is None:  # once per group of subscribers asking for the same
+                mine = (count, blocks)
+                if subscriber.subscription.locates is not None:
+                    mine = select(blocks, subscriber.subscription.locates)
+                packets = groups[group] = (mine[0], encode_sequenced(mine[1]))
+            self.send(subscriber, packets[1], packets[0], new)
+            subscriber.pushed = True
+            budget -= len(packets[1])
+            pushed.append(subscriber)
+        return pushed, deferred
+
+    def behind(self, subscribers: list[Subscriber[Any]]) -> None:
+        """``subscribers`` pull what they lack from the journal at their own pace, in turns: the
+        next is due at once, a timer, so it runs after the loop has looked around (the feed it
+        shares reads its lines) and no one publish does every client's work."""
+        for subscriber in subscribers:
+            if subscriber.turn_at is None:
+                subscriber.budget = 0
+                subscriber.turn_at = 0.0
+
+    def turn(self, subscriber: Subscriber[Any], now: float) -> None:
+        """Its turn came: a new budget, and a conflated subscriber whose round's interval passed
+        with nothing new is live again."""
+        subscriber.budget = self.limits.turn_bytes
+        conflated = subscriber.phase in (Phase.CONFLATED, Phase.CONFLATED_CATCHUP)
+        if conflated and now >= subscriber.round_at and subscriber.cursor >= self.published:
+            self._arrived(subscriber)
+
+    def catch_up(self, subscriber: Subscriber[Any], now: float) -> None:
+        """One chunk from the journal, if it is behind and its socket and its turn allow."""
+        if not subscriber.active or subscriber.imaging:
+            return
+        if subscriber.phase is Phase.SKIPPING and not subscriber.paused:
+            self._skip(subscriber)
+        # Until a chunk has something for it: a narrowed subscriber may want none of one.
+        while subscriber.cursor < self.published and not subscriber.paused:
+            if subscriber.budget <= 0:
+                if subscriber.turn_at is None:
+                    subscriber.turn_at = now  # yield: the next turn once io has looked around
+                return
+            at = subscriber.cursor
+            conflating = subscriber.phase in (Phase.CONFLATED, Phase.CONFLATED_CATCHUP)
+            if conflating and not self._round_due(subscriber, now):
+                return
+            step = ROUND_MESSAGES if conflating else self.limits.chunk_messages
+            want = min(step, self.published - at)
+            since = subscriber.subscription.since
+            key = None if since else (subscriber.subscription.group, at, want, conflating)
+            chunk = self._shared.get(key) if key is not None else None
+            if chunk is None:
+                chunk = self._chunk(subscriber, at, want, conflating)
+                if key is not None:
+                    self._shared[key] = chunk
+            count, read, sent, packets, dropped = chunk
+            self.counters.conflated_updates += dropped
+            # What it was sent, or (sent nothing) what was read for it: a turn's work is bounded.
+            subscriber.budget -= len(packets) if sent else read
+            if conflating:
+                self._round_sent(subscriber, at, now)
+            self.send(subscriber, packets, sent, at + count)
+            subscriber.subscription.passed(subscriber.cursor)
+            if sent or conflating:
+                break
+        if subscriber.cursor >= self.published and subscriber.phase is not Phase.CONFLATED:
+            self._arrived(subscriber)
+
+    def _arrived(self, subscriber: Subscriber[Any]) -> None:
+        """At or past the journal's end: live, or (ahead of it) waiting for its number."""
+        if subscriber.phase is Phase.LIVE:
+            return
+        at_end = subscriber.cursor == self.published
+        if at_end or subscriber.phase is not Phase.CATCHING_UP:
+            subscriber.move(Step.CAUGHT_UP if at_end else Step.WAIT)
+
+    def _round_due(self, subscriber: Subscriber[Any], now: float) -> bool:
+        """Whether a conflated round may go now: its interval is over and io holds nothing of
+        the round before (else it waits: the next round then covers more, not more rounds)."""
+        if self.ending:
+            return True  # the journal is complete: the rest goes as it can, then End of Session
+        if now >= subscriber.round_at and not subscriber.backlog:
+            return True
+        # io tells us when a full socket drains (resume), not when its last bytes go: a round
+        # held back by a backlog looks again a tenth of an interval on.
+        again = now + self.limits.conflate_interval / 10 if subscriber.backlog else 0.0
+        if subscriber.turn_at is None or subscriber.turn_at <= now:
+            subscriber.turn_at = max(subscriber.round_at, again)
+        return False
+
+    def _round_sent(self, subscriber: Subscriber[Any], at: int, now: float) -> None:
+        """A round from ``at`` goes now: its staleness noted, the next one's time set."""
+        self.counters.conflated_rounds += 1
+        # The publish that brought ``at``: the last that began at or before it (the oldest
+        # kept, if it began before them all), by bisection: with thousands of conflated clients
+        # there are thousands of rounds a second, each once walked back over the publishes.
+        publishes = self._publishes
+        i = bisect.bisect_right(publishes, at, key=lambda p: p[0])
+        published = publishes[max(i - 1, 0)][1] if publishes else now
+        self.staleness.add(max(0.0, now - published))
+        subscriber.round_at = now + self.limits.conflate_interval
+        subscriber.turn_at = subscriber.round_at
+
+    def _chunk(self, subscriber: Subscriber[Any], at: int, want: int, conflating: bool) -> Chunk:
+        """Up to ``want`` messages from ``at`` as ``subscriber`` gets them."""
+        self.counters.chunks += 1
+        count, blocks = self.journal.blocks(at, want)
+        read, sent, dropped = len(blocks), count, 0
+        if self.events:
+            subscription = subscriber.subscription
+            sent, blocks = select(blocks, subscription.locates, subscription.since)
+            if conflating:
+                _, kept, dropped = conflate(blocks)
+                if dropped:  # told first, in a notice
+                    blocks = ev.notice(ev.CONFLATED, at, 0, at, count, dropped) + kept
+                    sent = len(blocks) // ev.BLOCK_SIZE
+        return count, read, sent, encode_sequenced(blocks), dropped
+
+    def _skip(self, subscriber: Subscriber[Any]) -> None:
+        """Move a skipping subscriber to the live end, telling it the exact range it skipped."""
+        at, end = subscriber.cursor, self.published
+        if end > at:
+            self.counters.skipped_messages += end - at
+            notice = ev.notice(ev.SKIPPED, at, 0, at, end - at, end - at)
+            self.send(subscriber, encode_sequenced(notice), 1, end)
+            subscriber.subscription.since = {}
+        self._arrived(subscriber)
+
+    def images(self, subscriber: Subscriber[Any], ready: list[bytes]) -> None:
+        """Images built, in the order asked, go now; once none is awaited, what was published
+        meanwhile follows in turns."""
+        for blocks in ready:
+            if subscriber.active:
+                packets = encode_sequenced(blocks)
+                subscriber.session.send_sequenced(packets, len(blocks) // ev.BLOCK_SIZE)
+                self.counters.bytes_sent += len(packets)
+        if not subscriber.imaging:
+            subscriber.budget = self.limits.turn_bytes
+
+    def send(self, subscriber: Subscriber[Any], packets: bytes, count: int, upto: int) -> None:
+        """``count`` messages framed as ``packets``, which bring its cursor to ``upto``."""
+        if count:
+            subscriber.session.send_sequenced(packets, count)
+            self.counters.messages_sent += count
+            self.counters.bytes_sent += len(packets)
+        subscriber.cursor = upto

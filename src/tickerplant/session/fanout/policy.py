@@ -1,0 +1,103 @@
+"""The slow-consumer policy: one function, :func:`decide`, told what happened to a subscriber
+and returning what to do. The fan-out carries the action out (:meth:`FanOut.act`); io carries
+out what concerns the socket (the high-water mark, when to reset) and decides none of it.
+
+What it is told:
+
+- :class:`Backlog`: io holds ``size`` bytes for it beyond the socket just after a push. Past
+  ``max_backlog`` (``conflate_unsent`` for a conflate user of an events stream: it would rather
+  have rounds than wait) it is a slow consumer.
+- :class:`Stalled`: its socket has taken nothing for ``waited`` seconds while we had bytes for
+  it. Past ``write_deadline`` it is cut whatever its policy: a dead reader must not keep its place.
+- :class:`Deferred`: it was live and the publish went past its budget before its turn. A
+  conflate user is conflated until it has caught up; anyone else catches up.
+- :class:`Closing`: its session closed. A client at the end of the session (or logging out) may
+  have a lot left to read: it is reset ``write_deadline`` after its FIN if it has not closed; any
+  other (told why in a Debug packet, or gone) after ``linger``.
+
+On an events stream ``conflate`` and ``skip`` keep a slow consumer (nothing more is pushed to
+it; what it is sent next is paced by its socket, as catching up is); a slow consumer of another
+stream is cut (its messages can be neither merged nor skipped).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from tickerplant.session.fanout.limits import FanOutLimits, Policy
+from tickerplant.session.fanout.state import Phase
+from tickerplant.session.soupbin import CloseCause
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stalled:
+    waited: float  # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    cause: CloseCause
+
+
+Report = Backlog | Stalled | Deferred | Closing
+
+
+class Verdict(enum.Enum):
+    KEEP = "keep"  # nothing changes
+    CUT = "cut"  # told why (Debug) and closed
+    CONFLATE = "conflate"  # a slow consumer: rounds until one finds nothing new
+    SKIP = "skip"  # a slow consumer: its next turn jumps to the live end
+    ROUNDS = "rounds"  # deferred: rounds until caught up
+    CATCH_UP = "catch up"  # deferred: it pulls the rest in turns
+    RESET = "reset"  # closed: io resets it ``reset_after`` seconds after its FIN, if still open
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    verdict: Verdict
+    reason: str = ""
+    reset_after: float = 0.0
+
+
+KEEP = Action(Verdict.KEEP)
+
+
+def decide(report: Report, phase: Phase, policy: Policy, events: bool,
+           limits: FanOutLimits) -> Action:  # fmt: skip
+    """What becomes of a subscriber in ``phase`` whose user has ``policy``, on an events stream
+    or not (``events``), given ``report``."""
+    if isinstance(report, Closing):
+        graceful = report.cause in (CloseCause.END_OF_SESSION, CloseCause.LOGOUT)
+        wait = limits.write_deadline if graceful else limits.linger
+        return Action(Verdict.RESET, reset_after=wait)
+    if isinstance(report, Deferred):
+        conflated = events and policy is Policy.CONFLATE
+        return Action(Verdict.ROUNDS if conflated else Verdict.CATCH_UP)
+    if isinstance(report, Stalled):
+        if report.waited < limits.write_deadline:
+            return KEEP
+        return Action(Verdict.CUT, f"slow consumer: nothing taken for {report.waited:.1f} s")
+    cap = limits.max_backlog
+    if events and policy is Policy.CONFLATE:
+        cap = min(cap, limits.conflate_unsent)
+    if report.size <= cap:
+        return KEEP
+    reason = f"slow consumer: {report.size} bytes unsent, over the {cap} cap"
+    if not events or policy is Policy.DISCONNECT:
+        return Action(Verdict.CUT, reason)
+    # Already kept under its policy: nothing new. A conflate user pushed past the budget
+    # (conflated until caught up) that turns out slow too stays conflated until a quiet round.
+    if phase in (Phase.CONFLATED, Phase.SKIPPING):
+        return KEEP
+    return Action(Verdict.CONFLATE if policy is Policy.CONFLATE else Verdict.SKIP, reason)
