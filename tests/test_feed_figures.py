@@ -8,9 +8,9 @@ import asyncio
 import pytest
 
 from tickerplant.endpoint import Endpoint
-from tickerplant.feed.books import LiveBooks
 from tickerplant.feed.handler import FeedHandler
 from tickerplant.ops.figures import EXCHANGE, REGISTRY, STREAMS, Kind
+from tickerplant.plant.books import LiveBooks
 from tickerplant.session.events import Batch, GapLost, Source
 from tickerplant.session.feed import FeedConfig
 

@@ -1,4 +1,6 @@
-"""The feed handler's in-order batches through the book engine: the live plant's books.
+"""The plant's live books: the feed handler's in-order batches through the book engine, the
+directory a snapshot is made from, and where both stand; and the books as the events stream's
+fan-out asks for them (:class:`Catalog`).
 
 Once per batch, never per message: the engine applies the batch's block stream in one compiled
 call and the BBO events it returns are tallied per locate with one ``bincount``.
@@ -10,19 +12,28 @@ mean nothing to the old books (they start over).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from tickerplant.book import normalize
 from tickerplant.book.engine import BookEngine, EventBatch, EventBuffers
+from tickerplant.book.snapshot import Directory, Picture, picture
 from tickerplant.session.events import Batch, Event, GapLost, SessionStarted
+from tickerplant.session.stream import EventStream
 
 PRICE_SCALE = 10_000  # ITCH Price(4)
 
 
 class LiveBooks:
-    def __init__(self, engine: BookEngine | None = None) -> None:
+    def __init__(self, engine: BookEngine | None = None, first_sequence: int = 1) -> None:
         self.engine = engine or BookEngine()
+        self.directory = Directory()  # the reference messages a snapshot repeats
+        self.first_sequence = first_sequence
+        # The number after the last message the books applied (or were told lost): what a
+        # snapshot continues from. Behind the journal's end while a restarted plant catches up.
+        self.at = first_sequence
         # Each batch's events are tallied before the next batch comes: one set of buffers serves
         # them all, written over batch after batch (and kept across a new session's engine).
         self._scratch = EventBuffers()
@@ -48,15 +59,24 @@ class LiveBooks:
             counts = np.bincount(events.bbo["locate"])
             self._bbo_by_locate[: counts.shape[0]] += counts
         self.trades += events.trades.shape[0]
+        self.directory.apply(batch.blocks)
+        self.at = batch.end
         return events
 
     def on_event(self, event: Event) -> None:
         """The feed's ``on_event``: GapLost and session changes come in stream position."""
         if isinstance(event, GapLost):
             self.messages_missed += event.end - event.start
+            self.at = event.end
         elif isinstance(event, SessionStarted) and event.previous is not None:
             self.engine = BookEngine(self.engine.max_symbols)  # a new session's books
+            self.directory = Directory()
+            self.at = self.first_sequence
             self._fresh_figures()
+
+    def picture(self) -> Picture:
+        """The books as a snapshot continuing from :attr:`at`, taken now (encode it later)."""
+        return picture(self.engine, self.directory, self.at)
 
     def figures(self, busiest: int = 3) -> dict[str, Any]:
         """Sizes, counts and the busiest symbols' BBO (names in ``tickerplant.ops.figures``)."""
@@ -88,3 +108,28 @@ class LiveBooks:
             "bytes_per_live_order": round(engine.bytes_per_live_order, 1),
             "busiest": quotes,
         }
+
+
+class Catalog:
+    """The books as the events stream's fan-out asks for them (``session.fanout.Catalog``): a
+    symbol's locate, and images of symbols' state as of the stream's last record."""
+
+    def __init__(self, books: LiveBooks, stream: EventStream, depth: int) -> None:
+        self._books = books
+        self._stream = stream
+        self._depth = depth
+        self._by_symbol: dict[bytes, int] = {}
+        self._symbols = -1  # the directory's size when _by_symbol was built
+
+    def locate(self, symbol: bytes) -> int | None:
+        engine = self._books.engine
+        if engine.symbol_count != self._symbols:  # a Stock Directory since: once per change
+            self._by_symbol = {name.encode("latin-1").ljust(8): loc
+                               for loc, name in engine.symbols().items()}  # fmt: skip
+            self._symbols = engine.symbol_count
+        return self._by_symbol.get(symbol)
+
+    def images(self, locates: list[int]) -> Callable[[], bytes]:
+        books = self._books
+        return normalize.imaging(books.engine, locates, self._stream.next_sequence - 1,
+                                 books.at - 1, self._depth)  # fmt: skip

@@ -1,0 +1,130 @@
+"""``tickerplant run``'s settings: the feed, each stream the plant serves, its users; loaded
+from TOML by :func:`tickerplant.ops.config.load`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from tickerplant.endpoint import EVENTS, GLIMPSE, ITCH, LINE_A, LINE_B, REPLAY, REREQUEST, Endpoint
+from tickerplant.errors import ConfigError
+from tickerplant.io.web import MetricsConfig
+from tickerplant.ops import passwords
+from tickerplant.ops.config import check
+from tickerplant.session.fanout import FanOutLimits, Policy
+from tickerplant.session.feed import FeedConfig
+
+MEMORY_BYTES = 256 << 20  # of each stream's journal kept in memory (with a journal file)
+
+
+def _feed() -> FeedConfig:
+    return FeedConfig(LINE_A, LINE_B, rerequest=REREQUEST, replay=REPLAY)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    """One SoupBinTCP stream the plant serves."""
+
+    listen: Endpoint = ITCH
+    limits: FanOutLimits = field(default_factory=FanOutLimits)
+    # Each session's journal is also appended to a file here (SESSION.journal: the block
+    # stream as served, marks included); a plant started again reopens the newest and serves
+    # the same numbers. None: memory only, gone with the process.
+    journal_dir: Path | None = None
+    # With a journal_dir, the newest this many bytes stay in memory; older ones are read back
+    # from the file (the page cache, as a rule) when a client catches up through them.
+    memory_bytes: int = MEMORY_BYTES
+    # What becomes of a slow consumer of this stream: "disconnect" (told why and closed; it
+    # resumes from the journal), or on the events stream "conflate" (each symbol's latest
+    # state while it lags) or "skip" (moved to live, told the range skipped). Per user name
+    # (with no users configured, the name a client logs in with), else ``slow_consumer``.
+    slow_consumer: str = Policy.DISCONNECT.value
+    slow_consumers: dict[str, str] = field(default_factory=dict)
+    # The policies this stream can carry out: itch's messages can be neither merged nor skipped.
+    POLICIES: ClassVar[tuple[Policy, ...]] = (Policy.DISCONNECT,)
+
+    def __post_init__(self) -> None:
+        check("memory_bytes", self.memory_bytes >= 0, self.memory_bytes, "give bytes, 0 or more")
+        self.policy(self.slow_consumer, "slow_consumer")
+        for name, policy in self.slow_consumers.items():
+            _check_user(name, f"slow_consumers.{name}")
+            self.policy(policy, f"slow_consumers.{name}")
+
+    def policy(self, name: str, where: str) -> Policy:
+        """The policy ``name`` (the setting at ``where``), if this stream can carry it out."""
+        fix = "give one of " + ", ".join(p.value for p in self.POLICIES)
+        try:
+            policy = Policy(name)
+        except ValueError:
+            raise ConfigError(where, f"{name!r} is not a policy", fix) from None
+        if policy not in self.POLICIES:
+            raise ConfigError(where, f"{name!r} cannot be done on this stream (its messages "
+                              "can be neither merged nor skipped)", fix)  # fmt: skip
+        return policy
+
+    def policies(self) -> dict[bytes, Policy]:
+        """Each user's policy, by the name a login carries."""
+        return {user.encode("ascii"): self.policy(policy, f"slow_consumers.{user}")
+                for user, policy in self.slow_consumers.items()}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class EventsConfig(StreamConfig):
+    """The normalized events stream: BBO changes, trades, status changes, lost ranges. Its
+    journal files are journal_dir/SESSION.events."""
+
+    listen: Endpoint = EVENTS
+    # Price levels per side in the image a client gets of each symbol it adds.
+    depth: int = 5
+    POLICIES: ClassVar[tuple[Policy, ...]] = (Policy.DISCONNECT, Policy.CONFLATE, Policy.SKIP)
+
+    def __post_init__(self) -> None:
+        StreamConfig.__post_init__(self)  # (zero-argument super() fails in a slots dataclass)
+        if not 0 <= self.depth <= 255:
+            raise ConfigError("depth", f"{self.depth}", "give 0 to 255 levels")
+
+
+@dataclass(frozen=True, slots=True)
+class GlimpseConfig:
+    """The snapshot service: log in at 1, read the books as ITCH messages up to End of Snapshot
+    ``G`` (the itch number to continue from), then End of Session."""
+
+    listen: Endpoint = GLIMPSE
+    limits: FanOutLimits = field(default_factory=FanOutLimits)
+    # A snapshot is rebuilt this often while the stream moves (one vectorised pass over the
+    # resting orders); a login gets the latest, and G says where it stands.
+    refresh: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.refresh > 0:
+            raise ConfigError("refresh", f"{self.refresh}", "give seconds above 0")
+
+
+@dataclass(frozen=True, slots=True)
+class PlantConfig:
+    feed: FeedConfig = field(default_factory=_feed)
+    itch: StreamConfig = field(default_factory=StreamConfig)
+    glimpse: GlimpseConfig = field(default_factory=GlimpseConfig)
+    # User name -> scrypt hash of the password (`tickerplant passwd USER` makes one). With none,
+    # any login is accepted, from this host's addresses only.
+    users: dict[str, str] = field(default_factory=dict)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # Keys a config may still carry from before, and where they went.
+    MOVED: ClassVar[dict[str, str]] = {
+        "slow_consumer": "[events] slow_consumer (policies are per stream; [itch] takes only "
+                         "disconnect)",
+        "slow_consumers": "[events] slow_consumers (policies are per stream; [itch] takes only "
+                          "disconnect)",
+    }  # fmt: skip
+
+    def __post_init__(self) -> None:
+        for name, stored in self.users.items():
+            _check_user(name, f"users.{name}")
+            passwords.check(stored, f"users.{name}")
+
+
+def _check_user(name: str, where: str) -> None:
+    if not (0 < len(name) <= 6 and name.isascii() and name.isprintable()):
+        raise ConfigError(where, "is not a SoupBinTCP user name", "use 1 to 6 ASCII characters")

@@ -1,0 +1,199 @@
+"""``tickerplant run``: a whole plant in one process.
+
+The feed handler (lines, re-request, replay) hands its repaired stream to the live books and to
+the ``itch`` stream, a SoupBinTCP server of its journal: a client logs in at any sequence number,
+is replayed from there at full speed and then stays live, and a range the plant lost keeps its
+numbers as marks (:mod:`tickerplant.session.stream`). What the books raise (BBO changes, trades,
+status changes) and the ranges lost are the ``events`` stream's records
+(:mod:`tickerplant.wire.events`), journaled and served the same way; its clients may narrow it to
+symbols and, as slow consumers, be conflated or skipped. ``glimpse`` serves snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from typing import Any
+
+from tickerplant.book import normalize
+from tickerplant.capture.journal import JournalFile
+from tickerplant.endpoint import Endpoint
+from tickerplant.errors import ConfigError
+from tickerplant.feed.handler import FeedHandler
+from tickerplant.io.soupbin import SoupServer
+from tickerplant.ops import passwords
+from tickerplant.plant.books import Catalog, LiveBooks
+from tickerplant.plant.config import PlantConfig, StreamConfig
+from tickerplant.session.events import Batch, Event, GapLost, SessionEnded, SessionStarted
+from tickerplant.session.fanout import FanOut
+from tickerplant.session.journal import Journal
+from tickerplant.session.stream import EventStream, ItchStream
+
+
+class Plant:
+    def __init__(self, config: PlantConfig) -> None:
+        self.config = config
+        self.books = LiveBooks(first_sequence=config.feed.first_sequence)
+        self._itch_file = JournalFile(config.itch.journal_dir, "journal", config.itch.memory_bytes)
+        self.stream = ItchStream(config.feed.first_sequence, self._itch_file.reopened)
+        self._events_file = JournalFile(config.events.journal_dir, "events",
+                                        config.events.memory_bytes)
+        self.event_stream = EventStream(self._events_file.reopened)
+        self.feed = FeedHandler(config.feed, self._on_batch, self._on_event)
+        users = {name.encode("ascii"): stored for name, stored in config.users.items()} or None
+
+        def server(journal: Journal, stream: StreamConfig, catalog: Catalog | None = None
+                   ) -> SoupServer:  # fmt: skip
+            """A stream's server: the plant's users (none: this host's clients only), the
+            stream's limits and its users' slow-consumer policies."""
+            return SoupServer(FanOut(
+                journal, limits=stream.limits, users=users, local_only=not users,
+                catalog=catalog, policies=stream.policies(),
+                policy=stream.policy(stream.slow_consumer, "slow_consumer"),
+            ), stream.listen.host, stream.listen.port, verify=passwords.verify)  # fmt: skip
+
+        self.itch = server(_serving(self._itch_file.reopened), config.itch)
+        catalog = Catalog(self.books, self.event_stream, config.events.depth)
+        self.events = server(_serving(self._events_file.reopened), config.events, catalog)
+        glimpse = config.glimpse
+        self.glimpse = SoupServer(FanOut(
+            ItchStream.waiting(), limits=glimpse.limits, users=users, local_only=not users,
+        ), glimpse.listen.host, glimpse.listen.port, verify=passwords.verify)  # fmt: skip
+        self._snapshot_at = 0  # the itch number the current snapshot continues from
+        self._refresher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Listen first, then join the lines: a client may log in before the first packet."""
+        self.books.warm()
+        servers = {"itch": self.itch, "events": self.events, "glimpse": self.glimpse}
+        try:
+            for name, server in servers.items():
+                try:
+                    await server.start()
+                except OSError as err:  # in use, or not an address of this host
+                    # (the errno's words: the loop's own repeat the address, reworded)
+                    why = os.strerror(err.errno) if err.errno else str(err)
+                    listen = Endpoint(server.host, server.port)
+                    raise ConfigError(f"{name}.listen", f"cannot listen on {listen}: {why}",
+                                      "give a free host:port") from None
+            await self.feed.start()
+        except BaseException:
+            for server in servers.values():  # (one never started closes as a no-op)
+                await server.close()
+            raise
+        self._refresher = asyncio.ensure_future(self._refresh())
+
+    async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        await self.feed.close()
+        await self.itch.close()
+        await self.events.close()
+        await self.glimpse.close()
+        self._itch_file.close()
+        self._events_file.close()
+
+    def figures(self) -> dict[str, Any]:
+        servers = {"itch": self.itch, "events": self.events}
+        counters = {name: server.counters for name, server in servers.items()}
+        return self.feed.figures() | self.books.figures() | {
+            "stream_messages": {"itch": self.stream.counters.messages,
+                                "events": self.event_stream.counters.records},
+            "stream_lost_messages": {"itch": self.stream.counters.lost,
+                                     "events": self.event_stream.counters.lost_notices},
+            "clients": {name: server.clients for name, server in servers.items()},
+            "queued_bytes": {name: server.queued for name, server in servers.items()},
+            "journal_memory_bytes": {
+                "itch": self.stream.journal.memory if self.stream.journal else 0,
+                "events": self.event_stream.journal.memory if self.event_stream.journal else 0,
+            },
+            "journal_write_errors": {"itch": self._itch_file.errors,
+                                     "events": self._events_file.errors},
+            "logins": {name: c.logins for name, c in counters.items()},
+            "rejected_logins": {name: c.rejected for name, c in counters.items()},
+            "sent_messages": {name: c.messages_sent for name, c in counters.items()},
+            "sent_bytes": {name: c.bytes_sent for name, c in counters.items()},
+            "delivery_latency_seconds": {name: server.fanout.delivery.latency.figures()
+                                         for name, server in servers.items()},
+            "slow_consumers": {
+                name: {"disconnect": c.slow_consumers, "conflate": c.conflating,
+                       "skip": c.skips} for name, c in counters.items()
+            },
+            "conflated_updates": {"events": counters["events"].conflated_updates},
+            "conflated_rounds": {"events": counters["events"].conflated_rounds},
+            "staleness_seconds": {"events": self.events.fanout.delivery.staleness.figures()},
+            "skipped_messages": {"events": counters["events"].skipped_messages},
+            "subscriptions": {"events": counters["events"].subscriptions},
+            "refused_connections": {name: c.refused for name, c in counters.items()},
+            "glimpse_logins": self.glimpse.counters.logins,
+        }  # fmt: skip
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.glimpse.refresh)
+            journal = self.stream.journal
+            if journal is None or self.books.at == self._snapshot_at:
+                continue
+            self._snapshot_at = self.books.at
+            # Taken between two batches (the loop is ours here), made on a thread: the loop
+            # goes on serving the lines and the clients while it sorts and encodes.
+            taken = self.books.picture()
+            blocks = await asyncio.to_thread(taken.encode)
+            if journal is not self.stream.journal:
+                self._snapshot_at = 0  # a new session began meanwhile: its books are due
+                continue
+            view = Journal(journal.session)
+            view.append(blocks)
+            self.glimpse.start_session(view)
+            self.glimpse.end_session()  # each login: the snapshot, then End of Session
+
+    def _on_batch(self, batch: Batch) -> None:
+        # The itch stream first: it carries the batch as it came, and waits for nothing the
+        # books derive from it (they took 250 of the 950 us of a live batch before its writes).
+        self.stream.deliver(batch)
+        self._publish_itch()
+        events = self.books.on_batch(batch)
+        stream = self.event_stream
+        if stream.journal is not None:
+            stream.append(*normalize.records(events, stream.next_sequence, batch.first,
+                                             batch.blocks))
+        self._publish_events()
+
+    def _on_event(self, event: Event) -> None:
+        self.books.on_event(event)
+        if isinstance(event, GapLost) and self.event_stream.journal is not None:
+            self.event_stream.lose(event.start, event.end)
+        if isinstance(event, SessionStarted | GapLost | SessionEnded):
+            if self.stream.deliver(event):
+                journal = self.stream.journal
+                assert journal is not None
+                self._itch_file.open(journal)
+                self.itch.start_session(journal)
+                events = self.event_stream.start(journal.session)
+                self._events_file.open(events)
+                self.events.start_session(events)
+            elif isinstance(event, SessionEnded):
+                self.itch.end_session()
+                self.events.end_session()
+            self._publish()
+
+    def _publish(self) -> None:
+        self._publish_itch()
+        self._publish_events()
+
+    def _publish_itch(self) -> None:
+        self._itch_file.write(self.stream.blocks_to_write(), self.stream.journal)
+        self.itch.publish()
+
+    def _publish_events(self) -> None:
+        self._events_file.write(self.event_stream.blocks_to_write(), self.event_stream.journal)
+        self.events.publish()
+
+
+def _serving(reopened: Journal | None) -> Journal:
+    """What a stream serves before the feed hears the exchange: the journal of the run before
+    (clients resume on it at once), or an empty one waiting for the first session."""
+    return reopened if reopened is not None else ItchStream.waiting()
