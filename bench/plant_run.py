@@ -22,11 +22,10 @@ from tickerplant.capture.itch_file import ItchWriter
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.exchange.synthetic import SyntheticMarket
-from tickerplant.feed.handler import FeedHandler
+from tickerplant.feed.handler import FeedConfig, FeedHandler
 from tickerplant.io.web import WebServer
 from tickerplant.ops.metrics import Snapshot
 from tickerplant.session.events import Batch
-from tickerplant.session.feed import FeedConfig
 
 DATA = Path(__file__).parent / "data"
 

@@ -10,8 +10,8 @@ import pytest
 from tickerplant import cli, commands
 from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
+from tickerplant.feed.handler import FeedConfig
 from tickerplant.ops.config import default, load, load_file
-from tickerplant.session.feed import FeedConfig
 from tickerplant.session.recovery import RecoveryConfig
 
 PARSERS = {Endpoint: Endpoint.parse}

@@ -11,10 +11,9 @@ import pytest
 from harness import ports, source_stream
 from tickerplant.book import BookEngine
 from tickerplant.exchange.child import ExchangeProcess
-from tickerplant.feed.handler import FeedHandler
+from tickerplant.feed.handler import FeedConfig, FeedHandler
 from tickerplant.ops.figures import summed
 from tickerplant.plant.books import LiveBooks
-from tickerplant.session.feed import FeedConfig
 
 pytestmark = pytest.mark.slow
 

@@ -8,11 +8,10 @@ import asyncio
 import pytest
 
 from tickerplant.endpoint import Endpoint
-from tickerplant.feed.handler import FeedHandler
+from tickerplant.feed.handler import FeedConfig, FeedHandler
 from tickerplant.ops.figures import EXCHANGE, REGISTRY, STREAMS, Kind
 from tickerplant.plant.books import LiveBooks
 from tickerplant.session.events import Batch, GapLost, Source
-from tickerplant.session.feed import FeedConfig
 
 
 def test_an_exchange_that_dies_at_once_is_reported_at_once() -> None:

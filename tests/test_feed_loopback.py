@@ -9,12 +9,11 @@ import pytest
 from harness import ports, until
 from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
-from tickerplant.feed.handler import FeedHandler
+from tickerplant.feed.handler import FeedConfig, FeedHandler
 from tickerplant.io.multicast import open_sender
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.session.events import Batch, Event, GapLost, SessionEnded, Source
 from tickerplant.session.fanout import FanOut
-from tickerplant.session.feed import FeedConfig
 from tickerplant.session.journal import Journal
 from tickerplant.session.recovery import RecoveryConfig
 from tickerplant.wire import moldudp64 as mold

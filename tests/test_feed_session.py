@@ -23,13 +23,7 @@ from tickerplant.session.events import (
     Source,
     SuspectDecided,
 )
-from tickerplant.session.feed import (
-    Datagrams,
-    FeedConfig,
-    FeedSession,
-    ReplayCancel,
-    ReplayStart,
-)
+from tickerplant.session.feed import FeedSession, FeedSessionConfig, ReplayCancel, ReplayStart
 from tickerplant.session.latency import Latencies
 from tickerplant.session.recovery import RecoveryConfig
 from tickerplant.session.sequencer import SUSPECT_WAIT
@@ -54,9 +48,9 @@ def packet(first: int, count: int, session: bytes = S1) -> bytes:
 class Plant:
     """A feed session, what it put out, and the clock it was given."""
 
-    def __init__(self, **kw: object) -> None:
-        cfg: dict[str, object] = {"line_a": LINE_A, "line_b": LINE_B, **kw}
-        self.session = FeedSession(FeedConfig(**cfg))  # type: ignore[arg-type]
+    def __init__(self, rerequest: bool = False, replay: bool = False, **kw: object) -> None:
+        config = FeedSessionConfig(**kw)  # type: ignore[arg-type]
+        self.session = FeedSession(config, rerequest=rerequest, replay=replay)
         self.now = 0.0
         self.delivered: list[int] = []
         self.lost: list[tuple[int, int]] = []
@@ -67,7 +61,7 @@ class Plant:
 
     def send(self, source: Source, *datagrams: bytes, at: float | None = None) -> None:
         self.now = self.now if at is None else at
-        buffer = Datagrams.holding(list(datagrams))
+        buffer = mold.Datagrams.holding(list(datagrams))
         self.session.receive_datagrams(source, buffer, len(datagrams), self.now)
         self.collect()
 
@@ -119,7 +113,7 @@ def test_a_packet_lost_on_line_a_is_repaired_by_line_b() -> None:
 
 
 def test_lost_on_both_lines_is_re_requested_after_the_line_wait_and_repaired() -> None:
-    p = Plant(rerequest=SERVICE, recovery=RecoveryConfig(line_wait=0.001))
+    p = Plant(rerequest=True, recovery=RecoveryConfig(line_wait=0.001))
     p.send(A, packet(1, 1), packet(4, 1), at=1.0)
     p.send(B, packet(1, 1), packet(4, 1), at=1.0001)
     assert p.requests == []  # the other line might still bring it
@@ -146,7 +140,7 @@ def test_without_a_re_request_server_nothing_is_asked_and_the_gap_is_given_up_in
 
 
 def test_a_late_join_asks_for_a_replay_and_its_runs_repair_the_gap() -> None:
-    p = Plant(replay=SERVICE, recovery=RecoveryConfig(replay_threshold=10))
+    p = Plant(replay=True, recovery=RecoveryConfig(replay_threshold=10))
     p.send(A, packet(1001, 1), at=5.0)
     p.tick(5.01)
     assert p.replays == [ReplayStart(S1, 1, 1001)]
@@ -164,7 +158,7 @@ def test_a_late_join_asks_for_a_replay_and_its_runs_repair_the_gap() -> None:
 
 def test_a_failed_replay_is_retried_then_the_gap_reported_lost_with_the_reason_counted() -> None:
     cfg = RecoveryConfig(replay_threshold=10, replay_retry=0.1, give_up_after=0.5)
-    p = Plant(replay=SERVICE, recovery=cfg)
+    p = Plant(replay=True, recovery=cfg)
     p.send(A, packet(1001, 1), at=0.0)
     while not p.lost and p.now < 2.0:
         p.tick(p.now + 0.05)
@@ -184,7 +178,7 @@ def test_a_failed_replay_is_retried_then_the_gap_reported_lost_with_the_reason_c
 
 def test_a_stalled_replay_is_cancelled_with_its_reason() -> None:
     cfg = RecoveryConfig(replay_threshold=10, replay_stall=0.5, give_up_after=0.8)
-    p = Plant(replay=SERVICE, recovery=cfg)
+    p = Plant(replay=True, recovery=cfg)
     p.send(A, packet(1001, 1), at=0.0)
     p.tick(0.6)
     assert p.replays[0] == ReplayStart(S1, 1, 1001)
@@ -200,7 +194,7 @@ def test_a_stalled_replay_is_cancelled_with_its_reason() -> None:
 def test_a_stray_far_packet_mid_stream_is_decided_on_the_session_timer_and_told() -> None:
     """A stray far ahead on line B while both lines go on: no lost range, no duplicate, no
     re-request; the session's own timer decides it (rejected), with its numbers in an event."""
-    p = Plant(rerequest=SERVICE)
+    p = Plant(rerequest=True)
     p.send(A, packet(1, 5), at=1.0)
     p.send(B, packet(1, 5), mold.encode_packet(S1, 2**40, [b"x"] * 3), at=1.0001)
     assert p.session.sequencer.get_timer() == 1.0001 + SUSPECT_WAIT
@@ -263,7 +257,7 @@ def test_bad_datagrams_are_counted_by_defect_and_a_stranger_by_session() -> None
 
 
 def test_a_new_session_cancels_the_old_replay_and_starts_over_at_one() -> None:
-    p = Plant(replay=SERVICE, recovery=RecoveryConfig(replay_threshold=10, give_up_after=30))
+    p = Plant(replay=True, recovery=RecoveryConfig(replay_threshold=10, give_up_after=30))
     p.send(A, packet(1001, 1), at=0.0)
     p.tick(0.01)
     assert p.replays == [ReplayStart(S1, 1, 1001)]
@@ -287,7 +281,7 @@ def test_the_end_of_session_is_delivered_after_the_last_message() -> None:
 
 
 def test_a_hole_without_gap_lost_is_counted_and_shown() -> None:
-    s = FeedSession(FeedConfig(LINE_A, None))
+    s = FeedSession(FeedSessionConfig(), [A])
     for item in (Batch(1, 2, b"\x00\x01a\x00\x01b"), Batch(10, 1, b"\x00\x01c"),
                  GapLost(15, 20, A, 0.1), Batch(20, 1, b"\x00\x01d")):
         s._deliver(item)  # what the sequencer never hands over: the check behind it
@@ -299,7 +293,7 @@ def test_a_hole_without_gap_lost_is_counted_and_shown() -> None:
 
 
 def test_an_overlap_is_counted_as_duplicates_not_as_a_hole() -> None:
-    s = FeedSession(FeedConfig(LINE_A, None))
+    s = FeedSession(FeedSessionConfig(), [A])
     s._deliver(Batch(1, 5, b""))
     s._deliver(Batch(3, 4, b""))
     assert (s.counters.duplicates_delivered, s.counters.skipped_unreported) == (3, 0)

@@ -10,11 +10,10 @@ import logging
 import pytest
 
 from harness import ports, until
-from tickerplant.feed.handler import FeedHandler
+from tickerplant.feed.handler import FeedConfig, FeedHandler
 from tickerplant.io.multicast import open_sender
 from tickerplant.ops import logs
 from tickerplant.session.events import Source
-from tickerplant.session.feed import FeedConfig
 from tickerplant.session.recovery import RecoveryConfig
 from tickerplant.wire import moldudp64 as mold
 

@@ -23,7 +23,7 @@ from tickerplant.errors import ConfigError
 from tickerplant.io.web import WebServer
 from tickerplant.ops.figures import EXCHANGE, REGISTRY, Kind
 from tickerplant.ops.metrics import Snapshot
-from tickerplant.session.feed import FeedConfig, FeedSession
+from tickerplant.session.feed import FeedSession, FeedSessionConfig
 
 TYPES = {Kind.COUNTER: "counter", Kind.GAUGE: "gauge", Kind.HISTOGRAM: "histogram"}
 SIMULATOR = {f.name for f in EXCHANGE} | {"session"}
@@ -54,7 +54,7 @@ def check_families(families: dict[str, object], names: set[str]) -> None:
 
 
 def test_a_feed_sessions_figures_are_served_by_name_type_and_label() -> None:
-    session = FeedSession(FeedConfig(Endpoint("239.1.1.1", 30001), Endpoint("239.1.1.2", 30002)))
+    session = FeedSession(FeedSessionConfig())
     snapshot = Snapshot()
     figures = session.figures()
     figures["repair_latency_seconds"]["line"] = {"count": 2, "sum": 3e-5, "buckets": [
@@ -86,7 +86,7 @@ def test_the_listener_is_a_process_of_its_own_serving_the_plants_snapshots_and_f
     from prometheus_client import CollectorRegistry, ProcessCollector
 
     snapshot = Snapshot()
-    session = FeedSession(FeedConfig(Endpoint("239.1.1.1", 30001), Endpoint("239.1.1.2", 30002)))
+    session = FeedSession(FeedSessionConfig())
     snapshot.set(session.figures())
     web = WebServer(Endpoint("127.0.0.1", 0), snapshot)
     try:

@@ -22,12 +22,12 @@ from tickerplant.client.subscribe import _split
 from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
 from tickerplant.exchange.child import ExchangeProcess
+from tickerplant.feed.handler import FeedConfig
 from tickerplant.ops import passwords
 from tickerplant.ops.config import example, load
 from tickerplant.plant import EventsConfig, GlimpseConfig, Plant, PlantConfig, StreamConfig
 from tickerplant.session.events import Batch, GapLost, SessionEnded, SessionStarted, Source
 from tickerplant.session.fanout import Policy
-from tickerplant.session.feed import FeedConfig
 from tickerplant.session.recovery import RecoveryConfig
 from tickerplant.session.stream import LOST, ItchStream
 from tickerplant.wire.blocks import iter_messages, join_messages, offsets_of

@@ -34,8 +34,8 @@ def _endpoint(field: str) -> Callable[[str], Endpoint]:
 def build_parser() -> argparse.ArgumentParser:
     from tickerplant.demo import DemoConfig
     from tickerplant.exchange.simulator import ExchangeConfig, SyntheticSource
+    from tickerplant.feed.handler import FeedConfig
     from tickerplant.io.multicast import LineConfig
-    from tickerplant.session.feed import FeedConfig
     from tickerplant.session.recovery import RecoveryConfig
 
     parser = argparse.ArgumentParser(prog="tickerplant", description=__doc__)

@@ -148,8 +148,7 @@ def exchange(args: argparse.Namespace) -> int:
 
 
 def feed(args: argparse.Namespace) -> int:
-    from tickerplant.feed.handler import FeedHandler
-    from tickerplant.session.feed import FeedConfig
+    from tickerplant.feed.handler import FeedConfig, FeedHandler
     from tickerplant.session.recovery import RecoveryConfig
 
     cfg = FeedConfig(

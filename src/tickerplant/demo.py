@@ -40,6 +40,7 @@ from tickerplant.client.quotes import Quotes
 from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
 from tickerplant.exchange.child import ExchangeProcess
+from tickerplant.feed.handler import FeedConfig
 from tickerplant.io.web import WebServer
 from tickerplant.ops import logs
 from tickerplant.ops.dashboard import LiveTable
@@ -48,7 +49,6 @@ from tickerplant.ops.metrics import Snapshot
 from tickerplant.plant import EventsConfig, GlimpseConfig, Plant, PlantConfig, StreamConfig
 from tickerplant.session.events import Batch
 from tickerplant.session.fanout import FanOutLimits
-from tickerplant.session.feed import FeedConfig
 from tickerplant.session.soupbin import HEARTBEAT_INTERVAL
 from tickerplant.wire import events as ev
 from tickerplant.wire import soupbintcp as soup

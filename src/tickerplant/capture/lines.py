@@ -40,7 +40,7 @@ from tickerplant.session.events import (
     Source,
     SuspectDecided,
 )
-from tickerplant.session.feed import LOST_RANGES_KEPT, Datagrams, FeedConfig, FeedSession
+from tickerplant.session.feed import LOST_RANGES_KEPT, FeedSession, FeedSessionConfig
 from tickerplant.session.recovery import RecoveryConfig
 from tickerplant.wire import moldudp64 as mold
 from tickerplant.wire.blocks import U8
@@ -364,14 +364,12 @@ class CaptureFeed:
         self.ended = False
         first = [s.first_sequence for s in self.lines if s.first_sequence]
         self.first_sequence = min(first) if first else 1
-        self.feed = FeedSession(FeedConfig(
-            line_a=self.lines[0].line,
-            line_b=self.lines[1].line if len(self.lines) > 1 else None,
+        self.feed = FeedSession(FeedSessionConfig(
             first_sequence=self.first_sequence,
             recovery=RecoveryConfig(line_wait=0.0, rerequest=False, replay=False,
                                     give_up_after=give_up_after),
             max_held_bytes=1 << 30,
-        ))  # fmt: skip
+        ), list(Source)[: len(self.lines)])  # fmt: skip
 
     def close(self) -> None:
         self.capture.close()
@@ -410,7 +408,7 @@ class CaptureFeed:
         """(block stream, capture time of each message in it), about ``chunk_bytes`` each."""
         reading = _Reading(self.capture)
         wanted = [(int(ipaddress.IPv4Address(s.line.host)), s.line.port) for s in self.lines]
-        rows = [Datagrams(_ROWS, _ROW_BYTES) for _ in wanted]
+        rows = [mold.Datagrams(_ROWS, _ROW_BYTES) for _ in wanted]
         tags = np.zeros(_RING, np.int64)
         times = np.zeros(_RING, np.int64)
         out: list[bytes] = []

@@ -12,15 +12,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
 from tickerplant.io.datagrams import DatagramDrain, Socket, open_connected
 from tickerplant.io.loop import LoopLag, Timer, clock
-from tickerplant.io.multicast import open_receiver
+from tickerplant.io.multicast import RCVBUF, open_receiver
 from tickerplant.io.replay_client import ReplayClient
 from tickerplant.ops.logs import DEFECT_REPORT, fields
 from tickerplant.session.events import (
@@ -33,19 +36,44 @@ from tickerplant.session.events import (
     Source,
     SuspectDecided,
 )
-from tickerplant.session.feed import (
-    Datagrams,
-    FeedConfig,
-    FeedSession,
-    ReplayCancel,
-    ReplayStart,
-)
+from tickerplant.session.feed import FeedSession, FeedSessionConfig, ReplayCancel, ReplayStart
 from tickerplant.session.sequencer import Delivery
 from tickerplant.wire import moldudp64 as mold
 from tickerplant.wire import soupbintcp as soup
 from tickerplant.wire.blocks import offsets_of
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedConfig(FeedSessionConfig):
+    """The feed handler's settings: the session machine's (:class:`FeedSessionConfig`, given by
+    name), and the lines, sockets and files around it."""
+
+    line_a: Endpoint
+    line_b: Endpoint | None
+    interface: str = "127.0.0.1"
+    rerequest: Endpoint | None = None
+    replay: Endpoint | None = None
+    replay_username: str = ""
+    replay_password: str = ""
+    replay_timeout: float = 60.0
+    rcvbuf: int = RCVBUF
+    capture: Path | None = None  # an ITCH file of the delivered stream
+
+    def __post_init__(self) -> None:
+        FeedSessionConfig.__post_init__(self)  # (zero-argument super() fails in a slots dataclass)
+        if self.rcvbuf < 65536:
+            raise ConfigError("rcvbuf", f"{self.rcvbuf} bytes", "ask for at least 65536")
+        if self.line_b is not None and self.line_b == self.line_a:
+            raise ConfigError("line_b", "is line_a", "give line B its own group:port, or none")
+
+    @property
+    def lines(self) -> list[tuple[Source, Endpoint]]:
+        lines = [(Source.LINE_A, self.line_a)]
+        if self.line_b is not None:
+            lines.append((Source.LINE_B, self.line_b))
+        return lines
 
 
 class FeedHandler:
@@ -56,7 +84,9 @@ class FeedHandler:
         on_event: Callable[[Event], None] | None = None,
     ) -> None:
         self.config = config
-        self.session = FeedSession(config)
+        self.session = FeedSession(config, [source for source, _ in config.lines],
+                                   rerequest=config.rerequest is not None,
+                                   replay=config.replay is not None)  # fmt: skip
         self.on_batch = on_batch
         self.on_event = on_event
         self.session_ended = asyncio.Event()
@@ -128,7 +158,7 @@ class FeedHandler:
 
     def _watch(self, sock: Socket, source: Source) -> None:
         assert self._loop is not None
-        drain = DatagramDrain(sock, Datagrams())
+        drain = DatagramDrain(sock, mold.Datagrams())
         self._drains[source] = drain
         self._loop.add_reader(sock.fileno(), self._on_readable, source, drain)
 

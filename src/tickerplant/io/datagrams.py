@@ -2,7 +2,7 @@
 
 One asyncio callback per packet costs ~4x a plain loop (64k vs 255k datagrams/s here), so a line's
 socket gets a reader callback that empties it into the rows of a
-:class:`~tickerplant.session.feed.Datagrams` buffer (``recvmmsg`` where available, else
+:class:`~tickerplant.wire.moldudp64.Datagrams` buffer (``recvmmsg`` where available, else
 ``recv_into`` until EAGAIN), and the feed session checks the whole drained batch with one
 compiled call.
 """
@@ -13,7 +13,7 @@ import socket
 
 from tickerplant.endpoint import Endpoint
 from tickerplant.io import mmsg
-from tickerplant.session.feed import Datagrams
+from tickerplant.wire.moldudp64 import Datagrams
 
 Socket = socket.socket  # for the adapters' annotations: only io/ imports socket
 

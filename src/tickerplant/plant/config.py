@@ -9,11 +9,11 @@ from typing import ClassVar
 
 from tickerplant.endpoint import EVENTS, GLIMPSE, ITCH, LINE_A, LINE_B, REPLAY, REREQUEST, Endpoint
 from tickerplant.errors import ConfigError
+from tickerplant.feed.handler import FeedConfig
 from tickerplant.io.web import MetricsConfig
 from tickerplant.ops import passwords
 from tickerplant.ops.config import check
 from tickerplant.session.fanout import FanOutLimits, Policy
-from tickerplant.session.feed import FeedConfig
 
 MEMORY_BYTES = 256 << 20  # of each stream's journal kept in memory (with a journal file)
 

@@ -23,12 +23,10 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
 from tickerplant.session.events import (
     Batch,
@@ -54,39 +52,26 @@ from tickerplant.wire import moldudp64 as mold
 
 log = logging.getLogger(__name__)
 
-DRAIN_ROWS = 512  # datagrams read per socket per wake-up
-DATAGRAM_WIDTH = 2048  # bytes per row: above any MoldUDP64 packet on an Ethernet path
 LOST_RANGES_KEPT = 10_000  # GapLost ranges listed; beyond, counted only
 REPLAY_FAILURES_KEPT = 32  # distinct reasons; a peer inventing new ones must not grow this
 
 
-@dataclass(frozen=True, slots=True)
-class FeedConfig:
-    line_a: Endpoint
-    line_b: Endpoint | None
-    interface: str = "127.0.0.1"
-    session: str | None = None  # None: follow the first session heard
-    rerequest: Endpoint | None = None
-    replay: Endpoint | None = None
-    replay_username: str = ""
-    replay_password: str = ""
-    replay_timeout: float = 60.0
-    rcvbuf: int = 64 << 20
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedSessionConfig:
+    """What the feed session decides by: the machine's settings, none of its sockets or files
+    (the feed handler's :class:`~tickerplant.feed.handler.FeedConfig` adds those)."""
+
+    session: str | None = None  # the MoldUDP64 session to follow; None: the first one heard
     heartbeat_interval: float = mold.HEARTBEAT_INTERVAL
     down_after: int = 3
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     max_held_bytes: int = MAX_HELD_BYTES
     first_sequence: int = 1
-    capture: Path | None = None  # an ITCH file of the delivered stream
     digest: bool = False  # sha256 of the delivered block stream, for end-to-end checks
 
     def __post_init__(self) -> None:
-        if self.rcvbuf < 65536:
-            raise ConfigError("rcvbuf", f"{self.rcvbuf} bytes", "ask for at least 65536")
         if self.first_sequence < 1:
             raise ConfigError("first_sequence", f"{self.first_sequence}", "sequences start at 1")
-        if self.line_b is not None and self.line_b == self.line_a:
-            raise ConfigError("line_b", "is line_a", "give line B its own group:port, or none")
         if self.session is not None:
             try:
                 mold.session_bytes(self.session)
@@ -94,37 +79,6 @@ class FeedConfig:
                 raise ConfigError(
                     "session", f"{self.session!r}", "give ASCII of at most 10 characters"
                 ) from None
-
-    @property
-    def lines(self) -> list[tuple[Source, Endpoint]]:
-        lines = [(Source.LINE_A, self.line_a)]
-        if self.line_b is not None:
-            lines.append((Source.LINE_B, self.line_b))
-        return lines
-
-
-class Datagrams:
-    """A receive buffer: ``rows`` datagrams of up to ``width`` bytes, filled by io/ and read here.
-
-    One 2-D array, so that a drained batch is checked by one compiled call; ``views`` are the
-    rows as memoryviews, sliced without a copy.
-    """
-
-    def __init__(self, rows: int = DRAIN_ROWS, width: int = DATAGRAM_WIDTH) -> None:
-        self.rows = np.zeros((rows, width), dtype=np.uint8)
-        self.lengths = np.zeros(rows, dtype=np.int64)
-        self.views = [memoryview(self.rows[i]).cast("B") for i in range(rows)]
-
-    @classmethod
-    def holding(cls, datagrams: Sequence[bytes], width: int = DATAGRAM_WIDTH) -> Datagrams:
-        """A buffer filled with ``datagrams`` (scripted tests; the live path fills rows in
-        place). One longer than ``width`` is recorded with its length, as MSG_TRUNC reports."""
-        buffer = cls(max(1, len(datagrams)), width)
-        for i, data in enumerate(datagrams):
-            kept = data[:width]
-            buffer.rows[i, : len(kept)] = np.frombuffer(kept, dtype=np.uint8)
-            buffer.lengths[i] = len(data)
-        return buffer
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,20 +136,24 @@ class FeedCounters:
 
 
 class FeedSession:
-    def __init__(self, config: FeedConfig) -> None:
+    """``lines``: the lines it hears; ``rerequest``, ``replay``: whether somebody is there to
+    ask (a repair means nobody configured is never tried, and never fails)."""
+
+    def __init__(self, config: FeedSessionConfig,
+                 lines: Sequence[Source] = (Source.LINE_A, Source.LINE_B), *,
+                 rerequest: bool = False, replay: bool = False) -> None:  # fmt: skip
         self.config = config
         pinned = mold.session_bytes(config.session) if config.session else None
         self.sequencer = Sequencer(pinned, config.first_sequence, config.max_held_bytes)
-        # A repair means nobody configured is never tried (and never fails).
         recovery = replace(
             config.recovery,
-            rerequest=config.recovery.rerequest and config.rerequest is not None,
-            replay=config.recovery.replay and config.replay is not None,
+            rerequest=config.recovery.rerequest and rerequest,
+            replay=config.recovery.replay and replay,
         )
         self.recovery = Recovery(self.sequencer, recovery)
         self.liveness = {
             source: Liveness(source, config.heartbeat_interval, config.down_after)
-            for source, _ in config.lines
+            for source in lines
         }
         self.counters = FeedCounters()
         self.latencies = {kind: Latencies() for kind in Repair}
@@ -208,13 +166,14 @@ class FeedSession:
         self._outputs: deque[FeedOutput] = deque()
         self._datagrams: list[bytes] = []
         self._line_timer: float | None = None  # the lines' earliest deadline (all down: none)
-        self._seqs = np.zeros(DRAIN_ROWS, dtype=np.int64)
-        self._counts = np.zeros(DRAIN_ROWS, dtype=np.int64)
-        self._defects = np.zeros(DRAIN_ROWS, dtype=np.int8)
+        self._seqs = np.zeros(mold.DRAIN_ROWS, dtype=np.int64)
+        self._counts = np.zeros(mold.DRAIN_ROWS, dtype=np.int64)
+        self._defects = np.zeros(mold.DRAIN_ROWS, dtype=np.int8)
 
     # ---- inputs -------------------------------------------------------------------------------
 
-    def receive_datagrams(self, source: Source, datagrams: Datagrams, n: int, now: float) -> None:
+    def receive_datagrams(self, source: Source, datagrams: mold.Datagrams, n: int,
+                          now: float) -> None:  # fmt: skip
         """The first ``n`` rows of ``datagrams`` came from ``source``'s socket.
 
         The rows may be reused once this returns: what the sequencer delivered is joined into

@@ -11,6 +11,7 @@ wake-up over every datagram it drained; :func:`decode_packet` runs the same chec
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -20,6 +21,9 @@ import numpy.typing as npt
 from tickerplant.errors import MalformedPacket
 from tickerplant.jit import kernel
 from tickerplant.wire.blocks import I64, U8, as_array, iter_messages, join_messages
+
+DRAIN_ROWS = 512  # datagrams read per socket per wake-up
+DATAGRAM_WIDTH = 2048  # bytes per row: above any MoldUDP64 packet on an Ethernet path
 
 HEADER = struct.Struct(">10sQH")
 HEADER_LEN = HEADER.size
@@ -131,6 +135,31 @@ def _check(buf: U8, length: int) -> tuple[int, int, int]:  # pragma: no cover - 
     if pos != length:
         return 3, seq, count
     return 0, seq, count
+
+
+class Datagrams:
+    """A receive buffer: ``rows`` datagrams of up to ``width`` bytes, filled by io/ (one drain of a
+    socket) and read by :func:`scan_packets`.
+
+    One 2-D array, so that a drained batch is checked by one compiled call; ``views`` are the
+    rows as memoryviews, sliced without a copy.
+    """
+
+    def __init__(self, rows: int = DRAIN_ROWS, width: int = DATAGRAM_WIDTH) -> None:
+        self.rows = np.zeros((rows, width), dtype=np.uint8)
+        self.lengths = np.zeros(rows, dtype=np.int64)
+        self.views = [memoryview(self.rows[i]).cast("B") for i in range(rows)]
+
+    @classmethod
+    def holding(cls, datagrams: Sequence[bytes], width: int = DATAGRAM_WIDTH) -> Datagrams:
+        """A buffer filled with ``datagrams`` (scripted tests; the live path fills rows in
+        place). One longer than ``width`` is recorded with its length, as MSG_TRUNC reports."""
+        buffer = cls(max(1, len(datagrams)), width)
+        for i, data in enumerate(datagrams):
+            kept = data[:width]
+            buffer.rows[i, : len(kept)] = np.frombuffer(kept, dtype=np.uint8)
+            buffer.lengths[i] = len(data)
+        return buffer
 
 
 @kernel
