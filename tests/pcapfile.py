@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from tickerplant.capture import pcap
+from tickerplant.capture import frames
 
 
 def ipv4_udp(payload: bytes, dst: str, port: int, *, fragment: bool = False,
@@ -20,21 +20,21 @@ def ipv4_udp(payload: bytes, dst: str, port: int, *, fragment: bool = False,
 
 def frame(ip: bytes, link: int, *, vlans: int = 0, ethertype: int = 0x0800) -> bytes:
     """``ip`` framed for ``link`` (an IPv4 packet unless ``ethertype`` says otherwise)."""
-    if link == pcap.ETHERNET:
+    if link == frames.ETHERNET:
         tags = b"".join(struct.pack(">HH", 0x8100, 100 + i) for i in range(vlans))
         return bytes(6) + bytes.fromhex("020000000001") + tags + struct.pack(">H", ethertype) + ip
-    if link == pcap.SLL:
+    if link == frames.SLL:
         return struct.pack(">HHH8sH", 0, 772, 6, bytes(8), ethertype) + ip
-    if link == pcap.SLL2:
+    if link == frames.SLL2:
         return struct.pack(">HHIHBB8s", ethertype, 0, 1, 772, 0, 6, bytes(8)) + ip
-    if link == pcap.NULL:
+    if link == frames.NULL:
         return struct.pack("<I", 2 if ethertype == 0x0800 else 24) + ip
-    if link == pcap.LOOP:
+    if link == frames.LOOP:
         return struct.pack(">I", 2 if ethertype == 0x0800 else 24) + ip
     return ip  # raw
 
 
-def pcap_file(packets: list[tuple[int, bytes]], link: int = pcap.ETHERNET, *,
+def pcap_file(packets: list[tuple[int, bytes]], link: int = frames.ETHERNET, *,
               nanos: bool = False, big: bool = False) -> bytes:  # fmt: skip
     """``packets`` as (ns since the epoch, frame) in a pcap file."""
     e = ">" if big else "<"

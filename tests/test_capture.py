@@ -29,9 +29,10 @@ from pcapfile import (
     section,
     simple,
 )
-from tickerplant.capture import pcap
-from tickerplant.capture.lines import CaptureFeed, read_messages, streams
+from tickerplant.capture import frames
+from tickerplant.capture.lines import CaptureFeed, read_messages
 from tickerplant.capture.pcap import Capture, CaptureError
+from tickerplant.capture.streams import streams
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.synthetic import SyntheticMarket
 from tickerplant.replay import main_replay
@@ -49,7 +50,7 @@ def datagrams(capture: Capture) -> list[tuple[int, str, int, bytes, str]]:
         for i in range(len(w)):
             data = bytes(capture.buf[w.offset[i] : w.offset[i] + w.length[i]])
             dst = ".".join(str(b) for b in int(w.dst[i]).to_bytes(4, "big"))
-            out.append((int(w.time[i]), dst, int(w.port[i]), data, pcap.KINDS[w.kind[i]]))
+            out.append((int(w.time[i]), dst, int(w.port[i]), data, frames.KINDS[w.kind[i]]))
     return out
 
 
@@ -58,8 +59,8 @@ def payloads(n: int, seed: int = 1) -> list[bytes]:
     return [rng.randbytes(rng.randrange(0, 1400)) for _ in range(n)]
 
 
-@pytest.mark.parametrize("link", [pcap.ETHERNET, pcap.SLL, pcap.SLL2, pcap.RAW, pcap.NULL,
-                                  pcap.LOOP])  # fmt: skip
+@pytest.mark.parametrize("link", [frames.ETHERNET, frames.SLL, frames.SLL2, frames.RAW, frames.NULL,
+                                  frames.LOOP])  # fmt: skip
 @pytest.mark.parametrize(("nanos", "big"), [(False, False), (True, False), (False, True),
                                             (True, True)])  # fmt: skip
 def test_every_link_type_and_pcap_flavour_reads_to_the_same_datagrams(
@@ -78,18 +79,18 @@ def test_every_link_type_and_pcap_flavour_reads_to_the_same_datagrams(
 
 def test_vlan_tags_are_looked_through_and_other_packets_counted_by_kind(tmp_path: Path) -> None:
     udp = ipv4_udp(b"x" * 30, A.host, A.port)
-    frames = [
-        frame(udp, pcap.ETHERNET, vlans=1),
-        frame(udp, pcap.ETHERNET, vlans=2),
-        frame(ipv4_udp(b"y" * 30, A.host, A.port, fragment=True), pcap.ETHERNET),
-        frame(ipv4_udp(b"z" * 30, A.host, A.port, protocol=6), pcap.ETHERNET),
-        frame(bytes(40), pcap.ETHERNET, ethertype=0x86DD),  # IPv6
-        frame(bytes(28), pcap.ETHERNET, ethertype=0x0806),  # ARP
-        frame(udp, pcap.ETHERNET)[:-10],  # cut short by the snap length
-        frame(udp, pcap.ETHERNET)[:20],  # not even an IP header left
+    packets = [
+        frame(udp, frames.ETHERNET, vlans=1),
+        frame(udp, frames.ETHERNET, vlans=2),
+        frame(ipv4_udp(b"y" * 30, A.host, A.port, fragment=True), frames.ETHERNET),
+        frame(ipv4_udp(b"z" * 30, A.host, A.port, protocol=6), frames.ETHERNET),
+        frame(bytes(40), frames.ETHERNET, ethertype=0x86DD),  # IPv6
+        frame(bytes(28), frames.ETHERNET, ethertype=0x0806),  # ARP
+        frame(udp, frames.ETHERNET)[:-10],  # cut short by the snap length
+        frame(udp, frames.ETHERNET)[:20],  # not even an IP header left
     ]
     path = tmp_path / "mixed.pcap"
-    path.write_bytes(pcap_file([(T0 + i, f) for i, f in enumerate(frames)]))
+    path.write_bytes(pcap_file([(T0 + i, f) for i, f in enumerate(packets)]))
     capture = Capture(path)
     kinds = [k for *_, k in datagrams(capture)]
     assert kinds == ["udp", "udp", "fragment", "not_udp", "not_ipv4", "not_ipv4",
@@ -102,20 +103,20 @@ def test_vlan_tags_are_looked_through_and_other_packets_counted_by_kind(tmp_path
 
 def test_pcapng_sections_interfaces_and_blocks(tmp_path: Path) -> None:
     sent = payloads(6, seed=2)
-    eth = [frame(ipv4_udp(p, A.host, A.port), pcap.ETHERNET) for p in sent]
-    sll2 = [frame(ipv4_udp(p, B.host, B.port), pcap.SLL2) for p in sent]
+    eth = [frame(ipv4_udp(p, A.host, A.port), frames.ETHERNET) for p in sent]
+    sll2 = [frame(ipv4_udp(p, B.host, B.port), frames.SLL2) for p in sent]
     t_us, t_ns = (T0 + 5_000) // 1000, T0 + 7_777
     data = b"".join([
         section(),
-        interface(pcap.ETHERNET),  # microseconds, the default
-        interface(pcap.SLL2, resolution=9),  # nanoseconds
+        interface(frames.ETHERNET),  # microseconds, the default
+        interface(frames.SLL2, resolution=9),  # nanoseconds
         enhanced(0, t_us, eth[0]),
         enhanced(1, t_ns, sll2[0]),
         block(4, bytes(8)),  # name resolution: skipped
         block(0x0BADF00D, b"who knows"),  # a block type nobody defined: skipped, counted
         simple(eth[1]),  # interface 0, no time
         section(big=True),  # a new section, big-endian, its own interfaces
-        interface(pcap.RAW, resolution=0x80 | 20, big=True),  # 2**-20 s
+        interface(frames.RAW, resolution=0x80 | 20, big=True),  # 2**-20 s
         enhanced(0, (5 << 20) | (1 << 19), ipv4_udp(sent[2], A.host, A.port), big=True),
         block(5, bytes(20), big=True),  # interface statistics
     ])  # fmt: skip
@@ -156,7 +157,7 @@ def test_a_broken_pcap_names_its_offset(tmp_path: Path, damage: object, message:
 
 
 def test_a_broken_pcapng_names_its_offset(tmp_path: Path) -> None:
-    head = section() + interface(pcap.ETHERNET)
+    head = section() + interface(frames.ETHERNET)
     packet = enhanced(0, 1, frame(ipv4_udp(b"p" * 50, A.host, A.port), 1))
     cases = {
         head + packet[:-4] + struct.pack("<I", 999): f"offset {len(head)}: a block whose length",
@@ -187,7 +188,7 @@ def mold_packets(messages: list[bytes], session: bytes = b"CAPTURE001", per: int
 
 
 def two_lines(path: Path, packets: list[tuple[int, bytes]], drop_a: set[int], drop_b: set[int],
-              b_first: set[int] = frozenset(), link: int = pcap.ETHERNET,
+              b_first: set[int] = frozenset(), link: int = frames.ETHERNET,
               extra: list[bytes] = ()) -> None:  # type: ignore[assignment]  # fmt: skip
     """A capture of both lines: A's copy 10 µs before B's (B's first for packets in b_first)."""
     out = []
@@ -278,11 +279,12 @@ def test_two_packets_millions_apart_at_the_end_of_a_capture_are_both_told(
     msgs = day_messages(39)
     first, far = 14_764_496, 19_009_117
     out = [(T0, frame(ipv4_udp(mold.encode_packet(b"TOTALVIEW1", first, msgs[:1]), A.host,
-                               A.port), pcap.ETHERNET, vlans=1)),
+                               A.port), frames.ETHERNET, vlans=1)),
            (T0 + 38 * 10**9, frame(ipv4_udp(mold.encode_packet(b"TOTALVIEW1", far, msgs[1:]),
-                                            A.host, A.port), pcap.ETHERNET, vlans=1))]  # fmt: skip
+                                            A.host, A.port), frames.ETHERNET,
+                                      vlans=1))]  # fmt: skip
     path = tmp_path / "excerpt.pcap"
-    path.write_bytes(pcap_file(out, pcap.ETHERNET, nanos=True))
+    path.write_bytes(pcap_file(out, frames.ETHERNET, nanos=True))
     feed = CaptureFeed(path)
     stream, times = arbitrated(feed)
     assert stream == join_messages(msgs)

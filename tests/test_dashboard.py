@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from tickerplant.demo import print_summary
 from tickerplant.ops import logs
 from tickerplant.ops.dashboard import LiveTable, render
 from tickerplant.ops.figures import Figures
+from tickerplant.verdict import print_summary
 
 DATA = Path(__file__).parent / "data" / "demo_screen.json"
 

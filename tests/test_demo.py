@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from harness import ports
-from tickerplant import demo
+from tickerplant import demo, verdict
 from tickerplant.demo import DemoConfig, run_demo
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.child import ExchangeProcess
@@ -68,5 +68,5 @@ def test_the_demo_delivers_every_message_to_the_plant_and_to_each_reading_client
     # (trades plus summaries), and its picture was never far behind the reader's.
     assert conflated["trades_identical"]
     staleness = conflated["staleness_seconds"]
-    assert staleness["samples"] > 100 and staleness["p99"] <= demo.STALENESS_P99, staleness
+    assert staleness["samples"] > 100 and staleness["p99"] <= verdict.STALENESS_P99, staleness
     assert events["ok"] and result["verdict"]

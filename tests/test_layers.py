@@ -159,3 +159,15 @@ def test_io_carries_out_what_the_fan_out_decides() -> None:
     tree = ast.parse((PACKAGE / "io" / "soupbin.py").read_text())
     read = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
     assert not read & decided, f"io/soupbin.py reads {sorted(read & decided)}"
+
+
+# Long by nature: the compiled order-book kernel, and ITCH's layout table (one row per field of
+# every message type).
+LONG = {"book/kernel.py", "wire/itch.py"}
+
+
+def test_no_module_is_over_500_lines_but_the_kernel_and_the_layout_table() -> None:
+    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines())
+             for p in PACKAGE.rglob("*.py")}  # fmt: skip
+    assert set(LONG) <= set(sizes)
+    assert {name: n for name, n in sizes.items() if n > 500 and name not in LONG} == {}

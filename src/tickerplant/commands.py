@@ -52,7 +52,8 @@ async def _show(
 
 
 def demo(args: argparse.Namespace) -> int:
-    from tickerplant.demo import DemoConfig, print_summary, run_demo
+    from tickerplant.demo import DemoConfig, run_demo
+    from tickerplant.verdict import print_summary
 
     cfg = DemoConfig(
         seconds=args.seconds, rate=args.rate, drop_a=args.drop_a, drop_b=args.drop_b,

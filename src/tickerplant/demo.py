@@ -44,12 +44,12 @@ from tickerplant.feed.handler import FeedConfig
 from tickerplant.io.web import WebServer
 from tickerplant.ops import logs
 from tickerplant.ops.dashboard import LiveTable
-from tickerplant.ops.figures import summed
 from tickerplant.ops.metrics import Snapshot
 from tickerplant.plant import EventsConfig, GlimpseConfig, Plant, PlantConfig, StreamConfig
 from tickerplant.session.events import Batch
 from tickerplant.session.fanout import FanOutLimits
 from tickerplant.session.soupbin import HEARTBEAT_INTERVAL
+from tickerplant.verdict import STOP_WAIT, summary
 from tickerplant.wire import events as ev
 from tickerplant.wire import soupbintcp as soup
 
@@ -57,10 +57,6 @@ DROP_EVERY = 3.0  # seconds the resuming client reads before it drops its connec
 SLOW_PAUSE = 0.1  # seconds a slow events client sleeps after each batch it takes
 SLOW_RCVBUF = 256 << 10  # bytes their kernels may hold for them unread (SO_RCVBUF)
 STALENESS_EVERY = 0.02  # seconds between samples of the conflated client's staleness
-STALENESS_P99 = 0.5  # the verdict's bound on it, seconds
-# Seconds a stopped demo waits for the exchange's summary (its session ends within
-# simulator.STOPPED_END_OF_SESSION) and for what is in flight, of the 2 s a stop may take.
-STOP_WAIT = 0.8
 # The slow events clients' users and their policies, and a backlog cap low enough for them to
 # hit it within the demo's seconds.
 POLICIES = {"merge": "conflate", "skip": "skip"}
@@ -367,144 +363,3 @@ async def _watch(
     finally:
         for task in (ended, stopped):
             task.cancel()
-
-
-def summary(
-    plant: Plant, published: dict[str, Any], clients: dict[str, DemoClient], seconds: float,
-    watchers: dict[str, EventsClient] | None = None, staleness: list[float] | None = None,
-) -> dict[str, Any]:
-    """The verdict (delivered == published and received == published, by count and sha256,
-    nothing lost; the events clients as :func:`_events_verdict` judges them), then the plant's
-    figures, the clients' and the exchange's summary."""
-    figures = plant.figures()
-    books = plant.books.figures()  # once: asked per figure, it cost a stopped demo 0.15 s
-    count = published.get("published")
-    sha = published.get("sha256")
-    delivered = figures["delivered_messages"]
-    digest = plant.feed.session.digest
-    received = {
-        name: {"messages": c.messages, "lost": c.lost, "reconnects": c.reconnects,
-               "identical": c.messages == count and c.sha256.hexdigest() == sha}
-        for name, c in clients.items()
-    }  # fmt: skip
-    identical = (
-        count is not None
-        and count == delivered
-        and sha == digest
-        and figures["lost_messages"] == 0
-        and all(c["identical"] for c in received.values())
-    )
-    events = _events_verdict(plant, watchers or {}, staleness or [])
-    return {
-        "published": count,
-        "delivered": delivered,
-        "identical": identical,
-        "verdict": identical and events.get("ok", True),
-        "duplicates_delivered": figures["duplicates_delivered"],
-        "seconds": round(seconds, 3),
-        "published_sha256": sha,
-        "delivered_sha256": digest,
-        "clients": received,
-        "slow_consumers_cut": figures["slow_consumers"]["itch"]["disconnect"],
-        "events": events,
-        "feed": {k: v for k, v in figures.items() if k not in books},
-        "books": books,
-        "exchange": published,
-    }
-
-
-def _events_verdict(plant: Plant, watchers: dict[str, EventsClient], staleness: list[float]
-                    ) -> dict[str, Any]:  # fmt: skip
-    """The events clients against the plant's events journal: the reader has all of it (by
-    sha256); the conflated client ends with every symbol's last BBO and its trades' count and
-    volume (trades and summaries), and was never staler than STALENESS_P99 at the 99th
-    percentile; neither slow client missed a record unannounced."""
-    journal = plant.event_stream.journal
-    total, blocks = (journal.blocks(1, len(journal)) if journal is not None and len(journal)
-                     else (0, b""))  # fmt: skip
-    sha = hashlib.sha256(ev.from_blocks(blocks).tobytes()).hexdigest()
-    full = watchers.get("events")
-    out: dict[str, Any] = {"records": total}
-    for name, c in watchers.items():
-        out[name] = {
-            "records": c.records, "conflated": c.conflated, "skipped": c.skipped,
-            "unannounced": c.unannounced,
-            "identical": c.records == total and c.sha256.hexdigest() == sha,
-            "last_bbo_identical": full is not None and c.quotes.bbo == full.quotes.bbo,
-            "trades_identical": full is not None
-            and bool((c.trade_count == full.trade_count).all())
-            and bool((c.trade_volume == full.trade_volume).all()),
-        }  # fmt: skip
-    if "conflated" in out:
-        ages = np.array(staleness or [0.0])
-        out["conflated"]["staleness_seconds"] = {
-            "samples": len(staleness), "p50": float(np.percentile(ages, 50)),
-            "p99": float(np.percentile(ages, 99)), "max": float(ages.max())}  # fmt: skip
-    conflated, skipper, reader = (out.get(n, {}) for n in ("conflated", "skipper", "events"))
-    out["ok"] = bool(
-        reader.get("identical", True)
-        and conflated.get("last_bbo_identical", True)
-        and conflated.get("trades_identical", True)
-        and conflated.get("staleness_seconds", {}).get("p99", 0.0) <= STALENESS_P99
-        and conflated.get("unannounced", 0) == 0
-        and skipper.get("unannounced", 0) == 0
-    )
-    return out
-
-
-def print_summary(result: dict[str, Any], console: Console) -> None:
-    feed = result["feed"]
-    repaired = summed(feed["gaps_repaired"])
-    ok = "[green]identical[/]"
-    # Stopped early, a shortfall may be the stop's rather than a fault's: said so, not in red.
-    stopped = result.get("stopped", False)
-    bad = "[yellow]incomplete (stopped early)[/]" if stopped else "[bold red]NOT identical[/]"
-    verdict = ok if result["identical"] else bad
-    clients = "; ".join(
-        f"{name} received {c['messages']:,}"
-        + (f" over {c['reconnects'] + 1} connections" if c["reconnects"] else "")
-        + f" {ok if c['identical'] else bad}"
-        for name, c in result["clients"].items()
-    )
-    if stopped:
-        console.print(f"stopped early: the verdict covers what the exchange published before the"
-                      f" stop and what came in within {STOP_WAIT:g} s of it")  # fmt: skip
-    published = result["published"]
-    console.print(
-        f"published {'?' if published is None else f'{published:,}'} messages,"
-        f" delivered {result['delivered']:,}:"
-        f" {verdict} (sha256 {str(result['delivered_sha256'])[:16]}...)\n"
-        f"gaps seen {sum(feed['gaps_seen'].values()):,}: repaired by the other line"
-        f" {repaired['line']:,}, by re-request {repaired['rerequest']:,},"
-        f" by replay {repaired['replay']:,}; lost {sum(feed['gaps_lost'].values()):,}."
-        f" Duplicates delivered: {result['duplicates_delivered']}.\n"
-        f"itch stream: {clients}; slow consumers cut: {result['slow_consumers_cut']}."
-    )
-    events = result["events"]
-    if events:
-        full, conflated, skipper = (events.get(n, {}) for n in ("events", "conflated", "skipper"))
-        console.print(
-            f"events stream: {events['records']:,} records; reader received"
-            f" {full.get('records', 0):,} {ok if full.get('identical') else bad};"
-            f" conflated client {conflated.get('records', 0):,} records,"
-            f" {conflated.get('conflated', 0):,} merged away, last BBOs"
-            f" {ok if conflated.get('last_bbo_identical') else bad}, trades (count and"
-            f" volume per symbol) {ok if conflated.get('trades_identical') else bad},"
-            f" staleness {_staleness_text(conflated.get('staleness_seconds'))};"
-            f" skipping client {skipper.get('records', 0):,} records,"
-            f" {skipper.get('skipped', 0):,} skipped and told"
-            f" ({skipper.get('unannounced', 0)} unannounced)."
-        )
-    if result["verdict"]:
-        console.print("[bold green]verdict: every check passed[/]")
-    elif not stopped:
-        console.print("[bold red]verdict: a check failed (above, in red)[/]")
-
-
-def _staleness_text(ages: dict[str, float] | None) -> str:
-    """p50 / p99 / max of the conflated client's staleness, the p99 judged."""
-    if not ages:
-        return "not measured"
-    style = "green" if ages["p99"] <= STALENESS_P99 else "bold red"
-    return (f"p50 {ages['p50'] * 1e3:.0f} ms, p99 [{style}]{ages['p99'] * 1e3:.0f} ms[/]"
-            f" (<= {STALENESS_P99 * 1e3:.0f}), max {ages['max'] * 1e3:.0f} ms")

@@ -1,8 +1,8 @@
 """The MoldUDP64 lines in a packet capture, arbitrated into the stream once, in order.
 
-:func:`streams` lists every MoldUDP64 stream a capture holds (destination group:port and session,
-first and last sequence number, packets); :class:`CaptureFeed` picks the lines (given, or every
-stream of the one session found), and feeds them through the live feed handler's own machine,
+:class:`CaptureFeed` picks the lines among the streams a capture holds
+(:func:`~tickerplant.capture.streams.streams` lists them: given, or every stream of the one
+session found), and feeds them through the live feed handler's own machine,
 :class:`~tickerplant.session.feed.FeedSession`, with the capture's clock as ``now`` and nothing to
 repair from but the other line: the stream comes out as the plant would have delivered it, and a
 range missing from every captured line comes out as a lost range with its exact bounds.
@@ -21,7 +21,6 @@ import ipaddress
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,16 @@ import numpy.typing as npt
 
 from tickerplant.capture import pcap
 from tickerplant.capture.itch_file import CHUNK_BYTES, ItchFile
-from tickerplant.capture.pcap import UDP, CaptureError
+from tickerplant.capture.pcap import CaptureError
+from tickerplant.capture.streams import (
+    DATA,
+    NOT_MOLD,
+    OTHER,
+    CaptureSummary,
+    Reading,
+    Stream,
+    streams,
+)
 from tickerplant.endpoint import Endpoint
 from tickerplant.jit import kernel
 from tickerplant.session.events import (
@@ -49,93 +57,13 @@ log = logging.getLogger(__name__)
 
 I64 = npt.NDArray[np.int64]
 
-# What a UDP datagram is to MoldUDP64 (``_classify``)
-_DATA, _HEARTBEAT, _END, _REQUEST, _NOT_MOLD, _OTHER = range(6)
-_MAX_SESSIONS = 64  # distinct sessions told apart in one capture; more is not a feed
 _RING = 1 << 22  # messages whose first capture time is kept (4M: seconds of a busy feed)
 _ROW_BYTES = 1 << 16  # a joined packet: at most this long
 _ROWS = 256
 GIVE_UP_AFTER = 1.0  # capture seconds a gap waits for the other line's copy
 
 
-@dataclass(slots=True)
-class Stream:
-    """A MoldUDP64 stream found in a capture: one destination, one session."""
-
-    line: Endpoint
-    session: str
-    packets: int = 0  # data, heartbeats and end of session
-    messages: int = 0
-    heartbeats: int = 0
-    end_of_session: int = 0
-    first_sequence: int = 0  # of the first message carried (0: only heartbeats)
-    last_sequence: int = 0  # of the last message carried or announced
-    first_time: int = 0  # ns since the epoch
-    last_time: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"line": str(self.line), "session": self.session, "packets": self.packets,
-                "messages": self.messages, "heartbeats": self.heartbeats,
-                "end_of_session": self.end_of_session, "first_sequence": self.first_sequence,
-                "last_sequence": self.last_sequence, "first_time": self.first_time,
-                "last_time": self.last_time}  # fmt: skip
-
-
-@dataclass(slots=True)
-class CaptureSummary:
-    """What a capture held besides its streams."""
-
-    counters: pcap.CaptureCounters
-    streams: list[Stream]
-    requests: dict[str, int] = field(default_factory=dict)  # re-requests by destination
-    not_moldudp64: int = 0  # UDP datagrams that are not MoldUDP64 packets
-
-
 # --- kernels -------------------------------------------------------------------------------------
-
-
-@kernel
-def _classify(
-    buf: U8, offset: I64, length: npt.NDArray[np.int32], kind: npt.NDArray[np.int8], n: int,
-    what: npt.NDArray[np.int8], seq: I64, count: I64, session: I64,
-    sessions: npt.NDArray[np.uint8], known: int,
-) -> int:  # fmt: skip  # pragma: no cover - compiled
-    """Each packet's MoldUDP64 reading (``what``, sequence, count) and session (an index into
-    ``sessions``, which it extends); returns how many sessions are known after."""
-    for i in range(n):
-        seq[i] = 0
-        count[i] = 0
-        session[i] = -1
-        if kind[i] != UDP:
-            what[i] = _OTHER
-            continue
-        p = offset[i]
-        size = length[i]
-        defect, s, c = mold._check(buf[p : p + size], size)
-        if defect == 0:
-            what[i] = _HEARTBEAT if c == 0 else _END if c == 0xFFFF else _DATA
-        elif defect == 3 and size == 20 and s != 0:  # a request: a header asking for ``c``
-            what[i] = _REQUEST
-        else:
-            what[i] = _NOT_MOLD
-            continue
-        seq[i] = s
-        count[i] = c
-        for k in range(known):
-            same = True
-            for j in range(10):
-                if sessions[k, j] != buf[p + j]:
-                    same = False
-                    break
-            if same:
-                session[i] = k
-                break
-        if session[i] < 0 and known < sessions.shape[0]:
-            for j in range(10):
-                sessions[known, j] = buf[p + j]
-            session[i] = known
-            known += 1
-    return known
 
 
 @kernel
@@ -184,7 +112,7 @@ def _join(
         p = offset[k]
         size = length[k]
         row = rows[filled]
-        if what[k] != _DATA:  # as it came: heartbeats, end of session, what the machine rejects
+        if what[k] != DATA:  # as it came: heartbeats, end of session, what the machine rejects
             keep = min(size, width)
             row[:keep] = buf[p : p + keep]
             lengths[filled] = size
@@ -199,7 +127,7 @@ def _join(
         while i < picked.shape[0]:
             j = picked[i]
             more = length[j] - 20
-            if what[j] != _DATA or seq[j] != end or total + count[j] > 0xFFFE:
+            if what[j] != DATA or seq[j] != end or total + count[j] > 0xFFFE:
                 break
             if used + more >= width:  # a row that fills its width reads as cut by the kernel
                 break
@@ -214,82 +142,6 @@ def _join(
         lengths[filled] = used
         filled += 1
     return filled, i
-
-
-# --- listing -------------------------------------------------------------------------------------
-
-
-class _Reading:
-    """A capture's windows with their MoldUDP64 reading; sessions numbered across windows."""
-
-    def __init__(self, capture: pcap.Capture) -> None:
-        self.capture = capture
-        self.sessions = np.zeros((_MAX_SESSIONS, 10), dtype=np.uint8)
-        self.known = 0
-
-    def windows(self) -> Iterator[tuple[pcap.Packets, npt.NDArray[np.int8], I64, I64, I64]]:
-        for packets in self.capture.windows():
-            n = len(packets)
-            what = np.empty(n, np.int8)
-            seq, count, session = (np.empty(n, np.int64) for _ in range(3))
-            self.known = _classify(self.capture.buf, packets.offset, packets.length,
-                                   packets.kind, n, what, seq, count, session,
-                                   self.sessions, self.known)  # fmt: skip
-            yield packets, what, seq, count, session
-
-    def name(self, index: int) -> str:
-        return bytes(self.sessions[index]).decode("latin-1")
-
-
-def _endpoint(dst: int, port: int) -> Endpoint:
-    return Endpoint(str(ipaddress.IPv4Address(dst)), port)
-
-
-def streams(capture: pcap.Capture) -> CaptureSummary:
-    """Every MoldUDP64 stream in ``capture``, in the order of their destinations."""
-    reading = _Reading(capture)
-    found: dict[tuple[int, int, int], Stream] = {}
-    requests: dict[str, int] = {}
-    not_mold = 0
-    for packets, what, seq, count, session in reading.windows():
-        not_mold += int((what == _NOT_MOLD).sum())
-        asks = what == _REQUEST
-        if asks.any():
-            for dst, port in zip(packets.dst[asks].tolist(), packets.port[asks].tolist(),
-                                 strict=True):  # fmt: skip
-                name = str(_endpoint(dst, port))
-                requests[name] = requests.get(name, 0) + 1
-        mine = what <= _END
-        if not mine.any():
-            continue
-        keys = (packets.dst[mine].astype(np.int64) << 24) | (packets.port[mine].astype(np.int64)
-                                                              << 8) | session[mine]  # fmt: skip
-        w, s, c, t = what[mine], seq[mine], count[mine], packets.time[mine]
-        for key in np.unique(keys).tolist():
-            at = keys == key
-            dst, port, index = key >> 24, (key >> 8) & 0xFFFF, key & 0xFF
-            stream = found.get((dst, port, index))
-            if stream is None:
-                stream = found[(dst, port, index)] = Stream(
-                    _endpoint(dst, port), reading.name(index), first_time=int(t[at][0]))
-            data = at & (w == _DATA)
-            stream.packets += int(at.sum())
-            stream.messages += int(c[data].sum())
-            stream.heartbeats += int((at & (w == _HEARTBEAT)).sum())
-            stream.end_of_session += int((at & (w == _END)).sum())
-            if data.any():
-                first = int(s[data].min())
-                if not stream.first_sequence or first < stream.first_sequence:
-                    stream.first_sequence = first
-                stream.last_sequence = max(stream.last_sequence,
-                                           int((s[data] + c[data]).max()) - 1)  # fmt: skip
-            announced = at & (w != _DATA)
-            if announced.any():  # a heartbeat names the next message: the one before was sent
-                stream.last_sequence = max(stream.last_sequence, int(s[announced].max()) - 1)
-            stream.last_time = int(t[at][-1])
-    listed = sorted(found.values(), key=lambda x: (ipaddress.IPv4Address(x.line.host),
-                                                   x.line.port, x.session))  # fmt: skip
-    return CaptureSummary(capture.counters, listed, requests, not_mold)
 
 
 # --- arbitration ---------------------------------------------------------------------------------
@@ -406,7 +258,7 @@ class CaptureFeed:
 
     def chunks(self) -> Iterator[tuple[bytes, I64]]:
         """(block stream, capture time of each message in it), about ``chunk_bytes`` each."""
-        reading = _Reading(self.capture)
+        reading = Reading(self.capture)
         wanted = [(int(ipaddress.IPv4Address(s.line.host)), s.line.port) for s in self.lines]
         rows = [mold.Datagrams(_ROWS, _ROW_BYTES) for _ in wanted]
         tags = np.zeros(_RING, np.int64)
@@ -426,11 +278,11 @@ class CaptureFeed:
             now = float(packets.time[-1]) / 1e9
             picks = []
             for dst, port in wanted:
-                on_line = (packets.dst == dst) & (packets.port == port) & (what != _OTHER)
-                ours = on_line & ((session == index) | (what == _NOT_MOLD))
+                on_line = (packets.dst == dst) & (packets.port == port) & (what != OTHER)
+                ours = on_line & ((session == index) | (what == NOT_MOLD))
                 picks.append(np.flatnonzero(ours))
             data = np.sort(np.concatenate(picks))
-            data = data[what[data] == _DATA]
+            data = data[what[data] == DATA]
             _first_seen(seq, count, packets.time, data, tags, times,
                         self.feed.sequencer.expected)
             for source, picked, buffer in zip(Source, picks, rows, strict=False):

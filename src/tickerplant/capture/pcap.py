@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from tickerplant.capture import frames
+from tickerplant.capture.frames import u16, u32
 from tickerplant.errors import InputError
 from tickerplant.jit import kernel
 from tickerplant.wire.blocks import U8
@@ -42,18 +44,6 @@ _PCAP_MAGICS = {0xA1B2C3D4: (False, False), 0xD4C3B2A1: (True, False),
                 0xA1B23C4D: (False, True), 0x4D3CB2A1: (True, True)}  # fmt: skip  # (big, ns)
 _PCAPNG = 0x0A0D0D0A
 _BYTE_ORDER = 0x1A2B3C4D
-
-# What a packet is (``Packets.kind``)
-UDP, NOT_IPV4, FRAGMENT, NOT_UDP, CUT, LINK_TYPE, MALFORMED = range(7)
-KINDS = ("udp", "not_ipv4", "fragment", "not_udp", "cut_by_snap_length",
-         "unsupported_link_type", "malformed")  # fmt: skip
-
-# Link types (https://www.tcpdump.org/linktypes.html) as the frame kernel knows them
-ETHERNET, RAW, SLL, SLL2, NULL, LOOP = 1, 101, 113, 276, 0, 108
-_LINKS = {ETHERNET: 1, RAW: 2, 12: 2, 14: 2, 228: 2, SLL: 3, SLL2: 4, NULL: 5, LOOP: 6}
-LINK_NAMES = {ETHERNET: "ethernet", RAW: "raw", 12: "raw", 14: "raw", 228: "ipv4",
-              SLL: "linux_sll", SLL2: "linux_sll2", NULL: "null", LOOP: "loop"}  # fmt: skip
-
 
 class CaptureError(InputError):
     """A file that is not a pcap or pcapng capture, or one whose framing is broken."""
@@ -106,20 +96,6 @@ class CaptureCounters:
 
 
 @kernel
-def _u16(buf: U8, pos: int, big: bool) -> int:  # pragma: no cover - compiled
-    a, b = int(buf[pos]), int(buf[pos + 1])
-    return (a << 8) | b if big else (b << 8) | a
-
-
-@kernel
-def _u32(buf: U8, pos: int, big: bool) -> int:  # pragma: no cover - compiled
-    a, b, c, d = int(buf[pos]), int(buf[pos + 1]), int(buf[pos + 2]), int(buf[pos + 3])
-    if big:
-        return (a << 24) | (b << 16) | (c << 8) | d
-    return (d << 24) | (c << 16) | (b << 8) | a
-
-
-@kernel
 def walk_pcap(
     buf: U8, pos: int, big: bool, scale: int,
     data: I64, caplen: I64, origlen: I64, stamp: I64,
@@ -135,15 +111,15 @@ def walk_pcap(
     while count < data.shape[0] and pos < n:
         if pos + 16 > n:
             return count, pos, 1
-        incl = _u32(buf, pos + 8, big)
+        incl = u32(buf, pos + 8, big)
         if incl > MAX_RECORD:
             return count, pos, 3
         if pos + 16 + incl > n:
             return count, pos, 2
-        stamp[count] = _u32(buf, pos, big) * 1_000_000_000 + _u32(buf, pos + 4, big) * scale
+        stamp[count] = u32(buf, pos, big) * 1_000_000_000 + u32(buf, pos + 4, big) * scale
         data[count] = pos + 16
         caplen[count] = incl
-        origlen[count] = _u32(buf, pos + 12, big)
+        origlen[count] = u32(buf, pos + 12, big)
         count += 1
         pos += 16 + incl
     return count, pos, 0
@@ -167,32 +143,32 @@ def walk_pcapng(
     while count < data.shape[0] and pos < n:
         if pos + 12 > n:
             return count, pos, 2
-        kind = _u32(buf, pos, big)
+        kind = u32(buf, pos, big)
         if kind != 6 and kind != 2 and kind != 3:
             return count, pos, 1  # read by the caller, section headers in either byte order
-        total = _u32(buf, pos + 4, big)
+        total = u32(buf, pos + 4, big)
         if total < 12 or total % 4:
             return count, pos, 3
         if pos + total > n:
             return count, pos, 2
-        if _u32(buf, pos + total - 4, big) != total:
+        if u32(buf, pos + total - 4, big) != total:
             return count, pos, 3
         if kind == 6 or kind == 2:  # Enhanced Packet Block, obsolete Packet Block
             if total < 32:
                 return count, pos, 3
-            number = _u32(buf, pos + 8, big) if kind == 6 else _u16(buf, pos + 8, big)
-            cap = _u32(buf, pos + 20, big)
+            number = u32(buf, pos + 8, big) if kind == 6 else u16(buf, pos + 8, big)
+            cap = u32(buf, pos + 20, big)
             if 28 + cap > total - 4:
                 return count, pos, 4
-            stamp[count] = (_u32(buf, pos + 12, big) << 32) | _u32(buf, pos + 16, big)
+            stamp[count] = (u32(buf, pos + 12, big) << 32) | u32(buf, pos + 16, big)
             data[count] = pos + 28
             caplen[count] = cap
-            origlen[count] = _u32(buf, pos + 24, big)
+            origlen[count] = u32(buf, pos + 24, big)
             iface[count] = base + number
         else:  # Simple Packet Block: interface 0, no timestamp
             if total < 16:
                 return count, pos, 3
-            orig = _u32(buf, pos + 8, big)
+            orig = u32(buf, pos + 8, big)
             data[count] = pos + 12
             caplen[count] = min(orig, total - 16)
             origlen[count] = orig
@@ -201,103 +177,6 @@ def walk_pcapng(
         count += 1
         pos += total
     return count, pos, 0
-
-
-@kernel
-def decode_frames(
-    buf: U8, data: I64, caplen: I64, links: I64, n: int,
-    dst: npt.NDArray[np.uint32], port: npt.NDArray[np.int32], offset: I64,
-    length: npt.NDArray[np.int32], kind: npt.NDArray[np.int8],
-) -> None:  # fmt: skip  # pragma: no cover - compiled
-    """Each frame's IPv4/UDP destination and payload, or the kind of packet it is instead.
-
-    ``links`` are the frame kernel's link codes (``_LINKS`` values; 0: one it does not read).
-    """
-    for i in range(n):
-        p = data[i]
-        end = p + caplen[i]
-        link = links[i]
-        dst[i] = 0
-        port[i] = 0
-        offset[i] = 0
-        length[i] = 0
-        ethertype = -1  # -1: the link header says IP version by the first nibble
-        if link == 1:  # Ethernet
-            if p + 14 > end:
-                kind[i] = MALFORMED
-                continue
-            ethertype = (int(buf[p + 12]) << 8) | int(buf[p + 13])
-            p += 14
-            while ethertype == 0x8100 or ethertype == 0x88A8 or ethertype == 0x9100:
-                if p + 4 > end:
-                    break
-                ethertype = (int(buf[p + 2]) << 8) | int(buf[p + 3])
-                p += 4
-        elif link == 2:  # raw IP
-            pass
-        elif link == 3:  # Linux cooked v1: protocol at 14 of a 16-byte header
-            if p + 16 > end:
-                kind[i] = MALFORMED
-                continue
-            ethertype = (int(buf[p + 14]) << 8) | int(buf[p + 15])
-            p += 16
-        elif link == 4:  # Linux cooked v2: protocol first, 20-byte header
-            if p + 20 > end:
-                kind[i] = MALFORMED
-                continue
-            ethertype = (int(buf[p]) << 8) | int(buf[p + 1])
-            p += 20
-        elif link == 5 or link == 6:  # BSD loopback: a 4-byte address family
-            if p + 4 > end:
-                kind[i] = MALFORMED
-                continue
-            family = _u32(buf, p, link == 6)
-            if link == 5 and family > 0xFFFF:  # NULL is in the capturing host's byte order
-                family = _u32(buf, p, True)
-            ethertype = 0x0800 if family == 2 else 0
-            p += 4
-        else:
-            kind[i] = LINK_TYPE
-            continue
-        if ethertype != -1 and ethertype != 0x0800:
-            kind[i] = NOT_IPV4
-            continue
-        if p + 20 > end:
-            kind[i] = MALFORMED if ethertype == 0x0800 else NOT_IPV4
-            continue
-        if int(buf[p]) >> 4 != 4:
-            kind[i] = NOT_IPV4
-            continue
-        ihl = (int(buf[p]) & 0x0F) * 4
-        total = (int(buf[p + 2]) << 8) | int(buf[p + 3])
-        if ihl < 20 or total < ihl:
-            kind[i] = MALFORMED
-            continue
-        flags = (int(buf[p + 6]) << 8) | int(buf[p + 7])
-        if flags & 0x3FFF:  # more fragments, or a fragment offset
-            kind[i] = FRAGMENT
-            continue
-        if buf[p + 9] != 17:
-            kind[i] = NOT_UDP
-            continue
-        u = p + ihl
-        if u + 8 > end:
-            kind[i] = CUT
-            continue
-        udp_len = (int(buf[u + 4]) << 8) | int(buf[u + 5])
-        size = min(udp_len, total - ihl) - 8
-        if size < 0:
-            kind[i] = MALFORMED
-            continue
-        if u + 8 + size > end:
-            kind[i] = CUT
-            continue
-        dst[i] = (np.uint32(buf[p + 16]) << 24) | (np.uint32(buf[p + 17]) << 16) | (
-            np.uint32(buf[p + 18]) << 8) | np.uint32(buf[p + 19])
-        port[i] = (int(buf[u + 2]) << 8) | int(buf[u + 3])
-        offset[i] = u + 8
-        length[i] = size
-        kind[i] = UDP
 
 
 # --- the file --------------------------------------------------------------------------------
@@ -335,14 +214,14 @@ class Capture:
                       np.empty(size, np.int32), np.empty(size, np.int8))  # fmt: skip
         c = self.counters = CaptureCounters()  # counted afresh on each walk
         for n, times, links, linktypes in walk(*arrays):
-            decode_frames(self.buf, arrays[0], arrays[1], links, n, out.dst, out.port,
+            frames.decode_frames(self.buf, arrays[0], arrays[1], links, n, out.dst, out.port,
                           out.offset, out.length, out.kind)  # fmt: skip
-            kinds = np.bincount(out.kind[:n], minlength=len(KINDS))
-            for k, name in enumerate(KINDS):
+            kinds = np.bincount(out.kind[:n], minlength=len(frames.KINDS))
+            for k, name in enumerate(frames.KINDS):
                 if kinds[k]:
                     c.by_kind[name] = c.by_kind.get(name, 0) + int(kinds[k])
             for linktype, count in linktypes.items():
-                name = LINK_NAMES.get(linktype, f"linktype_{linktype}")
+                name = frames.LINK_NAMES.get(linktype, f"linktype_{linktype}")
                 c.link_types[name] = c.link_types.get(name, 0) + count
             c.packets += n
             yield Packets(times[:n].copy(), out.dst[:n].copy(), out.port[:n].copy(),
@@ -356,7 +235,7 @@ class Capture:
         big, nanos = _PCAP_MAGICS[int.from_bytes(self._map[:4], "little")]
         linktype = struct.unpack(">I" if big else "<I", self._map[20:24])[0] & 0x0FFFFFFF
         self.counters.interfaces = 1
-        code = _LINKS.get(linktype, 0)
+        code = frames.LINKS.get(linktype, 0)
         pos = 24
         while pos < self.size:
             count, after, status = walk_pcap(self.buf, pos, big, 1 if nanos else 1000,
@@ -477,7 +356,7 @@ class Capture:
             at = numbers == number
             interface = interfaces[number]
             times[at] = _nanoseconds(raw[at], interface)
-            links[at] = _LINKS.get(interface.link, 0)
+            links[at] = frames.LINKS.get(interface.link, 0)
             linktypes[interface.link] = linktypes.get(interface.link, 0) + int(at.sum())
         times[stamp[:count] == -1] = 0  # Simple Packet Blocks carry no time
         return times, links, linktypes
