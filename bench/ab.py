@@ -71,10 +71,15 @@ def main() -> None:
         if not after:
             continue
         b, a = statistics.median(before), statistics.median(after)
+        # The spread: each side's lowest and highest, and the ratio of each round's pair (the
+        # rounds interleave, so a pair shares the machine's load of its moment).
+        pairs = sorted(x / y for x, y in zip(after, before, strict=False) if y)
         print(json.dumps({
             "bench": "ab", "subject": subject, "metric": metric, "case": case,
             "value": a / b if b else None,
             "unit": "after/before", "before": b, "after": a, "runs": [len(before), len(after)],
+            "before_range": [min(before), max(before)], "after_range": [min(after), max(after)],
+            "pair_ratios": [round(r, 3) for r in pairs],
         }), flush=True)  # fmt: skip
 
 

@@ -74,11 +74,11 @@ def free_port() -> int:
 
 
 def catchup_server(port: int, messages: int, live_rate: float, pipe: Connection) -> None:
+    from tickerplant.distribute.fanout import FanOut
+    from tickerplant.distribute.journal import Journal
     from tickerplant.exchange.synthetic import SyntheticMarket
     from tickerplant.io.loop import run_loop
     from tickerplant.io.soupbin import SoupServer
-    from tickerplant.session.fanout import FanOut
-    from tickerplant.session.journal import Journal
 
     chunks = list(SyntheticMarket(3, 500).chunks(messages + int(live_rate * 60), 1000))
     journal = Journal(b"CATCHUP001")
@@ -106,7 +106,7 @@ def catchup_server(port: int, messages: int, live_rate: float, pipe: Connection)
 
 
 def catchup_client(port: int, until: int, pipe: Connection) -> None:
-    from tickerplant.session.events import Batch
+    from tickerplant.receive.events import Batch
     from tickerplant.session.soupbin import SoupClientSession
     from tickerplant.wire.soupbintcp import Framer, Side, encode_sequenced
 
@@ -172,10 +172,10 @@ def conflated_server(port: int, clients: int, symbols: int, bbo_rate: float, sec
                      pipe: Connection) -> None:  # fmt: skip
     os.sched_setaffinity(0, {0})
     more_files()
+    from tickerplant.distribute.fanout import FanOut, FanOutLimits, Policy
+    from tickerplant.distribute.journal import Journal
     from tickerplant.io.loop import run_loop
     from tickerplant.io.soupbin import SoupServer
-    from tickerplant.session.fanout import FanOut, FanOutLimits, Policy
-    from tickerplant.session.journal import Journal
     from tickerplant.wire import events as ev
 
     class Everything:

@@ -209,10 +209,10 @@ def tickerplant_server(
 ) -> None:
     """The SoupBinTCP server in its own process; publishes once told to, then reports its CPU
     and how many slow consumers it cut."""
+    from tickerplant.distribute.fanout import FanOut, FanOutLimits
+    from tickerplant.distribute.journal import Journal
     from tickerplant.io.loop import run_loop
     from tickerplant.io.soupbin import SoupServer
-    from tickerplant.session.fanout import FanOut, FanOutLimits
-    from tickerplant.session.journal import Journal
     from tickerplant.wire.blocks import join_messages
 
     async def main() -> None:

@@ -35,7 +35,7 @@ from typing import Any
 
 from tickerplant.client.subscribe import subscribe
 from tickerplant.endpoint import Endpoint
-from tickerplant.session.events import Batch
+from tickerplant.receive.events import Batch
 from tickerplant.wire import soupbintcp as soup
 from tickerplant.wire.blocks import iter_messages
 from wire_latency import Setup, wait_listening

@@ -25,7 +25,7 @@ from tickerplant.exchange.synthetic import SyntheticMarket
 from tickerplant.feed.handler import FeedConfig, FeedHandler
 from tickerplant.io.web import WebServer
 from tickerplant.ops.metrics import Snapshot
-from tickerplant.session.events import Batch
+from tickerplant.receive.events import Batch
 
 DATA = Path(__file__).parent / "data"
 

@@ -12,7 +12,7 @@ from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
 from tickerplant.feed.handler import FeedConfig
 from tickerplant.ops.config import default, load, load_file
-from tickerplant.session.recovery import RecoveryConfig
+from tickerplant.receive.recovery import RecoveryConfig
 
 PARSERS = {Endpoint: Endpoint.parse}
 

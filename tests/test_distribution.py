@@ -13,12 +13,12 @@ import pytest
 
 from harness import allow_open_files, until
 from tickerplant.client import subscribe
+from tickerplant.distribute.fanout import FanOut, FanOutLimits
+from tickerplant.distribute.journal import Journal
 from tickerplant.endpoint import Endpoint
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.ops import passwords
-from tickerplant.session.events import Batch
-from tickerplant.session.fanout import FanOut, FanOutLimits
-from tickerplant.session.journal import Journal
+from tickerplant.receive.events import Batch
 from tickerplant.wire import soupbintcp as soup
 from tickerplant.wire.blocks import join_messages
 

@@ -17,9 +17,7 @@ from tickerplant.book.normalize import images, records
 from tickerplant.client.subscribe import Conflated, Events
 from tickerplant.client.subscribe import _events as client_records
 from tickerplant.client.subscribe import _resumed as resumed
-from tickerplant.exchange.synthetic import SyntheticMarket
-from tickerplant.session.events import Batch
-from tickerplant.session.fanout import (
+from tickerplant.distribute.fanout import (
     BuildImages,
     FanOut,
     FanOutLimits,
@@ -28,11 +26,13 @@ from tickerplant.session.fanout import (
     Policy,
     Subscribed,
 )
-from tickerplant.session.fanout.limits import CONFLATE_INTERVAL
-from tickerplant.session.journal import Journal
-from tickerplant.session.selection import conflate
+from tickerplant.distribute.fanout.limits import CONFLATE_INTERVAL
+from tickerplant.distribute.journal import Journal
+from tickerplant.distribute.selection import conflate
+from tickerplant.distribute.stream import EventStream
+from tickerplant.exchange.synthetic import SyntheticMarket
+from tickerplant.receive.events import Batch
 from tickerplant.session.soupbin import Closed, DebugReceived
-from tickerplant.session.stream import EventStream
 from tickerplant.wire import events as ev
 from tickerplant.wire import itch
 from tickerplant.wire.blocks import iter_messages

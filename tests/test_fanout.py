@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from tickerplant.session import fanout as fanout_module
-from tickerplant.session.events import Batch
-from tickerplant.session.fanout import (
+from tickerplant.distribute import fanout as fanout_module
+from tickerplant.distribute.fanout import (
     Dropped,
     FanOut,
     FanOutLimits,
@@ -21,7 +20,8 @@ from tickerplant.session.fanout import (
     SubscriberEvent,
     delivery,
 )
-from tickerplant.session.journal import Journal
+from tickerplant.distribute.journal import Journal
+from tickerplant.receive.events import Batch
 from tickerplant.session.soupbin import (
     CloseCause,
     Closed,
@@ -386,7 +386,7 @@ def test_a_socket_that_takes_nothing_past_the_write_deadline_is_a_slow_consumer(
 
 
 def test_password_checks_in_flight_count_toward_the_throttle_and_are_capped() -> None:
-    from tickerplant.session.fanout import CheckPassword
+    from tickerplant.distribute.fanout import CheckPassword
 
     limits = FanOutLimits(failed_logins=3, max_checks=2)
     fanout: FanOut[Any] = FanOut(journal_of(5), limits=limits, users={b"alice": "stored"})

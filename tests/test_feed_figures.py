@@ -11,7 +11,7 @@ from tickerplant.endpoint import Endpoint
 from tickerplant.feed.handler import FeedConfig, FeedHandler
 from tickerplant.ops.figures import EXCHANGE, REGISTRY, STREAMS, Kind
 from tickerplant.plant.books import LiveBooks
-from tickerplant.session.events import Batch, GapLost, Source
+from tickerplant.receive.events import Batch, GapLost, Source
 
 
 def test_an_exchange_that_dies_at_once_is_reported_at_once() -> None:
@@ -33,7 +33,7 @@ def test_an_exchange_that_dies_at_once_is_reported_at_once() -> None:
 
 def test_live_books_count_what_the_feed_lost_and_start_over_on_a_new_session() -> None:
     from tickerplant.exchange.synthetic import SyntheticMarket
-    from tickerplant.session.events import SessionStarted
+    from tickerplant.receive.events import SessionStarted
 
     books = LiveBooks()
     chunk = next(SyntheticMarket(2, 10).chunks(2000, 2000))

@@ -7,15 +7,15 @@ import asyncio
 import pytest
 
 from harness import ports, until
+from tickerplant.distribute.fanout import FanOut
+from tickerplant.distribute.journal import Journal
 from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
 from tickerplant.feed.handler import FeedConfig, FeedHandler
 from tickerplant.io.multicast import open_sender
 from tickerplant.io.soupbin import SoupServer
-from tickerplant.session.events import Batch, Event, GapLost, SessionEnded, Source
-from tickerplant.session.fanout import FanOut
-from tickerplant.session.journal import Journal
-from tickerplant.session.recovery import RecoveryConfig
+from tickerplant.receive.events import Batch, Event, GapLost, SessionEnded, Source
+from tickerplant.receive.recovery import RecoveryConfig
 from tickerplant.wire import moldudp64 as mold
 from tickerplant.wire import soupbintcp as soup
 from tickerplant.wire.blocks import iter_messages, join_messages

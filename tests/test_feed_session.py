@@ -10,8 +10,9 @@ from __future__ import annotations
 from rich.console import Console
 
 from tickerplant.endpoint import Endpoint
+from tickerplant.latency import Latencies
 from tickerplant.ops.dashboard import render
-from tickerplant.session.events import (
+from tickerplant.receive.events import (
     Batch,
     GapLost,
     GapRepaired,
@@ -23,10 +24,9 @@ from tickerplant.session.events import (
     Source,
     SuspectDecided,
 )
-from tickerplant.session.feed import FeedSession, FeedSessionConfig, ReplayCancel, ReplayStart
-from tickerplant.session.latency import Latencies
-from tickerplant.session.recovery import RecoveryConfig
-from tickerplant.session.sequencer import SUSPECT_WAIT
+from tickerplant.receive.feed import FeedSession, FeedSessionConfig, ReplayCancel, ReplayStart
+from tickerplant.receive.recovery import RecoveryConfig
+from tickerplant.receive.sequencer import SUSPECT_WAIT
 from tickerplant.wire import moldudp64 as mold
 from tickerplant.wire.blocks import iter_messages, join_messages
 
@@ -326,7 +326,7 @@ def test_latencies_keep_every_count_and_the_max_but_only_recent_values() -> None
 
 
 def test_latency_buckets_run_from_10_us_to_10_s() -> None:
-    from tickerplant.session.latency import BUCKETS
+    from tickerplant.latency import BUCKETS
 
     assert BUCKETS[0] == 1e-5 and BUCKETS[-1] == 10.0 and list(BUCKETS) == sorted(BUCKETS)
     lat = Latencies()

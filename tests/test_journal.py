@@ -1,7 +1,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tickerplant.session.journal import Journal
+from tickerplant.distribute.journal import Journal
 from tickerplant.wire.blocks import iter_messages, join_messages
 
 pieces = st.lists(st.lists(st.binary(max_size=20), max_size=12), min_size=1, max_size=8)

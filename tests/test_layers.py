@@ -137,8 +137,10 @@ def test_the_guides_table_knows_every_package_and_reads_as_meant() -> None:
     for module in BASE:
         assert module in MODULES, f"the guide's base names {module}, which does not exist"
     # What the rules say, spot-checked against the prose: a misparse loosens every check.
-    assert MAY_IMPORT["session"] == {"wire", "base"} and MAY_IMPORT["base"] == set()
-    assert NEVER["session"] == {"socket", "selectors", "ssl", "asyncio", "time"}
+    assert MAY_IMPORT["receive"] == {"wire", "base"} and MAY_IMPORT["base"] == set()
+    assert MAY_IMPORT["distribute"] == {"receive", "session", "wire", "base"}
+    assert NEVER["distribute"] == {"socket", "selectors", "ssl", "asyncio", "time"}
+    assert "tickerplant.latency" in BASE
     assert "book" not in MAY_IMPORT["io"] and "exchange" not in MAY_IMPORT["feed"]
     assert MAY_IMPORT["face"] == set(MAY_IMPORT) and "tickerplant.errors" in BASE
 
@@ -148,7 +150,8 @@ def test_the_checker_catches_a_wrong_import(tmp_path: Path) -> None:
     bad.write_text("import socket\nfrom tickerplant.io import multicast\nfrom ..io import web\n")
     found = imports(bad, set(MODULES), "tickerplant.session.bad")
     assert {"tickerplant.io.multicast", "socket", "tickerplant.io.web"} <= found
-    assert layer("tickerplant.session.feed") == "session"
+    assert layer("tickerplant.receive.feed") == "receive"
+    assert layer("tickerplant.distribute.fanout.core") == "distribute"
     assert layer("tickerplant.io.multicast") not in MAY_IMPORT["session"]
 
 

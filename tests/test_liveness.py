@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 
 from tickerplant.errors import ConfigError
-from tickerplant.session.events import LineState, LineStateChanged, Source
-from tickerplant.session.liveness import Liveness
+from tickerplant.receive.events import LineState, LineStateChanged, Source
+from tickerplant.receive.liveness import Liveness
 
 UP, QUIET, DOWN = LineState.UP, LineState.QUIET, LineState.DOWN
 

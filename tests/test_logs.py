@@ -13,8 +13,8 @@ from harness import ports, until
 from tickerplant.feed.handler import FeedConfig, FeedHandler
 from tickerplant.io.multicast import open_sender
 from tickerplant.ops import logs
-from tickerplant.session.events import Source
-from tickerplant.session.recovery import RecoveryConfig
+from tickerplant.receive.events import Source
+from tickerplant.receive.recovery import RecoveryConfig
 from tickerplant.wire import moldudp64 as mold
 
 SESSION = mold.session_bytes("LOGTEST001")

@@ -23,7 +23,7 @@ from tickerplant.errors import ConfigError
 from tickerplant.io.web import WebServer
 from tickerplant.ops.figures import EXCHANGE, REGISTRY, Kind
 from tickerplant.ops.metrics import Snapshot
-from tickerplant.session.feed import FeedSession, FeedSessionConfig
+from tickerplant.receive.feed import FeedSession, FeedSessionConfig
 
 TYPES = {Kind.COUNTER: "counter", Kind.GAUGE: "gauge", Kind.HISTOGRAM: "histogram"}
 SIMULATOR = {f.name for f in EXCHANGE} | {"session"}

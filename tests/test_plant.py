@@ -19,6 +19,8 @@ from tickerplant.book import BookEngine
 from tickerplant.book.normalize import records
 from tickerplant.client import Events, Lost, Reconnected, Record, SubscribeError, subscribe
 from tickerplant.client.subscribe import _split
+from tickerplant.distribute.fanout import Policy
+from tickerplant.distribute.stream import LOST, ItchStream
 from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
 from tickerplant.exchange.child import ExchangeProcess
@@ -26,10 +28,8 @@ from tickerplant.feed.handler import FeedConfig
 from tickerplant.ops import passwords
 from tickerplant.ops.config import example, load
 from tickerplant.plant import EventsConfig, GlimpseConfig, Plant, PlantConfig, StreamConfig
-from tickerplant.session.events import Batch, GapLost, SessionEnded, SessionStarted, Source
-from tickerplant.session.fanout import Policy
-from tickerplant.session.recovery import RecoveryConfig
-from tickerplant.session.stream import LOST, ItchStream
+from tickerplant.receive.events import Batch, GapLost, SessionEnded, SessionStarted, Source
+from tickerplant.receive.recovery import RecoveryConfig
 from tickerplant.wire.blocks import iter_messages, join_messages, offsets_of
 from tickerplant.wire.events import RECORD, RECORD_SIZE, from_blocks
 

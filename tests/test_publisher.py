@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tickerplant.distribute.journal import Journal
 from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
 from tickerplant.exchange.pacing import ItchClock, Pacer
@@ -28,7 +29,6 @@ from tickerplant.exchange.simulator import (
     run_exchange,
 )
 from tickerplant.io.multicast import Line, LineConfig, SentLog, open_receiver
-from tickerplant.session.journal import Journal
 from tickerplant.wire.blocks import join_messages
 from tickerplant.wire.moldudp64 import (
     END_OF_SESSION,

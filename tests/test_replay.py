@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from harness import until
+from tickerplant.distribute.fanout import FanOut, FanOutLimits
+from tickerplant.distribute.journal import Journal
 from tickerplant.io.replay_client import ReplayClient, ReplayError
 from tickerplant.io.soupbin import SoupServer
-from tickerplant.session.fanout import FanOut, FanOutLimits
-from tickerplant.session.journal import Journal
 from tickerplant.wire.blocks import iter_messages
 from tickerplant.wire.soupbintcp import (
     ClientHeartbeat,

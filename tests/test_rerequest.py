@@ -7,9 +7,9 @@ import socket
 
 import pytest
 
+from tickerplant.distribute.journal import Journal
+from tickerplant.distribute.rerequest import RerequestLimits, Rerequests
 from tickerplant.exchange.rerequest_server import RerequestServer
-from tickerplant.session.journal import Journal
-from tickerplant.session.rerequest import RerequestLimits, Rerequests
 from tickerplant.wire.blocks import join_messages
 from tickerplant.wire.moldudp64 import (
     HEADER,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tickerplant.session.events import (
+from tickerplant.receive.events import (
     Batch,
     GapLost,
     GapRepaired,
@@ -14,7 +14,7 @@ from tickerplant.session.events import (
     Source,
     SuspectDecided,
 )
-from tickerplant.session.recovery import (
+from tickerplant.receive.recovery import (
     Action,
     CancelReplay,
     Recovery,
@@ -22,7 +22,7 @@ from tickerplant.session.recovery import (
     Replay,
     Rerequest,
 )
-from tickerplant.session.sequencer import SUSPECT_WAIT, Sequencer
+from tickerplant.receive.sequencer import SUSPECT_WAIT, Sequencer
 from tickerplant.wire.blocks import iter_messages, join_messages
 
 A, B, RR, RP = Source.LINE_A, Source.LINE_B, Source.REREQUEST, Source.REPLAY

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tickerplant.errors import ConfigError, LocalProtocolError
-from tickerplant.session.events import Batch
+from tickerplant.receive.events import Batch
 from tickerplant.session.soupbin import (
     CloseCause,
     Closed,

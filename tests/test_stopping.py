@@ -31,12 +31,12 @@ from test_demo import _free_port
 from test_metrics import _ended, scrape
 from test_plant import Collected, _collect
 from tickerplant.capture.itch_file import ItchWriter
+from tickerplant.distribute.fanout import FanOut
+from tickerplant.distribute.journal import Journal
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.exchange.synthetic import SyntheticMarket
 from tickerplant.io.soupbin import SoupServer
-from tickerplant.session.fanout import FanOut
-from tickerplant.session.journal import Journal
 from tickerplant.wire.blocks import iter_messages
 
 STOP_WITHIN = 2.0  # seconds from the signal to the exit

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tickerplant.errors import LocalProtocolError
-from tickerplant.session.fanout import FanOut, FanOutLimits, Phase, Policy
-from tickerplant.session.fanout.policy import (
+from tickerplant.distribute.fanout import FanOut, FanOutLimits, Phase, Policy
+from tickerplant.distribute.fanout.policy import (
     Backlog,
     Closing,
     Deferred,
@@ -18,11 +17,12 @@ from tickerplant.session.fanout.policy import (
     Verdict,
     decide,
 )
-from tickerplant.session.fanout.state import TRANSITIONS, Step, delivering, move
-from tickerplant.session.journal import Journal
+from tickerplant.distribute.fanout.state import TRANSITIONS, Step, delivering, move
+from tickerplant.distribute.journal import Journal
+from tickerplant.errors import LocalProtocolError
 from tickerplant.session.soupbin import CloseCause
 
-FANOUT = Path(__file__).resolve().parent.parent / "src" / "tickerplant" / "session" / "fanout"
+FANOUT = Path(__file__).resolve().parent.parent / "src" / "tickerplant" / "distribute" / "fanout"
 LIMITS = FanOutLimits(max_backlog=1000, conflate_unsent=100, write_deadline=10.0, linger=2.0)
 
 
@@ -70,6 +70,7 @@ def test_only_the_table_writes_a_subscribers_state() -> None:
                     for target in targets:
                         if isinstance(target, ast.Attribute) and target.attr == "phase":
                             writes.append((path.name, node.name))
+    assert len(list(FANOUT.glob("*.py"))) > 5  # the rooms were read
     assert sorted(set(writes)) == [("subscriber.py", "__init__"), ("subscriber.py", "move")]
 
 

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from harness import TSHARK, LiveCapture, free_udp_socket, until
+from tickerplant.distribute.fanout import FanOut
+from tickerplant.distribute.journal import Journal
 from tickerplant.io.replay_client import ReplayClient
 from tickerplant.io.soupbin import SoupConnection, SoupServer
-from tickerplant.session.fanout import FanOut
-from tickerplant.session.journal import Journal
 from tickerplant.wire import moldudp64 as mold
 from tickerplant.wire.blocks import join_messages
 from tickerplant.wire.soupbintcp import (
@@ -259,9 +259,9 @@ def test_lost_messages_on_the_itch_stream_are_well_formed_marks(
     empty Sequenced Data payload trips Wireshark's OUCH heuristic, and keeps tshark's sequence
     numbering on the exchange's numbers."""
     from tickerplant.client import Lost, subscribe
+    from tickerplant.distribute.stream import LOST
     from tickerplant.endpoint import Endpoint
-    from tickerplant.session.events import Batch
-    from tickerplant.session.stream import LOST
+    from tickerplant.receive.events import Batch
 
     journal = Journal(b"TSHARK0002")
     journal.append(join_messages([b"first"]) + LOST * 2 + join_messages([b"fourth"]))

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tickerplant.exchange.simulator import ExchangeConfig, SyntheticSource
     from tickerplant.feed.handler import FeedConfig
     from tickerplant.io.multicast import LineConfig
-    from tickerplant.session.recovery import RecoveryConfig
+    from tickerplant.receive.recovery import RecoveryConfig
 
     parser = argparse.ArgumentParser(prog="tickerplant", description=__doc__)
     parser.add_argument("--log-format", choices=("text", "json"), default="text",

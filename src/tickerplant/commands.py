@@ -150,7 +150,7 @@ def exchange(args: argparse.Namespace) -> int:
 
 def feed(args: argparse.Namespace) -> int:
     from tickerplant.feed.handler import FeedConfig, FeedHandler
-    from tickerplant.session.recovery import RecoveryConfig
+    from tickerplant.receive.recovery import RecoveryConfig
 
     cfg = FeedConfig(
         line_a=args.line_a,
@@ -281,7 +281,7 @@ def subscribe(args: argparse.Namespace) -> int:
 
 async def _read_itch(stream: AsyncIterator[Any], args: argparse.Namespace) -> int:
     from tickerplant.client import Lost, Reconnected
-    from tickerplant.session.events import Batch
+    from tickerplant.receive.events import Batch
     from tickerplant.wire import itch
     from tickerplant.wire.blocks import iter_messages
 

@@ -37,6 +37,7 @@ from rich.console import Console
 from tickerplant import endpoint
 from tickerplant.client import Conflated, Events, Lost, Reconnected, Skipped, subscribe
 from tickerplant.client.quotes import Quotes
+from tickerplant.distribute.fanout import FanOutLimits
 from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
 from tickerplant.exchange.child import ExchangeProcess
@@ -46,8 +47,7 @@ from tickerplant.ops import logs
 from tickerplant.ops.dashboard import LiveTable
 from tickerplant.ops.metrics import Snapshot
 from tickerplant.plant import EventsConfig, GlimpseConfig, Plant, PlantConfig, StreamConfig
-from tickerplant.session.events import Batch
-from tickerplant.session.fanout import FanOutLimits
+from tickerplant.receive.events import Batch
 from tickerplant.session.soupbin import HEARTBEAT_INTERVAL
 from tickerplant.verdict import STOP_WAIT, summary
 from tickerplant.wire import events as ev

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
-from tickerplant.session.journal import Journal
+from tickerplant.distribute.journal import Journal
 from tickerplant.wire.moldudp64 import session_bytes
 
 log = logging.getLogger(__name__)

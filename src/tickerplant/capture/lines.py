@@ -3,7 +3,7 @@
 :class:`CaptureFeed` picks the lines among the streams a capture holds
 (:func:`~tickerplant.capture.streams.streams` lists them: given, or every stream of the one
 session found), and feeds them through the live feed handler's own machine,
-:class:`~tickerplant.session.feed.FeedSession`, with the capture's clock as ``now`` and nothing to
+:class:`~tickerplant.receive.feed.FeedSession`, with the capture's clock as ``now`` and nothing to
 repair from but the other line: the stream comes out as the plant would have delivered it, and a
 range missing from every captured line comes out as a lost range with its exact bounds.
 
@@ -40,7 +40,7 @@ from tickerplant.capture.streams import (
 )
 from tickerplant.endpoint import Endpoint
 from tickerplant.jit import kernel
-from tickerplant.session.events import (
+from tickerplant.receive.events import (
     Batch,
     GapLost,
     SessionEnded,
@@ -48,8 +48,8 @@ from tickerplant.session.events import (
     Source,
     SuspectDecided,
 )
-from tickerplant.session.feed import LOST_RANGES_KEPT, FeedSession, FeedSessionConfig
-from tickerplant.session.recovery import RecoveryConfig
+from tickerplant.receive.feed import LOST_RANGES_KEPT, FeedSession, FeedSessionConfig
+from tickerplant.receive.recovery import RecoveryConfig
 from tickerplant.wire import moldudp64 as mold
 from tickerplant.wire.blocks import U8
 

@@ -1,7 +1,7 @@
 """Subscribing to a plant's stream: ``async for record in subscribe(...)``.
 
 One SoupBinTCP login at the next sequence number wanted; Sequenced Data comes out as
-:class:`~tickerplant.session.events.Batch` es (a block stream each, never one object per message),
+:class:`~tickerplant.receive.events.Batch` es (a block stream each, never one object per message),
 lost messages (the plant's marks) as :class:`Lost` notices at their position. Heartbeats go both
 ways (the session machine's). A connection that breaks (reset, dead link, a server that goes away
 and comes back) is opened again after ``retry`` seconds at the number after the last one received,
@@ -32,7 +32,7 @@ from tickerplant.endpoint import Endpoint
 from tickerplant.errors import RemoteError
 from tickerplant.io.loop import clock
 from tickerplant.io.soupbin import SoupConnection, connect
-from tickerplant.session.events import Batch
+from tickerplant.receive.events import Batch
 from tickerplant.session.soupbin import (
     CloseCause,
     Closed,
@@ -214,7 +214,7 @@ def _events(batch: Batch) -> list[Record]:
 
 def _split(batch: Batch) -> list[Record]:
     """A batch as runs of messages and of lost ones (marks: the one-byte message 0x00, see
-    :mod:`tickerplant.session.stream`); no work per message in Python."""
+    :mod:`tickerplant.distribute.stream`); no work per message in Python."""
     offsets, size = offsets_of(batch.blocks)
     ends = np.append(offsets[1:], size)
     short = (ends - offsets) == 3

@@ -23,10 +23,10 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from tickerplant.distribute.journal import Journal
 from tickerplant.errors import InputError
 from tickerplant.exchange.pacing import AsFastAsPossible, Pacer
 from tickerplant.io.multicast import Line
-from tickerplant.session.journal import Journal
 from tickerplant.wire.blocks import I64, as_array, index_blocks
 from tickerplant.wire.moldudp64 import (
     HEADER_LEN,

@@ -1,7 +1,7 @@
 """The exchange's MoldUDP64 re-request server: a UDP unicast socket around :class:`Rerequests`.
 
 Requests are rare next to the multicast lines, so asyncio's DatagramProtocol is plenty; the policy
-(what to answer, caps, rate limits, counters) lives in :mod:`tickerplant.session.rerequest`.
+(what to answer, caps, rate limits, counters) lives in :mod:`tickerplant.distribute.rerequest`.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
+from tickerplant.distribute.journal import Journal
+from tickerplant.distribute.rerequest import RerequestCounters, RerequestLimits, Rerequests
 from tickerplant.io.loop import clock
-from tickerplant.session.journal import Journal
-from tickerplant.session.rerequest import RerequestCounters, RerequestLimits, Rerequests
 
 
 class _Protocol(asyncio.DatagramProtocol):

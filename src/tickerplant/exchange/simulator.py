@@ -19,6 +19,9 @@ from typing import Any, BinaryIO
 
 from tickerplant import endpoint
 from tickerplant.capture.lines import read_messages
+from tickerplant.distribute.fanout import FanOut, FanOutCounters
+from tickerplant.distribute.journal import Journal
+from tickerplant.distribute.rerequest import RerequestCounters, RerequestLimits
 from tickerplant.endpoint import Endpoint, ipv4
 from tickerplant.errors import ConfigError
 from tickerplant.exchange.pacing import AsFastAsPossible, FixedRate, ItchClock, Pacer
@@ -33,9 +36,6 @@ from tickerplant.exchange.synthetic import SyntheticMarket
 from tickerplant.io.loop import Timer, clock
 from tickerplant.io.multicast import DEFAULT_SNDBUF, Line, LineConfig, SentLog, write_sent_log
 from tickerplant.io.soupbin import SoupServer
-from tickerplant.session.fanout import FanOut, FanOutCounters
-from tickerplant.session.journal import Journal
-from tickerplant.session.rerequest import RerequestCounters, RerequestLimits
 from tickerplant.wire.moldudp64 import HEARTBEAT_INTERVAL, session_bytes
 
 PACING_MODES = ("fast", "rate", "itch")

@@ -1,4 +1,4 @@
-"""The feed handler: the asyncio adapter around :class:`~tickerplant.session.feed.FeedSession`.
+"""The feed handler: the asyncio adapter around :class:`~tickerplant.receive.feed.FeedSession`.
 
 Like aioquic's ``asyncio/protocol.py``, it only moves bytes and time: a readable socket is
 drained into the session with ``now``; then what the session produced goes out (batches and
@@ -26,7 +26,7 @@ from tickerplant.io.loop import LoopLag, Timer, clock
 from tickerplant.io.multicast import RCVBUF, open_receiver
 from tickerplant.io.replay_client import ReplayClient
 from tickerplant.ops.logs import DEFECT_REPORT, fields
-from tickerplant.session.events import (
+from tickerplant.receive.events import (
     Batch,
     Event,
     GapLost,
@@ -36,8 +36,8 @@ from tickerplant.session.events import (
     Source,
     SuspectDecided,
 )
-from tickerplant.session.feed import FeedSession, FeedSessionConfig, ReplayCancel, ReplayStart
-from tickerplant.session.sequencer import Delivery
+from tickerplant.receive.feed import FeedSession, FeedSessionConfig, ReplayCancel, ReplayStart
+from tickerplant.receive.sequencer import Delivery
 from tickerplant.wire import moldudp64 as mold
 from tickerplant.wire import soupbintcp as soup
 from tickerplant.wire.blocks import offsets_of

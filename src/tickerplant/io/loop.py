@@ -21,8 +21,8 @@ from collections.abc import Callable, Coroutine
 from types import FrameType
 from typing import Any, TypeVar
 
+from tickerplant.latency import Latencies
 from tickerplant.ops import logs
-from tickerplant.session.latency import Latencies
 
 T = TypeVar("T")
 

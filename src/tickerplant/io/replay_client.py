@@ -15,7 +15,7 @@ from collections.abc import Callable
 from tickerplant.errors import RemoteError
 from tickerplant.io.loop import clock
 from tickerplant.io.soupbin import SoupConnection
-from tickerplant.session.events import Batch
+from tickerplant.receive.events import Batch
 from tickerplant.session.soupbin import (
     DEAD_AFTER,
     HEARTBEAT_INTERVAL,

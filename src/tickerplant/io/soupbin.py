@@ -1,7 +1,7 @@
 """SoupBinTCP on asyncio transports: the driver of any sans-I/O SoupBinTCP machine.
 
 :class:`SoupConnection` is the whole adapter between a machine (a session of
-:mod:`tickerplant.session.soupbin`, or a fan-out :class:`~tickerplant.session.fanout.Subscriber`)
+:mod:`tickerplant.session.soupbin`, or a fan-out :class:`~tickerplant.distribute.fanout.Subscriber`)
 and a TCP transport, in the shape of aioquic's asyncio protocol: bytes in with ``now`` on the
 one clock (:data:`tickerplant.io.loop.clock`), then act on the machine's events and write what
 it has, then re-arm its one timer.
@@ -20,10 +20,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Generic, Protocol, TypeVar, cast
 
-from tickerplant.endpoint import Endpoint
-from tickerplant.io.loop import Timer, clock
-from tickerplant.ops.logs import fields
-from tickerplant.session.fanout import (
+from tickerplant.distribute.fanout import (
     BuildImages,
     CheckPassword,
     Dropped,
@@ -33,7 +30,10 @@ from tickerplant.session.fanout import (
     Subscribed,
     Subscriber,
 )
-from tickerplant.session.journal import Journal
+from tickerplant.distribute.journal import Journal
+from tickerplant.endpoint import Endpoint
+from tickerplant.io.loop import Timer, clock
+from tickerplant.ops.logs import fields
 from tickerplant.session.soupbin import (
     Closed,
     ProtocolViolated,
@@ -316,7 +316,7 @@ class SoupServer:
     any sequence number, then stays live.
 
     A listener whose connections are :class:`SubscriberConnection` around one
-    :class:`~tickerplant.session.fanout.FanOut`; the policy (catch-up paced by each client's
+    :class:`~tickerplant.distribute.fanout.FanOut`; the policy (catch-up paced by each client's
     socket, encode once for every live client, slow consumers dropped, logins, End of Session)
     is the fan-out's, the bytes are the connections'. The exchange's replay server and the
     plant's streams are each one of these, each given its fan-out built (its settings are the

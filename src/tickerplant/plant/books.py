@@ -20,8 +20,8 @@ import numpy as np
 from tickerplant.book import normalize
 from tickerplant.book.engine import BookEngine, EventBatch, EventBuffers
 from tickerplant.book.snapshot import Directory, Picture, picture
-from tickerplant.session.events import Batch, Event, GapLost, SessionStarted
-from tickerplant.session.stream import EventStream
+from tickerplant.distribute.stream import EventStream
+from tickerplant.receive.events import Batch, Event, GapLost, SessionStarted
 
 PRICE_SCALE = 10_000  # ITCH Price(4)
 

@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from tickerplant.distribute.fanout import FanOutLimits, Policy
 from tickerplant.endpoint import EVENTS, GLIMPSE, ITCH, LINE_A, LINE_B, REPLAY, REREQUEST, Endpoint
 from tickerplant.errors import ConfigError
 from tickerplant.feed.handler import FeedConfig
 from tickerplant.io.web import MetricsConfig
 from tickerplant.ops import passwords
 from tickerplant.ops.config import check
-from tickerplant.session.fanout import FanOutLimits, Policy
 
 MEMORY_BYTES = 256 << 20  # of each stream's journal kept in memory (with a journal file)
 

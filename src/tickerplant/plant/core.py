@@ -3,7 +3,7 @@
 The feed handler (lines, re-request, replay) hands its repaired stream to the live books and to
 the ``itch`` stream, a SoupBinTCP server of its journal: a client logs in at any sequence number,
 is replayed from there at full speed and then stays live, and a range the plant lost keeps its
-numbers as marks (:mod:`tickerplant.session.stream`). What the books raise (BBO changes, trades,
+numbers as marks (:mod:`tickerplant.distribute.stream`). What the books raise (BBO changes, trades,
 status changes) and the ranges lost are the ``events`` stream's records
 (:mod:`tickerplant.wire.events`), journaled and served the same way; its clients may narrow it to
 symbols and, as slow consumers, be conflated or skipped. ``glimpse`` serves snapshots.
@@ -18,6 +18,9 @@ from typing import Any
 
 from tickerplant.book import normalize
 from tickerplant.capture.journal import JournalFile
+from tickerplant.distribute.fanout import FanOut
+from tickerplant.distribute.journal import Journal
+from tickerplant.distribute.stream import EventStream, ItchStream
 from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
 from tickerplant.feed.handler import FeedHandler
@@ -25,10 +28,7 @@ from tickerplant.io.soupbin import SoupServer
 from tickerplant.ops import passwords
 from tickerplant.plant.books import Catalog, LiveBooks
 from tickerplant.plant.config import PlantConfig, StreamConfig
-from tickerplant.session.events import Batch, Event, GapLost, SessionEnded, SessionStarted
-from tickerplant.session.fanout import FanOut
-from tickerplant.session.journal import Journal
-from tickerplant.session.stream import EventStream, ItchStream
+from tickerplant.receive.events import Batch, Event, GapLost, SessionEnded, SessionStarted
 
 
 class Plant:

@@ -1,0 +1,1 @@
+"""Protocol sessions as machines, sans-I/O: SoupBinTCP's client and server (``soupbin.py``)."""

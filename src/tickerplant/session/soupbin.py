@@ -24,7 +24,7 @@ from enum import Enum
 
 from tickerplant.errors import LocalProtocolError, MalformedPacket
 from tickerplant.ops.config import check
-from tickerplant.session.events import Batch
+from tickerplant.receive.events import Batch
 from tickerplant.wire.soupbintcp import (
     NOT_AUTHORIZED,
     PAD,

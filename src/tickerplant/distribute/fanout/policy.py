@@ -25,8 +25,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from tickerplant.session.fanout.limits import FanOutLimits, Policy
-from tickerplant.session.fanout.state import Phase
+from tickerplant.distribute.fanout.limits import FanOutLimits, Policy
+from tickerplant.distribute.fanout.state import Phase
 from tickerplant.session.soupbin import CloseCause
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 
 from tickerplant.errors import ConfigError
-from tickerplant.session.events import LineState, LineStateChanged, Source
+from tickerplant.receive.events import LineState, LineStateChanged, Source
 
 
 class Liveness:

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tickerplant.distribute.journal import Journal
 from tickerplant.errors import MalformedPacket
 from tickerplant.ops.config import check
-from tickerplant.session.journal import Journal
 from tickerplant.wire.blocks import as_array
 from tickerplant.wire.moldudp64 import (
     HEADER_LEN,

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tickerplant.session.events import Batch, GapLost, SessionEnded, SessionStarted
-from tickerplant.session.journal import Journal
-from tickerplant.session.sequencer import Delivery
+from tickerplant.distribute.journal import Journal
+from tickerplant.receive.events import Batch, GapLost, SessionEnded, SessionStarted
+from tickerplant.receive.sequencer import Delivery
 from tickerplant.wire import events
 from tickerplant.wire.moldudp64 import SESSION_LEN
 

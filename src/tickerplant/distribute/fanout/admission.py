@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict, deque
 
-from tickerplant.session.fanout.limits import FanOutLimits
+from tickerplant.distribute.fanout.limits import FanOutLimits
 
 FAILURES_KEPT = 4096  # addresses whose failed logins are remembered
 

@@ -9,7 +9,7 @@
   the order asked, a subscriber is sent nothing else, and what is published meanwhile waits in
   the journal for it, as for one catching up.
 - *Conflated* (events, a ``conflate`` user kept under its policy): it gets rounds
-  (:func:`~tickerplant.session.selection.conflate` of everything since its last) every
+  (:func:`~tickerplant.distribute.selection.conflate` of everything since its last) every
   ``conflate_interval`` at most, each once io holds nothing of the one before, until an interval
   passes with nothing new (a slow consumer) or it has caught up (one pushed past the publish
   budget). What is stale is then bounded by a few bytes and the client's own buffers, not by the
@@ -24,17 +24,17 @@ import bisect
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from tickerplant.session.fanout.limits import FanOutLimits
-from tickerplant.session.fanout.state import Phase, Step
-from tickerplant.session.journal import Journal
-from tickerplant.session.latency import Latencies
-from tickerplant.session.selection import conflate, select
+from tickerplant.distribute.fanout.limits import FanOutLimits
+from tickerplant.distribute.fanout.state import Phase, Step
+from tickerplant.distribute.journal import Journal
+from tickerplant.distribute.selection import conflate, select
+from tickerplant.latency import Latencies
 from tickerplant.wire import events as ev
 from tickerplant.wire.soupbintcp import encode_sequenced
 
 if TYPE_CHECKING:
-    from tickerplant.session.fanout.core import FanOutCounters
-    from tickerplant.session.fanout.subscriber import Subscriber
+    from tickerplant.distribute.fanout.core import FanOutCounters
+    from tickerplant.distribute.fanout.subscriber import Subscriber
 
 ROUND_MESSAGES = 1 << 17  # read from the journal for one round at most (~7 MB of records)
 PUBLISHES_KEPT = 4096  # (number, time) of recent publishes: how stale a conflated client is

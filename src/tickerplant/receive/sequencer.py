@@ -26,7 +26,7 @@ import heapq
 from collections import deque
 from dataclasses import dataclass, field
 
-from tickerplant.session.events import (
+from tickerplant.receive.events import (
     Batch,
     Event,
     GapLost,

@@ -21,12 +21,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from tickerplant.session.fanout.admission import Admission
-from tickerplant.session.fanout.delivery import Delivery
-from tickerplant.session.fanout.limits import HIGH_WATER, FanOutLimits, Policy
-from tickerplant.session.fanout.policy import Action, Closing, Deferred, Report, Verdict, decide
-from tickerplant.session.fanout.state import Phase, Step
-from tickerplant.session.fanout.subscriber import (
+from tickerplant.distribute.fanout.admission import Admission
+from tickerplant.distribute.fanout.delivery import Delivery
+from tickerplant.distribute.fanout.limits import HIGH_WATER, FanOutLimits, Policy
+from tickerplant.distribute.fanout.policy import Action, Closing, Deferred, Report, Verdict, decide
+from tickerplant.distribute.fanout.state import Phase, Step
+from tickerplant.distribute.fanout.subscriber import (
     BuildImages,
     CheckPassword,
     Dropped,
@@ -34,8 +34,8 @@ from tickerplant.session.fanout.subscriber import (
     Subscribed,
     Subscriber,
 )
-from tickerplant.session.fanout.subscriptions import SYMBOL, Catalog, parse
-from tickerplant.session.journal import Journal
+from tickerplant.distribute.fanout.subscriptions import SYMBOL, Catalog, parse
+from tickerplant.distribute.journal import Journal
 from tickerplant.session.soupbin import (
     DEAD_AFTER,
     HEARTBEAT_INTERVAL,

@@ -8,14 +8,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from tickerplant.session.fanout.limits import Policy
-from tickerplant.session.fanout.policy import Backlog, Stalled
-from tickerplant.session.fanout.state import Phase, Step, delivering, move
-from tickerplant.session.fanout.subscriptions import Subscription
+from tickerplant.distribute.fanout.limits import Policy
+from tickerplant.distribute.fanout.policy import Backlog, Stalled
+from tickerplant.distribute.fanout.state import Phase, Step, delivering, move
+from tickerplant.distribute.fanout.subscriptions import Subscription
 from tickerplant.session.soupbin import Event, LoginReceived, SoupServerSession
 
 if TYPE_CHECKING:
-    from tickerplant.session.fanout.core import FanOut
+    from tickerplant.distribute.fanout.core import FanOut
 
 H = TypeVar("H")
 

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from tickerplant.errors import ConfigError
-from tickerplant.session.events import (
+from tickerplant.latency import Latencies
+from tickerplant.receive.events import (
     Batch,
     Event,
     GapLost,
@@ -38,16 +39,15 @@ from tickerplant.session.events import (
     SessionStarted,
     Source,
 )
-from tickerplant.session.latency import Latencies
-from tickerplant.session.liveness import Liveness
-from tickerplant.session.recovery import (
+from tickerplant.receive.liveness import Liveness
+from tickerplant.receive.recovery import (
     CancelReplay,
     Recovery,
     RecoveryConfig,
     Replay,
     Rerequest,
 )
-from tickerplant.session.sequencer import MAX_HELD_BYTES, Delivery, Sequencer
+from tickerplant.receive.sequencer import MAX_HELD_BYTES, Delivery, Sequencer
 from tickerplant.wire import moldudp64 as mold
 
 log = logging.getLogger(__name__)

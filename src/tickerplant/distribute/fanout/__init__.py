@@ -2,10 +2,10 @@
 admission, subscriptions, delivery, the policy, a subscriber's state; composed by
 :class:`FanOut` (:mod:`.core`)."""
 
-from tickerplant.session.fanout.core import FanOut, FanOutCounters
-from tickerplant.session.fanout.limits import FanOutLimits, Policy
-from tickerplant.session.fanout.state import Phase
-from tickerplant.session.fanout.subscriber import (
+from tickerplant.distribute.fanout.core import FanOut, FanOutCounters
+from tickerplant.distribute.fanout.limits import FanOutLimits, Policy
+from tickerplant.distribute.fanout.state import Phase
+from tickerplant.distribute.fanout.subscriber import (
     BuildImages,
     CheckPassword,
     Dropped,
@@ -14,7 +14,7 @@ from tickerplant.session.fanout.subscriber import (
     Subscriber,
     SubscriberEvent,
 )
-from tickerplant.session.fanout.subscriptions import Catalog
+from tickerplant.distribute.fanout.subscriptions import Catalog
 
 __all__ = [
     "BuildImages",

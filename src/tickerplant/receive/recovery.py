@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from tickerplant.ops.config import check
-from tickerplant.session.sequencer import Gap, Sequencer
+from tickerplant.receive.sequencer import Gap, Sequencer
 
 
 @dataclass(frozen=True, slots=True)
