@@ -15,6 +15,7 @@ from harness import allow_open_files, until
 from tickerplant.client import subscribe
 from tickerplant.distribute.fanout import FanOut, FanOutLimits
 from tickerplant.distribute.journal import Journal
+from tickerplant.distribute.stream import ItchStream
 from tickerplant.endpoint import Endpoint
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.ops import passwords
@@ -201,3 +202,26 @@ def test_a_server_that_goes_away_and_comes_back_is_resumed_from_by_number() -> N
         return got[0]
 
     assert asyncio.run(main()) == total
+
+
+def test_a_whole_journal_handed_to_a_server_before_any_session_is_served_whole() -> None:
+    """glimpse's way: the server listens before the exchange is heard (a waiting journal), is
+    handed a whole snapshot and ended at once; a login from 1 reads all of it, then End of
+    Session. (The first snapshot was served empty: the fan-out took the journal over but had
+    published none of it.)"""
+
+    async def main() -> list[int]:
+        server = SoupServer(FanOut(ItchStream.waiting()), "127.0.0.1", 0)
+        port = await server.start()
+        snapshot = Journal(SESSION)
+        snapshot.append(chunk(1, 3))
+        server.start_session(snapshot)
+        server.end_session()
+        got = [0]
+        try:
+            await asyncio.wait_for(_reader(Endpoint("127.0.0.1", port), got), 10)
+        finally:
+            await server.close()
+        return got
+
+    assert asyncio.run(main()) == [3]

@@ -32,12 +32,12 @@ from tickerplant.distribute.selection import conflate
 from tickerplant.distribute.stream import EventStream
 from tickerplant.exchange.synthetic import SyntheticMarket
 from tickerplant.receive.events import Batch
-from tickerplant.session.soupbin import Closed, DebugReceived
+from tickerplant.session.soupbin import CloseCause, Closed, DebugReceived
 from tickerplant.wire import events as ev
 from tickerplant.wire import itch
 from tickerplant.wire.blocks import iter_messages
+from tickerplant.wire.soupbintcp import LogoutRequest, encode
 from tickerplant.wire.soupbintcp import UnsequencedData as Request
-from tickerplant.wire.soupbintcp import encode
 
 SESSION = b"EVENTS0001"
 
@@ -307,6 +307,15 @@ def test_bad_requests_are_told_and_closed_unknown_symbols_only_told() -> None:
     plain = EventLink(itch_fanout, 0.0)
     plain.request(b"+AAA     ", 0.0)
     assert plain.sub.closed  # the itch stream takes no requests
+    assert fanout.counters.protocol_errors == 3
+    # A request and a Logout in one read: the session is closed by the time the request is
+    # seen, and nothing is answered (answering raised, from inside the connection's callback).
+    for request in (b"+ZZZ     ", b"?AAA     "):
+        leaving = EventLink(fanout, 0.0)
+        leaving.sub.receive_data(encode(Request(request)) + encode(LogoutRequest()), 0.0)
+        leaving.service(0.0)
+        assert leaving.sub.closed
+        assert Closed(CloseCause.LOGOUT, "the client logged out") in leaving.events
     assert fanout.counters.protocol_errors == 3
 
 

@@ -88,9 +88,10 @@ def test_only_the_table_writes_a_subscribers_state() -> None:
         (Backlog(101), Phase.CONFLATED_CATCHUP, Policy.CONFLATE, True, Verdict.CONFLATE),
         (Backlog(5000), Phase.CONFLATED, Policy.CONFLATE, True, Verdict.KEEP),  # already
         (Backlog(5000), Phase.SKIPPING, Policy.SKIP, True, Verdict.KEEP),
-        (Stalled(9.9), Phase.LIVE, Policy.DISCONNECT, False, Verdict.KEEP),
-        # a dead reader does not keep its place, whatever its policy
-        (Stalled(10.0), Phase.CONFLATED, Policy.CONFLATE, True, Verdict.CUT),
+        (Stalled(0.7, 10.6), Phase.LIVE, Policy.DISCONNECT, False, Verdict.KEEP),
+        # a dead reader does not keep its place, whatever its policy; judged at the very time
+        # its timer was set to, 6.01 + 10.0, though (6.01 + 10.0) - 6.01 < 10.0 in floating point
+        (Stalled(6.01, 6.01 + 10.0), Phase.CONFLATED, Policy.CONFLATE, True, Verdict.CUT),
         (Deferred(), Phase.LIVE, Policy.CONFLATE, True, Verdict.ROUNDS),
         (Deferred(), Phase.LIVE, Policy.CONFLATE, False, Verdict.CATCH_UP),
         (Deferred(), Phase.LIVE, Policy.SKIP, True, Verdict.CATCH_UP),

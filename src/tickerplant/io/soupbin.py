@@ -350,6 +350,7 @@ class SoupServer:
             return  # served already (a journal reopened from the run before)
         if len(current.journal) == 0 and not current.ending:
             current.adopt(journal)
+            self.publish()  # what it holds already (a whole snapshot) is there for them
             return
         _service(current.end_session())
         self.fanout = current.successor(journal)

@@ -186,18 +186,13 @@ class FanOut(Generic[H]):
     def publish(self, now: float) -> list[Subscriber[H]]:
         """Take in what the journal gained since the last call; returns the subscribers with
         something to write now."""
-        old = self.delivery.published
-        pushed, deferred = self.delivery.publish(list(self._subscribers), now)
-        new = self.delivery.published
-        if new <= old:
-            return []
+        pushed, deferred, behind = self.delivery.publish(self._subscribers, now)
         self.counters.deferred += len(deferred)
         for subscriber in deferred:
             self.judge(subscriber, Deferred())
         # Those catching up, waiting for a future number, left to catch up by the publish,
         # imaging or conflated pull it from the journal at their own pace, in turns.
-        behind = [s for s in self._subscribers
-                  if s.active and s.cursor < new and s.phase is not Phase.LIVE]  # fmt: skip
+        behind += deferred
         self.delivery.behind(behind)
         ready = pushed + behind
         for subscriber in ready:
@@ -352,6 +347,8 @@ class FanOut(Generic[H]):
         their state first (images), then their updates; added by a client replaying from an
         earlier number (one resuming), their records from where it is."""
         session = subscriber.session
+        if session.closed:
+            return  # what came after it in the same read closed the session: nothing to answer
         parsed = "this stream takes no requests" if self.catalog is None else parse(message)
         if isinstance(parsed, str):
             self.counters.protocol_errors += 1

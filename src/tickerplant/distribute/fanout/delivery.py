@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from tickerplant.distribute.fanout.limits import FanOutLimits
@@ -67,29 +68,35 @@ class Delivery:
         # for the same: (group, cursor, messages, conflated) -> the chunk
         self._shared: dict[tuple[bytes | None, int, int, bool], Chunk] = {}
 
-    def publish(
-        self, subscribers: list[Subscriber[Any]], now: float
-    ) -> tuple[list[Subscriber[Any]], list[Subscriber[Any]]]:
+    def publish(self, subscribers: Iterable[Subscriber[Any]], now: float) -> tuple[
+        list[Subscriber[Any]], list[Subscriber[Any]], list[Subscriber[Any]]
+    ]:  # fmt: skip
         """Take in what the journal gained since the last call: returns the live subscribers it
-        was pushed to, and those live that were not (past this publish's budget, or a burst too
-        big to push): the policy says what becomes of them."""
+        was pushed to; those live that were not (past this publish's budget, or a burst too big
+        to push), of whom the policy says what becomes; and the rest that lack some of it (to
+        pull it in turns: :meth:`behind`)."""
         old, new = self.published, self.journal.next_sequence
         if new <= old:
-            return [], []
+            return [], [], []
         live: list[Subscriber[Any]] = []
+        behind: list[Subscriber[Any]] = []
         for subscriber in subscribers:
-            if subscriber.phase is Phase.CATCHING_UP and subscriber.cursor == old:
+            phase = subscriber.phase
+            if phase is Phase.CATCHING_UP and subscriber.cursor == old:
                 subscriber.move(Step.CAUGHT_UP)  # it was waiting for this number
-            if subscriber.phase is Phase.LIVE:
-                if subscriber.imaging:
-                    subscriber.move(Step.DEFER)  # its images first
-                else:
+                phase = Phase.LIVE
+            if phase is Phase.LIVE:
+                if not subscriber.imaging:
                     live.append(subscriber)
+                    continue
+                subscriber.move(Step.DEFER)  # its images first
+            if subscriber.active and subscriber.cursor < new:
+                behind.append(subscriber)
         self.published = new
         self._publishes.append((old, now))
         self._shared.clear()
         if not live or new - old > self.limits.chunk_messages:
-            return [], live
+            return [], live, behind
         count, blocks = self.journal.blocks(old, new - old)
         groups: dict[bytes | None, tuple[int, bytes]] = {}
         budget = self.limits.publish_bytes
@@ -112,7 +119,7 @@ class Delivery:
             subscriber.pushed = True
             budget -= len(packets[1])
             pushed.append(subscriber)
-        return pushed, deferred
+        return pushed, deferred, behind
 
     def behind(self, subscribers: list[Subscriber[Any]]) -> None:
         """``subscribers`` pull what they lack from the journal at their own pace, in turns: the

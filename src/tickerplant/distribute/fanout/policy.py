@@ -7,8 +7,8 @@ What it is told:
 - :class:`Backlog`: io holds ``size`` bytes for it beyond the socket just after a push. Past
   ``max_backlog`` (``conflate_unsent`` for a conflate user of an events stream: it would rather
   have rounds than wait) it is a slow consumer.
-- :class:`Stalled`: its socket has taken nothing for ``waited`` seconds while we had bytes for
-  it. Past ``write_deadline`` it is cut whatever its policy: a dead reader must not keep its place.
+- :class:`Stalled`: its socket has taken nothing from ``since`` to ``now`` while we had bytes for
+  it. At ``write_deadline`` it is cut whatever its policy: a dead reader must not keep its place.
 - :class:`Deferred`: it was live and the publish went past its budget before its turn. A
   conflate user is conflated until it has caught up; anyone else catches up.
 - :class:`Closing`: its session closed. A client at the end of the session (or logging out) may
@@ -37,7 +37,8 @@ class Backlog:
 
 @dataclass(frozen=True, slots=True)
 class Stalled:
-    waited: float  # seconds
+    since: float
+    now: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +86,10 @@ def decide(report: Report, phase: Phase, policy: Policy, events: bool,
         conflated = events and policy is Policy.CONFLATE
         return Action(Verdict.ROUNDS if conflated else Verdict.CATCH_UP)
     if isinstance(report, Stalled):
-        if report.waited < limits.write_deadline:
+        if report.now < report.since + limits.write_deadline:  # the sum its timer was set to
             return KEEP
-        return Action(Verdict.CUT, f"slow consumer: nothing taken for {report.waited:.1f} s")
+        waited = report.now - report.since
+        return Action(Verdict.CUT, f"slow consumer: nothing taken for {waited:.1f} s")
     cap = limits.max_backlog
     if events and policy is Policy.CONFLATE:
         cap = min(cap, limits.conflate_unsent)

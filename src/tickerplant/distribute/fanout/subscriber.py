@@ -139,7 +139,7 @@ class Subscriber(Generic[H]):
             self.turn_at = None
             fanout.delivery.turn(self, now)
         if self.paused_at is not None and self.active:
-            fanout.judge(self, Stalled(now - self.paused_at))
+            fanout.judge(self, Stalled(self.paused_at, now))
         self.session.handle_timer(now)
         fanout.absorb(self)
 
