@@ -206,12 +206,10 @@ class FanOut(Generic[H]):
         return [s for s in self._subscribers if self._maybe_end(s)]
 
     def pull(self, subscriber: Subscriber[H], now: float) -> None:
-        """io asks what to write: a chunk of the journal if it is behind, End of Session if
-        that is all that is left."""
-        delivery = self.delivery
-        if subscriber.cursor < delivery.published or delivery.ending:
-            delivery.catch_up(subscriber, now)
-            self._maybe_end(subscriber)
+        """io asks what to write of a subscriber behind (or of any once the session is ending):
+        a chunk of the journal, or End of Session if that is all that is left."""
+        self.delivery.catch_up(subscriber, now)
+        self._maybe_end(subscriber)
 
     def _maybe_end(self, subscriber: Subscriber[H]) -> bool:
         if not (self.delivery.ending and subscriber.active

@@ -79,6 +79,12 @@ class Subscriber(Generic[H]):
     Its state changes only by :meth:`move`, through the table in :mod:`.state`; the rest of what
     it holds are the fan-out's quantities (its cursor, its turn) and io's reports."""
 
+    # Thousands of them, each looked at several times a publish: no __dict__.
+    __slots__ = ("active", "address", "backlog", "budget", "cursor", "events", "fanout",
+                 "handle", "heard_at", "login", "paused", "paused_at", "phase", "policy",
+                 "pushed", "queued_at", "reset_after", "round_at", "session", "subscription",
+                 "turn_at")  # fmt: skip
+
     def __init__(self, fanout: FanOut[H], handle: H, session: SoupServerSession,
                  address: str) -> None:  # fmt: skip
         self.handle = handle  # io's own object for the connection; the core never looks inside
@@ -86,6 +92,7 @@ class Subscriber(Generic[H]):
         self.address = address  # the peer's, for limits and throttling
         self.fanout = fanout
         self.phase = Phase.AWAITING_LOGIN
+        self.active = False  # logged in and not closed: worth sending messages to
         self.policy = Policy.DISCONNECT  # its user's, set at login
         self.subscription = Subscription()
         self.cursor = 0  # the sequence number of the next message to send
@@ -107,11 +114,7 @@ class Subscriber(Generic[H]):
 
     def move(self, step: Step) -> None:
         self.phase = move(self.phase, step)
-
-    @property
-    def active(self) -> bool:
-        """Logged in and not closed: worth sending messages to."""
-        return delivering(self.phase)
+        self.active = delivering(self.phase)
 
     @property
     def live(self) -> bool:
@@ -156,7 +159,9 @@ class Subscriber(Generic[H]):
         Catching up, each call adds at most one chunk, so io stops pulling the moment its socket
         is full (:meth:`pause`) rather than the core guessing how much it would take.
         """
-        self.fanout.pull(self, now)
+        delivery = self.fanout.delivery
+        if self.cursor < delivery.published or delivery.ending:  # else only the outbox to send
+            self.fanout.pull(self, now)
         data = self.session.data_to_send(now)
         if data and self.queued_at is not None:
             self.fanout.delivery.latency.add(max(0.0, now - self.queued_at))
@@ -204,7 +209,7 @@ class Subscriber(Generic[H]):
         self.backlog = size
         if self.pushed:
             self.pushed = False
-            if self.active:
+            if size and self.active:  # nothing held is nobody's backlog
                 self.fanout.judge(self, Backlog(size))
 
     def connection_lost(self) -> None:

@@ -45,6 +45,8 @@ class Subscription:
     0), built by io and not yet sent, and the number of the next to send. Images go in the order
     asked, before anything else."""
 
+    __slots__ = ("_asked", "_built", "_sent", "group", "locates", "since")
+
     def __init__(self) -> None:
         self.locates: np.ndarray | None = None
         self.group: bytes | None = None
