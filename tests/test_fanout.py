@@ -21,6 +21,7 @@ from tickerplant.distribute.fanout import (
     delivery,
 )
 from tickerplant.distribute.journal import Journal
+from tickerplant.errors import InputError
 from tickerplant.receive.events import Batch
 from tickerplant.session.soupbin import (
     CloseCause,
@@ -156,6 +157,32 @@ def test_publish_encodes_once_and_hands_every_live_subscriber_the_same_bytes(
         assert link.next == 211
     assert fanout.counters.messages_sent == 3 * 200
     assert fanout.counters.bytes_sent == 3 * 200 * PACKET
+
+
+def test_a_range_the_journal_cannot_read_back_is_never_served_the_client_is_told() -> None:
+    """The journal spilled its first messages to a file whose bytes no longer match their
+    checksums (the backing raises, as capture.journal's does): a client catching up through
+    them is told why and closed; one at the live end is not touched."""
+    journal = journal_of(0)
+    journal.append(messages(1, 100))
+    journal.append(messages(101, 100))
+
+    def unreadable(offset: int, size: int) -> bytes:
+        raise InputError(f"journal bytes {offset}-{offset + size} do not match their checksum")
+
+    journal.backing = unreadable
+    journal.spill(0, 100 * 14)  # the first piece is on file only
+    fanout: FanOut[Link] = FanOut(journal)
+    live = Link(fanout, 0.0)
+    behind = Link(fanout, 0.0, sequence=1)
+    reason = "journal bytes 0-1400 do not match their checksum"
+    assert behind.sub.closed and behind.events[-2:] == [
+        Dropped(reason, slow=False), Closed(CloseCause.LOCAL, reason)]
+    behind.read(0.0)
+    assert behind.next == 1 and behind.client_events[-1] == DebugReceived(reason.encode())
+    assert fanout.counters.unreadable == 1 and fanout.counters.slow_consumers == 0
+    live.read(0.0)
+    assert live.sub.active and live.next == 201  # logged in at the live end
 
 
 def test_a_subscriber_behind_catches_up_from_the_journal_and_joins_the_live_stream() -> None:

@@ -17,6 +17,7 @@ import pytest
 from harness import ports, source_stream, until
 from tickerplant.book import BookEngine
 from tickerplant.book.normalize import records
+from tickerplant.capture.journal import Checksums
 from tickerplant.client import Events, Lost, Reconnected, Record, SubscribeError, subscribe
 from tickerplant.client.subscribe import _split
 from tickerplant.distribute.fanout import Policy
@@ -457,11 +458,14 @@ def test_a_restarted_plant_reopens_its_journal_and_clients_resume_across_it(
 def test_a_journal_cut_by_a_crash_is_reopened_up_to_its_last_whole_message(
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "SESSION001.journal").write_bytes(msgs(1, 5) + b"\x00\x09par")
+    data = msgs(1, 5) + b"\x00\x09par"
+    (tmp_path / "SESSION001.journal").write_bytes(data)
+    (tmp_path / "SESSION001.journal.crc").write_bytes(Checksums.of(data).encode())
     plant = Plant(PlantConfig(itch=StreamConfig(Endpoint("127.0.0.1", 0), journal_dir=tmp_path),
                               glimpse=ANY_PORT, events=NO_EVENTS))
     assert len(plant.itch.journal) == 5 and plant.itch.journal.session == S1
     assert (tmp_path / "SESSION001.journal").read_bytes() == msgs(1, 5)
+    assert (tmp_path / "SESSION001.journal.crc").read_bytes() == Checksums.of(msgs(1, 5)).encode()
 
 
 @pytest.mark.slow

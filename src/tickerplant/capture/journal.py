@@ -1,19 +1,114 @@
 """A stream's journal on disk: the blocks as served, appended by a writer thread, read back
-where the journal spilled them, and reopened when the plant starts again."""
+where the journal spilled them, and reopened when the plant starts again.
+
+Beside each file, ``FILE.crc`` holds a CRC-32 of every BLOCK bytes of it (the last block's as
+far as it goes), written after the bytes it covers. Nothing of the file is served that they do
+not vouch for: a reopened file is kept up to its first block that does not match (a byte
+flipped on disk, or a tail a crash tore: written, its checksum not, or the other way round), the
+rest dropped and fetched again from the exchange; a range read back after the journal spilled
+it is checked block by block, and one that does not match raises :class:`JournalError` instead
+of being served.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import queue
+import struct
 import threading
+import zlib
 from pathlib import Path
 from typing import BinaryIO
 
 from tickerplant.distribute.journal import Journal
+from tickerplant.errors import InputError
 from tickerplant.wire.moldudp64 import session_bytes
 
 log = logging.getLogger(__name__)
+
+BLOCK = 64 << 10  # bytes of a journal file one checksum covers
+ENTRY = struct.Struct("<II")  # a checksum: bytes of its block covered, their CRC-32
+
+
+class JournalError(InputError):
+    """A journal file's bytes do not match their checksum: the disk changed them."""
+
+
+class Checksums:
+    """The CRC-32 of each BLOCK of a file, the last block's as far as it goes, as
+    ``(length, crc)`` entries. Appended to by one thread while another reads: an entry is
+    replaced whole, after the bytes it covers were written."""
+
+    def __init__(self, entries: list[tuple[int, int]] | None = None) -> None:
+        self.entries = entries if entries is not None else []
+
+    @classmethod
+    def of(cls, data: bytes | memoryview) -> Checksums:
+        sums = cls()
+        sums.add(data)
+        return sums
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Checksums:
+        """A ``.crc`` file's entries (a torn last entry left out: what it covered is not
+        vouched for)."""
+        whole = len(raw) - len(raw) % ENTRY.size
+        return cls([ENTRY.unpack_from(raw, at) for at in range(0, whole, ENTRY.size)])
+
+    @property
+    def covered(self) -> int:
+        """Bytes of the file the entries vouch for."""
+        entries = self.entries
+        return (len(entries) - 1) * BLOCK + entries[-1][0] if entries else 0
+
+    def add(self, data: bytes | memoryview) -> int:
+        """``data`` was appended to the file; returns the index of the first entry it changed."""
+        entries = self.entries
+        first = len(entries) - 1 if entries and entries[-1][0] < BLOCK else len(entries)
+        view = memoryview(data)
+        while view:
+            if not entries or entries[-1][0] == BLOCK:
+                entries.append((0, 0))
+            length, crc = entries[-1]
+            n = min(BLOCK - length, len(view))
+            entries[-1] = (length + n, zlib.crc32(view[:n], crc))
+            view = view[n:]
+        return first
+
+    def encode(self, first: int = 0) -> bytes:
+        """The entries from ``first`` on, as the ``.crc`` file holds them from ``first`` x 8."""
+        return b"".join(ENTRY.pack(*entry) for entry in self.entries[first:])
+
+    def verified(self, data: bytes | memoryview) -> int:
+        """Bytes of ``data`` (a whole file) vouched for from its start: up to the first block
+        whose entry does not match, or that has none."""
+        at = 0
+        for length, crc in self.entries:
+            block = data[at : at + length]
+            if len(block) < length or zlib.crc32(block) != crc:
+                break
+            at += length
+            if length < BLOCK:
+                break  # the last block, as far as it had gone
+        return at
+
+    def read(self, fd: int, offset: int, size: int) -> bytes:
+        """``size`` bytes of the file at ``offset``, each block they touch checked whole."""
+        start = offset - offset % BLOCK
+        first, last = start // BLOCK, (offset + size - 1) // BLOCK
+        entries = self.entries[first : last + 1]  # a copy: the writer may replace the last
+        if len(entries) < last + 1 - first or (len(entries) - 1) * BLOCK + entries[-1][0] < (
+                offset + size - start):  # fmt: skip
+            raise JournalError(f"journal bytes {offset}-{offset + size} are beyond what its "
+                               "checksums cover")  # fmt: skip
+        data = _pread(fd, start, (len(entries) - 1) * BLOCK + entries[-1][0])
+        for i, (length, crc) in enumerate(entries):
+            if zlib.crc32(data[i * BLOCK : i * BLOCK + length]) != crc:
+                at = (first + i) * BLOCK
+                raise JournalError(f"journal bytes {at}-{at + length} do not match their "
+                                   "checksum: not served")  # fmt: skip
+        return data[offset - start : offset - start + size]
 
 
 class JournalFile:
@@ -29,7 +124,8 @@ class JournalFile:
         self.directory = directory
         self.suffix = suffix
         self.memory_bytes = memory_bytes
-        self.reopened = _reopen(directory, suffix) if directory is not None else None
+        self.reopened, self._sums = (_reopen(directory, suffix) if directory is not None
+                                     else (None, Checksums()))  # fmt: skip
         self.errors = 0
         self.written = 0  # bytes the file holds (the writer thread's count)
         self._queue: queue.SimpleQueue[bytes | None] | None = None
@@ -44,13 +140,17 @@ class JournalFile:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{journal.session.decode('ascii').strip()}.{self.suffix}"
         # A new session's file starts empty; a reopened one goes on where it ended.
-        file = path.open("ab" if journal is self.reopened else "wb", buffering=0)
-        self.written = journal.size if journal is self.reopened else 0
+        reopened = journal is self.reopened
+        file = path.open("ab" if reopened else "wb", buffering=0)
+        sums = self._sums if reopened else Checksums()
+        crc = os.open(_crc(path), os.O_WRONLY | os.O_CREAT | (0 if reopened else os.O_TRUNC))
+        self.written = journal.size if reopened else 0
         reader = os.open(path, os.O_RDONLY)
         self._readers.append(reader)
-        journal.backing = lambda offset, size: _pread(reader, offset, size)
+        journal.backing = lambda offset, size: sums.read(reader, offset, size)
         self._queue = queue.SimpleQueue()
-        self._writer = threading.Thread(target=self._write_all, args=(file, self._queue),
+        self._writer = threading.Thread(target=self._write_all,
+                                        args=(file, crc, sums, self._queue),
                                         name=f"journal {path.name}", daemon=True)  # fmt: skip
         self._writer.start()
 
@@ -84,19 +184,27 @@ class JournalFile:
         self._queue = self._writer = None
         # The last session's reader stays open until close(): clients may be finishing it.
 
-    def _write_all(self, file: BinaryIO, pending: queue.SimpleQueue[bytes | None]) -> None:
+    def _write_all(self, file: BinaryIO, crc: int, sums: Checksums,
+                   pending: queue.SimpleQueue[bytes | None]) -> None:  # fmt: skip
+        """The bytes, then their checksums, then counted as written: what the journal may
+        spill (and read back) is always vouched for."""
         with file:
-            while (data := pending.get()) is not None:
-                try:
-                    view = memoryview(data)
-                    while view:  # a raw file may take less than it is given
-                        n = file.write(view) or 0
-                        view = view[n:]
-                        self.written += n
-                except OSError as err:
-                    self.errors += 1
-                    if self.errors == 1:
-                        log.error("journal %s: %s; served from memory only", file.name, err)
+            try:
+                while (data := pending.get()) is not None:
+                    try:
+                        view = memoryview(data)
+                        while view:  # a raw file may take less than it is given
+                            n = file.write(view) or 0
+                            first = sums.add(view[:n])
+                            os.pwrite(crc, sums.encode(first), first * ENTRY.size)
+                            view = view[n:]
+                            self.written += n
+                    except OSError as err:
+                        self.errors += 1
+                        if self.errors == 1:
+                            log.error("journal %s: %s; served from memory only", file.name, err)
+            finally:
+                os.close(crc)
 
 
 def _pread(fd: int, offset: int, size: int) -> bytes:
@@ -111,19 +219,39 @@ def _pread(fd: int, offset: int, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _reopen(directory: Path, suffix: str) -> Journal | None:
-    """The newest session journal a previous run left in ``directory``, read back."""
+def _crc(path: Path) -> Path:
+    return path.with_name(path.name + ".crc")
+
+
+def _reopen(directory: Path, suffix: str) -> tuple[Journal | None, Checksums]:
+    """The newest session journal a previous run left in ``directory``, read back as far as its
+    checksums vouch for it, and their entries (to go on with)."""
     files = sorted(directory.glob(f"*.{suffix}"), key=lambda p: p.stat().st_mtime)
     if not files:
-        return None
+        return None, Checksums()
     path = files[-1]
+    if not _crc(path).exists():  # nothing vouches for it: kept aside, not served
+        aside = path.with_name(path.name + ".unverified")
+        path.rename(aside)
+        log.warning("%s has no checksums (%s): moved to %s; the session is fetched again from "
+                    "the exchange", path, _crc(path).name, aside.name)  # fmt: skip
+        return None, Checksums()
     journal = Journal(session_bytes(path.stem))
     data = path.read_bytes()
-    taken = journal.restore(data)
-    if taken != len(data):
+    verified = Checksums.decode(_crc(path).read_bytes()).verified(data)
+    if verified != len(data):
+        # A byte changed on disk, or a tail a crash tore: from the first block that does not
+        # match, dropped, and served again from the feed from that number on.
+        log.warning("%s: bytes %d-%d do not match their checksums: dropped from there",
+                    path, verified, len(data))  # fmt: skip
+    taken = journal.restore(memoryview(data)[:verified])
+    if taken != verified:
         # A message cut by a crash: never served, so gone from the file too, and served again
         # from the feed as the next number.
-        log.warning("%s ends in %d bytes of a cut message: dropped", path, len(data) - taken)
+        log.warning("%s ends in %d bytes of a cut message: dropped", path, verified - taken)
+    sums = Checksums.of(memoryview(data)[:taken])
+    if taken != len(data):
         with path.open("r+b") as f:
             f.truncate(taken)
-    return journal
+        _crc(path).write_bytes(sums.encode())
+    return journal, sums

@@ -257,6 +257,10 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
             sock = self.transport.get_extra_info("socket") if self.transport else None
             if event.unsent is not None and sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, event.unsent)
+        elif isinstance(event, Dropped) and not event.slow:
+            log.error("client %s closed: %s", _address(self.peer), event.reason,
+                      extra=self._fields(event="journal_unreadable",
+                                         reason=event.reason))  # fmt: skip
         elif isinstance(event, Dropped):
             log.warning("client %s cut: %s", _address(self.peer), event.reason,
                         extra=self._fields(event="slow_consumer_cut",

@@ -128,6 +128,7 @@ class Plant:
             "skipped_messages": {"events": counters["events"].skipped_messages},
             "subscriptions": {"events": counters["events"].subscriptions},
             "refused_connections": {name: c.refused for name, c in counters.items()},
+            "journal_unreadable": {name: c.unreadable for name, c in counters.items()},
             "glimpse_logins": self.glimpse.counters.logins,
         }  # fmt: skip
 

@@ -69,6 +69,7 @@ class FanOutCounters:
     skipped_messages: int = 0  # the messages they skipped
     subscriptions: int = 0  # symbol subscription requests served
     deferred: int = 0  # live pushes left to catch-up turns (past publish_bytes, or a burst)
+    unreadable: int = 0  # closed: what they were owed did not match the journal file's checksum
     chunks: int = 0  # catch-up chunks read from the journal (one shared by many counts once)
     refused: int = 0  # connections over a limit, throttled or not allowed from their address
     protocol_errors: int = 0
@@ -247,9 +248,13 @@ class FanOut(Generic[H]):
             else:
                 counters.skips += 1
             subscriber.events.append(Lagging(subscriber.policy, action.reason))
-        else:  # cut: told why, closed
-            counters.slow_consumers += 1
-            subscriber.events.append(Dropped(action.reason))
+        else:  # cut or failed: told why, closed
+            slow = verdict is Verdict.CUT
+            if slow:
+                counters.slow_consumers += 1
+            else:
+                counters.unreadable += 1
+            subscriber.events.append(Dropped(action.reason, slow))
             subscriber.session.send_debug(action.reason.encode("ascii"))
             subscriber.session.close(action.reason)
             self.absorb(subscriber)

@@ -11,6 +11,8 @@ What it is told:
   it. At ``write_deadline`` it is cut whatever its policy: a dead reader must not keep its place.
 - :class:`Deferred`: it was live and the publish went past its budget before its turn. A
   conflate user is conflated until it has caught up; anyone else catches up.
+- :class:`Unreadable`: what it is owed could not be read back from the journal's file (it did not
+  match its checksum): it is told why and closed, never served what the disk changed.
 - :class:`Closing`: its session closed. A client at the end of the session (or logging out) may
   have a lot left to read: it is reset ``write_deadline`` after its FIN if it has not closed; any
   other (told why in a Debug packet, or gone) after ``linger``.
@@ -47,16 +49,22 @@ class Deferred:
 
 
 @dataclass(frozen=True, slots=True)
+class Unreadable:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Closing:
     cause: CloseCause
 
 
-Report = Backlog | Stalled | Deferred | Closing
+Report = Backlog | Stalled | Deferred | Unreadable | Closing
 
 
 class Verdict(enum.Enum):
     KEEP = "keep"  # nothing changes
-    CUT = "cut"  # told why (Debug) and closed
+    CUT = "cut"  # a slow consumer: told why (Debug) and closed
+    FAIL = "fail"  # what it is owed cannot be served: told why (Debug) and closed
     CONFLATE = "conflate"  # a slow consumer: rounds until one finds nothing new
     SKIP = "skip"  # a slow consumer: its next turn jumps to the live end
     ROUNDS = "rounds"  # deferred: rounds until caught up
@@ -82,6 +90,8 @@ def decide(report: Report, phase: Phase, policy: Policy, events: bool,
         graceful = report.cause in (CloseCause.END_OF_SESSION, CloseCause.LOGOUT)
         wait = limits.write_deadline if graceful else limits.linger
         return Action(Verdict.RESET, reset_after=wait)
+    if isinstance(report, Unreadable):
+        return Action(Verdict.FAIL, report.reason)
     if isinstance(report, Deferred):
         conflated = events and policy is Policy.CONFLATE
         return Action(Verdict.ROUNDS if conflated else Verdict.CATCH_UP)

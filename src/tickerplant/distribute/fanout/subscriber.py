@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from tickerplant.distribute.fanout.limits import Policy
-from tickerplant.distribute.fanout.policy import Backlog, Stalled
+from tickerplant.distribute.fanout.policy import Backlog, Stalled, Unreadable
 from tickerplant.distribute.fanout.state import Phase, Step, delivering, move
 from tickerplant.distribute.fanout.subscriptions import Subscription
+from tickerplant.errors import InputError
 from tickerplant.session.soupbin import Event, LoginReceived, SoupServerSession
 
 if TYPE_CHECKING:
@@ -32,9 +33,11 @@ class Subscribed:
 
 @dataclass(frozen=True, slots=True)
 class Dropped:
-    """A slow consumer, told ``reason`` in a Debug packet; its :class:`Closed` follows."""
+    """Closed by the policy, told ``reason`` in a Debug packet: a slow consumer, or (not
+    ``slow``) one owed what could not be read back; its :class:`Closed` follows."""
 
     reason: str
+    slow: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +164,10 @@ class Subscriber(Generic[H]):
         """
         delivery = self.fanout.delivery
         if self.cursor < delivery.published or delivery.ending:  # else only the outbox to send
-            self.fanout.pull(self, now)
+            try:
+                self.fanout.pull(self, now)
+            except InputError as err:  # the journal's file: what the disk changed is not served
+                self.fanout.judge(self, Unreadable(str(err)))
         data = self.session.data_to_send(now)
         if data and self.queued_at is not None:
             self.fanout.delivery.latency.add(max(0.0, now - self.queued_at))

@@ -1,0 +1,117 @@
+"""A stream's journal file and its checksums, on a real file: what the disk changed is never
+served, at a restart or when a spilled range is read back."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from harness import wait_until
+from tickerplant.capture.journal import BLOCK, Checksums, JournalError, JournalFile
+from tickerplant.distribute.journal import Journal
+from tickerplant.wire.blocks import join_messages
+
+SESSION = b"SESSION001"
+PATH = "SESSION001.journal"
+
+
+def messages(first: int, count: int) -> bytes:
+    """``count`` 100-byte messages that carry their numbers."""
+    return join_messages([b"%-98d" % n for n in range(first, first + count)])
+
+
+def written(
+    directory: Path, count: int, memory_bytes: int = 1 << 30
+) -> tuple[JournalFile, Journal]:
+    """A journal of ``count`` messages, appended 100 at a time and written to its file."""
+    file = JournalFile(directory, "journal", memory_bytes)
+    journal = Journal(SESSION)
+    file.open(journal)
+    for first in range(1, count + 1, 100):
+        blocks = messages(first, min(100, count + 1 - first))
+        journal.append(blocks)
+        file.write([blocks], journal)
+    wait_until(lambda: file.written == journal.size, 10, "the writer thread wrote it all")
+    file.write([], journal)  # spills what the file now holds
+    return file, journal
+
+
+def flip(path: Path, at: int) -> None:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        byte = os.pread(fd, 1, at)
+        os.pwrite(fd, bytes([byte[0] ^ 0x01]), at)
+    finally:
+        os.close(fd)
+
+
+def test_checksums_vouch_block_by_block_and_a_torn_entry_vouches_for_nothing() -> None:
+    data = os.urandom(3 * BLOCK + 100)
+    sums = Checksums.of(data)
+    assert [length for length, _ in sums.entries] == [BLOCK, BLOCK, BLOCK, 100]
+    assert sums.covered == len(data) and sums.verified(data) == len(data)
+    grown = Checksums.of(data[:BLOCK - 10])
+    assert grown.add(data[BLOCK - 10 :]) == 0  # the partial block's entry is rewritten
+    assert grown.entries == sums.entries
+    bad = bytearray(data)
+    bad[BLOCK + 7] ^= 0x80
+    assert sums.verified(bytes(bad)) == BLOCK  # kept up to the block that does not match
+    assert sums.verified(data[: 2 * BLOCK + 5]) == 2 * BLOCK  # a tail shorter than vouched
+    raw = sums.encode()
+    assert Checksums.decode(raw[:-3]).entries == sums.entries[:-1]  # its last entry torn
+
+
+def test_a_byte_flipped_on_disk_is_dropped_at_the_restart_with_all_after_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    file, journal = written(tmp_path, 5000)
+    file.close()
+    size = journal.size
+    flip(tmp_path / PATH, 3 * BLOCK + 1234)  # in the fourth block
+    with caplog.at_level(logging.WARNING):
+        again = JournalFile(tmp_path, "journal", 1 << 30)
+    reopened = again.reopened
+    assert reopened is not None and reopened.session == SESSION
+    kept = len(reopened)
+    assert kept == 3 * BLOCK // 100  # the whole messages before the fourth block
+    assert reopened.blocks(1, kept) == (kept, messages(1, kept))
+    assert (tmp_path / PATH).stat().st_size == kept * 100 < size
+    assert "do not match their checksums" in caplog.text
+    # The file and its checksums agree again: a second restart keeps all of it.
+    assert JournalFile(tmp_path, "journal", 1 << 30).reopened is not None
+    assert len(JournalFile(tmp_path, "journal", 1 << 30).reopened or Journal(SESSION)) == kept
+
+
+def test_a_tail_a_crash_tore_and_a_file_without_checksums_are_not_served(
+    tmp_path: Path,
+) -> None:
+    file, journal = written(tmp_path, 3000)
+    file.close()
+    path = tmp_path / PATH
+    with path.open("r+b") as f:  # the checksums were written, the last bytes were not
+        f.truncate(journal.size - 150)
+    reopened = JournalFile(tmp_path, "journal", 1 << 30).reopened
+    # 300,000 bytes: four whole blocks, then the torn fifth, dropped whole (refetched)
+    assert reopened is not None and len(reopened) == 4 * BLOCK // 100
+    assert reopened.blocks(1, len(reopened))[1] == messages(1, len(reopened))
+    (tmp_path / (PATH + ".crc")).unlink()
+    assert JournalFile(tmp_path, "journal", 1 << 30).reopened is None
+    assert not path.exists() and (tmp_path / (PATH + ".unverified")).exists()  # kept aside
+
+
+def test_a_spilled_range_the_disk_changed_raises_rather_than_being_served(
+    tmp_path: Path,
+) -> None:
+    file, journal = written(tmp_path, 5000, memory_bytes=BLOCK)
+    try:
+        assert journal.memory <= 2 * BLOCK  # the rest is read back from the file
+        assert journal.blocks(1, 5000) == (5000, messages(1, 5000))
+        flip(tmp_path / PATH, BLOCK + 10)
+        with pytest.raises(JournalError, match="do not match their checksum"):
+            journal.blocks(600, 100)  # bytes 59,900-69,900: the second block
+        assert journal.blocks(1, 600) == (600, messages(1, 600))  # the first is intact
+    finally:
+        file.close()
