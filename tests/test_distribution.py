@@ -225,3 +225,42 @@ def test_a_whole_journal_handed_to_a_server_before_any_session_is_served_whole()
         return got
 
     assert asyncio.run(main()) == [3]
+
+
+def test_clients_that_log_in_from_1_and_never_read_cost_no_more_than_the_queue_budget() -> None:
+    """Forty clients log in from 1 and never read (their kernels keep little for them), each
+    well under its own cap: together they would hold the journal forty times over. The server
+    holds at most max_queued for them (the largest holders cut first), and a client that reads
+    gets everything."""
+    budget, total = 4 << 20, 200_000  # 6.8 MB of journal: 270 MB for forty if nothing bounded
+
+    async def main() -> tuple[int, int, int]:
+        limits = FanOutLimits(max_backlog=64 << 20, max_queued=budget, linger=0.2)
+        server = SoupServer(FanOut(Journal(SESSION), limits=limits), "127.0.0.1", 0)
+        port = await server.start()
+        itch = Endpoint("127.0.0.1", port)
+        stalled = [await _stalled(itch) for _ in range(40)]
+        most = 0
+        try:
+            await until(lambda: server.counters.logins == 40, 10, "forty logged in")
+            good = [0]
+            reader = asyncio.ensure_future(_reader(itch, good))
+            await until(lambda: server.counters.logins == 41, 10, "the reader logged in")
+            journal = server.journal
+            while journal.next_sequence <= total:
+                journal.append(chunk(journal.next_sequence, 500))
+                server.publish()
+                most = max(most, server.fanout.queued.bytes)
+                await asyncio.sleep(0.001)
+            server.end_session()
+            await asyncio.wait_for(reader, 30)
+            return good[0], most, server.counters.over_budget
+        finally:
+            for _, writer in stalled:
+                writer.close()
+            await server.close()
+
+    received, most, cut = asyncio.run(main())
+    assert received == total
+    assert most <= budget + (2 << 20), most  # the budget, plus one client's writes in a turn
+    assert cut >= 30, cut  # most of the forty: the budget holds about two journals' worth

@@ -94,7 +94,8 @@ class Link:
             self.unread.append(data)
             if self.high_water is not None and self.backlog > self.high_water:
                 self.sub.pause(now)  # as a transport does, inside write()
-            self.sub.report_backlog(self.backlog, now)
+            for other in self.sub.report_backlog(self.backlog, now):
+                other.handle.service(now)  # io: soon after, not inside this write
 
     def read(self, now: float) -> None:
         """The client reads everything; a paused socket drained that far resumes."""
@@ -157,6 +158,30 @@ def test_publish_encodes_once_and_hands_every_live_subscriber_the_same_bytes(
         assert link.next == 211
     assert fanout.counters.messages_sent == 3 * 200
     assert fanout.counters.bytes_sent == 3 * 200 * PACKET
+
+
+def test_the_servers_queue_for_all_clients_is_bounded_the_largest_holders_cut_first() -> None:
+    """No client is over its own cap, but together they hold more than max_queued: those
+    holding the most are cut, largest first, until the rest fit; a client that reads is never
+    one of them, and what io holds for the rest is counted exactly."""
+    journal = journal_of(10)
+    limits = FanOutLimits(max_backlog=1 << 30, max_queued=250 * PACKET)
+    fanout: FanOut[Link] = FanOut(journal, limits=limits)
+    sleepers = [Link(fanout, 0.0) for _ in range(4)]  # never read
+    reader = Link(fanout, 0.0)
+    first = 11
+    for tick in range(1, 6):
+        journal.append(messages(first, 100))
+        first += 100
+        service(fanout.publish(float(tick)), float(tick))
+        reader.read(float(tick))
+        held = sum(link.sub.backlog for link in [*sleepers, reader] if link.sub.active)
+        assert fanout.queued.bytes == held <= limits.max_queued, tick
+    assert reader.sub.active and reader.next == first
+    cut = [link for link in sleepers if link.sub.closed]
+    assert len(cut) == fanout.counters.over_budget == fanout.counters.slow_consumers >= 3
+    dropped = next(e for e in cut[0].events if isinstance(e, Dropped))
+    assert f"over its {250 * PACKET} budget" in dropped.reason and "the most" in dropped.reason
 
 
 def test_a_range_the_journal_cannot_read_back_is_never_served_the_client_is_told() -> None:

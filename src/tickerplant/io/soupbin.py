@@ -194,7 +194,10 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
         self.loop.call_soon(self.service)
 
     def wrote(self) -> None:
-        self.session.report_backlog(self.backlog, clock())
+        for other in self.session.report_backlog(self.backlog, clock()):
+            # Closed by the policy while this one wrote (the server's queue over its budget):
+            # its Debug packet and FIN go once this callback is done.
+            self.loop.call_soon(other.handle.service)
 
     def service(self) -> None:
         self.session.held(self.backlog)

@@ -104,6 +104,8 @@ STREAMS = (
            _STREAM),
     Figure("journal_write_errors", _C, "journal file writes that failed (served from memory)",
            _STREAM),
+    Figure("over_budget_cuts", _C, "slow consumers cut because the stream's clients together "
+           "held over max_queued (the largest first)", _STREAM),
     Figure("journal_unreadable", _C, "clients closed: what they were owed did not match the "
            "journal file's checksums (never served)", _STREAM),
     Figure("queued_bytes", _G, "bytes written for clients, not yet taken by their sockets",

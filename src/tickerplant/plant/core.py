@@ -129,6 +129,7 @@ class Plant:
             "subscriptions": {"events": counters["events"].subscriptions},
             "refused_connections": {name: c.refused for name, c in counters.items()},
             "journal_unreadable": {name: c.unreadable for name, c in counters.items()},
+            "over_budget_cuts": {name: c.over_budget for name, c in counters.items()},
             "glimpse_logins": self.glimpse.counters.logins,
         }  # fmt: skip
 

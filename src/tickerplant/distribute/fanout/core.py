@@ -24,7 +24,15 @@ from typing import Generic, TypeVar
 from tickerplant.distribute.fanout.admission import Admission
 from tickerplant.distribute.fanout.delivery import Delivery
 from tickerplant.distribute.fanout.limits import HIGH_WATER, FanOutLimits, Policy
-from tickerplant.distribute.fanout.policy import Action, Closing, Deferred, Report, Verdict, decide
+from tickerplant.distribute.fanout.policy import (
+    Action,
+    Closing,
+    Deferred,
+    OverBudget,
+    Report,
+    Verdict,
+    decide,
+)
 from tickerplant.distribute.fanout.state import Phase, Step
 from tickerplant.distribute.fanout.subscriber import (
     BuildImages,
@@ -55,6 +63,14 @@ H = TypeVar("H")
 
 
 @dataclass(slots=True)
+class Queued:
+    """Bytes io holds beyond their sockets for the server's logged-in clients, every session's
+    together: what ``max_queued`` bounds (a closed one's go with its connection)."""
+
+    bytes: int = 0
+
+
+@dataclass(slots=True)
 class FanOutCounters:
     connections: int = 0
     logins: int = 0
@@ -70,6 +86,7 @@ class FanOutCounters:
     subscriptions: int = 0  # symbol subscription requests served
     deferred: int = 0  # live pushes left to catch-up turns (past publish_bytes, or a burst)
     unreadable: int = 0  # closed: what they were owed did not match the journal file's checksum
+    over_budget: int = 0  # slow consumers cut because the server held over max_queued for all
     chunks: int = 0  # catch-up chunks read from the journal (one shared by many counts once)
     refused: int = 0  # connections over a limit, throttled or not allowed from their address
     protocol_errors: int = 0
@@ -112,6 +129,7 @@ class FanOut(Generic[H]):
         # The server's, whatever the session: what it counted and whom it admits.
         self.counters = FanOutCounters()
         self.admission = Admission(self.limits, local_only)
+        self.queued = Queued()
         self._begin(journal)
 
     def _begin(self, journal: Journal) -> None:
@@ -128,7 +146,7 @@ class FanOut(Generic[H]):
 
     def successor(self, journal: Journal) -> FanOut[H]:
         """The fan-out of the next session's ``journal``: the same settings, and the same
-        counters and admission (they are the server's, not the session's)."""
+        counters, admission and queue (they are the server's, not the session's)."""
         new = copy.copy(self)
         new._begin(journal)
         return new
@@ -220,6 +238,21 @@ class FanOut(Generic[H]):
         subscriber.session.end_session()
         self.absorb(subscriber)
         return True
+
+    def over_budget(self) -> list[Subscriber[H]]:
+        """io holds more than ``max_queued`` for the clients: the policy, for those holding the
+        most, largest first, until the rest fit; returns those it was asked about."""
+        budget = self.limits.max_queued
+        holders = sorted((s for s in self._subscribers if s.active and s.backlog),
+                         key=lambda s: s.backlog, reverse=True)  # fmt: skip
+        judged: list[Subscriber[H]] = []
+        for subscriber in holders:
+            if self.queued.bytes <= budget:
+                break
+            self.counters.over_budget += 1
+            self.judge(subscriber, OverBudget(self.queued.bytes, subscriber.backlog))
+            judged.append(subscriber)
+        return judged
 
     # --- the policy, carried out -------------------------------------------------------------
 

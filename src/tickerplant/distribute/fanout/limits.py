@@ -9,6 +9,10 @@ from dataclasses import dataclass
 from tickerplant.ops.config import check
 
 MAX_BACKLOG = 16 << 20  # bytes a live subscriber may leave unread before it is dropped
+# Bytes io may hold for all a server's logged-in clients together beyond their sockets: a cap
+# per client times thousands of clients is no bound (500 that never read took a plant from
+# 385 MB to 1.6 GB in 25 s).
+MAX_QUEUED = 256 << 20
 CHUNK_MESSAGES = 16384  # read from the journal per catch-up write: ~0.5 MiB of ITCH
 # What one catch-up turn may write before it yields: 8 MiB held the loop up to 36 ms (a client
 # reading from 1 on loopback never fills its socket), 1 MiB about 5 (bench/loop_lag.py).
@@ -34,6 +38,7 @@ class Policy(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class FanOutLimits:
     max_backlog: int = MAX_BACKLOG
+    max_queued: int = MAX_QUEUED
     chunk_messages: int = CHUNK_MESSAGES
     turn_bytes: int = TURN_BYTES
     linger: float = LINGER
@@ -53,7 +58,7 @@ class FanOutLimits:
     conflate_unsent: int = CONFLATE_UNSENT
 
     def __post_init__(self) -> None:
-        for name in ("max_backlog", "chunk_messages", "turn_bytes", "max_connections",
+        for name in ("max_backlog", "max_queued", "chunk_messages", "turn_bytes", "max_connections",
                      "max_per_address", "failed_logins", "max_checks", "publish_bytes",
                      "conflate_unsent"):
             check(name, getattr(self, name) >= 1, getattr(self, name), "give 1 or more")

@@ -11,6 +11,10 @@ What it is told:
   it. At ``write_deadline`` it is cut whatever its policy: a dead reader must not keep its place.
 - :class:`Deferred`: it was live and the publish went past its budget before its turn. A
   conflate user is conflated until it has caught up; anyone else catches up.
+- :class:`OverBudget`: io holds more than ``max_queued`` for all the server's clients together,
+  and this client holds the most: it is cut, whatever its policy (the memory has to go; one
+  under conflate or skip keeps its queue until it reads), and so on, largest first, until the
+  rest fit. A cut client's bytes go with its connection, at the latest ``linger`` later.
 - :class:`Unreadable`: what it is owed could not be read back from the journal's file (it did not
   match its checksum): it is told why and closed, never served what the disk changed.
 - :class:`Closing`: its session closed. A client at the end of the session (or logging out) may
@@ -49,6 +53,12 @@ class Deferred:
 
 
 @dataclass(frozen=True, slots=True)
+class OverBudget:
+    queued: int  # for all the server's clients
+    held: int  # for this one, the most of any
+
+
+@dataclass(frozen=True, slots=True)
 class Unreadable:
     reason: str
 
@@ -58,7 +68,7 @@ class Closing:
     cause: CloseCause
 
 
-Report = Backlog | Stalled | Deferred | Unreadable | Closing
+Report = Backlog | Stalled | Deferred | OverBudget | Unreadable | Closing
 
 
 class Verdict(enum.Enum):
@@ -92,6 +102,10 @@ def decide(report: Report, phase: Phase, policy: Policy, events: bool,
         return Action(Verdict.RESET, reset_after=wait)
     if isinstance(report, Unreadable):
         return Action(Verdict.FAIL, report.reason)
+    if isinstance(report, OverBudget):
+        return Action(Verdict.CUT, f"slow consumer: the server holds {report.queued} bytes for "
+                      f"its clients, over its {limits.max_queued} budget, and {report.held} "
+                      "of them for this one, the most")  # fmt: skip
     if isinstance(report, Deferred):
         conflated = events and policy is Policy.CONFLATE
         return Action(Verdict.ROUNDS if conflated else Verdict.CATCH_UP)

@@ -117,7 +117,10 @@ class Subscriber(Generic[H]):
 
     def move(self, step: Step) -> None:
         self.phase = move(self.phase, step)
-        self.active = delivering(self.phase)
+        active = delivering(self.phase)
+        if active != self.active:  # what io holds for it counts toward max_queued while active
+            self.fanout.queued.bytes += self.backlog if active else -self.backlog
+            self.active = active
 
     @property
     def live(self) -> bool:
@@ -208,15 +211,26 @@ class Subscriber(Generic[H]):
     def held(self, size: int) -> None:
         """io holds ``size`` bytes for it beyond the socket now (before it asks what to write:
         a conflated round waits for the one before to be gone)."""
-        self.backlog = size
+        self._hold(size)
 
-    def report_backlog(self, size: int, now: float) -> None:
-        """io holds ``size`` bytes for it beyond the socket, just after a write."""
-        self.backlog = size
+    def report_backlog(self, size: int, now: float) -> list[Subscriber[H]]:
+        """io holds ``size`` bytes for it beyond the socket, just after a write. Returns the
+        other subscribers the policy closed meanwhile (the server's queue was over its budget
+        and they held the most): io services them, as their own events are due."""
+        self._hold(size)
+        fanout = self.fanout
         if self.pushed:
             self.pushed = False
             if size and self.active:  # nothing held is nobody's backlog
-                self.fanout.judge(self, Backlog(size))
+                fanout.judge(self, Backlog(size))
+        if fanout.queued.bytes > fanout.limits.max_queued:
+            return [s for s in fanout.over_budget() if s is not self]
+        return []
+
+    def _hold(self, size: int) -> None:
+        if self.active:
+            self.fanout.queued.bytes += size - self.backlog
+        self.backlog = size
 
     def connection_lost(self) -> None:
         """The connection is gone: forget the subscriber (closing its session if still open)."""
