@@ -59,8 +59,7 @@ class Checksums:
     @property
     def covered(self) -> int:
         """Bytes of the file the entries vouch for."""
-        entries = self.entries
-        return (len(entries) - 1) * BLOCK + entries[-1][0] if entries else 0
+        return _span(self.entries)
 
     def add(self, data: bytes | memoryview) -> int:
         """``data`` was appended to the file; returns the index of the first entry it changed."""
@@ -98,11 +97,11 @@ class Checksums:
         start = offset - offset % BLOCK
         first, last = start // BLOCK, (offset + size - 1) // BLOCK
         entries = self.entries[first : last + 1]  # a copy: the writer may replace the last
-        if len(entries) < last + 1 - first or (len(entries) - 1) * BLOCK + entries[-1][0] < (
-                offset + size - start):  # fmt: skip
+        span = _span(entries)
+        if len(entries) < last + 1 - first or span < offset + size - start:
             raise JournalError(f"journal bytes {offset}-{offset + size} are beyond what its "
                                "checksums cover")  # fmt: skip
-        data = _pread(fd, start, (len(entries) - 1) * BLOCK + entries[-1][0])
+        data = _pread(fd, start, span)
         for i, (length, crc) in enumerate(entries):
             if zlib.crc32(data[i * BLOCK : i * BLOCK + length]) != crc:
                 at = (first + i) * BLOCK
@@ -219,6 +218,11 @@ def _pread(fd: int, offset: int, size: int) -> bytes:
     return b"".join(parts)
 
 
+def _span(entries: list[tuple[int, int]]) -> int:
+    """Bytes the ``entries`` cover, from the start of the first one's block."""
+    return (len(entries) - 1) * BLOCK + entries[-1][0] if entries else 0
+
+
 def _crc(path: Path) -> Path:
     return path.with_name(path.name + ".crc")
 
@@ -238,7 +242,8 @@ def _reopen(directory: Path, suffix: str) -> tuple[Journal | None, Checksums]:
         return None, Checksums()
     journal = Journal(session_bytes(path.stem))
     data = path.read_bytes()
-    verified = Checksums.decode(_crc(path).read_bytes()).verified(data)
+    sums = Checksums.decode(_crc(path).read_bytes())
+    verified = sums.verified(data)
     if verified != len(data):
         # A byte changed on disk, or a tail a crash tore: from the first block that does not
         # match, dropped, and served again from the feed from that number on.
@@ -249,8 +254,8 @@ def _reopen(directory: Path, suffix: str) -> tuple[Journal | None, Checksums]:
         # A message cut by a crash: never served, so gone from the file too, and served again
         # from the feed as the next number.
         log.warning("%s ends in %d bytes of a cut message: dropped", path, verified - taken)
-    sums = Checksums.of(memoryview(data)[:taken])
-    if taken != len(data):
+    if taken != len(data) or sums.covered != taken:  # (else the entries are the file's, whole)
+        sums = Checksums.of(memoryview(data)[:taken])
         with path.open("r+b") as f:
             f.truncate(taken)
         _crc(path).write_bytes(sums.encode())

@@ -221,7 +221,7 @@ class CaptureFeed:
             recovery=RecoveryConfig(line_wait=0.0, rerequest=False, replay=False,
                                     give_up_after=give_up_after),
             max_held_bytes=1 << 30,
-        ), list(Source)[: len(self.lines)])  # fmt: skip
+        ), (Source.LINE_A, Source.LINE_B)[: len(self.lines)])  # fmt: skip
 
     def close(self) -> None:
         self.capture.close()

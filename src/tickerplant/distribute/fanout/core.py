@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from tickerplant.distribute.fanout.admission import Admission
 from tickerplant.distribute.fanout.delivery import Delivery
@@ -64,8 +64,9 @@ H = TypeVar("H")
 
 @dataclass(slots=True)
 class Queued:
-    """Bytes io holds beyond their sockets for the server's logged-in clients, every session's
-    together: what ``max_queued`` bounds (a closed one's go with its connection)."""
+    """Bytes io holds beyond their sockets for the session's logged-in clients: what
+    ``max_queued`` bounds (a closed one's go with its connection). A session's own, as its
+    subscribers are: over budget, only they can be cut to bring it back."""
 
     bytes: int = 0
 
@@ -129,12 +130,12 @@ class FanOut(Generic[H]):
         # The server's, whatever the session: what it counted and whom it admits.
         self.counters = FanOutCounters()
         self.admission = Admission(self.limits, local_only)
-        self.queued = Queued()
         self._begin(journal)
 
     def _begin(self, journal: Journal) -> None:
         """What belongs to the session of ``journal``: its subscribers and where they stand."""
         self.delivery = Delivery(journal, self.limits, self.counters, self.catalog is not None)
+        self.queued = Queued()
         self._subscribers: dict[Subscriber[H], None] = {}  # insertion-ordered set
 
     @property
@@ -146,7 +147,7 @@ class FanOut(Generic[H]):
 
     def successor(self, journal: Journal) -> FanOut[H]:
         """The fan-out of the next session's ``journal``: the same settings, and the same
-        counters, admission and queue (they are the server's, not the session's)."""
+        counters and admission (they are the server's, not the session's)."""
         new = copy.copy(self)
         new._begin(journal)
         return new
@@ -288,8 +289,7 @@ class FanOut(Generic[H]):
             else:
                 counters.unreadable += 1
             subscriber.events.append(Dropped(action.reason, slow))
-            subscriber.session.send_debug(action.reason.encode("ascii"))
-            subscriber.session.close(action.reason)
+            _tell_and_close(subscriber, action.reason)
             self.absorb(subscriber)
 
     # --- what a subscriber's session raised --------------------------------------------------
@@ -324,8 +324,7 @@ class FanOut(Generic[H]):
     def _refuse(self, subscriber: Subscriber[H], reason: str) -> None:
         """Tell it why (Debug) and close: over a limit, throttled, or not served from there."""
         self.counters.refused += 1
-        subscriber.session.send_debug(reason.encode("ascii"))
-        subscriber.session.close(reason)
+        _tell_and_close(subscriber, reason)
         self.absorb(subscriber)
 
     def _login(self, subscriber: Subscriber[H], login: LoginReceived) -> None:
@@ -388,8 +387,7 @@ class FanOut(Generic[H]):
         parsed = "this stream takes no requests" if self.catalog is None else parse(message)
         if isinstance(parsed, str):
             self.counters.protocol_errors += 1
-            session.send_debug(parsed.encode("ascii"))
-            session.close(parsed)
+            _tell_and_close(subscriber, parsed)  # (its Closed is the next event absorbed)
             return
         assert self.catalog is not None
         op, symbols = parsed
@@ -416,3 +414,9 @@ class FanOut(Generic[H]):
             return
         number = subscriber.subscription.imaged(locates, self.delivery.published)
         subscriber.events.append(BuildImages(number, self.catalog.images(locates)))
+
+
+def _tell_and_close(subscriber: Subscriber[Any], reason: str) -> None:
+    """A Debug packet saying ``reason``, then close: what it reads last is why."""
+    subscriber.session.send_debug(reason.encode("ascii"))
+    subscriber.session.close(reason)

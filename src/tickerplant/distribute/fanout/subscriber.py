@@ -84,8 +84,8 @@ class Subscriber(Generic[H]):
 
     # Thousands of them, each looked at several times a publish: no __dict__.
     __slots__ = ("active", "address", "backlog", "budget", "cursor", "events", "fanout",
-                 "handle", "heard_at", "login", "paused", "paused_at", "phase", "policy",
-                 "pushed", "queued_at", "reset_after", "round_at", "session", "subscription",
+                 "handle", "heard_at", "login", "paused_at", "phase", "policy", "pushed",
+                 "queued_at", "reset_after", "round_at", "session", "subscription",
                  "turn_at")  # fmt: skip
 
     def __init__(self, fanout: FanOut[H], handle: H, session: SoupServerSession,
@@ -95,7 +95,9 @@ class Subscriber(Generic[H]):
         self.address = address  # the peer's, for limits and throttling
         self.fanout = fanout
         self.phase = Phase.AWAITING_LOGIN
-        self.active = False  # logged in and not closed: worth sending messages to
+        # Logged in and not closed: worth sending messages to. The phase says so; kept by
+        # move() rather than asked of it, as it is looked at several times a write.
+        self.active = False
         self.policy = Policy.DISCONNECT  # its user's, set at login
         self.subscription = Subscription()
         self.cursor = 0  # the sequence number of the next message to send
@@ -106,8 +108,7 @@ class Subscriber(Generic[H]):
         self.reset_after = fanout.limits.linger
         # What io said of its socket.
         self.backlog = 0  # bytes io holds beyond the socket, as it last reported
-        self.paused = False  # the socket is full: no catching up until resume()
-        self.paused_at: float | None = None
+        self.paused_at: float | None = None  # its socket filled: no catching up until resume()
         # Its turns at the journal (delivery's).
         self.budget = 0  # bytes the current catch-up turn may still write
         self.turn_at: float | None = None  # the next turn is due: the last one ran out
@@ -126,6 +127,11 @@ class Subscriber(Generic[H]):
     def live(self) -> bool:
         """At the journal's end with nothing held back: the next publish is pushed to it."""
         return self.phase is Phase.LIVE and not self.subscription.imaging
+
+    @property
+    def paused(self) -> bool:
+        """The socket is full: no catching up until :meth:`resume`."""
+        return self.paused_at is not None
 
     @property
     def imaging(self) -> bool:
@@ -198,13 +204,11 @@ class Subscriber(Generic[H]):
 
     def pause(self, now: float) -> None:
         """The socket is full: what we write waits in io until :meth:`resume`."""
-        self.paused = True
         if self.paused_at is None:
             self.paused_at = now
 
     def resume(self) -> None:
         """The socket can take more: a new catch-up turn starts."""
-        self.paused = False
         self.paused_at = None
         self.budget = self.fanout.limits.turn_bytes
 
