@@ -500,21 +500,90 @@ def test_a_slow_consumer_that_takes_nothing_is_cut_whatever_its_policy() -> None
     assert any(isinstance(e, Closed) for e in slow.events)
 
 
+def raised(source: int, *locates: int, sequence: int = 1) -> bytes:
+    """BBO records of ``locates`` raised by itch number ``source``, numbered from
+    ``sequence``."""
+    block = ev.blocks(ev.BBO, len(locates))
+    block["sequence"] = np.arange(len(locates)) + sequence
+    block["source"], block["locate"], block["bid_price"] = source, locates, source * 100
+    return block.tobytes()
+
+
+def journal_of(stream: EventStream) -> npt.NDArray[np.void]:
+    assert stream.journal is not None
+    return decoded(stream.journal.blocks(1, len(stream.journal))[1])
+
+
 def test_the_event_stream_reopened_drops_what_the_rebuilt_books_raise_again() -> None:
     first = EventStream()
     journal = first.start(SESSION)
-    first.append(3, bbo(1, 1, 1) + bbo(2, 1, 2) + bbo(3, 1, 3))
+    first.append(3, raised(10, 1) + raised(11, 1, 2, sequence=2))
     again = EventStream(reopened=journal)
     assert again.start(SESSION) is journal
-    again.append(2, bbo(1, 1, 1) + bbo(2, 1, 2))
+    again.append(2, raised(10, 1) + raised(11, 1))  # its source's records: below the end
     assert len(journal) == 3 and again.blocks_to_write() == []
-    again.append(2, bbo(3, 1, 3) + bbo(4, 1, 4))
-    assert len(journal) == 4 and again.blocks_to_write() == [bbo(4, 1, 4)]
+    again.append(3, raised(11, 2) + raised(12, 3, 4))
+    assert len(journal) == 5 and again.resume is None
+    assert journal_of(again)["sequence"].tolist() == [1, 2, 3, 4, 5]
+    assert journal_of(again)["source"].tolist() == [10, 11, 11, 12, 12]
     again.lose(100, 105)
-    lost = ev.view(decoded(journal.blocks(5, 1)[1]), ev.LOST)[0]
-    assert (lost["sequence"], lost["first"], lost["count"]) == (5, 100, 5)
+    lost = ev.view(decoded(journal.blocks(6, 1)[1]), ev.LOST)[0]
+    assert (lost["sequence"], lost["first"], lost["count"]) == (6, 100, 5)
     with pytest.raises(RuntimeError):
-        EventStream().append(1, bbo(1, 1, 1))
+        EventStream().append(1, raised(1, 1))
+
+
+def test_a_range_the_run_before_lost_and_this_one_repairs_is_not_numbered_twice() -> None:
+    # The first run lost itch 12-19 (one notice), then journaled 20's record and stopped. The
+    # restarted plant has the whole day: 12-19 raise records now, many more than one notice.
+    first = EventStream()
+    journal = first.start(SESSION)
+    first.append(1, raised(10, 1))
+    first.lose(12, 20)
+    first.append(1, raised(20, 1, sequence=3))
+    again = EventStream(reopened=journal)
+    again.start(SESSION)
+    # By count (what the books raised again) its end would fall inside the repaired range, and
+    # 14's records would be journaled again after 20's: by source, none of them are.
+    again.append(9, raised(10, 1) + b"".join(raised(s, 1, 2) for s in range(12, 16)))
+    assert again.included(16) == 2 and again.included(20) == 2 and again.included(21) == 3
+    again.append(8, b"".join(raised(s, 1, 2) for s in range(16, 20)))
+    again.append(2, raised(20, 1) + raised(21, 7))
+    assert len(journal) == 4 and again.included(22) == 4
+    rows = journal_of(again)
+    assert rows["sequence"].tolist() == [1, 2, 3, 4]
+    assert rows["source"].tolist() == [10, 12, 20, 21] and rows["locate"][-1] == 7
+
+
+def test_a_notice_the_run_before_gave_is_not_given_again_and_the_rest_of_a_loss_is() -> None:
+    first = EventStream()
+    journal = first.start(SESSION)
+    first.append(1, raised(10, 1))
+    first.lose(11, 15)
+    again = EventStream(reopened=journal)
+    again.start(SESSION)
+    again.append(1, raised(10, 1))
+    again.lose(11, 13)  # told already
+    assert len(journal) == 2
+    again.lose(13, 18)  # 15-17 were not: told from 15
+    rows = journal_of(again)
+    lost = ev.view(rows, ev.LOST)
+    assert lost["first"].tolist() == [11, 15] and lost["count"].tolist() == [4, 3]
+    assert rows["sequence"].tolist() == [1, 2, 3] and again.counters.lost_notices == 1
+
+
+def test_a_journal_cut_among_one_messages_records_gets_the_rest_of_them() -> None:
+    first = EventStream()
+    journal = first.start(SESSION)
+    # A cut: the second of 11's records never reached the file.
+    first.append(2, raised(10, 1) + raised(11, 1, 2, sequence=2)[: ev.BLOCK_SIZE])
+    again = EventStream(reopened=journal)
+    again.start(SESSION)
+    assert again.resume is not None and (again.resume.source, again.resume.owed) == (11, 1)
+    again.append(3, raised(10, 1) + raised(11, 1, 2))
+    rows = journal_of(again)
+    assert rows["locate"].tolist() == [1, 1, 2] and rows["sequence"].tolist() == [1, 2, 3]
+    assert ev.view(rows, ev.BBO)["bid_price"].tolist() == [1000, 1100, 1100]  # bodies whole
 
 
 def test_conflate_users_past_the_publish_budget_share_one_conflated_chunk() -> None:

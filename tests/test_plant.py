@@ -32,7 +32,7 @@ from tickerplant.plant import EventsConfig, GlimpseConfig, Plant, PlantConfig, S
 from tickerplant.receive.events import Batch, GapLost, SessionEnded, SessionStarted, Source
 from tickerplant.receive.recovery import RecoveryConfig
 from tickerplant.wire.blocks import iter_messages, join_messages, offsets_of
-from tickerplant.wire.events import RECORD, RECORD_SIZE, from_blocks
+from tickerplant.wire.events import RECORD, RECORD_SIZE, from_blocks, where
 
 S1, S2 = b"SESSION001", b"SESSION002"
 ANY_PORT = GlimpseConfig(Endpoint("127.0.0.1", 0))  # the snapshot service, out of the way
@@ -235,6 +235,14 @@ def day_of_events(source: bytes) -> bytes:
         sequence += count
         itch += len(list(iter_messages(chunk)))
     return bytes(from_blocks(b"".join(out)).tobytes())
+
+
+def unnumbered(rows: np.ndarray, mask: np.ndarray) -> bytes:
+    """The records (a RECORD array) where ``mask`` is true, whole, their numbers zeroed: records
+    compared by what they say."""
+    raw = where(rows, mask).view(np.uint8).reshape(-1, RECORD_SIZE).copy()
+    raw[:, 2:10] = 0
+    return raw.tobytes()
 
 
 def chunks_of(source: bytes, size: int = 1 << 20) -> list[bytes]:
@@ -453,6 +461,65 @@ def test_a_restarted_plant_reopens_its_journal_and_clients_resume_across_it(
     assert client.reconnects >= 1  # it saw the plant go and resumed by number
     assert late.messages == client.messages and late.reconnects == 0
     assert (tmp_path / "TP00000001.journal").read_bytes() == source  # the file: the day, once
+
+
+@pytest.mark.slow
+def test_a_restarted_plant_that_repairs_what_the_first_run_lost_numbers_events_by_source(
+    tmp_path: Path,
+) -> None:
+    """The first run has no recovery and loses ranges (one notice each on the events stream);
+    the second replays the whole day from the exchange and so raises records for them. The
+    journal goes on past the first run's end with the records the books raise after it, each
+    once, numbered on: not by counting what the rebuilt books raise again."""
+    messages = 200_000
+    p = ports()
+    events = EventsConfig(Endpoint("127.0.0.1", 0), journal_dir=tmp_path)
+    repairing = FeedConfig(p.line_a, p.line_b, rerequest=p.rerequest, replay=p.replay)
+    losing = FeedConfig(p.line_a, p.line_b, recovery=RecoveryConfig(give_up_after=0.2))
+    itch = StreamConfig(Endpoint("127.0.0.1", 0))
+
+    async def main() -> tuple[list[tuple[int, int]], int, bytes]:
+        plant = Plant(PlantConfig(losing, itch, ANY_PORT, events=events))
+        await plant.start()
+        try:
+            async with ExchangeProcess(
+                p.line_a, p.line_b, p.rerequest, p.replay, "--messages", str(messages),
+                "--seed", "11", "--rate", "100000", "--eos-seconds", "1",
+                "--drop-a", "0.1", "--drop-b", "0.1",
+            ) as exchange:  # fmt: skip
+                await exchange.wait_published(messages // 2)
+                await until(lambda: plant.feed.session.lost_ranges, 10,
+                            lambda: "10 % loss on each line without repair lost nothing")
+                await plant.close()
+                lost = list(plant.feed.session.lost_ranges)
+                first_run = len(plant.event_stream.journal or ())
+                plant = Plant(PlantConfig(repairing, itch, ANY_PORT, events=events))
+                await plant.start()
+                await exchange.summary()
+                await until(lambda: plant.stream.ended, 30,
+                            lambda: f"the restarted plant at {plant.books.at} of {messages}")
+            assert plant.feed.session.lost_ranges == []
+            journal = plant.event_stream.journal
+            assert journal is not None
+            served = journal.blocks(1, len(journal))[1]
+        finally:
+            await plant.close()
+        return lost, first_run, served
+
+    lost, first_run, served = asyncio.run(main())
+    rows = from_blocks(served)
+    assert rows["sequence"].tolist() == list(range(1, len(rows) + 1))
+    sources = rows["source"].astype(np.int64)
+    assert (np.diff(sources) >= 0).all(), "records journaled again after the first run's end"
+    # The losses the first run told, in place, each once; the second run lost nothing.
+    notices = rows[rows["kind"] == b"l"]
+    assert len(notices) and notices["source"].max() < sources[first_run - 1]
+    assert {int(s) for s in notices["source"]} <= {start for start, _ in lost}
+    # After the first run's end: the day's records from books that had it all, as they are.
+    day = np.frombuffer(day_of_events(source_stream(11, 500, messages)), dtype=RECORD)
+    after = unnumbered(rows, np.arange(len(rows)) >= first_run)
+    since = unnumbered(day, day["source"] > sources[first_run - 1])
+    assert len(after) > 0 and after == since
 
 
 def test_a_journal_cut_by_a_crash_is_reopened_up_to_its_last_whole_message(

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from tickerplant.distribute.journal import Journal
+from tickerplant.errors import InputError
 from tickerplant.receive.events import Batch, GapLost, SessionEnded, SessionStarted
 from tickerplant.receive.sequencer import Delivery
 from tickerplant.wire import events
@@ -120,35 +123,49 @@ class EventCounters:
     lost_notices: int = 0
 
 
+@dataclass(slots=True)
+class Resume:
+    """Where a reopened events journal ends, in the itch numbers that raised its records: the
+    rebuilt books' records below it were journaled by the run before."""
+
+    source: int  # records raised by itch numbers below this are the journal's already
+    owed: int  # and this many of those raised by ``source`` itself
+    covered: int  # itch numbers below this reached the journal (as records, or a notice)
+
+
 class EventStream:
     """What the ``events`` stream serves: one journal per exchange session of fixed-size
     records, numbered from 1 in the order the books raised them.
 
     The owner numbers each run of records from :attr:`next_sequence` and appends it; the
     journal a previous run of the plant kept (``reopened``) is continued when its session starts
-    again, the records the rebuilt books raise again below its end being dropped (the books are
-    deterministic: the same itch stream raises the same records).
+    again. The rebuilt books raise again what it holds: those records are known by their
+    ``source``, the itch number that raised them, not by their count, since a restarted plant
+    may repair a range the run before lost (one notice then, many records now). Records whose
+    source the journal already covers are dropped, the rest numbered on from its end; sources
+    never go back in the journal.
     """
 
     def __init__(self, reopened: Journal | None = None) -> None:
         self.reopened = reopened
         self.journal: Journal | None = None
         self.counters = EventCounters()
-        self._raised = 0  # records raised in this session by this run
+        self.resume: Resume | None = None  # while the rebuilt books are below the journal's end
         self._appended: list[bytes] = []
 
     @property
     def next_sequence(self) -> int:
-        """The number of the next record raised."""
-        return self._raised + 1
+        """The number of the next record journaled."""
+        return len(self.journal) + 1 if self.journal is not None else 1
 
     def start(self, session: bytes) -> Journal:
         """A new session's journal (the reopened one, if it is that session's)."""
         reopened, self.reopened = self.reopened, None
-        self._raised = 0
+        self.resume = None
         if reopened is not None and reopened.session == session:
             self.journal = reopened
             self.counters.records = len(reopened)
+            self.resume = _end(reopened)
         else:
             self.journal = Journal(session)
         return self.journal
@@ -158,25 +175,96 @@ class EventStream:
         journal = self.journal
         if journal is None:
             raise RuntimeError("records before the session started: the plant's bug")
-        first, self._raised = self._raised + 1, self._raised + count
-        have = len(journal)
-        if self._raised <= have:
-            return  # journaled by the run before
-        if first <= have:
-            blocks = blocks[(have + 1 - first) * events.BLOCK_SIZE :]
+        if self.resume is not None:
+            blocks = self._past(blocks)
+            if not blocks:
+                return
         journal.append(blocks)
         self._appended.append(blocks)
         self.counters.records = len(journal)
 
     def lose(self, start: int, end: int) -> None:
         """The notice that itch numbers [start, end) were lost, in stream position."""
-        count = end - start
+        if self.resume is not None:
+            start = max(start, self.resume.covered)  # what the run before told, not again
+            if start >= end:
+                return
         journaled = self.counters.records
+        count = end - start
         self.append(1, events.notice(events.LOST, self.next_sequence, start, start, count, count))
-        if self.counters.records > journaled:  # not one the run before journaled already
+        if self.counters.records > journaled:
             self.counters.lost_notices += 1
+
+    def included(self, at: int) -> int:
+        """The number of the last record raised by an itch number below ``at``: what books that
+        have taken the itch stream up to ``at`` include (all of the journal, but while the
+        rebuilt books are below its end)."""
+        journal = self.journal
+        if journal is None:
+            return 0
+        if self.resume is None:
+            return len(journal)
+        low, high = 0, len(journal)  # records [1, low] are below ``at``, (high, end] are not
+        while low < high:
+            middle = (low + high + 1) // 2
+            try:
+                below = _source(journal, middle) < at
+            except InputError:  # its file changed under us: say only what is known
+                return low
+            if below:
+                low = middle
+            else:
+                high = middle - 1
+        return low
 
     def blocks_to_write(self) -> list[bytes]:
         """The blocks journaled since the last call, in order."""
         out, self._appended = self._appended, []
         return out
+
+    def _past(self, blocks: bytes) -> bytes:
+        """The records of ``blocks`` past :attr:`resume`, numbered on from the journal's end."""
+        resume = self.resume
+        assert resume is not None
+        rows = np.frombuffer(blocks, dtype=events.BLOCK)
+        sources = rows["source"]  # never going back within what the books raise
+        below = int(np.searchsorted(sources, resume.source, "left"))
+        same = int(np.searchsorted(sources, resume.source, "right")) - below
+        owed = min(resume.owed, same)
+        resume.owed -= owed
+        skip = below + owed
+        if skip == rows.shape[0]:
+            return b""
+        self.resume = None
+        out = bytearray(blocks[skip * events.BLOCK_SIZE :])  # whole: a structured copy of
+        kept = np.frombuffer(out, dtype=events.BLOCK)  # rows would keep their headers only
+        kept["sequence"] = np.arange(self.next_sequence, self.next_sequence + kept.shape[0])
+        return bytes(out)
+
+
+def _end(journal: Journal) -> Resume | None:
+    """Where ``journal``'s records end, by source (None: it has none)."""
+    last = len(journal)
+    if not last:
+        return None
+    record = events.from_blocks(journal.blocks(last, 1)[1])[0]
+    if record["kind"] == events.LOST:
+        lost = events.view(events.decode(record.tobytes()), events.LOST)[0]
+        end = int(lost["first"] + lost["count"])
+        return Resume(end, 0, end)
+    source = int(record["source"])
+    owed, at = 0, last
+    while at > 0:  # the records ``source`` raised, counted back from the end
+        first = max(1, at - 255)
+        tail = events.from_blocks(journal.blocks(first, at - first + 1)[1])["source"][::-1]
+        differs = np.flatnonzero(tail != source)
+        owed += int(differs[0]) if differs.shape[0] else tail.shape[0]
+        if differs.shape[0]:
+            break
+        at = first - 1
+    return Resume(source, owed, source + 1)
+
+
+def _source(journal: Journal, sequence: int) -> int:
+    """The itch number that raised record ``sequence``."""
+    return int(events.from_blocks(journal.blocks(sequence, 1)[1])["source"][0])

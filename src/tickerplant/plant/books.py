@@ -112,7 +112,9 @@ class LiveBooks:
 
 class Catalog:
     """The books as the events stream's fan-out asks for them (``session.fanout.Catalog``): a
-    symbol's locate, and images of symbols' state as of the stream's last record."""
+    symbol's locate, and images of symbols' state, stamped with the last record they include
+    (the stream's last, but while a restarted plant's books are still below what its journal
+    holds)."""
 
     def __init__(self, books: LiveBooks, stream: EventStream, depth: int) -> None:
         self._books = books
@@ -131,5 +133,5 @@ class Catalog:
 
     def images(self, locates: list[int]) -> Callable[[], bytes]:
         books = self._books
-        return normalize.imaging(books.engine, locates, self._stream.next_sequence - 1,
+        return normalize.imaging(books.engine, locates, self._stream.included(books.at),
                                  books.at - 1, self._depth)  # fmt: skip
