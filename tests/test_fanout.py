@@ -295,6 +295,33 @@ def test_login_at_zero_starts_with_the_next_message_and_beyond_the_end_waits_for
     assert future.client_events == [LoggedIn(SESSION, 60)]
 
 
+def test_a_ring_serves_a_login_older_than_it_holds_from_its_oldest_and_says_so() -> None:
+    journal = journal_of(0)
+    for first in range(1, 200, 20):
+        journal.append(messages(first, 20))
+    journal.drop(keep=5 * 20 * 14)  # the newest five pieces: from 101
+    fanout: FanOut[Link] = FanOut(journal, limits=FanOutLimits(chunk_messages=10))
+    old, held = Link(fanout, 0.0, sequence=7), Link(fanout, 0.0, sequence=150)
+    for link in (old, held):
+        link.read(0.0)
+        assert link.next == 201 and link.sub.live
+    told = b"messages 7-100 are no longer held: served from 101"
+    assert old.client_events == [LoggedIn(SESSION, 101), DebugReceived(told)]
+    assert held.client_events == [LoggedIn(SESSION, 150)]
+    assert fanout.counters.too_old == 1
+    # One catching up when the ring moves past it is told why and closed; it resumes later.
+    behind = Link(fanout, 0.0, sequence=101, high_water=1)
+    journal.append(messages(201, 200))
+    journal.drop(keep=5 * 20 * 14)
+    assert behind.sub.paused and behind.sub.cursor == 111
+    service(fanout.publish(0.0), 0.0)
+    behind.read(0.0)
+    assert behind.sub.closed and fanout.counters.unreadable == 1
+    behind.read(0.0)  # what its last turn wrote
+    assert any(isinstance(e, DebugReceived) and b"no longer held" in e.text
+               for e in behind.client_events)  # fmt: skip
+
+
 def test_end_of_session_comes_after_catching_up_and_for_later_logins() -> None:
     journal = journal_of(1000)
     fanout: FanOut[Link] = FanOut(journal, limits=FanOutLimits(chunk_messages=100))

@@ -143,3 +143,52 @@ def test_a_file_cut_on_a_block_and_message_boundary_goes_on_with_checksums_that_
     third = JournalFile(tmp_path, "journal", 1 << 30).reopened
     assert third is not None and len(third) == 522
     assert third.blocks(1, 522) == (522, block[: 2 * BLOCK] + more)
+
+
+def test_a_days_file_is_reopened_a_piece_at_a_time_and_held_on_disk_not_in_memory(
+    tmp_path: Path,
+) -> None:
+    file, _ = written(tmp_path, 60_000)  # 6 MB: more than one read of the reopen
+    file.close()
+    flip(tmp_path / PATH, 5_000_000 + 77)  # in the second read
+    again = JournalFile(tmp_path, "journal", 1 << 30)
+    reopened = again.reopened
+    try:
+        assert reopened is not None
+        kept = 5_000_000 // BLOCK * BLOCK // 100  # the whole messages before the bad block
+        assert len(reopened) == kept and reopened.memory == 0
+        assert reopened.index_bytes <= 1 << 19  # a mark per 64 messages, not an offset each
+        assert reopened.blocks(1, kept) == (kept, messages(1, kept))
+        assert reopened.blocks(kept - 70, 5) == (5, messages(kept - 70, 5))
+    finally:
+        again.close()
+
+
+def test_only_the_newest_sessions_files_are_kept(tmp_path: Path) -> None:
+    file = JournalFile(tmp_path, "journal", 1 << 30, keep_sessions=2)
+    for n in range(1, 5):
+        file.open(Journal(b"SESSION%03d" % n))
+        file.write([messages(1, 10)], None)
+        # (newest by when last written: this one's writer done before the next session's)
+        wait_until(lambda: file.written == 1000, 10, "the writer thread wrote it all")
+    file.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "SESSION003.journal", "SESSION003.journal.crc",
+        "SESSION004.journal", "SESSION004.journal.crc"]  # fmt: skip
+
+
+def test_a_sessions_file_counts_only_its_own_bytes_while_the_last_ones_writer_finishes(
+    tmp_path: Path,
+) -> None:
+    """What the journal may spill is what its file holds: the writer still finishing the
+    session before must not add its bytes to the new session's count."""
+    file = JournalFile(tmp_path, "journal", 0)
+    file.open(Journal(b"SESSION001"))
+    file.write([messages(1, 500_000)], None)  # 50 MB: still being written...
+    journal = Journal(b"SESSION002")
+    file.open(journal)  # ...when the next session starts
+    journal.append(messages(1, 10))
+    file.write([messages(1, 10)], journal)
+    file.close()  # every writer done
+    assert file.written == journal.size == 1000
+    assert (tmp_path / "SESSION001.journal").stat().st_size == 50_000_000

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness import source_stream
+from tickerplant.client import subscribe
 from tickerplant.distribute.journal import Journal
 from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
@@ -24,12 +26,14 @@ from tickerplant.exchange.pacing import ItchClock, Pacer
 from tickerplant.exchange.publisher import Publisher, SourceError, drop_mask
 from tickerplant.exchange.simulator import (
     ExchangeConfig,
+    ExchangeSummary,
     FileSource,
     SyntheticSource,
     run_exchange,
 )
 from tickerplant.io.multicast import Line, LineConfig, SentLog, open_receiver
-from tickerplant.wire.blocks import join_messages
+from tickerplant.receive.events import Batch
+from tickerplant.wire.blocks import iter_messages, join_messages
 from tickerplant.wire.moldudp64 import (
     END_OF_SESSION,
     HEARTBEAT,
@@ -497,3 +501,45 @@ def test_a_sources_first_chunk_is_taken_off_the_loop_and_its_failure_kept() -> N
     with pytest.raises(ValueError, match="offset 0"):
         next(failing)
     assert list(empty) == []
+
+
+def test_the_exchange_keeps_its_journal_on_disk_and_replays_a_whole_session_from_it(
+    tmp_path: Path,
+) -> None:
+    """Memory bounded: the journal's newest 256 KiB in memory, the rest in its file, from
+    which a replay from 1 is served whole."""
+    messages = 300_000
+    config_a, config_b = lines_config(61)
+    config = ExchangeConfig(
+        session="DISKTEST", source=SyntheticSource(seed=4, symbols=50, messages=messages),
+        line_a=config_a, line_b=config_b, rerequest=None, replay=Endpoint("127.0.0.1", 0),
+        end_of_session_seconds=10, journal_dir=str(tmp_path), memory_bytes=256 << 10,
+    )  # fmt: skip
+    got: list[bytes] = []
+    held: list[int] = []
+    stop = asyncio.Event()
+
+    async def replay(port: int) -> None:
+        async for record in subscribe(Endpoint("127.0.0.1", port), first=1, retry=None):
+            if isinstance(record, Batch):
+                got.extend(iter_messages(record.blocks))
+                if len(got) == messages:
+                    stop.set()
+
+    async def main() -> None:
+        reader: list[asyncio.Future[None]] = []
+
+        def progress(summary: ExchangeSummary) -> None:
+            held.append(summary.journal_memory)
+            if summary.published == messages and not reader:
+                assert summary.replay_port is not None
+                reader.append(asyncio.ensure_future(replay(summary.replay_port)))
+
+        await run_exchange(config, stop=stop, on_progress=progress)
+        await asyncio.wait_for(reader[0], 10)
+
+    asyncio.run(main())
+    source = source_stream(4, 50, messages)
+    assert got == list(iter_messages(source))
+    assert (tmp_path / "DISKTEST.journal").read_bytes() == source  # ~10 MB, on disk
+    assert max(held) < 2 << 20  # the newest 256 KiB, and what the writer had not yet taken

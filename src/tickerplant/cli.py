@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="write each line's data packets, with the monotonic time of their send call, to "
         "PATH (.npy) at the end",
     )
+    ex.add_argument("--journal-dir", metavar="DIR", default=None,
+                    help="write the session's journal here (default: a temporary directory, "
+                    "deleted at the end)")
     ex.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     ex.add_argument("--metrics", type=_endpoint("--metrics"), default=None, metavar="HOST:PORT",
                     help="serve Prometheus metrics here")

@@ -114,6 +114,7 @@ def exchange(args: argparse.Namespace) -> int:
         end_of_session_seconds=args.eos_seconds,
         drop_seed=args.drop_seed,
         sent_log=args.sent_log,
+        journal_dir=args.journal_dir,
     )
     console = Console(stderr=True)
 

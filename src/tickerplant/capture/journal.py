@@ -18,6 +18,7 @@ import queue
 import struct
 import threading
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -28,6 +29,7 @@ from tickerplant.wire.moldudp64 import session_bytes
 log = logging.getLogger(__name__)
 
 BLOCK = 64 << 10  # bytes of a journal file one checksum covers
+REOPEN_READ = 64 * BLOCK  # bytes of a file read back at a time when it is reopened
 ENTRY = struct.Struct("<II")  # a checksum: bytes of its block covered, their CRC-32
 
 
@@ -79,18 +81,27 @@ class Checksums:
         """The entries from ``first`` on, as the ``.crc`` file holds them from ``first`` x 8."""
         return b"".join(ENTRY.pack(*entry) for entry in self.entries[first:])
 
-    def verified(self, data: bytes | memoryview) -> int:
-        """Bytes of ``data`` (a whole file) vouched for from its start: up to the first block
-        whose entry does not match, or that has none."""
-        at = 0
-        for length, crc in self.entries:
-            block = data[at : at + length]
-            if len(block) < length or zlib.crc32(block) != crc:
+    def verified(self, data: bytes | memoryview, at: int = 0) -> int:
+        """Bytes of ``data`` (the file's bytes from ``at``, a multiple of BLOCK) vouched for
+        from its start: up to the first block whose entry does not match, or that has none."""
+        done = 0
+        for length, crc in self.entries[at // BLOCK :]:
+            block = data[done : done + length]
+            if len(block) < length:
+                break  # past what ``data`` holds: the next read's to check
+            if zlib.crc32(block) != crc:
                 break
-            at += length
+            done += length
             if length < BLOCK:
                 break  # the last block, as far as it had gone
-        return at
+        return done
+
+    def cut(self, size: int, fd: int) -> None:
+        """The file (open as ``fd``) was cut to ``size`` bytes: the entries end there."""
+        whole, part = divmod(size, BLOCK)
+        self.entries = self.entries[:whole]
+        if part:
+            self.entries.append((part, zlib.crc32(_pread(fd, whole * BLOCK, part))))
 
     def read(self, fd: int, offset: int, size: int) -> bytes:
         """``size`` bytes of the file at ``offset``, each block they touch checked whole."""
@@ -113,24 +124,35 @@ class Checksums:
 class JournalFile:
     """A stream's journal on disk: ``directory/SESSION.SUFFIX``, the blocks as served, appended
     a batch at a time by a writer thread (a slow disk must not hold the loop); the newest is read
-    back when the plant starts (:attr:`reopened`). With no directory, nothing is written. What
-    the file holds, the journal may let go of but its newest ``memory_bytes`` (it reads the rest
-    back through the file). A write that fails is logged and counted (:attr:`errors`); the
-    journal then keeps everything in memory from there, and a plant restarted later would not
-    find the file whole."""
+    back when the plant starts (:attr:`reopened`), and only the newest ``keep_sessions`` files
+    are kept (None: all). What the file holds, the journal may let go of but its newest
+    ``memory_bytes`` (it reads the rest back through the file); with no directory nothing is
+    written, and the journal is a ring of its newest ``memory_bytes``. A write that fails is
+    logged and counted (:attr:`errors`); the journal then keeps everything in memory from
+    there, and a plant restarted later would not find the file whole."""
 
-    def __init__(self, directory: Path | None, suffix: str, memory_bytes: int) -> None:
+    def __init__(self, directory: Path | None, suffix: str, memory_bytes: int,
+                 keep_sessions: int | None = None, reopen: bool = True) -> None:  # fmt: skip
         self.directory = directory
         self.suffix = suffix
         self.memory_bytes = memory_bytes
-        self.reopened, self._sums = (_reopen(directory, suffix) if directory is not None
-                                     else (None, Checksums()))  # fmt: skip
+        self.keep_sessions = keep_sessions
+        self._followed = 0  # messages of the journal queued by follow()
         self.errors = 0
-        self.written = 0  # bytes the file holds (the writer thread's count)
+        # Bytes the current session's file holds, as its writer thread counts them: each
+        # writer its own count (one finishing an earlier session's file must not add to it).
+        self._written = [0]
         self._queue: queue.SimpleQueue[bytes | None] | None = None
         self._writer: threading.Thread | None = None
         self._finishing: list[threading.Thread] = []  # earlier sessions' writers, ending
         self._readers: list[int] = []  # descriptors to read spilled ranges back with
+        self._sums = Checksums()
+        self.reopened: Journal | None = None
+        if directory is not None and reopen:
+            found = _reopen(directory, suffix)
+            if found is not None:
+                self.reopened, self._sums, reader = found
+                self._readers.append(reader)
 
     def open(self, journal: Journal) -> None:
         if self.directory is None:
@@ -141,25 +163,53 @@ class JournalFile:
         # A new session's file starts empty; a reopened one goes on where it ended.
         reopened = journal is self.reopened
         file = path.open("ab" if reopened else "wb", buffering=0)
-        sums = self._sums if reopened else Checksums()
         crc = os.open(_crc(path), os.O_WRONLY | os.O_CREAT | (0 if reopened else os.O_TRUNC))
-        self.written = journal.size if reopened else 0
-        reader = os.open(path, os.O_RDONLY)
-        self._readers.append(reader)
-        journal.backing = lambda offset, size: sums.read(reader, offset, size)
+        self._written = [journal.size if reopened else 0]
+        self._followed = len(journal)
+        if reopened:
+            sums = self._sums  # (its backing reads what it reopened, and what is added)
+        else:
+            sums = Checksums()
+            reader = os.open(path, os.O_RDONLY)
+            self._readers.append(reader)
+            journal.backing = _backing(sums, reader)
+        if not reopened and self.keep_sessions is not None:
+            self._retire(path, self.keep_sessions)
         self._queue = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_all,
-                                        args=(file, crc, sums, self._queue),
+                                        args=(file, crc, sums, self._queue, self._written),
                                         name=f"journal {path.name}", daemon=True)  # fmt: skip
         self._writer.start()
 
+    def _retire(self, newest: Path, keep: int) -> None:
+        """Delete all but the newest ``keep`` files (``newest``, just made, is one): the disk a
+        journal takes is bounded. A client still reading one keeps its descriptor."""
+        files = sorted((p for p in newest.parent.glob(f"*.{self.suffix}") if p != newest),
+                       key=lambda p: p.stat().st_mtime)  # fmt: skip
+        for old in files[: max(0, len(files) + 1 - keep)]:
+            log.info("journal %s: older than the newest %d sessions, deleted", old, keep)
+            old.unlink(missing_ok=True)
+            _crc(old).unlink(missing_ok=True)
+
     def write(self, appended: list[bytes], journal: Journal | None) -> None:
+        if self.directory is None:  # no file: a ring of the newest memory_bytes
+            if journal is not None:
+                journal.drop(self.memory_bytes)
+            return
         if self._queue is None:
             return
         if appended:
             self._queue.put(b"".join(appended))
         if journal is not None and journal.backing is not None and not self.errors:
             journal.spill(self.memory_bytes, self.written)
+
+    def follow(self, journal: Journal) -> None:
+        """:meth:`write` what ``journal`` (the one last opened) holds past what this queued,
+        for an owner that appends to it directly."""
+        new = len(journal) - self._followed
+        if new:
+            self.write([journal.blocks(self._followed + 1, new)[1]], journal)
+            self._followed += new
 
     def close(self) -> None:
         """Write what is queued, then close (at the plant's shutdown): every session's file,
@@ -183,8 +233,14 @@ class JournalFile:
         self._queue = self._writer = None
         # The last session's reader stays open until close(): clients may be finishing it.
 
+    @property
+    def written(self) -> int:
+        """Bytes the current session's file holds."""
+        return self._written[0]
+
     def _write_all(self, file: BinaryIO, crc: int, sums: Checksums,
-                   pending: queue.SimpleQueue[bytes | None]) -> None:  # fmt: skip
+                   pending: queue.SimpleQueue[bytes | None],
+                   written: list[int]) -> None:  # fmt: skip
         """The bytes, then their checksums, then counted as written: what the journal may
         spill (and read back) is always vouched for."""
         with file:
@@ -197,7 +253,7 @@ class JournalFile:
                             first = sums.add(view[:n])
                             os.pwrite(crc, sums.encode(first), first * ENTRY.size)
                             view = view[n:]
-                            self.written += n
+                            written[0] += n
                     except OSError as err:
                         self.errors += 1
                         if self.errors == 1:
@@ -227,36 +283,51 @@ def _crc(path: Path) -> Path:
     return path.with_name(path.name + ".crc")
 
 
-def _reopen(directory: Path, suffix: str) -> tuple[Journal | None, Checksums]:
+def _backing(sums: Checksums, reader: int) -> Callable[[int, int], bytes]:
+    return lambda offset, size: sums.read(reader, offset, size)
+
+
+def _reopen(directory: Path, suffix: str) -> tuple[Journal, Checksums, int] | None:
     """The newest session journal a previous run left in ``directory``, read back as far as its
-    checksums vouch for it, and their entries (to go on with)."""
+    checksums vouch for it, a piece at a time and let go of at once (a day's file is not read
+    into memory), with their entries (to go on with) and the descriptor it reads back through."""
     files = sorted(directory.glob(f"*.{suffix}"), key=lambda p: p.stat().st_mtime)
     if not files:
-        return None, Checksums()
+        return None
     path = files[-1]
     if not _crc(path).exists():  # nothing vouches for it: kept aside, not served
         aside = path.with_name(path.name + ".unverified")
         path.rename(aside)
         log.warning("%s has no checksums (%s): moved to %s; the session is fetched again from "
                     "the exchange", path, _crc(path).name, aside.name)  # fmt: skip
-        return None, Checksums()
+        return None
     journal = Journal(session_bytes(path.stem))
-    data = path.read_bytes()
     sums = Checksums.decode(_crc(path).read_bytes())
-    verified = sums.verified(data)
-    if verified != len(data):
-        # A byte changed on disk, or a tail a crash tore: from the first block that does not
-        # match, dropped, and served again from the feed from that number on.
-        log.warning("%s: bytes %d-%d do not match their checksums: dropped from there",
-                    path, verified, len(data))  # fmt: skip
-    taken = journal.restore(memoryview(data)[:verified])
-    if taken != verified:
+    reader = os.open(path, os.O_RDONLY)
+    journal.backing = _backing(sums, reader)
+    size = os.fstat(reader).st_size
+    verified, tail = 0, b""
+    while verified < size:
+        data = _pread(reader, verified, min(REOPEN_READ, size - verified))
+        good = sums.verified(data, verified)
+        piece = tail + data[:good]
+        tail = piece[journal.restore(piece) :]
+        journal.spill(0, journal.size)
+        verified += good
+        if good < len(data):
+            # A byte changed on disk, or a tail a crash tore: from the first block that does
+            # not match, dropped, and served again from the feed from that number on.
+            log.warning("%s: bytes %d-%d do not match their checksums: dropped from there",
+                        path, verified, size)  # fmt: skip
+            break
+    if tail:
         # A message cut by a crash: never served, so gone from the file too, and served again
         # from the feed as the next number.
-        log.warning("%s ends in %d bytes of a cut message: dropped", path, verified - taken)
-    if taken != len(data) or sums.covered != taken:  # (else the entries are the file's, whole)
-        sums = Checksums.of(memoryview(data)[:taken])
+        log.warning("%s ends in %d bytes of a cut message: dropped", path, len(tail))
+    taken = journal.size
+    if taken != size or sums.covered != taken:  # (else the entries are the file's, whole)
         with path.open("r+b") as f:
             f.truncate(taken)
+        sums.cut(taken, reader)
         _crc(path).write_bytes(sums.encode())
-    return journal, sums
+    return journal, sums, reader

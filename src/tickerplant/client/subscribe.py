@@ -75,7 +75,8 @@ class Events:
 
 @dataclass(frozen=True, slots=True)
 class Skipped:
-    """Events [start, end) were skipped: this client was a slow consumer under ``skip``."""
+    """Events [start, end) were skipped: this client was a slow consumer under ``skip``, or
+    resumed from numbers the server no longer held."""
 
     start: int
     end: int
@@ -298,14 +299,15 @@ async def subscribe(
                 connection.taken()
                 if isinstance(item, Closed):
                     break
+                if connection.accepted is not None and wanted and connection.accepted > wanted:
+                    # The server starts later: its ring had moved on (or it started later)
+                    yield (Skipped if events else Lost)(wanted, connection.accepted)
+                    wanted = connection.accepted
                 if events:
                     fresh, wanted = _resumed(item, wanted)
                     if fresh is not None:
                         yield fresh
                     continue
-                if connection.accepted is not None and wanted and connection.accepted > wanted:
-                    yield Lost(wanted, connection.accepted)  # the server starts later
-                    wanted = connection.accepted
                 if isinstance(item, Batch):
                     if wanted and item.first < wanted:
                         if item.end <= wanted:

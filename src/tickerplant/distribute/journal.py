@@ -3,12 +3,15 @@
 The re-request and replay servers answer from it. The journal keeps the block streams it is
 handed (bytes, or views of the source's chunks) rather than copying them: at millions of
 messages a second, a copy into a growing buffer costs the publisher a page fault every 4 KiB.
-Only the offset of each message within its piece is stored, so a range is a slice or two.
+Each piece keeps the offset of each of its messages, so a range is a slice or two.
 
-A journal whose owner also writes it to a file can keep only its recent part in memory (a ring):
-:meth:`Journal.spill` lets go of the oldest pieces the file already holds, and a range in them is
-read back through the ``backing`` function the owner gave (bytes at an offset of the block stream,
-which is the file's offset too). The journal itself never touches a file.
+What it holds in memory is bounded by its owner. One that also writes the journal to a file
+lets go of the oldest pieces the file already holds (:meth:`Journal.spill`) and reads a range in
+them back through the ``backing`` function it gave (bytes at an offset of the block stream, the
+file's offset too); of those it keeps only the offset of every :attr:`Journal.mark_every`-th
+message, and reads from the one before. One without a file keeps a ring (:meth:`Journal.drop`):
+the oldest pieces are gone, and asking for them raises :class:`JournalGone`. The journal itself
+never touches a file.
 """
 
 from __future__ import annotations
@@ -18,31 +21,40 @@ from collections.abc import Callable
 
 import numpy as np
 
-from tickerplant.wire.blocks import as_array, index_blocks
+from tickerplant.errors import InputError
+from tickerplant.wire.blocks import as_array, index_blocks, offsets_of
 
 Buffer = bytes | memoryview
 Backing = Callable[[int, int], bytes]  # (offset, size) -> the block stream's bytes there
 
 
+class JournalGone(InputError):
+    """Messages a journal without a file no longer holds (its ring has moved past them)."""
+
+
 class Journal:
-    # Message offsets are kept in arrays of this many (8 MiB), one more as the journal grows:
-    # one array doubled as it filled copied it whole, a 24 ms stall of the loop at a million
-    # messages (measured under the wire-latency bench), seconds at a day's hundreds of millions.
-    offsets_per_array = 1 << 20
+    mark_every = 64  # of the messages it let go of, the offset of every this many is kept
+    # Those offsets are kept in arrays of this many (512 KiB, 4M messages each): one array
+    # doubled as it filled would copy it whole, a stall of the loop that grows with the day.
+    marks_per_array = 1 << 16
 
     def __init__(self, session: bytes) -> None:
         self.session = session
-        self._pieces: list[Buffer | None] = []  # None: spilled, read through the backing
-        self._starts: list[int] = []  # byte offset of each piece in the whole block stream
-        self._sizes: list[int] = []
-        self._bytes = 0
-        self._resident = 0  # the oldest piece still in memory
         self.backing: Backing | None = None
-        self._firsts: list[int] = []  # index of each piece's first message
-        # of each message within its piece, in arrays of offsets_per_array
-        self._offsets: list[np.ndarray] = []
-        self._found = np.zeros(1024, dtype=np.int64)  # an append's, before they are stored
         self._count = 0
+        self._bytes = 0
+        # The pieces in memory, from _head on: each block stream, the number (0-based) and byte
+        # offset of its first message, and where each of its messages starts within it.
+        self._pieces: list[Buffer | None] = []
+        self._firsts: list[int] = []
+        self._starts: list[int] = []
+        self._offsets: list[np.ndarray | None] = []
+        self._head = 0
+        self._out = 0  # messages before this one are no longer in memory...
+        self._out_bytes = 0
+        self._gone = 0  # ...and before this one, not held at all (a ring's)
+        self._marks: list[np.ndarray] = []  # byte offset of message j x mark_every, for j x
+        self._found = np.zeros(1024, dtype=np.int64)  # mark_every < _out; an append's offsets
 
     @property
     def next_sequence(self) -> int:
@@ -53,6 +65,11 @@ class Journal:
         return self._count
 
     @property
+    def first_held(self) -> int:
+        """The sequence number of the oldest message it still holds (in memory or the file)."""
+        return self._gone + 1
+
+    @property
     def size(self) -> int:
         """Bytes of the whole block stream journaled."""
         return self._bytes
@@ -60,19 +77,27 @@ class Journal:
     @property
     def memory(self) -> int:
         """Bytes of it held in memory."""
-        return self._bytes - (self._starts[self._resident] if self._resident < len(self._starts)
-                              else self._bytes)  # fmt: skip
+        return self._bytes - self._out_bytes
+
+    @property
+    def index_bytes(self) -> int:
+        """Bytes of memory its index takes: each resident message's offset, and the marks."""
+        resident = sum(o.nbytes for o in self._offsets[self._head :] if o is not None)
+        return resident + sum(m.nbytes for m in self._marks)
 
     def spill(self, keep: int, durable: int) -> None:
         """Let go of the oldest pieces that lie wholly in the first ``durable`` bytes (what the
         backing holds) and before the newest ``keep`` bytes; needs :attr:`backing`."""
         if self.backing is None:
             raise RuntimeError("a journal spills only with a backing to read it back from")
-        limit = min(durable, self._bytes - keep)
-        while (self._resident < len(self._pieces)
-               and self._starts[self._resident] + self._sizes[self._resident] <= limit):
-            self._pieces[self._resident] = None
-            self._resident += 1  # fmt: skip
+        self._release(min(durable, self._bytes - keep), marked=True)
+
+    def drop(self, keep: int) -> None:
+        """Let go of the oldest pieces before the newest ``keep`` bytes, for good: a ring."""
+        if self.backing is not None:
+            raise RuntimeError("a journal with a backing spills what it lets go of")
+        self._release(self._bytes - keep, marked=False)
+        self._gone = self._out
 
     def append(self, blocks: Buffer) -> int:
         """Append a block stream of whole messages; returns how many it held.
@@ -97,52 +122,98 @@ class Journal:
         if whole and consumed != arr.shape[0]:
             raise ValueError(f"block stream has {arr.shape[0] - consumed} stray bytes at its end")
         if count:
-            self._store(self._found[:count])
+            found = self._found[:count]
+            self._offsets.append(found.astype(np.int32) if consumed < 1 << 31 else found.copy())
             self._pieces.append(blocks[:consumed] if consumed != arr.shape[0] else blocks)
-            self._starts.append(self._bytes)
-            self._sizes.append(int(consumed))
-            self._bytes += int(consumed)
             self._firsts.append(self._count)
+            self._starts.append(self._bytes)
+            self._bytes += int(consumed)
             self._count += count
         return int(count), int(consumed)
 
-    def _store(self, offsets: np.ndarray) -> None:
-        """Keep the offsets of the messages from number ``_count`` (0-based) on."""
-        at, done = self._count, 0
-        while done < offsets.shape[0]:
-            array, slot = divmod(at, self.offsets_per_array)
-            if array == len(self._offsets):  # (np.empty: its pages come as they are written)
-                self._offsets.append(np.empty(self.offsets_per_array, dtype=np.int64))
-            n = min(self.offsets_per_array - slot, offsets.shape[0] - done)
-            self._offsets[array][slot : slot + n] = offsets[done : done + n]
-            done += n
-            at += n
+    def _release(self, limit: int, marked: bool) -> None:
+        """Let go of the pieces in memory that end by byte ``limit``, marking them first if
+        they are to be read back."""
+        head, pieces = self._head, len(self._pieces)
+        while head < pieces and self._end(head) <= limit:
+            if marked:
+                self._mark(head)
+            self._pieces[head] = self._offsets[head] = None
+            head += 1
+        if head == self._head:
+            return
+        self._head = head
+        self._out, self._out_bytes = ((self._firsts[head], self._starts[head]) if head < pieces
+                                      else (self._count, self._bytes))  # fmt: skip
+        if head > 1024 and 2 * head > pieces:  # the lists' dead front, cut off now and then
+            for items in (self._pieces, self._firsts, self._starts, self._offsets):
+                del items[:head]
+            self._head = 0
 
-    def _offset(self, message: int) -> int:
-        """Where message ``message`` (0-based) starts within its piece."""
-        array, slot = divmod(message, self.offsets_per_array)
-        return int(self._offsets[array][slot])
+    def _end(self, piece: int) -> int:
+        return self._starts[piece + 1] if piece + 1 < len(self._starts) else self._bytes
+
+    def _mark(self, piece: int) -> None:
+        """Keep the offsets of ``piece``'s messages numbered a multiple of mark_every."""
+        offsets = self._offsets[piece]
+        assert offsets is not None
+        first, start, every = self._firsts[piece], self._starts[piece], self.mark_every
+        mark = -(-first // every)  # the first in this piece
+        at = mark * every - first
+        while at < offsets.shape[0]:
+            array, slot = divmod(mark, self.marks_per_array)
+            if array == len(self._marks):
+                self._marks.append(np.empty(self.marks_per_array, dtype=np.int64))
+            take = min(self.marks_per_array - slot, -(-(offsets.shape[0] - at) // every))
+            self._marks[array][slot : slot + take] = offsets[at : at + take * every : every]
+            self._marks[array][slot : slot + take] += start
+            mark += take
+            at += take * every
 
     def blocks(self, sequence: int, count: int) -> tuple[int, bytes]:
-        """Up to ``count`` messages from ``sequence`` as (messages, block stream)."""
+        """Up to ``count`` messages from ``sequence`` as (messages, block stream). Raises
+        :class:`JournalGone` for messages a ring no longer holds."""
         if sequence < 1 or sequence > self._count or count <= 0:
             return 0, b""
         first = sequence - 1
+        if first < self._gone:
+            raise JournalGone(f"messages {sequence}-{self._gone} are no longer held (the "
+                              f"journal keeps its newest messages, from {self._gone + 1})")
         last = min(first + count, self._count)
         out: list[Buffer] = []
         at = first
-        piece = bisect_right(self._firsts, at) - 1
+        if at < self._out:  # let go of: read back
+            out.append(self._read_back(at, min(last, self._out)))
+            at = min(last, self._out)
+        piece = bisect_right(self._firsts, at, self._head) - 1
         while at < last:
             end_msg = self._firsts[piece + 1] if piece + 1 < len(self._firsts) else self._count
             stop = min(last, end_msg)
-            data = self._pieces[piece]
-            begin = self._offset(at)
-            end = self._offset(stop) if stop < end_msg else self._sizes[piece]
-            if data is None:  # spilled: from the backing (the page cache, as a rule)
-                assert self.backing is not None
-                out.append(self.backing(self._starts[piece] + begin, end - begin))
-            else:
-                out.append(data[begin:end])
+            data, offsets = self._pieces[piece], self._offsets[piece]
+            assert data is not None and offsets is not None
+            begin = int(offsets[at - self._firsts[piece]])
+            end = (int(offsets[stop - self._firsts[piece]]) if stop < end_msg
+                   else self._end(piece) - self._starts[piece])  # fmt: skip
+            out.append(data[begin:end])
             at = stop
             piece += 1
         return last - first, b"".join(out)
+
+    def _read_back(self, first: int, last: int) -> bytes:
+        """Messages [first, last) (0-based) of those let go of, through the backing: from the
+        mark before ``first`` to the one after ``last``, cut to them."""
+        assert self.backing is not None
+        every = self.mark_every
+        mark = first // every
+        after = -(-last // every)
+        begin = self._mark_at(mark)
+        end = self._mark_at(after) if after * every < self._out else self._out_bytes
+        data = self.backing(begin, end - begin)
+        offsets, _ = offsets_of(data)
+        skip, n = first - mark * every, last - first
+        stop = int(offsets[skip + n]) if skip + n < offsets.shape[0] else len(data)
+        return data[int(offsets[skip]) : stop]
+
+    def _mark_at(self, mark: int) -> int:
+        array, slot = divmod(mark, self.marks_per_array)
+        return int(self._marks[array][slot])

@@ -13,11 +13,15 @@ import asyncio
 import copy
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from tickerplant import endpoint
+from tickerplant.capture.journal import JournalFile
 from tickerplant.capture.lines import read_messages
 from tickerplant.distribute.fanout import FanOut, FanOutCounters
 from tickerplant.distribute.journal import Journal
@@ -86,6 +90,11 @@ class ExchangeConfig:
     # A file (.npy) that gets every data packet sent on each line with the monotonic clock just
     # before its send call, written when the session is over (issue 19's sent-to-read latency).
     sent_log: str | None = None
+    # The session's journal (what re-requests and replays are answered from) is written here
+    # as SESSION.journal with its checksums, and only its newest memory_bytes kept in memory.
+    # None: a temporary directory, deleted when the session ends.
+    journal_dir: str | None = None
+    memory_bytes: int = 64 << 20
 
     def __post_init__(self) -> None:
         """Raise :class:`ConfigError` for the first bad field (each line checked itself)."""
@@ -130,6 +139,10 @@ class ExchangeConfig:
                 raise ConfigError(name, f"{value}", "give 1 or more")
         if self.sent_log is not None and not self.sent_log.strip():
             raise ConfigError("sent_log", "is blank", "give a file to write, or none")
+        if self.journal_dir is not None and not self.journal_dir.strip():
+            raise ConfigError("journal_dir", "is blank", "give a directory, or none")
+        if self.memory_bytes < 0:
+            raise ConfigError("memory_bytes", f"{self.memory_bytes}", "give bytes, 0 or more")
 
     def _validate_source(self) -> None:
         source = self.source
@@ -179,6 +192,7 @@ class ExchangeSummary:
     replay: FanOutCounters | None
     seconds: float
     ended: bool  # the end of session was sent for its whole while
+    journal_memory: int = 0  # bytes of the journal held in memory (the rest: its file)
     error: str | None = None  # why the source stopped early, if it did
 
     def figures(self) -> dict[str, Any]:
@@ -198,6 +212,7 @@ class ExchangeSummary:
             "rerequests_refused": rerequest.refused if rerequest else 0,
             "replay_logins": replay.logins if replay else 0,
             "replay_sent_messages": replay.messages_sent if replay else 0,
+            "exchange_journal_memory_bytes": self.journal_memory,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -263,6 +278,8 @@ async def run_exchange(
     rerequest: RerequestServer | None = None
     replay: SoupServer | None = None
     sent_log: BinaryIO | None = None
+    file = _journal_file(config)
+    file.open(journal)
     try:
         if config.sent_log is not None:
             sent_log = _open_sent_log(config.sent_log)
@@ -297,9 +314,12 @@ async def run_exchange(
         def snapshot(error: str | None) -> ExchangeSummary:
             return _summary(config, publisher, lines, servers, clock() - started, error)
 
-        error = await _drive(publisher, replay, stop, on_progress, snapshot)
+        error = await _drive(publisher, replay, stop, on_progress, snapshot, file)
         return snapshot(error)
     finally:
+        file.close()
+        if config.journal_dir is None:
+            shutil.rmtree(file.directory or "", ignore_errors=True)
         if replay is not None:
             await replay.close()
         if rerequest is not None:
@@ -309,6 +329,21 @@ async def run_exchange(
         if sent_log is not None:
             with sent_log:
                 write_sent_log(sent_log, lines)
+
+
+def _journal_file(config: ExchangeConfig) -> JournalFile:
+    """The session's journal file: a new one (an earlier run's is not reopened: the session
+    starts again from 1)."""
+    if config.journal_dir is None:
+        directory = Path(tempfile.mkdtemp(prefix="tickerplant-exchange-"))
+    else:
+        directory = Path(config.journal_dir)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError("journal_dir", f"cannot make {str(directory)!r} ({exc.strerror})",
+                              "give a writable directory") from exc  # fmt: skip
+    return JournalFile(directory, "journal", config.memory_bytes, reopen=False)
 
 
 def _open_sent_log(path: str) -> BinaryIO:
@@ -339,6 +374,7 @@ async def _drive(
     stop: asyncio.Event | None,
     on_progress: Callable[[ExchangeSummary], None] | None,
     snapshot: Callable[[str | None], ExchangeSummary],
+    file: JournalFile,
 ) -> str | None:
     """Run the publisher on its timer until its session has ended; returns why the source
     failed, if it did. ``stop`` fires the timer at once (the publisher starts its end of
@@ -358,6 +394,7 @@ async def _drive(
         except SourceError as exc:  # a damaged file: end the session on what was published
             error = str(exc)
             publisher.finish(now)
+        file.follow(publisher.journal)
         deadline = publisher.get_timer()
         if replay is not None:
             replay.publish()
@@ -435,5 +472,6 @@ def _summary(
         replay=copy.deepcopy(replay.counters) if replay is not None else None,
         seconds=seconds,
         ended=publisher.done,
+        journal_memory=publisher.journal.memory,
         error=error,
     )

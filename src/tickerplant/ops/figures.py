@@ -107,7 +107,9 @@ STREAMS = (
     Figure("over_budget_cuts", _C, "slow consumers cut because the stream's clients together "
            "held over max_queued (the largest first)", _STREAM),
     Figure("journal_unreadable", _C, "clients closed: what they were owed did not match the "
-           "journal file's checksums (never served)", _STREAM),
+           "journal file's checksums (never served), or the ring had moved past it", _STREAM),
+    Figure("too_old_logins", _C, "logins for numbers the ring (no journal_dir) no longer held: "
+           "served from its oldest, told", _STREAM),
     Figure("queued_bytes", _G, "bytes written for clients, not yet taken by their sockets",
            _STREAM),
     Figure("logins", _C, "logins accepted", _STREAM),
@@ -147,6 +149,8 @@ EXCHANGE = (
     Figure("rerequests_refused", _C, "re-requests refused: another session or rate limited"),
     Figure("replay_logins", _C, "TCP replay sessions logged in"),
     Figure("replay_sent_messages", _C, "messages sent by TCP replay"),
+    Figure("exchange_journal_memory_bytes", _G, "of the session's journal held in memory (the "
+           "rest: its file)"),
 )
 
 REGISTRY: Mapping[str, Figure] = {f.name: f for f in (*FEED, *BOOKS, *STREAMS, *EXCHANGE)}

@@ -15,7 +15,8 @@ from tickerplant.io.web import MetricsConfig
 from tickerplant.ops import passwords
 from tickerplant.ops.config import check
 
-MEMORY_BYTES = 256 << 20  # of each stream's journal kept in memory (with a journal file)
+MEMORY_BYTES = 256 << 20  # of each stream's journal kept in memory
+KEEP_SESSIONS = 5  # a trading week of daily sessions' journal files
 
 
 def _feed() -> FeedConfig:
@@ -30,11 +31,15 @@ class StreamConfig:
     limits: FanOutLimits = field(default_factory=FanOutLimits)
     # Each session's journal is also appended to a file here (SESSION.journal: the block
     # stream as served, marks included); a plant started again reopens the newest and serves
-    # the same numbers. None: memory only, gone with the process.
+    # the same numbers. None: memory only, a ring of the newest memory_bytes, gone with the
+    # process (a client resuming from older numbers is served from the oldest held, and told).
     journal_dir: Path | None = None
-    # With a journal_dir, the newest this many bytes stay in memory; older ones are read back
+    # The newest this many bytes stay in memory; with a journal_dir, older ones are read back
     # from the file (the page cache, as a rule) when a client catches up through them.
     memory_bytes: int = MEMORY_BYTES
+    # With a journal_dir, the files of this many sessions are kept (the newest); older ones
+    # are deleted when a new session starts.
+    keep_sessions: int = KEEP_SESSIONS
     # What becomes of a slow consumer of this stream: "disconnect" (told why and closed; it
     # resumes from the journal), or on the events stream "conflate" (each symbol's latest
     # state while it lags) or "skip" (moved to live, told the range skipped). Per user name
@@ -46,6 +51,8 @@ class StreamConfig:
 
     def __post_init__(self) -> None:
         check("memory_bytes", self.memory_bytes >= 0, self.memory_bytes, "give bytes, 0 or more")
+        check("keep_sessions", self.keep_sessions >= 1, self.keep_sessions,
+              "give 1 or more: the session being written is one")
         self.policy(self.slow_consumer, "slow_consumer")
         for name, policy in self.slow_consumers.items():
             _check_user(name, f"slow_consumers.{name}")

@@ -35,10 +35,9 @@ class Plant:
     def __init__(self, config: PlantConfig) -> None:
         self.config = config
         self.books = LiveBooks(first_sequence=config.feed.first_sequence)
-        self._itch_file = JournalFile(config.itch.journal_dir, "journal", config.itch.memory_bytes)
+        self._itch_file = _file(config.itch, "journal")
         self.stream = ItchStream(config.feed.first_sequence, self._itch_file.reopened)
-        self._events_file = JournalFile(config.events.journal_dir, "events",
-                                        config.events.memory_bytes)
+        self._events_file = _file(config.events, "events")
         self.event_stream = EventStream(self._events_file.reopened)
         self.feed = FeedHandler(config.feed, self._on_batch, self._on_event)
         users = {name.encode("ascii"): stored for name, stored in config.users.items()} or None
@@ -130,6 +129,7 @@ class Plant:
             "refused_connections": {name: c.refused for name, c in counters.items()},
             "journal_unreadable": {name: c.unreadable for name, c in counters.items()},
             "over_budget_cuts": {name: c.over_budget for name, c in counters.items()},
+            "too_old_logins": {name: c.too_old for name, c in counters.items()},
             "glimpse_logins": self.glimpse.counters.logins,
         }  # fmt: skip
 
@@ -193,6 +193,10 @@ class Plant:
     def _publish_events(self) -> None:
         self._events_file.write(self.event_stream.blocks_to_write(), self.event_stream.journal)
         self.events.publish()
+
+
+def _file(stream: StreamConfig, suffix: str) -> JournalFile:
+    return JournalFile(stream.journal_dir, suffix, stream.memory_bytes, stream.keep_sessions)
 
 
 def _serving(reopened: Journal | None) -> Journal:

@@ -86,7 +86,9 @@ class FanOutCounters:
     skipped_messages: int = 0  # the messages they skipped
     subscriptions: int = 0  # symbol subscription requests served
     deferred: int = 0  # live pushes left to catch-up turns (past publish_bytes, or a burst)
-    unreadable: int = 0  # closed: what they were owed did not match the journal file's checksum
+    unreadable: int = 0  # closed: what they were owed could not be read back (its checksum did
+    # not match, or the ring had moved past it)
+    too_old: int = 0  # logins for numbers the ring no longer held: served from its oldest, told
     over_budget: int = 0  # slow consumers cut because the server held over max_queued for all
     chunks: int = 0  # catch-up chunks read from the journal (one shared by many counts once)
     refused: int = 0  # connections over a limit, throttled or not allowed from their address
@@ -362,7 +364,15 @@ class FanOut(Generic[H]):
 
     def _accept(self, subscriber: Subscriber[H], login: LoginReceived) -> None:
         first = login.sequence or self.delivery.published
+        held, asked = self.journal.first_held, first
+        first = max(first, held)
         subscriber.session.accept(first)
+        if asked < held:
+            # A journal without a file keeps a ring: the accepted number says where the client
+            # starts (as for a login past the end), the Debug packet after it says why.
+            self.counters.too_old += 1
+            subscriber.session.send_debug(f"messages {asked}-{held - 1} are no longer held: "
+                                          f"served from {held}".encode("ascii"))  # fmt: skip
         subscriber.move(Step.ACCEPT)
         subscriber.cursor = first
         if first == self.delivery.published:
