@@ -71,6 +71,9 @@ def attack(port: int, clients: int, pipe: Connection) -> None:
         sock.close()
 
 
+CONNECTS: list[float] = []  # of each probe: seconds its connect took
+
+
 def login_time(port: int, timeout: float) -> float | None:
     """Seconds from connect to the Login Accepted packet, or None past ``timeout``."""
     start = time.monotonic()
@@ -78,6 +81,7 @@ def login_time(port: int, timeout: float) -> float | None:
         sock.settimeout(timeout)
         try:
             sock.connect(("127.0.0.1", port))
+            CONNECTS.append(time.monotonic() - start)
             sock.sendall(encode(LoginRequest(b"", b"", b"", 0)))
             got = b""
             while len(got) < 3:
@@ -112,6 +116,9 @@ def probe(port: int, pid: int, seconds: float, every: float, timeout: float
 
 def report(phase: str, times: list[float | None], peak: int, **extra: Any) -> None:
     answered = np.array([t for t in times if t is not None])
+    connects = np.array(CONNECTS[-len(times):])
+    emit("connect_seconds_max", float(connects.max()) if connects.size else -1, "s",
+         phase=phase, connected=int(connects.size))
     emit("login_seconds_p50", float(np.percentile(answered, 50)) if answered.size else -1, "s",
          phase=phase, probes=len(times))
     emit("login_seconds_p99", float(np.percentile(answered, 99)) if answered.size else -1, "s",
@@ -162,7 +169,8 @@ listen = "127.0.0.1:{glimpse}"
                                    ) as exchange:  # fmt: skip
             plant = subprocess.Popen(
                 [sys.executable, "-m", "tickerplant", "run", str(config),
-                 "--metrics", f"127.0.0.1:{metrics}"], stderr=subprocess.DEVNULL,
+                 "--metrics", f"127.0.0.1:{metrics}"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             try:
                 deadline = time.monotonic() + 30

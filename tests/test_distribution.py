@@ -8,6 +8,7 @@ import os
 import random
 import resource
 import socket
+import time
 
 import pytest
 
@@ -17,6 +18,7 @@ from tickerplant.distribute.fanout import FanOut, FanOutLimits
 from tickerplant.distribute.journal import Journal
 from tickerplant.distribute.stream import ItchStream
 from tickerplant.endpoint import Endpoint
+from tickerplant.io.loop import run_loop
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.ops import passwords
 from tickerplant.receive.events import Batch
@@ -264,3 +266,44 @@ def test_clients_that_log_in_from_1_and_never_read_cost_no_more_than_the_queue_b
     assert received == total
     assert most <= budget + (2 << 20), most  # the budget, plus one client's writes in a turn
     assert cut >= 30, cut  # most of the forty: the budget holds about two journals' worth
+
+
+def test_a_login_is_answered_at_once_behind_hundreds_of_connections_and_a_busy_loop() -> None:
+    """400 clients connect at once while every loop turn is 5 ms of work (catch-up turns, as
+    when many clients read from 1): then one more logs in. The server takes every connection
+    waiting each turn, so the last login is answered within a few turns. (uvloop's own listener
+    took one a turn: 400 turns, two seconds, before the login was even read.)"""
+    allow_open_files(4096)
+
+    async def main() -> float:
+        server = SoupServer(FanOut(Journal(SESSION)), "127.0.0.1", 0)
+        port = await server.start()
+        loop = asyncio.get_running_loop()
+        busy = True
+
+        def turn() -> None:  # the loop held 5 ms (a sleep: the clients' thread needs the GIL)
+            time.sleep(0.005)
+            if busy:
+                loop.call_soon(turn)
+
+        def connect_then_log_in() -> tuple[list[socket.socket], float]:
+            crowd = [socket.create_connection(("127.0.0.1", port), source_address=(IDLE[0], 0))
+                     for _ in range(400)]  # fmt: skip
+            start = time.monotonic()
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as probe:
+                probe.sendall(soup.encode(soup.LoginRequest(b"", b"", b"", 0)))
+                assert probe.recv(3)[2:3] == b"A", "not a Login Accepted"
+            return crowd, time.monotonic() - start
+
+        loop.call_soon(turn)
+        try:
+            crowd, answered = await loop.run_in_executor(None, connect_then_log_in)
+        finally:
+            busy = False
+            await server.close()
+        for sock in crowd:
+            sock.close()
+        return answered
+
+    answered = run_loop(main())
+    assert answered < 1.0, f"the login was answered after {answered:.2f} s"

@@ -11,7 +11,7 @@ import numpy.typing as npt
 import pytest
 
 from test_book_engine import directory, stream
-from test_fanout import Link
+from test_fanout import Link, grant
 from tickerplant.book import BookEngine
 from tickerplant.book.normalize import images, records
 from tickerplant.client.subscribe import Conflated, Events
@@ -165,12 +165,15 @@ class Catalog:
 
 
 class EventLink(Link):
-    """A client of an events fan-out: keeps every record it reads."""
+    """A client of an events fan-out: keeps every record it reads. Its catch-up turns are
+    granted after each thing it does (as io's Turns does at the loop's next turn): these tests
+    are of what it is sent, not of when."""
 
     def __init__(self, fanout: FanOut[Any], now: float, sequence: int = 0, **kw: Any) -> None:
         self.records: list[tuple[Any, ...]] = []
         self.hold_images = False  # io has not built them yet: build_images() does
         super().__init__(fanout, now, sequence, **kw)
+        grant(fanout, now)
 
     def service(self, now: float) -> None:
         super().service(now)
@@ -189,6 +192,7 @@ class EventLink(Link):
     def request(self, message: bytes, now: float) -> None:
         self.sub.receive_data(encode(Request(message)), now)
         self.service(now)
+        grant(self.sub.fanout, now)
 
     def read(self, now: float) -> None:
         for data in self.unread:
@@ -204,6 +208,7 @@ class EventLink(Link):
         if self.sub.paused:
             self.sub.resume()
             self.service(now)
+        grant(self.sub.fanout, now)
 
     def kinds(self) -> list[bytes]:
         return [r[0] for r in self.records]
@@ -217,6 +222,7 @@ def publish(fanout: FanOut[EventLink], journal: Journal, *blocks: bytes, now: fl
     journal.append(b"".join(blocks))
     for subscriber in fanout.publish(now):
         subscriber.handle.service(now)
+    grant(fanout, now)
 
 
 def test_a_narrowed_client_gets_its_symbols_and_the_market_each_group_encoded_once() -> None:
@@ -268,6 +274,7 @@ def test_images_built_off_the_loop_go_first_in_the_order_asked_and_nothing_passe
     assert link.records == []  # it waits for the first
     link.sub.images_built(first.number, first.build())
     link.service(0.0)
+    grant(fanout, 0.0)  # what was published meanwhile: in its turn
     link.read(0.0)
     # AAA's image as of nothing, BBB's as of 1; then AAA's update 1 (after its image) and
     # both updates since; then End of Session, only now.

@@ -117,18 +117,28 @@ class Link:
             self.service(now)
 
 
+def grant(fanout: FanOut[Any], now: float) -> None:
+    """What io's Turns does: the catch-up turns due, granted and serviced, until none wait."""
+    while fanout.get_timer() is not None:
+        for subscriber in fanout.handle_timer(now):
+            subscriber.handle.service(now)
+
+
 def service(ready: list[fanout_module.Subscriber[Link]], now: float) -> None:
     for subscriber in ready:
         subscriber.handle.service(now)
 
 
 def turns(links: list[Link], now: float) -> None:
-    """What io's timers do: each subscriber's due timer fires, then it is serviced."""
+    """What io's timers do: each subscriber's due timer fires, then it is serviced; then the
+    catch-up turns are granted."""
     for link in links:
         due = link.sub.get_timer()
         if due is not None and due <= now:
             link.sub.handle_timer(now)
             link.service(now)
+    if links:
+        grant(links[0].sub.fanout, now)
 
 
 def test_publish_encodes_once_and_hands_every_live_subscriber_the_same_bytes(
@@ -200,6 +210,7 @@ def test_a_range_the_journal_cannot_read_back_is_never_served_the_client_is_told
     fanout: FanOut[Link] = FanOut(journal)
     live = Link(fanout, 0.0)
     behind = Link(fanout, 0.0, sequence=1)
+    grant(fanout, 0.0)  # its first turn
     reason = "journal bytes 0-1400 do not match their checksum"
     assert behind.sub.closed and behind.events[-2:] == [
         Dropped(reason, slow=False), Closed(CloseCause.LOCAL, reason)]
@@ -216,6 +227,7 @@ def test_a_subscriber_behind_catches_up_from_the_journal_and_joins_the_live_stre
     fanout: FanOut[Link] = FanOut(journal, limits=limits)
     behind = Link(fanout, 0.0, sequence=1, high_water=3 * 100 * PACKET)
     live = Link(fanout, 0.0)
+    grant(fanout, 0.0)
     assert behind.sub.paused and behind.sub.cursor == 301  # its socket took three chunks
     first = 1001
     for _ in range(100):  # each round it reads three chunks of 100, the stream grows by 30
@@ -226,6 +238,7 @@ def test_a_subscriber_behind_catches_up_from_the_journal_and_joins_the_live_stre
         service(fanout.publish(1.0), 1.0)
         behind.read(1.0)
         live.read(1.0)
+        grant(fanout, 1.0)
     assert behind.sub.live, f"never caught up: at {behind.sub.cursor} of {journal.next_sequence}"
     journal.append(messages(first, 30))
     service(fanout.publish(1.0), 1.0)
@@ -243,11 +256,10 @@ def test_a_burst_too_big_to_push_is_pulled_from_the_journal_by_each_subscriber()
     ready = fanout.publish(0.0)
     assert not any(link.sub.live for link in links)
     service(ready, 0.0)
+    assert all(len(link.writes) == 1 for link in links)  # nothing yet: their turns wait
+    assert fanout.get_timer() == 0.0  # granted at once, after the loop has looked around
+    grant(fanout, 0.0)
     for link in links:
-        assert len(link.writes) == 1  # nothing yet: its turn is a timer, due at once
-        assert link.sub.get_timer() == 0.0
-        link.sub.handle_timer(0.0)
-        link.service(0.0)
         assert len(link.writes) == 1 + 3  # Login Accepted, then chunks of 100, 100, 50
         link.read(0.0)
         assert link.next == 261 and link.sub.live
@@ -302,6 +314,7 @@ def test_a_ring_serves_a_login_older_than_it_holds_from_its_oldest_and_says_so()
     journal.drop(keep=5 * 20 * 14)  # the newest five pieces: from 101
     fanout: FanOut[Link] = FanOut(journal, limits=FanOutLimits(chunk_messages=10))
     old, held = Link(fanout, 0.0, sequence=7), Link(fanout, 0.0, sequence=150)
+    grant(fanout, 0.0)
     for link in (old, held):
         link.read(0.0)
         assert link.next == 201 and link.sub.live
@@ -310,12 +323,14 @@ def test_a_ring_serves_a_login_older_than_it_holds_from_its_oldest_and_says_so()
     assert held.client_events == [LoggedIn(SESSION, 150)]
     assert fanout.counters.too_old == 1
     # One catching up when the ring moves past it is told why and closed; it resumes later.
-    behind = Link(fanout, 0.0, sequence=101, high_water=1)
+    behind = Link(fanout, 0.0, sequence=101, high_water=40)  # its login, then a chunk
+    grant(fanout, 0.0)
     journal.append(messages(201, 200))
     journal.drop(keep=5 * 20 * 14)
     assert behind.sub.paused and behind.sub.cursor == 111
     service(fanout.publish(0.0), 0.0)
     behind.read(0.0)
+    grant(fanout, 0.0)
     assert behind.sub.closed and fanout.counters.unreadable == 1
     behind.read(0.0)  # what its last turn wrote
     assert any(isinstance(e, DebugReceived) and b"no longer held" in e.text
@@ -334,44 +349,49 @@ def test_end_of_session_comes_after_catching_up_and_for_later_logins() -> None:
     for _ in range(100):  # two chunks of 100 a read
         if behind.client.closed:
             break
+        grant(fanout, 0.0)
         behind.read(0.0)
     assert behind.client.closed, f"no End of Session after catching up: at {behind.next}"
     assert behind.next == 1001
     assert behind.client_events[-1] == Closed(CloseCause.END_OF_SESSION, "session over at 1001")
     late = Link(fanout, 0.0, sequence=990)
+    grant(fanout, 0.0)
     late.read(0.0)
     assert late.next == 1001 and late.client.closed
     assert fanout.counters.sessions_ended == 3
 
 
-def test_a_catch_up_turn_yields_after_turn_bytes_its_next_is_a_timer_due_at_once() -> None:
+def test_a_catch_up_turn_yields_after_turn_bytes_and_turns_are_granted_a_tick_at_a_time(
+) -> None:  # fmt: skip
     journal = journal_of(1000)
     chunk = 100 * PACKET
-    fanout: FanOut[Link] = FanOut(
-        journal, limits=FanOutLimits(chunk_messages=100, turn_bytes=2 * chunk)
-    )
+    fanout: FanOut[Link] = FanOut(journal, limits=FanOutLimits(
+        chunk_messages=100, turn_bytes=2 * chunk, tick_bytes=2 * chunk))  # fmt: skip
     links = [Link(fanout, 5.0, sequence=1) for _ in range(2)]
-    for link in links:  # each wrote its turn and gave the loop back
-        assert link.sub.cursor == 201 and link.sub.get_timer() == 5.0
-    for link in links:
-        link.sub.handle_timer(5.0)
+    # Logged in from 1: answered, and nothing more until a turn is granted.
+    assert all(link.sub.cursor == 1 and len(link.writes) == 1 for link in links)
+    for tick, link in enumerate(links * 2):  # one turn a tick, in the order asked
+        assert fanout.get_timer() == 0.0
+        [granted] = fanout.handle_timer(5.0)
+        assert granted is link.sub
         link.service(5.0)
-        assert link.sub.cursor == 401 and link.sub.get_timer() == 5.0
+        assert link.sub.cursor == (201 if tick < 2 else 401)  # a turn's two chunks, then yields
     journal.append(messages(1001, 10))
-    service(fanout.publish(5.1), 5.1)  # a publish leaves those behind to their turns
+    assert fanout.publish(5.1) == []  # a publish leaves those behind to their turns
     assert all(link.sub.cursor == 401 for link in links)
     turns(links, 5.1)
-    assert all(link.sub.cursor == 601 for link in links)
-    link = links[0]
-    link.sub.pause(5.2)
-    link.sub.handle_timer(5.2)
-    link.service(5.2)
-    assert link.sub.cursor == 601  # a full socket stops the catch-up, whatever the turn
-    link.sub.resume()
-    link.service(5.3)
-    assert link.sub.cursor == 801
-    link.read(5.3)
-    assert link.next == 801
+    assert all(link.sub.cursor == 1011 for link in links)
+    # A full socket stops the catch-up, whatever the turn; one that drains waits for the next.
+    more = Link(fanout, 5.2, sequence=1)
+    more.sub.pause(5.2)
+    assert fanout.handle_timer(5.2) == [] and more.sub.cursor == 1  # passed over, paused
+    more.sub.resume()
+    more.service(5.3)
+    assert more.sub.cursor == 1 and fanout.handle_timer(5.3) == [more.sub]
+    more.service(5.3)
+    assert more.sub.cursor == 201
+    more.read(5.3)
+    assert more.next == 201
 
 
 def drain(subscriber: fanout_module.Subscriber[Any]) -> list[SubscriberEvent]:
@@ -511,11 +531,8 @@ def test_past_the_publish_budget_the_rest_pull_the_batch_on_the_next_turn_in_rot
         pushed = [link for link in links if link.sub.cursor == first + 100]
         assert len(pushed) == 1  # the budget: one push, the others wait for their turn
         firsts.append(pushed[0])
-        for link in links:
-            if link is not pushed[0]:
-                assert link.sub.get_timer() == 0.0  # due at once: after the loop looks around
-                link.sub.handle_timer(1.0)
-                link.service(1.0)
+        assert fanout.get_timer() == 0.0  # due at once: after the loop looks around
+        grant(fanout, 1.0)
         assert all(link.sub.cursor == first + 100 for link in links)
         for link in links:
             link.read(1.0)  # every message once, in order (Link checks)

@@ -192,3 +192,50 @@ def test_a_sessions_file_counts_only_its_own_bytes_while_the_last_ones_writer_fi
     file.close()  # every writer done
     assert file.written == journal.size == 1000
     assert (tmp_path / "SESSION001.journal").stat().st_size == 50_000_000
+
+
+def test_fsync_interval_syncs_within_its_interval_not_after_every_batch(tmp_path: Path) -> None:
+    files = {name: JournalFile(tmp_path / name, "journal", 1 << 30, fsync_interval=interval)
+             for name, interval in (("never", None), ("every", 0.0), ("second", 0.5))}
+    for file in files.values():
+        journal = Journal(SESSION)
+        file.open(journal)
+        for first in range(1, 501, 100):  # five batches
+            file.write([messages(first, 100)], journal)
+        wait_until(lambda f=file: f.written == 50_000, 10, "the writer thread wrote it all")
+    # Within the interval, once for all five; at once, after each; never, never.
+    wait_until(lambda: files["second"].syncs == 1, 10, "the second's sync, its interval on")
+    assert files["every"].syncs == 5 and files["never"].syncs == 0
+    for file in files.values():
+        file.close()
+    assert files["second"].syncs == 1  # nothing written since: nothing more to sync
+
+
+@pytest.mark.parametrize("cut", ["zeros past the data", "checksums past the data",
+                                 "a torn checksum entry"])  # fmt: skip
+def test_what_a_power_cut_leaves_is_kept_up_to_its_last_whole_vouched_message(
+    tmp_path: Path, cut: str,
+) -> None:
+    """A power cut leaves what the kernel had written back: the file grown with zeros where
+    its data never reached the disk, or checksums for bytes that did not, or half an entry."""
+    file, journal = written(tmp_path, 2000)  # 200,000 bytes: three whole blocks and a part
+    file.close()
+    path, crc = tmp_path / PATH, tmp_path / (PATH + ".crc")
+    if cut == "zeros past the data":
+        with path.open("r+b") as f:
+            f.truncate(150_000)
+            f.seek(0, os.SEEK_END)
+            f.write(bytes(30_000))
+        kept = 2 * BLOCK // 100  # the zeros fail the third block's checksum
+    elif cut == "checksums past the data":
+        with path.open("r+b") as f:
+            f.truncate(150_050)  # mid-message, mid-block
+        kept = 2 * BLOCK // 100
+    else:
+        crc.write_bytes(crc.read_bytes()[:-3])
+        kept = 3 * BLOCK // 100  # the last entry torn: the part it covered, not vouched for
+    reopened = JournalFile(tmp_path, "journal", 1 << 30).reopened
+    assert reopened is not None and len(reopened) == kept
+    assert reopened.blocks(1, kept) == (kept, messages(1, kept))
+    assert path.stat().st_size == kept * 100  # and the file is cut there, its checksums too
+    assert Checksums.decode(crc.read_bytes()).covered == kept * 100

@@ -17,6 +17,7 @@ import os
 import queue
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -132,13 +133,18 @@ class JournalFile:
     there, and a plant restarted later would not find the file whole."""
 
     def __init__(self, directory: Path | None, suffix: str, memory_bytes: int,
-                 keep_sessions: int | None = None, reopen: bool = True) -> None:  # fmt: skip
+                 keep_sessions: int | None = None, reopen: bool = True,
+                 fsync_interval: float | None = None) -> None:  # fmt: skip
         self.directory = directory
         self.suffix = suffix
         self.memory_bytes = memory_bytes
         self.keep_sessions = keep_sessions
+        # None: the kernel writes the page cache back when it will (a power cut may lose the
+        # last ~30 s); 0: fsync after every batch; N: at most N seconds after a batch.
+        self.fsync_interval = fsync_interval
         self._followed = 0  # messages of the journal queued by follow()
         self.errors = 0
+        self.syncs = 0  # fsyncs done (of the file and its checksums together)
         # Bytes the current session's file holds, as its writer thread counts them: each
         # writer its own count (one finishing an earlier session's file must not add to it).
         self._written = [0]
@@ -175,6 +181,8 @@ class JournalFile:
             journal.backing = _backing(sums, reader)
         if not reopened and self.keep_sessions is not None:
             self._retire(path, self.keep_sessions)
+        if self.fsync_interval is not None and not reopened:  # the new files' names, durable
+            _sync_directory(self.directory)
         self._queue = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_all,
                                         args=(file, crc, sums, self._queue, self._written),
@@ -242,10 +250,20 @@ class JournalFile:
                    pending: queue.SimpleQueue[bytes | None],
                    written: list[int]) -> None:  # fmt: skip
         """The bytes, then their checksums, then counted as written: what the journal may
-        spill (and read back) is always vouched for."""
+        spill (and read back) is always vouched for. With an fsync_interval, both are synced
+        to the disk at most that long after a batch (and at the end)."""
+        interval = self.fsync_interval
+        due: float | None = None  # when what was written unsynced must be synced
         with file:
             try:
-                while (data := pending.get()) is not None:
+                while True:
+                    wait = None if due is None else max(0.0, due - time.monotonic())
+                    try:
+                        data = pending.get(timeout=wait)
+                    except queue.Empty:
+                        data = b""
+                    if data is None:
+                        break
                     try:
                         view = memoryview(data)
                         while view:  # a raw file may take less than it is given
@@ -254,12 +272,37 @@ class JournalFile:
                             os.pwrite(crc, sums.encode(first), first * ENTRY.size)
                             view = view[n:]
                             written[0] += n
+                        if interval is not None and data and due is None:
+                            due = time.monotonic() + interval
+                        if due is not None and time.monotonic() >= due:
+                            self._sync(file, crc)
+                            due = None
                     except OSError as err:
-                        self.errors += 1
-                        if self.errors == 1:
-                            log.error("journal %s: %s; served from memory only", file.name, err)
+                        self._failed(file, err)
+                if due is not None:
+                    self._sync(file, crc)
+            except OSError as err:
+                self._failed(file, err)
             finally:
                 os.close(crc)
+
+    def _sync(self, file: BinaryIO, crc: int) -> None:
+        os.fsync(file.fileno())
+        os.fsync(crc)
+        self.syncs += 1
+
+    def _failed(self, file: BinaryIO, err: OSError) -> None:
+        self.errors += 1
+        if self.errors == 1:
+            log.error("journal %s: %s; served from memory only", file.name, err)
+
+
+def _sync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _pread(fd: int, offset: int, size: int) -> bytes:

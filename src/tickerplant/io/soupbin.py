@@ -43,6 +43,8 @@ from tickerplant.wire.soupbintcp import encode_sequenced
 log = logging.getLogger(__name__)
 
 Verify = Callable[[str, bytes], bool]  # (stored hash, password as sent): does it match?
+ACCEPT_BATCH = 256  # connections taken a call of the listener's callback (the rest: the next)
+ACCEPT_RETRY = 1.0  # seconds before accepting again after accept() failed (asyncio's wait)
 
 
 class SoupMachine(Protocol):
@@ -158,14 +160,32 @@ class SoupConnection(asyncio.Protocol, Generic[M]):
         self.service()
 
 
+class Turns:
+    """A fan-out's catch-up turns on the loop: granted a few at a time (``tick_bytes``) on a
+    timer due at once, so the loop looks at its sockets (a new login) between two grants."""
+
+    def __init__(self, fanout: FanOut[SubscriberConnection]) -> None:
+        self.fanout = fanout
+        self._timer = Timer(self._grant)
+
+    def arm(self) -> None:
+        self._timer.arm(self.fanout.get_timer())
+
+    def _grant(self) -> None:
+        for subscriber in self.fanout.handle_timer(clock()):
+            subscriber.handle.service()
+        self.arm()
+
+
 class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
     """One fan-out subscriber on its TCP connection; the factory of a fan-out server's listener."""
 
     def __init__(
-        self, fanout: FanOut[SubscriberConnection], verify: Verify | None = None
+        self, fanout: FanOut[SubscriberConnection], turns: Turns, verify: Verify | None = None
     ) -> None:
         # The machine comes with the transport: its peer's address is part of the connection.
         self.fanout = fanout
+        self.turns = turns
         self.high_water = fanout.high_water
         self.verify = verify
         self._reset: asyncio.TimerHandle | None = None
@@ -202,6 +222,7 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
     def service(self) -> None:
         self.session.held(self.backlog)
         super().service()
+        self.turns.arm()  # (it may have asked for a turn)
 
     def close_transport(self) -> None:
         """Send what is buffered, then FIN, and read on until the client closes: closing a
@@ -342,7 +363,9 @@ class SoupServer:
         self.port = port
         self.verify = verify  # checks a password against its stored hash (a fan-out with users)
         self.fanout = fanout
-        self._server: asyncio.Server | None = None
+        self.turns = Turns(fanout)
+        self._listener: socket.socket | None = None
+        self._opening: set[asyncio.Task[object]] = set()  # connections being set up
 
     @property
     def journal(self) -> Journal:
@@ -361,6 +384,7 @@ class SoupServer:
             return
         _service(current.end_session())
         self.fanout = current.successor(journal)
+        self.turns = Turns(self.fanout)  # (the old one's go on for its clients catching up)
 
     @property
     def counters(self) -> FanOutCounters:
@@ -386,34 +410,77 @@ class SoupServer:
         # Load (first run: compile) the framing kernel now, not inside the first client's replay.
         encode_sequenced(b"\x00\x01x")
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: SubscriberConnection(self.fanout, self.verify),
-            self.host,
-            self.port,
-            reuse_address=True,
+        family, kind, proto, _, address = socket.getaddrinfo(
+            self.host or None, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        listener = socket.socket(family, kind, proto)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(address)
             # Thousands of clients may connect at once (a plant restarting): asyncio's default
             # of 100 pending would drop their handshakes (the kernel caps it at somaxconn).
-            backlog=min(self.fanout.limits.max_connections, 4096),
-        )
-        self.port = int(self._server.sockets[0].getsockname()[1])
+            listener.listen(min(self.fanout.limits.max_connections, 4096))
+            listener.setblocking(False)
+        except OSError:
+            listener.close()
+            raise
+        loop.add_reader(listener.fileno(), self._accept)
+        self._listener = listener
+        self.port = int(listener.getsockname()[1])
         return self.port
+
+    def _accept(self) -> None:
+        """Take the connections waiting, up to ACCEPT_BATCH a call. (uvloop's own listener takes
+        one a loop turn: behind a loop busy with catch-up turns, 1,000 clients connecting at
+        once waited seconds in the kernel's queue, and a new login behind them.)"""
+        listener = self._listener
+        if listener is None:
+            return
+        loop = asyncio.get_running_loop()
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:  # out of descriptors, say: they wait in the kernel's queue
+                log.error("cannot accept on %s: %s; trying again in %.0f s",
+                          Endpoint(self.host, self.port), err, ACCEPT_RETRY)  # fmt: skip
+                loop.remove_reader(listener.fileno())
+                loop.call_later(ACCEPT_RETRY, self._listen_again, listener)
+                return
+            conn.setblocking(False)
+            opening = loop.create_task(loop.connect_accepted_socket(
+                lambda: SubscriberConnection(self.fanout, self.turns, self.verify), conn))
+            self._opening.add(opening)
+            opening.add_done_callback(partial(self._opened, conn))
+
+    def _listen_again(self, listener: socket.socket) -> None:
+        if listener is self._listener:
+            asyncio.get_running_loop().add_reader(listener.fileno(), self._accept)
+
+    def _opened(self, conn: socket.socket, opening: asyncio.Task[object]) -> None:
+        self._opening.discard(opening)
+        if not opening.cancelled() and opening.exception() is not None:
+            log.warning("a connection could not be set up: %s", opening.exception())
+            conn.close()
 
     def publish(self) -> None:
         """Send every caught-up client what the journal gained since the last call."""
         _service(self.fanout.publish(clock()))
+        self.turns.arm()
 
     def end_session(self) -> None:
         """End of Session to every client once it has caught up (now, for those that have)."""
         _service(self.fanout.end_session())
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            asyncio.get_running_loop().remove_reader(listener.fileno())
+            listener.close()
+        for opening in list(self._opening):
+            opening.cancel()
         for subscriber in self.fanout.subscribers:
             subscriber.handle.shutdown("server shutting down")
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
         # let connection_lost run for the transports just closed
         await asyncio.sleep(0)
 

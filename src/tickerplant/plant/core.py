@@ -196,7 +196,8 @@ class Plant:
 
 
 def _file(stream: StreamConfig, suffix: str) -> JournalFile:
-    return JournalFile(stream.journal_dir, suffix, stream.memory_bytes, stream.keep_sessions)
+    return JournalFile(stream.journal_dir, suffix, stream.memory_bytes, stream.keep_sessions,
+                       fsync_interval=stream.fsync_interval)
 
 
 def _serving(reopened: Journal | None) -> Journal:

@@ -216,11 +216,19 @@ class FanOut(Generic[H]):
         # imaging or conflated pull it from the journal at their own pace, in turns.
         behind += deferred
         self.delivery.behind(behind)
-        ready = pushed + behind
-        for subscriber in ready:
+        for subscriber in pushed + behind:
             if subscriber.queued_at is None:
                 subscriber.queued_at = now
-        return ready
+        return pushed  # (those behind are serviced as their turns are granted)
+
+    def get_timer(self) -> float | None:
+        """When io is to grant the next catch-up turns (:meth:`handle_timer`): at once while
+        any wait, after the loop has looked at its sockets."""
+        return 0.0 if self.delivery.turns else None
+
+    def handle_timer(self, now: float) -> list[Subscriber[H]]:
+        """The next catch-up turns (``tick_bytes`` of them): the subscribers to service now."""
+        return self.delivery.grant(now)
 
     def end_session(self) -> list[Subscriber[H]]:
         """End of Session to every subscriber once it has caught up; returns those ended now."""
@@ -377,7 +385,8 @@ class FanOut(Generic[H]):
         subscriber.cursor = first
         if first == self.delivery.published:
             subscriber.move(Step.CAUGHT_UP)
-        subscriber.budget = self.limits.turn_bytes
+        else:
+            self.delivery.wait_turn(subscriber)  # answered now; what it lacks, in its turn
         subscriber.policy = self.policies.get(login.username.strip(PAD), self.policy)
         self.counters.logins += 1
         conflated = self.catalog is not None and subscriber.policy is Policy.CONFLATE

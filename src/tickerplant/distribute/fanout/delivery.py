@@ -4,7 +4,11 @@
   to every live subscriber: per subscriber one append per batch, no work per message.
 - *Catching up*: a subscriber behind pulls the journal in chunks as its socket takes them, at
   most ``turn_bytes`` a turn, so one client draining as fast as we write cannot keep the others
-  (and the timers) waiting; its next turn is a timer due at once.
+  (and the timers) waiting. Its next turn waits in :attr:`Delivery.turns` with everyone else's:
+  io grants them a few at a time (``tick_bytes``, :meth:`Delivery.grant`), each grant after the
+  loop has looked at its sockets, so a login waits behind that much work at most, however many
+  clients catch up. A login from behind, a socket that drained and a publish that left one
+  behind all queue for a turn rather than writing then.
 - *Imaging* (events, symbols added at the live end): until every image asked for has gone, in
   the order asked, a subscriber is sent nothing else, and what is published meanwhile waits in
   the journal for it, as for one catching up.
@@ -64,6 +68,7 @@ class Delivery:
         self.staleness = Latencies()
         self._publishes: deque[tuple[int, float]] = deque(maxlen=PUBLISHES_KEPT)
         self._rotation = 0  # who is pushed first: the next publish starts one further on
+        self.turns: deque[Subscriber[Any]] = deque()  # waiting for a catch-up turn, in order
         # Catch-up chunks computed this publish, shared by subscribers at the same place asking
         # for the same: (group, cursor, messages, conflated) -> the chunk
         self._shared: dict[tuple[bytes | None, int, int, bool], Chunk] = {}
@@ -122,13 +127,33 @@ class Delivery:
         return pushed, deferred, behind
 
     def behind(self, subscribers: list[Subscriber[Any]]) -> None:
-        """``subscribers`` pull what they lack from the journal at their own pace, in turns: the
-        next is due at once, a timer, so it runs after the loop has looked around (the feed it
-        shares reads its lines) and no one publish does every client's work."""
+        """``subscribers`` pull what they lack from the journal at their own pace, in turns,
+        granted after the loop has looked around (the feed it shares reads its lines): no one
+        publish does every client's work."""
         for subscriber in subscribers:
-            if subscriber.turn_at is None:
-                subscriber.budget = 0
-                subscriber.turn_at = 0.0
+            self.wait_turn(subscriber)
+
+    def wait_turn(self, subscriber: Subscriber[Any]) -> None:
+        """Its next chunk waits for a turn (:meth:`grant`)."""
+        subscriber.budget = 0
+        if not subscriber.waiting:
+            subscriber.waiting = True
+            self.turns.append(subscriber)
+
+    def grant(self, now: float) -> list[Subscriber[Any]]:
+        """The next turns, ``tick_bytes`` of them, in the order asked: the subscribers io is to
+        service now. One gone or paused meanwhile is passed over (a socket that drains asks
+        again)."""
+        granted: list[Subscriber[Any]] = []
+        room = self.limits.tick_bytes
+        while self.turns and room > 0:
+            subscriber = self.turns.popleft()
+            subscriber.waiting = False
+            if subscriber.active and not subscriber.paused:
+                self.turn(subscriber, now)
+                granted.append(subscriber)
+                room -= self.limits.turn_bytes
+        return granted
 
     def turn(self, subscriber: Subscriber[Any], now: float) -> None:
         """Its turn came: a new budget, and a conflated subscriber whose round's interval passed
@@ -147,8 +172,7 @@ class Delivery:
         # Until a chunk has something for it: a narrowed subscriber may want none of one.
         while subscriber.cursor < self.published and not subscriber.paused:
             if subscriber.budget <= 0:
-                if subscriber.turn_at is None:
-                    subscriber.turn_at = now  # yield: the next turn once io has looked around
+                self.wait_turn(subscriber)  # yield: the next turn once io has looked around
                 return
             at = subscriber.cursor
             conflating = subscriber.phase in (Phase.CONFLATED, Phase.CONFLATED_CATCHUP)
@@ -245,7 +269,7 @@ class Delivery:
                 subscriber.session.send_sequenced(packets, len(blocks) // ev.BLOCK_SIZE)
                 self.counters.bytes_sent += len(packets)
         if not subscriber.imaging:
-            subscriber.budget = self.limits.turn_bytes
+            self.wait_turn(subscriber)
 
     def send(self, subscriber: Subscriber[Any], packets: bytes, count: int, upto: int) -> None:
         """``count`` messages framed as ``packets``, which bring its cursor to ``upto``."""

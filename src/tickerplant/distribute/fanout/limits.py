@@ -17,6 +17,11 @@ CHUNK_MESSAGES = 16384  # read from the journal per catch-up write: ~0.5 MiB of 
 # What one catch-up turn may write before it yields: 8 MiB held the loop up to 36 ms (a client
 # reading from 1 on loopback never fills its socket), 1 MiB about 5 (bench/loop_lag.py).
 TURN_BYTES = 1 << 20
+# What all catch-up turns together may write before the loop looks at its sockets again: the
+# turns due are granted a few at a time, so that a login waits behind this much work at most,
+# however many clients catch up (1,000 that logged in from 1 and never read held a new login
+# unanswered for seconds when each took its turn on its own timer, all due at once).
+TICK_BYTES = 2 << 20
 HIGH_WATER = 2 << 20  # io's transport asks us to stop writing above this, resumes below a quarter
 LINGER = 2.0  # seconds a dropped client gets to read the Debug packet before the reset
 PUBLISH_BYTES = 16 << 20  # ~15 ms of writes on this machine
@@ -41,6 +46,7 @@ class FanOutLimits:
     max_queued: int = MAX_QUEUED
     chunk_messages: int = CHUNK_MESSAGES
     turn_bytes: int = TURN_BYTES
+    tick_bytes: int = TICK_BYTES
     linger: float = LINGER
     # A socket that takes nothing this long while we have bytes for it (io paused writing) is a
     # slow consumer too, however little it holds: a dead reader must not keep its place.
@@ -58,9 +64,9 @@ class FanOutLimits:
     conflate_unsent: int = CONFLATE_UNSENT
 
     def __post_init__(self) -> None:
-        for name in ("max_backlog", "max_queued", "chunk_messages", "turn_bytes", "max_connections",
-                     "max_per_address", "failed_logins", "max_checks", "publish_bytes",
-                     "conflate_unsent"):
+        for name in ("max_backlog", "max_queued", "chunk_messages", "turn_bytes", "tick_bytes",
+                     "max_connections", "max_per_address", "failed_logins", "max_checks",
+                     "publish_bytes", "conflate_unsent"):
             check(name, getattr(self, name) >= 1, getattr(self, name), "give 1 or more")
         for name in ("linger", "throttle", "conflate_interval"):
             check(name, getattr(self, name) >= 0, getattr(self, name), "give seconds, 0 or more")

@@ -86,7 +86,7 @@ class Subscriber(Generic[H]):
     __slots__ = ("active", "address", "backlog", "budget", "cursor", "events", "fanout",
                  "handle", "heard_at", "login", "paused_at", "phase", "policy", "pushed",
                  "queued_at", "reset_after", "round_at", "session", "subscription",
-                 "turn_at")  # fmt: skip
+                 "turn_at", "waiting")  # fmt: skip
 
     def __init__(self, fanout: FanOut[H], handle: H, session: SoupServerSession,
                  address: str) -> None:  # fmt: skip
@@ -111,7 +111,8 @@ class Subscriber(Generic[H]):
         self.paused_at: float | None = None  # its socket filled: no catching up until resume()
         # Its turns at the journal (delivery's).
         self.budget = 0  # bytes the current catch-up turn may still write
-        self.turn_at: float | None = None  # the next turn is due: the last one ran out
+        self.turn_at: float | None = None  # a conflated round's turn is due then
+        self.waiting = False  # in the delivery's queue for a turn
         self.round_at = 0.0  # conflated: when its next round may go
         self.pushed = False  # live bytes queued that the next backlog report is judged on
         self.queued_at: float | None = None  # the publish that gave it something to write
@@ -208,9 +209,9 @@ class Subscriber(Generic[H]):
             self.paused_at = now
 
     def resume(self) -> None:
-        """The socket can take more: a new catch-up turn starts."""
+        """The socket can take more: it waits for a new catch-up turn."""
         self.paused_at = None
-        self.budget = self.fanout.limits.turn_bytes
+        self.fanout.delivery.wait_turn(self)
 
     def held(self, size: int) -> None:
         """io holds ``size`` bytes for it beyond the socket now (before it asks what to write:
