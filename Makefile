@@ -25,7 +25,7 @@ run: $(STAMP)
 	$(BIN)/tickerplant demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench fuzz
 	$(BIN)/mypy
 
 # The kernels are also run as plain Python (NUMBA_DISABLE_JIT=1): same code, same answers. The

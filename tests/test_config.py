@@ -70,6 +70,9 @@ def test_a_file_that_is_not_toml_names_the_line(tmp_path: Path) -> None:
         load_file(FeedConfig, file, PARSERS)
     with pytest.raises(ConfigError, match="cannot be read"):
         load_file(FeedConfig, tmp_path / "missing.toml", PARSERS)
+    file.write_bytes(b'line_a = "239.1.1.1:1"\n# caf\xe9\n')  # Latin-1, as an editor may save
+    with pytest.raises(ConfigError, match="is not UTF-8 text: byte 28 is 0xe9; save it as UTF-8"):
+        load_file(FeedConfig, file, PARSERS)
 
 
 def test_command_line_defaults_are_the_dataclasses_defaults() -> None:

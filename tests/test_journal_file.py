@@ -218,7 +218,7 @@ def test_what_a_power_cut_leaves_is_kept_up_to_its_last_whole_vouched_message(
 ) -> None:
     """A power cut leaves what the kernel had written back: the file grown with zeros where
     its data never reached the disk, or checksums for bytes that did not, or half an entry."""
-    file, journal = written(tmp_path, 2000)  # 200,000 bytes: three whole blocks and a part
+    file, _ = written(tmp_path, 2000)  # 200,000 bytes: three whole blocks and a part
     file.close()
     path, crc = tmp_path / PATH, tmp_path / (PATH + ".crc")
     if cut == "zeros past the data":

@@ -187,7 +187,9 @@ def test_both_lines_cut_without_recovery_services_reports_exactly_the_lost_range
     )
 
     async def publish() -> tuple[int, int, dict[str, Any]]:
-        async with exchange_on(hosts, p, 12, "--no-rerequest", "--no-replay") as exchange:
+        # (at 100k msgs/s: two seconds to put the rule in after 100,000, on a busy machine)
+        async with exchange_on(hosts, p, 12, "--no-rerequest", "--no-replay",
+                               "--rate", "100000") as exchange:  # fmt: skip
             await exchange.wait_published(100_000, timeout=20)
             before = exchange.published
             hosts.feed.nft(cut)

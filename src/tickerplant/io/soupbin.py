@@ -173,7 +173,7 @@ class Turns:
 
     def _grant(self) -> None:
         for subscriber in self.fanout.handle_timer(clock()):
-            subscriber.handle.service()
+            subscriber.handle.service()  # (before the next is granted: it is charged its bytes)
         self.arm()
 
 

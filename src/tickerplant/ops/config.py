@@ -89,6 +89,9 @@ def load_file(cls: type[T], file: Path, parsers: Mapping[type, Parser] | None = 
         ) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(str(file), f"is not TOML: {err}", "fix the syntax there") from None
+    except UnicodeDecodeError as err:  # (found by fuzz/config.py: TOML is UTF-8)
+        raise ConfigError(str(file), f"is not UTF-8 text: byte {err.start} is "
+                          f"{err.object[err.start]:#04x}", "save it as UTF-8") from None
     return load(cls, table, "", parsers)
 
 

@@ -17,7 +17,7 @@ and later logins are still served their replay, then End of Session.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -226,8 +226,9 @@ class FanOut(Generic[H]):
         any wait, after the loop has looked at its sockets."""
         return 0.0 if self.delivery.turns else None
 
-    def handle_timer(self, now: float) -> list[Subscriber[H]]:
-        """The next catch-up turns (``tick_bytes`` of them): the subscribers to service now."""
+    def handle_timer(self, now: float) -> Iterator[Subscriber[H]]:
+        """The next catch-up turns, ``tick_bytes`` of them: each subscriber yielded is to be
+        serviced before the next is asked for (what it sends is what the tick is charged)."""
         return self.delivery.grant(now)
 
     def end_session(self) -> list[Subscriber[H]]:

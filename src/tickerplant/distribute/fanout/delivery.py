@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from tickerplant.distribute.fanout.limits import FanOutLimits
@@ -140,20 +140,19 @@ class Delivery:
             subscriber.waiting = True
             self.turns.append(subscriber)
 
-    def grant(self, now: float) -> list[Subscriber[Any]]:
-        """The next turns, ``tick_bytes`` of them, in the order asked: the subscribers io is to
-        service now. One gone or paused meanwhile is passed over (a socket that drains asks
-        again)."""
-        granted: list[Subscriber[Any]] = []
-        room = self.limits.tick_bytes
-        while self.turns and room > 0:
+    def grant(self, now: float) -> Iterator[Subscriber[Any]]:
+        """The next turns, in the order asked, until ``tick_bytes`` have been sent: each
+        subscriber yielded is io's to service before it asks for the next (what it sends is
+        what the tick is charged: a live client left one batch by the publish budget costs its
+        batch, not a whole turn). One gone or paused meanwhile is passed over (a socket that
+        drains asks again)."""
+        counters, start = self.counters, self.counters.bytes_sent
+        while self.turns and counters.bytes_sent - start < self.limits.tick_bytes:
             subscriber = self.turns.popleft()
             subscriber.waiting = False
             if subscriber.active and not subscriber.paused:
                 self.turn(subscriber, now)
-                granted.append(subscriber)
-                room -= self.limits.turn_bytes
-        return granted
+                yield subscriber
 
     def turn(self, subscriber: Subscriber[Any], now: float) -> None:
         """Its turn came: a new budget, and a conflated subscriber whose round's interval passed
