@@ -153,3 +153,18 @@ def two_hosts() -> Iterator[TwoHosts]:
         for netns in made:
             with contextlib.suppress(RuntimeError):
                 run("ip", "netns", "del", netns)
+
+
+@contextlib.contextmanager
+def hosts_or_skip() -> Iterator[TwoHosts]:
+    """:func:`two_hosts` for a test, which is skipped with the reason where they cannot be."""
+    import pytest
+
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    try:
+        with two_hosts() as made:
+            yield made
+    except NetnsUnavailable as err:
+        pytest.skip(f"cannot create network namespaces here: {err}")

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from harness import Ports, ports, source_stream, until
-from netns import Host, NetnsUnavailable, TwoHosts, two_hosts, unavailable
+from netns import Host, TwoHosts, hosts_or_skip
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.exchange.publisher import INTERLEAVE
 from tickerplant.ops.figures import summed
@@ -38,14 +38,8 @@ JOIN_TIMEOUT = 20.0  # a cold numba cache makes the feed's start slow
 
 @pytest.fixture
 def hosts() -> Iterator[TwoHosts]:
-    reason = unavailable()
-    if reason is not None:
-        pytest.skip(reason)
-    try:
-        with two_hosts() as made:
-            yield made
-    except NetnsUnavailable as err:
-        pytest.skip(f"cannot create network namespaces here: {err}")
+    with hosts_or_skip() as made:
+        yield made
 
 
 class Feed:
