@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import resource
 import select
@@ -15,10 +16,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from tickerplant.book import BookEngine
+from tickerplant.book.normalize import records
+from tickerplant.client import Events, Lost, Reconnected, Record
+from tickerplant.distribute.stream import LOST
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.synthetic import SyntheticMarket
+from tickerplant.receive.events import Batch
+from tickerplant.wire.blocks import iter_messages, offsets_of
+from tickerplant.wire.events import RECORD_SIZE, from_blocks, where
 
 
 @dataclass(frozen=True)
@@ -164,3 +173,79 @@ class LiveCapture:
                 self._proc.wait(5)
             self._probe.close()
             self._probe_rx.close()
+
+
+class Collected:
+    """A subscriber's records: every message by number, lost ranges, reconnects."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+        self.lost: list[tuple[int, int]] = []
+        self.reconnects = 0
+        self.events = CollectedEvents()  # the same client's events subscription, if any
+
+    def receive(self, record: Record) -> None:
+        if isinstance(record, Batch):
+            assert record.first == len(self.messages) + 1, "out of order or twice"
+            self.messages += iter_messages(record.blocks)
+        elif isinstance(record, Lost):
+            assert record.start == len(self.messages) + 1
+            self.lost.append((record.start, record.end))
+            self.messages += [LOST[2:]] * (record.end - record.start)
+        elif isinstance(record, Reconnected):
+            assert record.sequence == len(self.messages) + 1
+            self.reconnects += 1
+
+
+class CollectedEvents:
+    """An events subscriber's records, checked in order and once each, and what it was told."""
+
+    def __init__(self) -> None:
+        self.records: list[bytes] = []
+        self.lost: list[tuple[int, int]] = []
+        self.reconnects = 0
+        self.next = 1
+
+    def receive(self, record: Record) -> None:
+        if isinstance(record, Events):
+            got = record.records
+            assert (got["flags"] == 0).all(), "an image sent to a client replaying from 1"
+            assert got["sequence"].tolist() == list(range(self.next, self.next + len(got)))
+            self.records.append(got.tobytes())
+            self.next += len(got)
+        elif isinstance(record, Lost):
+            assert record.sequence == self.next
+            self.lost.append((record.start, record.end))
+            self.next += 1
+        elif isinstance(record, Reconnected):
+            assert record.sequence == self.next
+            self.reconnects += 1
+        else:
+            raise AssertionError(f"{record} for a client that keeps up")
+
+
+def day_of_events(source: bytes) -> bytes:
+    """The records the books raise for ``source``, numbered from 1, without block lengths."""
+    engine = BookEngine()
+    out, sequence, itch = [], 1, 1
+    for chunk in chunks_of(source):
+        count, blocks = records(engine.process(chunk), sequence, itch, chunk)
+        out.append(blocks)
+        sequence += count
+        itch += len(list(iter_messages(chunk)))
+    return bytes(from_blocks(b"".join(out)).tobytes())
+
+
+def unnumbered(rows: np.ndarray, mask: np.ndarray) -> bytes:
+    """The records (a RECORD array) where ``mask`` is true, whole, their numbers zeroed: records
+    compared by what they say."""
+    raw = where(rows, mask).view(np.uint8).reshape(-1, RECORD_SIZE).copy()
+    raw[:, 2:10] = 0
+    return raw.tobytes()
+
+
+def chunks_of(source: bytes, size: int = 1 << 20) -> list[bytes]:
+    """``source`` cut into block streams of about ``size`` bytes, at message boundaries."""
+    offsets, end = offsets_of(source)
+    cuts = [int(offsets[i]) for i in range(0, len(offsets), max(1, size // 30))] + [end]
+    return [source[a:b] for a, b in itertools.pairwise(cuts) if b > a]

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from harness import wait_until
-from tickerplant.capture.journal import BLOCK, Checksums, JournalError, JournalFile
+from tickerplant.capture.journal import (
+    BLOCK,
+    Checksums,
+    JournalError,
+    JournalFile,
+    JournalFollower,
+    mark_ended,
+)
 from tickerplant.distribute.journal import Journal
 from tickerplant.wire.blocks import join_messages
 
@@ -239,3 +246,34 @@ def test_what_a_power_cut_leaves_is_kept_up_to_its_last_whole_vouched_message(
     assert reopened.blocks(1, kept) == (kept, messages(1, kept))
     assert path.stat().st_size == kept * 100  # and the file is cut there, its checksums too
     assert Checksums.decode(crc.read_bytes()).covered == kept * 100
+
+
+def test_a_follower_reads_what_another_process_writes_as_it_grows_and_knows_its_end(
+    tmp_path: Path,
+) -> None:
+    file = JournalFile(tmp_path, "journal", 0, reopen=False)
+    written = Journal(SESSION)
+    file.open(written)
+    follower: JournalFollower | None = None
+    for first in range(1, 3001, 100):  # 300,000 bytes, written 10,000 at a time
+        written.append(messages(first, 100))
+        file.follow(written)
+        if follower is None:
+            wait_until(lambda: (tmp_path / PATH).exists(), 10, "the file made")
+            follower = JournalFollower(tmp_path / PATH)
+        follower.poll()  # whatever the writer thread has got to: a block, half of one, none
+    file.close()
+    assert follower is not None and not follower.ended
+    mark_ended(tmp_path / PATH, written.size)
+    follower.poll()
+    assert follower.ended and len(follower.journal) == 3000
+    assert follower.journal.memory == 0  # read back from the file, not held
+    assert follower.journal.blocks(1, 3000) == (3000, messages(1, 3000))
+    flip(tmp_path / PATH, 10)  # the disk changes a byte of the first block: not served
+    with pytest.raises(JournalError):
+        follower.journal.blocks(1, 5)
+    follower.close()
+    again = JournalFollower(tmp_path / PATH)  # a recovery host started again reads it anew
+    with pytest.raises(JournalError, match="do not match their checksum"):
+        again.poll()
+    again.close()

@@ -26,7 +26,7 @@ CELLS = [
     Cell(a=5, b=5, rerequest=20),
     Cell(a=100, b=100),
     Cell(a=100, b=100, recovery=False),
-    Cell(a=100, b=100, replay=20),
+    Cell(a=100, b=100, replay=5),
     Cell(dup=5, reorder=5),
     Cell(a=5, dup=5, reorder=5, recovery=False),
 ]

@@ -4,7 +4,6 @@ loopback with the exchange in its own process and subscribers over real TCP."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
 import socket
 import tomllib
@@ -14,11 +13,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from harness import ports, source_stream, until
+from harness import (
+    Collected,
+    CollectedEvents,
+    day_of_events,
+    ports,
+    source_stream,
+    unnumbered,
+    until,
+)
 from tickerplant.book import BookEngine
-from tickerplant.book.normalize import records
 from tickerplant.capture.journal import Checksums
-from tickerplant.client import Events, Lost, Reconnected, Record, SubscribeError, subscribe
+from tickerplant.client import Lost, SubscribeError, subscribe
 from tickerplant.client.subscribe import _split
 from tickerplant.distribute.fanout import Policy
 from tickerplant.distribute.stream import LOST, ItchStream
@@ -31,8 +37,8 @@ from tickerplant.ops.config import example, load
 from tickerplant.plant import EventsConfig, GlimpseConfig, Plant, PlantConfig, StreamConfig
 from tickerplant.receive.events import Batch, GapLost, SessionEnded, SessionStarted, Source
 from tickerplant.receive.recovery import RecoveryConfig
-from tickerplant.wire.blocks import iter_messages, join_messages, offsets_of
-from tickerplant.wire.events import RECORD, RECORD_SIZE, from_blocks, where
+from tickerplant.wire.blocks import iter_messages, join_messages
+from tickerplant.wire.events import RECORD, RECORD_SIZE, from_blocks
 
 S1, S2 = b"SESSION001", b"SESSION002"
 ANY_PORT = GlimpseConfig(Endpoint("127.0.0.1", 0))  # the snapshot service, out of the way
@@ -174,82 +180,6 @@ def test_a_config_with_a_password_in_the_clear_is_refused() -> None:
     assert passwords.verify(stored, b"s3cret    ")  # as a login pads it
     assert not passwords.verify(stored, b"s3cret!")
     assert stored != passwords.hash_password("s3cret")  # salted
-
-
-class Collected:
-    """A subscriber's records: every message by number, lost ranges, reconnects."""
-
-    def __init__(self) -> None:
-        self.messages: list[bytes] = []
-        self.lost: list[tuple[int, int]] = []
-        self.reconnects = 0
-        self.events = CollectedEvents()  # the same client's events subscription, if any
-
-    def receive(self, record: Record) -> None:
-        if isinstance(record, Batch):
-            assert record.first == len(self.messages) + 1, "out of order or twice"
-            self.messages += iter_messages(record.blocks)
-        elif isinstance(record, Lost):
-            assert record.start == len(self.messages) + 1
-            self.lost.append((record.start, record.end))
-            self.messages += [LOST[2:]] * (record.end - record.start)
-        elif isinstance(record, Reconnected):
-            assert record.sequence == len(self.messages) + 1
-            self.reconnects += 1
-
-
-class CollectedEvents:
-    """An events subscriber's records, checked in order and once each, and what it was told."""
-
-    def __init__(self) -> None:
-        self.records: list[bytes] = []
-        self.lost: list[tuple[int, int]] = []
-        self.reconnects = 0
-        self.next = 1
-
-    def receive(self, record: Record) -> None:
-        if isinstance(record, Events):
-            got = record.records
-            assert (got["flags"] == 0).all(), "an image sent to a client replaying from 1"
-            assert got["sequence"].tolist() == list(range(self.next, self.next + len(got)))
-            self.records.append(got.tobytes())
-            self.next += len(got)
-        elif isinstance(record, Lost):
-            assert record.sequence == self.next
-            self.lost.append((record.start, record.end))
-            self.next += 1
-        elif isinstance(record, Reconnected):
-            assert record.sequence == self.next
-            self.reconnects += 1
-        else:
-            raise AssertionError(f"{record} for a client that keeps up")
-
-
-def day_of_events(source: bytes) -> bytes:
-    """The records the books raise for ``source``, numbered from 1, without block lengths."""
-    engine = BookEngine()
-    out, sequence, itch = [], 1, 1
-    for chunk in chunks_of(source):
-        count, blocks = records(engine.process(chunk), sequence, itch, chunk)
-        out.append(blocks)
-        sequence += count
-        itch += len(list(iter_messages(chunk)))
-    return bytes(from_blocks(b"".join(out)).tobytes())
-
-
-def unnumbered(rows: np.ndarray, mask: np.ndarray) -> bytes:
-    """The records (a RECORD array) where ``mask`` is true, whole, their numbers zeroed: records
-    compared by what they say."""
-    raw = where(rows, mask).view(np.uint8).reshape(-1, RECORD_SIZE).copy()
-    raw[:, 2:10] = 0
-    return raw.tobytes()
-
-
-def chunks_of(source: bytes, size: int = 1 << 20) -> list[bytes]:
-    """``source`` cut into block streams of about ``size`` bytes, at message boundaries."""
-    offsets, end = offsets_of(source)
-    cuts = [int(offsets[i]) for i in range(0, len(offsets), max(1, size // 30))] + [end]
-    return [source[a:b] for a, b in itertools.pairwise(cuts) if b > a]
 
 
 async def _collect(

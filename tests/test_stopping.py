@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import ports, source_stream, until, wait_until
+from harness import Collected, ports, source_stream, until, wait_until
 from test_demo import _free_port
 from test_metrics import _ended, scrape
-from test_plant import Collected, _collect
+from test_plant import _collect
 from tickerplant.capture.itch_file import ItchWriter
 from tickerplant.distribute.fanout import FanOut
 from tickerplant.distribute.journal import Journal

@@ -136,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     from tickerplant.replay import build_parser as replay_arguments
     from tickerplant.replay import run_replay
 
+    rec = sub.add_parser("recovery", help="the exchange's recovery host: re-requests and replay "
+                         "from the journal file its publisher writes (exchange --journal-dir)")
+    rec.add_argument("--journal-dir", type=Path, required=True, metavar="DIR")
+    rec.add_argument("--rerequest", type=_endpoint("--rerequest"), default=endpoint.REREQUEST)
+    rec.add_argument("--no-rerequest", action="store_true")
+    rec.add_argument("--replay", type=_endpoint("--replay"), default=endpoint.REPLAY)
+    rec.add_argument("--no-replay", action="store_true")
+    rec.set_defaults(func=commands.recovery)
+
     replay = sub.add_parser("replay", help="build books from an ITCH file; BBO, trades to Parquet")
     replay_arguments(replay)
     replay.set_defaults(func=run_replay)

@@ -149,6 +149,24 @@ def exchange(args: argparse.Namespace) -> int:
     return run_loop(main())
 
 
+def recovery(args: argparse.Namespace) -> int:
+    from tickerplant.exchange.recovery import RecoveryConfig, run_recovery
+
+    cfg = RecoveryConfig(args.journal_dir, None if args.no_rerequest else args.rerequest,
+                         None if args.no_replay else args.replay)  # fmt: skip
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        restore = stop_on_signals(stop, "recovery")
+        try:
+            await run_recovery(cfg, stop)
+        finally:
+            restore()
+        return 0
+
+    return run_loop(main())
+
+
 def feed(args: argparse.Namespace) -> int:
     from tickerplant.feed.handler import FeedConfig, FeedHandler
     from tickerplant.receive.recovery import RecoveryConfig

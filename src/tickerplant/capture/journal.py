@@ -12,6 +12,7 @@ of being served.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -295,6 +296,64 @@ class JournalFile:
         self.errors += 1
         if self.errors == 1:
             log.error("journal %s: %s; served from memory only", file.name, err)
+
+
+class JournalFollower:
+    """A journal file another process is writing (the exchange's, read by its recovery host),
+    followed as it grows: each :meth:`poll` appends to :attr:`journal` what was written since
+    and its checksums vouch for, and lets go of it at once (it is read back from the file). The
+    file's ``.end`` beside it, written once the session's last byte is, says it is whole."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.journal = Journal(session_bytes(path.stem))
+        self._reader = os.open(path, os.O_RDONLY)
+        self._sums = Checksums()
+        self.journal.backing = _backing(self._sums, self._reader)
+        self._verified = 0  # bytes of the file vouched for and read
+        self._tail = b""  # of them, a message not yet whole
+
+    @property
+    def ended(self) -> bool:
+        """The writer has finished the file, and all of it has been read."""
+        end = _end(self.path)
+        return end.exists() and self._verified >= int(end.read_text() or -1)
+
+    def poll(self) -> int:
+        """Append what was written since the last call; returns the messages appended. Raises
+        :class:`JournalError` if bytes do not match their checksum (the disk changed them)."""
+        first = self._verified // BLOCK  # the entry of the block the last poll ended in
+        with contextlib.suppress(FileNotFoundError):
+            raw = _crc(self.path).read_bytes()[first * ENTRY.size :]
+            self._sums.entries[first:] = Checksums.decode(raw).entries
+        start = first * BLOCK
+        covered = self._sums.covered
+        if covered <= self._verified:
+            return 0
+        data = _pread(self._reader, start, covered - start)
+        good = self._sums.verified(data, start)
+        if (start + good) // BLOCK < len(self._sums.entries) - 1:  # (the last entry may be
+            # caught mid-write: looked at again next time; one before it may not)
+            raise JournalError(f"{self.path}: bytes {start + good}-{covered} do not match their "
+                               "checksum")  # fmt: skip
+        piece = self._tail + data[self._verified - start : good]
+        before = len(self.journal)
+        self._tail = piece[self.journal.restore(piece) :]
+        self.journal.spill(0, self.journal.size)
+        self._verified = start + good
+        return len(self.journal) - before
+
+    def close(self) -> None:
+        os.close(self._reader)
+
+
+def mark_ended(path: Path, size: int) -> None:
+    """Say that the journal file ``path`` is whole at ``size`` bytes (:class:`JournalFollower`)."""
+    _end(path).write_text(str(size))
+
+
+def _end(path: Path) -> Path:
+    return path.with_name(path.name + ".end")
 
 
 def _sync_directory(directory: Path) -> None:

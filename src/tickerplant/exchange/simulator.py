@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from tickerplant import endpoint
-from tickerplant.capture.journal import JournalFile
+from tickerplant.capture.journal import JournalFile, mark_ended
 from tickerplant.capture.lines import read_messages
 from tickerplant.distribute.fanout import FanOut, FanOutCounters
 from tickerplant.distribute.journal import Journal
@@ -320,6 +320,9 @@ async def run_exchange(
         file.close()
         if config.journal_dir is None:
             shutil.rmtree(file.directory or "", ignore_errors=True)
+        elif file.directory is not None:  # whole: its recovery host may end the session
+            name = f"{journal.session.decode('ascii').strip()}.journal"
+            mark_ended(file.directory / name, journal.size)
         if replay is not None:
             await replay.close()
         if rerequest is not None:
