@@ -22,5 +22,6 @@ def test_a_plant_killed_again_and_again_loses_and_repeats_nothing() -> None:
     assert result.published == 1_000_000
     assert result.restarts + result.recovery_restarts >= 3, result
     assert result.itch_messages == 1_000_000
+    assert result.lost == [], "the plant reported ranges lost"
     assert result.identical, "a client's stream is not the published one"
     assert result.itch_reconnects >= result.restarts
