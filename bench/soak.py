@@ -137,6 +137,7 @@ async def main(args: argparse.Namespace) -> int:
     rerequest, replay = Endpoint("127.0.0.1", base + 2), Endpoint("127.0.0.1", base + 3)
     itch, events, glimpse, metrics = (free_port() for _ in range(4))
     work = Path(args.dir or tempfile.mkdtemp(prefix="soak-"))
+    work.mkdir(parents=True, exist_ok=True)
     config = work / "plant.toml"
     config.write_text(f"""
 [feed]

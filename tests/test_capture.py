@@ -136,6 +136,21 @@ def test_pcapng_sections_interfaces_and_blocks(tmp_path: Path) -> None:
     assert c.link_types == {"ethernet": 2, "linux_sll2": 1, "raw": 1}
 
 
+def test_a_pcapng_stamp_with_its_top_bit_set_is_read_the_same_compiled_or_not(
+    tmp_path: Path,
+) -> None:
+    """Found by fuzz/files.py: as Python (NUMBA_DISABLE_JIT) the walk overflowed storing a raw
+    stamp of 2**63 or more; compiled, it kept the bits. Both keep them now."""
+    sent = payloads(1, seed=3)
+    path = tmp_path / "f.pcapng"
+    path.write_bytes(section() + interface(frames.ETHERNET, resolution=9)
+                     + enhanced(0, (0xFFFFFFFF << 32) | 5,
+                                frame(ipv4_udp(sent[0], A.host, A.port), frames.ETHERNET)))
+    capture = Capture(path)
+    [(_, host, port, payload, kind)] = datagrams(capture)
+    assert (host, port, payload, kind) == (A.host, A.port, sent[0], "udp")
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [

@@ -160,7 +160,13 @@ def walk_pcapng(
             cap = u32(buf, pos + 20, big)
             if 28 + cap > total - 4:
                 return count, pos, 4
-            stamp[count] = (u32(buf, pos + 12, big) << 32) | u32(buf, pos + 16, big)
+            # The 64 raw bits, kept as an int64's (read back as unsigned): shifted as a signed
+            # high word, so that Python (NUMBA_DISABLE_JIT) stores what compiled code does
+            # rather than overflowing (found by fuzz/files.py).
+            high = np.int64(u32(buf, pos + 12, big))
+            if high >= 1 << 31:
+                high -= 1 << 32
+            stamp[count] = (high << 32) | np.int64(u32(buf, pos + 16, big))
             data[count] = pos + 28
             caplen[count] = cap
             origlen[count] = u32(buf, pos + 24, big)
