@@ -152,14 +152,17 @@ class JournalFile:
         self._queue: queue.SimpleQueue[bytes | None] | None = None
         self._writer: threading.Thread | None = None
         self._finishing: list[threading.Thread] = []  # earlier sessions' writers, ending
-        self._readers: list[int] = []  # descriptors to read spilled ranges back with
+        # Each session file's descriptor to read spilled ranges back with, by file name: kept
+        # while its clients may read it, closed when the file is retired (a deleted file's
+        # disk is freed only then).
+        self._readers: dict[str, Reader] = {}
         self._sums = Checksums()
         self.reopened: Journal | None = None
         if directory is not None and reopen:
             found = _reopen(directory, suffix)
             if found is not None:
                 self.reopened, self._sums, reader = found
-                self._readers.append(reader)
+                self._readers[reader.name] = reader
 
     def open(self, journal: Journal) -> None:
         if self.directory is None:
@@ -177,8 +180,8 @@ class JournalFile:
             sums = self._sums  # (its backing reads what it reopened, and what is added)
         else:
             sums = Checksums()
-            reader = os.open(path, os.O_RDONLY)
-            self._readers.append(reader)
+            reader = Reader(path)
+            self._readers[path.name] = reader
             journal.backing = _backing(sums, reader)
         if not reopened and self.keep_sessions is not None:
             self._retire(path, self.keep_sessions)
@@ -199,6 +202,9 @@ class JournalFile:
             log.info("journal %s: older than the newest %d sessions, deleted", old, keep)
             old.unlink(missing_ok=True)
             _crc(old).unlink(missing_ok=True)
+            reader = self._readers.pop(old.name, None)
+            if reader is not None:
+                reader.close()
 
     def write(self, appended: list[bytes], journal: Journal | None) -> None:
         if self.directory is None:  # no file: a ring of the newest memory_bytes
@@ -227,9 +233,9 @@ class JournalFile:
         for writer in self._finishing:
             writer.join()
         self._finishing = []
-        for reader in self._readers:
-            os.close(reader)
-        self._readers = []
+        for reader in self._readers.values():
+            reader.close()
+        self._readers = {}
 
     def _stop(self, wait: bool) -> None:
         if self._queue is not None and self._writer is not None:
@@ -307,11 +313,12 @@ class JournalFollower:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.journal = Journal(session_bytes(path.stem))
-        self._reader = os.open(path, os.O_RDONLY)
+        self._reader = Reader(path)
         self._sums = Checksums()
         self.journal.backing = _backing(self._sums, self._reader)
         self._verified = 0  # bytes of the file vouched for and read
         self._tail = b""  # of them, a message not yet whole
+        self._suspect: int | None = None  # where bytes did not match at the last poll
 
     @property
     def ended(self) -> bool:
@@ -321,7 +328,8 @@ class JournalFollower:
 
     def poll(self) -> int:
         """Append what was written since the last call; returns the messages appended. Raises
-        :class:`JournalError` if bytes do not match their checksum (the disk changed them)."""
+        :class:`JournalError` if bytes do not match their checksum twice running (the disk
+        changed them)."""
         first = self._verified // BLOCK  # the entry of the block the last poll ended in
         with contextlib.suppress(FileNotFoundError):
             raw = _crc(self.path).read_bytes()[first * ENTRY.size :]
@@ -330,12 +338,19 @@ class JournalFollower:
         covered = self._sums.covered
         if covered <= self._verified:
             return 0
-        data = _pread(self._reader, start, covered - start)
+        data = _pread(self._reader.fd, start, covered - start)
         good = self._sums.verified(data, start)
-        if (start + good) // BLOCK < len(self._sums.entries) - 1:  # (the last entry may be
-            # caught mid-write: looked at again next time; one before it may not)
-            raise JournalError(f"{self.path}: bytes {start + good}-{covered} do not match their "
-                               "checksum")  # fmt: skip
+        bad = start + good
+        if bad // BLOCK < len(self._sums.entries) - 1:
+            # A block before the last does not match. A read racing the writer's may see an
+            # entry half-rewritten: looked at again next time; the same mismatch twice is the
+            # disk's.
+            if self._suspect == bad:
+                raise JournalError(f"{self.path}: bytes {bad}-{covered} do not match their "
+                                   "checksum")  # fmt: skip
+            self._suspect = bad
+        else:
+            self._suspect = None
         piece = self._tail + data[self._verified - start : good]
         before = len(self.journal)
         self._tail = piece[self.journal.restore(piece) :]
@@ -344,7 +359,7 @@ class JournalFollower:
         return len(self.journal) - before
 
     def close(self) -> None:
-        os.close(self._reader)
+        self._reader.close()
 
 
 def mark_ended(path: Path, size: int) -> None:
@@ -385,11 +400,34 @@ def _crc(path: Path) -> Path:
     return path.with_name(path.name + ".crc")
 
 
-def _backing(sums: Checksums, reader: int) -> Callable[[int, int], bytes]:
-    return lambda offset, size: sums.read(reader, offset, size)
+class Reader:
+    """A journal file's descriptor for reading back; closed, reads raise JournalError (a
+    journal whose file was retired is never read through a number since given to another)."""
+
+    def __init__(self, path: Path) -> None:
+        self.name = path.name
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
-def _reopen(directory: Path, suffix: str) -> tuple[Journal, Checksums, int] | None:
+def _backing(sums: Checksums, reader: Reader) -> Callable[[int, int], bytes]:
+    def read(offset: int, size: int) -> bytes:
+        if reader.fd < 0:
+            raise JournalError(f"journal {reader.name} was retired (keep_sessions): its file "
+                               "is gone")  # fmt: skip
+        try:
+            return sums.read(reader.fd, offset, size)
+        except OSError as err:  # the disk failing: the client is told, the plant goes on
+            raise JournalError(f"journal {reader.name}: {err.strerror}") from None
+
+    return read
+
+
+def _reopen(directory: Path, suffix: str) -> tuple[Journal, Checksums, Reader] | None:
     """The newest session journal a previous run left in ``directory``, read back as far as its
     checksums vouch for it, a piece at a time and let go of at once (a day's file is not read
     into memory), with their entries (to go on with) and the descriptor it reads back through."""
@@ -405,12 +443,12 @@ def _reopen(directory: Path, suffix: str) -> tuple[Journal, Checksums, int] | No
         return None
     journal = Journal(session_bytes(path.stem))
     sums = Checksums.decode(_crc(path).read_bytes())
-    reader = os.open(path, os.O_RDONLY)
+    reader = Reader(path)
     journal.backing = _backing(sums, reader)
-    size = os.fstat(reader).st_size
+    size = os.fstat(reader.fd).st_size
     verified, tail = 0, b""
     while verified < size:
-        data = _pread(reader, verified, min(REOPEN_READ, size - verified))
+        data = _pread(reader.fd, verified, min(REOPEN_READ, size - verified))
         good = sums.verified(data, verified)
         piece = tail + data[:good]
         tail = piece[journal.restore(piece) :]
@@ -430,6 +468,6 @@ def _reopen(directory: Path, suffix: str) -> tuple[Journal, Checksums, int] | No
     if taken != size or sums.covered != taken:  # (else the entries are the file's, whole)
         with path.open("r+b") as f:
             f.truncate(taken)
-        sums.cut(taken, reader)
+        sums.cut(taken, reader.fd)
         _crc(path).write_bytes(sums.encode())
     return journal, sums, reader
