@@ -44,6 +44,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +56,12 @@ from numpy.lib.npyio import NpzFile
 
 from tickerplant.endpoint import Endpoint
 from tickerplant.wire.blocks import offsets_of
+from tickerplant.wire.soupbintcp import LoginRequest, encode
 
 BENCH = "wire_latency"
 MEASURES = ("wire_to_client", "sent_to_read")  # (a), (b)
 QUANTILES = ("p50", "p99", "p99.9", "max")
+LOGIN = encode(LoginRequest(b"", b"", b"", 0))
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
@@ -366,7 +369,51 @@ def histogram(seconds: F64) -> list[list[float]]:
     return [[float(f"{e:.3g}"), int(c)] for e, c in zip(edges, counts, strict=True) if c]
 
 
+class Attack:
+    """``bench/hostile.py`` on one core against every port of the plant, and beside it a login
+    every half second from 127.0.0.1 (answered within 100 ms?) and the plant's RSS."""
+
+    def __init__(self, setup: Setup, plant: int) -> None:
+        self.process = subprocess.Popen(
+            ["taskset", "-c", "1", sys.executable, str(Path(__file__).parent / "hostile.py"),
+             "--ports", *(str(e.port) for e in (setup.itch, setup.events, setup.glimpse))],
+            stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert self.process.stdout is not None
+        self.ready = json.loads(self.process.stdout.readline())
+        self.logins: list[float | None] = []
+        self.rss = 0
+        self._stop = threading.Event()
+        self._probe = threading.Thread(target=self._probing, args=(setup.itch.port, plant))
+        self._probe.start()
+
+    def _probing(self, port: int, plant: int) -> None:
+        while not self._stop.wait(0.5):
+            started = time.monotonic()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                    sock.sendall(LOGIN)
+                    answered = sock.recv(3)[2:3] == b"A"
+            except OSError:
+                answered = False
+            self.logins.append(time.monotonic() - started if answered else None)
+            with open(f"/proc/{plant}/status") as f:
+                rss = next(int(x.split()[1]) * 1024 for x in f if x.startswith("VmRSS:"))
+            self.rss = max(self.rss, rss)
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._probe.join()
+        self.process.send_signal(signal.SIGTERM)
+        out, _ = self.process.communicate(timeout=60)
+        answered = [t for t in self.logins if t is not None]
+        return {"established": self.ready, "done": json.loads(out.strip().splitlines()[-1]),
+                "logins": len(self.logins), "answered": len(answered),
+                "within_100ms": sum(t <= 0.1 for t in answered),
+                "login_max": max(answered, default=None), "plant_rss_peak": self.rss}
+
+
 def one_run(args: argparse.Namespace, work: Path, index: int) -> dict[str, Any]:
+    attacked = args.hostile and index % 2 == 1  # rounds alternate: quiet, attacked, quiet...
     setup = Setup.free()
     config = work / f"plant{index}.toml"
     sent_log = work / f"sent{index}.npy"
@@ -378,6 +425,8 @@ def one_run(args: argparse.Namespace, work: Path, index: int) -> dict[str, Any]:
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
     clients = None
     capture = None
+    attack: Attack | None = None
+    attacks: dict[str, Any] = {}
     try:
         wait_listening(setup.itch, 60, "the plant")
         stream = setup.events if args.stream == "events" else setup.itch
@@ -394,6 +443,8 @@ def one_run(args: argparse.Namespace, work: Path, index: int) -> dict[str, Any]:
         assert clients.stdout is not None
         if clients.stdout.readline().strip() != "connected":
             raise RuntimeError("the clients did not connect")
+        if attacked:
+            attack = Attack(setup, plant.pid)
         exchange = subprocess.run(
             [sys.executable, "-m", "tickerplant", "exchange", "--json",
              "--line-a", str(setup.line_a), "--line-b", str(setup.line_b),
@@ -402,11 +453,16 @@ def one_run(args: argparse.Namespace, work: Path, index: int) -> dict[str, Any]:
              "--drop-a", str(args.drop_a), "--eos-seconds", "1", "--sent-log", str(sent_log)],
             check=True, capture_output=True, text=True, timeout=args.seconds + 300)  # fmt: skip
         published = json.loads(exchange.stdout)["published"]
+        if attack is not None:
+            attacks = attack.stop()
+            attack = None
         received = [int(n) for n in clients.stdout.readline().split()]  # they end at End of Session
         clients.wait(30)
         said = capture.stop()
         capture = None
     finally:
+        if attack is not None:
+            attack.stop()
         if capture is not None:
             capture.stop()
         if clients is not None and clients.poll() is None:
@@ -433,6 +489,7 @@ def one_run(args: argparse.Namespace, work: Path, index: int) -> dict[str, Any]:
     for done in (cap, sent_log, reads):
         done.unlink()
     return {"published": published, "dumpcap": said, "reads_capped": capped,
+            "attacked": attacked, "attacks": attacks,
             "loop_lag": {k: loop.get(k) for k in ("count", "p50", "p99", "max")},
             **{m: summary(parts) for m, parts in measured.items()}}  # fmt: skip
 
@@ -447,6 +504,9 @@ def main() -> None:
     parser.add_argument("--stream", choices=("itch", "events"), default="itch")
     parser.add_argument("--drop-a", type=float, default=0.0, help="loss injected on line A")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--hostile", action="store_true",
+                        help="every other round, bench/hostile.py on core 1 against every port "
+                        "(issue 21: the good clients' p99 within 20 %% of the quiet rounds')")
     parser.add_argument("--gc-off", action="store_true",
                         help="the plant with the cyclic garbage collector off: its share of "
                         "the tail")
@@ -485,6 +545,16 @@ def main() -> None:
             print(json.dumps({**base, "metric": f"{m}_{q}_median",
                               "value": round(float(np.median(values)), 7), "unit": "s",
                               "rounds": [round(v, 7) for v in values]}), flush=True)  # fmt: skip
+    if args.hostile:
+        quiet = [r for r in rounds if not r["attacked"]]
+        attacked = [r for r in rounds if r["attacked"]]
+        for m in MEASURES:
+            calm = float(np.median([r[m]["p99"] for r in quiet]))
+            ratios = [round(r[m]["p99"] / calm, 3) for r in attacked]
+            row = {**base, "metric": f"{m}_p99_attacked_over_quiet",
+                   "value": float(np.median(ratios)) if ratios else None, "unit": "x",
+                   "target": 1.2, "rounds": ratios, "attacks": [r["attacks"] for r in attacked]}
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
