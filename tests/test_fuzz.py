@@ -68,6 +68,7 @@ def test_seeds_corpus_and_mutations_go_through_the_compiled_code(name: str) -> N
         run(data)
 
 
+@pytest.mark.slow  # (it runs its target as Python already: once in make test is enough)
 @pytest.mark.skipif(importlib.util.find_spec("atheris") is None,
                     reason="atheris is not installed (pip install -e '.[dev]')")  # fmt: skip
 @pytest.mark.parametrize("name", TARGETS)
