@@ -283,6 +283,21 @@ def test_images_built_off_the_loop_go_first_in_the_order_asked_and_nothing_passe
     assert not link.sub.imaging and link.sub.closed
 
 
+def test_a_tick_is_bounded_for_a_client_whose_symbols_a_journal_lacks() -> None:
+    """A client narrowed to a symbol with no records, from 1: each chunk is read and nothing
+    sent. The tick is charged what was read, so one grant reads a few chunks, not the whole
+    journal (a review found the tick charged only bytes sent: all 1,000 chunks in one)."""
+    journal = Journal(SESSION)
+    journal.append(b"".join(bbo(n, 1, n) for n in range(1, 10_001)))
+    limits = FanOutLimits(chunk_messages=10, turn_bytes=1080, tick_bytes=2160)
+    fanout = events_fanout(journal, limits=limits)
+    Link(fanout, 0.0, sequence=1, with_login=encode(Request(b"+CCC     ")))
+    chunks = fanout.counters.chunks
+    for subscriber in fanout.handle_timer(0.0):
+        subscriber.handle.service(0.0)
+    assert fanout.counters.chunks - chunks <= 5  # 540 bytes read a chunk: a tick's 2,160
+
+
 def test_a_client_resuming_narrowed_gets_its_symbols_from_its_number_without_images() -> None:
     journal = Journal(SESSION)
     journal.append(b"".join(bbo(n, 1 + n % 3, n) for n in range(1, 31)))

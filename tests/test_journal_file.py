@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from harness import wait_until
 from tickerplant.capture.journal import (
     BLOCK,
+    ENTRY,
     Checksums,
     JournalError,
     JournalFile,
@@ -294,3 +296,62 @@ def test_a_follower_reads_what_another_process_writes_as_it_grows_and_knows_its_
     with pytest.raises(JournalError, match="do not match their checksum"):
         again.poll()
     again.close()
+
+
+def test_a_follower_never_steps_back_over_what_it_read_when_an_entry_is_caught_mid_write(
+    tmp_path: Path,
+) -> None:
+    path, crc = tmp_path / PATH, tmp_path / (PATH + ".crc")
+    first = messages(1, 10)
+    path.write_bytes(first)
+    crc.write_bytes(Checksums.of(first).encode())
+    follower = JournalFollower(path)
+    assert follower.poll() == 10
+    whole = first + messages(11, 10)
+    path.write_bytes(whole)
+    crc.write_bytes(ENTRY.pack(len(whole), 12345))  # the entry's length new, its CRC not yet
+    assert follower.poll() == 0  # (a review found it stepped back, then read 1-10 again)
+    crc.write_bytes(Checksums.of(whole).encode())
+    assert follower.poll() == 10
+    assert follower.journal.blocks(1, 100) == (20, whole)
+    follower.close()
+
+
+def test_a_sessions_end_is_read_whole_and_a_file_begun_again_has_none(tmp_path: Path) -> None:
+    path = tmp_path / PATH
+    path.write_bytes(messages(1, 10))
+    (tmp_path / (PATH + ".crc")).write_bytes(Checksums.of(messages(1, 10)).encode())
+    (tmp_path / (PATH + ".end")).write_text("")  # as a follower might catch it half-written
+    follower = JournalFollower(path)
+    follower.poll()
+    assert not follower.ended
+    mark_ended(path, 1000)
+    assert follower.ended and not (tmp_path / (PATH + ".end.partial")).exists()
+    follower.close()
+    file = JournalFile(tmp_path, "journal", 1 << 30, reopen=False)
+    file.open(Journal(SESSION))  # the same session name, begun again: not ended
+    assert not (tmp_path / (PATH + ".end")).exists()
+    file.close()
+
+
+def test_a_failing_fsync_is_not_tried_again_in_a_spin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A disk whose syncs fail (EIO, which a test cannot make a real disk do): counted and
+    logged, and tried again only after the next batch, not thousands of times a second."""
+    tries = []
+
+    def failing(fd: int) -> None:
+        tries.append(fd)
+        raise OSError(5, "Input/output error")
+
+    file = JournalFile(tmp_path, "journal", 1 << 30, fsync_interval=0.0)
+    journal = Journal(SESSION)
+    file.open(journal)
+    monkeypatch.setattr(os, "fsync", failing)
+    file.write([messages(1, 10)], journal)
+    wait_until(lambda: file.errors >= 1, 10, "the failed sync counted")
+    time.sleep(0.3)  # (what is measured here is that nothing happens meanwhile)
+    assert len(tries) == 1 and file.errors == 1
+    monkeypatch.undo()
+    file.close()

@@ -176,6 +176,13 @@ def test_a_config_with_a_password_in_the_clear_is_refused() -> None:
         EventsConfig(slow_consumers={"bob": "nope"})
     with pytest.raises(ConfigError, match="depth"):
         EventsConfig(depth=300)
+    # A ring smaller than a publish would drop what the publish pushes (found by review).
+    with pytest.raises(ConfigError, match=r"memory_bytes: 0 .* without a journal_dir"):
+        StreamConfig(memory_bytes=0)
+    assert StreamConfig(memory_bytes=0, journal_dir=Path("j")).memory_bytes == 0
+    # One session kept would cut the clients of the one before, at its end.
+    with pytest.raises(ConfigError, match=r"keep_sessions: 1 .* the one before"):
+        StreamConfig(keep_sessions=1)
     stored = passwords.hash_password("s3cret")
     assert passwords.verify(stored, b"s3cret    ")  # as a login pads it
     assert not passwords.verify(stored, b"s3cret!")

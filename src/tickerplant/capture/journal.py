@@ -13,6 +13,7 @@ of being served.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import queue
@@ -87,7 +88,7 @@ class Checksums:
         """Bytes of ``data`` (the file's bytes from ``at``, a multiple of BLOCK) vouched for
         from its start: up to the first block whose entry does not match, or that has none."""
         done = 0
-        for length, crc in self.entries[at // BLOCK :]:
+        for length, crc in itertools.islice(self.entries, at // BLOCK, None):
             block = data[done : done + length]
             if len(block) < length:
                 break  # past what ``data`` holds: the next read's to check
@@ -174,6 +175,8 @@ class JournalFile:
         reopened = journal is self.reopened
         file = path.open("ab" if reopened else "wb", buffering=0)
         crc = os.open(_crc(path), os.O_WRONLY | os.O_CREAT | (0 if reopened else os.O_TRUNC))
+        if not reopened:  # a session begun again: its end is not the run before's
+            _end(path).unlink(missing_ok=True)
         self._written = [journal.size if reopened else 0]
         self._followed = len(journal)
         if reopened:
@@ -286,6 +289,7 @@ class JournalFile:
                             due = None
                     except OSError as err:
                         self._failed(file, err)
+                        due = None  # (a sync that failed is not tried again at once: a spin)
                 if due is not None:
                     self._sync(file, crc)
             except OSError as err:
@@ -324,7 +328,11 @@ class JournalFollower:
     def ended(self) -> bool:
         """The writer has finished the file, and all of it has been read."""
         end = _end(self.path)
-        return end.exists() and self._verified >= int(end.read_text() or -1)
+        try:
+            size = int(end.read_text())
+        except (FileNotFoundError, ValueError):
+            return False
+        return self._verified >= size
 
     def poll(self) -> int:
         """Append what was written since the last call; returns the messages appended. Raises
@@ -341,6 +349,9 @@ class JournalFollower:
         data = _pread(self._reader.fd, start, covered - start)
         good = self._sums.verified(data, start)
         bad = start + good
+        if bad < self._verified:  # an entry read mid-rewrite: what was read stands, look again
+            self._suspect = bad
+            return 0
         if bad // BLOCK < len(self._sums.entries) - 1:
             # A block before the last does not match. A read racing the writer's may see an
             # entry half-rewritten: looked at again next time; the same mismatch twice is the
@@ -363,8 +374,11 @@ class JournalFollower:
 
 
 def mark_ended(path: Path, size: int) -> None:
-    """Say that the journal file ``path`` is whole at ``size`` bytes (:class:`JournalFollower`)."""
-    _end(path).write_text(str(size))
+    """Say that the journal file ``path`` is whole at ``size`` bytes (:class:`JournalFollower`):
+    written aside and renamed, so that a follower never reads it half-written."""
+    aside = path.with_name(path.name + ".end.partial")
+    aside.write_text(str(size))
+    aside.rename(_end(path))
 
 
 def _end(path: Path) -> Path:
@@ -384,7 +398,7 @@ def _pread(fd: int, offset: int, size: int) -> bytes:
     while size > 0:
         part = os.pread(fd, size, offset)
         if not part:
-            raise RuntimeError(f"journal file ends before {offset + size}: it was cut under us")
+            raise JournalError(f"journal file ends before {offset + size}: it was cut under us")
         parts.append(part)
         offset += len(part)
         size -= len(part)

@@ -315,14 +315,16 @@ async def run_exchange(
             return _summary(config, publisher, lines, servers, clock() - started, error)
 
         error = await _drive(publisher, replay, stop, on_progress, snapshot, file)
+        file.close()
+        if config.journal_dir is not None and file.directory is not None:
+            # Whole: its recovery host may end the session (not after a run that failed).
+            name = f"{journal.session.decode('ascii').strip()}.journal"
+            mark_ended(file.directory / name, journal.size)
         return snapshot(error)
     finally:
         file.close()
         if config.journal_dir is None:
             shutil.rmtree(file.directory or "", ignore_errors=True)
-        elif file.directory is not None:  # whole: its recovery host may end the session
-            name = f"{journal.session.decode('ascii').strip()}.journal"
-            mark_ended(file.directory / name, journal.size)
         if replay is not None:
             await replay.close()
         if rerequest is not None:

@@ -14,6 +14,7 @@ client, the exchange's replay server and the plant's streams are compositions of
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from collections.abc import Callable, Iterable
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 Verify = Callable[[str, bytes], bool]  # (stored hash, password as sent): does it match?
 ACCEPT_BATCH = 256  # connections taken a call of the listener's callback (the rest: the next)
 ACCEPT_RETRY = 1.0  # seconds before accepting again after accept() failed (asyncio's wait)
+OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 class SoupMachine(Protocol):
@@ -441,7 +443,10 @@ class SoupServer:
                 conn, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as err:  # out of descriptors, say: they wait in the kernel's queue
+            except OSError as err:
+                if err.errno not in OUT_OF_RESOURCES:
+                    continue  # that connection's own failure (aborted while queued): the next
+                # Out of descriptors or memory: the rest wait in the kernel's queue.
                 log.error("cannot accept on %s: %s; trying again in %.0f s",
                           Endpoint(self.host, self.port), err, ACCEPT_RETRY)  # fmt: skip
                 loop.remove_reader(listener.fileno())

@@ -17,6 +17,7 @@ from tickerplant.ops.config import check
 
 MEMORY_BYTES = 256 << 20  # of each stream's journal kept in memory
 KEEP_SESSIONS = 5  # a trading week of daily sessions' journal files
+MIN_RING = 1 << 20  # the least a journal without a file may keep
 
 
 def _feed() -> FeedConfig:
@@ -56,8 +57,12 @@ class StreamConfig:
 
     def __post_init__(self) -> None:
         check("memory_bytes", self.memory_bytes >= 0, self.memory_bytes, "give bytes, 0 or more")
-        check("keep_sessions", self.keep_sessions >= 1, self.keep_sessions,
-              "give 1 or more: the session being written is one")
+        check("memory_bytes", self.journal_dir is not None or self.memory_bytes >= MIN_RING,
+              self.memory_bytes, f"give {MIN_RING} or more without a journal_dir: it is all a "
+              "client can resume from")  # fmt: skip
+        check("keep_sessions", self.keep_sessions >= 2, self.keep_sessions,
+              "give 2 or more: the session being written, and the one before, whose clients "
+              "may still be finishing it")  # fmt: skip
         if self.fsync_interval is not None:
             check("fsync_interval", self.fsync_interval >= 0, self.fsync_interval,
                   "give seconds, 0 or more, or leave it out")

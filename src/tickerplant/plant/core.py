@@ -186,13 +186,15 @@ class Plant:
         self._publish_itch()
         self._publish_events()
 
+    # Published, then handed to the file (which may let the journal go of its oldest): a ring
+    # smaller than one publish would otherwise have dropped what the publish is about to push.
     def _publish_itch(self) -> None:
-        self._itch_file.write(self.stream.blocks_to_write(), self.stream.journal)
         self.itch.publish()
+        self._itch_file.write(self.stream.blocks_to_write(), self.stream.journal)
 
     def _publish_events(self) -> None:
-        self._events_file.write(self.event_stream.blocks_to_write(), self.event_stream.journal)
         self.events.publish()
+        self._events_file.write(self.event_stream.blocks_to_write(), self.event_stream.journal)
 
 
 def _file(stream: StreamConfig, suffix: str) -> JournalFile:

@@ -69,6 +69,7 @@ class Delivery:
         self._publishes: deque[tuple[int, float]] = deque(maxlen=PUBLISHES_KEPT)
         self._rotation = 0  # who is pushed first: the next publish starts one further on
         self.turns: deque[Subscriber[Any]] = deque()  # waiting for a catch-up turn, in order
+        self.worked = 0  # bytes catch-up turns have sent, or read and sent nothing of
         # Catch-up chunks computed this publish, shared by subscribers at the same place asking
         # for the same: (group, cursor, messages, conflated) -> the chunk
         self._shared: dict[tuple[bytes | None, int, int, bool], Chunk] = {}
@@ -141,13 +142,13 @@ class Delivery:
             self.turns.append(subscriber)
 
     def grant(self, now: float) -> Iterator[Subscriber[Any]]:
-        """The next turns, in the order asked, until ``tick_bytes`` have been sent: each
-        subscriber yielded is io's to service before it asks for the next (what it sends is
+        """The next turns, in the order asked, until ``tick_bytes`` of work is done: each
+        subscriber yielded is io's to service before it asks for the next (its turn's work is
         what the tick is charged: a live client left one batch by the publish budget costs its
         batch, not a whole turn). One gone or paused meanwhile is passed over (a socket that
         drains asks again)."""
-        counters, start = self.counters, self.counters.bytes_sent
-        while self.turns and counters.bytes_sent - start < self.limits.tick_bytes:
+        start = self.worked
+        while self.turns and self.worked - start < self.limits.tick_bytes:
             subscriber = self.turns.popleft()
             subscriber.waiting = False
             if subscriber.active and not subscriber.paused:
@@ -188,8 +189,11 @@ class Delivery:
                     self._shared[key] = chunk
             count, read, sent, packets, dropped = chunk
             self.counters.conflated_updates += dropped
-            # What it was sent, or (sent nothing) what was read for it: a turn's work is bounded.
-            subscriber.budget -= len(packets) if sent else read
+            # What it was sent, or (sent nothing) what was read for it: a turn's work is bounded,
+            # and a tick's (a client narrowed to symbols a chunk lacks costs its reading).
+            cost = len(packets) if sent else read
+            subscriber.budget -= cost
+            self.worked += cost
             if conflating:
                 self._round_sent(subscriber, at, now)
             self.send(subscriber, packets, sent, at + count)
