@@ -34,6 +34,7 @@ from tickerplant.distribute.fanout import (
 from tickerplant.distribute.journal import Journal
 from tickerplant.endpoint import Endpoint
 from tickerplant.io.loop import Timer, clock
+from tickerplant.io.turns import Turns
 from tickerplant.ops.logs import fields
 from tickerplant.session.soupbin import (
     Closed,
@@ -160,23 +161,6 @@ class SoupConnection(asyncio.Protocol, Generic[M]):
     def _on_timer(self) -> None:
         self.session.handle_timer(clock())
         self.service()
-
-
-class Turns:
-    """A fan-out's catch-up turns on the loop: granted a few at a time (``tick_bytes``) on a
-    timer due at once, so the loop looks at its sockets (a new login) between two grants."""
-
-    def __init__(self, fanout: FanOut[SubscriberConnection]) -> None:
-        self.fanout = fanout
-        self._timer = Timer(self._grant)
-
-    def arm(self) -> None:
-        self._timer.arm(self.fanout.get_timer())
-
-    def _grant(self) -> None:
-        for subscriber in self.fanout.handle_timer(clock()):
-            subscriber.handle.service()  # (before the next is granted: it is charged its bytes)
-        self.arm()
 
 
 class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
