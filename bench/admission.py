@@ -23,13 +23,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from plant_run import free_port, rss, scraped
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.wire.soupbintcp import LoginRequest, encode
@@ -42,10 +42,6 @@ def emit(metric: str, value: float, unit: str, **extra: Any) -> None:
                       "value": value, "unit": unit, **extra}), flush=True)  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def attack(port: int, clients: int, pipe: Connection) -> None:
@@ -94,12 +90,6 @@ def login_time(port: int, timeout: float) -> float | None:
         return time.monotonic() - start if got[2:3] == b"A" else None
 
 
-def rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def probe(port: int, pid: int, seconds: float, every: float, timeout: float
@@ -130,17 +120,6 @@ def report(phase: str, times: list[float | None], peak: int, **extra: Any) -> No
     emit("plant_rss_peak", peak, "bytes", phase=phase, **extra)
 
 
-def scraped(port: int, stream: str = "itch") -> dict[str, float]:
-    """The plant's counters for ``stream`` from its /metrics: name (without tickerplant_ and
-    _total) to value, summed over the other labels."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("tickerplant_") and f'stream="{stream}"' in line:
-            name = line.split("{")[0].removeprefix("tickerplant_").removesuffix("_total")
-            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-    return out
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -189,10 +168,10 @@ listen = "127.0.0.1:{glimpse}"
                 attacked = await loop.run_in_executor(None, probe, itch, plant.pid,
                                                       args.seconds, args.every, args.timeout)
                 opened = ours.recv() if ours.poll(30) else -1
-                seen = scraped(metrics)
-                report("attacked", *attacked, attackers=opened, logins=seen.get("logins"),
-                       cut=seen.get("slow_consumers"),
-                       over_budget_cuts=seen.get("over_budget_cuts"))
+                seen = scraped(metrics, 'stream="itch"')
+                report("attacked", *attacked, attackers=opened,
+                       logins=seen.get("logins_total"), cut=seen.get("slow_consumers_total"),
+                       over_budget_cuts=seen.get("over_budget_cuts_total"))
                 ours.send("go")
                 attacker.join(30)
             finally:

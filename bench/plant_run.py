@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -181,3 +182,29 @@ async def run_once(offset: int, *exchange_args: str, digest: bool = True,
     figures.update(served)
     return RunResult(summary["published"], delivered, identical, seconds, cpu, loop_cpu, figures,
                      summary)  # fmt: skip
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (for a plant's listener)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss(pid: int) -> int:
+    """Process ``pid``'s resident memory, bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def scraped(port: int, label: str = "") -> dict[str, float]:
+    """A plant's figures from its /metrics (names as exposed, without ``tickerplant_``), summed
+    over their labels; ``label`` (e.g. ``stream="itch"``) keeps only the lines that have it."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("tickerplant_") and label in line:
+            name = line.split("{")[0].split(" ")[0].removeprefix("tickerplant_")
+            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out

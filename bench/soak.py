@@ -31,10 +31,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from plant_run import free_port, rss, scraped
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.wire.soupbintcp import LoginRequest, encode
@@ -46,10 +46,6 @@ def emit(**fields: Any) -> None:
     print(json.dumps({"bench": "soak", "subject": "tickerplant", **fields}), flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def clients(ports: list[int], count: int, until: float, seed: int) -> None:
@@ -98,8 +94,6 @@ def clients(ports: list[int], count: int, until: float, seed: int) -> None:
 def rss_and_fds(pid: int) -> tuple[int, int, int]:
     """The process's RSS, its descriptors other than sockets (files, pipes: what must stay
     flat), and its sockets (the clients come and go)."""
-    with open(f"/proc/{pid}/status") as f:
-        rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
     sockets = files = 0
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
@@ -110,26 +104,13 @@ def rss_and_fds(pid: int) -> tuple[int, int, int]:
             sockets += 1
         else:
             files += 1
-    return rss, files, sockets
+    return rss(pid), files, sockets
 
 
 def disk(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
-def scraped(port: int) -> dict[str, float]:
-    """The plant's counters and gauges from /metrics, summed over labels."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("tickerplant_") and not line.startswith("tickerplant_loop_lag"):
-            name = line.split("{")[0].split(" ")[0].removeprefix("tickerplant_")
-            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-        elif line.startswith("tickerplant_loop_lag_seconds_sum") or \
-                line.startswith("tickerplant_loop_lag_seconds_count"):
-            out[line.split(" ")[0].removeprefix("tickerplant_")] = float(line.split(" ")[1])
-    return out
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -173,11 +154,11 @@ listen = "127.0.0.1:{glimpse}"
             await asyncio.sleep(args.sample)
             if plant.poll() is not None:
                 return
-            rss, fds, sockets = rss_and_fds(plant.pid)
-            row = {"t": round(time.monotonic() - started, 1), "rss": rss, "fds": fds,
+            held, fds, sockets = rss_and_fds(plant.pid)
+            row = {"t": round(time.monotonic() - started, 1), "rss": held, "fds": fds,
                    "sockets": sockets, "disk": disk(work), "figures": scraped(metrics)}  # fmt: skip
             samples.append(row)
-            emit(metric="sample", value=rss, unit="bytes", **row)
+            emit(metric="sample", value=held, unit="bytes", **row)
 
     sampler = asyncio.ensure_future(sample())
     try:

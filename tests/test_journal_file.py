@@ -355,3 +355,16 @@ def test_a_failing_fsync_is_not_tried_again_in_a_spin(
     assert len(tries) == 1 and file.errors == 1
     monkeypatch.undo()
     file.close()
+
+
+def test_a_follower_started_late_reads_a_big_file_back_a_piece_a_poll(tmp_path: Path) -> None:
+    path = tmp_path / PATH
+    whole = messages(1, 60_000)  # 6 MB: more than one poll's 4 MiB
+    path.write_bytes(whole)
+    (tmp_path / (PATH + ".crc")).write_bytes(Checksums.of(whole).encode())
+    follower = JournalFollower(path)
+    first = follower.poll()
+    assert 0 < first < 60_000 and follower.journal.memory == 0
+    assert follower.poll() == 60_000 - first
+    assert follower.journal.blocks(1, 60_000) == (60_000, whole)
+    follower.close()

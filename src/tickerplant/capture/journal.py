@@ -346,13 +346,18 @@ class JournalFollower:
         covered = self._sums.covered
         if covered <= self._verified:
             return 0
-        data = _pread(self._reader.fd, start, covered - start)
+        # At most REOPEN_READ a poll: a host started late on a day's file reads it back in
+        # pieces, not all at once on its loop.
+        end = min(covered, start + REOPEN_READ)
+        data = _pread(self._reader.fd, start, end - start)
         good = self._sums.verified(data, start)
         bad = start + good
-        if bad < self._verified:  # an entry read mid-rewrite: what was read stands, look again
+        if bad == end < covered:  # what this poll read is all vouched for: the rest next time
+            self._suspect = None
+        elif bad < self._verified:  # an entry read mid-rewrite: what was read stands, look again
             self._suspect = bad
             return 0
-        if bad // BLOCK < len(self._sums.entries) - 1:
+        elif bad // BLOCK < len(self._sums.entries) - 1:
             # A block before the last does not match. A read racing the writer's may see an
             # entry half-rewritten: looked at again next time; the same mismatch twice is the
             # disk's.
