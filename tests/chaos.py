@@ -24,7 +24,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import Collected, CollectedEvents, day_of_events, ports, source_stream
+from harness import (
+    Collected,
+    CollectedEvents,
+    day_of_events,
+    ports,
+    recovery_host,
+    source_stream,
+)
 from tickerplant.client import subscribe
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.child import ExchangeProcess
@@ -122,14 +129,7 @@ listen = "127.0.0.1:{free_port()}"
         journal = Path(work) / "exchange"
         journal.mkdir()
 
-        def recover() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                [sys.executable, "-m", "tickerplant", "recovery", "--journal-dir", str(journal),
-                 "--rerequest", str(p.rerequest), "--replay", str(p.replay)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-
-        recovery = recover()
+        recovery = recovery_host(journal, p)
         plant, since = start()
         waits = [await serving(since)]
         readers = [asyncio.ensure_future(read_itch()), asyncio.ensure_future(read_events())]
@@ -146,7 +146,7 @@ listen = "127.0.0.1:{free_port()}"
                     if rng.random() < 1 / 3:
                         recovery.kill()
                         recovery.wait()
-                        recovery = recover()
+                        recovery = recovery_host(journal, p)
                         recovery_restarts += 1
                         continue
                     plant.kill()

@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -249,3 +250,12 @@ def chunks_of(source: bytes, size: int = 1 << 20) -> list[bytes]:
     offsets, end = offsets_of(source)
     cuts = [int(offsets[i]) for i in range(0, len(offsets), max(1, size // 30))] + [end]
     return [source[a:b] for a, b in itertools.pairwise(cuts) if b > a]
+
+
+def recovery_host(journal_dir: Path, p: Ports) -> subprocess.Popen[bytes]:
+    """``tickerplant recovery`` serving ``p``'s re-request and replay from ``journal_dir``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tickerplant", "recovery", "--journal-dir", str(journal_dir),
+         "--rerequest", str(p.rerequest), "--replay", str(p.replay)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
-from harness import ports, source_stream
+from harness import ports, recovery_host, source_stream
 from tickerplant.client import subscribe
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.receive.events import Batch
@@ -25,13 +23,6 @@ def test_a_recovery_host_apart_from_the_publisher_answers_re_requests_and_replay
 ) -> None:
     p = ports()
     source = list(iter_messages(source_stream(41, 50, MESSAGES)))
-
-    def recovery() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "tickerplant", "recovery", "--journal-dir", str(tmp_path),
-             "--rerequest", str(p.rerequest), "--replay", str(p.replay)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
 
     def ask(first: int, count: int) -> list[bytes]:
         """A re-request, answered (retried while the host starts)."""
@@ -63,14 +54,14 @@ def test_a_recovery_host_apart_from_the_publisher_answers_re_requests_and_replay
         return await asyncio.wait_for(replayed(), 60)
 
     session = mold.session_bytes("TP00000001")
-    host = recovery()
+    host = recovery_host(tmp_path, p)
     try:
         got = asyncio.run(main())  # the session whole, then End of Session: the file is marked
         assert got == source
         assert ask(500, 3) == source[499:502]
         host.kill()  # killed, and started again: it reads the file back and answers the same
         host.wait()
-        host = recovery()
+        host = recovery_host(tmp_path, p)
         assert ask(99_990, 20) == source[99_989:]  # (to the end: 11 of the 20 exist)
     finally:
         host.kill()
