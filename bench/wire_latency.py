@@ -329,6 +329,16 @@ def latencies(numbers: I64, at: F64, first: int, sent: F64) -> F64:
     return late
 
 
+def by_second(late: F64, since: F64) -> list[float]:
+    """The p99 of ``late`` in each second of the run (``since`` its start): when it was late
+    (an attacked round: as the attackers came, or throughout)."""
+    known = ~np.isnan(late)
+    second = np.floor(since[known]).astype(np.int64)
+    late = late[known]
+    return [float(np.percentile(late[second == i], 99)) if np.any(second == i) else 0.0
+            for i in range(int(second.max()) + 1 if second.size else 0)]
+
+
 def summary(parts: list[F64]) -> dict[str, Any]:
     """Quantiles and histogram of the timed latencies in ``parts``; the untimed counted."""
     lat = np.concatenate(parts)
@@ -360,6 +370,12 @@ def _walk(data: bytes, stream: str) -> tuple[I64, I64]:
     else:
         got = first + np.arange(sequenced.shape[0], dtype=np.int64)
     return got, last[sequenced]
+
+
+# What the plant counted in a round: how it got through it (gaps on its lines, clients it cut or
+# left to catch up).
+PLANT_FIGURES = ("gaps_seen", "lost_messages", "slow_consumers", "over_budget_cuts",
+                 "deferred_pushes", "too_old_logins")
 
 
 def histogram(seconds: F64) -> list[list[float]]:
@@ -473,6 +489,7 @@ def one_run(args: argparse.Namespace, work: Path, index: int) -> dict[str, Any]:
     loop = figures.get("loop_lag_seconds", {})
     first, wire = first_copies(cap, setup)
     sent_first, sent = sent_copies(sent_log)
+    seconds: list[list[float]] = []  # each sampled client's p99 (b) in each second of the run
     measured: dict[str, list[F64]] = {m: [] for m in MEASURES}
     with np.load(reads, allow_pickle=False) as recorded:
         capped = bool(recorded["capped"])
@@ -486,11 +503,14 @@ def one_run(args: argparse.Namespace, work: Path, index: int) -> dict[str, Any]:
             if size != got and not capped:
                 raise RuntimeError(f"client port {port} kept {size} bytes of the {got} it read")
             measured["sent_to_read"].append(latencies(numbers, at, sent_first, sent))
+            seconds.append(by_second(measured["sent_to_read"][-1], at - sent[0]))
     for done in (cap, sent_log, reads):
         done.unlink()
     return {"published": published, "dumpcap": said, "reads_capped": capped,
             "attacked": attacked, "attacks": attacks,
             "loop_lag": {k: loop.get(k) for k in ("count", "p50", "p99", "max")},
+            "plant": {k: figures.get(k) for k in PLANT_FIGURES},
+            "p99_by_second": [round(max(v), 4) for v in zip(*seconds, strict=False)],
             **{m: summary(parts) for m, parts in measured.items()}}  # fmt: skip
 
 
@@ -537,7 +557,9 @@ def main() -> None:
                                   "value": got["timed"], "unit": "messages",
                                   "buckets": got["histogram"], "untimed": got["untimed"],
                                   "published": run["published"], **said[m],
-                                  "plant_loop_lag_seconds": run["loop_lag"]}),
+                                  "plant_loop_lag_seconds": run["loop_lag"],
+                                  "plant": run["plant"],
+                                  "p99_by_second": run["p99_by_second"]}),
                       flush=True)  # fmt: skip
     for m in MEASURES:
         for q in QUANTILES:

@@ -4,6 +4,7 @@ others, none misses a message, and what bad clients cost stays bounded."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import random
 import resource
@@ -19,7 +20,7 @@ from tickerplant.distribute.journal import Journal
 from tickerplant.distribute.stream import ItchStream
 from tickerplant.endpoint import Endpoint
 from tickerplant.io.loop import run_loop
-from tickerplant.io.soupbin import SoupServer
+from tickerplant.io.soupbin import TCP_NOTSENT_LOWAT, SoupServer
 from tickerplant.ops import passwords
 from tickerplant.receive.events import Batch
 from tickerplant.wire import soupbintcp as soup
@@ -29,6 +30,7 @@ from tickerplant.wire.blocks import join_messages
 pytestmark = pytest.mark.slow
 
 SESSION = b"DISTRIB001"
+SIOCOUTQNSD = 0x894B  # linux/sockios.h: bytes of the send queue not yet sent
 IDLE, FUZZ, GUESS = ("127.0.0.3", 0), ("127.0.0.4", 0), ("127.0.0.5", 0)
 
 
@@ -97,6 +99,36 @@ def test_fifty_clients_one_stops_reading_it_is_cut_and_the_others_get_everything
     assert isinstance(framer.next_packet(), soup.LoginAccepted)
     count, blocks = framer.next_sequenced()
     assert 0 < count < total and blocks == chunk(1, count)  # in order, then cut
+
+
+def test_a_client_that_never_reads_holds_little_in_the_kernel_and_is_then_not_written_to() -> None:
+    unsent = 64 << 10
+    total = 150_000  # ~5 MB: far past what its kernel and io may hold for it
+
+    async def main() -> None:
+        server = SoupServer(FanOut(Journal(SESSION), limits=FanOutLimits(unsent=unsent)),
+                            "127.0.0.1", 0)  # fmt: skip
+        port = await server.start()
+        itch = Endpoint("127.0.0.1", port)
+        try:
+            _keep = await _stalled(itch)
+            await until(lambda: server.counters.logins == 1, 10, lambda: "its login in")
+            (subscriber,) = server.fanout.subscribers
+            await _publish(server, total)
+            sock = subscriber.handle.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT) == unsent
+            # What the kernel holds unsent: about the low-water mark (one write may pass it).
+            held = fcntl.ioctl(sock.fileno(), SIOCOUTQNSD, b"\0" * 4)
+            assert int.from_bytes(held, "little") < 2 * unsent
+            # Off the push path, it waits in the journal: io holds no more than its socket
+            # filled at, and nothing was written for it since.
+            assert subscriber.paused and subscriber.fell_at is not None
+            assert subscriber.backlog <= server.fanout.high_water + 500 * 40
+            assert subscriber.cursor < total // 2
+        finally:
+            await server.close()
+
+    asyncio.run(main())
 
 
 def test_bad_clients_by_the_thousand_do_not_stop_a_good_one_and_cost_bounded_memory() -> None:

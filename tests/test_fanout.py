@@ -20,6 +20,9 @@ from tickerplant.distribute.fanout import (
     SubscriberEvent,
     delivery,
 )
+from tickerplant.distribute.fanout.limits import UNSENT
+from tickerplant.distribute.fanout.state import Phase
+from tickerplant.distribute.fanout.subscriber import Subscriber
 from tickerplant.distribute.journal import Journal
 from tickerplant.errors import InputError
 from tickerplant.receive.events import Batch
@@ -147,7 +150,7 @@ def test_publish_encodes_once_and_hands_every_live_subscriber_the_same_bytes(
     journal = journal_of(10)
     fanout: FanOut[Link] = FanOut(journal)
     links = [Link(fanout, 0.0) for _ in range(3)]
-    assert all(link.events == [Subscribed(b"", 11)] and link.sub.live for link in links)
+    assert all(link.events == [Subscribed(b"", 11, UNSENT)] and link.sub.live for link in links)
     encodes: list[int] = []
 
     def counted(blocks: bytes) -> bytes:
@@ -240,6 +243,7 @@ def test_a_subscriber_behind_catches_up_from_the_journal_and_joins_the_live_stre
         live.read(1.0)
         grant(fanout, 1.0)
     assert behind.sub.live, f"never caught up: at {behind.sub.cursor} of {journal.next_sequence}"
+    behind.read(1.0)  # (its last chunk may have filled its socket: then it is not pushed to)
     journal.append(messages(first, 30))
     service(fanout.publish(1.0), 1.0)
     assert behind.writes[-1] is live.writes[-1]  # caught up: pushed like everyone else
@@ -290,11 +294,54 @@ def test_a_live_subscriber_over_max_backlog_is_told_why_and_closed_the_others_co
     assert len(fanout) == 1 and fanout.subscribers == [healthy.sub]
 
 
+def test_a_full_socket_leaves_the_push_path_and_what_it_lacks_waits_in_the_journal() -> None:
+    journal = journal_of(0)
+    limits = FanOutLimits(max_backlog=200 * PACKET)
+    fanout: FanOut[Link] = FanOut(journal, limits=limits)
+    stalled, healthy = Link(fanout, 0.0, high_water=30 * PACKET), Link(fanout, 0.0)
+    first = 1
+
+    def publish(now: float) -> list[Subscriber[Link]]:
+        nonlocal first
+        journal.append(messages(first, 20))
+        first += 20
+        ready = fanout.publish(now)
+        service(ready, now)
+        healthy.read(now)
+        return ready
+
+    publish(0.0)
+    publish(0.0)  # 40 messages: its socket (as io holds it) is over the high-water mark
+    assert stalled.sub.paused
+    held = stalled.backlog
+    for tick in range(1, 4):  # nothing more is written for it: the journal keeps it
+        assert stalled.sub not in publish(float(tick))
+    assert stalled.backlog == held and stalled.sub.phase is Phase.CATCHING_UP
+    stalled.read(4.0)  # it drains: it pulls what it lacks in turns, then is pushed again
+    grant(fanout, 4.0)
+    stalled.read(4.0)
+    assert stalled.sub.live and stalled.next == first
+    publish(5.0)
+    assert stalled.writes[-1] is healthy.writes[-1]
+    publish(5.0)  # (its socket full again)
+    held, lacks = stalled.backlog, 0
+    for tick in range(6, 30):  # until what it lacks passes max_backlog: cut, told why
+        if stalled.sub.closed:
+            break
+        assert stalled.backlog == held  # io holds no more than when it left the push path
+        lacks = held + (first + 20 - stalled.sub.cursor) * PACKET  # after this publish
+        publish(float(tick))
+    reason = f"slow consumer: {lacks} bytes unsent, over the {200 * PACKET} cap"
+    assert stalled.events[-2:] == [Dropped(reason), Closed(CloseCause.LOCAL, reason)]
+    assert fanout.counters.slow_consumers == 1 and healthy.sub.live
+
+
 def test_login_at_zero_starts_with_the_next_message_and_beyond_the_end_waits_for_it() -> None:
     journal = journal_of(50)
     fanout: FanOut[Link] = FanOut(journal)
     now, future = Link(fanout, 0.0), Link(fanout, 0.0, sequence=60)
-    assert now.events == [Subscribed(b"", 51)] and future.events == [Subscribed(b"", 60)]
+    assert now.events == [Subscribed(b"", 51, UNSENT)]
+    assert future.events == [Subscribed(b"", 60, UNSENT)]
     journal.append(messages(51, 5))
     assert [s.handle for s in fanout.publish(0.0)] == [now]  # 60 is not published yet
     journal.append(messages(56, 10))
@@ -540,6 +587,28 @@ def test_past_the_publish_budget_the_rest_pull_the_batch_on_the_next_turn_in_rot
             link.read(1.0)  # every message once, in order (Link checks)
     assert len(set(firsts)) == 3  # a different one first each time
     assert fanout.counters.deferred == 6
+
+
+def test_live_ones_past_the_budget_take_their_turns_before_those_catching_up() -> None:
+    journal = journal_of(1000)
+    limits = FanOutLimits(publish_bytes=1, chunk_messages=100, tick_bytes=1)
+    fanout: FanOut[Link] = FanOut(journal, limits=limits)
+    early = [Link(fanout, 0.0, sequence=1) for _ in range(3)]  # waiting for turns from 1
+    live = [Link(fanout, 0.0) for _ in range(3)]
+    journal.append(messages(1001, 10))
+    pushed = fanout.publish(0.0)
+    service(pushed, 0.0)
+    deferred = [link.sub for link in live if link.sub not in pushed]
+    assert len(deferred) == 2
+    # A tick of one byte grants one turn: the live ones left by the budget first, in the
+    # order the publish would have pushed them, then those from 1.
+    granted = []
+    for _ in range(3):
+        for subscriber in fanout.handle_timer(0.0):
+            subscriber.handle.service(0.0)
+            granted.append(subscriber)
+    assert granted == [*deferred, early[0].sub]
+    assert all(subscriber.live for subscriber in deferred)
 
 
 def test_delivery_latency_runs_from_the_publish_to_the_write_that_takes_it() -> None:

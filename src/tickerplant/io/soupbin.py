@@ -265,7 +265,7 @@ class SubscriberConnection(SoupConnection[Subscriber["SubscriberConnection"]]):
             log.info("subscriber %s logged in from %d", self.peer, event.first,
                      extra=self._fields())  # fmt: skip
             sock = self.transport.get_extra_info("socket") if self.transport else None
-            if event.unsent is not None and sock is not None:
+            if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, event.unsent)
         elif isinstance(event, Dropped) and not event.slow:
             log.error("client %s closed: %s", _address(self.peer), event.reason,

@@ -108,6 +108,8 @@ STREAMS = (
            "held over max_queued (the largest first)", _STREAM),
     Figure("journal_unreadable", _C, "clients closed: what they were owed did not match the "
            "journal file's checksums (never served), or the ring had moved past it", _STREAM),
+    Figure("deferred_pushes", _C, "live clients left to pull a publish in catch-up turns: past "
+           "the publish's budget, or a burst too big to push", _STREAM),
     Figure("too_old_logins", _C, "logins for numbers the ring (no journal_dir) no longer held: "
            "served from its oldest, told", _STREAM),
     Figure("queued_bytes", _G, "bytes written for clients, not yet taken by their sockets",

@@ -129,6 +129,7 @@ class Plant:
             "refused_connections": {name: c.refused for name, c in counters.items()},
             "journal_unreadable": {name: c.unreadable for name, c in counters.items()},
             "over_budget_cuts": {name: c.over_budget for name, c in counters.items()},
+            "deferred_pushes": {name: c.deferred for name, c in counters.items()},
             "too_old_logins": {name: c.too_old for name, c in counters.items()},
             "glimpse_logins": self.glimpse.counters.logins,
         }  # fmt: skip

@@ -26,6 +26,7 @@ from tickerplant.distribute.fanout.delivery import Delivery
 from tickerplant.distribute.fanout.limits import HIGH_WATER, FanOutLimits, Policy
 from tickerplant.distribute.fanout.policy import (
     Action,
+    Backlog,
     Closing,
     Deferred,
     OverBudget,
@@ -208,18 +209,20 @@ class FanOut(Generic[H]):
     def publish(self, now: float) -> list[Subscriber[H]]:
         """Take in what the journal gained since the last call; returns the subscribers with
         something to write now."""
-        pushed, deferred, behind = self.delivery.publish(self._subscribers, now)
+        pushed, deferred, behind, lagging = self.delivery.publish(self._subscribers, now)
         self.counters.deferred += len(deferred)
         for subscriber in deferred:
             self.judge(subscriber, Deferred())
+        for subscriber, lacks in lagging:  # (io services them: what the policy did is told)
+            self.judge(subscriber, Backlog(lacks))
         # Those catching up, waiting for a future number, left to catch up by the publish,
         # imaging or conflated pull it from the journal at their own pace, in turns.
-        behind += deferred
-        self.delivery.behind(behind)
-        for subscriber in pushed + behind:
+        self.delivery.behind(behind, deferred)
+        for subscriber in pushed + behind + deferred:
             if subscriber.queued_at is None:
                 subscriber.queued_at = now
-        return pushed  # (those behind are serviced as their turns are granted)
+        # (those behind are serviced as their turns are granted)
+        return pushed + [subscriber for subscriber, _ in lagging]
 
     def get_timer(self) -> float | None:
         """When io is to grant the next catch-up turns (:meth:`handle_timer`): at once while
@@ -391,7 +394,9 @@ class FanOut(Generic[H]):
         subscriber.policy = self.policies.get(login.username.strip(PAD), self.policy)
         self.counters.logins += 1
         conflated = self.catalog is not None and subscriber.policy is Policy.CONFLATE
-        unsent = self.limits.conflate_unsent if conflated else None
+        unsent = self.limits.unsent
+        if conflated:
+            unsent = min(unsent, self.limits.conflate_unsent)
         subscriber.events.append(Subscribed(login.username, first, unsent))
         locates = subscriber.subscription.locates
         if not login.sequence and locates is not None:

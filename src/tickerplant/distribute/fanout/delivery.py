@@ -27,9 +27,10 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tickerplant.distribute.fanout.limits import FanOutLimits
+from tickerplant.distribute.fanout.policy import cap
 from tickerplant.distribute.fanout.state import Phase, Step
 from tickerplant.distribute.journal import Journal
 from tickerplant.distribute.selection import conflate, select
@@ -49,6 +50,15 @@ PUBLISHES_KEPT = 4096  # (number, time) of recent publishes: how stale a conflat
 Chunk = tuple[int, int, int, bytes, int]
 
 
+class Published(NamedTuple):
+    """What a publish did: see :meth:`Delivery.publish`."""
+
+    pushed: list[Subscriber[Any]]
+    deferred: list[Subscriber[Any]]
+    behind: list[Subscriber[Any]]
+    lagging: list[tuple[Subscriber[Any], int]]
+
+
 class Delivery:
     """What belongs to the session of ``journal``: how far it is published and its turns."""
 
@@ -59,6 +69,7 @@ class Delivery:
         self.counters = counters
         self.events = events  # an events stream: records may be selected and conflated
         self.published = journal.next_sequence
+        self.published_bytes = journal.size  # of the journal up to ``published``
         self.ending = False
         # From the publish that gave a subscriber something to write to the moment io took the
         # first of it for the socket: the loop's delay, publish budgets and catch-up turns.
@@ -74,35 +85,51 @@ class Delivery:
         # for the same: (group, cursor, messages, conflated) -> the chunk
         self._shared: dict[tuple[bytes | None, int, int, bool], Chunk] = {}
 
-    def publish(self, subscribers: Iterable[Subscriber[Any]], now: float) -> tuple[
-        list[Subscriber[Any]], list[Subscriber[Any]], list[Subscriber[Any]]
-    ]:  # fmt: skip
+    def publish(self, subscribers: Iterable[Subscriber[Any]], now: float) -> Published:
         """Take in what the journal gained since the last call: returns the live subscribers it
         was pushed to; those live that were not (past this publish's budget, or a burst too big
-        to push), of whom the policy says what becomes; and the rest that lack some of it (to
-        pull it in turns: :meth:`behind`)."""
+        to push), of whom the policy says what becomes; the rest that lack some of it (to pull
+        it in turns: :meth:`behind`); and of those, the ones off the push path that now lack
+        more than the policy allows them, with what they lack.
+
+        A live subscriber whose socket is full (io paused it) leaves the push path: what is
+        published waits in the journal for it, as for one catching up, rather than in io's
+        buffer, and it pulls it in turns as its socket drains. A client that never reads then
+        costs nothing a publish (pushed, 1,000 of them held a good client's p99 at 0.24 s),
+        and what it lacks is still told to the policy."""
         old, new = self.published, self.journal.next_sequence
+        size = self.journal.size  # of the journal up to ``new``
         if new <= old:
-            return [], [], []
+            return Published([], [], [], [])
         live: list[Subscriber[Any]] = []
         behind: list[Subscriber[Any]] = []
+        lagging: list[tuple[Subscriber[Any], int]] = []
         for subscriber in subscribers:
             phase = subscriber.phase
             if phase is Phase.CATCHING_UP and subscriber.cursor == old:
                 subscriber.move(Step.CAUGHT_UP)  # it was waiting for this number
                 phase = Phase.LIVE
             if phase is Phase.LIVE:
-                if not subscriber.imaging:
+                if not subscriber.imaging and not subscriber.paused:
                     live.append(subscriber)
                     continue
-                subscriber.move(Step.DEFER)  # its images first
+                subscriber.move(Step.DEFER)  # its images first, or its socket is full
+                if subscriber.paused:
+                    subscriber.fell_at = self.published_bytes
             if subscriber.active and subscriber.cursor < new:
                 behind.append(subscriber)
+                if subscriber.fell_at is not None:
+                    # What io holds, and the journal from its cursor on as Sequenced Data.
+                    lacks = (subscriber.backlog + size - subscriber.fell_at
+                             + new - subscriber.cursor)  # fmt: skip
+                    if lacks > cap(subscriber.policy, self.events, self.limits):
+                        lagging.append((subscriber, lacks))
         self.published = new
+        self.published_bytes = size
         self._publishes.append((old, now))
         self._shared.clear()
         if not live or new - old > self.limits.chunk_messages:
-            return [], live, behind
+            return Published([], live, behind, lagging)
         count, blocks = self.journal.blocks(old, new - old)
         groups: dict[bytes | None, tuple[int, bytes]] = {}
         budget = self.limits.publish_bytes
@@ -125,21 +152,32 @@ class Delivery:
             subscriber.pushed = True
             budget -= len(packets[1])
             pushed.append(subscriber)
-        return pushed, deferred, behind
+        return Published(pushed, deferred, behind, lagging)
 
-    def behind(self, subscribers: list[Subscriber[Any]]) -> None:
+    def behind(self, subscribers: list[Subscriber[Any]], deferred: list[Subscriber[Any]]) -> None:
         """``subscribers`` pull what they lack from the journal at their own pace, in turns,
         granted after the loop has looked around (the feed it shares reads its lines): no one
-        publish does every client's work."""
+        publish does every client's work. Those ``deferred`` (live, left by the publish's
+        budget) go first, in the order the publish would have pushed them: they lack one batch,
+        and a client reading from 1 does not notice a turn that comes a tick later (1,000 that
+        logged in from 1 and never read kept a deferred live one waiting seconds)."""
         for subscriber in subscribers:
             self.wait_turn(subscriber)
+        for subscriber in reversed(deferred):
+            self.wait_turn(subscriber, first=True)
 
-    def wait_turn(self, subscriber: Subscriber[Any]) -> None:
-        """Its next chunk waits for a turn (:meth:`grant`)."""
+    def wait_turn(self, subscriber: Subscriber[Any], first: bool = False) -> None:
+        """Its next chunk waits for a turn (:meth:`grant`): after those waiting, or ``first``."""
         subscriber.budget = 0
+        if subscriber.waiting and first:
+            self.turns.remove(subscriber)  # (rare: a live one is seldom waiting)
+            subscriber.waiting = False
         if not subscriber.waiting:
             subscriber.waiting = True
-            self.turns.append(subscriber)
+            if first:
+                self.turns.appendleft(subscriber)
+            else:
+                self.turns.append(subscriber)
 
     def grant(self, now: float) -> Iterator[Subscriber[Any]]:
         """The next turns, in the order asked, until ``tick_bytes`` of work is done: each
@@ -192,6 +230,8 @@ class Delivery:
             # What it was sent, or (sent nothing) what was read for it: a turn's work is bounded,
             # and a tick's (a client narrowed to symbols a chunk lacks costs its reading).
             cost = len(packets) if sent else read
+            if subscriber.fell_at is not None:
+                subscriber.fell_at += read
             subscriber.budget -= cost
             self.worked += cost
             if conflating:

@@ -4,9 +4,10 @@ out what concerns the socket (the high-water mark, when to reset) and decides no
 
 What it is told:
 
-- :class:`Backlog`: io holds ``size`` bytes for it beyond the socket just after a push. Past
-  ``max_backlog`` (``conflate_unsent`` for a conflate user of an events stream: it would rather
-  have rounds than wait) it is a slow consumer.
+- :class:`Backlog`: it lacks ``size`` bytes of the stream: what io holds for it beyond the socket
+  just after a push, or, once its full socket took it off the push path, that and what the
+  journal gained since. Past ``max_backlog`` (``conflate_unsent`` for a conflate user of an
+  events stream: it would rather have rounds than wait: :func:`cap`) it is a slow consumer.
 - :class:`Stalled`: its socket has taken nothing from ``since`` to ``now`` while we had bytes for
   it. At ``write_deadline`` it is cut whatever its policy: a dead reader must not keep its place.
 - :class:`Deferred`: it was live and the publish went past its budget before its turn. A
@@ -114,12 +115,10 @@ def decide(report: Report, phase: Phase, policy: Policy, events: bool,
             return KEEP
         waited = report.now - report.since
         return Action(Verdict.CUT, f"slow consumer: nothing taken for {waited:.1f} s")
-    cap = limits.max_backlog
-    if events and policy is Policy.CONFLATE:
-        cap = min(cap, limits.conflate_unsent)
-    if report.size <= cap:
+    most = cap(policy, events, limits)
+    if report.size <= most:
         return KEEP
-    reason = f"slow consumer: {report.size} bytes unsent, over the {cap} cap"
+    reason = f"slow consumer: {report.size} bytes unsent, over the {most} cap"
     if not events or policy is Policy.DISCONNECT:
         return Action(Verdict.CUT, reason)
     # Already kept under its policy: nothing new. A conflate user pushed past the budget
@@ -127,3 +126,10 @@ def decide(report: Report, phase: Phase, policy: Policy, events: bool,
     if phase in (Phase.CONFLATED, Phase.SKIPPING):
         return KEEP
     return Action(Verdict.CONFLATE if policy is Policy.CONFLATE else Verdict.SKIP, reason)
+
+
+def cap(policy: Policy, events: bool, limits: FanOutLimits) -> int:
+    """The bytes a subscriber may lack before it is a slow consumer."""
+    if events and policy is Policy.CONFLATE:
+        return min(limits.max_backlog, limits.conflate_unsent)
+    return limits.max_backlog

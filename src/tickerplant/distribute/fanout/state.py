@@ -32,7 +32,7 @@ class Step(enum.Enum):
     ACCEPT = "login accepted"
     CAUGHT_UP = "reached the journal's end"
     WAIT = "at the end, behind the publish (or ahead: a future number)"
-    DEFER = "live, left to catch up (past the publish budget, or images first)"
+    DEFER = "live, left to catch up (its socket full, past the publish budget, or images first)"
     ROUNDS = "live, past the publish budget: a conflate user gets rounds"
     CONFLATE = "a slow consumer under conflate"
     SKIP = "a slow consumer under skip"

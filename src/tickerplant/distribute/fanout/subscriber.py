@@ -24,11 +24,11 @@ H = TypeVar("H")
 @dataclass(frozen=True, slots=True)
 class Subscribed:
     """The login was accepted: Sequenced Data follows from message ``first``. ``unsent``: the
-    bytes its kernel may hold unsent (TCP_NOTSENT_LOWAT; None: the kernel's own)."""
+    bytes its kernel may hold unsent (TCP_NOTSENT_LOWAT)."""
 
     username: bytes
     first: int
-    unsent: int | None = None
+    unsent: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +84,8 @@ class Subscriber(Generic[H]):
 
     # Thousands of them, each looked at several times a publish: no __dict__.
     __slots__ = ("active", "address", "backlog", "budget", "cursor", "events", "fanout",
-                 "handle", "heard_at", "login", "paused_at", "phase", "policy", "pushed",
+                 "fell_at", "handle", "heard_at", "login", "paused_at", "phase", "policy",
+                 "pushed",
                  "queued_at", "reset_after", "round_at", "session", "subscription",
                  "turn_at", "waiting")  # fmt: skip
 
@@ -113,12 +114,17 @@ class Subscriber(Generic[H]):
         self.budget = 0  # bytes the current catch-up turn may still write
         self.turn_at: float | None = None  # a conflated round's turn is due then
         self.waiting = False  # in the delivery's queue for a turn
+        # Off the push path because its socket filled: the journal's bytes before its cursor
+        # (what it lacks is the rest); None on the push path, or catching up from its login.
+        self.fell_at: int | None = None
         self.round_at = 0.0  # conflated: when its next round may go
         self.pushed = False  # live bytes queued that the next backlog report is judged on
         self.queued_at: float | None = None  # the publish that gave it something to write
 
     def move(self, step: Step) -> None:
         self.phase = move(self.phase, step)
+        if self.phase is not Phase.CATCHING_UP:
+            self.fell_at = None  # (live again, or the policy has it)
         active = delivering(self.phase)
         if active != self.active:  # what io holds for it counts toward max_queued while active
             self.fanout.queued.bytes += self.backlog if active else -self.backlog
