@@ -611,6 +611,23 @@ def test_live_ones_past_the_budget_take_their_turns_before_those_catching_up() -
     assert all(subscriber.live for subscriber in deferred)
 
 
+def test_a_tick_grants_few_turns_however_little_each_sends() -> None:
+    journal = journal_of(10)
+    limits = FanOutLimits(publish_bytes=1, tick_bytes=3 * delivery.GRANT_BYTES)
+    fanout: FanOut[Link] = FanOut(journal, limits=limits)
+    links = [Link(fanout, 0.0) for _ in range(10)]
+    journal.append(messages(11, 1))  # 15 bytes each: one is pushed, nine deferred
+    service(fanout.publish(0.0), 0.0)
+    ticks = []
+    while fanout.get_timer() is not None:
+        granted = list(fanout.handle_timer(0.0))
+        for subscriber in granted:
+            subscriber.handle.service(0.0)
+        ticks.append(len(granted))
+    # Servicing a client costs the loop whatever it sends: three a tick, not nine.
+    assert ticks == [3, 3, 3] and all(link.sub.live for link in links)
+
+
 def test_delivery_latency_runs_from_the_publish_to_the_write_that_takes_it() -> None:
     journal = journal_of(10)
     fanout: FanOut[Link] = FanOut(journal)

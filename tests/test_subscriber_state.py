@@ -34,11 +34,14 @@ def test_a_step_the_table_does_not_allow_raises() -> None:
     with pytest.raises(LocalProtocolError, match="awaiting login cannot take the step"):
         subscriber.move(Step.SKIP)  # a slow consumer before it has logged in
     assert subscriber.phase is Phase.AWAITING_LOGIN  # a refused step changes nothing
+    assert not fanout.delivering  # a publish looks at none that has not logged in
     subscriber.move(Step.ACCEPT)
     subscriber.move(Step.CAUGHT_UP)
+    assert list(fanout.delivering) == [subscriber]
     with pytest.raises(LocalProtocolError):
         subscriber.move(Step.CAUGHT_UP)  # live already
     subscriber.move(Step.CLOSE)
+    assert not fanout.delivering
     with pytest.raises(LocalProtocolError):
         subscriber.move(Step.CLOSE)  # closed once
 

@@ -140,6 +140,10 @@ class FanOut(Generic[H]):
         self.delivery = Delivery(journal, self.limits, self.counters, self.catalog is not None)
         self.queued = Queued()
         self._subscribers: dict[Subscriber[H], None] = {}  # insertion-ordered set
+        # Those logged in and not closed (Subscriber.move keeps it): what a publish looks at,
+        # not the connections that never logged in (1,000 idle ones cost each publish as much
+        # as the rest of it).
+        self.delivering: dict[Subscriber[H], None] = {}
 
     @property
     def high_water(self) -> int:
@@ -209,7 +213,7 @@ class FanOut(Generic[H]):
     def publish(self, now: float) -> list[Subscriber[H]]:
         """Take in what the journal gained since the last call; returns the subscribers with
         something to write now."""
-        pushed, deferred, behind, lagging = self.delivery.publish(self._subscribers, now)
+        pushed, deferred, behind, lagging = self.delivery.publish(self.delivering, now)
         self.counters.deferred += len(deferred)
         for subscriber in deferred:
             self.judge(subscriber, Deferred())
@@ -237,7 +241,7 @@ class FanOut(Generic[H]):
     def end_session(self) -> list[Subscriber[H]]:
         """End of Session to every subscriber once it has caught up; returns those ended now."""
         self.delivery.ending = True
-        return [s for s in self._subscribers if self._maybe_end(s)]
+        return [s for s in list(self.delivering) if self._maybe_end(s)]
 
     def pull(self, subscriber: Subscriber[H], now: float) -> None:
         """io asks what to write of a subscriber behind (or of any once the session is ending):
@@ -258,7 +262,7 @@ class FanOut(Generic[H]):
         """io holds more than ``max_queued`` for the clients: the policy, for those holding the
         most, largest first, until the rest fit; returns those it was asked about."""
         budget = self.limits.max_queued
-        holders = sorted((s for s in self._subscribers if s.active and s.backlog),
+        holders = sorted((s for s in self.delivering if s.backlog),
                          key=lambda s: s.backlog, reverse=True)  # fmt: skip
         judged: list[Subscriber[H]] = []
         for subscriber in holders:

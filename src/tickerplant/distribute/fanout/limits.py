@@ -22,7 +22,7 @@ TURN_BYTES = 1 << 20
 # however many clients catch up (1,000 that logged in from 1 and never read held a new login
 # unanswered for seconds when each took its turn on its own timer, all due at once).
 TICK_BYTES = 2 << 20
-HIGH_WATER = 2 << 20  # io's transport asks us to stop writing above this, resumes below a quarter
+HIGH_WATER = 256 << 10  # io's transport asks us to stop writing above this, resumes below a quarter
 LINGER = 2.0  # seconds a dropped client gets to read the Debug packet before the reset
 PUBLISH_BYTES = 16 << 20  # ~15 ms of writes on this machine
 # A slow consumer under ``conflate`` gets a round (everything published since its last, each

@@ -127,7 +127,12 @@ class Subscriber(Generic[H]):
             self.fell_at = None  # (live again, or the policy has it)
         active = delivering(self.phase)
         if active != self.active:  # what io holds for it counts toward max_queued while active
-            self.fanout.queued.bytes += self.backlog if active else -self.backlog
+            fanout = self.fanout
+            fanout.queued.bytes += self.backlog if active else -self.backlog
+            if active:
+                fanout.delivering[self] = None
+            else:
+                del fanout.delivering[self]
             self.active = active
 
     @property
