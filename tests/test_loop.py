@@ -7,7 +7,7 @@ import time
 
 import uvloop
 
-from tickerplant.io.loop import TICK, LoopLag, Timer, clock, delay
+from tickerplant.io.loop import TICK, LoopLag, Timer, Timers, clock, delay
 
 
 def test_a_callback_that_holds_the_loop_shows_as_lag() -> None:
@@ -75,3 +75,34 @@ def test_an_earlier_deadline_replaces_a_later_one_and_a_later_one_waits() -> Non
         return fired - start
 
     assert uvloop.run(main()) < 1  # not the 3 or 5 s
+
+
+def test_a_thousand_timers_due_at_once_fire_a_burst_a_turn() -> None:
+    """A thousand connections' login timeouts within the same millisecond: each loop turn fires
+    at most a burst of them, and the loop looks at its sockets in between."""
+
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        turn = [0]
+        fired_in: list[int] = []
+
+        def count_turns() -> None:  # runs once a loop turn (call_soon from a callback: next)
+            turn[0] += 1
+            if len(fired_in) < 1000:
+                loop.call_soon(count_turns)
+
+        due = clock() + 0.02
+        timers = [Timer(lambda: fired_in.append(turn[0])) for _ in range(1000)]
+        for timer in timers:
+            timer.arm(due)
+        loop.call_soon(count_turns)
+        deadline = clock() + 10
+        while len(fired_in) < 1000:
+            assert clock() < deadline, f"not within 10 s: {len(fired_in)} of 1000 fired"
+            await asyncio.sleep(0.001)
+        return fired_in
+
+    fired_in = uvloop.run(main())
+    per_turn = {t: fired_in.count(t) for t in set(fired_in)}
+    assert Timers.burst == 64 and max(per_turn.values()) <= 64, per_turn
+    assert len(per_turn) >= 1000 // 64

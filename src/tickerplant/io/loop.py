@@ -13,9 +13,12 @@ milliseconds, which is part of what is measured (timer-paced work waits for it t
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import math
 import signal
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from types import FrameType
@@ -46,33 +49,85 @@ clock = time.monotonic
 class Timer:
     """A machine's one timer on :data:`clock`: armed for the machine's next deadline, it calls
     ``fire`` then, to within the loop's tick, never spinning until it is due (a machine fired a
-    little early finds nothing due and says when it is)."""
+    little early finds nothing due and says when it is). Every timer of a loop waits in its one
+    :class:`Timers`."""
 
     def __init__(self, fire: Callable[[], None]) -> None:
-        self._fire = fire
-        self._handle: asyncio.TimerHandle | asyncio.Handle | None = None
+        self.fire = fire
         self.at = math.inf  # when it fires (inf: not armed)
+        self.token = 0  # its entry in the queue: older entries of it are stale
 
     def arm(self, deadline: float | None) -> None:
         """Fire at ``deadline`` (None: nothing is due). A timer armed earlier stands: when it
         fires, the machine says what is due next and is armed again."""
         if deadline is None or deadline >= self.at:
             return
-        self.cancel()
         self.at = deadline
-        loop = asyncio.get_running_loop()
-        self._handle = loop.call_later(delay(deadline, clock()), self._run)
+        Timers.of(asyncio.get_running_loop()).add(self)
 
     def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
         self.at = math.inf
+        self.token = 0
+
+
+class Timers:
+    """A loop's machine timers in one queue, on one loop timer for the earliest, which fires
+    at most :attr:`burst` of those due a turn and leaves the rest to the next, after the loop has
+    looked at its sockets: a thousand connections whose login timeouts (or write deadlines) fall
+    within the same few milliseconds hold the loop for a burst at a time, not for all of them
+    (1,100 at once held a plant's clients 80 ms)."""
+
+    burst = 64
+    _local = threading.local()  # a loop is its thread's: so is its queue
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._queue: list[tuple[float, int, Timer]] = []
+        self._tokens = itertools.count(1)
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = math.inf  # when the loop timer is due
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> Timers:
+        timers: Timers | None = getattr(cls._local, "timers", None)
+        if timers is None or timers.loop is not loop:
+            timers = cls._local.timers = cls(loop)
+        return timers
+
+    def add(self, timer: Timer) -> None:
+        timer.token = next(self._tokens)
+        heapq.heappush(self._queue, (timer.at, timer.token, timer))
+        self._arm(clock())
+
+    def _arm(self, now: float) -> None:
+        queue = self._queue
+        while queue and queue[0][2].token != queue[0][1]:
+            heapq.heappop(queue)  # cancelled, fired or armed again since
+        if not queue:
+            return
+        at = queue[0][0]
+        if self._handle is not None:
+            if at >= self._at:
+                return
+            self._handle.cancel()
+        self._at = at
+        self._handle = self.loop.call_later(delay(at, now), self._run)
 
     def _run(self) -> None:
-        self._handle = None
-        self.at = math.inf
-        self._fire()
+        self._handle, self._at = None, math.inf
+        # Due within a tick counts as due: the loop timer fired on its whole milliseconds.
+        now = clock()
+        queue, fired = self._queue, 0
+        try:
+            while queue and fired < self.burst and queue[0][0] <= now + TICK:
+                _, token, timer = heapq.heappop(queue)
+                if timer.token != token:
+                    continue
+                timer.at, timer.token = math.inf, 0
+                fired += 1
+                timer.fire()  # (one that raises goes to the loop's handler, as it did alone)
+        finally:
+            self._arm(now)
 
 
 class LoopLag:
