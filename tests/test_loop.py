@@ -106,3 +106,60 @@ def test_a_thousand_timers_due_at_once_fire_a_burst_a_turn() -> None:
     per_turn = {t: fired_in.count(t) for t in set(fired_in)}
     assert Timers.burst == 64 and max(per_turn.values()) <= 64, per_turn
     assert len(per_turn) >= 1000 // 64
+
+
+def test_a_timer_armed_again_as_due_while_it_fires_waits_for_the_next_turn() -> None:
+    """Catch-up turns re-arm their timer as due at once, to go on after the loop has looked at
+    its sockets: fired again in the same turn, they held it for dozens of grants."""
+
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        turn = [0]
+        fired_in: list[int] = []
+
+        def count_turns() -> None:
+            turn[0] += 1
+            if len(fired_in) < 20:
+                loop.call_soon(count_turns)
+
+        def fire() -> None:
+            fired_in.append(turn[0])
+            if len(fired_in) < 20:
+                timer.arm(0.0)  # due at once
+
+        timer = Timer(fire)
+        loop.call_soon(count_turns)
+        timer.arm(0.0)
+        deadline = clock() + 10
+        while len(fired_in) < 20:
+            assert clock() < deadline, f"not within 10 s: fired {len(fired_in)} of 20"
+            await asyncio.sleep(0.001)
+        return fired_in
+
+    fired_in = uvloop.run(main())
+    assert len(set(fired_in)) == 20, fired_in  # once a turn
+
+
+def test_a_timer_that_raises_leaves_the_others_due_with_it_armed() -> None:
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        errors: list[object] = []
+        loop.set_exception_handler(lambda _, context: errors.append(context["exception"]))
+        fired: list[int] = []
+
+        def fire(n: int) -> None:
+            fired.append(n)
+            if n == 0:
+                raise RuntimeError("a machine's bug")
+
+        due = clock() + 0.005
+        for n in range(3):
+            Timer(lambda n=n: fire(n)).arm(due)
+        deadline = clock() + 10
+        while len(fired) < 3:
+            assert clock() < deadline, f"not within 10 s: fired {fired}"
+            await asyncio.sleep(0.001)
+        assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
+        return fired
+
+    assert sorted(uvloop.run(main())) == [0, 1, 2]

@@ -117,15 +117,23 @@ class Timers:
         self._handle, self._at = None, math.inf
         # Due within a tick counts as due: the loop timer fired on its whole milliseconds.
         now = clock()
-        queue, fired = self._queue, 0
-        try:
-            while queue and fired < self.burst and queue[0][0] <= now + TICK:
-                _, token, timer = heapq.heappop(queue)
-                if timer.token != token:
-                    continue
+        queue = self._queue
+        due: list[tuple[float, Timer]] = []
+        while queue and len(due) < self.burst and queue[0][0] <= now + TICK:
+            at, token, timer = heapq.heappop(queue)
+            if timer.token == token:
                 timer.at, timer.token = math.inf, 0
-                fired += 1
-                timer.fire()  # (one that raises goes to the loop's handler, as it did alone)
+                due.append((at, timer))
+        # Those due now, and only those: one armed again as due while they fire (catch-up
+        # turns, after the loop has looked around) waits for the next turn.
+        try:
+            for i, (_, timer) in enumerate(due):
+                try:
+                    timer.fire()
+                except BaseException:  # the loop's handler has it, as it had one timer's alone
+                    for at, rest in due[i + 1 :]:
+                        rest.arm(at)
+                    raise
         finally:
             self._arm(now)
 
