@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -152,6 +153,10 @@ class FeedHandler:
         figures["socket_errors"] = {s.label: d.errors if d else 0 for s, d in drains}
         figures["consumer_errors"] = self.consumer_errors
         figures["loop_lag_seconds"] = self._lag.lag.figures()
+        # The process's cyclic collector: a full collection (generation 2) holds the loop for
+        # as long as it takes to look at every object it can see.
+        figures["gc_collections"] = {str(g): s["collections"] for g, s in enumerate(gc.get_stats())}
+        figures["gc_frozen_objects"] = gc.get_freeze_count()
         return figures
 
     # ---- bytes and time in --------------------------------------------------------------------
