@@ -4,6 +4,7 @@ exchange reported at once."""
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
@@ -73,3 +74,14 @@ def test_every_figure_the_plant_shows_is_registered_with_its_labels() -> None:
     for name in ("packets", "messages", "gaps_seen", "gaps_lost", "defects"):
         assert set(figures[name]) == sources, name  # type: ignore[call-overload]
     assert set(figures["line_state"]) == {"a"}  # type: ignore[call-overload]
+
+
+def test_full_collections_are_counted() -> None:
+    async def main() -> tuple[dict[str, int], dict[str, int]]:
+        feed = FeedHandler(FeedConfig(Endpoint("239.192.99.1", 40001), None))
+        before = feed.figures()["gc_collections"]
+        gc.collect()
+        return before, feed.figures()["gc_collections"]
+
+    before, after = asyncio.run(main())
+    assert sorted(after) == ["0", "1", "2"] and after["2"] == before["2"] + 1

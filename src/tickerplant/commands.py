@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import sys
@@ -252,10 +251,6 @@ def run(args: argparse.Namespace) -> int:
             web = _web(listen, snapshot)
             await plant.start()  # a port in use: a ConfigError naming the setting, none left open
             started = True
-            # What starting made (modules, compiled kernels, the books) lives as long as the
-            # process: out of the collector's sight, a full collection looks only at what
-            # serving made.
-            gc.freeze()
             console = None if args.json else Console()
             itch = config.itch.listen
             who = (

@@ -154,9 +154,8 @@ class FeedHandler:
         figures["consumer_errors"] = self.consumer_errors
         figures["loop_lag_seconds"] = self._lag.lag.figures()
         # The process's cyclic collector: a full collection (generation 2) holds the loop for
-        # as long as it takes to look at every object it can see.
+        # as long as it takes to look at every object.
         figures["gc_collections"] = {str(g): s["collections"] for g, s in enumerate(gc.get_stats())}
-        figures["gc_frozen_objects"] = gc.get_freeze_count()
         return figures
 
     # ---- bytes and time in --------------------------------------------------------------------
