@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import uvloop
 
@@ -77,32 +78,41 @@ def test_an_earlier_deadline_replaces_a_later_one_and_a_later_one_waits() -> Non
     assert uvloop.run(main()) < 1  # not the 3 or 5 s
 
 
+async def _turns_fired(count: int, start: Callable[[Callable[[], int]], None]) -> list[int]:
+    """``start(fired)``, then the loop until ``fired`` has been called ``count`` times: the loop
+    turn of each call (counted by a callback that schedules itself: once a turn)."""
+    loop = asyncio.get_running_loop()
+    turn = [0]
+    fired_in: list[int] = []
+
+    def count_turns() -> None:
+        turn[0] += 1
+        if len(fired_in) < count:
+            loop.call_soon(count_turns)
+
+    def fired() -> int:
+        fired_in.append(turn[0])
+        return len(fired_in)
+
+    loop.call_soon(count_turns)
+    start(fired)
+    deadline = clock() + 10
+    while len(fired_in) < count:
+        assert clock() < deadline, f"not within 10 s: fired {len(fired_in)} of {count}"
+        await asyncio.sleep(0.001)
+    return fired_in
+
+
 def test_a_thousand_timers_due_at_once_fire_a_burst_a_turn() -> None:
     """A thousand connections' login timeouts within the same millisecond: each loop turn fires
     at most a burst of them, and the loop looks at its sockets in between."""
 
-    async def main() -> list[int]:
-        loop = asyncio.get_running_loop()
-        turn = [0]
-        fired_in: list[int] = []
-
-        def count_turns() -> None:  # runs once a loop turn (call_soon from a callback: next)
-            turn[0] += 1
-            if len(fired_in) < 1000:
-                loop.call_soon(count_turns)
-
+    def start(fired: Callable[[], int]) -> None:
         due = clock() + 0.02
-        timers = [Timer(lambda: fired_in.append(turn[0])) for _ in range(1000)]
-        for timer in timers:
-            timer.arm(due)
-        loop.call_soon(count_turns)
-        deadline = clock() + 10
-        while len(fired_in) < 1000:
-            assert clock() < deadline, f"not within 10 s: {len(fired_in)} of 1000 fired"
-            await asyncio.sleep(0.001)
-        return fired_in
+        for _ in range(1000):
+            Timer(fired).arm(due)
 
-    fired_in = uvloop.run(main())
+    fired_in = uvloop.run(_turns_fired(1000, start))
     per_turn = {t: fired_in.count(t) for t in set(fired_in)}
     assert Timers.burst == 64 and max(per_turn.values()) <= 64, per_turn
     assert len(per_turn) >= 1000 // 64
@@ -112,31 +122,15 @@ def test_a_timer_armed_again_as_due_while_it_fires_waits_for_the_next_turn() -> 
     """Catch-up turns re-arm their timer as due at once, to go on after the loop has looked at
     its sockets: fired again in the same turn, they held it for dozens of grants."""
 
-    async def main() -> list[int]:
-        loop = asyncio.get_running_loop()
-        turn = [0]
-        fired_in: list[int] = []
-
-        def count_turns() -> None:
-            turn[0] += 1
-            if len(fired_in) < 20:
-                loop.call_soon(count_turns)
-
+    def start(fired: Callable[[], int]) -> None:
         def fire() -> None:
-            fired_in.append(turn[0])
-            if len(fired_in) < 20:
+            if fired() < 20:
                 timer.arm(0.0)  # due at once
 
         timer = Timer(fire)
-        loop.call_soon(count_turns)
         timer.arm(0.0)
-        deadline = clock() + 10
-        while len(fired_in) < 20:
-            assert clock() < deadline, f"not within 10 s: fired {len(fired_in)} of 20"
-            await asyncio.sleep(0.001)
-        return fired_in
 
-    fired_in = uvloop.run(main())
+    fired_in = uvloop.run(_turns_fired(20, start))
     assert len(set(fired_in)) == 20, fired_in  # once a turn
 
 

@@ -18,11 +18,11 @@ import itertools
 import logging
 import math
 import signal
-import threading
 import time
+import weakref
 from collections.abc import Callable, Coroutine
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from tickerplant.latency import Latencies
 from tickerplant.ops import logs
@@ -78,10 +78,12 @@ class Timers:
     (1,100 at once held a plant's clients 80 ms)."""
 
     burst = 64
-    _local = threading.local()  # a loop is its thread's: so is its queue
+    # Each loop's queue, for as long as the loop lives.
+    _of: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Timers]] = (
+        weakref.WeakKeyDictionary()
+    )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self) -> None:
         self._queue: list[tuple[float, int, Timer]] = []
         self._tokens = itertools.count(1)
         self._handle: asyncio.TimerHandle | None = None
@@ -89,9 +91,9 @@ class Timers:
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> Timers:
-        timers: Timers | None = getattr(cls._local, "timers", None)
-        if timers is None or timers.loop is not loop:
-            timers = cls._local.timers = cls(loop)
+        timers = cls._of.get(loop)
+        if timers is None:
+            timers = cls._of[loop] = cls()
         return timers
 
     def add(self, timer: Timer) -> None:
@@ -111,7 +113,7 @@ class Timers:
                 return
             self._handle.cancel()
         self._at = at
-        self._handle = self.loop.call_later(delay(at, now), self._run)
+        self._handle = asyncio.get_running_loop().call_later(delay(at, now), self._run)
 
     def _run(self) -> None:
         self._handle, self._at = None, math.inf

@@ -22,7 +22,9 @@ TURN_BYTES = 1 << 20
 # however many clients catch up (1,000 that logged in from 1 and never read held a new login
 # unanswered for seconds when each took its turn on its own timer, all due at once).
 TICK_BYTES = 2 << 20
-HIGH_WATER = 256 << 10  # io's transport asks us to stop writing above this, resumes below a quarter
+# io's transport asks us to stop writing above this, resumes below a quarter; a client whose
+# socket is that full leaves the push path (2 MiB: 1,000 non-readers held 2 GB in io).
+HIGH_WATER = 256 << 10
 LINGER = 2.0  # seconds a dropped client gets to read the Debug packet before the reset
 PUBLISH_BYTES = 16 << 20  # ~15 ms of writes on this machine
 # A slow consumer under ``conflate`` gets a round (everything published since its last, each
@@ -70,20 +72,9 @@ class FanOutLimits:
     unsent: int = UNSENT
 
     def __post_init__(self) -> None:
-        for name in (
-            "max_backlog",
-            "max_queued",
-            "chunk_messages",
-            "turn_bytes",
-            "tick_bytes",
-            "max_connections",
-            "max_per_address",
-            "failed_logins",
-            "max_checks",
-            "publish_bytes",
-            "conflate_unsent",
-            "unsent",
-        ):
+        for name in ("max_backlog", "max_queued", "chunk_messages", "turn_bytes", "tick_bytes",
+                     "max_connections", "max_per_address", "failed_logins", "max_checks",
+                     "publish_bytes", "conflate_unsent", "unsent"):
             check(name, getattr(self, name) >= 1, getattr(self, name), "give 1 or more")
         for name in ("linger", "throttle", "conflate_interval"):
             check(name, getattr(self, name) >= 0, getattr(self, name), "give seconds, 0 or more")
