@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # The kernels are also run as plain Python (NUMBA_DISABLE_JIT=1): same code, same answers. The
-# million-message and namespace tests would take minutes that way and add nothing there.
+# many-message and namespace tests would take minutes that way and add nothing there.
 test: lint
 	$(BIN)/pytest -q
 	NUMBA_DISABLE_JIT=1 $(BIN)/pytest -q -m "not slow and not netns"

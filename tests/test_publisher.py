@@ -503,6 +503,7 @@ def test_a_sources_first_chunk_is_taken_off_the_loop_and_its_failure_kept() -> N
     assert list(empty) == []
 
 
+@pytest.mark.slow
 def test_the_exchange_keeps_its_journal_on_disk_and_replays_a_whole_session_from_it(
     tmp_path: Path,
 ) -> None:

@@ -8,6 +8,8 @@ import asyncio
 import socket
 from pathlib import Path
 
+import pytest
+
 from harness import ports, recovery_host, source_stream
 from tickerplant.client import subscribe
 from tickerplant.exchange.child import ExchangeProcess
@@ -18,6 +20,7 @@ from tickerplant.wire.blocks import iter_messages
 MESSAGES = 100_000
 
 
+@pytest.mark.slow
 def test_a_recovery_host_apart_from_the_publisher_answers_re_requests_and_replays(
     tmp_path: Path,
 ) -> None:
