@@ -12,15 +12,8 @@ from pathlib import Path
 import pytest
 
 from harness import wait_until
-from tickerplant.capture.journal import (
-    BLOCK,
-    ENTRY,
-    Checksums,
-    JournalError,
-    JournalFile,
-    JournalFollower,
-    mark_ended,
-)
+from tickerplant.capture.checksums import BLOCK, ENTRY, Checksums, CorruptBlock, JournalError
+from tickerplant.capture.journal import JournalFile, JournalFollower, mark_ended
 from tickerplant.distribute.journal import Journal
 from tickerplant.wire.blocks import join_messages
 
@@ -123,6 +116,35 @@ def test_a_spilled_range_the_disk_changed_raises_rather_than_being_served(
         with pytest.raises(JournalError, match="do not match their checksum"):
             journal.blocks(600, 100)  # bytes 59,900-69,900: the second block
         assert journal.blocks(1, 600) == (600, messages(1, 600))  # the first is intact
+    finally:
+        file.close()
+
+
+def test_a_block_the_disk_changed_is_mended_with_its_messages_fetched_again(
+    tmp_path: Path,
+) -> None:
+    file, journal = written(tmp_path, 5000, memory_bytes=BLOCK)
+    seen: list[tuple[Journal, CorruptBlock]] = []
+    file.on_damage = lambda found, err: seen.append((found, err))
+    try:
+        flip(tmp_path / PATH, 2 * BLOCK + 10)
+        with pytest.raises(CorruptBlock):
+            journal.blocks(1200, 100)  # bytes 119,900-129,900: in the third block
+        [(found, err)] = seen
+        assert found is journal and (err.start, err.end) == (2 * BLOCK, 3 * BLOCK)
+        first, last, begin, stop = journal.covering(err.start, err.end)
+        # From the mark at or before the block to the one at or after its end
+        assert first % Journal.mark_every == 1 and last % Journal.mark_every == 0
+        assert (begin, stop) == ((first - 1) * 100, last * 100)
+        assert begin <= err.start < err.end <= stop
+        assert not file.mend(journal, begin, messages(first + 1, last - first + 1))  # not these
+        with pytest.raises(CorruptBlock):
+            journal.blocks(1200, 100)
+        assert file.mend(journal, begin, messages(first, last - first + 1))
+        assert journal.blocks(1, 5000) == (5000, messages(1, 5000))
+        assert (tmp_path / PATH).read_bytes() == messages(1, 5000)
+        with pytest.raises(ValueError, match="not among"):
+            journal.covering(0, journal.size + 1)  # (the newest are in memory)
     finally:
         file.close()
 

@@ -4,6 +4,7 @@ loopback with the exchange in its own process and subscribers over real TCP."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import socket
 import tomllib
@@ -16,6 +17,7 @@ import pytest
 from harness import (
     Collected,
     CollectedEvents,
+    Ports,
     day_of_events,
     ports,
     source_stream,
@@ -23,7 +25,7 @@ from harness import (
     until,
 )
 from tickerplant.book import BookEngine
-from tickerplant.capture.journal import Checksums
+from tickerplant.capture.checksums import Checksums
 from tickerplant.client import Lost, SubscribeError, subscribe
 from tickerplant.client.subscribe import _split
 from tickerplant.distribute.fanout import Policy
@@ -187,6 +189,12 @@ def test_a_config_with_a_password_in_the_clear_is_refused() -> None:
     assert passwords.verify(stored, b"s3cret    ")  # as a login pads it
     assert not passwords.verify(stored, b"s3cret!")
     assert stored != passwords.hash_password("s3cret")  # salted
+
+
+def _itch_plant(p: Ports, itch: StreamConfig) -> PlantConfig:
+    """A plant of the exchange at ``p`` with its re-request and replay, serving ``itch``."""
+    return PlantConfig(FeedConfig(p.line_a, p.line_b, rerequest=p.rerequest, replay=p.replay),
+                       itch, ANY_PORT, events=NO_EVENTS)
 
 
 async def _collect(
@@ -357,13 +365,8 @@ def test_a_restarted_plant_reopens_its_journal_and_clients_resume_across_it(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         itch = Endpoint("127.0.0.1", s.getsockname()[1])
-    config = PlantConfig(
-        FeedConfig(p.line_a, p.line_b, rerequest=p.rerequest, replay=p.replay),
-        # A ring of 256 KiB: a client from 1 reads most of the day back through the file.
-        StreamConfig(itch, journal_dir=tmp_path, memory_bytes=256 << 10),
-        ANY_PORT,
-        events=NO_EVENTS,
-    )
+    # A ring of 256 KiB: a client from 1 reads most of the day back through the file.
+    config = _itch_plant(p, StreamConfig(itch, journal_dir=tmp_path, memory_bytes=256 << 10))
     client, late = Collected(), Collected()
 
     async def main() -> tuple[int, int]:
@@ -398,6 +401,52 @@ def test_a_restarted_plant_reopens_its_journal_and_clients_resume_across_it(
     assert client.reconnects >= 1  # it saw the plant go and resumed by number
     assert late.messages == client.messages and late.reconnects == 0
     assert (tmp_path / "TP00000001.journal").read_bytes() == source  # the file: the day, once
+
+
+@pytest.mark.slow
+def test_a_spilled_block_the_disk_changed_is_fetched_again_from_the_exchange_then_served(
+    tmp_path: Path,
+) -> None:
+    messages = 100_000
+    p = ports()
+    config = _itch_plant(p, StreamConfig(Endpoint("127.0.0.1", 0), journal_dir=tmp_path,
+                                         memory_bytes=0))
+    source = source_stream(5, 500, messages)
+    path = tmp_path / "TP00000001.journal"
+    client = Collected()
+
+    async def read(itch: Endpoint) -> None:
+        async for record in subscribe(itch, retry=0.05):
+            client.receive(record)
+            if len(client.messages) >= messages:
+                return
+
+    async def main() -> dict[str, Any]:
+        plant = Plant(config)
+        await plant.start()
+        try:
+            async with ExchangeProcess(
+                p.line_a, p.line_b, p.rerequest, p.replay, "--messages", str(messages),
+                "--seed", "5", "--eos-seconds", "60",
+            ):  # the exchange stays up after its last message: its replay answers
+                await until(lambda: path.exists() and path.stat().st_size == len(source), 30,
+                            "the plant's journal file holding the whole session")  # fmt: skip
+                fd = os.open(path, os.O_RDWR)  # the disk changes a byte mid-file
+                at = len(source) // 2
+                os.pwrite(fd, bytes([os.pread(fd, 1, at)[0] ^ 0x01]), at)
+                os.close(fd)
+                await asyncio.wait_for(read(Endpoint("127.0.0.1", plant.itch.port)), 30)
+                return plant.figures()
+        finally:
+            await plant.close()
+
+    figures = asyncio.run(main())
+    assert client.messages == list(iter_messages(source)) and client.lost == []
+    assert client.reconnects >= 1  # told the block was bad, it resumed by number
+    assert figures["journal_unreadable"]["itch"] >= 1
+    assert figures["journal_mended_blocks"]["itch"] == 1
+    assert figures["journal_unmended_blocks"]["itch"] == 0
+    assert path.read_bytes() == source  # written back
 
 
 @pytest.mark.slow
@@ -535,10 +584,7 @@ def test_the_subscribe_command_writes_the_events_stream_as_parquet_and_json(
 
     messages = 100_000
     p = ports()
-    config = PlantConfig(
-        FeedConfig(p.line_a, p.line_b, rerequest=p.rerequest, replay=p.replay),
-        StreamConfig(Endpoint("127.0.0.1", 0)), ANY_PORT, events=NO_EVENTS,
-    )  # fmt: skip
+    config = _itch_plant(p, StreamConfig(Endpoint("127.0.0.1", 0)))
     parquet = tmp_path / "day.parquet"
 
     async def command(*args: str) -> bytes:

@@ -16,114 +16,29 @@ import contextlib
 import logging
 import os
 import queue
-import struct
 import threading
 import time
-import zlib
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from tickerplant.capture.checksums import (
+    BLOCK,
+    ENTRY,
+    Backing,
+    Checksums,
+    CorruptBlock,
+    JournalError,
+    Reader,
+    pread,
+)
 from tickerplant.distribute.journal import Journal
-from tickerplant.errors import InputError
 from tickerplant.wire.moldudp64 import session_bytes
 
 log = logging.getLogger(__name__)
 
-BLOCK = 64 << 10  # bytes of a journal file one checksum covers
 REOPEN_READ = 64 * BLOCK  # bytes of a file read back at a time when it is reopened
-ENTRY = struct.Struct("<II")  # a checksum: bytes of its block covered, their CRC-32
-
-
-class JournalError(InputError):
-    """A journal file's bytes do not match their checksum: the disk changed them."""
-
-
-class Checksums:
-    """The CRC-32 of each BLOCK of a file, the last block's as far as it goes, as
-    ``(length, crc)`` entries. Appended to by one thread while another reads: an entry is
-    replaced whole, after the bytes it covers were written."""
-
-    def __init__(self, entries: list[tuple[int, int]] | None = None) -> None:
-        self.entries = entries if entries is not None else []
-
-    @classmethod
-    def of(cls, data: bytes | memoryview) -> Checksums:
-        sums = cls()
-        sums.add(data)
-        return sums
-
-    @classmethod
-    def decode(cls, raw: bytes) -> Checksums:
-        """A ``.crc`` file's entries (a torn last entry left out: what it covered is not
-        vouched for)."""
-        whole = len(raw) - len(raw) % ENTRY.size
-        return cls([ENTRY.unpack_from(raw, at) for at in range(0, whole, ENTRY.size)])
-
-    @property
-    def covered(self) -> int:
-        """Bytes of the file the entries vouch for."""
-        return _span(self.entries)
-
-    def add(self, data: bytes | memoryview) -> int:
-        """``data`` was appended to the file; returns the index of the first entry it changed."""
-        entries = self.entries
-        first = len(entries) - 1 if entries and entries[-1][0] < BLOCK else len(entries)
-        view = memoryview(data)
-        while view:
-            if not entries or entries[-1][0] == BLOCK:
-                entries.append((0, 0))
-            length, crc = entries[-1]
-            n = min(BLOCK - length, len(view))
-            entries[-1] = (length + n, zlib.crc32(view[:n], crc))
-            view = view[n:]
-        return first
-
-    def encode(self, first: int = 0) -> bytes:
-        """The entries from ``first`` on, as the ``.crc`` file holds them from ``first`` x 8."""
-        return b"".join(ENTRY.pack(*entry) for entry in self.entries[first:])
-
-    def verified(self, data: bytes | memoryview, at: int = 0) -> int:
-        """Bytes of ``data`` (the file's bytes from ``at``, a multiple of BLOCK) vouched for
-        from its start: up to the first block whose entry does not match, or that has none."""
-        done, entries = 0, self.entries
-        # By index from ``at``'s entry: neither a copy of the entries after it nor a walk over
-        # those before it (a day's file holds hundreds of thousands, and this runs each read).
-        for i in range(at // BLOCK, len(entries)):
-            length, crc = entries[i]
-            block = data[done : done + length]
-            if len(block) < length:
-                break  # past what ``data`` holds: the next read's to check
-            if zlib.crc32(block) != crc:
-                break
-            done += length
-            if length < BLOCK:
-                break  # the last block, as far as it had gone
-        return done
-
-    def cut(self, size: int, fd: int) -> None:
-        """The file (open as ``fd``) was cut to ``size`` bytes: the entries end there."""
-        whole, part = divmod(size, BLOCK)
-        self.entries = self.entries[:whole]
-        if part:
-            self.entries.append((part, zlib.crc32(_pread(fd, whole * BLOCK, part))))
-
-    def read(self, fd: int, offset: int, size: int) -> bytes:
-        """``size`` bytes of the file at ``offset``, each block they touch checked whole."""
-        start = offset - offset % BLOCK
-        first, last = start // BLOCK, (offset + size - 1) // BLOCK
-        entries = self.entries[first : last + 1]  # a copy: the writer may replace the last
-        span = _span(entries)
-        if len(entries) < last + 1 - first or span < offset + size - start:
-            raise JournalError(f"journal bytes {offset}-{offset + size} are beyond what its "
-                               "checksums cover")  # fmt: skip
-        data = _pread(fd, start, span)
-        for i, (length, crc) in enumerate(entries):
-            if zlib.crc32(data[i * BLOCK : i * BLOCK + length]) != crc:
-                at = (first + i) * BLOCK
-                raise JournalError(f"journal bytes {at}-{at + length} do not match their "
-                                   "checksum: not served")  # fmt: skip
-        return data[offset - start : offset - start + size]
 
 
 class JournalFile:
@@ -160,12 +75,34 @@ class JournalFile:
         # disk is freed only then).
         self._readers: dict[str, Reader] = {}
         self._sums = Checksums()
+        # Told of a spilled block that did not match its checksum when read back, with its
+        # journal: the owner may fetch the block's messages again and mend the file with them.
+        self.on_damage: Callable[[Journal, CorruptBlock], None] | None = None
         self.reopened: Journal | None = None
         if directory is not None and reopen:
             found = _reopen(directory, suffix)
             if found is not None:
                 self.reopened, self._sums, reader = found
                 self._readers[reader.name] = reader
+                assert isinstance(self.reopened.backing, Backing)
+                self.reopened.backing.damaged = self._watch(self.reopened)
+
+    def _watch(self, journal: Journal) -> Callable[[CorruptBlock], None]:
+        held = weakref.ref(journal)  # (its backing is the journal's: no cycle through it)
+
+        def damaged(err: CorruptBlock) -> None:
+            found = held()
+            if found is not None and self.on_damage is not None:
+                self.on_damage(found, err)
+
+        return damaged
+
+    @staticmethod
+    def mend(journal: Journal, at: int, data: bytes) -> bool:
+        """Write ``data``, the bytes of ``journal``'s file from ``at`` fetched again, over the
+        blocks they cover whole that their checksums vouch for; returns whether any was."""
+        backing = journal.backing
+        return isinstance(backing, Backing) and backing.mend(at, data)
 
     def open(self, journal: Journal) -> None:
         if self.directory is None:
@@ -187,7 +124,7 @@ class JournalFile:
             sums = Checksums()
             reader = Reader(path)
             self._readers[path.name] = reader
-            journal.backing = _backing(sums, reader)
+            journal.backing = Backing(sums, reader, self._watch(journal))
         if not reopened and self.keep_sessions is not None:
             self._retire(path, self.keep_sessions)
         if self.fsync_interval is not None and not reopened:  # the new files' names, durable
@@ -321,7 +258,7 @@ class JournalFollower:
         self.journal = Journal(session_bytes(path.stem))
         self._reader = Reader(path)
         self._sums = Checksums()
-        self.journal.backing = _backing(self._sums, self._reader)
+        self.journal.backing = Backing(self._sums, self._reader)
         self._verified = 0  # bytes of the file vouched for and read
         self._tail = b""  # of them, a message not yet whole
         self._suspect: int | None = None  # where bytes did not match at the last poll
@@ -351,7 +288,7 @@ class JournalFollower:
         # At most REOPEN_READ a poll: a host started late on a day's file reads it back in
         # pieces, not all at once on its loop.
         end = min(covered, start + REOPEN_READ)
-        data = _pread(self._reader.fd, start, end - start)
+        data = pread(self._reader.fd, start, end - start)
         good = self._sums.verified(data, start)
         bad = start + good
         if bad == end < covered:  # what this poll read is all vouched for: the rest next time
@@ -400,52 +337,8 @@ def _sync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _pread(fd: int, offset: int, size: int) -> bytes:
-    parts = []
-    while size > 0:
-        part = os.pread(fd, size, offset)
-        if not part:
-            raise JournalError(f"journal file ends before {offset + size}: it was cut under us")
-        parts.append(part)
-        offset += len(part)
-        size -= len(part)
-    return b"".join(parts)
-
-
-def _span(entries: list[tuple[int, int]]) -> int:
-    """Bytes the ``entries`` cover, from the start of the first one's block."""
-    return (len(entries) - 1) * BLOCK + entries[-1][0] if entries else 0
-
-
 def _crc(path: Path) -> Path:
     return path.with_name(path.name + ".crc")
-
-
-class Reader:
-    """A journal file's descriptor for reading back; closed, reads raise JournalError (a
-    journal whose file was retired is never read through a number since given to another)."""
-
-    def __init__(self, path: Path) -> None:
-        self.name = path.name
-        self.fd = os.open(path, os.O_RDONLY)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-def _backing(sums: Checksums, reader: Reader) -> Callable[[int, int], bytes]:
-    def read(offset: int, size: int) -> bytes:
-        if reader.fd < 0:
-            raise JournalError(f"journal {reader.name} was retired (keep_sessions): its file "
-                               "is gone")  # fmt: skip
-        try:
-            return sums.read(reader.fd, offset, size)
-        except OSError as err:  # the disk failing: the client is told, the plant goes on
-            raise JournalError(f"journal {reader.name}: {err.strerror}") from None
-
-    return read
 
 
 def _reopen(directory: Path, suffix: str) -> tuple[Journal, Checksums, Reader] | None:
@@ -465,11 +358,11 @@ def _reopen(directory: Path, suffix: str) -> tuple[Journal, Checksums, Reader] |
     journal = Journal(session_bytes(path.stem))
     sums = Checksums.decode(_crc(path).read_bytes())
     reader = Reader(path)
-    journal.backing = _backing(sums, reader)
+    journal.backing = Backing(sums, reader)
     size = os.fstat(reader.fd).st_size
     verified, tail = 0, b""
     while verified < size:
-        data = _pread(reader.fd, verified, min(REOPEN_READ, size - verified))
+        data = pread(reader.fd, verified, min(REOPEN_READ, size - verified))
         good = sums.verified(data, verified)
         piece = tail + data[:good]
         tail = piece[journal.restore(piece) :]

@@ -214,6 +214,24 @@ class Journal:
         stop = int(offsets[skip + n]) if skip + n < offsets.shape[0] else len(data)
         return data[int(offsets[skip]) : stop]
 
+    def covering(self, start: int, end: int) -> tuple[int, int, int, int]:
+        """The messages let go of whose bytes cover bytes [start, end) of the block stream, as
+        (first, last) sequence numbers and the bytes [begin, stop) they span: from the mark at
+        or before ``start`` to the one at or after ``end`` (what to fetch again to mend them)."""
+        if not 0 <= start < end <= self._out_bytes:
+            raise ValueError(f"bytes {start}-{end} are not among the {self._out_bytes} let go of")
+        every, marks = self.mark_every, -(-self._out // self.mark_every)
+        low, high = 0, marks - 1  # the last mark at or before start (mark 0 is byte 0)
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if self._mark_at(mid) <= start else (low, mid - 1)
+        after = low + 1  # the first mark at or after end, else the end of what was let go of
+        while after < marks and self._mark_at(after) < end:
+            after += 1
+        last, stop = ((after * every, self._mark_at(after)) if after < marks
+                      else (self._out, self._out_bytes))  # fmt: skip
+        return low * every + 1, last, self._mark_at(low), stop
+
     def _mark_at(self, mark: int) -> int:
         array, slot = divmod(mark, self.marks_per_array)
         return int(self._marks[array][slot])

@@ -28,6 +28,7 @@ from tickerplant.io.soupbin import SoupServer
 from tickerplant.ops import passwords
 from tickerplant.plant.books import Catalog, LiveBooks
 from tickerplant.plant.config import PlantConfig, StreamConfig
+from tickerplant.plant.mend import Mender
 from tickerplant.receive.events import Batch, Event, GapLost, SessionEnded, SessionStarted
 
 
@@ -36,6 +37,7 @@ class Plant:
         self.config = config
         self.books = LiveBooks(first_sequence=config.feed.first_sequence)
         self._itch_file = _file(config.itch, "journal")
+        self._mender = Mender(self._itch_file, config.feed)
         self.stream = ItchStream(config.feed.first_sequence, self._itch_file.reopened)
         self._events_file = _file(config.events, "events")
         self.event_stream = EventStream(self._events_file.reopened)
@@ -89,6 +91,7 @@ class Plant:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
         await self.feed.close()
+        await self._mender.close()
         await self.itch.close()
         await self.events.close()
         await self.glimpse.close()
@@ -111,6 +114,8 @@ class Plant:
             },
             "journal_write_errors": {"itch": self._itch_file.errors,
                                      "events": self._events_file.errors},
+            "journal_mended_blocks": {"itch": self._mender.mended},
+            "journal_unmended_blocks": {"itch": self._mender.failed},
             "logins": {name: c.logins for name, c in counters.items()},
             "rejected_logins": {name: c.rejected for name, c in counters.items()},
             "sent_messages": {name: c.messages_sent for name, c in counters.items()},
