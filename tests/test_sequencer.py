@@ -236,6 +236,24 @@ def test_while_replay_is_failing_large_gaps_fall_back_to_rerequests() -> None:
     assert due(rec, 0.3) == [Rerequest(1, 99)]
 
 
+def test_a_gap_a_failed_replay_held_past_give_up_after_falls_back_to_re_requests() -> None:
+    p = Plant()
+    cfg = RecoveryConfig(replay_threshold=10, replay_retry=0.5, give_up_after=2, max_request=50)
+    rec = Recovery(p.seq, cfg)
+    p.packet(A, 100, 1, 0.0)
+    assert due(rec, 0.01) == [Replay(1, 100)]
+    rec.replay_finished(False, 2.5)  # stalled or cut after give_up_after had passed
+    assert due(rec, 2.6) == [Rerequest(1, 50)]  # not given up: re-requested
+    p.packet(RR, 1, 50, 4.0)  # answered whole
+    assert due(rec, 4.0) == [Rerequest(51, 49)]  # the next part, though replay is usable again
+    due(rec, 5.99)
+    p.collect()
+    assert p.lost == []  # its give-up clock started again with the answer
+    due(rec, 6.0)  # unanswered since: given up give_up_after after the last answer
+    p.collect()
+    assert p.lost == [(51, 100)] and p.delivered[:50] == list(range(1, 51))
+
+
 def test_large_gaps_are_rerequested_when_there_is_no_replay() -> None:
     p = Plant()
     rec = Recovery(p.seq, RecoveryConfig(replay=False, replay_threshold=100, max_request=500))

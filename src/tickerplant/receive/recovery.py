@@ -120,7 +120,8 @@ class Recovery:
         for gap in list(seq.gaps):
             if self._covered_by_replay(gap):
                 continue  # the replay's own timeout bounds it
-            opened = gap.record.opened_at
+            failed = gap.replay_failed_at
+            opened = gap.record.opened_at if failed is None else failed
             give_up_at = opened + cfg.give_up_after
             if now < give_up_at:
                 deadline = min(deadline, give_up_at)
@@ -135,12 +136,15 @@ class Recovery:
                 continue
             # A replay busy with a lower gap is not usable either: re-request meanwhile.
             replay_usable = cfg.replay and self.replaying is None and now >= self._replay_retry_at
-            if cfg.rerequest and (gap.size <= cfg.replay_threshold or not replay_usable):
+            if cfg.rerequest and (gap.size <= cfg.replay_threshold or not replay_usable
+                                  or failed is not None):  # fmt: skip
                 if 0 <= gap.requested_end <= gap.start:
                     # Everything asked for has come: ask for the next part at once. (A partial
                     # answer is still arriving, or was capped: that waits for the timeout.)
                     gap.attempts = 0
                     gap.next_try = now
+                    if failed is not None:  # a fallback moving on: its give-up clock too
+                        gap.replay_failed_at = now
                 if gap.attempts < cfg.rerequest_attempts:
                     if now >= gap.next_try and requests < cfg.max_requests_per_poll:
                         count = min(gap.size, cfg.max_request)
@@ -181,7 +185,12 @@ class Recovery:
         self._replay_heard = now
 
     def replay_finished(self, ok: bool, now: float) -> None:
-        """The replay session ended: complete (ok) or failed (refused, timed out, cut)."""
+        """The replay session ended: complete (ok) or failed (refused, timed out, cut). The gaps
+        a failed one covered fall back to re-requests, with give_up_after to repair them."""
+        if not ok and self.config.rerequest:
+            for gap in self.sequencer.gaps:
+                if gap.replay_failed_at is None and self._covered_by_replay(gap):
+                    gap.replay_failed_at = now
         self.replaying = None
         if not ok:
             self.counters.replays_failed += 1

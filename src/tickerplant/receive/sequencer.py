@@ -67,6 +67,10 @@ class Gap:
     attempts: int = 0
     next_try: float = 0.0
     requested_end: int = -1  # end of the range the last re-request asked for
+    # When a replay covering it failed: from then it is re-requested, and its give_up_after
+    # counts from then (the replay may have held it open past that while it tried), and from
+    # each re-request answered whole (a fallback for a large gap takes many).
+    replay_failed_at: float | None = None
 
     @property
     def size(self) -> int:
@@ -417,7 +421,8 @@ class Sequencer:
             elif end >= g.end:
                 g.end = start
             else:
-                tail = Gap(end, g.end, g.record, g.attempts, g.next_try, g.requested_end)
+                tail = Gap(end, g.end, g.record, g.attempts, g.next_try, g.requested_end,
+                           g.replay_failed_at)
                 g.record.pieces += 1
                 g.end = start
                 gaps.insert(i + 1, tail)
