@@ -375,7 +375,7 @@ def _walk(data: bytes, stream: str) -> tuple[I64, I64]:
 # What the plant counted in a round: how it got through it (gaps on its lines, clients it cut or
 # left to catch up).
 PLANT_FIGURES = ("gaps_seen", "lost_messages", "slow_consumers", "over_budget_cuts",
-                 "deferred_pushes", "too_old_logins")
+                 "deferred_pushes", "too_old_logins", "gc_collections")
 
 
 def histogram(seconds: F64) -> list[list[float]]:

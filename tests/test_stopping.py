@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Collected, ports, source_stream, until, wait_until
+from harness import Collected, Ports, ports, source_stream, until, wait_until
 from test_demo import _free_port
 from test_metrics import _ended, scrape
 from test_plant import _collect
@@ -346,9 +346,8 @@ def test_a_replay_summary_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> Non
     _quiet(*_closed_early(_tickerplant("replay", str(day), "--json", "--no-progress")))
 
 
-@pytest.mark.slow
-def test_the_services_final_figures_into_a_closed_pipe_end_quietly(tmp_path: Path) -> None:
-    p = ports()
+def _plant_config(tmp_path: Path, p: Ports) -> Path:
+    """A plant's config for the exchange at ``p``, on free ports."""
     config = tmp_path / "plant.toml"
     config.write_text(
         f'[feed]\nline_a = "{p.line_a}"\nline_b = "{p.line_b}"\nrerequest = "{p.rerequest}"\n'
@@ -356,6 +355,24 @@ def test_the_services_final_figures_into_a_closed_pipe_end_quietly(tmp_path: Pat
         f'[events]\nlisten = "127.0.0.1:{_free_port()}"\n'
         f'[glimpse]\nlisten = "127.0.0.1:{_free_port()}"\n'
     )
+    return config
+
+
+def test_the_plant_keeps_what_starting_made_out_of_the_collectors_sight(tmp_path: Path) -> None:
+    """A full collection looks only at what serving made: one over everything took 45 ms."""
+    run = subprocess.run(
+        _tickerplant("run", str(_plant_config(tmp_path, ports())), "--json", "--seconds", "0.3"),
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    figures = json.loads(run.stdout)
+    assert figures["gc_frozen_objects"] > 10_000, figures["gc_frozen_objects"]
+    assert sorted(figures["gc_collections"]) == ["0", "1", "2"]
+
+
+@pytest.mark.slow
+def test_the_services_final_figures_into_a_closed_pipe_end_quietly(tmp_path: Path) -> None:
+    p = ports()
+    config = _plant_config(tmp_path, p)
     _quiet(*_closed_early(_tickerplant("run", str(config), "--json", "--seconds", "0.3")))
     _quiet(*_closed_early(_tickerplant(
         "feed", "--line-a", str(p.line_a), "--no-line-b", "--no-rerequest", "--no-replay",

@@ -154,7 +154,7 @@ class FeedHandler:
         figures["consumer_errors"] = self.consumer_errors
         figures["loop_lag_seconds"] = self._lag.lag.figures()
         # The process's cyclic collector: a full collection (generation 2) holds the loop for
-        # as long as it takes to look at every object.
+        # as long as it takes to look at every object not frozen (`tickerplant run`'s start).
         figures["gc_collections"] = {str(g): s["collections"] for g, s in enumerate(gc.get_stats())}
         return figures
 

@@ -66,7 +66,7 @@ FEED = (
     Figure("consumer_errors", _C, "consumer callbacks that raised"),
     Figure("loop_lag_seconds", _H, "how late the event loop ran a callback that was due"),
     Figure("gc_collections", _C, "cyclic garbage collections, by generation (2: a full one, "
-           "looking at every object)", ("generation",)),
+           "looking at every object not frozen)", ("generation",)),
     Figure("repair_latency_seconds", _H, "gap seen to gap repaired", ("repair",)),
     Figure("line_state", _G, "down 0, quiet 1, up 2", ("line",)),
     Figure("packets", _C, "datagrams received, good or bad (replay: runs)", _SRC),
@@ -98,6 +98,8 @@ BOOKS = (
 _STREAM = ("stream",)
 
 STREAMS = (
+    Figure("gc_frozen_objects", _G, "objects tickerplant run made while starting, kept out of "
+           "the cyclic collector's sight (gc.freeze)"),
     Figure("stream_messages", _C, "messages journaled for the stream, lost ones included", _STREAM),
     Figure("stream_lost_messages", _C, "lost ranges journaled (itch: marks, events: notices)",
            _STREAM),
