@@ -23,8 +23,10 @@ TURN_BYTES = 1 << 20
 # unanswered for seconds when each took its turn on its own timer, all due at once).
 TICK_BYTES = 2 << 20
 # io's transport asks us to stop writing above this, resumes below a quarter; a client whose
-# socket is that full leaves the push path (2 MiB: 1,000 non-readers held 2 GB in io).
-HIGH_WATER = 256 << 10
+# socket is that full leaves the push path (2 MiB: 1,000 non-readers held 2 GB in io; 256 KiB:
+# those live as the feed began were pushed for their first ~0.3 s, each taking 128 KiB unsent
+# in its kernel and this in io before it left).
+HIGH_WATER = 64 << 10
 LINGER = 2.0  # seconds a dropped client gets to read the Debug packet before the reset
 PUBLISH_BYTES = 16 << 20  # ~15 ms of writes on this machine
 # A slow consumer under ``conflate`` gets a round (everything published since its last, each
