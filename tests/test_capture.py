@@ -178,6 +178,10 @@ def test_a_broken_pcapng_names_its_offset(tmp_path: Path) -> None:
         head + packet[:-4] + struct.pack("<I", 999): f"offset {len(head)}: a block whose length",
         head + packet[:-2]: f"offset {len(head)}: the capture ends inside a block",
         head + enhanced(3, 1, b"x" * 40): "a packet of interface 3, which no interface description",
+        # Found by fuzz/files.py: 2**-127 s overflowed numpy as Python (a traceback, not this)
+        section() + interface(frames.ETHERNET, resolution=0x80 | 127) + packet:
+            r"offset 44: an interface's timestamp unit \(if_tsresol 0xff: 2\*\*-127 s\) is finer",
+        section() + interface(frames.ETHERNET, resolution=20) + packet: r"10\*\*-20 s",
     }
     path = tmp_path / "bad.pcapng"
     for data, message in cases.items():

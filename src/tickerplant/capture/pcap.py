@@ -340,7 +340,15 @@ class Capture:
                 return
             value = self._map[pos + 4 : pos + 4 + size]
             if code == 9 and size >= 1:  # if_tsresol
-                interface.resolution = (bool(value[0] & 0x80), value[0] & 0x7F)
+                binary, exponent = bool(value[0] & 0x80), value[0] & 0x7F
+                # A 64-bit stamp counts at most 2**-63 or 10**-19 s units for anything to be
+                # left of a second: finer is no capture's (fuzz/files.py found 2**-127).
+                if exponent > (63 if binary else 19):
+                    unit = f"{2 if binary else 10}**-{exponent}"
+                    raise CaptureError(f"{self.path}: offset {pos}: an interface's timestamp unit "
+                                       f"(if_tsresol {value[0]:#04x}: {unit} s) is finer than a "
+                                       "64-bit timestamp can count: the file is damaged here")
+                interface.resolution = (binary, exponent)
             elif code == 14 and size >= 8:  # if_tsoffset
                 interface.offset = struct.unpack(fmt + "q", value[:8])[0]
             pos += 4 + (size + 3) // 4 * 4
