@@ -24,8 +24,8 @@ TURN_BYTES = 1 << 20
 TICK_BYTES = 2 << 20
 # io's transport asks us to stop writing above this, resumes below a quarter; a client whose
 # socket is that full leaves the push path (2 MiB: 1,000 non-readers held 2 GB in io; 256 KiB:
-# those live as the feed began were pushed for their first ~0.3 s, each taking 128 KiB unsent
-# in its kernel and this in io before it left).
+# those live as the feed began were pushed for their first ~0.3 s, each taking ``UNSENT`` in
+# its kernel and this in io before it left).
 HIGH_WATER = 64 << 10
 LINGER = 2.0  # seconds a dropped client gets to read the Debug packet before the reset
 PUBLISH_BYTES = 16 << 20  # ~15 ms of writes on this machine
@@ -38,7 +38,9 @@ CONFLATE_UNSENT = 16 << 10  # bytes a conflate user's kernel may hold unsent, an
 # max_backlog and max_queued see it. Left to the kernel (autotuned up to 4 MiB a socket), 1,000
 # clients that never read took ~1 MB of kernel memory each, pushed TCP into memory pressure, and
 # each write to one of them cost ~30 us; capped, ~5 us, then an append to io's buffer (0.1 us).
-UNSENT = 128 << 10
+# 128 KiB let 1,000 non-readers live as the feed began be pushed for their first ~0.2 s (attacked
+# p99 205 ms; 32 KiB: 12.6 ms), for catch-up from 1 at 0.94x.
+UNSENT = 32 << 10
 
 
 class Policy(enum.Enum):
