@@ -35,9 +35,11 @@ from tickerplant.wire.soupbintcp import (
     encode,
 )
 
-pytestmark = pytest.mark.skipif(
+# (slow: what tshark decodes is the bytes, the same whether the framing ran compiled or not: not
+# run again with the JIT off)
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     TSHARK is None, reason="tshark is not installed (apt-get install tshark; .ci/run does)"
-)
+)]
 
 WARNING = 0x00600000  # expert severities at or above this are warnings and errors
 
