@@ -14,6 +14,10 @@ from tickerplant.capture.itch_file import ItchWriter
 from tickerplant.exchange.synthetic import SyntheticMarket
 from tickerplant.replay import main_replay
 
+# (slow: not run again with the JIT off; the kernels these tables come from are checked both
+# ways by test_book_engine, and a day made and replayed as Python takes 32 s of that pass)
+pytestmark = pytest.mark.slow
+
 _MESSAGES = 40_000
 
 
