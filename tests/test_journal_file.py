@@ -120,6 +120,26 @@ def test_a_spilled_range_the_disk_changed_raises_rather_than_being_served(
         file.close()
 
 
+def test_a_mend_writes_the_damaged_block_only_and_only_what_its_checksum_vouches_for(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(3 * BLOCK)
+    sums = Checksums.of(data)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    flip(path, BLOCK + 5)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        wrong = bytearray(data)
+        wrong[BLOCK + 9] ^= 0x01  # its neighbours right, the damaged block not
+        assert not sums.mend(fd, 0, bytes(wrong), BLOCK, 2 * BLOCK)
+        assert not sums.mend(fd, BLOCK + 1, data[BLOCK + 1 :], BLOCK, 2 * BLOCK)  # not whole
+        assert sums.mend(fd, 0, data, BLOCK, 2 * BLOCK)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == data
+
+
 def test_a_block_the_disk_changed_is_mended_with_its_messages_fetched_again(
     tmp_path: Path,
 ) -> None:
@@ -137,10 +157,11 @@ def test_a_block_the_disk_changed_is_mended_with_its_messages_fetched_again(
         assert first % Journal.mark_every == 1 and last % Journal.mark_every == 0
         assert (begin, stop) == ((first - 1) * 100, last * 100)
         assert begin <= err.start < err.end <= stop
-        assert not file.mend(journal, begin, messages(first + 1, last - first + 1))  # not these
+        damaged = (err.start, err.end)
+        assert not file.mend(journal, begin, messages(first + 1, last - first + 1), *damaged)
         with pytest.raises(CorruptBlock):
             journal.blocks(1200, 100)
-        assert file.mend(journal, begin, messages(first, last - first + 1))
+        assert file.mend(journal, begin, messages(first, last - first + 1), *damaged)
         assert journal.blocks(1, 5000) == (5000, messages(1, 5000))
         assert (tmp_path / PATH).read_bytes() == messages(1, 5000)
         with pytest.raises(ValueError, match="not among"):

@@ -3,8 +3,8 @@ and the reads back through them that serve nothing the disk changed.
 
 Each entry is ``(length, crc)``: the bytes of its block covered so far (the last block's as far
 as it goes) and their CRC-32, replaced whole after the bytes it covers were written. A block that
-does not match raises :class:`CorruptBlock`; what fetches it again writes the bytes back with
-:meth:`Checksums.mend`, which takes only what the entries vouch for.
+does not match raises :class:`CorruptBlock`; what fetches it again writes the block back with
+:meth:`Checksums.mend`, which takes only what its entry vouches for.
 """
 
 from __future__ import annotations
@@ -119,21 +119,20 @@ class Checksums:
                 raise CorruptBlock(name, at, at + length)
         return data[offset - start : offset - start + size]
 
-    def mend(self, fd: int, at: int, data: bytes) -> bool:
-        """Write ``data`` (the file's bytes from ``at``, fetched again) over the blocks it
-        covers whole, where their checksums vouch for it; returns whether any was."""
-        mended = False
-        for i in range(-(-at // BLOCK), len(self.entries)):
+    def mend(self, fd: int, at: int, data: bytes, start: int, end: int) -> bool:
+        """Write the blocks in bytes [start, end) (block bounds) from ``data``, the file's bytes
+        from ``at`` fetched again, if their checksums vouch for every one; returns whether they
+        did (nothing is written otherwise, and no block outside the range ever is)."""
+        blocks = []
+        for i in range(start // BLOCK, -(-end // BLOCK)):
             length, crc = self.entries[i]
-            begin = i * BLOCK - at
-            block = data[begin : begin + length]
-            if len(block) < length:
-                break
-            if zlib.crc32(block) == crc:
-                os.pwrite(fd, block, i * BLOCK)
-                mended = True
-        return mended
-
+            block = data[i * BLOCK - at : i * BLOCK - at + length]
+            if i * BLOCK < at or len(block) < length or zlib.crc32(block) != crc:
+                return False
+            blocks.append((i * BLOCK, block))
+        for offset, block in blocks:
+            os.pwrite(fd, block, offset)
+        return bool(blocks)
 
 def pread(fd: int, offset: int, size: int) -> bytes:
     parts = []
@@ -191,13 +190,13 @@ class Backing:
         except OSError as err:  # the disk failing: the client is told, the plant goes on
             raise JournalError(f"journal {reader.name}: {err.strerror}") from None
 
-    def mend(self, at: int, data: bytes) -> bool:
-        """Write the file's bytes from ``at``, fetched again, over the blocks they cover whole
-        and their checksums vouch for; returns whether any block was."""
+    def mend(self, at: int, data: bytes, start: int, end: int) -> bool:
+        """:meth:`Checksums.mend` on the file: the blocks in [start, end) from ``data``, the
+        file's bytes from ``at`` fetched again, written if their checksums vouch for them."""
         if self.reader.fd < 0:
             return False
         fd = os.open(self.reader.path, os.O_WRONLY)  # (not O_APPEND: pwrite goes where told)
         try:
-            return self.sums.mend(fd, at, data)
+            return self.sums.mend(fd, at, data, start, end)
         finally:
             os.close(fd)

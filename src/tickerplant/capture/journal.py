@@ -98,11 +98,11 @@ class JournalFile:
         return damaged
 
     @staticmethod
-    def mend(journal: Journal, at: int, data: bytes) -> bool:
-        """Write ``data``, the bytes of ``journal``'s file from ``at`` fetched again, over the
-        blocks they cover whole that their checksums vouch for; returns whether any was."""
+    def mend(journal: Journal, at: int, data: bytes, start: int, end: int) -> bool:
+        """Write the damaged blocks [start, end) of ``journal``'s file from ``data``, its bytes
+        from ``at`` fetched again, if their checksums vouch for them; returns whether they did."""
         backing = journal.backing
-        return isinstance(backing, Backing) and backing.mend(at, data)
+        return isinstance(backing, Backing) and backing.mend(at, data, start, end)
 
     def open(self, journal: Journal) -> None:
         if self.directory is None:

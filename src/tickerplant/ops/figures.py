@@ -112,8 +112,9 @@ STREAMS = (
            "held over max_queued (the largest first)", _STREAM),
     Figure("journal_mended_blocks", _C, "journal file blocks a read found changed on disk, "
            "fetched again from the exchange and written back", _STREAM),
-    Figure("journal_unmended_blocks", _C, "journal file blocks a read found changed on disk that "
-           "could not be fetched again (never served)", _STREAM),
+    Figure("journal_unmended_blocks", _C, "tries to mend a journal file block a read found "
+           "changed on disk that failed (the block is not served; the next read tries again)",
+           _STREAM),
     Figure("journal_unreadable", _C, "clients closed: what they were owed did not match the "
            "journal file's checksums (never served), or the ring had moved past it", _STREAM),
     Figure("deferred_pushes", _C, "live clients left to pull a publish in catch-up turns: past "

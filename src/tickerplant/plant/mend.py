@@ -47,7 +47,11 @@ class Mender:
     async def _mend(self, journal: Journal, start: int, end: int) -> None:
         feed = self.feed
         assert feed.replay is not None
-        first, last, begin, stop = journal.covering(start, end)
+        try:
+            first, last, begin, stop = journal.covering(start, end)
+        except ValueError as err:  # the block's end still in memory: the next read asks again
+            self._failed(journal, start, end, str(err))
+            return
         parts: list[bytes] = []
         client = ReplayClient(feed.replay.host, feed.replay.port, journal.session,
                               lambda _first, _count, blocks: parts.append(blocks),
@@ -63,7 +67,7 @@ class Mender:
         if got < last:
             self._failed(journal, start, end, f"the replay gave {first}..{got} of {first}.."
                          f"{last} ({client.stop_reason})")  # fmt: skip
-        elif len(data) != stop - begin or not self.file.mend(journal, begin, data):
+        elif len(data) != stop - begin or not self.file.mend(journal, begin, data, start, end):
             self._failed(journal, start, end, f"messages {first}..{last} from the exchange do "
                          "not make the bytes its checksum vouches for")  # fmt: skip
         else:
