@@ -336,6 +336,61 @@ def test_a_full_socket_leaves_the_push_path_and_what_it_lacks_waits_in_the_journ
     assert fanout.counters.slow_consumers == 1 and healthy.sub.live
 
 
+def test_a_publish_looks_only_at_those_whose_socket_can_take_something() -> None:
+    """A full socket parks its subscriber: no publish walks it or queues it for a turn (walked
+    every publish, 1,000 clients that never read were a third of the plant's time), until its
+    socket drains; then it pulls what it lacks and is live again."""
+    journal = journal_of(0)
+    fanout: FanOut[Link] = FanOut(journal, limits=FanOutLimits(max_backlog=1000 * PACKET))
+    stalled = [Link(fanout, 0.0, high_water=30 * PACKET) for _ in range(50)]
+    healthy = Link(fanout, 0.0)
+    first = 1
+    for _ in range(4):
+        journal.append(messages(first, 20))
+        first += 20
+        service(fanout.publish(0.0), 0.0)
+        healthy.read(0.0)
+    assert all(link.sub.paused for link in stalled)
+    assert not fanout.delivery.turns  # none waits for a turn it could not use
+    assert list(fanout.flowing) == [healthy.sub]
+    assert set(fanout.delivery.parked) == {link.sub for link in stalled}
+    for link in stalled:
+        link.read(1.0)  # drained: back on the walk, what it lacks pulled in turns
+    grant(fanout, 1.0)
+    for link in stalled:
+        link.read(1.0)
+        assert link.sub.live and link.next == first
+    assert not fanout.delivery.parked and len(fanout.flowing) == 51
+
+
+def test_logins_from_one_after_another_read_the_journal_once_between_them() -> None:
+    """A chunk is kept for the next subscriber at the same place across publishes: logins
+    from 1 arriving one after another each read back and encoded the journal's first chunk
+    when chunks were kept for one publish only. A ring that let the messages go says so
+    rather than serve them from what was kept."""
+    journal = journal_of(500)
+    fanout: FanOut[Link] = FanOut(journal, limits=FanOutLimits(chunk_messages=100))
+    links: list[Link] = []
+    for n in range(3):
+        links.append(Link(fanout, float(n), sequence=1, high_water=50 * PACKET))
+        grant(fanout, float(n))  # its first chunk: one turn, then its socket is full
+        journal.append(messages(501 + 10 * n, 10))
+        service(fanout.publish(float(n)), float(n))
+    assert [link.sub.cursor for link in links] == [101, 101, 101]
+    assert fanout.counters.chunks == 1
+    links[0].read(3.0)  # drained: it reads 101-200 (kept), and its socket is full again
+    grant(fanout, 3.0)
+    assert links[0].sub.cursor == 201 and fanout.counters.chunks == 2
+    journal.drop(keep=0)  # a ring's turn: 1-530 let go of
+    links[1].read(3.0)
+    grant(fanout, 3.0)
+    assert links[1].sub.closed and fanout.counters.unreadable == 1
+    links[1].read(3.0)
+    assert links[1].next == 101 and any(
+        isinstance(e, DebugReceived) and b"no longer held" in e.text
+        for e in links[1].client_events)  # fmt: skip
+
+
 def test_login_at_zero_starts_with_the_next_message_and_beyond_the_end_waits_for_it() -> None:
     journal = journal_of(50)
     fanout: FanOut[Link] = FanOut(journal)

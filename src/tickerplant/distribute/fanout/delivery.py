@@ -25,7 +25,8 @@
 from __future__ import annotations
 
 import bisect
-from collections import deque
+import math
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -45,6 +46,11 @@ if TYPE_CHECKING:
 ROUND_MESSAGES = 1 << 17  # read from the journal for one round at most (~7 MB of records)
 PUBLISHES_KEPT = 4096  # (number, time) of recent publishes: how stale a conflated client is
 GRANT_BYTES = 16 << 10  # what a catch-up turn granted is charged at least (:meth:`Delivery.grant`)
+# Catch-up chunks kept for the next subscriber at the same place, across publishes (a range
+# once published never changes): logins from 1 arriving one after another each read back and
+# encoded the journal's first chunk (~0.5 MiB from the file) when the chunks were kept for one
+# publish only: 230 a second took a third of the plant's time.
+SHARED_BYTES = 8 << 20
 
 # A chunk as a subscriber gets it: (messages read, bytes read, messages sent, packets, BBO
 # changes conflated away).
@@ -82,9 +88,19 @@ class Delivery:
         self._rotation = 0  # who is pushed first: the next publish starts one further on
         self.turns: deque[Subscriber[Any]] = deque()  # waiting for a catch-up turn, in order
         self.worked = 0  # bytes catch-up turns have sent, or read and sent nothing of
-        # Catch-up chunks computed this publish, shared by subscribers at the same place asking
-        # for the same: (group, cursor, messages, conflated) -> the chunk
-        self._shared: dict[tuple[bytes | None, int, int, bool], Chunk] = {}
+        # Catch-up chunks shared by subscribers at the same place asking for the same, the most
+        # recently used last, up to ``SHARED_BYTES`` of packets: (group, cursor, messages,
+        # conflated) -> the chunk
+        self._shared: OrderedDict[tuple[bytes | None, int, int, bool], Chunk] = OrderedDict()
+        self._shared_bytes = 0
+        # Those whose socket is full (io paused them), until it drains: none can take anything,
+        # so no publish walks them (walked every publish, 1,000 clients that never read were a
+        # third of the plant's time, and every publish's push to the rest waited for them).
+        # What one lacks grows with the journal alone, so the publish that may take any of them
+        # past its policy's cap is known beforehand: when the journal's bytes plus its messages
+        # pass ``_parked_due``; only then are they looked at.
+        self.parked: dict[Subscriber[Any], None] = {}
+        self._parked_due: float = math.inf
 
     def publish(self, subscribers: Iterable[Subscriber[Any]], now: float) -> Published:
         """Take in what the journal gained since the last call: returns the live subscribers it
@@ -93,11 +109,10 @@ class Delivery:
         it in turns: :meth:`behind`); and of those, the ones off the push path that now lack
         more than the policy allows them, with what they lack.
 
-        A live subscriber whose socket is full (io paused it) leaves the push path: what is
-        published waits in the journal for it, as for one catching up, rather than in io's
-        buffer, and it pulls it in turns as its socket drains. A client that never reads then
-        costs nothing a publish (pushed, 1,000 of them held a good client's p99 at 0.24 s),
-        and what it lacks is still told to the policy."""
+        ``subscribers`` are those logged in whose socket is not full: one that is, is parked
+        (:meth:`park`). A client that never reads then costs nothing a publish (pushed, 1,000
+        of them held a good client's p99 at 0.24 s), and what it lacks is still told to the
+        policy."""
         old, new = self.published, self.journal.next_sequence
         size = self.journal.size  # of the journal up to ``new``
         if new <= old:
@@ -111,24 +126,21 @@ class Delivery:
                 subscriber.move(Step.CAUGHT_UP)  # it was waiting for this number
                 phase = Phase.LIVE
             if phase is Phase.LIVE:
-                if not subscriber.imaging and not subscriber.paused:
+                if not subscriber.imaging:
                     live.append(subscriber)
                     continue
-                subscriber.move(Step.DEFER)  # its images first, or its socket is full
-                if subscriber.paused:
-                    subscriber.fell_at = self.published_bytes
+                subscriber.move(Step.DEFER)  # its images first
             if subscriber.active and subscriber.cursor < new:
                 behind.append(subscriber)
-                if subscriber.fell_at is not None:
-                    # What io holds, and the journal from its cursor on as Sequenced Data.
-                    lacks = (subscriber.backlog + size - subscriber.fell_at
-                             + new - subscriber.cursor)  # fmt: skip
+                if subscriber.fell_at is not None:  # fell behind, drained, not caught up yet
+                    lacks = self._lacks(subscriber, size, new)
                     if lacks > cap(subscriber.policy, self.events, self.limits):
                         lagging.append((subscriber, lacks))
+        if size + new > self._parked_due:
+            lagging += self._lagging_parked(size, new)
         self.published = new
         self.published_bytes = size
         self._publishes.append((old, now))
-        self._shared.clear()
         if not live or new - old > self.limits.chunk_messages:
             return Published([], live, behind, lagging)
         count, blocks = self.journal.blocks(old, new - old)
@@ -154,6 +166,50 @@ class Delivery:
             budget -= len(packets[1])
             pushed.append(subscriber)
         return Published(pushed, deferred, behind, lagging)
+
+    def park(self, subscriber: Subscriber[Any]) -> None:
+        """Its socket is full (io paused it): off the publish's walk until it drains. A live one
+        leaves the push path: what is published waits in the journal for it, as for one
+        catching up, rather than in io's buffer, and it pulls it in turns once it drains."""
+        if subscriber.phase is Phase.LIVE:
+            subscriber.move(Step.DEFER)
+            subscriber.fell_at = self.published_bytes
+        self.parked[subscriber] = None
+        self.watch(subscriber)
+
+    def unpark(self, subscriber: Subscriber[Any]) -> None:
+        """Its socket drained: back on the walk, live again if it lacks nothing."""
+        del self.parked[subscriber]
+        if subscriber.phase is Phase.CATCHING_UP and subscriber.cursor == self.published:
+            subscriber.move(Step.CAUGHT_UP)
+
+    def watch(self, subscriber: Subscriber[Any]) -> None:
+        """A parked subscriber fell behind the journal or io holds more for it: the publish
+        that could take it past its cap may come sooner."""
+        if subscriber.fell_at is not None:
+            allowed = cap(subscriber.policy, self.events, self.limits)
+            due = allowed - subscriber.backlog + subscriber.fell_at + subscriber.cursor
+            self._parked_due = min(self._parked_due, due)
+
+    def _lagging_parked(self, size: int, new: int) -> list[tuple[Subscriber[Any], int]]:
+        """The parked subscribers that lack more than their policy allows once the journal
+        holds ``size`` bytes up to ``new``, with what they lack; the next publish to look again."""
+        self._parked_due = math.inf
+        lagging: list[tuple[Subscriber[Any], int]] = []
+        for subscriber in self.parked:
+            if subscriber.fell_at is not None:
+                lacks = self._lacks(subscriber, size, new)
+                if lacks > cap(subscriber.policy, self.events, self.limits):
+                    lagging.append((subscriber, lacks))
+                self.watch(subscriber)
+        return lagging
+
+    @staticmethod
+    def _lacks(subscriber: Subscriber[Any], size: int, new: int) -> int:
+        """Bytes one off the push path lacks: what io holds, and the journal from its cursor
+        on (to ``size`` bytes, ``new`` messages) as Sequenced Data."""
+        assert subscriber.fell_at is not None
+        return subscriber.backlog + size - subscriber.fell_at + new - subscriber.cursor
 
     def behind(self, subscribers: list[Subscriber[Any]], deferred: list[Subscriber[Any]]) -> None:
         """``subscribers`` pull what they lack from the journal at their own pace, in turns,
@@ -223,14 +279,8 @@ class Delivery:
                 return
             step = ROUND_MESSAGES if conflating else self.limits.chunk_messages
             want = min(step, self.published - at)
-            since = subscriber.subscription.since
-            key = None if since else (subscriber.subscription.group, at, want, conflating)
-            chunk = self._shared.get(key) if key is not None else None
-            if chunk is None:
-                chunk = self._chunk(subscriber, at, want, conflating)
-                if key is not None:
-                    self._shared[key] = chunk
-            count, read, sent, packets, dropped = chunk
+            count, read, sent, packets, dropped = self._shared_chunk(subscriber, at, want,
+                                                                    conflating)  # fmt: skip
             self.counters.conflated_updates += dropped
             # What it was sent, or (sent nothing) what was read for it: a turn's work is bounded,
             # and a tick's (a client narrowed to symbols a chunk lacks costs its reading).
@@ -282,6 +332,26 @@ class Delivery:
         self.staleness.add(max(0.0, now - published))
         subscriber.round_at = now + self.limits.conflate_interval
         subscriber.turn_at = subscriber.round_at
+
+    def _shared_chunk(self, subscriber: Subscriber[Any], at: int, want: int,
+                      conflating: bool) -> Chunk:  # fmt: skip
+        """The chunk kept for the same place and selection, if the journal still holds its
+        messages (a ring that let them go says so, as it would to a reader), else read now and
+        kept (not for a subscriber whose selection starts per symbol: its own)."""
+        shared = self._shared
+        subscription = subscriber.subscription
+        if subscription.since:
+            return self._chunk(subscriber, at, want, conflating)
+        key = (subscription.group, at, want, conflating)
+        chunk = shared.get(key) if at >= self.journal.first_held else None
+        if chunk is not None:
+            shared.move_to_end(key)
+            return chunk
+        chunk = shared[key] = self._chunk(subscriber, at, want, conflating)
+        self._shared_bytes += len(chunk[3])
+        while self._shared_bytes > SHARED_BYTES:
+            self._shared_bytes -= len(shared.popitem(last=False)[1][3])
+        return chunk
 
     def _chunk(self, subscriber: Subscriber[Any], at: int, want: int, conflating: bool) -> Chunk:
         """Up to ``want`` messages from ``at`` as ``subscriber`` gets them."""

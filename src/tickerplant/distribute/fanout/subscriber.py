@@ -131,8 +131,14 @@ class Subscriber(Generic[H]):
             fanout.queued.bytes += self.backlog if active else -self.backlog
             if active:
                 fanout.delivering[self] = None
+                if self.paused_at is None:
+                    fanout.flowing[self] = None
+                else:
+                    fanout.delivery.park(self)
             else:
                 del fanout.delivering[self]
+                fanout.flowing.pop(self, None)
+                fanout.delivery.parked.pop(self, None)
             self.active = active
 
     @property
@@ -215,12 +221,19 @@ class Subscriber(Generic[H]):
     # --- what io says of the socket ---------------------------------------------------------
 
     def pause(self, now: float) -> None:
-        """The socket is full: what we write waits in io until :meth:`resume`."""
+        """The socket is full: what we write waits in io until :meth:`resume`; the delivery
+        parks it."""
         if self.paused_at is None:
             self.paused_at = now
+            if self.active:
+                del self.fanout.flowing[self]
+                self.fanout.delivery.park(self)
 
     def resume(self) -> None:
         """The socket can take more: it waits for a new catch-up turn."""
+        if self.paused_at is not None and self.active:
+            self.fanout.delivery.unpark(self)
+            self.fanout.flowing[self] = None
         self.paused_at = None
         self.fanout.delivery.wait_turn(self)
 
@@ -244,9 +257,12 @@ class Subscriber(Generic[H]):
         return []
 
     def _hold(self, size: int) -> None:
+        grew = size > self.backlog
         if self.active:
             self.fanout.queued.bytes += size - self.backlog
         self.backlog = size
+        if grew and self.paused_at is not None and self.active:  # (a heartbeat, a Debug packet)
+            self.fanout.delivery.watch(self)
 
     def connection_lost(self) -> None:
         """The connection is gone: forget the subscriber (closing its session if still open)."""
