@@ -42,10 +42,28 @@ class Ports:
 _next_port = 0
 
 
+def _port_band() -> tuple[int, int]:
+    """Where a test's own ports go: outside the kernel's ephemeral range, which any socket that
+    connects or sends before binding may take (the exchange's line sockets took a re-request
+    port of the band 40000-60000 once in a loss-matrix cell: "could not bind")."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low, high = (int(x) for x in f.read().split())
+    if low >= 30500:
+        return 20000, 10000
+    if high <= 60000:
+        return high + 1, min(5000, 65000 - high)
+    return 40000, 20000  # (a machine whose ephemeral range is everything: as before)
+
+
+_BAND = _port_band()
+
+
 def ports(host: str = "127.0.0.1", group_base: str = "239.192.90") -> Ports:
-    """Ports of our own for one test: pid-based so that parallel runs do not meet."""
+    """Ports of our own for one test: pid-based so that parallel runs do not meet, and outside
+    the ephemeral range (:func:`_port_band`)."""
     global _next_port
-    base = 40000 + (os.getpid() * 13) % 20000 + _next_port
+    start, width = _BAND
+    base = start + (os.getpid() * 13 + _next_port) % (width - 4)
     _next_port += 4
     return Ports(
         Endpoint(f"{group_base}.1", base),
