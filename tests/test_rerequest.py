@@ -48,6 +48,24 @@ def messages_in(packets: list[bytes], first: int) -> list[bytes]:
     return out
 
 
+def test_one_policy_answers_each_session_it_serves_from_that_session_s_journal() -> None:
+    """An exchange's channels share a re-request server: the request names the session."""
+    other = Journal(session_bytes("RQTEST2"))
+    other.append(join_messages([b"X" + message(s)[1:] for s in range(1, 31)]))
+    policy = Rerequests(journal_of(20))
+    policy.add(other)
+    answer = policy.handle(encode_request(other.session, 25, 10), SOURCE, 0.0)
+    assert [decode_packet(p).session for p in answer] == [other.session] * len(answer)
+    got = [m for p in answer for m in decode_packet(p).messages]
+    assert got == [b"X" + message(s)[1:] for s in range(25, 31)]
+    assert messages_in(policy.handle(encode_request(SESSION, 18, 10), SOURCE, 0.0), 18) == [
+        message(s) for s in range(18, 21)]  # fmt: skip
+    assert policy.handle(encode_request(session_bytes("RQTEST3"), 1, 1), SOURCE, 0.0) == []
+    assert policy.counters.wrong_session == 1 and policy.counters.answered == 2
+    with pytest.raises(ValueError, match="served already"):
+        policy.add(other)
+
+
 def test_a_request_is_answered_with_the_messages_asked_for() -> None:
     policy = Rerequests(journal_of(100))
     packets = policy.handle(encode_request(SESSION, 5, 10), SOURCE, 0.0)

@@ -1,7 +1,8 @@
 """The re-request policy: which MoldUDP64 requests the exchange answers, and with what.
 
 Sans-I/O: :meth:`Rerequests.handle` takes a datagram, its source and ``now`` and returns the
-packets to send back to that source, read from the session's :class:`Journal`. The server must
+packets to send back to that source, read from the :class:`Journal` of the session it names
+(one server answers for every channel of an exchange). The server must
 never become an amplifier that a spoofed source can aim at a victim, so:
 
 - a request gets at most ``max_messages`` messages (the head of the range it asked for; the client
@@ -98,10 +99,13 @@ class _Bucket:
 
 
 class Rerequests:
-    """Answers MoldUDP64 requests for one session from its journal."""
+    """Answers MoldUDP64 requests for a session from its journal, and for each session added
+    (:meth:`add`) from its own: an exchange's channels, told apart by the session a request
+    names. The limits are the server's: a source has one bucket, whatever sessions it asks."""
 
     def __init__(self, journal: Journal, limits: RerequestLimits | None = None) -> None:
-        self.journal = journal
+        self.journal = journal  # the first session's
+        self._journals = {journal.session: journal}
         self.limits = limits if limits is not None else RerequestLimits()
         self.counters = RerequestCounters()
         self._sources: OrderedDict[str, _Bucket] = OrderedDict()
@@ -109,6 +113,12 @@ class Rerequests:
         cap = self.limits.max_messages
         self._starts = np.empty(cap, dtype=np.int64)
         self._counts = np.empty(cap, dtype=np.int64)
+
+    def add(self, journal: Journal) -> None:
+        """Answer requests for ``journal``'s session too."""
+        if journal.session in self._journals:
+            raise ValueError(f"session {journal.session!r} is served already")
+        self._journals[journal.session] = journal
 
     def handle(self, datagram: bytes, source: tuple[str, int], now: float) -> list[bytes]:
         """The packets that answer ``datagram`` from ``source``, to be sent back to it unicast."""
@@ -120,10 +130,11 @@ class Rerequests:
             name = exc.defect.name.lower()
             counters.malformed[name] = counters.malformed.get(name, 0) + 1
             return []
-        if request.session != self.journal.session:
+        journal = self._journals.get(request.session)
+        if journal is None:
             counters.wrong_session += 1
             return []
-        available = len(self.journal) - request.sequence + 1
+        available = len(journal) - request.sequence + 1
         if available <= 0:
             counters.beyond_end += 1
             return []
@@ -137,23 +148,22 @@ class Rerequests:
             counters.rate_limited_source += 1
             return []
         granted = min(wanted, int(bucket.tokens), int(total.tokens))
-        messages, blocks = self.journal.blocks(request.sequence, granted)
+        messages, blocks = journal.blocks(request.sequence, granted)
         bucket.tokens -= messages
         total.tokens -= messages
         if messages < min(request.count, available):
             counters.capped += 1
-        packets = self._packets(request.sequence, blocks)
+        packets = self._packets(journal.session, request.sequence, blocks)
         counters.answered += 1
         counters.messages += messages
         counters.packets += len(packets)
         counters.bytes += sum(map(len, packets))
         return packets
 
-    def _packets(self, sequence: int, blocks: bytes) -> list[bytes]:
+    def _packets(self, session: bytes, sequence: int, blocks: bytes) -> list[bytes]:
         limit = self.limits.max_packet - HEADER_LEN
         found, consumed = pack_runs(as_array(blocks), limit, self._starts, self._counts)
         cuts = [*self._starts[:found].tolist(), consumed]
-        session = self.journal.session
         out = []
         for k, count in enumerate(self._counts[:found].tolist()):
             out.append(encode_blocks(session, sequence, count, blocks[cuts[k] : cuts[k + 1]]))
