@@ -1,17 +1,25 @@
 """Channels: a day's messages partitioned by stock over K sessions, each channel's name and
-lines derived from the base ones (no sockets: the routing is a pure function of the bytes)."""
+lines derived from the base ones (a pure function of the bytes), then published by one
+publisher on each channel's own lines (real loopback multicast)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 
+import numpy as np
 import pytest
 
 from harness import source_stream
+from test_publisher import data_packets, lines_config, receiver, run
+from tickerplant.distribute.journal import Journal
 from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
+from tickerplant.exchange.publisher import Publisher, drop_mask
+from tickerplant.io.multicast import Line
 from tickerplant.wire.blocks import iter_messages, join_messages
 from tickerplant.wire.channels import lines_of, session_of, split
+from tickerplant.wire.moldudp64 import END_OF_SESSION, decode_packet, session_bytes
 
 
 def locate(message: bytes) -> int:
@@ -70,3 +78,49 @@ def test_channels_that_would_share_a_group_or_leave_multicast_are_told() -> None
     for count in (0, 1000):
         with pytest.raises(ConfigError, match="give 1 to 999"):
             lines_of(a, Endpoint("239.9.1.1", 30002), count)
+
+
+def test_one_publisher_sends_each_channel_its_stocks_as_a_session_of_its_own() -> None:
+    """K = 3 over six lines: each channel's session numbered from 1 without a gap, holding
+    exactly its part of the day, with an End of Session of its own; loss injected on a
+    channel's line A follows that line's own mask, not another channel's."""
+    day = source_stream(5, 30, 30_000)
+    k = 3
+    sessions = [session_bytes(session_of("CHTEST0001", n, k)) for n in range(1, k + 1)]
+    configs = [lines_config(60 + 2 * n, drop_a=0.2 if n < 2 else 0.0) for n in range(k)]
+    receivers = [receiver(c) for pair in configs for c in pair]
+    lines = [[Line("A", a), Line("B", b)] for a, b in configs]
+    journals = [Journal(s) for s in sessions]
+    more = list(zip(journals[1:], lines[1:], strict=True))
+    publisher = Publisher(journals[0], iter([day]), lines[0], end_of_session_seconds=0.0,
+                          more_channels=more)  # fmt: skip
+    try:
+        heard = run(publisher, receivers)
+    finally:
+        for pair in lines:
+            for line in pair:
+                line.close()
+    parts = split(day, k)
+    assert publisher.messages == len(list(iter_messages(day)))
+    assert publisher.sha256 == hashlib.sha256(day).hexdigest()
+    for n, channel in enumerate(publisher.channels):
+        assert journals[n].blocks(1, len(journals[n]))[1] == parts[n]
+        assert channel.next_sequence == len(list(iter_messages(parts[n]))) + 1
+        for raw in heard[2 * n : 2 * n + 2]:
+            assert {decode_packet(r).session for r in raw} == {sessions[n]}
+            last = decode_packet(raw[-1])
+            assert (last.count, last.sequence) == (END_OF_SESSION, channel.next_sequence)
+        on_b = data_packets(heard[2 * n + 1])  # every packet, in order, from 1
+        assert [p.sequence for p in on_b] == list(
+            np.cumsum([1] + [p.count for p in on_b[:-1]]))  # fmt: skip
+        assert b"".join(join_messages(p.messages) for p in on_b) == parts[n]
+        firsts = np.array([p.sequence for p in on_b], dtype=np.int64)
+        lost = set(firsts.tolist()) - {p.sequence for p in data_packets(heard[2 * n])}
+        if n == 2:
+            assert not lost
+            continue
+        mask = drop_mask(0, 2 * n, firsts, 0.2)  # this channel's line A: number 2n
+        assert lost == {int(f) for f, m in zip(firsts, mask, strict=True) if m} and lost
+        if n == 1:  # not channel 1's line A's pattern on these numbers
+            assert lost != {int(f) for f, m in zip(firsts, drop_mask(0, 0, firsts, 0.2),
+                                                   strict=True) if m}  # fmt: skip

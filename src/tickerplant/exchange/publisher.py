@@ -28,6 +28,7 @@ from tickerplant.errors import InputError
 from tickerplant.exchange.pacing import AsFastAsPossible, Pacer
 from tickerplant.io.multicast import Line
 from tickerplant.wire.blocks import I64, as_array, index_blocks
+from tickerplant.wire.channels import split
 from tickerplant.wire.moldudp64 import (
     HEADER_LEN,
     HEARTBEAT_INTERVAL,
@@ -69,8 +70,39 @@ class SourceError(InputError):
     """The message source handed over something the publisher cannot send."""
 
 
+class Channel:
+    """One MoldUDP64 session of the exchange: its journal, its lines, what it sent. ``number``
+    (from 0) tells its lines' loss apart from other channels' (:func:`drop_mask`)."""
+
+    def __init__(self, journal: Journal, lines: Sequence[Line], number: int) -> None:
+        if not lines:
+            raise ValueError("a channel needs at least one line")
+        if len(journal.session) != SESSION_LEN:
+            raise ValueError(f"session {journal.session!r} is not {SESSION_LEN} bytes")
+        self.journal = journal
+        self.session = journal.session
+        self.lines = list(lines)
+        self.number = number
+        self.session_array = np.frombuffer(self.session, dtype=np.uint8)
+        self.digest = hashlib.sha256()
+        self.next_sequence = journal.next_sequence
+        self.messages = 0
+        self.packets = 0  # data packets (each sent once per line, unless dropped)
+        self.heartbeats = 0
+        self.end_of_session_packets = 0
+        self.last_sent: float | None = None
+
+    @property
+    def sha256(self) -> str:
+        """Digest of every message block this channel published, as one block stream."""
+        return self.digest.hexdigest()
+
+
 class Publisher:
-    """Publishes ``source`` (an iterator of block streams) as one MoldUDP64 session on ``lines``.
+    """Publishes ``source`` (an iterator of block streams) as one MoldUDP64 session on ``lines``,
+    or over several channels: ``more_channels`` (``(journal, lines)`` of channels 2 to K) each
+    get the messages of their stocks (:func:`~tickerplant.wire.channels.split`), each its own
+    session, numbering, heartbeats and end of session; the source is paced once, as one day.
 
     Driven like every machine here: :meth:`handle_timer` does at most one slice of work
     (``slice_packets``) and :meth:`get_timer` says when it wants to be called again.
@@ -87,16 +119,17 @@ class Publisher:
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         end_of_session_seconds: float = END_OF_SESSION_SECONDS,
         slice_packets: int = SLICE_PACKETS,
+        more_channels: Sequence[tuple[Journal, Sequence[Line]]] = (),
     ) -> None:
-        if not lines:
-            raise ValueError("a publisher needs at least one line")
         if slice_packets < 1:
             raise ValueError(f"slice_packets must be at least 1, not {slice_packets}")
-        if len(journal.session) != SESSION_LEN:
-            raise ValueError(f"session {journal.session!r} is not {SESSION_LEN} bytes")
-        self.journal = journal
+        every = [(journal, lines), *more_channels]
+        self.channels = [Channel(j, ls, k) for k, (j, ls) in enumerate(every)]
+        if len({c.session for c in self.channels}) != len(self.channels):
+            raise ValueError("two channels have the same session")
+        self.journal = journal  # the first channel's
         self.session = journal.session
-        self.lines = list(lines)
+        self.lines = self.channels[0].lines
         self.pacer: Pacer = pacer if pacer is not None else AsFastAsPossible()
         self.drop_seed = drop_seed
         self.heartbeat_interval = heartbeat_interval
@@ -108,7 +141,6 @@ class Publisher:
         self._counts = np.empty(slice_packets, dtype=np.int64)
         # Each slice's packets are framed by one compiled call into this reused buffer: nothing is
         # allocated per packet, and no fresh memory has to be faulted in.
-        self._session = np.frombuffer(self.session, dtype=np.uint8)
         self._frames = np.empty(slice_packets * MAX_PACKET, dtype=np.uint8)
         self._bounds = np.empty(slice_packets + 1, dtype=np.int64)
         # The chunk being published: its bytes, each message's offset, and where we are in it.
@@ -118,22 +150,36 @@ class Publisher:
         self._offsets_buffer = np.empty(0, dtype=np.int64)
         self._index = 0
         self._pos = 0
-        self._last_sent: float | None = None
+        self._started = False
         self._ending_since: float | None = None
         self._ends_at = math.inf  # when the end of session is over
         self._next_end_of_session = 0.0
-        self.next_sequence = journal.next_sequence
-        self.messages = 0
-        self.packets = 0  # data packets (each sent once per line, unless dropped)
-        self.heartbeats = 0
-        self.end_of_session_packets = 0
+        self.messages = 0  # of the source (a message of no stock goes to every channel, once)
         self.done = False
         self._timer = -math.inf  # work from the start
 
     @property
     def sha256(self) -> str:
-        """Digest of every message block published so far, as one block stream."""
+        """Digest of every message block published so far, as one block stream (the source's)."""
         return self._digest.hexdigest()
+
+    @property
+    def next_sequence(self) -> int:
+        """The first channel's next sequence number."""
+        return self.channels[0].next_sequence
+
+    @property
+    def packets(self) -> int:
+        """Data packets, every channel's (each sent once per line, unless dropped)."""
+        return sum(c.packets for c in self.channels)
+
+    @property
+    def heartbeats(self) -> int:
+        return sum(c.heartbeats for c in self.channels)
+
+    @property
+    def end_of_session_packets(self) -> int:
+        return sum(c.end_of_session_packets for c in self.channels)
 
     @property
     def ending(self) -> bool:
@@ -162,20 +208,28 @@ class Publisher:
     def _slice(self, now: float) -> float:
         if self.done:
             return math.inf
-        if not all([line.flush() for line in self.lines]):
+        if not all([line.flush() for c in self.channels for line in c.lines]):
             return now + RETRY_DELAY
-        if self._last_sent is None:
-            self._last_sent = now
+        if not self._started:
+            self._started = True
+            for channel in self.channels:
+                channel.last_sent = now
         if self._ending_since is None:
             if self._publish(now):
                 return now
             if self._exhausted:
                 self._begin_end(now)
             else:
-                if now - self._last_sent >= self.heartbeat_interval:
-                    self._broadcast(encode_heartbeat(self.session, self.next_sequence), now)
-                    self.heartbeats += 1
-                return min(self.pacer.deadline(now), self._last_sent + self.heartbeat_interval)
+                due = self.pacer.deadline(now)
+                for channel in self.channels:  # a channel with nothing to send says it lives
+                    assert channel.last_sent is not None
+                    if now - channel.last_sent >= self.heartbeat_interval:
+                        heartbeat = encode_heartbeat(channel.session, channel.next_sequence)
+                        self._broadcast(channel, heartbeat, now)
+                        channel.heartbeats += 1
+                    assert channel.last_sent is not None
+                    due = min(due, channel.last_sent + self.heartbeat_interval)
+                return due
         return self._end_of_session(now)
 
     def _next_chunk(self) -> bool:
@@ -231,34 +285,55 @@ class Publisher:
             len(self._chunk) if allowed == remaining else int(self._offsets[self._index + allowed])
         )
         stream = self._chunk[self._pos : end]
-        starts, counts, bounds = self._starts, self._counts, self._bounds
+        starts, counts = self._starts, self._counts
         packets, consumed = pack_runs(as_array(stream), MAX_BLOCKS, starts, counts)
         segment = stream[:consumed]
-        messages = self.journal.append(segment)
         self._digest.update(segment)
-        first = self.next_sequence
+        if len(self.channels) == 1:
+            messages = self._send(self.channels[0], segment, packets, now)
+        else:
+            # Each channel's part holds no more messages than the slice, so no more packets.
+            messages = int(np.searchsorted(self._offsets, self._pos + consumed)) - self._index
+            for channel, part in zip(self.channels, split(segment, len(self.channels)),
+                                     strict=True):  # fmt: skip
+                if part:
+                    count, used = pack_runs(as_array(part), MAX_BLOCKS, starts, counts)
+                    assert used == len(part), "a channel's part must fit its slice"
+                    self._send(channel, part, count, now)
+        self.messages += messages
+        self._index += messages
+        self._pos += consumed
+        self.pacer.sent(messages)
+        return True
+
+    def _send(self, channel: Channel, segment: memoryview | bytes, packets: int,
+              now: float) -> int:  # fmt: skip
+        """Journal ``segment`` (packed into ``packets``: :attr:`_starts`, :attr:`_counts`) as
+        ``channel``'s next messages, then frame and send them on its lines; how many."""
+        starts, counts, bounds = self._starts, self._counts, self._bounds
+        messages = channel.journal.append(segment)
+        if len(self.channels) > 1:
+            channel.digest.update(segment)
+        first = channel.next_sequence
         frame_packets(
             as_array(segment),
-            consumed,
+            len(segment),
             starts,
             counts,
             packets,
-            self._session,
+            channel.session_array,
             first,
             self._frames,
             bounds,
         )
-        self._transmit_data(bounds[: packets + 1], first, counts[:packets])
-        self.next_sequence = first + messages
-        self.messages += messages
-        self.packets += packets
-        self._index += messages
-        self._pos += consumed
-        self.pacer.sent(messages)
-        self._last_sent = now
-        return True
+        self._transmit_data(channel, bounds[: packets + 1], first, counts[:packets])
+        channel.next_sequence = first + messages
+        channel.messages += messages
+        channel.packets += packets
+        channel.last_sent = now
+        return messages
 
-    def _transmit_data(self, bounds: I64, first: int, counts: I64) -> None:
+    def _transmit_data(self, channel: Channel, bounds: I64, first: int, counts: I64) -> None:
         """Send packet ``k`` (``frames[bounds[k]:bounds[k + 1]]``) on every line that keeps it.
 
         Lines take turns every :data:`INTERLEAVE` packets, so the copies of a packet leave within
@@ -268,7 +343,8 @@ class Publisher:
         starts, ends = bounds[:-1], bounds[1:]
         keep: list[npt.NDArray[np.bool_] | None] = []
         sequences = first + np.cumsum(counts) - counts
-        for number, line in enumerate(self.lines):
+        lines = channel.lines
+        for number, line in enumerate(lines, start=channel.number * len(lines)):
             if line.config.drop <= 0:
                 keep.append(None)
                 continue
@@ -279,17 +355,17 @@ class Publisher:
             keep.append(~dropped)
         for lo in range(0, len(starts), INTERLEAVE):
             hi = lo + INTERLEAVE
-            for line, kept in zip(self.lines, keep, strict=True):
+            for line, kept in zip(lines, keep, strict=True):
                 if kept is None:
                     line.transmit_frames(self._frames, starts[lo:hi], ends[lo:hi])
                 else:
                     k = kept[lo:hi]
                     line.transmit_frames(self._frames, starts[lo:hi][k], ends[lo:hi][k])
 
-    def _broadcast(self, packet: bytes, now: float) -> None:
-        for line in self.lines:
+    def _broadcast(self, channel: Channel, packet: bytes, now: float) -> None:
+        for line in channel.lines:
             line.transmit([packet])
-        self._last_sent = now
+        channel.last_sent = now
 
     def _begin_end(self, now: float) -> None:
         self._ending_since = now
@@ -299,12 +375,14 @@ class Publisher:
     def _end_of_session(self, now: float) -> float:
         over = self._ends_at
         if now >= self._next_end_of_session:
-            self._broadcast(encode_end_of_session(self.session, self.next_sequence), now)
-            self.end_of_session_packets += 1
+            for channel in self.channels:
+                ending = encode_end_of_session(channel.session, channel.next_sequence)
+                self._broadcast(channel, ending, now)
+                channel.end_of_session_packets += 1
             # An end cut short still sends its last round at its end: a receiver that missed
             # the first gets a second.
             self._next_end_of_session = min(now + self.heartbeat_interval, over)
-        if now >= over and self.end_of_session_packets > 0:
+        if now >= over and self.channels[0].end_of_session_packets > 0:
             self.done = True
             return math.inf
         return min(self._next_end_of_session, over)
