@@ -4,22 +4,34 @@ publisher on each channel's own lines (real loopback multicast)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
+import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from harness import source_stream
-from test_publisher import data_packets, lines_config, receiver, run
+from harness import ports, source_stream
+from test_publisher import data_packets, drain, lines_config, receiver, run
+from tickerplant.client import subscribe
 from tickerplant.distribute.journal import Journal
 from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
 from tickerplant.exchange.publisher import Publisher, drop_mask
-from tickerplant.io.multicast import Line
+from tickerplant.exchange.simulator import ExchangeConfig, SyntheticSource, run_exchange
+from tickerplant.exchange.summary import ExchangeSummary
+from tickerplant.io.multicast import Line, LineConfig
+from tickerplant.receive.events import Batch
 from tickerplant.wire.blocks import iter_messages, join_messages
 from tickerplant.wire.channels import lines_of, session_of, split
-from tickerplant.wire.moldudp64 import END_OF_SESSION, decode_packet, session_bytes
+from tickerplant.wire.moldudp64 import (
+    END_OF_SESSION,
+    decode_packet,
+    encode_request,
+    session_bytes,
+)
 
 
 def locate(message: bytes) -> int:
@@ -124,3 +136,83 @@ def test_one_publisher_sends_each_channel_its_stocks_as_a_session_of_its_own() -
         if n == 1:  # not channel 1's line A's pattern on these numbers
             assert lost != {int(f) for f, m in zip(firsts, drop_mask(0, 0, firsts, 0.2),
                                                    strict=True) if m}  # fmt: skip
+
+
+def test_the_exchange_publishes_k_channels_each_repaired_and_replayed_by_its_session(
+    tmp_path: Path,
+) -> None:
+    """``channels = 3``: each channel's lines carry its part of the day; the one re-request
+    server answers a request naming channel 2's session with channel 2's messages; channel 3's
+    replay server (the replay port + 2) serves channel 3's session whole; each journal file is
+    its channel's part."""
+    k, messages = 3, 20_000
+    config_a, config_b = lines_config(80)
+    pairs = lines_of(Endpoint(config_a.group, config_a.port),
+                     Endpoint(config_b.group, config_b.port), k)  # fmt: skip
+    receivers = [receiver(LineConfig(e.host, e.port)) for pair in pairs for e in pair]
+    p = ports()
+    config = ExchangeConfig(
+        session="CHSIM", channels=k, source=SyntheticSource(seed=3, symbols=20,
+                                                            messages=messages),
+        line_a=config_a, line_b=config_b, rerequest=p.rerequest, replay=p.replay,
+        end_of_session_seconds=10, heartbeat_interval=0.2, journal_dir=str(tmp_path),
+    )  # fmt: skip
+    parts = split(source_stream(3, 20, messages), k)
+    sessions = [session_of("CHSIM", n, k) for n in (1, 2, 3)]
+    assert sessions == ["CHSIM001", "CHSIM002", "CHSIM003"]
+    second = list(iter_messages(parts[1]))
+    replayed: list[bytes] = []
+    answers: list[bytes] = []
+    stop = asyncio.Event()
+
+    async def replay(port: int) -> None:
+        async for record in subscribe(Endpoint("127.0.0.1", port), first=1, retry=None):
+            if isinstance(record, Batch):
+                replayed.extend(iter_messages(record.blocks))
+
+    async def rerequest() -> None:
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.setblocking(False)
+            client.connect(p.rerequest.pair)
+            client.send(encode_request(session_bytes(sessions[1]), len(second) - 9, 10))
+            answers.append(await asyncio.wait_for(loop.sock_recv(client, 2048), 5.0))
+
+    async def main() -> ExchangeSummary:
+        tasks: list[asyncio.Future[None]] = []
+
+        def progress(summary: ExchangeSummary) -> None:
+            if summary.end_of_session_packets and not tasks:
+                tasks.append(asyncio.ensure_future(replay(p.replay.port + 2)))
+                tasks.append(asyncio.ensure_future(rerequest()))
+                tasks[0].add_done_callback(lambda _: stop.set())
+
+        summary = await run_exchange(config, stop=stop, on_progress=progress)
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        return summary
+
+    try:
+        summary = asyncio.run(main())
+        heard: list[list[bytes]] = [[] for _ in receivers]
+        for sock, into in zip(receivers, heard, strict=True):
+            sock.setblocking(False)
+            drain(sock, into)
+    finally:
+        for sock in receivers:
+            sock.close()
+    assert summary.published == messages and summary.error is None
+    assert [c.session for c in summary.channels] == sessions
+    for n, channel in enumerate(summary.channels):
+        assert channel.sha256 == hashlib.sha256(parts[n]).hexdigest()
+        assert channel.published == len(list(iter_messages(parts[n])))
+        assert (channel.line_a, channel.line_b) == tuple(str(e) for e in pairs[n])
+        assert channel.replay_port == p.replay.port + n
+        assert (tmp_path / f"{sessions[n]}.journal").read_bytes() == parts[n]
+        for raw in heard[2 * n : 2 * n + 2]:  # each line: its channel's session, whole
+            data = data_packets(raw)
+            assert {p.session for p in data} == {session_bytes(sessions[n])}
+            assert b"".join(join_messages(p.messages) for p in data) == parts[n]
+    packet = decode_packet(answers[0])
+    assert packet.session == session_bytes(sessions[1])
+    assert packet.messages == second[-10:]
+    assert replayed == list(iter_messages(parts[2]))

@@ -26,11 +26,11 @@ from tickerplant.exchange.pacing import ItchClock, Pacer
 from tickerplant.exchange.publisher import Publisher, SourceError, drop_mask
 from tickerplant.exchange.simulator import (
     ExchangeConfig,
-    ExchangeSummary,
     FileSource,
     SyntheticSource,
     run_exchange,
 )
+from tickerplant.exchange.summary import ExchangeSummary
 from tickerplant.io.multicast import Line, LineConfig, SentLog, open_receiver
 from tickerplant.receive.events import Batch
 from tickerplant.wire.blocks import iter_messages, join_messages

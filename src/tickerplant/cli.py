@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="session name (10 ASCII characters)",
     )
     ex.add_argument("--itch", type=Path, default=None, help="publish this ITCH 5.0 file")
+    ex.add_argument("--channels", type=int, default=default(ExchangeConfig, "channels"),
+                    help="partition the stocks over this many channels, each its own session "
+                         "on its own groups (channel k: the base groups' third octet + k - 1; "
+                         "its replay on the replay port + k - 1)")  # fmt: skip
     ex.add_argument(
         "--messages",
         type=int,

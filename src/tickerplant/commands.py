@@ -82,11 +82,11 @@ def demo(args: argparse.Namespace) -> int:
 def exchange(args: argparse.Namespace) -> int:
     from tickerplant.exchange.simulator import (
         ExchangeConfig,
-        ExchangeSummary,
         FileSource,
         SyntheticSource,
         run_exchange,
     )
+    from tickerplant.exchange.summary import ExchangeSummary
     from tickerplant.io.multicast import LineConfig
 
     def line(name: str, group: Endpoint, drop: float) -> LineConfig:
@@ -104,6 +104,7 @@ def exchange(args: argparse.Namespace) -> int:
     )  # fmt: skip
     cfg = ExchangeConfig(
         session=args.session,
+        channels=args.channels,
         source=source,
         pacing=pacing,
         rate=args.rate or 1.0,

@@ -10,22 +10,22 @@ and replays are served while the lines run at full speed, and through the end of
 from __future__ import annotations
 
 import asyncio
-import copy
+import dataclasses
 import math
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from tickerplant import endpoint
 from tickerplant.capture.journal import JournalFile, mark_ended
 from tickerplant.capture.lines import read_messages
-from tickerplant.distribute.fanout import FanOut, FanOutCounters
+from tickerplant.distribute.fanout import FanOut
 from tickerplant.distribute.journal import Journal
-from tickerplant.distribute.rerequest import RerequestCounters, RerequestLimits
+from tickerplant.distribute.rerequest import RerequestLimits
 from tickerplant.endpoint import Endpoint, ipv4
 from tickerplant.errors import ConfigError
 from tickerplant.exchange.pacing import AsFastAsPossible, FixedRate, ItchClock, Pacer
@@ -36,10 +36,12 @@ from tickerplant.exchange.publisher import (
     SourceError,
 )
 from tickerplant.exchange.rerequest_server import RerequestServer
+from tickerplant.exchange.summary import ExchangeSummary, summarize
 from tickerplant.exchange.synthetic import SyntheticMarket
 from tickerplant.io.loop import Timer, clock
 from tickerplant.io.multicast import DEFAULT_SNDBUF, Line, LineConfig, SentLog, write_sent_log
 from tickerplant.io.soupbin import SoupServer
+from tickerplant.wire.channels import check_count, lines_of, session_of
 from tickerplant.wire.moldudp64 import HEARTBEAT_INTERVAL, session_bytes
 
 PACING_MODES = ("fast", "rate", "itch")
@@ -72,6 +74,10 @@ class FileSource:
 @dataclass(frozen=True, slots=True)
 class ExchangeConfig:
     session: str = "TP00000001"
+    # The day partitioned by stock over this many channels, each its own session and lines
+    # (wire/channels.py: names, groups), one re-request server for them all (a request names
+    # its session), and a replay server each, channel k on the replay port + k - 1.
+    channels: int = 1
     source: SyntheticSource | FileSource = field(default_factory=SyntheticSource)
     pacing: str = "fast"  # "fast", "rate" (messages/s) or "itch" (the messages' own timestamps)
     rate: float = 100_000.0  # messages per second, for pacing "rate"
@@ -106,6 +112,16 @@ class ExchangeConfig:
             ) from None
         if not self.session.strip():
             raise ConfigError("session", "is blank", "give a name, e.g. TP001")
+        check_count(self.channels)
+        lines_of(Endpoint(self.line_a.group, self.line_a.port),
+                 Endpoint(self.line_b.group, self.line_b.port), self.channels)  # fmt: skip
+        replay, rerequest = self.replay, self.rerequest
+        if replay is not None and replay.port and rerequest is not None and (
+                replay.host == rerequest.host
+                and 0 <= rerequest.port - replay.port < self.channels):  # fmt: skip
+            raise ConfigError("replay", f"channel {rerequest.port - replay.port + 1}'s replay "
+                              f"port {rerequest.port} is the re-request port",
+                              f"give the replay {self.channels} free ports of its own")
         self._validate_source()
         if self.pacing not in PACING_MODES:
             raise ConfigError("pacing", f"unknown mode {self.pacing!r}", f"use {PACING_MODES}")
@@ -139,6 +155,9 @@ class ExchangeConfig:
                 raise ConfigError(name, f"{value}", "give 1 or more")
         if self.sent_log is not None and not self.sent_log.strip():
             raise ConfigError("sent_log", "is blank", "give a file to write, or none")
+        if self.sent_log is not None and self.channels > 1:
+            raise ConfigError("sent_log", f"one session's, not {self.channels} channels'",
+                              "give it with one channel")  # fmt: skip
         if self.journal_dir is not None and not self.journal_dir.strip():
             raise ConfigError("journal_dir", "is blank", "give a directory, or none")
         if self.memory_bytes < 0:
@@ -162,64 +181,6 @@ class ExchangeConfig:
                 f"{source.messages} cannot hold a day over {source.symbols} symbols",
                 f"give at least {least}",
             )
-
-
-@dataclass(frozen=True, slots=True)
-class LineSummary:
-    name: str
-    group: str
-    port: int
-    sndbuf: int  # SO_SNDBUF the kernel granted
-    sent: int
-    dropped: int  # skipped on purpose (loss injection)
-    retries: int  # sends deferred by a full socket buffer (EAGAIN/ENOBUFS), none lost
-    errors: int  # sends that failed otherwise (the packet is lost on this line)
-
-
-@dataclass(frozen=True, slots=True)
-class ExchangeSummary:
-    session: str
-    published: int  # messages
-    packets: int  # data packets per line, before loss injection
-    heartbeats: int
-    end_of_session_packets: int
-    next_sequence: int
-    sha256: str  # of the published block stream (u16 length + message, repeated)
-    lines: tuple[LineSummary, ...]
-    rerequest_port: int | None
-    rerequest: RerequestCounters | None
-    replay_port: int | None
-    replay: FanOutCounters | None
-    seconds: float
-    ended: bool  # the end of session was sent for its whole while
-    journal_memory: int = 0  # bytes of the journal held in memory (the rest: its file)
-    error: str | None = None  # why the source stopped early, if it did
-
-    def figures(self) -> dict[str, Any]:
-        """The summary as figures (names in ``tickerplant.ops.figures.EXCHANGE``)."""
-        lines = {line.name.lower(): line for line in self.lines}
-        rerequest, replay = self.rerequest, self.replay
-        return {
-            "session": self.session.strip(),
-            "published_messages": self.published,
-            "published_packets": self.packets,
-            "line_sent_packets": {k: v.sent for k, v in lines.items()},
-            "line_dropped_packets": {k: v.dropped for k, v in lines.items()},
-            "line_send_retries": {k: v.retries for k, v in lines.items()},
-            "line_send_errors": {k: v.errors for k, v in lines.items()},
-            "rerequests_received": rerequest.requests if rerequest else 0,
-            "rerequest_messages_served": rerequest.messages if rerequest else 0,
-            "rerequests_refused": rerequest.refused if rerequest else 0,
-            "replay_logins": replay.logins if replay else 0,
-            "replay_sent_messages": replay.messages_sent if replay else 0,
-            "exchange_journal_memory_bytes": self.journal_memory,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        if self.rerequest is not None:
-            out["rerequest"]["refused"] = self.rerequest.refused
-        return out
 
 
 _FILE_CHUNK_BYTES = 256 << 10
@@ -273,72 +234,88 @@ async def run_exchange(
     """Publish one session; setting ``stop`` ends it early (the end of session is still sent,
     for at most STOPPED_END_OF_SESSION)."""
     started = clock()
-    journal = Journal(session_bytes(config.session))
-    lines: list[Line] = []
+    count = config.channels
+    journals = [Journal(session_bytes(session_of(config.session, n, count)))
+                for n in range(1, count + 1)]  # fmt: skip
+    bases = (Endpoint(config.line_a.group, config.line_a.port),
+             Endpoint(config.line_b.group, config.line_b.port))  # fmt: skip
+    lines: list[list[Line]] = []
     rerequest: RerequestServer | None = None
-    replay: SoupServer | None = None
+    replays: list[SoupServer] = []
     sent_log: BinaryIO | None = None
-    file = _journal_file(config)
-    file.open(journal)
+    files = _journal_files(config)
+    for file, journal in zip(files, journals, strict=True):
+        file.open(journal)
     try:
         if config.sent_log is not None:
             sent_log = _open_sent_log(config.sent_log)
-        for name, line_config in (("A", config.line_a), ("B", config.line_b)):
-            try:
-                log = SentLog() if sent_log is not None else None
-                lines.append(Line(name, line_config, config.sndbuf, log))
-            except OSError as exc:
-                raise ConfigError(
-                    f"line_{name.lower()}", f"cannot open its socket ({exc})", _LINE_FIX
-                ) from exc
+        for pair in lines_of(*bases, count):
+            lines.append([])
+            for name, base, where in zip("AB", (config.line_a, config.line_b), pair, strict=True):
+                try:
+                    log = SentLog() if sent_log is not None else None
+                    line_config = dataclasses.replace(base, group=where.host)
+                    lines[-1].append(Line(name, line_config, config.sndbuf, log))
+                except OSError as exc:
+                    raise ConfigError(
+                        f"line_{name.lower()}", f"cannot open its socket ({exc})", _LINE_FIX
+                    ) from exc
         if config.rerequest is not None:
             rerequest = RerequestServer(
-                journal, config.rerequest.host, config.rerequest.port, config.rerequest_limits
+                journals[0], config.rerequest.host, config.rerequest.port, config.rerequest_limits
             )
+            for journal in journals[1:]:  # one server for every channel: requests name theirs
+                rerequest.policy.add(journal)
             await _listen("rerequest", config.rerequest, rerequest.start())
         if config.replay is not None:
-            replay = SoupServer(FanOut(journal), config.replay.host, config.replay.port)
-            await _listen("replay", config.replay, replay.start())
+            for n, journal in enumerate(journals):
+                where = Endpoint(config.replay.host, config.replay.port + n if config.replay.port
+                                 else 0)  # fmt: skip
+                replays.append(SoupServer(FanOut(journal), where.host, where.port))
+                await _listen("replay", where, replays[-1].start())
         publisher = Publisher(
-            journal,
+            journals[0],
             await _ahead(_source(config)),
-            lines,
+            lines[0],
             _pacer(config),
             drop_seed=config.drop_seed,
             heartbeat_interval=config.heartbeat_interval,
             end_of_session_seconds=config.end_of_session_seconds,
             slice_packets=config.slice_packets,
+            more_channels=list(zip(journals[1:], lines[1:], strict=True)),
         )
-        servers = (rerequest, replay)
+        servers = (rerequest, replays)
 
         def snapshot(error: str | None) -> ExchangeSummary:
-            return _summary(config, publisher, lines, servers, clock() - started, error)
+            return summarize(config.session, publisher, servers, clock() - started, error)
 
-        error = await _drive(publisher, replay, stop, on_progress, snapshot, file)
-        file.close()
-        if config.journal_dir is not None and file.directory is not None:
-            # Whole: its recovery host may end the session (not after a run that failed).
-            name = f"{journal.session.decode('ascii').strip()}.journal"
-            mark_ended(file.directory / name, journal.size)
+        error = await _drive(publisher, replays, stop, on_progress, snapshot, files)
+        for file, journal in zip(files, journals, strict=True):
+            file.close()
+            if config.journal_dir is not None and file.directory is not None:
+                # Whole: its recovery host may end the session (not after a run that failed).
+                name = f"{journal.session.decode('ascii').strip()}.journal"
+                mark_ended(file.directory / name, journal.size)
         return snapshot(error)
     finally:
-        file.close()
+        for file in files:
+            file.close()
         if config.journal_dir is None:
-            shutil.rmtree(file.directory or "", ignore_errors=True)
-        if replay is not None:
+            shutil.rmtree(files[0].directory or "", ignore_errors=True)
+        for replay in replays:
             await replay.close()
         if rerequest is not None:
             await rerequest.close()
-        for line in lines:
+        for line in (line for pair in lines for line in pair):
             line.close()
         if sent_log is not None:
             with sent_log:
-                write_sent_log(sent_log, lines)
+                write_sent_log(sent_log, lines[0])
 
 
-def _journal_file(config: ExchangeConfig) -> JournalFile:
-    """The session's journal file: a new one (an earlier run's is not reopened: the session
-    starts again from 1)."""
+def _journal_files(config: ExchangeConfig) -> list[JournalFile]:
+    """Each channel's journal file, in one directory: a new one (an earlier run's is not
+    reopened: the session starts again from 1); ``memory_bytes`` shared out between them."""
     if config.journal_dir is None:
         directory = Path(tempfile.mkdtemp(prefix="tickerplant-exchange-"))
     else:
@@ -348,7 +325,9 @@ def _journal_file(config: ExchangeConfig) -> JournalFile:
         except OSError as exc:
             raise ConfigError("journal_dir", f"cannot make {str(directory)!r} ({exc.strerror})",
                               "give a writable directory") from exc  # fmt: skip
-    return JournalFile(directory, "journal", config.memory_bytes, reopen=False)
+    memory = config.memory_bytes // config.channels
+    return [JournalFile(directory, "journal", memory, reopen=False)
+            for _ in range(config.channels)]  # fmt: skip
 
 
 def _open_sent_log(path: str) -> BinaryIO:
@@ -375,11 +354,11 @@ async def _listen(name: str, where: Endpoint, start: Coroutine[Any, Any, int]) -
 
 async def _drive(
     publisher: Publisher,
-    replay: SoupServer | None,
+    replays: list[SoupServer],
     stop: asyncio.Event | None,
     on_progress: Callable[[ExchangeSummary], None] | None,
     snapshot: Callable[[str | None], ExchangeSummary],
-    file: JournalFile,
+    files: list[JournalFile],
 ) -> str | None:
     """Run the publisher on its timer until its session has ended; returns why the source
     failed, if it did. ``stop`` fires the timer at once (the publisher starts its end of
@@ -399,13 +378,14 @@ async def _drive(
         except SourceError as exc:  # a damaged file: end the session on what was published
             error = str(exc)
             publisher.finish(now)
-        file.follow(publisher.journal)
+        for file, channel in zip(files, publisher.channels, strict=True):
+            file.follow(channel.journal)
         deadline = publisher.get_timer()
-        if replay is not None:
+        for replay in replays:
             replay.publish()
             if publisher.ending and not ended:
                 replay.end_session()
-                ended = True
+        ended = ended or publisher.ending
         if on_progress is not None and now >= next_progress:
             next_progress = now + PROGRESS_INTERVAL
             on_progress(snapshot(error))
@@ -439,44 +419,3 @@ async def _drive(
         if waiter is not None:
             waiter.remove_done_callback(stopped)
             waiter.cancel()
-
-
-def _summary(
-    config: ExchangeConfig,
-    publisher: Publisher,
-    lines: list[Line],
-    servers: tuple[RerequestServer | None, SoupServer | None],
-    seconds: float,
-    error: str | None,
-) -> ExchangeSummary:
-    rerequest, replay = servers
-    return ExchangeSummary(
-        session=config.session,
-        published=publisher.messages,
-        packets=publisher.packets,
-        heartbeats=publisher.heartbeats,
-        end_of_session_packets=publisher.end_of_session_packets,
-        next_sequence=publisher.next_sequence,
-        sha256=publisher.sha256,
-        lines=tuple(
-            LineSummary(
-                line.name,
-                line.config.group,
-                line.config.port,
-                line.sndbuf,
-                line.sent,
-                line.dropped,
-                line.retries,
-                line.errors,
-            )
-            for line in lines
-        ),
-        rerequest_port=rerequest.port if rerequest is not None else None,
-        rerequest=copy.deepcopy(rerequest.counters) if rerequest is not None else None,
-        replay_port=replay.port if replay is not None else None,
-        replay=copy.deepcopy(replay.counters) if replay is not None else None,
-        seconds=seconds,
-        ended=publisher.done,
-        journal_memory=publisher.journal.memory,
-        error=error,
-    )
