@@ -90,6 +90,17 @@ def test_channels_that_would_share_a_group_or_leave_multicast_are_told() -> None
     for count in (0, 1000):
         with pytest.raises(ConfigError, match="give 1 to 999"):
             lines_of(a, Endpoint("239.9.1.1", 30002), count)
+    for told, config in (
+        ("channels: 0; give 1 to 999", dict(channels=0)),
+        ("replay: port 65530 leaves no room for 8 channels' replay ports",
+         dict(channels=8, replay=Endpoint("127.0.0.1", 65530))),
+        ("replay: channel 3's replay port 31005 is the re-request port",
+         dict(channels=3, replay=Endpoint("127.0.0.1", 31003),
+              rerequest=Endpoint("127.0.0.1", 31005))),
+        ("sent_log: one session's, not 2 channels'", dict(channels=2, sent_log="x.npy")),
+    ):  # fmt: skip
+        with pytest.raises(ConfigError, match=re.escape(told)):
+            ExchangeConfig(**config)  # type: ignore[arg-type]
 
 
 def test_one_publisher_sends_each_channel_its_stocks_as_a_session_of_its_own() -> None:

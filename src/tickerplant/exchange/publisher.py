@@ -161,6 +161,8 @@ class Publisher:
     @property
     def sha256(self) -> str:
         """Digest of every message block published so far, as one block stream (the source's)."""
+        if len(self.channels) == 1:
+            return self.channels[0].sha256
         return self._digest.hexdigest()
 
     @property
@@ -288,10 +290,10 @@ class Publisher:
         starts, counts = self._starts, self._counts
         packets, consumed = pack_runs(as_array(stream), MAX_BLOCKS, starts, counts)
         segment = stream[:consumed]
-        self._digest.update(segment)
         if len(self.channels) == 1:
             messages = self._send(self.channels[0], segment, packets, now)
         else:
+            self._digest.update(segment)
             # Each channel's part holds no more messages than the slice, so no more packets.
             messages = int(np.searchsorted(self._offsets, self._pos + consumed)) - self._index
             for channel, part in zip(self.channels, split(segment, len(self.channels)),
@@ -312,8 +314,7 @@ class Publisher:
         ``channel``'s next messages, then frame and send them on its lines; how many."""
         starts, counts, bounds = self._starts, self._counts, self._bounds
         messages = channel.journal.append(segment)
-        if len(self.channels) > 1:
-            channel.digest.update(segment)
+        channel.digest.update(segment)
         first = channel.next_sequence
         frame_packets(
             as_array(segment),

@@ -116,6 +116,10 @@ class ExchangeConfig:
         lines_of(Endpoint(self.line_a.group, self.line_a.port),
                  Endpoint(self.line_b.group, self.line_b.port), self.channels)  # fmt: skip
         replay, rerequest = self.replay, self.rerequest
+        if replay is not None and replay.port and replay.port + self.channels > 65536:
+            raise ConfigError("replay", f"port {replay.port} leaves no room for "
+                              f"{self.channels} channels' replay ports",
+                              f"give a port up to {65536 - self.channels}")  # fmt: skip
         if replay is not None and replay.port and rerequest is not None and (
                 replay.host == rerequest.host
                 and 0 <= rerequest.port - replay.port < self.channels):  # fmt: skip
