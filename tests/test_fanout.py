@@ -352,7 +352,7 @@ def test_a_publish_looks_only_at_those_whose_socket_can_take_something() -> None
         healthy.read(0.0)
     assert all(link.sub.paused for link in stalled)
     assert not fanout.delivery.turns  # none waits for a turn it could not use
-    assert list(fanout.flowing) == [healthy.sub]
+    assert list(fanout.delivery.flowing) == [healthy.sub]
     assert set(fanout.delivery.parked) == {link.sub for link in stalled}
     for link in stalled:
         link.read(1.0)  # drained: back on the walk, what it lacks pulled in turns
@@ -360,7 +360,7 @@ def test_a_publish_looks_only_at_those_whose_socket_can_take_something() -> None
     for link in stalled:
         link.read(1.0)
         assert link.sub.live and link.next == first
-    assert not fanout.delivery.parked and len(fanout.flowing) == 51
+    assert not fanout.delivery.parked and len(fanout.delivery.flowing) == 51
 
 
 def test_logins_from_one_after_another_read_the_journal_once_between_them() -> None:

@@ -104,7 +104,6 @@ class Rerequests:
     names. The limits are the server's: a source has one bucket, whatever sessions it asks."""
 
     def __init__(self, journal: Journal, limits: RerequestLimits | None = None) -> None:
-        self.journal = journal  # the first session's
         self._journals = {journal.session: journal}
         self.limits = limits if limits is not None else RerequestLimits()
         self.counters = RerequestCounters()

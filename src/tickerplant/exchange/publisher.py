@@ -90,7 +90,7 @@ class Channel:
         self.packets = 0  # data packets (each sent once per line, unless dropped)
         self.heartbeats = 0
         self.end_of_session_packets = 0
-        self.last_sent: float | None = None
+        self.last_sent = 0.0  # (from the publisher's first slice)
 
     @property
     def sha256(self) -> str:
@@ -128,7 +128,6 @@ class Publisher:
         if len({c.session for c in self.channels}) != len(self.channels):
             raise ValueError("two channels have the same session")
         self.journal = journal  # the first channel's
-        self.session = journal.session
         self.lines = self.channels[0].lines
         self.pacer: Pacer = pacer if pacer is not None else AsFastAsPossible()
         self.drop_seed = drop_seed
@@ -224,12 +223,10 @@ class Publisher:
             else:
                 due = self.pacer.deadline(now)
                 for channel in self.channels:  # a channel with nothing to send says it lives
-                    assert channel.last_sent is not None
                     if now - channel.last_sent >= self.heartbeat_interval:
                         heartbeat = encode_heartbeat(channel.session, channel.next_sequence)
                         self._broadcast(channel, heartbeat, now)
                         channel.heartbeats += 1
-                    assert channel.last_sent is not None
                     due = min(due, channel.last_sent + self.heartbeat_interval)
                 return due
         return self._end_of_session(now)

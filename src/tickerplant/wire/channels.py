@@ -93,10 +93,10 @@ def split(blocks: bytes | bytearray | memoryview, channels: int) -> list[bytes]:
     return [data[int(s) : int(s + n)] for s, n in zip(starts, sizes, strict=True)]
 
 
-def check_count(channels: int, field: str = "channels") -> None:
+def _check_count(channels: int) -> None:
     """A count of channels a session name can number."""
     if not 1 <= channels <= MAX_CHANNELS:
-        raise ConfigError(field, f"{channels}", f"give 1 to {MAX_CHANNELS}")
+        raise ConfigError("channels", f"{channels}", f"give 1 to {MAX_CHANNELS}")
 
 
 def session_of(base: str, channel: int, channels: int) -> str:
@@ -121,7 +121,7 @@ def line_of(base: Endpoint, channel: int, field: str) -> Endpoint:
 def lines_of(a: Endpoint, b: Endpoint, channels: int) -> list[tuple[Endpoint, Endpoint]]:
     """Every channel's (A, B) lines; two channels, or a channel's two lines, never share a group
     and port (told as the configuration error it is)."""
-    check_count(channels)
+    _check_count(channels)
     pairs = [(line_of(a, k, "line_a"), line_of(b, k, "line_b")) for k in range(1, channels + 1)]
     seen: dict[Endpoint, str] = {}
     for k, pair in enumerate(pairs, start=1):

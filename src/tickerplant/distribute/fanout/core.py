@@ -144,9 +144,6 @@ class FanOut(Generic[H]):
         # not the connections that never logged in (1,000 idle ones cost each publish as much
         # as the rest of it).
         self.delivering: dict[Subscriber[H], None] = {}
-        # Of those, the ones whose socket is not full (Subscriber.pause and resume keep it):
-        # the rest are parked (Delivery.park).
-        self.flowing: dict[Subscriber[H], None] = {}
 
     @property
     def high_water(self) -> int:
@@ -216,7 +213,7 @@ class FanOut(Generic[H]):
     def publish(self, now: float) -> list[Subscriber[H]]:
         """Take in what the journal gained since the last call; returns the subscribers with
         something to write now."""
-        pushed, deferred, behind, lagging = self.delivery.publish(self.flowing, now)
+        pushed, deferred, behind, lagging = self.delivery.publish(now)
         self.counters.deferred += len(deferred)
         for subscriber in deferred:
             self.judge(subscriber, Deferred())

@@ -27,7 +27,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tickerplant.distribute.fanout.limits import FanOutLimits
@@ -93,6 +93,9 @@ class Delivery:
         # conflated) -> the chunk
         self._shared: OrderedDict[tuple[bytes | None, int, int, bool], Chunk] = OrderedDict()
         self._shared_bytes = 0
+        # Those logged in whose socket is not full: what a publish walks (kept by join, leave,
+        # park and unpark, as Subscriber.move, pause and resume call them).
+        self.flowing: dict[Subscriber[Any], None] = {}
         # Those whose socket is full (io paused them), until it drains: none can take anything,
         # so no publish walks them (walked every publish, 1,000 clients that never read were a
         # third of the plant's time, and every publish's push to the rest waited for them).
@@ -102,15 +105,15 @@ class Delivery:
         self.parked: dict[Subscriber[Any], None] = {}
         self._parked_due: float = math.inf
 
-    def publish(self, subscribers: Iterable[Subscriber[Any]], now: float) -> Published:
+    def publish(self, now: float) -> Published:
         """Take in what the journal gained since the last call: returns the live subscribers it
         was pushed to; those live that were not (past this publish's budget, or a burst too big
         to push), of whom the policy says what becomes; the rest that lack some of it (to pull
         it in turns: :meth:`behind`); and of those, the ones off the push path that now lack
         more than the policy allows them, with what they lack.
 
-        ``subscribers`` are those logged in whose socket is not full: one that is, is parked
-        (:meth:`park`). A client that never reads then costs nothing a publish (pushed, 1,000
+        It walks those logged in whose socket is not full (:attr:`flowing`): one that is, is
+        parked (:meth:`park`). A client that never reads then costs nothing a publish (pushed, 1,000
         of them held a good client's p99 at 0.24 s), and what it lacks is still told to the
         policy."""
         old, new = self.published, self.journal.next_sequence
@@ -120,7 +123,7 @@ class Delivery:
         live: list[Subscriber[Any]] = []
         behind: list[Subscriber[Any]] = []
         lagging: list[tuple[Subscriber[Any], int]] = []
-        for subscriber in subscribers:
+        for subscriber in self.flowing:
             phase = subscriber.phase
             if phase is Phase.CATCHING_UP and subscriber.cursor == old:
                 subscriber.move(Step.CAUGHT_UP)  # it was waiting for this number
@@ -167,10 +170,23 @@ class Delivery:
             pushed.append(subscriber)
         return Published(pushed, deferred, behind, lagging)
 
+    def join(self, subscriber: Subscriber[Any]) -> None:
+        """Logged in: on the walk, or parked if its socket is full already."""
+        if subscriber.paused:
+            self.park(subscriber)
+        else:
+            self.flowing[subscriber] = None
+
+    def leave(self, subscriber: Subscriber[Any]) -> None:
+        """Closed: owed nothing more."""
+        self.flowing.pop(subscriber, None)
+        self.parked.pop(subscriber, None)
+
     def park(self, subscriber: Subscriber[Any]) -> None:
         """Its socket is full (io paused it): off the publish's walk until it drains. A live one
         leaves the push path: what is published waits in the journal for it, as for one
         catching up, rather than in io's buffer, and it pulls it in turns once it drains."""
+        self.flowing.pop(subscriber, None)
         if subscriber.phase is Phase.LIVE:
             subscriber.move(Step.DEFER)
             subscriber.fell_at = self.published_bytes
@@ -180,6 +196,7 @@ class Delivery:
     def unpark(self, subscriber: Subscriber[Any]) -> None:
         """Its socket drained: back on the walk, live again if it lacks nothing."""
         del self.parked[subscriber]
+        self.flowing[subscriber] = None
         if subscriber.phase is Phase.CATCHING_UP and subscriber.cursor == self.published:
             subscriber.move(Step.CAUGHT_UP)
 

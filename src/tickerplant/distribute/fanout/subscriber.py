@@ -131,14 +131,10 @@ class Subscriber(Generic[H]):
             fanout.queued.bytes += self.backlog if active else -self.backlog
             if active:
                 fanout.delivering[self] = None
-                if self.paused_at is None:
-                    fanout.flowing[self] = None
-                else:
-                    fanout.delivery.park(self)
+                fanout.delivery.join(self)
             else:
                 del fanout.delivering[self]
-                fanout.flowing.pop(self, None)
-                fanout.delivery.parked.pop(self, None)
+                fanout.delivery.leave(self)
             self.active = active
 
     @property
@@ -226,14 +222,12 @@ class Subscriber(Generic[H]):
         if self.paused_at is None:
             self.paused_at = now
             if self.active:
-                del self.fanout.flowing[self]
                 self.fanout.delivery.park(self)
 
     def resume(self) -> None:
         """The socket can take more: it waits for a new catch-up turn."""
         if self.paused_at is not None and self.active:
             self.fanout.delivery.unpark(self)
-            self.fanout.flowing[self] = None
         self.paused_at = None
         self.fanout.delivery.wait_turn(self)
 
