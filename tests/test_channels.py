@@ -103,6 +103,9 @@ def test_channels_that_would_share_a_group_or_leave_multicast_are_told() -> None
             ExchangeConfig(**config)  # type: ignore[arg-type]
 
 
+# (The sockets tests are not run again with the JIT off: the routing they rely on is checked
+# both ways by the tests above, on the bytes alone.)
+@pytest.mark.slow
 def test_one_publisher_sends_each_channel_its_stocks_as_a_session_of_its_own() -> None:
     """K = 3 over six lines: each channel's session numbered from 1 without a gap, holding
     exactly its part of the day, with an End of Session of its own; loss injected on a
@@ -149,6 +152,7 @@ def test_one_publisher_sends_each_channel_its_stocks_as_a_session_of_its_own() -
                                                    strict=True) if m}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_exchange_publishes_k_channels_each_repaired_and_replayed_by_its_session(
     tmp_path: Path,
 ) -> None:

@@ -23,6 +23,9 @@ def section() -> str:
     return text[start : text.index("\n## ", start + 1)]
 
 
+# (Not run again with the JIT off: the replay's tables come from the kernels test_book_engine
+# checks both ways, and test_replay_cli's tables are not rerun either.)
+@pytest.mark.slow
 def test_the_readme_replay_and_every_query(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
