@@ -58,13 +58,14 @@ def _port_band() -> tuple[int, int]:
 _BAND = _port_band()
 
 
-def ports(host: str = "127.0.0.1", group_base: str = "239.192.90") -> Ports:
+def ports(host: str = "127.0.0.1", group_base: str = "239.192.90", channels: int = 1) -> Ports:
     """Ports of our own for one test: pid-based so that parallel runs do not meet, and outside
-    the ephemeral range (:func:`_port_band`)."""
+    the ephemeral range (:func:`_port_band`); the replay's is the first of ``channels``."""
     global _next_port
     start, width = _BAND
-    base = start + (os.getpid() * 13 + _next_port) % (width - 4)
-    _next_port += 4
+    span = 3 + channels
+    base = start + (os.getpid() * 13 + _next_port) % (width - span)
+    _next_port += span
     return Ports(
         Endpoint(f"{group_base}.1", base),
         Endpoint(f"{group_base}.2", base + 1),

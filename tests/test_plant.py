@@ -121,7 +121,7 @@ def test_users_log_in_with_their_password_checked_off_the_loop() -> None:
     async def main() -> tuple[int, int]:
         plant = Plant(config)
         await plant.start()
-        itch = Endpoint("127.0.0.1", plant.itch.port)
+        itch = Endpoint("127.0.0.1", plant.channels[0].itch.port)
         try:
             for name, word in (("alice", "wrong"), ("bob", "s3cret")):
                 with pytest.raises(SubscribeError, match="not authorized"):
@@ -129,26 +129,29 @@ def test_users_log_in_with_their_password_checked_off_the_loop() -> None:
                         pass
             good = asyncio.ensure_future(_collect(itch, Collected(), "alice", "s3cret"))
             # (the loop goes round meanwhile: the password check is not on it)
-            await until(lambda: plant.itch.counters.logins, 10, "alice's login accepted")
+            counters = plant.channels[0].itch.counters
+            await until(lambda: counters.logins, 10, "alice's login accepted")
             good.cancel()
-            return plant.itch.counters.logins, plant.itch.counters.rejected
+            return counters.logins, counters.rejected
         finally:
             await plant.close()
 
     assert asyncio.run(main()) == (1, 2)
 
 
-def test_every_figure_the_plant_shows_is_registered() -> None:
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_figure_the_plant_shows_is_registered(channels: int) -> None:
     from tickerplant.ops.figures import EXCHANGE, REGISTRY
 
     async def main() -> dict[str, object]:
         plant = Plant(PlantConfig(FeedConfig(Endpoint("239.192.99.1", 40001), None),
                                   StreamConfig(Endpoint("127.0.0.1", 0)), ANY_PORT,
-                                  events=NO_EVENTS))
+                                  events=NO_EVENTS, channels=channels))
         return plant.figures()
 
     simulator = {f.name for f in EXCHANGE} - {"session"}  # the exchange's own
-    assert sorted(asyncio.run(main())) == sorted(set(REGISTRY) - simulator)
+    several = {"channels"} if channels == 1 else set()  # the worst channels, by name
+    assert sorted(asyncio.run(main())) == sorted(set(REGISTRY) - simulator - several)
 
 
 def test_slow_consumer_policies_are_per_stream_and_itch_takes_only_disconnect() -> None:
@@ -221,8 +224,8 @@ async def _run(
     plant = Plant(PlantConfig(feed, StreamConfig(Endpoint("127.0.0.1", 0)), ANY_PORT,
                                   events=NO_EVENTS))
     await plant.start()
-    itch = Endpoint("127.0.0.1", plant.itch.port)
-    events = Endpoint("127.0.0.1", plant.events.port)
+    itch = Endpoint("127.0.0.1", plant.channels[0].itch.port)
+    events = Endpoint("127.0.0.1", plant.channels[0].events.port)
     early, late = Collected(), Collected()
     clients = [asyncio.ensure_future(_collect(itch, early)),
                asyncio.ensure_future(_collect_events(events, early.events))]
@@ -255,7 +258,7 @@ async def _cut(plant: Plant, clients: list[asyncio.Future[None]], rounds: int,
     connections would be passed over, the more so on a busy machine), at a random moment after
     (catching up or live). Ends early with the session: a client that has its End of Session is
     not cut again. ``clients`` alternate itch and events; returns the rounds done."""
-    servers = ((plant.itch, clients[0::2]), (plant.events, clients[1::2]))
+    servers = ((plant.channels[0].itch, clients[0::2]), (plant.channels[0].events, clients[1::2]))
     cut: set[object] = set()  # reset already (closed at the loop's next turn)
 
     def connected(server: Any) -> list[Any]:
@@ -342,7 +345,7 @@ def test_what_the_plant_lost_reaches_subscribers_in_place_with_the_numbers_after
              "--no-rerequest", "--no-replay", recovery=False)
     )
     source = list(iter_messages(source_stream(8, 500, messages)))
-    lost = plant.feed.session.lost_ranges
+    lost = plant.channels[0].feed.session.lost_ranges
     assert lost, "10 % loss on each line without repair lost nothing"
     for client in clients:
         # On itch a lost range is a run of marks, one per number, which the client tells as
@@ -380,10 +383,10 @@ def test_a_restarted_plant_reopens_its_journal_and_clients_resume_across_it(
             ) as exchange:  # fmt: skip
                 await exchange.wait_published(messages // 3)
                 await plant.close()  # the plant stops mid-session...
-                stopped_at = len(plant.stream.journal or ())
+                stopped_at = len(plant.channels[0].stream.journal or ())
                 await asyncio.sleep(0.3)  # ...is down a while, the exchange publishing on...
                 plant = Plant(config)  # ...and starts again: the same journal, the same numbers
-                reopened = len(plant.itch.journal)
+                reopened = len(plant.channels[0].itch.journal)
                 await plant.start()
                 await exchange.summary()
                 await asyncio.wait_for(reader, 30)
@@ -435,7 +438,7 @@ def test_a_spilled_block_the_disk_changed_is_fetched_again_from_the_exchange_the
                 at = len(source) // 2
                 os.pwrite(fd, bytes([os.pread(fd, 1, at)[0] ^ 0x01]), at)
                 os.close(fd)
-                await asyncio.wait_for(read(Endpoint("127.0.0.1", plant.itch.port)), 30)
+                await asyncio.wait_for(read(Endpoint("127.0.0.1", plant.channels[0].itch.port)), 30)
                 return plant.figures()
         finally:
             await plant.close()
@@ -474,18 +477,18 @@ def test_a_restarted_plant_that_repairs_what_the_first_run_lost_numbers_events_b
                 "--drop-a", "0.1", "--drop-b", "0.1",
             ) as exchange:  # fmt: skip
                 await exchange.wait_published(messages // 2)
-                await until(lambda: plant.feed.session.lost_ranges, 10,
+                await until(lambda: plant.channels[0].feed.session.lost_ranges, 10,
                             lambda: "10 % loss on each line without repair lost nothing")
                 await plant.close()
-                lost = list(plant.feed.session.lost_ranges)
-                first_run = len(plant.event_stream.journal or ())
+                lost = list(plant.channels[0].feed.session.lost_ranges)
+                first_run = len(plant.channels[0].event_stream.journal or ())
                 plant = Plant(PlantConfig(repairing, itch, ANY_PORT, events=events))
                 await plant.start()
                 await exchange.summary()
-                await until(lambda: plant.stream.ended, 30,
-                            lambda: f"the restarted plant at {plant.books.at} of {messages}")
-            assert plant.feed.session.lost_ranges == []
-            journal = plant.event_stream.journal
+                await until(lambda: plant.channels[0].stream.ended, 30,
+                            lambda: f"the restarted plant at {plant.books.at[0]} of {messages}")
+            assert plant.channels[0].feed.session.lost_ranges == []
+            journal = plant.channels[0].event_stream.journal
             assert journal is not None
             served = journal.blocks(1, len(journal))[1]
         finally:
@@ -516,7 +519,7 @@ def test_a_journal_cut_by_a_crash_is_reopened_up_to_its_last_whole_message(
     (tmp_path / "SESSION001.journal.crc").write_bytes(Checksums.of(data).encode())
     plant = Plant(PlantConfig(itch=StreamConfig(Endpoint("127.0.0.1", 0), journal_dir=tmp_path),
                               glimpse=ANY_PORT, events=NO_EVENTS))
-    assert len(plant.itch.journal) == 5 and plant.itch.journal.session == S1
+    assert len(plant.channels[0].itch.journal) == 5 and plant.channels[0].itch.journal.session == S1
     assert (tmp_path / "SESSION001.journal").read_bytes() == msgs(1, 5)
     assert (tmp_path / "SESSION001.journal.crc").read_bytes() == Checksums.of(msgs(1, 5)).encode()
 
@@ -535,8 +538,8 @@ def test_a_glimpse_snapshot_then_itch_from_its_number_gives_the_whole_days_books
     async def main() -> tuple[list[bytes], int, list[bytes]]:
         plant = Plant(config)
         await plant.start()
-        itch = Endpoint("127.0.0.1", plant.itch.port)
-        glimpse = Endpoint("127.0.0.1", plant.glimpse.port)
+        itch = Endpoint("127.0.0.1", plant.channels[0].itch.port)
+        glimpse = Endpoint("127.0.0.1", plant.channels[0].glimpse.port)
         try:
             async with ExchangeProcess(
                 p.line_a, p.line_b, p.rerequest, p.replay, "--messages", str(messages),
@@ -599,14 +602,15 @@ def test_the_subscribe_command_writes_the_events_stream_as_parquet_and_json(
     async def main() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         plant = Plant(config)
         await plant.start()
-        events = f"127.0.0.1:{plant.events.port}"
+        events = f"127.0.0.1:{plant.channels[0].events.port}"
         try:
             async with ExchangeProcess(
                 p.line_a, p.line_b, p.rerequest, p.replay, "--messages", str(messages),
                 "--seed", "4", "--rate", "200000", "--eos-seconds", "0.5",
             ) as exchange:  # fmt: skip
                 await exchange.summary()
-                await until(lambda: plant.stream.ended, 30, "the plant's itch stream ended")
+                await until(lambda: plant.channels[0].stream.ended, 30,
+                            "the plant's itch stream ended")
             # Both end at the End of Session, after the whole day from 1.
             await command(events, "--events", "--parquet", str(parquet))
             rows = pq.read_table(parquet).to_pylist()

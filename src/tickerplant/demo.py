@@ -330,7 +330,7 @@ async def _finish(exchange: ExchangeProcess, plant: Plant, clients: list[asyncio
     the clients finishing what they are at (repairs, catching up)."""
     published.update(await exchange.report(timeout=60))
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(plant.feed.session_ended.wait(), timeout=10)
+        await asyncio.wait_for(plant.channels[0].feed.session_ended.wait(), timeout=10)
     # (asyncio.wait, not wait_for(gather): a gather cancelled by a stop leaves its
     # CancelledError unretrieved, logged as a traceback at the exit.)
     done, _ = await asyncio.wait(clients, timeout=10)
@@ -344,7 +344,7 @@ async def _watch(
 ) -> None:  # fmt: skip
     """Until the session ends, the user stops us, or the run overstays its welcome."""
     deadline = started + cfg.seconds + 30
-    ended = asyncio.ensure_future(plant.feed.session_ended.wait())
+    ended = asyncio.ensure_future(plant.channels[0].feed.session_ended.wait())
     stopped = asyncio.ensure_future(stop.wait())
     try:
         with LiveTable(console, time.monotonic()) as table:

@@ -36,7 +36,7 @@ def summary(
     count = published.get("published")
     sha = published.get("sha256")
     delivered = figures["delivered_messages"]
-    digest = plant.feed.session.digest
+    digest = plant.channels[0].feed.session.digest
     received = {
         name: {"messages": c.messages, "lost": c.lost, "reconnects": c.reconnects,
                "identical": c.messages == count and c.sha256.hexdigest() == sha}
@@ -74,7 +74,7 @@ def _events_verdict(plant: Plant, watchers: dict[str, EventsClient], staleness: 
     sha256); the conflated client ends with every symbol's last BBO and its trades' count and
     volume (trades and summaries), and was never staler than STALENESS_P99 at the 99th
     percentile; neither slow client missed a record unannounced."""
-    journal = plant.event_stream.journal
+    journal = plant.channels[0].event_stream.journal
     total, blocks = (journal.blocks(1, len(journal)) if journal is not None and len(journal)
                      else (0, b""))  # fmt: skip
     sha = hashlib.sha256(ev.from_blocks(blocks).tobytes()).hexdigest()

@@ -14,6 +14,7 @@ day of hundreds of millions).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,7 @@ from tickerplant.wire.blocks import as_array, join_messages, offsets_of
 _KEPT = np.zeros(256, dtype=np.bool_)  # by message type: the ones a Directory keeps
 _KEPT[list(b"SRHY")] = True
 END_OF_SNAPSHOT = ord("G")
+Stocks = Callable[[npt.NDArray[np.int64]], npt.NDArray[np.bool_]]  # which locates a picture keeps
 
 
 class Directory:
@@ -70,15 +72,23 @@ class Picture:
         return self.head + _add_orders(resting(self.rows), self.names) + join_messages([end])
 
 
-def picture(engine: BookEngine, directory: Directory, next_sequence: int) -> Picture:
-    """The books as they stand, for a snapshot continuing from ``next_sequence``."""
+def picture(engine: BookEngine, directory: Directory, next_sequence: int,
+            stocks: Stocks | None = None) -> Picture:  # fmt: skip
+    """The books as they stand, for a snapshot continuing from ``next_sequence``: of the
+    locates ``stocks`` keeps (one channel's of several), or all of them."""
     messages: list[bytes] = []
     if directory.system_event is not None:
         messages.append(directory.system_event)
     kept = directory.by_locate
+    rows = engine.live_rows()
+    if stocks is not None:
+        ours = {k for k, v in zip(kept, stocks(np.array([k[1] for k in kept], dtype=np.int64)),
+                                  strict=True) if v}  # fmt: skip
+        kept = {k: m for k, m in kept.items() if k in ours}
+        rows = rows[stocks(rows[:, 0] >> 47)]
     for kind in (ord("R"), ord("H"), ord("Y")):  # directories first: the adds name their locates
         messages += [kept[key] for key in sorted(k for k in kept if k[0] == kind)]
-    return Picture(join_messages(messages), engine.live_rows(), engine.names(), next_sequence)
+    return Picture(join_messages(messages), rows, engine.names(), next_sequence)
 
 
 def snapshot(engine: BookEngine, directory: Directory, next_sequence: int) -> bytes:

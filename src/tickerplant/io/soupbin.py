@@ -14,7 +14,6 @@ client, the exchange's replay server and the plant's streams are compositions of
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
 from collections.abc import Callable, Iterable
@@ -33,6 +32,7 @@ from tickerplant.distribute.fanout import (
 )
 from tickerplant.distribute.journal import Journal
 from tickerplant.endpoint import Endpoint
+from tickerplant.io.listener import Listener
 from tickerplant.io.loop import Timer, clock
 from tickerplant.io.turns import Turns
 from tickerplant.ops.logs import fields
@@ -40,14 +40,11 @@ from tickerplant.session.soupbin import (
     Closed,
     ProtocolViolated,
 )
-from tickerplant.wire.soupbintcp import encode_sequenced
+from tickerplant.wire.soupbintcp import PAD, encode_sequenced
 
 log = logging.getLogger(__name__)
 
 Verify = Callable[[str, bytes], bool]  # (stored hash, password as sent): does it match?
-ACCEPT_BATCH = 256  # connections taken a call of the listener's callback (the rest: the next)
-ACCEPT_RETRY = 1.0  # seconds before accepting again after accept() failed (asyncio's wait)
-OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 class SoupMachine(Protocol):
@@ -350,8 +347,7 @@ class SoupServer:
         self.verify = verify  # checks a password against its stored hash (a fan-out with users)
         self.fanout = fanout
         self.turns = Turns(fanout)
-        self._listener: socket.socket | None = None
-        self._opening: set[asyncio.Task[object]] = set()  # connections being set up
+        self._listener: Listener | None = None  # (none: a router listens for it)
 
     @property
     def journal(self) -> Journal:
@@ -391,66 +387,35 @@ class SoupServer:
         """One past the last message published: where a login with sequence 0 starts."""
         return self.fanout.published
 
-    async def start(self) -> int:
-        """Listen; returns the bound port (so port 0 picks a free one)."""
+    async def start(self, listen: bool = True) -> int:
+        """Listen (unless a :class:`~tickerplant.io.listener.Router` listens for it); returns
+        the bound port (so port 0 picks a free one)."""
         # Load (first run: compile) the framing kernel now, not inside the first client's replay.
         encode_sequenced(b"\x00\x01x")
-        loop = asyncio.get_running_loop()
-        family, kind, proto, _, address = socket.getaddrinfo(
-            self.host or None, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        listener = socket.socket(family, kind, proto)
-        try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(address)
-            # Thousands of clients may connect at once (a plant restarting): asyncio's default
-            # of 100 pending would drop their handshakes (the kernel caps it at somaxconn).
-            listener.listen(min(self.fanout.limits.max_connections, 4096))
-            listener.setblocking(False)
-        except OSError:
-            listener.close()
-            raise
-        loop.add_reader(listener.fileno(), self._accept)
+        if not listen:
+            return self.port
+        listener = Listener(self.host, self.port, min(self.fanout.limits.max_connections, 4096),
+                            self.connection)  # fmt: skip
+        self.port = await listener.start()
         self._listener = listener
-        self.port = int(listener.getsockname()[1])
         return self.port
 
-    def _accept(self) -> None:
-        """Take the connections waiting, up to ACCEPT_BATCH a call. (uvloop's own listener takes
-        one a loop turn: behind a loop busy with catch-up turns, 1,000 clients connecting at
-        once waited seconds in the kernel's queue, and a new login behind them.)"""
-        listener = self._listener
-        if listener is None:
-            return
-        loop = asyncio.get_running_loop()
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as err:
-                if err.errno not in OUT_OF_RESOURCES:
-                    continue  # that connection's own failure (aborted while queued): the next
-                # Out of descriptors or memory: the rest wait in the kernel's queue.
-                log.error("cannot accept on %s: %s; trying again in %.0f s",
-                          Endpoint(self.host, self.port), err, ACCEPT_RETRY)  # fmt: skip
-                loop.remove_reader(listener.fileno())
-                loop.call_later(ACCEPT_RETRY, self._listen_again, listener)
-                return
-            conn.setblocking(False)
-            opening = loop.create_task(loop.connect_accepted_socket(
-                lambda: SubscriberConnection(self.fanout, self.turns, self.verify), conn))
-            self._opening.add(opening)
-            opening.add_done_callback(partial(self._opened, conn))
+    def connection(self) -> SubscriberConnection:
+        """A connection to this server's current session (a listener's factory)."""
+        return SubscriberConnection(self.fanout, self.turns, self.verify)
 
-    def _listen_again(self, listener: socket.socket) -> None:
-        if listener is self._listener:
-            asyncio.get_running_loop().add_reader(listener.fileno(), self._accept)
+    @property
+    def session(self) -> bytes:
+        """The session served now (padding stripped): what a router matches a login with."""
+        return self.fanout.journal.session.strip(PAD)
 
-    def _opened(self, conn: socket.socket, opening: asyncio.Task[object]) -> None:
-        self._opening.discard(opening)
-        if not opening.cancelled() and opening.exception() is not None:
-            log.warning("a connection could not be set up: %s", opening.exception())
-            conn.close()
+    @property
+    def login_timeout(self) -> float:
+        return self.fanout.login_timeout
+
+    @property
+    def max_connections(self) -> int:
+        return self.fanout.limits.max_connections
 
     def publish(self) -> None:
         """Send every caught-up client what the journal gained since the last call."""
@@ -464,10 +429,7 @@ class SoupServer:
     async def close(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
-            asyncio.get_running_loop().remove_reader(listener.fileno())
             listener.close()
-        for opening in list(self._opening):
-            opening.cancel()
         for subscriber in self.fanout.subscribers:
             subscriber.handle.shutdown("server shutting down")
         # let connection_lost run for the transports just closed

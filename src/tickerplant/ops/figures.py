@@ -98,6 +98,9 @@ BOOKS = (
 _STREAM = ("stream",)
 
 STREAMS = (
+    Figure("channels", _I, "with several channels, the worst few by number (1 from the first): "
+           "their session, delivered and lost messages, gaps open, line states, events "
+           "delivery p99"),
     Figure("gc_frozen_objects", _G, "objects tickerplant run made while starting, kept out of "
            "the cyclic collector's sight (gc.freeze)"),
     Figure("stream_messages", _C, "messages journaled for the stream, lost ones included", _STREAM),

@@ -8,6 +8,14 @@ call and the BBO events it returns are tallied per locate with one ``bincount``.
 The feed's events matter to books too: after a GapLost the books lack those messages' orders
 (counted and shown, for they may be wrong from then on), and a new session's order references
 mean nothing to the old books (they start over).
+
+Several channels share one engine: their stocks are disjoint (``wire/channels.py``) and an order
+reference is the day's, whatever the channel. A market-wide message (locate 0: a System Event)
+comes once per channel, and each copy is applied: it changes no book, and each channel's events
+stream carries its own copy's record, numbered from that channel's message. Where each channel
+stands is its own (:attr:`LiveBooks.at`). A new session on any channel is a new day: the books
+start over when the first channel begins it, and what a channel still delivers of the day before
+(it has not begun the new one yet) is no longer applied.
 """
 
 from __future__ import annotations
@@ -22,18 +30,26 @@ from tickerplant.book.engine import BookEngine, EventBatch, EventBuffers
 from tickerplant.book.snapshot import Directory, Picture, picture
 from tickerplant.distribute.stream import EventStream
 from tickerplant.receive.events import Batch, Event, GapLost, SessionStarted
+from tickerplant.wire.channels import channel_of
 
 PRICE_SCALE = 10_000  # ITCH Price(4)
 
 
 class LiveBooks:
-    def __init__(self, engine: BookEngine | None = None, first_sequence: int = 1) -> None:
+    def __init__(self, engine: BookEngine | None = None, first_sequence: int = 1,
+                 channels: int = 1) -> None:  # fmt: skip
         self.engine = engine or BookEngine()
         self.directory = Directory()  # the reference messages a snapshot repeats
         self.first_sequence = first_sequence
-        # The number after the last message the books applied (or were told lost): what a
-        # snapshot continues from. Behind the journal's end while a restarted plant catches up.
-        self.at = first_sequence
+        self.channels = channels
+        # Per channel (from 0), the number after the last message the books applied (or were
+        # told lost): what a snapshot continues from. Behind the journal's end while a
+        # restarted plant catches up.
+        self.at = [first_sequence] * channels
+        # New sessions each channel began since the start, and the newest of them: the books'
+        # day. A channel behind it is still finishing the day before.
+        self._days = [0] * channels
+        self._day = 0
         # Each batch's events are tallied before the next batch comes: one set of buffers serves
         # them all, written over batch after batch (and kept across a new session's engine).
         self._scratch = EventBuffers()
@@ -49,8 +65,10 @@ class LiveBooks:
         """Load (first run: compile) the engine's kernel now, not on the first live batch."""
         self.engine.process(b"")
 
-    def on_batch(self, batch: Batch) -> EventBatch:
-        """Apply ``batch``; its events are valid until the next call."""
+    def on_batch(self, batch: Batch, channel: int = 0) -> EventBatch:
+        """Apply ``batch`` of ``channel``; its events are valid until the next call."""
+        if self._days[channel] < self._day:  # the day before's tail: not these books'
+            return self.engine.process(b"", scratch=self._scratch)
         events = self.engine.process(batch.blocks, scratch=self._scratch)
         n = events.bbo.shape[0]
         if n:
@@ -60,23 +78,31 @@ class LiveBooks:
             self._bbo_by_locate[: counts.shape[0]] += counts
         self.trades += events.trades.shape[0]
         self.directory.apply(batch.blocks)
-        self.at = batch.end
+        self.at[channel] = batch.end
         return events
 
-    def on_event(self, event: Event) -> None:
-        """The feed's ``on_event``: GapLost and session changes come in stream position."""
+    def on_event(self, event: Event, channel: int = 0) -> None:
+        """The feed's ``on_event`` of ``channel``: GapLost and session changes come in stream
+        position."""
         if isinstance(event, GapLost):
             self.messages_missed += event.end - event.start
-            self.at = event.end
+            self.at[channel] = event.end
         elif isinstance(event, SessionStarted) and event.previous is not None:
-            self.engine = BookEngine(self.engine.max_symbols)  # a new session's books
-            self.directory = Directory()
-            self.at = self.first_sequence
-            self._fresh_figures()
+            self._days[channel] += 1
+            self.at[channel] = self.first_sequence
+            if self._days[channel] > self._day:  # the first channel to begin a new day
+                self._day = self._days[channel]
+                self.engine = BookEngine(self.engine.max_symbols)
+                self.directory = Directory()
+                self._fresh_figures()
 
-    def picture(self) -> Picture:
-        """The books as a snapshot continuing from :attr:`at`, taken now (encode it later)."""
-        return picture(self.engine, self.directory, self.at)
+    def picture(self, channel: int = 0) -> Picture:
+        """``channel``'s books as a snapshot continuing from its :attr:`at`, taken now (encode
+        it later)."""
+        if self.channels == 1:
+            return picture(self.engine, self.directory, self.at[channel])
+        return picture(self.engine, self.directory, self.at[channel],
+                       lambda locates: channel_of(locates, self.channels) == channel)
 
     def figures(self, busiest: int = 3) -> dict[str, Any]:
         """Sizes, counts and the busiest symbols' BBO (names in ``tickerplant.ops.figures``)."""
@@ -116,8 +142,10 @@ class Catalog:
     (the stream's last, but while a restarted plant's books are still below what its journal
     holds)."""
 
-    def __init__(self, books: LiveBooks, stream: EventStream, depth: int) -> None:
+    def __init__(self, books: LiveBooks, stream: EventStream, depth: int, channel: int = 0
+                 ) -> None:  # fmt: skip
         self._books = books
+        self._channel = channel
         self._stream = stream
         self._depth = depth
         self._by_symbol: dict[bytes, int] = {}
@@ -126,12 +154,15 @@ class Catalog:
     def locate(self, symbol: bytes) -> int | None:
         engine = self._books.engine
         if engine.symbol_count != self._symbols:  # a Stock Directory since: once per change
+            books = self._books  # (this channel's stocks only: the others are not its stream's)
             self._by_symbol = {name.encode("latin-1").ljust(8): loc
-                               for loc, name in engine.symbols().items()}  # fmt: skip
+                               for loc, name in engine.symbols().items()
+                               if books.channels == 1
+                               or channel_of(loc, books.channels) == self._channel}  # fmt: skip
             self._symbols = engine.symbol_count
         return self._by_symbol.get(symbol)
 
     def images(self, locates: list[int]) -> Callable[[], bytes]:
-        books = self._books
-        return normalize.imaging(books.engine, locates, self._stream.included(books.at),
-                                 books.at - 1, self._depth)  # fmt: skip
+        books, at = self._books, self._books.at[self._channel]
+        return normalize.imaging(books.engine, locates, self._stream.included(at), at - 1,
+                                 self._depth)  # fmt: skip

@@ -3,9 +3,9 @@ from TOML by :func:`tickerplant.ops.config.load`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from tickerplant.distribute.fanout import FanOutLimits, Policy
 from tickerplant.endpoint import EVENTS, GLIMPSE, ITCH, LINE_A, LINE_B, REPLAY, REREQUEST, Endpoint
@@ -14,6 +14,7 @@ from tickerplant.feed.handler import FeedConfig
 from tickerplant.io.web import MetricsConfig
 from tickerplant.ops import passwords
 from tickerplant.ops.config import check
+from tickerplant.wire.channels import check_count, line_of, lines_of, session_of
 
 MEMORY_BYTES = 256 << 20  # of each stream's journal kept in memory
 KEEP_SESSIONS = 5  # a trading week of daily sessions' journal files
@@ -131,6 +132,12 @@ class PlantConfig:
     users: dict[str, str] = field(default_factory=dict)
     events: EventsConfig = field(default_factory=EventsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # The exchange's channels (its --channels): channel k's lines are [feed]'s groups with k - 1
+    # added to their third octet (wire/channels.py), its replay at [feed] replay's port + k - 1,
+    # one re-request server for all. Each stream serves every channel on its one port, a
+    # client naming the channel's session in its login; journal files in journal_dir/NNN, and
+    # each channel's journal keeps memory_bytes / channels.
+    channels: int = 1
     # Keys a config may still carry from before, and where they went.
     MOVED: ClassVar[dict[str, str]] = {
         "slow_consumer": "[events] slow_consumer (policies are per stream; [itch] takes only "
@@ -143,6 +150,71 @@ class PlantConfig:
         for name, stored in self.users.items():
             _check_user(name, f"users.{name}")
             passwords.check(stored, f"users.{name}")
+        self.lines()  # (a bad count or a group two channels share: told now)
+        if self.channels > 1 and self.feed.capture is not None:
+            raise ConfigError("feed.capture", "is one channel's ITCH file",
+                              "leave it out with several channels")
+        replay = self.feed.replay
+        if replay is not None and replay.port + self.channels > 65536:
+            raise ConfigError("feed.replay", f"{replay} has no room for {self.channels} "
+                              "channels' replay ports",
+                              f"give a port up to {65536 - self.channels}")  # fmt: skip
+        for name in ("itch", "events"):
+            stream: StreamConfig = getattr(self, name)
+            need = self.channels * MIN_RING
+            if self.channels > 1 and stream.journal_dir is None and stream.memory_bytes < need:
+                raise ConfigError(f"{name}.memory_bytes", f"{stream.memory_bytes}",
+                                  f"give {need} or more: {MIN_RING} for each of "
+                                  f"{self.channels} channels")  # fmt: skip
+
+    def lines(self) -> list[tuple[Endpoint, Endpoint | None]]:
+        """Every channel's A and B lines."""
+        feed = self.feed
+        if feed.line_b is None:
+            check_count(self.channels)
+            return [(line_of(feed.line_a, k, "feed.line_a"), None)
+                    for k in range(1, self.channels + 1)]  # fmt: skip
+        try:
+            return list(lines_of(feed.line_a, feed.line_b, self.channels))
+        except ConfigError as err:
+            raise err.within("feed") if err.field != "channels" else err from None
+
+    def of_channel(self, channel: int) -> ChannelConfig:
+        """The settings of ``channel`` (from 0)."""
+        if self.channels == 1:
+            return ChannelConfig(0, self.feed, self.itch, self.events, self.glimpse)
+        k = channel + 1
+        feed = self.feed
+        line_a, line_b = self.lines()[channel]
+        replay = feed.replay
+        if replay is not None:
+            replay = Endpoint(replay.host, replay.port + channel)
+        session = feed.session and session_of(feed.session, k, self.channels)
+        return ChannelConfig(
+            channel,
+            replace(feed, line_a=line_a, line_b=line_b, replay=replay, session=session),
+            self._stream(self.itch, k), self._stream(self.events, k), self.glimpse,
+        )
+
+    def _stream(self, stream: S, k: int) -> S:
+        """A stream's settings for channel ``k`` (from 1): its share of the memory, its files."""
+        folder = stream.journal_dir
+        return replace(stream, memory_bytes=stream.memory_bytes // self.channels,
+                       journal_dir=folder / f"{k:03d}" if folder is not None else None)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelConfig:
+    """One channel's settings, derived from the plant's (:meth:`PlantConfig.of_channel`)."""
+
+    number: int  # from 0
+    feed: FeedConfig
+    itch: StreamConfig
+    events: EventsConfig
+    glimpse: GlimpseConfig
+
+
+S = TypeVar("S", bound=StreamConfig)
 
 
 def _check_user(name: str, where: str) -> None:

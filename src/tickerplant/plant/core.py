@@ -16,201 +16,136 @@ import contextlib
 import os
 from typing import Any
 
-from tickerplant.book import normalize
-from tickerplant.capture.journal import JournalFile
-from tickerplant.distribute.fanout import FanOut
-from tickerplant.distribute.journal import Journal
-from tickerplant.distribute.stream import EventStream, ItchStream
 from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
-from tickerplant.feed.handler import FeedHandler
-from tickerplant.io.soupbin import SoupServer
-from tickerplant.ops import passwords
-from tickerplant.plant.books import Catalog, LiveBooks
-from tickerplant.plant.config import PlantConfig, StreamConfig
-from tickerplant.plant.mend import Mender
-from tickerplant.receive.events import Batch, Event, GapLost, SessionEnded, SessionStarted
+from tickerplant.io.listener import Router
+from tickerplant.plant.books import LiveBooks
+from tickerplant.plant.channel import Channel
+from tickerplant.plant.config import PlantConfig
+
+# Figures of the process, not of a channel: the first channel's stand for all of them.
+PROCESS = frozenset({"loop_lag_seconds", "gc_collections", "rcvbuf_bytes"})
+WORST = 5  # channels listed by name in the figures (the worst first): never 48 of them
 
 
 class Plant:
     def __init__(self, config: PlantConfig) -> None:
         self.config = config
-        self.books = LiveBooks(first_sequence=config.feed.first_sequence)
-        self._itch_file = _file(config.itch, "journal")
-        self._mender = Mender(self._itch_file, config.feed)
-        self.stream = ItchStream(config.feed.first_sequence, self._itch_file.reopened)
-        self._events_file = _file(config.events, "events")
-        self.event_stream = EventStream(self._events_file.reopened)
-        self.feed = FeedHandler(config.feed, self._on_batch, self._on_event)
+        self.books = LiveBooks(first_sequence=config.feed.first_sequence,
+                               channels=config.channels)  # fmt: skip
         users = {name.encode("ascii"): stored for name, stored in config.users.items()} or None
-
-        def server(journal: Journal, stream: StreamConfig, catalog: Catalog | None = None
-                   ) -> SoupServer:  # fmt: skip
-            """A stream's server: the plant's users (none: this host's clients only), the
-            stream's limits and its users' slow-consumer policies."""
-            return SoupServer(FanOut(
-                journal, limits=stream.limits, users=users, local_only=not users,
-                catalog=catalog, policies=stream.policies(),
-                policy=stream.policy(stream.slow_consumer, "slow_consumer"),
-            ), stream.listen.host, stream.listen.port, verify=passwords.verify)  # fmt: skip
-
-        self.itch = server(_serving(self._itch_file.reopened), config.itch)
-        catalog = Catalog(self.books, self.event_stream, config.events.depth)
-        self.events = server(_serving(self._events_file.reopened), config.events, catalog)
-        glimpse = config.glimpse
-        self.glimpse = SoupServer(FanOut(
-            ItchStream.waiting(), limits=glimpse.limits, users=users, local_only=not users,
-        ), glimpse.listen.host, glimpse.listen.port, verify=passwords.verify)  # fmt: skip
+        self.channels = [Channel(config.of_channel(n), self.books, users)
+                         for n in range(config.channels)]  # fmt: skip
+        # With several channels, one port per stream: a router hands each login to its channel.
+        self.routers = {} if config.channels == 1 else {
+            name: Router([c.servers[name] for c in self.channels], listen.host, listen.port)
+            for name, listen in (("itch", config.itch.listen), ("events", config.events.listen),
+                                 ("glimpse", config.glimpse.listen))
+        }  # fmt: skip
         self.frozen_objects = 0  # kept out of the cyclic collector's sight by its owner
-        self._snapshot_at = 0  # the itch number the current snapshot continues from
         self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Listen first, then join the lines: a client may log in before the first packet."""
         self.books.warm()
-        servers = {"itch": self.itch, "events": self.events, "glimpse": self.glimpse}
+        routed = bool(self.routers)
         try:
-            for name, server in servers.items():
-                try:
-                    await server.start()
-                except OSError as err:  # in use, or not an address of this host
-                    # (the errno's words: the loop's own repeat the address, reworded)
-                    why = os.strerror(err.errno) if err.errno else str(err)
-                    listen = Endpoint(server.host, server.port)
-                    raise ConfigError(f"{name}.listen", f"cannot listen on {listen}: {why}",
-                                      "give a free host:port") from None
-            await self.feed.start()
+            for name in ("itch", "events", "glimpse"):
+                for channel in self.channels:
+                    server = channel.servers[name]
+                    await self._listen(name, server.host, server.port,
+                                       server.start(listen=not routed))  # fmt: skip
+                if routed:
+                    router = self.routers[name]
+                    await self._listen(name, router.host, router.port, router.start())
+            for channel in self.channels:
+                await channel.feed.start()
         except BaseException:
-            for server in servers.values():  # (one never started closes as a no-op)
-                await server.close()
+            await self._close_servers()
             raise
         self._refresher = asyncio.ensure_future(self._refresh())
+
+    @staticmethod
+    async def _listen(name: str, host: str, port: int, listening: Any) -> None:
+        try:
+            await listening
+        except OSError as err:  # in use, or not an address of this host
+            # (the errno's words: the loop's own repeat the address, reworded)
+            why = os.strerror(err.errno) if err.errno else str(err)
+            raise ConfigError(f"{name}.listen", f"cannot listen on {Endpoint(host, port)}: "
+                              f"{why}", "give a free host:port") from None  # fmt: skip
+
+    async def _close_servers(self) -> None:
+        for router in self.routers.values():  # (one never started closes as a no-op)
+            router.close()
+        for channel in self.channels:
+            for server in channel.servers.values():
+                await server.close()
 
     async def close(self) -> None:
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
-        await self.feed.close()
-        await self._mender.close()
-        await self.itch.close()
-        await self.events.close()
-        await self.glimpse.close()
-        self._itch_file.close()
-        self._events_file.close()
+        for router in self.routers.values():
+            router.close()
+        for channel in self.channels:
+            await channel.close()
 
     def figures(self) -> dict[str, Any]:
-        servers = {"itch": self.itch, "events": self.events}
-        counters = {name: server.counters for name, server in servers.items()}
-        return self.feed.figures() | self.books.figures() | {
-            "stream_messages": {"itch": self.stream.counters.messages,
-                                "events": self.event_stream.counters.records},
-            "stream_lost_messages": {"itch": self.stream.counters.lost,
-                                     "events": self.event_stream.counters.lost_notices},
-            "clients": {name: server.clients for name, server in servers.items()},
-            "queued_bytes": {name: server.queued for name, server in servers.items()},
-            "journal_memory_bytes": {
-                "itch": self.stream.journal.memory if self.stream.journal else 0,
-                "events": self.event_stream.journal.memory if self.event_stream.journal else 0,
-            },
-            "journal_write_errors": {"itch": self._itch_file.errors,
-                                     "events": self._events_file.errors},
-            "gc_frozen_objects": self.frozen_objects,
-            "journal_mended_blocks": {"itch": self._mender.mended},
-            "journal_unmended_blocks": {"itch": self._mender.failed},
-            "logins": {name: c.logins for name, c in counters.items()},
-            "rejected_logins": {name: c.rejected for name, c in counters.items()},
-            "sent_messages": {name: c.messages_sent for name, c in counters.items()},
-            "sent_bytes": {name: c.bytes_sent for name, c in counters.items()},
-            "delivery_latency_seconds": {name: server.fanout.delivery.latency.figures()
-                                         for name, server in servers.items()},
-            "slow_consumers": {
-                name: {"disconnect": c.slow_consumers, "conflate": c.conflating,
-                       "skip": c.skips} for name, c in counters.items()
-            },
-            "conflated_updates": {"events": counters["events"].conflated_updates},
-            "conflated_rounds": {"events": counters["events"].conflated_rounds},
-            "staleness_seconds": {"events": self.events.fanout.delivery.staleness.figures()},
-            "skipped_messages": {"events": counters["events"].skipped_messages},
-            "subscriptions": {"events": counters["events"].subscriptions},
-            "refused_connections": {name: c.refused for name, c in counters.items()},
-            "journal_unreadable": {name: c.unreadable for name, c in counters.items()},
-            "over_budget_cuts": {name: c.over_budget for name, c in counters.items()},
-            "deferred_pushes": {name: c.deferred for name, c in counters.items()},
-            "too_old_logins": {name: c.too_old for name, c in counters.items()},
-            "glimpse_logins": self.glimpse.counters.logins,
-        }  # fmt: skip
+        """The channels' figures added up (one channel: its own), the books', and with several
+        channels the worst few by name."""
+        each = [channel.figures() for channel in self.channels]
+        figures = each[0]
+        for other in each[1:]:
+            figures = _add(figures, other)
+        if len(each) > 1:
+            figures["session"] = f"{len(each)} channels"
+            figures["channels"] = _worst(self.channels, each)
+        for name in PROCESS:
+            figures[name] = each[0][name]
+        return figures | self.books.figures() | {"gc_frozen_objects": self.frozen_objects}
 
     async def _refresh(self) -> None:
         while True:
             await asyncio.sleep(self.config.glimpse.refresh)
-            journal = self.stream.journal
-            if journal is None or self.books.at == self._snapshot_at:
-                continue
-            self._snapshot_at = self.books.at
-            # Taken between two batches (the loop is ours here), made on a thread: the loop
-            # goes on serving the lines and the clients while it sorts and encodes.
-            taken = self.books.picture()
-            blocks = await asyncio.to_thread(taken.encode)
-            if journal is not self.stream.journal:
-                self._snapshot_at = 0  # a new session began meanwhile: its books are due
-                continue
-            view = Journal(journal.session)
-            view.append(blocks)
-            self.glimpse.start_session(view)
-            self.glimpse.end_session()  # each login: the snapshot, then End of Session
-
-    def _on_batch(self, batch: Batch) -> None:
-        # The itch stream first: it carries the batch as it came, and waits for nothing the
-        # books derive from it (they took 250 of the 950 us of a live batch before its writes).
-        self.stream.deliver(batch)
-        self._publish_itch()
-        events = self.books.on_batch(batch)
-        stream = self.event_stream
-        if stream.journal is not None:
-            stream.append(*normalize.records(events, stream.next_sequence, batch.first,
-                                             batch.blocks))
-        self._publish_events()
-
-    def _on_event(self, event: Event) -> None:
-        self.books.on_event(event)
-        if isinstance(event, GapLost) and self.event_stream.journal is not None:
-            self.event_stream.lose(event.start, event.end)
-        if isinstance(event, SessionStarted | GapLost | SessionEnded):
-            if self.stream.deliver(event):
-                journal = self.stream.journal
-                assert journal is not None
-                self._itch_file.open(journal)
-                self.itch.start_session(journal)
-                events = self.event_stream.start(journal.session)
-                self._events_file.open(events)
-                self.events.start_session(events)
-            elif isinstance(event, SessionEnded):
-                self.itch.end_session()
-                self.events.end_session()
-            self._publish()
-
-    def _publish(self) -> None:
-        self._publish_itch()
-        self._publish_events()
-
-    # Published, then handed to the file (which may let the journal go of its oldest): a ring
-    # smaller than one publish would otherwise have dropped what the publish is about to push.
-    def _publish_itch(self) -> None:
-        self.itch.publish()
-        self._itch_file.write(self.stream.blocks_to_write(), self.stream.journal)
-
-    def _publish_events(self) -> None:
-        self.events.publish()
-        self._events_file.write(self.event_stream.blocks_to_write(), self.event_stream.journal)
+            for channel in self.channels:
+                await channel.refresh()
 
 
-def _file(stream: StreamConfig, suffix: str) -> JournalFile:
-    return JournalFile(stream.journal_dir, suffix, stream.memory_bytes, stream.keep_sessions,
-                       fsync_interval=stream.fsync_interval)
+def _add(a: Any, b: Any) -> Any:
+    """Two channels' figures as one: counts and histograms added (a histogram's p50, p99 and
+    max: the worse channel's), texts that differ joined, lists joined."""
+    if isinstance(a, dict) and "buckets" in a:
+        out = {"count": a["count"] + b["count"], "sum": a["sum"] + b["sum"],
+               "buckets": [[bound, n + m] for (bound, n), (_, m)
+                           in zip(a["buckets"], b["buckets"], strict=True)]}  # fmt: skip
+        for key in ("p50", "p99", "max"):
+            if key in a or key in b:
+                out[key] = max(a.get(key, 0.0), b.get(key, 0.0))
+        return out
+    if isinstance(a, dict):
+        return {key: _add(value, b[key]) for key, value in a.items()}
+    if isinstance(a, str):
+        return a if a == b else ",".join(sorted(set(a.split(",")) | set(b.split(","))))
+    return a + b  # (numbers, lists)
 
 
-def _serving(reopened: Journal | None) -> Journal:
-    """What a stream serves before the feed hears the exchange: the journal of the run before
-    (clients resume on it at once), or an empty one waiting for the first session."""
-    return reopened if reopened is not None else ItchStream.waiting()
+def _worst(channels: list[Channel], figures: list[dict[str, Any]]) -> dict[str, Any]:
+    """The channels that fare worst (most lost, then most gaps open, then the slowest events
+    delivery), WORST of them, by channel number from 1."""
+
+    def badness(n: int) -> tuple[int, int, float]:
+        f = figures[n]
+        return (f["lost_messages"], f["open_gaps"],
+                f["delivery_latency_seconds"]["events"].get("p99", 0.0))  # fmt: skip
+
+    order = sorted(range(len(channels)), key=badness, reverse=True)[:WORST]
+    return {str(n + 1): {
+        "session": figures[n]["session"],
+        "delivered_messages": figures[n]["delivered_messages"],
+        "lost_messages": figures[n]["lost_messages"],
+        "open_gaps": figures[n]["open_gaps"],
+        "line_state": figures[n]["line_state"],
+        "events_delivery_p99_seconds": badness(n)[2],
+    } for n in order}

@@ -18,6 +18,7 @@ the one-channel exception).
 from __future__ import annotations
 
 import ipaddress
+from typing import TypeVar
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from tickerplant.wire.blocks import I64, U8, as_array, offsets_of
 
 MAX_CHANNELS = 999  # three digits of a session name
 EVERY = -1  # the channel of a message of no stock: every channel
+L = TypeVar("L", int, I64)
 
 
 @kernel
@@ -93,10 +95,16 @@ def split(blocks: bytes | bytearray | memoryview, channels: int) -> list[bytes]:
     return [data[int(s) : int(s + n)] for s, n in zip(starts, sizes, strict=True)]
 
 
-def _check_count(channels: int) -> None:
+def check_count(channels: int) -> None:
     """A count of channels a session name can number."""
     if not 1 <= channels <= MAX_CHANNELS:
         raise ConfigError("channels", f"{channels}", f"give 1 to {MAX_CHANNELS}")
+
+
+def channel_of(locate: L, channels: int) -> L:
+    """The channel (from 0) of a stock ``locate`` (or an array of them), of ``channels``; never
+    asked of locate 0, which is every channel's."""
+    return (locate - 1) % channels
 
 
 def session_of(base: str, channel: int, channels: int) -> str:
@@ -121,7 +129,7 @@ def line_of(base: Endpoint, channel: int, field: str) -> Endpoint:
 def lines_of(a: Endpoint, b: Endpoint, channels: int) -> list[tuple[Endpoint, Endpoint]]:
     """Every channel's (A, B) lines; two channels, or a channel's two lines, never share a group
     and port (told as the configuration error it is)."""
-    _check_count(channels)
+    check_count(channels)
     pairs = [(line_of(a, k, "line_a"), line_of(b, k, "line_b")) for k in range(1, channels + 1)]
     seen: dict[Endpoint, str] = {}
     for k, pair in enumerate(pairs, start=1):

@@ -181,6 +181,30 @@ LAYOUTS: dict[int, Layout] = {
 _BY_RECORD: dict[type[Packet], Layout] = {layout.record: layout for layout in LAYOUTS.values()}
 
 
+def login_session(data: bytes | bytearray) -> bytes | None:
+    """The session the Login Request at the head of a client's stream names (padding stripped:
+    blank asks for the current one), past any Debug packets before it; None while ``data``
+    holds less than that. A stream that begins otherwise names none (``b""``): the session
+    machine it is given tells the client what is wrong with it."""
+    login = LAYOUTS[ord("L")]
+    pos = 0
+    while len(data) >= pos + 3:
+        length = int.from_bytes(data[pos : pos + 2], "big")
+        code = data[pos + 2]
+        if length == 0:
+            return b""
+        if code == ord("+"):
+            pos += 2 + length
+            continue
+        if code != ord("L") or length != 1 + login.fixed_size:
+            return b""
+        if len(data) < pos + 2 + length:
+            return None
+        at = pos + 3 + sum(f.size for f in login.fields[:2])
+        return bytes(data[at : at + _SESSION.size]).strip(PAD)
+    return None
+
+
 class Defect(IntEnum):
     """What is wrong with a packet on the stream."""
 

@@ -152,6 +152,10 @@ class FanOut(Generic[H]):
         hears when it has drained (resume)."""
         return min(HIGH_WATER, self.limits.max_backlog)
 
+    @property
+    def login_timeout(self) -> float:
+        return self._timing[2]
+
     def successor(self, journal: Journal) -> FanOut[H]:
         """The fan-out of the next session's ``journal``: the same settings, and the same
         counters and admission (they are the server's, not the session's)."""
