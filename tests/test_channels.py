@@ -92,11 +92,6 @@ def test_channels_that_would_share_a_group_or_leave_multicast_are_told() -> None
             lines_of(a, Endpoint("239.9.1.1", 30002), count)
     for told, config in (
         ("channels: 0; give 1 to 999", dict(channels=0)),
-        ("replay: port 65530 leaves no room for 8 channels' replay ports",
-         dict(channels=8, replay=Endpoint("127.0.0.1", 65530))),
-        ("replay: channel 3's replay port 31005 is the re-request port",
-         dict(channels=3, replay=Endpoint("127.0.0.1", 31003),
-              rerequest=Endpoint("127.0.0.1", 31005))),
         ("sent_log: one session's, not 2 channels'", dict(channels=2, sent_log="x.npy")),
     ):  # fmt: skip
         with pytest.raises(ConfigError, match=re.escape(told)):
@@ -158,7 +153,7 @@ def test_the_exchange_publishes_k_channels_each_repaired_and_replayed_by_its_ses
 ) -> None:
     """``channels = 3``: each channel's lines carry its part of the day; the one re-request
     server answers a request naming channel 2's session with channel 2's messages; channel 3's
-    replay server (the replay port + 2) serves channel 3's session whole; each journal file is
+    replay port serves a login naming channel 3's session that session whole; each journal file is
     its channel's part."""
     k, messages = 3, 20_000
     config_a, config_b = lines_config(80)
@@ -180,8 +175,8 @@ def test_the_exchange_publishes_k_channels_each_repaired_and_replayed_by_its_ses
     answers: list[bytes] = []
     stop = asyncio.Event()
 
-    async def replay(port: int) -> None:
-        async for record in subscribe(Endpoint("127.0.0.1", port), first=1, retry=None):
+    async def replay(session: str) -> None:
+        async for record in subscribe(p.replay, first=1, session=session, retry=None):
             if isinstance(record, Batch):
                 replayed.extend(iter_messages(record.blocks))
 
@@ -198,7 +193,7 @@ def test_the_exchange_publishes_k_channels_each_repaired_and_replayed_by_its_ses
 
         def progress(summary: ExchangeSummary) -> None:
             if summary.end_of_session_packets and not tasks:
-                tasks.append(asyncio.ensure_future(replay(p.replay.port + 2)))
+                tasks.append(asyncio.ensure_future(replay(sessions[2])))
                 tasks.append(asyncio.ensure_future(rerequest()))
                 tasks[0].add_done_callback(lambda _: stop.set())
 
@@ -216,12 +211,12 @@ def test_the_exchange_publishes_k_channels_each_repaired_and_replayed_by_its_ses
         for sock in receivers:
             sock.close()
     assert summary.published == messages and summary.error is None
+    assert summary.replay_port == p.replay.port
     assert [c.session for c in summary.channels] == sessions
     for n, channel in enumerate(summary.channels):
         assert channel.sha256 == hashlib.sha256(parts[n]).hexdigest()
         assert channel.published == len(list(iter_messages(parts[n])))
         assert (channel.line_a, channel.line_b) == tuple(str(e) for e in pairs[n])
-        assert channel.replay_port == p.replay.port + n
         assert (tmp_path / f"{sessions[n]}.journal").read_bytes() == parts[n]
         for raw in heard[2 * n : 2 * n + 2]:  # each line: its channel's session, whole
             data = data_packets(raw)

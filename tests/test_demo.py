@@ -70,3 +70,22 @@ def test_the_demo_delivers_every_message_to_the_plant_and_to_each_reading_client
     staleness = conflated["staleness_seconds"]
     assert staleness["samples"] > 100 and staleness["p99"] <= verdict.STALENESS_P99, staleness
     assert events["ok"] and result["verdict"]
+
+
+def test_the_demo_of_several_channels_checks_each_channel_against_what_it_published() -> None:
+    """``--channels 3``: the plant takes every channel, each identical to what the exchange
+    published on it; the demo's clients read channel 1."""
+    p = ports(channels=3)
+    cfg = DemoConfig(seconds=2, rate=150_000, line_a=p.line_a, line_b=p.line_b,
+                     rerequest=p.rerequest, replay=p.replay, channels=3,
+                     itch=Endpoint("127.0.0.1", _free_port()),
+                     glimpse=Endpoint("127.0.0.1", _free_port()),
+                     events=Endpoint("127.0.0.1", _free_port()), metrics=None)  # fmt: skip
+    result = asyncio.run(run_demo(cfg))
+    channels = result["channels"]
+    assert [c["session"] for c in channels] == ["TP00000001", "TP00000002", "TP00000003"]
+    assert all(c["identical"] for c in channels)
+    # Every stock in one channel, every System Event in all three.
+    assert sum(c["published"] for c in channels) > result["published"] == 300_000
+    assert result["clients"]["reader"]["messages"] == channels[0]["published"]
+    assert result["identical"] and result["verdict"]

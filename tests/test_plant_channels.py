@@ -19,8 +19,10 @@ from tickerplant.errors import ConfigError
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.feed.handler import FeedConfig
 from tickerplant.plant import EventsConfig, GlimpseConfig, Plant, PlantConfig, StreamConfig
-from tickerplant.wire.blocks import iter_messages
-from tickerplant.wire.channels import session_of, split
+from tickerplant.plant.books import LiveBooks
+from tickerplant.receive.events import Batch, SessionStarted
+from tickerplant.wire.blocks import iter_messages, join_messages
+from tickerplant.wire.channels import channel_of, session_of, split
 from tickerplant.wire.events import from_blocks
 
 ANY = Endpoint("127.0.0.1", 0)
@@ -43,6 +45,51 @@ def test_a_plant_of_channels_is_told_what_it_cannot_do() -> None:
     assert (second.feed.line_a, second.feed.line_b) == (
         Endpoint("239.192.78.1", 31001), Endpoint("239.192.78.2", 31002))  # fmt: skip
     assert second.itch.memory_bytes == config.itch.memory_bytes // 3
+
+
+def _batch(part: bytes) -> Batch:
+    return Batch(1, len(list(iter_messages(part))), part)
+
+
+def test_one_engine_books_every_channel_and_a_new_day_begins_with_the_first_channel_in_it() -> None:
+    """Channel 1's new session starts the books over; channel 2's messages of the day before,
+    still arriving, are not applied to them; once channel 2 is in the new day too, they are."""
+    day = source_stream(8, 40, 20_000)
+    first, second = split(day, 2)
+    books = LiveBooks(channels=2)
+    books.on_batch(_batch(first), 0)
+    books.on_batch(_batch(second), 1)
+    whole = BookEngine()
+    whole.process(day)
+    assert books.engine.live_orders == whole.live_orders > 0
+    assert books.at == [_batch(first).end, _batch(second).end]
+    books.on_event(SessionStarted(b"NEW001", b"OLD001"), 0)
+    assert books.engine.live_orders == 0 and books.at[0] == 1
+    assert books.on_batch(_batch(second), 1).bbo.shape[0] == 0  # the day before's: not applied
+    assert books.engine.live_orders == 0
+    books.on_event(SessionStarted(b"NEW002", b"OLD002"), 1)  # channel 2 in the new day too
+    assert books.engine.live_orders == 0  # (the books are the new day's already)
+    assert books.on_batch(_batch(second), 1).bbo.shape[0] > 0
+    alone = BookEngine()
+    alone.process(second)
+    assert books.engine.live_orders == alone.live_orders > 0
+
+
+def test_a_channels_snapshot_holds_its_stocks_only_and_continues_from_its_number() -> None:
+    day = source_stream(9, 40, 20_000)
+    parts = split(day, 3)
+    books = LiveBooks(channels=3)
+    for n, part in enumerate(parts):
+        books.on_batch(_batch(part), n)
+    for n, part in enumerate(parts):
+        snap = list(iter_messages(books.picture(n).encode()))
+        assert snap[-1][:1] == b"G" and int(snap[-1][1:]) == _batch(part).end
+        stocks = {int.from_bytes(m[1:3], "big") for m in snap[:-1]} - {0}
+        assert stocks and all(channel_of(s, 3) == n for s in stocks)
+        alone, rebuilt = BookEngine(), BookEngine()
+        alone.process(part)
+        rebuilt.process(join_messages(snap[:-1]))
+        assert rebuilt.live_orders == alone.live_orders > 0
 
 
 @pytest.mark.slow

@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=default(DemoConfig, "seed"))
     demo.add_argument("--symbols", type=int, default=default(DemoConfig, "symbols"))
+    demo.add_argument("--channels", type=int, default=default(DemoConfig, "channels"),
+                      help="the exchange's stocks over this many channels, each its own "
+                           "session on its own groups; the plant takes them all, the demo's "
+                           "clients read channel 1")  # fmt: skip
     demo.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     demo.add_argument("--metrics", type=_endpoint("--metrics"), default=endpoint.METRICS,
                       metavar="HOST:PORT", help=f"Prometheus metrics (default {endpoint.METRICS})")
@@ -81,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--itch", type=Path, default=None, help="publish this ITCH 5.0 file")
     ex.add_argument("--channels", type=int, default=default(ExchangeConfig, "channels"),
                     help="partition the stocks over this many channels, each its own session "
-                         "on its own groups (channel k: the base groups' third octet + k - 1; "
-                         "its replay on the replay port + k - 1)")  # fmt: skip
+                         "on its own groups (channel k: the base groups' third octet + k - 1); "
+                         "one re-request and one replay port for all, by session")  # fmt: skip
     ex.add_argument(
         "--messages",
         type=int,

@@ -52,6 +52,7 @@ from tickerplant.session.soupbin import HEARTBEAT_INTERVAL
 from tickerplant.verdict import STOP_WAIT, summary
 from tickerplant.wire import events as ev
 from tickerplant.wire import soupbintcp as soup
+from tickerplant.wire.channels import check_count
 
 DROP_EVERY = 3.0  # seconds the resuming client reads before it drops its connection
 SLOW_PAUSE = 0.1  # seconds a slow events client sleeps after each batch it takes
@@ -88,8 +89,12 @@ class DemoConfig:
     events: Endpoint = endpoint.EVENTS
     metrics: Endpoint | None = endpoint.METRICS  # Prometheus metrics (None: not served)
     recovery: bool = True  # False: the plant repairs from the other line only
+    # The exchange's stocks over this many channels (its --channels); the plant takes them
+    # all, the demo's clients read channel 1 (a blank session in their logins).
+    channels: int = 1
 
     def __post_init__(self) -> None:
+        check_count(self.channels)
         if self.seconds <= 0:
             raise ConfigError("seconds", f"{self.seconds}", "give a duration above 0")
         if self.rate <= 0:
@@ -245,6 +250,7 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None,
         GlimpseConfig(cfg.glimpse),
         events=EventsConfig(cfg.events, FanOutLimits(max_backlog=EVENTS_BACKLOG),
                             slow_consumers=POLICIES),
+        channels=cfg.channels,
     ))  # fmt: skip
     logs.planned(OWN_USERS)
     if console is not None:
@@ -265,6 +271,10 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None,
         console.print(f"the itch stream is on {cfg.itch}, events on {cfg.events}, snapshots on"
                       f" {cfg.glimpse}; in another terminal, live BBOs: tickerplant subscribe"
                       f" {cfg.events} --events", highlight=False)
+        if cfg.channels > 1:
+            console.print(f"{cfg.channels} channels, each its own session: a client names one "
+                          "in its login (subscribe --session NAME; blank: the first)",
+                          highlight=False)  # fmt: skip
     reader, dropper = DemoClient(), DemoClient()
     watchers = {"events": EventsClient(), "conflated": EventsClient(), "skipper": EventsClient()}
     clients = [asyncio.ensure_future(_reader(cfg.itch, reader)),
@@ -283,6 +293,7 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None,
         "--messages", str(int(cfg.rate * cfg.seconds)), "--seed", str(cfg.seed),
         "--symbols", str(cfg.symbols), "--rate", str(cfg.rate),
         "--drop-a", str(cfg.drop_a), "--drop-b", str(cfg.drop_b),
+        "--channels", str(cfg.channels),
     )  # fmt: skip
     stop = stop if stop is not None else asyncio.Event()
     published: dict[str, Any] = {}
@@ -330,7 +341,7 @@ async def _finish(exchange: ExchangeProcess, plant: Plant, clients: list[asyncio
     the clients finishing what they are at (repairs, catching up)."""
     published.update(await exchange.report(timeout=60))
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(plant.channels[0].feed.session_ended.wait(), timeout=10)
+        await asyncio.wait_for(plant.ended(), timeout=10)
     # (asyncio.wait, not wait_for(gather): a gather cancelled by a stop leaves its
     # CancelledError unretrieved, logged as a traceback at the exit.)
     done, _ = await asyncio.wait(clients, timeout=10)
@@ -344,7 +355,7 @@ async def _watch(
 ) -> None:  # fmt: skip
     """Until the session ends, the user stops us, or the run overstays its welcome."""
     deadline = started + cfg.seconds + 30
-    ended = asyncio.ensure_future(plant.channels[0].feed.session_ended.wait())
+    ended = asyncio.ensure_future(plant.ended())
     stopped = asyncio.ensure_future(stop.wait())
     try:
         with LiveTable(console, time.monotonic()) as table:

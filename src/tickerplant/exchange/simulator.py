@@ -38,6 +38,7 @@ from tickerplant.exchange.publisher import (
 from tickerplant.exchange.rerequest_server import RerequestServer
 from tickerplant.exchange.summary import ExchangeSummary, summarize
 from tickerplant.exchange.synthetic import SyntheticMarket
+from tickerplant.io.listener import Router
 from tickerplant.io.loop import Timer, clock
 from tickerplant.io.multicast import DEFAULT_SNDBUF, Line, LineConfig, SentLog, write_sent_log
 from tickerplant.io.soupbin import SoupServer
@@ -75,8 +76,8 @@ class FileSource:
 class ExchangeConfig:
     session: str = "TP00000001"
     # The day partitioned by stock over this many channels, each its own session and lines
-    # (wire/channels.py: names, groups), one re-request server for them all (a request names
-    # its session), and a replay server each, channel k on the replay port + k - 1.
+    # (wire/channels.py: names, groups); one re-request server for them all (a request names
+    # its session) and one replay port (a login names its session).
     channels: int = 1
     source: SyntheticSource | FileSource = field(default_factory=SyntheticSource)
     pacing: str = "fast"  # "fast", "rate" (messages/s) or "itch" (the messages' own timestamps)
@@ -115,17 +116,6 @@ class ExchangeConfig:
         # Every channel's lines told apart (and the count checked).
         lines_of(Endpoint(self.line_a.group, self.line_a.port),
                  Endpoint(self.line_b.group, self.line_b.port), self.channels)  # fmt: skip
-        replay, rerequest = self.replay, self.rerequest
-        if replay is not None and replay.port and replay.port + self.channels > 65536:
-            raise ConfigError("replay", f"port {replay.port} leaves no room for "
-                              f"{self.channels} channels' replay ports",
-                              f"give a port up to {65536 - self.channels}")  # fmt: skip
-        if replay is not None and replay.port and rerequest is not None and (
-                replay.host == rerequest.host
-                and 0 <= rerequest.port - replay.port < self.channels):  # fmt: skip
-            raise ConfigError("replay", f"channel {rerequest.port - replay.port + 1}'s replay "
-                              f"port {rerequest.port} is the re-request port",
-                              f"give the replay {self.channels} free ports of its own")
         self._validate_source()
         if self.pacing not in PACING_MODES:
             raise ConfigError("pacing", f"unknown mode {self.pacing!r}", f"use {PACING_MODES}")
@@ -246,6 +236,7 @@ async def run_exchange(
     lines: list[list[Line]] = []
     rerequest: RerequestServer | None = None
     replays: list[SoupServer] = []
+    router: Router | None = None
     sent_log: BinaryIO | None = None
     files = _journal_files(config)
     for file, journal in zip(files, journals, strict=True):
@@ -272,11 +263,17 @@ async def run_exchange(
                 rerequest.policy.add(journal)
             await _listen("rerequest", config.rerequest, rerequest.start())
         if config.replay is not None:
-            for n, journal in enumerate(journals):
-                where = Endpoint(config.replay.host, config.replay.port + n if config.replay.port
-                                 else 0)  # fmt: skip
-                replays.append(SoupServer(FanOut(journal), where.host, where.port))
-                await _listen("replay", where, replays[-1].start())
+            where = config.replay
+            replays = [SoupServer(FanOut(journal), where.host, where.port) for journal in journals]
+            if count == 1:
+                await _listen("replay", where, replays[0].start())
+            else:  # one port: each login is served by the channel its session names
+                router = Router(replays, where.host, where.port)
+                for replay in replays:
+                    await replay.start(listen=False)
+                await _listen("replay", where, router.start())
+                for replay in replays:
+                    replay.port = router.port
         publisher = Publisher(
             journals[0],
             await _ahead(_source(config)),
@@ -306,6 +303,8 @@ async def run_exchange(
             file.close()
         if config.journal_dir is None:
             shutil.rmtree(files[0].directory or "", ignore_errors=True)
+        if router is not None:
+            router.close()
         for replay in replays:
             await replay.close()
         if rerequest is not None:

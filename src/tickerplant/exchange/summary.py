@@ -34,7 +34,6 @@ class ChannelSummary:
     sha256: str  # of its block stream
     line_a: str  # group:port
     line_b: str
-    replay_port: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +98,8 @@ def summarize(
     channels = tuple(
         ChannelSummary(channel.session.decode("ascii").strip(), channel.messages,
                        channel.next_sequence, channel.sha256, _where(channel.lines[0]),
-                       _where(channel.lines[1]), replays[n].port if replays else None)
-        for n, channel in enumerate(publisher.channels)
+                       _where(channel.lines[1]))
+        for channel in publisher.channels
     ) if len(publisher.channels) > 1 else ()  # fmt: skip
     return ExchangeSummary(
         session=session,

@@ -219,7 +219,7 @@ class FeedHandler:
                     self.session_ended.set()
                 elif isinstance(item, SessionStarted) and item.previous is not None:
                     self.session_ended.clear()
-                _tell(item)
+                _tell(item, (session.sequencer.session or b"").decode("ascii", "replace").strip())
                 if self.on_event is not None:
                     self._hand_over(self.on_event, item)
         datagrams = session.datagrams_to_send()
@@ -286,18 +286,22 @@ def _warm_kernels() -> None:
     framer.next_sequenced()
 
 
-def _tell(item: object) -> None:
-    """The log line of a delivery or event an operator cares about (repairs are only counted)."""
+def _tell(item: object, session: str) -> None:
+    """The log line of a delivery or event an operator cares about (repairs are only counted);
+    ``session``: the one followed (several channels' lines are told apart by it), if heard."""
+    of = f" of {session}" if session else ""
     if isinstance(item, LineStateChanged):
         line, old, new = item.line.label, item.old.value, item.new.value
         level = logging.WARNING if new == "down" else logging.INFO
-        log.log(level, "line %s: %s -> %s", line, old, new,
-                extra=fields(event="line_state", line=line, old=old, state=new))  # fmt: skip
+        log.log(level, "line %s%s: %s -> %s", line, of, old, new,
+                extra=fields(event="line_state", line=line, old=old, state=new,
+                             session=session))  # fmt: skip
     elif isinstance(item, GapLost):
-        log.warning("gap lost: messages %d..%d (%d), seen on %s, after %.3f s", item.start,
-                    item.end - 1, item.end - item.start, item.revealed_by.label, item.age,
-                    extra=fields(event="gap_lost", start=item.start, end=item.end,
-                                 source=item.revealed_by.label))  # fmt: skip
+        log.warning("gap lost%s: messages %d..%d (%d), seen on %s, after %.3f s", of,
+                    item.start, item.end - 1, item.end - item.start, item.revealed_by.label,
+                    item.age, extra=fields(event="gap_lost", start=item.start, end=item.end,
+                                           source=item.revealed_by.label,
+                                           session=session))  # fmt: skip
     elif isinstance(item, SuspectDecided):
         what = "heartbeat" if item.count < 0 else f"packet of {item.count} messages"
         verdict = ("accepted: the stream jumped there" if item.accepted

@@ -133,10 +133,10 @@ class PlantConfig:
     events: EventsConfig = field(default_factory=EventsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # The exchange's channels (its --channels): channel k's lines are [feed]'s groups with k - 1
-    # added to their third octet (wire/channels.py), its replay at [feed] replay's port + k - 1,
-    # one re-request server for all. Each stream serves every channel on its one port, a
-    # client naming the channel's session in its login; journal files in journal_dir/NNN, and
-    # each channel's journal keeps memory_bytes / channels.
+    # added to their third octet (wire/channels.py); the exchange's one re-request server and
+    # one replay port serve them all, by session. Each stream serves every channel on its one
+    # port, a client naming the channel's session in its login; journal files go in
+    # journal_dir/NNN, and each channel's journal keeps memory_bytes / channels.
     channels: int = 1
     # Keys a config may still carry from before, and where they went.
     MOVED: ClassVar[dict[str, str]] = {
@@ -154,11 +154,6 @@ class PlantConfig:
         if self.channels > 1 and self.feed.capture is not None:
             raise ConfigError("feed.capture", "is one channel's ITCH file",
                               "leave it out with several channels")
-        replay = self.feed.replay
-        if replay is not None and replay.port + self.channels > 65536:
-            raise ConfigError("feed.replay", f"{replay} has no room for {self.channels} "
-                              "channels' replay ports",
-                              f"give a port up to {65536 - self.channels}")  # fmt: skip
         for name in ("itch", "events"):
             stream: StreamConfig = getattr(self, name)
             need = self.channels * MIN_RING
@@ -186,13 +181,10 @@ class PlantConfig:
         k = channel + 1
         feed = self.feed
         line_a, line_b = self.lines()[channel]
-        replay = feed.replay
-        if replay is not None:
-            replay = Endpoint(replay.host, replay.port + channel)
         session = feed.session and session_of(feed.session, k, self.channels)
         return ChannelConfig(
             channel,
-            replace(feed, line_a=line_a, line_b=line_b, replay=replay, session=session),
+            replace(feed, line_a=line_a, line_b=line_b, session=session),
             self._stream(self.itch, k), self._stream(self.events, k), self.glimpse,
         )
 

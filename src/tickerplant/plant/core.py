@@ -92,6 +92,11 @@ class Plant:
         for channel in self.channels:
             await channel.close()
 
+    async def ended(self) -> None:
+        """Until every channel's session has ended."""
+        for channel in self.channels:
+            await channel.feed.session_ended.wait()
+
     def figures(self) -> dict[str, Any]:
         """The channels' figures added up (one channel: its own), the books', and with several
         channels the worst few by name."""
