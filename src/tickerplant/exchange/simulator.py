@@ -149,9 +149,6 @@ class ExchangeConfig:
                 raise ConfigError(name, f"{value}", "give 1 or more")
         if self.sent_log is not None and not self.sent_log.strip():
             raise ConfigError("sent_log", "is blank", "give a file to write, or none")
-        if self.sent_log is not None and self.channels > 1:
-            raise ConfigError("sent_log", f"one session's, not {self.channels} channels'",
-                              "give it with one channel")  # fmt: skip
         if self.journal_dir is not None and not self.journal_dir.strip():
             raise ConfigError("journal_dir", "is blank", "give a directory, or none")
         if self.memory_bytes < 0:
@@ -248,7 +245,7 @@ async def run_exchange(
             lines.append([])
             for name, base, where in zip("AB", (config.line_a, config.line_b), pair, strict=True):
                 try:
-                    log = SentLog() if sent_log is not None else None
+                    log = SentLog(len(lines)) if sent_log is not None else None
                     line_config = dataclasses.replace(base, group=where.host)
                     lines[-1].append(Line(name, line_config, config.sndbuf, log))
                 except OSError as exc:
@@ -313,7 +310,7 @@ async def run_exchange(
             line.close()
         if sent_log is not None:
             with sent_log:
-                write_sent_log(sent_log, lines[0])
+                write_sent_log(sent_log, [line for pair in lines for line in pair])
 
 
 def _journal_files(config: ExchangeConfig) -> list[JournalFile]:

@@ -101,6 +101,7 @@ class FeedHandler:
         self._report_at = 0.0  # when unusable datagrams are next reported
         self._reported: dict[Source, int] = {}  # unusable datagrams reported so far, by source
         self._lag = LoopLag()  # the loop it shares with whatever the process runs beside it
+        self._polled = False  # its sockets read by poll(), not when the loop sees them ready
 
     async def start(self) -> None:
         _warm_kernels()
@@ -166,7 +167,7 @@ class FeedHandler:
         self._drains[source] = drain
         self._loop.add_reader(sock.fileno(), self._on_readable, source, drain)
 
-    def _on_readable(self, source: Source, drain: DatagramDrain) -> None:
+    def _on_readable(self, source: Source, drain: DatagramDrain) -> int:
         n = drain.drain()
         if n:
             now = clock()
@@ -174,6 +175,18 @@ class FeedHandler:
             self._service()
             if now >= self._report_at:
                 self._report_defects(now)
+        return n
+
+    def poll(self) -> int:
+        """Read every socket once, ready or not, as a loop of non-blocking reads in turn does
+        (``bench/channels.py`` sets one beside waiting for readiness); returns the datagrams
+        read. The first call stops the loop watching them: the caller polls from then on."""
+        assert self._loop is not None
+        if not self._polled:
+            self._polled = True
+            for drain in self._drains.values():
+                self._loop.remove_reader(drain.sock.fileno())
+        return sum(self._on_readable(source, drain) for source, drain in self._drains.items())
 
     def _report_defects(self, now: float) -> None:
         """One line per source that dropped datagrams since the last report, with the counts:

@@ -82,7 +82,8 @@ DEFAULT_SNDBUF = 8 << 20
 
 # A MoldUDP64 header's sequence number (u64) and message count (u16), after the session.
 _SEQUENCE_AND_COUNT = np.arange(mold.SESSION_LEN, mold.HEADER_LEN, dtype=np.int64)
-SENT_LOG_DTYPE = np.dtype([("line", "S1"), ("first", "<i8"), ("count", "<i8"), ("ns", "<i8")])
+SENT_LOG_DTYPE = np.dtype([("line", "S1"), ("first", "<i8"), ("count", "<i8"), ("ns", "<i8"),
+                           ("channel", "<u2")])  # fmt: skip
 Send = Callable[[bytes | memoryview], int]
 
 
@@ -95,7 +96,8 @@ class SentLog:
     only in :meth:`records`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, channel: int = 1) -> None:
+        self.channel = channel  # which of the exchange's channels the line is (from 1)
         self._heads: list[U8] = []  # each packet's sequence and count bytes, per send call
         self._ns = array("q")  # per send call
         self._packets = array("q")  # per send call
@@ -138,6 +140,7 @@ class SentLog:
         out["first"] = first[data]
         out["count"] = count[data]
         out["ns"] = ns[data]
+        out["channel"] = self.channel
         return out
 
 
