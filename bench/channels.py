@@ -15,7 +15,10 @@ plant's delivery of the batch that holds the message: the median channel's p99 a
 channel's, and their ratio (the target: no channel worse than 2x the median channel).
 
     .venv/bin/python bench/channels.py [--channels 1,4,16,48] [--rate 500000] [--seconds 6]
-        [--rounds 1]
+        [--rounds 1] [--priority]
+
+``--priority``: what a priority buys under overload, the first channel's p99 against the
+others' with its priority 1 and then 0, at a rate the plant cannot keep up with.
 """
 
 from __future__ import annotations
@@ -44,12 +47,14 @@ row = emitter("channels")
 ANY = Endpoint("127.0.0.1", 0)
 
 
-async def run(k: int, poll: bool, rate: int, seconds: float, offset: int
+async def run(k: int, poll: bool, rate: int, seconds: float, offset: int, first: int = 0
               ) -> list[tuple[str, float, str]]:  # fmt: skip
+    """``first``: the first channel's priority (the others': 0)."""
     line_a, line_b, rerequest, replay = endpoints(offset)
     plant = Plant(PlantConfig(
         FeedConfig(line_a, line_b, rerequest=rerequest, replay=replay, digest=True),
         StreamConfig(ANY), GlimpseConfig(ANY), events=EventsConfig(ANY), channels=k,
+        priorities=[first],
     ))  # fmt: skip
     await plant.start()
     delivered: list[list[tuple[int, int]]] = [[] for _ in range(k)]  # (end, ns) per batch
@@ -104,6 +109,8 @@ async def run(k: int, poll: bool, rate: int, seconds: float, offset: int
         ("median_channel_p99", statistics.median(p99s) * 1e3, "ms"),
         ("worst_channel_p99", max(p99s) * 1e3, "ms"),
         ("worst_over_median", max(p99s) / statistics.median(p99s), "ratio"),
+        ("first_channel_p99", p99s[0] * 1e3, "ms"),
+        ("others_median_p99", statistics.median(p99s[1:] or p99s) * 1e3, "ms"),
     ]
 
 
@@ -141,18 +148,23 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=500_000)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--priority", action="store_true",
+                        help="instead: the plant alone, the first channel's priority 1 then 0 "
+                             "(the others' 0), rounds interleaved: give a rate it cannot keep up "
+                             "with")  # fmt: skip
     args = parser.parse_args()
     os.sched_setaffinity(0, {0})  # the plant; the exchange on core 1
     offset = 0
     for r in range(args.rounds):
         for k in (int(c) for c in args.channels.split(",")):
-            for poll in (False, True):
+            for poll, first in ([(False, 1), (False, 0)] if args.priority
+                                else [(False, 0), (True, 0)]):  # fmt: skip
                 offset += 1
-                result = run_loop(run(k, poll, args.rate, args.seconds, offset))
+                result = run_loop(run(k, poll, args.rate, args.seconds, offset, first))
                 subject = "poll-loop" if poll else "tickerplant"
                 for metric, value, unit in result:
                     row(subject, metric, round(value, 4), unit, channels=k, round=r + 1,
-                        rate=args.rate)  # fmt: skip
+                        rate=args.rate, first_priority=first)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from tickerplant.errors import ConfigError
 from tickerplant.io.datagrams import DatagramDrain, Socket, open_connected
 from tickerplant.io.loop import LoopLag, Timer, clock
 from tickerplant.io.multicast import RCVBUF, open_receiver
+from tickerplant.io.ready import Priorities
 from tickerplant.io.replay_client import ReplayClient
 from tickerplant.ops.logs import DEFECT_REPORT, fields
 from tickerplant.receive.events import (
@@ -61,6 +62,9 @@ class FeedConfig(FeedSessionConfig):
     replay_timeout: float = 60.0
     rcvbuf: int = RCVBUF
     capture: Path | None = None  # an ITCH file of the delivered stream
+    # Of several feeds on one loop (a plant's channels), when several sockets are ready, the
+    # higher priorities' are read first.
+    priority: int = 0
 
     def __post_init__(self) -> None:
         FeedSessionConfig.__post_init__(self)  # (zero-argument super() fails in a slots dataclass)
@@ -83,8 +87,12 @@ class FeedHandler:
         config: FeedConfig,
         on_batch: Callable[[Batch], None] | None = None,
         on_event: Callable[[Event], None] | None = None,
+        priorities: Priorities | None = None,
     ) -> None:
         self.config = config
+        # Several feeds' sockets on one loop, read by their priorities when several are ready
+        # (None: as the loop finds them ready).
+        self.priorities = priorities
         self.session = FeedSession(config, [source for source, _ in config.lines],
                                    rerequest=config.rerequest is not None,
                                    replay=config.replay is not None)  # fmt: skip
@@ -165,7 +173,15 @@ class FeedHandler:
         assert self._loop is not None
         drain = DatagramDrain(sock, mold.Datagrams())
         self._drains[source] = drain
-        self._loop.add_reader(sock.fileno(), self._on_readable, source, drain)
+        if self.priorities is None:
+            self._loop.add_reader(sock.fileno(), self._on_readable, source, drain)
+        else:
+            self.priorities.add_reader(sock.fileno(), self.config.priority,
+                                       partial(self._on_ready, source, drain))  # fmt: skip
+
+    def _on_ready(self, source: Source, drain: DatagramDrain) -> None:
+        if self._drains.get(source) is drain:  # (not closed since it was noted ready)
+            self._on_readable(source, drain)
 
     def _on_readable(self, source: Source, drain: DatagramDrain) -> int:
         n = drain.drain()

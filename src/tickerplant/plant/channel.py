@@ -19,6 +19,7 @@ from tickerplant.distribute.fanout import FanOut
 from tickerplant.distribute.journal import Journal
 from tickerplant.distribute.stream import EventStream, ItchStream
 from tickerplant.feed.handler import FeedHandler
+from tickerplant.io.ready import Priorities
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.ops import passwords
 from tickerplant.plant.books import Catalog, LiveBooks
@@ -28,8 +29,8 @@ from tickerplant.receive.events import Batch, Event, GapLost, SessionEnded, Sess
 
 
 class Channel:
-    def __init__(self, config: ChannelConfig, books: LiveBooks,
-                 users: Mapping[bytes, str] | None) -> None:  # fmt: skip
+    def __init__(self, config: ChannelConfig, books: LiveBooks, users: Mapping[bytes, str] | None,
+                 priorities: Priorities | None = None) -> None:  # fmt: skip
         self.config = config
         self.number = config.number  # from 0
         self.books = books
@@ -38,7 +39,7 @@ class Channel:
         self.stream = ItchStream(config.feed.first_sequence, self._itch_file.reopened)
         self._events_file = _file(config.events, "events")
         self.event_stream = EventStream(self._events_file.reopened)
-        self.feed = FeedHandler(config.feed, self._on_batch, self._on_event)
+        self.feed = FeedHandler(config.feed, self._on_batch, self._on_event, priorities)
 
         def server(journal: Journal, stream: StreamConfig, catalog: Catalog | None = None
                    ) -> SoupServer:  # fmt: skip

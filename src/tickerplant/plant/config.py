@@ -138,6 +138,10 @@ class PlantConfig:
     # port, a client naming the channel's session in its login; journal files go in
     # journal_dir/NNN, and each channel's journal keeps memory_bytes / channels.
     channels: int = 1
+    # Each channel's priority, in channel order (left out: 0): when several channels' sockets
+    # are ready at once, the higher priorities' are read first. All equal: as the loop finds
+    # them ready, which costs nothing more.
+    priorities: list[int] = field(default_factory=list)
     # Keys a config may still carry from before, and where they went.
     MOVED: ClassVar[dict[str, str]] = {
         "slow_consumer": "[events] slow_consumer (policies are per stream; [itch] takes only "
@@ -151,6 +155,13 @@ class PlantConfig:
             _check_user(name, f"users.{name}")
             passwords.check(stored, f"users.{name}")
         self.lines()  # (a bad count or a group two channels share: told now)
+        for n, rank in enumerate(self.priorities):
+            if not isinstance(rank, int) or isinstance(rank, bool):
+                raise ConfigError(f"priorities[{n}]", f"{rank!r} is not a whole number",
+                                  "give each channel's priority as an integer")
+        if len(self.priorities) > self.channels:
+            raise ConfigError("priorities", f"{len(self.priorities)} of them for "
+                              f"{self.channels} channels", "give one per channel at most")
         if self.channels > 1 and self.feed.capture is not None:
             raise ConfigError("feed.capture", "is one channel's ITCH file",
                               "leave it out with several channels")
@@ -176,10 +187,12 @@ class PlantConfig:
 
     def of_channel(self, channel: int) -> ChannelConfig:
         """The settings of ``channel`` (from 0)."""
-        if self.channels == 1:
-            return ChannelConfig(0, self.feed, self.itch, self.events, self.glimpse)
-        k = channel + 1
         feed = self.feed
+        if channel < len(self.priorities):
+            feed = replace(feed, priority=self.priorities[channel])
+        if self.channels == 1:
+            return ChannelConfig(0, feed, self.itch, self.events, self.glimpse)
+        k = channel + 1
         line_a, line_b = self.lines()[channel]
         session = feed.session and session_of(feed.session, k, self.channels)
         return ChannelConfig(

@@ -19,6 +19,7 @@ from typing import Any
 from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
 from tickerplant.io.listener import Router
+from tickerplant.io.ready import Priorities
 from tickerplant.plant.books import LiveBooks
 from tickerplant.plant.channel import Channel
 from tickerplant.plant.config import PlantConfig
@@ -34,7 +35,9 @@ class Plant:
         self.books = LiveBooks(first_sequence=config.feed.first_sequence,
                                channels=config.channels)  # fmt: skip
         users = {name.encode("ascii"): stored for name, stored in config.users.items()} or None
-        self.channels = [Channel(config.of_channel(n), self.books, users)
+        ranks = {config.of_channel(n).feed.priority for n in range(config.channels)}
+        priorities = Priorities() if len(ranks) > 1 else None
+        self.channels = [Channel(config.of_channel(n), self.books, users, priorities)
                          for n in range(config.channels)]  # fmt: skip
         # With several channels, one port per stream: a router hands each login to its channel.
         self.routers = {} if config.channels == 1 else {
