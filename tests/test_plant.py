@@ -547,9 +547,13 @@ def test_a_glimpse_snapshot_then_itch_from_its_number_gives_the_whole_days_books
             ) as exchange:  # fmt: skip
                 await exchange.wait_published(messages // 2)
                 snap: list[bytes] = []
-                async for record in subscribe(glimpse, retry=None):  # ends at End of Session
-                    assert isinstance(record, Batch)
-                    snap += iter_messages(record.blocks)
+
+                async def snapshot() -> None:
+                    async for record in subscribe(glimpse, retry=None):  # to End of Session
+                        assert isinstance(record, Batch)
+                        snap.extend(iter_messages(record.blocks))
+
+                await asyncio.wait_for(snapshot(), 30)  # (none made: the plant's refresh failed)
                 assert snap[-1][:1] == b"G"
                 resume = int(snap[-1][1:])
                 rest: list[bytes] = []

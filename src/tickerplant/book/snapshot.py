@@ -73,14 +73,16 @@ class Picture:
 
 
 def picture(engine: BookEngine, directory: Directory, next_sequence: int,
-            stocks: Stocks | None = None) -> Picture:  # fmt: skip
+            stocks: Stocks | None = None, rows: npt.NDArray[np.int64] | None = None
+            ) -> Picture:  # fmt: skip
     """The books as they stand, for a snapshot continuing from ``next_sequence``: of the
-    locates ``stocks`` keeps (one channel's of several), or all of them."""
+    locates ``stocks`` keeps (one channel's of several), or all of them. ``rows``: the engine's
+    live rows, if taken already (several channels' pictures share one gather)."""
     messages: list[bytes] = []
     if directory.system_event is not None:
         messages.append(directory.system_event)
     kept = directory.by_locate
-    rows = engine.live_rows()
+    rows = engine.live_rows() if rows is None else rows
     if stocks is not None:
         ours = {k for k, v in zip(kept, stocks(np.array([k[1] for k in kept], dtype=np.int64)),
                                   strict=True) if v}  # fmt: skip

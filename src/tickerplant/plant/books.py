@@ -21,9 +21,11 @@ start over when the first channel begins it, and what a channel still delivers o
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from tickerplant.book import normalize
 from tickerplant.book.engine import BookEngine, EventBatch, EventBuffers
@@ -99,10 +101,16 @@ class LiveBooks:
     def picture(self, channel: int = 0) -> Picture:
         """``channel``'s books as a snapshot continuing from its :attr:`at`, taken now (encode
         it later)."""
+        return self.pictures([channel])[0]
+
+    def pictures(self, channels: list[int]) -> list[Picture]:
+        """:meth:`picture` of each of ``channels``, from one gather of the live orders."""
         if self.channels == 1:
-            return picture(self.engine, self.directory, self.at[channel])
-        return picture(self.engine, self.directory, self.at[channel],
-                       lambda locates: channel_of(locates, self.channels) == channel)
+            return [picture(self.engine, self.directory, self.at[0]) for _ in channels]
+        rows = self.engine.live_rows()
+        return [picture(self.engine, self.directory, self.at[n],
+                        partial(_ours, channel=n, channels=self.channels), rows)
+                for n in channels]  # fmt: skip
 
     def figures(self, busiest: int = 3) -> dict[str, Any]:
         """Sizes, counts and the busiest symbols' BBO (names in ``tickerplant.ops.figures``)."""
@@ -134,6 +142,11 @@ class LiveBooks:
             "bytes_per_live_order": round(engine.bytes_per_live_order, 1),
             "busiest": quotes,
         }
+
+
+def _ours(locates: npt.NDArray[np.int64], channel: int, channels: int) -> npt.NDArray[np.bool_]:
+    ours: npt.NDArray[np.bool_] = channel_of(locates, channels) == channel
+    return ours
 
 
 class Catalog:

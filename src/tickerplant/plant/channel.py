@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Mapping
 
 from tickerplant.book import normalize
+from tickerplant.book.snapshot import Picture
 from tickerplant.capture.journal import JournalFile
 from tickerplant.distribute.fanout import FanOut
 from tickerplant.distribute.journal import Journal
@@ -72,16 +73,17 @@ class Channel:
         self._itch_file.close()
         self._events_file.close()
 
-    async def refresh(self) -> None:
-        """A new snapshot for ``glimpse`` if the books moved since the last."""
+    @property
+    def moved(self) -> bool:
+        """The books moved since the last snapshot: a new one is due."""
+        return self.stream.journal is not None and self.books.at[self.number] != self._snapshot_at
+
+    async def refresh(self, taken: Picture) -> None:
+        """``taken`` (this channel's books, taken now) as the snapshot ``glimpse`` serves."""
         journal = self.stream.journal
-        at = self.books.at[self.number]
-        if journal is None or at == self._snapshot_at:
-            return
-        self._snapshot_at = at
-        # Taken between two batches (the loop is ours here), made on a thread: the loop goes
-        # on serving the lines and the clients while it sorts and encodes.
-        taken = self.books.picture(self.number)
+        assert journal is not None
+        self._snapshot_at = taken.next_sequence
+        # Encoded on a thread: the loop goes on serving the lines and the clients meanwhile.
         blocks = await asyncio.to_thread(taken.encode)
         if journal is not self.stream.journal:
             self._snapshot_at = 0  # a new session began meanwhile: its books are due

@@ -117,8 +117,11 @@ class Plant:
     async def _refresh(self) -> None:
         while True:
             await asyncio.sleep(self.config.glimpse.refresh)
-            for channel in self.channels:
-                await channel.refresh()
+            moved = [channel for channel in self.channels if channel.moved]
+            # Taken between two batches (the loop is ours here), all at once: one gather.
+            taken = self.books.pictures([channel.number for channel in moved])
+            for channel, picture in zip(moved, taken, strict=True):
+                await channel.refresh(picture)
 
 
 def _add(a: Any, b: Any) -> Any:
