@@ -19,10 +19,10 @@ from tickerplant.client import subscribe
 from tickerplant.distribute.journal import Journal
 from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
-from tickerplant.exchange.publisher import Publisher, drop_mask
+from tickerplant.exchange.publisher import Publisher
 from tickerplant.exchange.simulator import ExchangeConfig, SyntheticSource, run_exchange
 from tickerplant.exchange.summary import ExchangeSummary
-from tickerplant.io.multicast import Line, LineConfig
+from tickerplant.io.multicast import Line, LineConfig, drop_mask
 from tickerplant.receive.events import Batch
 from tickerplant.wire.blocks import iter_messages, join_messages
 from tickerplant.wire.channels import lines_of, session_of, split

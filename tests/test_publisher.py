@@ -23,7 +23,7 @@ from tickerplant.distribute.journal import Journal
 from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
 from tickerplant.exchange.pacing import ItchClock, Pacer
-from tickerplant.exchange.publisher import Publisher, SourceError, drop_mask
+from tickerplant.exchange.publisher import Publisher, SourceError
 from tickerplant.exchange.simulator import (
     ExchangeConfig,
     FileSource,
@@ -31,7 +31,7 @@ from tickerplant.exchange.simulator import (
     run_exchange,
 )
 from tickerplant.exchange.summary import ExchangeSummary
-from tickerplant.io.multicast import Line, LineConfig, SentLog, open_receiver
+from tickerplant.io.multicast import Line, LineConfig, SentLog, drop_mask, open_receiver
 from tickerplant.receive.events import Batch
 from tickerplant.wire.blocks import iter_messages, join_messages
 from tickerplant.wire.moldudp64 import (

@@ -9,7 +9,7 @@ import pytest
 
 from tickerplant.distribute.journal import Journal
 from tickerplant.distribute.rerequest import RerequestLimits, Rerequests
-from tickerplant.exchange.rerequest_server import RerequestServer
+from tickerplant.io.rerequest import RerequestServer
 from tickerplant.wire.blocks import join_messages
 from tickerplant.wire.moldudp64 import (
     HEADER,

@@ -119,6 +119,11 @@ class Rerequests:
             raise ValueError(f"session {journal.session!r} is served already")
         self._journals[journal.session] = journal
 
+    def remove(self, journal: Journal) -> None:
+        """No longer answer for ``journal``'s session (a newer one replaced it)."""
+        if self._journals.get(journal.session) is journal:
+            del self._journals[journal.session]
+
     def handle(self, datagram: bytes, source: tuple[str, int], now: float) -> list[bytes]:
         """The packets that answer ``datagram`` from ``source``, to be sent back to it unicast."""
         counters = self.counters

@@ -26,7 +26,7 @@ import numpy.typing as npt
 from tickerplant.distribute.journal import Journal
 from tickerplant.errors import InputError
 from tickerplant.exchange.pacing import AsFastAsPossible, Pacer
-from tickerplant.io.multicast import Line
+from tickerplant.io.multicast import Line, drop_mask
 from tickerplant.wire.blocks import I64, as_array, index_blocks
 from tickerplant.wire.channels import split
 from tickerplant.wire.moldudp64 import (
@@ -46,24 +46,6 @@ RETRY_DELAY = 0.001
 INTERLEAVE = 16  # packets sent on one line before the other line's turn
 END_OF_SESSION_SECONDS = 3.0  # how long end-of-session packets go on, one a heartbeat interval
 SLICE_PACKETS = 128  # packets per slice (~2 ms) between event loop turns
-_U64 = npt.NDArray[np.uint64]
-
-
-def _mix(z: _U64) -> _U64:
-    """splitmix64's finaliser: a well-spread 64-bit hash, vectorised (uint64 arithmetic wraps)."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def drop_mask(
-    seed: int, line: int, sequences: npt.NDArray[np.int64], probability: float
-) -> list[bool]:
-    """Which packets (by first sequence number) line ``line`` skips: same seed, same answer."""
-    key = _mix(np.array([(seed * 0x9E3779B97F4A7C15 + line) & 0xFFFFFFFFFFFFFFFF], np.uint64))
-    uniform = (_mix(sequences.astype(np.uint64) + key) >> np.uint64(11)) * (1.0 / (1 << 53))
-    mask: list[bool] = (uniform < probability).tolist()
-    return mask
 
 
 class SourceError(InputError):

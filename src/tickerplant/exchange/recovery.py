@@ -21,7 +21,7 @@ from tickerplant.capture.journal import JournalFollower
 from tickerplant.distribute.fanout import FanOut
 from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
-from tickerplant.exchange.rerequest_server import RerequestServer
+from tickerplant.io.rerequest import RerequestServer
 from tickerplant.io.soupbin import SoupServer
 
 log = logging.getLogger(__name__)

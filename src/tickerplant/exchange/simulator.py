@@ -35,12 +35,12 @@ from tickerplant.exchange.publisher import (
     Publisher,
     SourceError,
 )
-from tickerplant.exchange.rerequest_server import RerequestServer
 from tickerplant.exchange.summary import ExchangeSummary, summarize
 from tickerplant.exchange.synthetic import SyntheticMarket
 from tickerplant.io.listener import Router
 from tickerplant.io.loop import Timer, clock
 from tickerplant.io.multicast import DEFAULT_SNDBUF, Line, LineConfig, SentLog, write_sent_log
+from tickerplant.io.rerequest import RerequestServer
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.wire.channels import lines_of, session_of
 from tickerplant.wire.moldudp64 import HEARTBEAT_INTERVAL, session_bytes

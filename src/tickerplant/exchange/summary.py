@@ -9,8 +9,8 @@ from typing import Any
 from tickerplant.distribute.fanout import FanOutCounters
 from tickerplant.distribute.rerequest import RerequestCounters
 from tickerplant.exchange.publisher import Publisher
-from tickerplant.exchange.rerequest_server import RerequestServer
 from tickerplant.io.multicast import Line
+from tickerplant.io.rerequest import RerequestServer
 from tickerplant.io.soupbin import SoupServer
 
 

@@ -151,6 +151,27 @@ def write_sent_log(file: BinaryIO, lines: Sequence[Line]) -> None:
     np.save(file, records[np.argsort(records["ns"], kind="stable")], allow_pickle=False)
 
 
+_U64 = npt.NDArray[np.uint64]
+
+
+def _mix(z: _U64) -> _U64:
+    """splitmix64's finaliser: a well-spread 64-bit hash, vectorised (uint64 arithmetic wraps)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def drop_mask(
+    seed: int, line: int, sequences: npt.NDArray[np.int64], probability: float
+) -> list[bool]:
+    """Which packets (by first sequence number) line ``line`` skips: same seed, same answer."""
+    key = _mix(np.array([(seed * 0x9E3779B97F4A7C15 + line) & 0xFFFFFFFFFFFFFFFF], np.uint64))
+    uniform = (_mix(sequences.astype(np.uint64) + key) >> np.uint64(11)) * (1.0 / (1 << 53))
+    mask: list[bool] = (uniform < probability).tolist()
+    return mask
+
+
+
 @dataclass(frozen=True, slots=True)
 class LineConfig:
     """Where one line goes: a multicast group and port, leaving through ``interface``."""

@@ -98,6 +98,11 @@ BOOKS = (
 _STREAM = ("stream",)
 
 STREAMS = (
+    Figure("tier2_packets", _C, "data packets the plant sent on its tier-2 lines (each line)"),
+    Figure("tier2_heartbeats", _C, "heartbeats and ends of session sent on tier-2 (each line)"),
+    Figure("tier2_rerequests", _C, "re-requests the tier-2 re-request server received"),
+    Figure("tier2_rerequests_refused", _C, "tier-2 re-requests not answered in full (caps, "
+           "rate limits, malformed, unknown sessions)"),
     Figure("channels", _I, "with several channels, the worst few by number (1 from the first): "
            "their session, delivered and lost messages, gaps open, line states, events "
            "delivery p99"),

@@ -26,13 +26,16 @@ from tickerplant.ops import passwords
 from tickerplant.plant.books import Catalog, LiveBooks
 from tickerplant.plant.config import ChannelConfig, StreamConfig
 from tickerplant.plant.mend import Mender
+from tickerplant.plant.tier2 import Tier2
 from tickerplant.receive.events import Batch, Event, GapLost, SessionEnded, SessionStarted
 
 
 class Channel:
     def __init__(self, config: ChannelConfig, books: LiveBooks, users: Mapping[bytes, str] | None,
-                 priorities: Priorities | None = None) -> None:  # fmt: skip
+                 priorities: Priorities | None = None, tier2: Tier2 | None = None
+                 ) -> None:  # fmt: skip
         self.config = config
+        self.tier2 = tier2  # the events stream republished on the plant's groups
         self.number = config.number  # from 0
         self.books = books
         self._itch_file = _file(config.itch, "journal")
@@ -160,9 +163,13 @@ class Channel:
                 events = self.event_stream.start(journal.session)
                 self._events_file.open(events)
                 self.events.start_session(events)
+                if self.tier2 is not None:
+                    self.tier2.begin(self.number, events)
             elif isinstance(event, SessionEnded):
                 self.itch.end_session()
                 self.events.end_session()
+                if self.tier2 is not None:
+                    self.tier2.end(self.number)
             self._publish_itch()
             self._publish_events()
 
@@ -174,6 +181,8 @@ class Channel:
 
     def _publish_events(self) -> None:
         self.events.publish()
+        if self.tier2 is not None:  # (after the clients' pushes: they wait for nothing else)
+            self.tier2.publish(self.number)
         self._events_file.write(self.event_stream.blocks_to_write(), self.event_stream.journal)
 
 

@@ -14,6 +14,7 @@ from tickerplant.feed.handler import FeedConfig
 from tickerplant.io.web import MetricsConfig
 from tickerplant.ops import passwords
 from tickerplant.ops.config import check
+from tickerplant.plant.tier2 import Tier2Config
 from tickerplant.wire.channels import check_count, line_of, lines_of, session_of
 
 MEMORY_BYTES = 256 << 20  # of each stream's journal kept in memory
@@ -132,6 +133,9 @@ class PlantConfig:
     users: dict[str, str] = field(default_factory=dict)
     events: EventsConfig = field(default_factory=EventsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # The events streams republished as MoldUDP64 on the plant's own groups (off unless its
+    # lines are given): what edge hosts join.
+    tier2: Tier2Config = field(default_factory=Tier2Config)
     # The exchange's channels (its --channels): channel k's lines are [feed]'s groups with k - 1
     # added to their third octet (wire/channels.py); the exchange's one re-request server and
     # one replay port serve them all, by session. Each stream serves every channel on its one
@@ -155,6 +159,11 @@ class PlantConfig:
             _check_user(name, f"users.{name}")
             passwords.check(stored, f"users.{name}")
         self.lines()  # (a bad count or a group two channels share: told now)
+        if self.tier2.on:
+            try:
+                self.tier2.lines(self.channels)
+            except ConfigError as err:
+                raise err.within("tier2") from None
         for n, rank in enumerate(self.priorities):
             if not isinstance(rank, int) or isinstance(rank, bool):
                 raise ConfigError(f"priorities[{n}]", f"{rank!r} is not a whole number",

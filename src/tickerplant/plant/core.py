@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from typing import Any
 
@@ -23,6 +24,9 @@ from tickerplant.io.ready import Priorities
 from tickerplant.plant.books import LiveBooks
 from tickerplant.plant.channel import Channel
 from tickerplant.plant.config import PlantConfig
+from tickerplant.plant.tier2 import TIER2, Tier2
+
+log = logging.getLogger(__name__)
 
 # Figures of the process, not of a channel: the first channel's stand for all of them.
 PROCESS = frozenset({"loop_lag_seconds", "gc_collections", "rcvbuf_bytes"})
@@ -37,7 +41,8 @@ class Plant:
         users = {name.encode("ascii"): stored for name, stored in config.users.items()} or None
         ranks = {config.of_channel(n).feed.priority for n in range(config.channels)}
         priorities = Priorities() if len(ranks) > 1 else None
-        self.channels = [Channel(config.of_channel(n), self.books, users, priorities)
+        self.tier2 = Tier2(config.tier2, config.channels) if config.tier2.on else None
+        self.channels = [Channel(config.of_channel(n), self.books, users, priorities, self.tier2)
                          for n in range(config.channels)]  # fmt: skip
         # With several channels, one port per stream: a router hands each login to its channel.
         self.routers = {} if config.channels == 1 else {
@@ -61,6 +66,10 @@ class Plant:
                 if routed:
                     router = self.routers[name]
                     await self._listen(name, router.host, router.port, router.start())
+            if self.tier2 is not None:
+                where = self.config.tier2.rerequest or Endpoint("", 0)
+                await self._listen("tier2.rerequest", where.host, where.port, self.tier2.start(
+                    [channel.events.journal for channel in self.channels]))  # fmt: skip
             for channel in self.channels:
                 await channel.feed.start()
         except BaseException:
@@ -79,6 +88,8 @@ class Plant:
                               f"{why}", "give a free host:port") from None  # fmt: skip
 
     async def _close_servers(self) -> None:
+        if self.tier2 is not None:
+            await self.tier2.close()
         for router in self.routers.values():  # (one never started closes as a no-op)
             router.close()
         for channel in self.channels:
@@ -94,6 +105,8 @@ class Plant:
             router.close()
         for channel in self.channels:
             await channel.close()
+        if self.tier2 is not None:
+            await self.tier2.close()
 
     async def ended(self) -> None:
         """Until every channel's session has ended."""
@@ -112,16 +125,20 @@ class Plant:
             figures["channels"] = _worst(self.channels, each)
         for name in PROCESS:
             figures[name] = each[0][name]
-        return figures | self.books.figures() | {"gc_frozen_objects": self.frozen_objects}
+        tier2 = self.tier2.figures() if self.tier2 is not None else dict.fromkeys(TIER2, 0)
+        return figures | self.books.figures() | tier2 | {"gc_frozen_objects": self.frozen_objects}
 
     async def _refresh(self) -> None:
         while True:
             await asyncio.sleep(self.config.glimpse.refresh)
             moved = [channel for channel in self.channels if channel.moved]
-            # Taken between two batches (the loop is ours here), all at once: one gather.
-            taken = self.books.pictures([channel.number for channel in moved])
-            for channel, picture in zip(moved, taken, strict=True):
-                await channel.refresh(picture)
+            try:
+                # Taken between two batches (the loop is ours here), all at once: one gather.
+                taken = self.books.pictures([channel.number for channel in moved])
+                for channel, picture in zip(moved, taken, strict=True):
+                    await channel.refresh(picture)
+            except Exception:  # our bug: said, and tried again at the next refresh
+                log.exception("snapshots not refreshed")
 
 
 def _add(a: Any, b: Any) -> Any:

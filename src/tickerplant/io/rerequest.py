@@ -1,4 +1,5 @@
-"""The exchange's MoldUDP64 re-request server: a UDP unicast socket around :class:`Rerequests`.
+"""A MoldUDP64 re-request server (the exchange's, and the plant's for its tier-2): a UDP
+unicast socket around :class:`Rerequests`.
 
 Requests are rare next to the multicast lines, so asyncio's DatagramProtocol is plenty; the policy
 (what to answer, caps, rate limits, counters) lives in :mod:`tickerplant.distribute.rerequest`.
