@@ -166,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve Prometheus metrics here (overrides [metrics] listen)")
     run.set_defaults(func=commands.run)
 
+    edge = sub.add_parser("edge", help="the plant's events streams served from another host, "
+                          "joined by the plant's tier-2")  # fmt: skip
+    edge.add_argument("config", type=Path, nargs="?", default=None, help="CONFIG.toml")
+    edge.add_argument("--example-config", action="store_true", help="print every setting")
+    edge.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
+    edge.add_argument("--json", action="store_true", help="print final figures as JSON")
+    edge.set_defaults(func=commands.edge)
+
     passwd = sub.add_parser("passwd", help="a user's password as the config stores it")
     passwd.add_argument("user", help="SoupBinTCP user name (up to 6 characters)")
     passwd.set_defaults(func=commands.passwd)

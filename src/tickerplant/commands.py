@@ -297,6 +297,52 @@ def run(args: argparse.Namespace) -> int:
     return run_loop(main())
 
 
+def edge(args: argparse.Namespace) -> int:
+    from tickerplant.edge import Edge, EdgeConfig
+    from tickerplant.ops.config import example, load_file
+
+    if args.example_config:
+        print(
+            "# tickerplant edge CONFIG.toml: every setting at its default. Leave out what you do\n"
+            "# not change; an address is \"host:port\".\n" + example(EdgeConfig, (Endpoint,))
+        )
+        return 0
+    config = (
+        load_file(EdgeConfig, args.config, {Endpoint: Endpoint.parse})
+        if args.config is not None
+        else EdgeConfig()
+    )
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        restore = stop_on_signals(stop, "edge")
+        node = Edge(config)
+        snapshot = Snapshot()
+        web = None
+        started = False
+        try:
+            web = _web(config.metrics.listen, snapshot)
+            await node.start()  # a port in use: a ConfigError naming the setting
+            started = True
+            events = Endpoint(config.events.listen.host, node.port)
+            print(f"tickerplant edge: joined tier-2 at {config.feed.line_a} and "
+                  f"{config.feed.line_b}, serving events on {events}; watch live BBOs with:"
+                  f" tickerplant subscribe {events} --events", file=sys.stderr)  # fmt: skip
+            console = None if args.json else Console()
+            await _show(node.figures, snapshot, console, stop, args.seconds, "tickerplant edge")
+        finally:
+            if started:
+                await node.close()
+            if web is not None:
+                web.close()
+            restore()
+        if args.json:
+            print(json.dumps(node.figures()))
+        return 0
+
+    return run_loop(main())
+
+
 def subscribe(args: argparse.Namespace) -> int:
     from tickerplant.client import subscribe
 

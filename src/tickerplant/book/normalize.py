@@ -107,11 +107,13 @@ def imaging(engine: BookEngine, locates: list[int], sequence: int, source: int,
     at = np.asarray(locates, dtype=np.int64)
     state = engine.images(at, depth)
     market_state = engine.market_state
-    return partial(_images, state, at, sequence, source, market_state)
+    return partial(encode_images, state, at, sequence, source, market_state)
 
 
-def _images(state: Images, at: npt.NDArray[np.int64], sequence: int, source: int,
-            market_state: str) -> bytes:  # fmt: skip
+def encode_images(state: Images, at: npt.NDArray[np.int64], sequence: int, source: int,
+                  market_state: str) -> bytes:  # fmt: skip
+    """The image records of ``state`` (of the locates ``at``, in that order; the market's
+    state last), stamped ``sequence`` and ``source``."""
     everyone = np.arange(at.shape[0])
     # Each part: its blocks, and their place: the locate's position in the order asked (the
     # market's last), then the part's order within a locate, then the level.

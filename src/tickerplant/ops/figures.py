@@ -184,3 +184,21 @@ def summed(figure: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
         for label, n in inner.items():
             out[label] = out.get(label, 0) + n
     return out
+
+
+def added(a: Any, b: Any) -> Any:
+    """Two channels' figures as one: counts and histograms added (a histogram's p50, p99 and
+    max: the worse channel's), texts that differ joined, lists joined."""
+    if isinstance(a, dict) and "buckets" in a:
+        out = {"count": a["count"] + b["count"], "sum": a["sum"] + b["sum"],
+               "buckets": [[bound, n + m] for (bound, n), (_, m)
+                           in zip(a["buckets"], b["buckets"], strict=True)]}  # fmt: skip
+        for key in ("p50", "p99", "max"):
+            if key in a or key in b:
+                out[key] = max(a.get(key, 0.0), b.get(key, 0.0))
+        return out
+    if isinstance(a, dict):
+        return {key: added(value, b[key]) for key, value in a.items()}
+    if isinstance(a, str):
+        return a if a == b else ",".join(sorted(set(a.split(",")) | set(b.split(","))))
+    return a + b  # (numbers, lists)

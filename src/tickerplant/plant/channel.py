@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from typing import Any
 
 from tickerplant.book import normalize
 from tickerplant.book.snapshot import Picture
@@ -98,15 +99,11 @@ class Channel:
 
     def figures(self) -> dict[str, object]:
         """This channel's own figures (the feed's, its streams'), keyed as the plant's."""
-        servers = {"itch": self.itch, "events": self.events}
-        counters = {name: server.counters for name, server in servers.items()}
-        return self.feed.figures() | {
+        return self.feed.figures() | served({"itch": self.itch, "events": self.events}) | {
             "stream_messages": {"itch": self.stream.counters.messages,
                                 "events": self.event_stream.counters.records},
             "stream_lost_messages": {"itch": self.stream.counters.lost,
                                      "events": self.event_stream.counters.lost_notices},
-            "clients": {name: server.clients for name, server in servers.items()},
-            "queued_bytes": {name: server.queued for name, server in servers.items()},
             "journal_memory_bytes": {
                 "itch": self.stream.journal.memory if self.stream.journal else 0,
                 "events": self.event_stream.journal.memory if self.event_stream.journal else 0,
@@ -115,26 +112,6 @@ class Channel:
                                      "events": self._events_file.errors},
             "journal_mended_blocks": {"itch": self._mender.mended},
             "journal_unmended_blocks": {"itch": self._mender.failed},
-            "logins": {name: c.logins for name, c in counters.items()},
-            "rejected_logins": {name: c.rejected for name, c in counters.items()},
-            "sent_messages": {name: c.messages_sent for name, c in counters.items()},
-            "sent_bytes": {name: c.bytes_sent for name, c in counters.items()},
-            "delivery_latency_seconds": {name: server.fanout.delivery.latency.figures()
-                                         for name, server in servers.items()},
-            "slow_consumers": {
-                name: {"disconnect": c.slow_consumers, "conflate": c.conflating,
-                       "skip": c.skips} for name, c in counters.items()
-            },
-            "conflated_updates": {"events": counters["events"].conflated_updates},
-            "conflated_rounds": {"events": counters["events"].conflated_rounds},
-            "staleness_seconds": {"events": self.events.fanout.delivery.staleness.figures()},
-            "skipped_messages": {"events": counters["events"].skipped_messages},
-            "subscriptions": {"events": counters["events"].subscriptions},
-            "refused_connections": {name: c.refused for name, c in counters.items()},
-            "journal_unreadable": {name: c.unreadable for name, c in counters.items()},
-            "over_budget_cuts": {name: c.over_budget for name, c in counters.items()},
-            "deferred_pushes": {name: c.deferred for name, c in counters.items()},
-            "too_old_logins": {name: c.too_old for name, c in counters.items()},
             "glimpse_logins": self.glimpse.counters.logins,
         }  # fmt: skip
 
@@ -184,6 +161,41 @@ class Channel:
         if self.tier2 is not None:  # (after the clients' pushes: they wait for nothing else)
             self.tier2.publish(self.number)
         self._events_file.write(self.event_stream.blocks_to_write(), self.event_stream.journal)
+
+
+def served(servers: dict[str, SoupServer]) -> dict[str, Any]:
+    """What the streams' servers count, by stream (``events``' own figures if it is one)."""
+    counters = {name: server.counters for name, server in servers.items()}
+    out = {
+        "clients": {name: server.clients for name, server in servers.items()},
+        "queued_bytes": {name: server.queued for name, server in servers.items()},
+        "logins": {name: c.logins for name, c in counters.items()},
+        "rejected_logins": {name: c.rejected for name, c in counters.items()},
+        "sent_messages": {name: c.messages_sent for name, c in counters.items()},
+        "sent_bytes": {name: c.bytes_sent for name, c in counters.items()},
+        "delivery_latency_seconds": {name: server.fanout.delivery.latency.figures()
+                                     for name, server in servers.items()},
+        "slow_consumers": {
+            name: {"disconnect": c.slow_consumers, "conflate": c.conflating, "skip": c.skips}
+            for name, c in counters.items()
+        },
+        "refused_connections": {name: c.refused for name, c in counters.items()},
+        "journal_unreadable": {name: c.unreadable for name, c in counters.items()},
+        "over_budget_cuts": {name: c.over_budget for name, c in counters.items()},
+        "deferred_pushes": {name: c.deferred for name, c in counters.items()},
+        "too_old_logins": {name: c.too_old for name, c in counters.items()},
+    }  # fmt: skip
+    events = servers.get("events")
+    if events is not None:
+        c = events.counters
+        out |= {
+            "conflated_updates": {"events": c.conflated_updates},
+            "conflated_rounds": {"events": c.conflated_rounds},
+            "staleness_seconds": {"events": events.fanout.delivery.staleness.figures()},
+            "skipped_messages": {"events": c.skipped_messages},
+            "subscriptions": {"events": c.subscriptions},
+        }
+    return out
 
 
 def _file(stream: StreamConfig, suffix: str) -> JournalFile:

@@ -15,7 +15,7 @@ from tickerplant.io.web import MetricsConfig
 from tickerplant.ops import passwords
 from tickerplant.ops.config import check
 from tickerplant.plant.tier2 import Tier2Config
-from tickerplant.wire.channels import check_count, line_of, lines_of, session_of
+from tickerplant.wire.channels import feed_lines, session_of
 
 MEMORY_BYTES = 256 << 20  # of each stream's journal kept in memory
 KEEP_SESSIONS = 5  # a trading week of daily sessions' journal files
@@ -155,9 +155,7 @@ class PlantConfig:
     }  # fmt: skip
 
     def __post_init__(self) -> None:
-        for name, stored in self.users.items():
-            _check_user(name, f"users.{name}")
-            passwords.check(stored, f"users.{name}")
+        check_users(self.users)
         self.lines()  # (a bad count or a group two channels share: told now)
         if self.tier2.on:
             try:
@@ -184,13 +182,8 @@ class PlantConfig:
 
     def lines(self) -> list[tuple[Endpoint, Endpoint | None]]:
         """Every channel's A and B lines."""
-        feed = self.feed
-        if feed.line_b is None:
-            check_count(self.channels)
-            return [(line_of(feed.line_a, k, "feed.line_a"), None)
-                    for k in range(1, self.channels + 1)]  # fmt: skip
         try:
-            return list(lines_of(feed.line_a, feed.line_b, self.channels))
+            return feed_lines(self.feed.line_a, self.feed.line_b, self.channels)
         except ConfigError as err:
             raise err.within("feed") if err.field != "channels" else err from None
 
@@ -229,6 +222,13 @@ class ChannelConfig:
 
 
 S = TypeVar("S", bound=StreamConfig)
+
+
+def check_users(users: dict[str, str]) -> None:
+    """Each user's name and stored password hash."""
+    for name, stored in users.items():
+        _check_user(name, f"users.{name}")
+        passwords.check(stored, f"users.{name}")
 
 
 def _check_user(name: str, where: str) -> None:

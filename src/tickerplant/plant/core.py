@@ -21,6 +21,7 @@ from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
 from tickerplant.io.listener import Router
 from tickerplant.io.ready import Priorities
+from tickerplant.ops.figures import added
 from tickerplant.plant.books import LiveBooks
 from tickerplant.plant.channel import Channel
 from tickerplant.plant.config import PlantConfig
@@ -119,7 +120,7 @@ class Plant:
         each = [channel.figures() for channel in self.channels]
         figures = each[0]
         for other in each[1:]:
-            figures = _add(figures, other)
+            figures = added(figures, other)
         if len(each) > 1:
             figures["session"] = f"{len(each)} channels"
             figures["channels"] = _worst(self.channels, each)
@@ -139,24 +140,6 @@ class Plant:
                     await channel.refresh(picture)
             except Exception:  # our bug: said, and tried again at the next refresh
                 log.exception("snapshots not refreshed")
-
-
-def _add(a: Any, b: Any) -> Any:
-    """Two channels' figures as one: counts and histograms added (a histogram's p50, p99 and
-    max: the worse channel's), texts that differ joined, lists joined."""
-    if isinstance(a, dict) and "buckets" in a:
-        out = {"count": a["count"] + b["count"], "sum": a["sum"] + b["sum"],
-               "buckets": [[bound, n + m] for (bound, n), (_, m)
-                           in zip(a["buckets"], b["buckets"], strict=True)]}  # fmt: skip
-        for key in ("p50", "p99", "max"):
-            if key in a or key in b:
-                out[key] = max(a.get(key, 0.0), b.get(key, 0.0))
-        return out
-    if isinstance(a, dict):
-        return {key: _add(value, b[key]) for key, value in a.items()}
-    if isinstance(a, str):
-        return a if a == b else ",".join(sorted(set(a.split(",")) | set(b.split(","))))
-    return a + b  # (numbers, lists)
 
 
 def _worst(channels: list[Channel], figures: list[dict[str, Any]]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tickerplant.distribute.journal import Journal
-from tickerplant.endpoint import Endpoint
+from tickerplant.endpoint import TIER2_REREQUEST, Endpoint
 from tickerplant.errors import ConfigError
 from tickerplant.io.loop import Timer, clock
 from tickerplant.io.multicast import Line, LineConfig, drop_mask
@@ -43,7 +43,7 @@ class Tier2Config:
 
     line_a: LineConfig | None = None
     line_b: LineConfig | None = None
-    rerequest: Endpoint | None = Endpoint("127.0.0.1", 31013)
+    rerequest: Endpoint | None = TIER2_REREQUEST
     heartbeat_interval: float = mold.HEARTBEAT_INTERVAL
     end_of_session_seconds: float = END_OF_SESSION_SECONDS
     sndbuf: int = 4 << 20

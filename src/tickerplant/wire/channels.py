@@ -141,3 +141,12 @@ def lines_of(a: Endpoint, b: Endpoint, channels: int) -> list[tuple[Endpoint, En
                                   f"{channels} x 256 addresses apart")  # fmt: skip
             seen[line] = where
     return pairs
+
+
+def feed_lines(a: Endpoint, b: Endpoint | None, channels: int
+               ) -> list[tuple[Endpoint, Endpoint | None]]:  # fmt: skip
+    """:func:`lines_of` for a receiver, which may have no line B."""
+    if b is None:
+        check_count(channels)
+        return [(line_of(a, k, "line_a"), None) for k in range(1, channels + 1)]
+    return list(lines_of(a, b, channels))

@@ -1,0 +1,135 @@
+"""``tickerplant edge``: a host apart from the plant that serves the plant's ``events`` streams
+to its own clients.
+
+It joins the plant's tier-2 (``tickerplant.plant.tier2``) with the feed machinery the plant uses
+for the exchange: A/B arbitration, re-request from the plant's tier-2 re-request server, replay
+and late join from the plant's events service. Each channel's delivered records are journaled
+under the numbers the plant gave them, so a client resumes by number on the plant, on an edge,
+or on another edge, and is served with the plant's own fan-out (subscriptions, slow-consumer
+policies, images from :class:`~tickerplant.edge.catalog.Latest`).
+
+A range the edge could not repair (the plant no longer held it) keeps its numbers: each lost
+number is a ``k`` (skipped) notice naming the whole range, so that every client is told, in
+place, and the records around it keep the plant's numbers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from tickerplant.distribute.fanout import FanOut
+from tickerplant.distribute.stream import ItchStream
+from tickerplant.edge.catalog import Latest
+from tickerplant.edge.config import EdgeConfig
+from tickerplant.errors import ConfigError
+from tickerplant.feed.handler import FeedConfig, FeedHandler
+from tickerplant.io.listener import Router
+from tickerplant.io.soupbin import SoupServer
+from tickerplant.ops import passwords
+from tickerplant.ops.figures import added
+from tickerplant.plant.channel import served
+from tickerplant.receive.events import Batch, Event, GapLost, SessionEnded, SessionStarted
+from tickerplant.wire import events as ev
+
+
+class EdgeChannel:
+    """One channel: its tier-2 feed, its journal, what its records say, its events server."""
+
+    def __init__(self, number: int, feed: FeedConfig, config: EdgeConfig) -> None:
+        self.number = number
+        self.stream = ItchStream()  # the records, numbered as the plant numbered them
+        self.latest = Latest()
+        self.feed = FeedHandler(feed, self._on_batch, self._on_event)
+        events = config.events
+        users = {name.encode("ascii"): stored for name, stored in config.users.items()} or None
+        self.events = SoupServer(FanOut(
+            ItchStream.waiting(), limits=events.limits, users=users, local_only=not users,
+            catalog=self, policies=events.policies(),
+            policy=events.policy(events.slow_consumer, "slow_consumer"),
+        ), events.listen.host, events.listen.port, verify=passwords.verify)  # fmt: skip
+
+    # The fan-out's catalog: the state of the records journaled so far.
+    def locate(self, symbol: bytes) -> int | None:
+        return self.latest.locate(symbol)
+
+    def images(self, locates: list[int]) -> Callable[[], bytes]:
+        return self.latest.images(locates)
+
+    def _on_batch(self, batch: Batch) -> None:
+        self.stream.deliver(batch)
+        self.latest.apply(ev.from_blocks(batch.blocks))
+        self.events.publish()
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, GapLost):
+            count = event.end - event.start
+            notices = b"".join(ev.notice(ev.SKIPPED, n, 0, event.start, count, count)
+                               for n in range(event.start, event.end))  # fmt: skip
+            self.stream.deliver(Batch(event.start, count, notices))
+        elif isinstance(event, SessionStarted | SessionEnded):
+            if self.stream.deliver(event):
+                journal = self.stream.journal
+                assert journal is not None
+                self.latest = Latest()  # a new session: a new day's state
+                self.events.start_session(journal)
+            elif isinstance(event, SessionEnded):
+                self.events.end_session()
+        self.events.publish()
+
+
+class Edge:
+    def __init__(self, config: EdgeConfig) -> None:
+        self.config = config
+        self.channels = [EdgeChannel(n, feed, config) for n, feed in enumerate(config.lines())]
+        listen = config.events.listen
+        self.router = (Router([c.events for c in self.channels], listen.host, listen.port)
+                       if len(self.channels) > 1 else None)  # fmt: skip
+
+    @property
+    def port(self) -> int:
+        """Where the events stream is served (every channel's, with several)."""
+        return self.router.port if self.router is not None else self.channels[0].events.port
+
+    async def start(self) -> None:
+        """Listen first, then join tier-2: a client may log in before the first packet."""
+        listen = self.config.events.listen
+        try:
+            try:
+                for channel in self.channels:
+                    await channel.events.start(listen=self.router is None)
+                if self.router is not None:
+                    await self.router.start()
+            except OSError as err:
+                why = os.strerror(err.errno) if err.errno else str(err)
+                raise ConfigError("events.listen", f"cannot listen on {listen}: {why}",
+                                  "give a free host:port") from None  # fmt: skip
+            for channel in self.channels:
+                await channel.feed.start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self.router is not None:
+            self.router.close()
+        for channel in self.channels:
+            await channel.feed.close()
+            await channel.events.close()
+
+    async def ended(self) -> None:
+        """Until every channel's session has ended."""
+        for channel in self.channels:
+            await channel.feed.session_ended.wait()
+
+    def figures(self) -> dict[str, Any]:
+        """The channels' feeds and events servers, added up (as the plant's)."""
+        each = [channel.feed.figures() | served({"events": channel.events}) | {
+            "stream_messages": {"events": channel.stream.counters.messages},
+            "stream_lost_messages": {"events": channel.stream.counters.lost},
+        } for channel in self.channels]  # fmt: skip
+        figures = each[0]
+        for other in each[1:]:
+            figures = added(figures, other)
+        return figures

@@ -1,0 +1,136 @@
+"""``tickerplant edge``: the plant's events streams served from another host that joined the
+plant's tier-2 (real loopback multicast, a real exchange process, the plant and an edge in this
+process)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from harness import CollectedEvents, ports, until
+from tickerplant.client import Events, subscribe
+from tickerplant.client.quotes import as_json
+from tickerplant.edge import Edge, EdgeConfig
+from tickerplant.endpoint import Endpoint
+from tickerplant.errors import ConfigError
+from tickerplant.exchange.child import ExchangeProcess
+from tickerplant.feed.handler import FeedConfig
+from tickerplant.io.multicast import LineConfig
+from tickerplant.plant import EventsConfig, GlimpseConfig, Plant, PlantConfig, StreamConfig
+from tickerplant.plant.tier2 import Tier2Config
+from tickerplant.wire import events as ev
+
+ANY = Endpoint("127.0.0.1", 0)
+
+
+def test_an_edge_is_told_what_it_cannot_do() -> None:
+    with pytest.raises(ConfigError, match="channels: 0"):
+        EdgeConfig(channels=0)
+    with pytest.raises(ConfigError, match=r"feed\.line_a: channel 2's line A .* as is"):
+        EdgeConfig(FeedConfig(Endpoint("239.193.1.1", 32001), Endpoint("239.193.2.1", 32001)),
+                   channels=2)  # fmt: skip
+
+
+async def _read(endpoint: Endpoint, session: str, into: CollectedEvents, first: int = 1,
+                until_number: int | None = None) -> None:  # fmt: skip
+    async for record in subscribe(endpoint, first=first, session=session, events=True,
+                                  retry=0.05):  # fmt: skip
+        into.receive(record)
+        if until_number is not None and into.next > until_number:
+            return
+
+
+async def _images(endpoint: Endpoint, session: str, symbol: str) -> npt.NDArray[np.void]:
+    """What a client asking for ``symbol`` from now is sent first: its image."""
+    async for record in subscribe(endpoint, first=0, session=session, events=True,
+                                  symbols=[symbol], retry=None):  # fmt: skip
+        if isinstance(record, Events):
+            rows = record.records
+            return ev.where(rows, (rows["flags"] & ev.IMAGE) != 0)
+    raise AssertionError("no image")
+
+
+@pytest.mark.slow
+def test_an_edge_serves_the_plants_events_with_its_numbers_and_a_client_moves_over() -> None:
+    """Two channels over tier-2 with 5 % loss on each line. A client of the edge reads channel
+    2 whole; a client of the plant reads channel 1 to the middle, then resumes on the edge from
+    the next number; at the end, both equal the plant's journals, every record once, and a
+    symbol's image from the edge is the plant's (the plant's depth 0: the records carry none)."""
+    k, messages = 2, 200_000
+    p = ports(group_base="239.194.40", channels=k)
+    tier2 = Tier2Config(LineConfig("239.194.50.1", p.line_a.port + 100, drop=0.05),
+                        LineConfig("239.194.50.2", p.line_b.port + 100, drop=0.05),
+                        rerequest=Endpoint("127.0.0.1", p.replay.port + 4),
+                        heartbeat_interval=0.2, end_of_session_seconds=1.0)  # fmt: skip
+    config = PlantConfig(
+        FeedConfig(p.line_a, p.line_b, rerequest=p.rerequest, replay=p.replay),
+        StreamConfig(ANY), GlimpseConfig(ANY), events=EventsConfig(ANY, depth=0), channels=k,
+        tier2=tier2,
+    )  # fmt: skip
+    a, b = tier2.line_a, tier2.line_b
+    assert a is not None and b is not None
+    whole, moved = CollectedEvents(), CollectedEvents()
+
+    async def main() -> tuple[Plant, list[np.ndarray]]:
+        plant = Plant(config)
+        await plant.start()
+        at_plant = Endpoint("127.0.0.1", plant.routers["events"].port)
+        edge = Edge(EdgeConfig(
+            FeedConfig(Endpoint(a.group, a.port), Endpoint(b.group, b.port),
+                       rerequest=tier2.rerequest, replay=at_plant),
+            channels=k, events=EventsConfig(ANY),
+        ))  # fmt: skip
+        await edge.start()
+        at_edge = Endpoint("127.0.0.1", edge.port)
+        sessions = []
+        try:
+            async with ExchangeProcess(
+                p.line_a, p.line_b, p.rerequest, p.replay, "--channels", str(k),
+                "--messages", str(messages), "--seed", "17", "--rate", "100000",
+                "--eos-seconds", "0.5",
+            ) as exchange:  # fmt: skip
+                await until(lambda: all(c.stream.journal for c in plant.channels), 30,
+                            "the plant heard every channel")  # fmt: skip
+                sessions = [c.event_stream.journal.session.decode().strip()  # type: ignore
+                            for c in plant.channels]  # fmt: skip
+                reader = asyncio.ensure_future(_read(at_edge, sessions[1], whole))
+                await exchange.wait_published(messages // 2)
+                await asyncio.wait_for(_read(at_plant, sessions[0], moved, until_number=5000),
+                                       30)  # fmt: skip
+                mover = asyncio.ensure_future(_read(at_edge, sessions[0], moved, moved.next))
+                await exchange.summary()
+                await until(lambda: all(c.stream.ended for c in plant.channels), 30,
+                            "the plant's streams ended")  # fmt: skip
+                await asyncio.wait_for(asyncio.gather(reader, mover), 30)
+                seen = np.frombuffer(b"".join(moved.records), dtype=ev.RECORD)
+                name = ev.view(seen, ev.SYMBOL)["symbol"][0].decode().strip()
+                images = [await _images(at, sessions[0], name) for at in (at_plant, at_edge)]
+        finally:
+            await edge.close()
+            await plant.close()
+        return plant, images
+
+    plant, (from_plant, from_edge) = asyncio.run(main())
+    for collected, channel in ((moved, plant.channels[0]), (whole, plant.channels[1])):
+        journal = channel.event_stream.journal
+        assert journal is not None and len(journal) > 1000
+        rows = ev.from_blocks(journal.blocks(1, len(journal))[1])
+        assert b"".join(collected.records) == rows.tobytes(), "every record once, in order"
+    assert moved.reconnects == 0 and len(from_plant) >= 2
+    # The same records but for the source number stamped (see edge/catalog.py).
+    for image in (from_plant, from_edge):
+        image["source"] = 0
+    assert from_edge.tobytes() == from_plant.tobytes(), (as_json(from_plant, {}),
+                                                         as_json(from_edge, {}))
+
+
+def test_the_edge_example_config_loads_back_to_the_defaults() -> None:
+    import tomllib
+
+    from tickerplant.ops.config import example, load
+
+    table = tomllib.loads(example(EdgeConfig, (Endpoint,)))
+    assert load(EdgeConfig, table, "", {Endpoint: Endpoint.parse}) == EdgeConfig()
