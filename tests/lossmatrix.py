@@ -47,7 +47,7 @@ CUT_SECONDS = 4.0  # longer than the three heartbeat intervals a line is reporte
 REPLAY_BLOCKED_EOS = 15.0
 FEED_SECONDS = 60.0
 JOIN_TIMEOUT = 20.0
-DOWN = re.compile(r"line (\w): \w+ -> down")
+DOWN = re.compile(r"line (\w)(?: of \S+)?: \w+ -> down")  # (the session named once heard)
 
 
 @dataclass(frozen=True)

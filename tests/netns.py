@@ -168,3 +168,49 @@ def hosts_or_skip() -> Iterator[TwoHosts]:
             yield made
     except NetnsUnavailable as err:
         pytest.skip(f"cannot create network namespaces here: {err}")
+
+
+@contextlib.contextmanager
+def bridged(names: Sequence[str]) -> Iterator[dict[str, Host]]:
+    """Hosts on one segment, as a switch joins them: a hub namespace holding a Linux bridge,
+    and a veth pair per host, one end in the host, the other a port of the bridge. The bridge
+    floods multicast to every port (``mcast_snooping 0``: no IGMP querier here to learn from),
+    as a hub would. Skips the test with the reason where namespaces cannot be made; everything
+    is deleted whatever happens (a namespace takes its veth ends with it)."""
+    import pytest
+
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    tag = f"{os.getpid():x}{random.getrandbits(12):03x}"
+    subnet = f"10.{random.randint(64, 254)}.{random.randint(0, 255)}"
+    hub = f"tp-hub-{tag}"
+    hosts = {name: Host(f"tp-{name}-{tag}", f"v{n}{tag}", f"{subnet}.{n + 1}")
+             for n, name in enumerate(names)}  # fmt: skip
+    made: list[str] = []
+    try:
+        try:
+            run("ip", "netns", "add", hub)
+        except RuntimeError as err:
+            pytest.skip(f"cannot create network namespaces here: {err}")
+        made.append(hub)
+        run("ip", "-n", hub, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+        run("ip", "-n", hub, "link", "set", "br0", "up")
+        for n, host in enumerate(hosts.values()):
+            run("ip", "netns", "add", host.netns)
+            made.append(host.netns)
+            port = f"b{n}{tag}"
+            run("ip", "link", "add", host.interface, "type", "veth", "peer", "name", port)
+            run("ip", "link", "set", host.interface, "netns", host.netns)
+            run("ip", "link", "set", port, "netns", hub)
+            run("ip", "-n", hub, "link", "set", port, "master", "br0")
+            run("ip", "-n", hub, "link", "set", port, "up")
+            run("ip", "-n", host.netns, "addr", "add", f"{host.address}/24", "dev", host.interface)
+            run("ip", "-n", host.netns, "link", "set", "lo", "up")
+            run("ip", "-n", host.netns, "link", "set", host.interface, "up")
+            run("ip", "-n", host.netns, "route", "add", "224.0.0.0/4", "dev", host.interface)
+        yield hosts
+    finally:
+        for netns in reversed(made):
+            with contextlib.suppress(RuntimeError):
+                run("ip", "netns", "del", netns)
