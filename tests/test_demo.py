@@ -72,12 +72,15 @@ def test_the_demo_delivers_every_message_to_the_plant_and_to_each_reading_client
     assert events["ok"] and result["verdict"]
 
 
-def test_the_demo_of_several_channels_checks_each_channel_against_what_it_published() -> None:
-    """``--channels 3``: the plant takes every channel, each identical to what the exchange
-    published on it; the demo's clients read channel 1."""
+def test_the_demo_of_several_channels_and_an_edge_checks_each_against_the_plant() -> None:
+    """``--channels 3 --edges 1``: the plant takes every channel, each identical to what the
+    exchange published on it; the demo's clients read channel 1, one of them on the edge."""
     p = ports(channels=3)
+    tier2 = ports(group_base="239.194.60")
     cfg = DemoConfig(seconds=2, rate=150_000, line_a=p.line_a, line_b=p.line_b,
-                     rerequest=p.rerequest, replay=p.replay, channels=3,
+                     rerequest=p.rerequest, replay=p.replay, channels=3, edges=1,
+                     tier2_a=tier2.line_a, tier2_b=tier2.line_b, tier2_rerequest=tier2.rerequest,
+                     edge_events=tier2.replay,
                      itch=Endpoint("127.0.0.1", _free_port()),
                      glimpse=Endpoint("127.0.0.1", _free_port()),
                      events=Endpoint("127.0.0.1", _free_port()), metrics=None)  # fmt: skip
@@ -88,4 +91,5 @@ def test_the_demo_of_several_channels_checks_each_channel_against_what_it_publis
     # Every stock in one channel, every System Event in all three.
     assert sum(c["published"] for c in channels) > result["published"] == 300_000
     assert result["clients"]["reader"]["messages"] == channels[0]["published"]
+    assert result["events"]["edge1"]["identical"]
     assert result["identical"] and result["verdict"]

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the exchange's stocks over this many channels, each its own "
                            "session on its own groups; the plant takes them all, the demo's "
                            "clients read channel 1")  # fmt: skip
+    demo.add_argument("--edges", type=int, default=default(DemoConfig, "edges"),
+                      help="edges (tickerplant edge, a process each) joining the plant's tier-2, "
+                           "each with an events client checked against the plant's journal")
     demo.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     demo.add_argument("--metrics", type=_endpoint("--metrics"), default=endpoint.METRICS,
                       metavar="HOST:PORT", help=f"Prometheus metrics (default {endpoint.METRICS})")

@@ -59,7 +59,7 @@ def demo(args: argparse.Namespace) -> int:
     cfg = DemoConfig(
         seconds=args.seconds, rate=args.rate, drop_a=args.drop_a, drop_b=args.drop_b,
         seed=args.seed, symbols=args.symbols, metrics=None if args.no_metrics else args.metrics,
-        channels=args.channels,
+        channels=args.channels, edges=args.edges,
     )  # fmt: skip
     console = Console(stderr=args.json)
 

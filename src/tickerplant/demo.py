@@ -26,8 +26,12 @@ import asyncio
 import bisect
 import contextlib
 import hashlib
+import shutil
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,11 +46,13 @@ from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.feed.handler import FeedConfig
+from tickerplant.io.multicast import LineConfig
 from tickerplant.io.web import WebServer
 from tickerplant.ops import logs
 from tickerplant.ops.dashboard import LiveTable
 from tickerplant.ops.metrics import Snapshot
 from tickerplant.plant import EventsConfig, GlimpseConfig, Plant, PlantConfig, StreamConfig
+from tickerplant.plant.tier2 import Tier2Config
 from tickerplant.receive.events import Batch
 from tickerplant.session.soupbin import HEARTBEAT_INTERVAL
 from tickerplant.verdict import STOP_WAIT, summary
@@ -70,6 +76,7 @@ EVENTS_BACKLOG = 1 << 20
 # socket and leave only the write deadline, 10 s by default: longer than the demo on a busy
 # machine. The readers never stop reading for this long.
 STALL_CUT = 3.0
+MAX_EDGES = 9  # each its own process, its events on the first edge's port + 0..8
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +99,18 @@ class DemoConfig:
     # The exchange's stocks over this many channels (its --channels); the plant takes them
     # all, the demo's clients read channel 1 (a blank session in their logins).
     channels: int = 1
+    # Edges (`tickerplant edge`, each a process of its own) joining the plant's tier-2, each
+    # with a client of its events stream: 0, none and no tier-2.
+    edges: int = 0
+    tier2_a: Endpoint = endpoint.TIER2_A
+    tier2_b: Endpoint = endpoint.TIER2_B
+    tier2_rerequest: Endpoint = endpoint.TIER2_REREQUEST
+    edge_events: Endpoint = endpoint.EDGE_EVENTS  # the first edge's; the next ones' ports follow
 
     def __post_init__(self) -> None:
         check_count(self.channels)
+        if not 0 <= self.edges <= MAX_EDGES:
+            raise ConfigError("edges", f"{self.edges}", f"give 0 to {MAX_EDGES}")
         if self.seconds <= 0:
             raise ConfigError("seconds", f"{self.seconds}", "give a duration above 0")
         if self.rate <= 0:
@@ -251,6 +267,8 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None,
         events=EventsConfig(cfg.events, FanOutLimits(max_backlog=EVENTS_BACKLOG),
                             slow_consumers=POLICIES),
         channels=cfg.channels,
+        tier2=Tier2Config(LineConfig(*cfg.tier2_a.pair), LineConfig(*cfg.tier2_b.pair),
+                          rerequest=cfg.tier2_rerequest) if cfg.edges else Tier2Config(),
     ))  # fmt: skip
     logs.planned(OWN_USERS)
     if console is not None:
@@ -284,6 +302,16 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None,
                                              SLOW_PAUSE)),
                asyncio.ensure_future(_events(cfg.events, watchers["skipper"], "skip",
                                              SLOW_PAUSE))]
+    folder = Path(tempfile.mkdtemp(prefix="tickerplant-demo-"))  # the edges' configs
+    edges = [await _edge(cfg, n, folder) for n in range(cfg.edges)]
+    for n in range(cfg.edges):
+        watchers[f"edge{n + 1}"] = EventsClient()
+        clients.append(asyncio.ensure_future(_events(_edge_events(cfg, n),
+                                                     watchers[f"edge{n + 1}"], "events")))
+    if console is not None and edges:
+        console.print(f"{cfg.edges} edges joined tier-2 ({cfg.tier2_a}, {cfg.tier2_b}): "
+                      f"their events on {_edge_events(cfg, 0)} and up",
+                      highlight=False)  # fmt: skip
     staller = asyncio.ensure_future(_staller(cfg.itch))
     staleness: list[float] = []
     sampler = asyncio.ensure_future(_staleness(watchers["conflated"], watchers["events"],
@@ -319,6 +347,9 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None,
         for task in (*clients, staller, sampler, *([relay] if relay is not None else [])):
             task.cancel()
         await exchange.close()
+        for edge in edges:
+            await _stop(edge)
+        shutil.rmtree(folder, ignore_errors=True)
         await plant.close()
         if web is not None:
             web.close()
@@ -326,6 +357,33 @@ async def run_demo(cfg: DemoConfig, console: Console | None = None,
                      time.monotonic() - started, watchers, staleness)
     result["stopped"] = stop.is_set()
     return result
+
+
+def _edge_events(cfg: DemoConfig, n: int) -> Endpoint:
+    return Endpoint(cfg.edge_events.host, cfg.edge_events.port + n)
+
+
+async def _edge(cfg: DemoConfig, n: int, folder: Path) -> asyncio.subprocess.Process:
+    """Edge ``n`` (from 0): ``tickerplant edge`` on the plant's tier-2 (a process of its own, as
+    on another host), its events on EDGE_EVENTS's port + n."""
+    config = folder / f"edge{n + 1}.toml"
+    config.write_text(f"channels = {cfg.channels}\n[feed]\n"
+                      f'line_a = "{cfg.tier2_a}"\nline_b = "{cfg.tier2_b}"\n'
+                      f'rerequest = "{cfg.tier2_rerequest}"\nreplay = "{cfg.events}"\n'
+                      f'[events]\nlisten = "{_edge_events(cfg, n)}"\n')  # fmt: skip
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tickerplant", "edge", str(config),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+
+
+async def _stop(edge: asyncio.subprocess.Process) -> None:
+    if edge.returncode is None:
+        edge.terminate()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(edge.wait(), 10)
+    if edge.returncode is None:
+        edge.kill()
+        await edge.wait()
 
 
 async def _relay(stop: asyncio.Event, exchange: ExchangeProcess) -> float:

@@ -111,6 +111,7 @@ def _events_verdict(plant: Plant, watchers: dict[str, EventsClient], staleness: 
         and conflated.get("staleness_seconds", {}).get("p99", 0.0) <= STALENESS_P99
         and conflated.get("unannounced", 0) == 0
         and skipper.get("unannounced", 0) == 0
+        and all(out[name]["identical"] for name in watchers if name.startswith("edge"))
     )
     return out
 
@@ -158,6 +159,11 @@ def print_summary(result: dict[str, Any], console: Console) -> None:
             f" {skipper.get('skipped', 0):,} skipped and told"
             f" ({skipper.get('unannounced', 0)} unannounced)."
         )
+    edges = {n: c for n, c in (events or {}).items() if n.startswith("edge")}
+    if edges:
+        console.print("edges (over tier-2): " + "; ".join(
+            f"{name}'s client received {c['records']:,} {ok if c['identical'] else bad}"
+            for name, c in edges.items()) + ".")
     if result["verdict"]:
         console.print("[bold green]verdict: every check passed[/]")
     elif not stopped:
