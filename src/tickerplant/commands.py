@@ -285,13 +285,14 @@ def run(args: argparse.Namespace) -> int:
             )
             await _show(plant.figures, snapshot, console, stop, args.seconds, "tickerplant run")
         finally:
+            final = plant.figures()  # (before closing: its sockets' counters go with them)
             if started:
                 await plant.close()
             if web is not None:
                 web.close()
             restore()
         if args.json:
-            print(json.dumps(plant.figures()))
+            print(json.dumps(final))
         return 0
 
     return run_loop(main())
@@ -331,13 +332,14 @@ def edge(args: argparse.Namespace) -> int:
             console = None if args.json else Console()
             await _show(node.figures, snapshot, console, stop, args.seconds, "tickerplant edge")
         finally:
+            final = node.figures()  # (before closing: its sockets' counters go with them)
             if started:
                 await node.close()
             if web is not None:
                 web.close()
             restore()
         if args.json:
-            print(json.dumps(node.figures()))
+            print(json.dumps(final))
         return 0
 
     return run_loop(main())
