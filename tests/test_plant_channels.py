@@ -164,3 +164,32 @@ def test_k_channels_with_loss_on_every_a_line_are_each_served_whole_and_book_as_
     for locate in whole.symbols():
         a, b = whole.depth(locate, 1 << 20), books.depth(locate, 1 << 20)
         assert a.bids.tobytes() == b.bids.tobytes() and a.asks.tobytes() == b.asks.tobytes()
+
+
+@pytest.mark.slow
+def test_a_channel_never_heard_is_counted_and_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The plant takes 3 channels, the exchange publishes 2: channel 3 is counted unheard, and
+    said once, naming its group, a few seconds after channel 1 is heard."""
+    p = ports(group_base="239.194.70", channels=3)
+    config = PlantConfig(FeedConfig(p.line_a, p.line_b, rerequest=p.rerequest, replay=p.replay),
+                         StreamConfig(ANY), GlimpseConfig(ANY, refresh=0.1),
+                         events=EventsConfig(ANY), channels=3)  # fmt: skip
+
+    async def main() -> int:
+        plant = Plant(config)
+        await plant.start()
+        try:
+            async with ExchangeProcess(
+                p.line_a, p.line_b, p.rerequest, p.replay, "--channels", "2",
+                "--messages", "1000000", "--rate", "100000", "--eos-seconds", "0.5",
+            ):  # fmt: skip
+                await until(lambda: "not heard" in caplog.text, 30, "channel 3 said unheard")
+                return int(plant.figures()["channels_unheard"])
+        finally:
+            await plant.close()
+
+    with caplog.at_level("WARNING", logger="tickerplant.plant.core"):
+        assert asyncio.run(main()) == 1
+    said = [r.getMessage() for r in caplog.records if "not heard" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("channels 3 not heard")
+    assert str(config.of_channel(2).feed.line_a) in said[0]

@@ -98,6 +98,7 @@ BOOKS = (
 _STREAM = ("stream",)
 
 STREAMS = (
+    Figure("channels_unheard", _G, "channels whose lines have carried nothing yet"),
     Figure("tier2_packets", _C, "data packets the plant sent on its tier-2 lines (each line)"),
     Figure("tier2_heartbeats", _C, "heartbeats and ends of session sent on tier-2 (each line)"),
     Figure("tier2_rerequests", _C, "re-requests the tier-2 re-request server received"),

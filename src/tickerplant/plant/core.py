@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # Figures of the process, not of a channel: the first channel's stand for all of them.
 PROCESS = frozenset({"loop_lag_seconds", "gc_collections", "rcvbuf_bytes"})
 WORST = 5  # channels listed by name in the figures (the worst first): never 48 of them
+SILENT_AFTER = 5.0  # seconds a channel may stay unheard once another is heard, before it is said
 
 
 class Plant:
@@ -53,6 +54,8 @@ class Plant:
         }  # fmt: skip
         self.frozen_objects = 0  # kept out of the cyclic collector's sight by its owner
         self._refresher: asyncio.Task[None] | None = None
+        self._heard_at: float | None = None  # when the first channel was heard
+        self._told_silent = False
 
     async def start(self) -> None:
         """Listen first, then join the lines: a client may log in before the first packet."""
@@ -109,6 +112,22 @@ class Plant:
         if self.tier2 is not None:
             await self.tier2.close()
 
+    def _silent(self, now: float) -> None:
+        """Say, once, which channels are still unheard SILENT_AFTER seconds after another was
+        heard first: their groups are wrong, or the exchange has fewer channels."""
+        unheard = _unheard(self.channels)
+        if len(unheard) == len(self.channels) or not unheard or self._told_silent:
+            return
+        if self._heard_at is None:
+            self._heard_at = now
+        if now - self._heard_at < SILENT_AFTER:
+            return
+        self._told_silent = True
+        numbers = ", ".join(str(c.number + 1) for c in unheard)
+        groups = ", ".join(str(c.config.feed.line_a) for c in unheard)
+        log.warning("channels %s not heard %.0f s after the first was: check their groups (%s) "
+                    "and the exchange's channel count", numbers, SILENT_AFTER, groups)
+
     async def ended(self) -> None:
         """Until every channel's session has ended."""
         for channel in self.channels:
@@ -127,11 +146,15 @@ class Plant:
         for name in PROCESS:
             figures[name] = each[0][name]
         tier2 = self.tier2.figures() if self.tier2 is not None else dict.fromkeys(TIER2, 0)
-        return figures | self.books.figures() | tier2 | {"gc_frozen_objects": self.frozen_objects}
+        return figures | self.books.figures() | tier2 | {
+            "gc_frozen_objects": self.frozen_objects,
+            "channels_unheard": len(_unheard(self.channels)),
+        }
 
     async def _refresh(self) -> None:
         while True:
             await asyncio.sleep(self.config.glimpse.refresh)
+            self._silent(asyncio.get_running_loop().time())
             moved = [channel for channel in self.channels if channel.moved]
             try:
                 # Taken between two batches (the loop is ours here), all at once: one gather.
@@ -140,6 +163,10 @@ class Plant:
                     await channel.refresh(picture)
             except Exception:  # our bug: said, and tried again at the next refresh
                 log.exception("snapshots not refreshed")
+
+
+def _unheard(channels: list[Channel]) -> list[Channel]:
+    return [channel for channel in channels if channel.stream.journal is None]
 
 
 def _worst(channels: list[Channel], figures: list[dict[str, Any]]) -> dict[str, Any]:
