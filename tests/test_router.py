@@ -4,6 +4,7 @@ is whole, then served by the server of the session it names (real loopback TCP).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -13,7 +14,7 @@ from tickerplant.client.subscribe import SubscribeError
 from tickerplant.distribute.fanout import FanOut, FanOutLimits
 from tickerplant.distribute.journal import Journal
 from tickerplant.endpoint import Endpoint
-from tickerplant.io.listener import Router
+from tickerplant.io.listener import MAX_HELD, Router
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.receive.events import Batch
 from tickerplant.wire import soupbintcp as soup
@@ -91,12 +92,14 @@ def test_each_login_is_served_by_the_server_of_the_session_it_names() -> None:
     assert soup.decode(accepted[2], accepted[3:]) == soup.LoginAccepted(SESSIONS[1], 1)
 
 
-@pytest.mark.parametrize("quiet", [True, False])
+@pytest.mark.parametrize("how", ["quiet", "over the limit", "debug without end"])
 def test_a_connection_that_never_logs_in_or_comes_over_the_limit_is_told_and_closed(
-    quiet: bool,
+    how: str,
 ) -> None:
-    """Held for its login no longer than the login timeout (quiet), and no more held at once
-    than the first server's connection limit (the fifth of five)."""
+    """Held for its login no longer than the login timeout (quiet), no more held at once than
+    the first server's connection limit (the fifth of five), and not past MAX_HELD bytes of
+    Debug packets."""
+    quiet = how != "over the limit"
 
     async def main() -> tuple[bytes, int]:
         routed = servers(login_timeout=0.2)
@@ -109,7 +112,13 @@ def test_a_connection_that_never_logs_in_or_comes_over_the_limit_is_told_and_clo
                 held.append(await asyncio.open_connection("127.0.0.1", port))
             await until(lambda: router.waiting + router.refused == count, 5,
                         "every connection held or refused")  # fmt: skip
-            reader, _ = held[-1]
+            reader, writer = held[-1]
+            if how == "debug without end":
+                debug = soup.encode(soup.Debug(b"x" * 1000))
+                with contextlib.suppress(ConnectionError):
+                    for _ in range(MAX_HELD // len(debug) + 1):
+                        writer.write(debug)
+                    await writer.drain()
             told = await asyncio.wait_for(reader.read(), 5)  # then EOF
             return told, router.refused
         finally:
@@ -118,6 +127,8 @@ def test_a_connection_that_never_logs_in_or_comes_over_the_limit_is_told_and_clo
             router.close()
 
     told, refused = asyncio.run(main())
-    reason = b"no Login Request in time" if quiet else b"too many connections waiting to log in"
+    reason = {"quiet": b"no Login Request in time",
+              "over the limit": b"too many connections waiting to log in",
+              "debug without end": b"no Login Request in the first %d bytes" % MAX_HELD}[how]
     assert soup.decode(told[2], told[3:]) == soup.Debug(reason)
     assert refused == (0 if quiet else 1)

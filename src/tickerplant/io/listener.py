@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 ACCEPT_BATCH = 256  # connections taken a call of the listener's callback (the rest: the next)
 ACCEPT_RETRY = 1.0  # seconds before accepting again after accept() failed (asyncio's wait)
 OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+MAX_HELD = 1 << 16  # bytes a routed connection may send before its Login Request is whole
 
 
 class Listener:
@@ -185,6 +186,8 @@ class Routing(asyncio.Protocol):
         self._data += data
         session = login_session(self._data)
         if session is None:
+            if len(self._data) > MAX_HELD:  # Debug packets without end: not a client's way
+                self._tell(f"no Login Request in the first {MAX_HELD} bytes")
             return
         transport = self.transport
         self._done()
