@@ -25,6 +25,14 @@ from tickerplant.ops.figures import Figures
 _STATE_STYLE = {"up": "green", "quiet": "yellow", "down": "red"}
 
 
+def _style(states: str) -> str:
+    """The style of a line state, or of several channels' (the worst of them)."""
+    for state in ("down", "quiet", "up"):
+        if state in states.split(","):
+            return _STATE_STYLE[state]
+    return ""
+
+
 def _rate(now: Figures, before: Figures | None, dt: float, name: str, *labels: str) -> str:
     if before is None or dt <= 0:
         return "-"
@@ -75,7 +83,22 @@ def render(now: Figures, before: Figures | None, dt: float, title: str = "") -> 
         parts += _books(now, before, dt)
     if "clients" in now:
         parts += _streams(now, before, dt)
+    if "channels" in now:
+        parts.append(_channels(now))
     return Group(*parts)
+
+
+def _channels(now: Figures) -> Phrases:
+    """Several channels: how many are unheard, then the worst few (not 48 rows)."""
+    worst = [
+        f"{number} {c['session'] or '(unheard)'}: lost {c['lost_messages']:,}, gaps open"
+        f" {c['open_gaps']}, events p99 {c['events_delivery_p99_seconds'] * 1e3:.1f} ms"
+        for number, c in now["channels"].items()
+    ]
+    unheard = now.get("channels_unheard", 0)
+    head = Text(f"channels, worst first ({unheard} unheard):",
+                style="bold red" if unheard else "")  # fmt: skip
+    return Phrases(head, *worst)
 
 
 def _sources(now: Figures, before: Figures | None, dt: float) -> Table:
@@ -86,7 +109,8 @@ def _sources(now: Figures, before: Figures | None, dt: float) -> Table:
     for name in _SOURCES.values():
         table.add_column(name, justify="right")
     states = [now["line_state"].get(source) for source in _SOURCES]
-    table.add_row("state", *(Text(s, style=_STATE_STYLE[s]) if s else "" for s in states))
+    # (Several channels' lines in different states: "down,up", styled as its worst.)
+    table.add_row("state", *(Text(s, style=_style(s)) if s else "" for s in states))
     table.add_row("packets/s", *(_rate(now, before, dt, "packets", s) for s in _SOURCES))
     table.add_row("msgs/s", *(_rate(now, before, dt, "messages", s) for s in _SOURCES))
     table.add_row("gaps seen", *(f"{now['gaps_seen'][s]:,}" for s in _SOURCES))
