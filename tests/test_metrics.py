@@ -300,3 +300,11 @@ def test_the_exchange_simulator_serves_its_own_figures() -> None:
     samples = scrapes[-1]["tickerplant_line_dropped_packets"].samples
     dropped = {s.labels["line"]: s.value for s in samples}
     assert dropped["a"] > 0 and dropped["b"] == 0  # the loss injected on A only
+
+
+def test_a_line_whose_channels_disagree_is_exported_as_its_worst_state() -> None:
+    from tickerplant.ops.metrics import family
+
+    metric = family(REGISTRY["line_state"], {"a": "down,up", "b": "quiet,up"})
+    assert metric is not None
+    assert {s.labels["line"]: s.value for s in metric.samples} == {"a": 0.0, "b": 1.0}

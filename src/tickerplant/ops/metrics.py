@@ -84,8 +84,14 @@ def family(figure: Figure, value: Any) -> Metric | None:
         name, figure.help, labels=labels
     )
     for values, leaf in _leaves(value, len(labels)):
-        out.add_metric(values, float(LINE_STATES[leaf] if isinstance(leaf, str) else leaf))
+        out.add_metric(values, float(_state(leaf) if isinstance(leaf, str) else leaf))
     return out
+
+
+def _state(states: str) -> int:
+    """A line's state as a number; several channels' lines in different states ("down,up"):
+    the worst."""
+    return min(LINE_STATES[state] for state in states.split(","))
 
 
 def _bound(bound: float | str) -> str:
