@@ -110,3 +110,43 @@ def test_a_receiver_of_tier2_gets_each_channels_events_journal_exactly_even_join
     assert all(replays), replays  # the late ones' first half: replayed by the events service
     assert all(rerequests), rerequests
     assert plant.figures()["tier2_packets"] > 0
+
+
+def test_what_a_reopened_journal_held_is_not_sent_again_only_what_comes_after() -> None:
+    """A plant restarted on its journal files: tier-2 goes on from the journal's end (the
+    heartbeats say where; a receiver lacking the rest repairs it), not from 1."""
+    from tickerplant.distribute.journal import Journal
+    from tickerplant.io.multicast import open_receiver
+    from tickerplant.plant.tier2 import Tier2
+    from tickerplant.wire import events as ev
+    from tickerplant.wire.moldudp64 import decode_packet
+
+    p = ports(group_base="239.194.31")
+    config = Tier2Config(LineConfig(p.line_a.host, p.line_a.port),
+                         LineConfig(p.line_b.host, p.line_b.port), rerequest=None)  # fmt: skip
+    journal = Journal(b"REOPEN0001")
+    journal.append(b"".join(ev.notice(ev.LOST, n, n, n, 1, 0) for n in range(1, 11)))
+    receiver, _ = open_receiver(p.line_a, "127.0.0.1", 1 << 20)
+
+    async def main() -> list[bytes]:
+        tier2 = Tier2(config, 1)
+        await tier2.start([journal])
+        try:
+            tier2.publish(0)  # nothing new: nothing sent
+            journal.append(ev.notice(ev.LOST, 11, 11, 11, 1, 0))
+            tier2.publish(0)
+            heard = []
+            receiver.setblocking(False)
+            loop = asyncio.get_running_loop()
+            heard.append(await asyncio.wait_for(loop.sock_recv(receiver, 2048), 5))
+            assert tier2.figures()["tier2_packets"] == 1
+            return heard
+        finally:
+            await tier2.close()
+
+    try:
+        (packet,) = asyncio.run(main())
+    finally:
+        receiver.close()
+    decoded = decode_packet(packet)
+    assert decoded.sequence == 11 and len(decoded.messages) == 1

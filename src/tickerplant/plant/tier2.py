@@ -144,7 +144,9 @@ class Tier2:
         if policy is not None and journal.session.strip():  # (not one waiting for a session)
             policy.add(journal)
         session.journal = journal
-        session.next = journal.first_held if len(journal) else 1
+        # What it held already (a journal reopened at a restart) is not sent again: the
+        # heartbeats say where the stream is, and receivers that lack it repair it.
+        session.next = journal.next_sequence
         session.ending_until = -math.inf
 
     def publish(self, channel: int) -> None:
