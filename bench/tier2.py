@@ -28,11 +28,15 @@ import socket
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from plant_run import cpu_of, emitter, endpoints
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from netns import Host, bridge
 from tickerplant.client import Events, subscribe
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.child import ExchangeProcess
@@ -61,15 +65,17 @@ async def _listening(port: int, proc: asyncio.subprocess.Process, timeout: float
             await asyncio.sleep(0.1)
 
 
-def _tier2(rerequest: int) -> str:
+def _tier2(rerequest: int, address: str) -> str:
     return f"""[tier2]
-rerequest = "127.0.0.1:{rerequest}"
+rerequest = "{address}:{rerequest}"
 [tier2.line_a]
 group = "{TIER2[0].host}"
 port = {TIER2[0].port}
+interface = "{address}"
 [tier2.line_b]
 group = "{TIER2[1].host}"
 port = {TIER2[1].port}
+interface = "{address}"
 """
 
 
@@ -86,9 +92,43 @@ async def _client(port: int, into: list[tuple[int, int]]) -> None:
             into.append((int(record.records["source"].max()), time.monotonic_ns()))
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where a process runs: a command prefix (a host's namespace, or none) and its address."""
+
+    prefix: tuple[str, ...] = ()
+    address: str = "127.0.0.1"
+    host: Host | None = None
+
+    def joined(self, groups: list[str], proc: asyncio.subprocess.Process) -> None:
+        """In a namespace, until ``proc`` has joined ``groups`` there."""
+        if self.host is not None:
+            self.host.wait_joined(groups, 60, _Alive(proc))
+
+
+@dataclass(frozen=True)
+class _Alive:
+    """An asyncio child as ``wait_joined`` asks of one (a ``Popen``'s poll and return code)."""
+
+    proc: asyncio.subprocess.Process
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def poll(self) -> int | None:
+        return self.proc.returncode
+
+
 async def run(edges: int, clients: int, rate: int, seconds: float, offset: int,
-              work: Path, tier2: bool = True) -> list[tuple[str, float, str]]:  # fmt: skip
+              work: Path, tier2: bool = True, places: dict[str, Place] | None = None,
+              ) -> list[tuple[str, float, str]]:  # fmt: skip
+    """One run; ``places``: the exchange's, the plant's and each edge's (edge0, edge1, ...);
+    by default all on loopback."""
+    where = places or {}
+    ex, pl = where.get("exchange", Place()), where.get("plant", Place())
     line_a, line_b, rerequest, replay = endpoints(offset)
+    rerequest, replay = (Endpoint(ex.address, e.port) for e in (rerequest, replay))
     events, tier2_rerequest = _free(), _free()
     (work / "plant.toml").write_text(f"""
 [feed]
@@ -96,13 +136,14 @@ line_a = "{line_a}"
 line_b = "{line_b}"
 rerequest = "{rerequest}"
 replay = "{replay}"
+interface = "{pl.address}"
 [itch]
-listen = "127.0.0.1:{_free()}"
+listen = "{pl.address}:{_free()}"
 [glimpse]
-listen = "127.0.0.1:{_free()}"
+listen = "{pl.address}:{_free()}"
 [events]
-listen = "127.0.0.1:{events}"
-{_tier2(tier2_rerequest) if tier2 else ""}""")
+listen = "{pl.address}:{events}"
+{_tier2(tier2_rerequest, pl.address) if tier2 else ""}""")
     started: list[asyncio.subprocess.Process] = []
 
     async def start(*cmd: str) -> asyncio.subprocess.Process:
@@ -114,32 +155,40 @@ listen = "127.0.0.1:{events}"
     reads: list[list[tuple[int, int]]] = []
     tasks: list[asyncio.Future[None]] = []
     try:
-        plant = await start("taskset", "-c", "0", sys.executable, "-m", "tickerplant", "run",
-                            str(work / "plant.toml"), "--json")  # fmt: skip
-        await _listening(events, plant)
+        plant = await start(*pl.prefix, "taskset", "-c", "0", sys.executable, "-m",
+                            "tickerplant", "run", str(work / "plant.toml"), "--json")
+        if pl.host is None:
+            await _listening(events, plant)
+        pl.joined([line_a.host, line_b.host], plant)
         edge_procs = []
         for n in range(edges):
             port = _free()
+            at = where.get(f"edge{n}", Place())
             (work / f"edge{n}.toml").write_text(f"""
 [feed]
 line_a = "{TIER2[0]}"
 line_b = "{TIER2[1]}"
-rerequest = "127.0.0.1:{tier2_rerequest}"
-replay = "127.0.0.1:{events}"
+rerequest = "{pl.address}:{tier2_rerequest}"
+replay = "{pl.address}:{events}"
+interface = "{at.address}"
 [events]
-listen = "127.0.0.1:{port}"
+listen = "{at.address}:{port}"
 """)
-            edge_procs.append(await start("taskset", "-c", "1", sys.executable, "-m",
-                                          "tickerplant", "edge", str(work / f"edge{n}.toml")))
-            await _listening(port, edge_procs[-1])
+            edge_procs.append(await start(*at.prefix, "taskset", "-c", "1", sys.executable,
+                                          "-m", "tickerplant", "edge",
+                                          str(work / f"edge{n}.toml")))  # fmt: skip
+            if at.host is None:
+                await _listening(port, edge_procs[-1])
+            at.joined([TIER2[0].host, TIER2[1].host], edge_procs[-1])
             for _ in range(clients):
                 reads.append([])
                 tasks.append(asyncio.ensure_future(_client(port, reads[-1])))
         sent_log = work / "sent.npy"
         child = ExchangeProcess(line_a, line_b, rerequest, replay, "--rate", str(rate),
                                 "--messages", str(int(rate * seconds)), "--eos-seconds", "1",
-                                "--sent-log", str(sent_log))  # fmt: skip
-        child.command = ["taskset", "-c", "1", *child.command]
+                                "--sent-log", str(sent_log), "--interface", ex.address,
+                                "--ttl", "1")  # fmt: skip
+        child.command = [*ex.prefix, "taskset", "-c", "1", *child.command]
         cpu = cpu_of(plant.pid)
         async with child as exchange:
             summary = await exchange.summary()
@@ -191,22 +240,36 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-tier2", action="store_true",
                         help="the plant without tier-2 (a baseline: no edge can join)")
+    parser.add_argument("--netns", action="store_true",
+                        help="each process a host of its own (network namespaces on a bridge, "
+                             "as root): the copies of a tier-2 datagram are the bridge's, not "
+                             "the plant's sends'")  # fmt: skip
     args = parser.parse_args()
     # Core 0 is the plant's alone: the exchange, the edges and their clients share core 1 (on
     # two cores, edges beside the plant took its time and made its batches bigger, and its CPU
     # per message smaller: 9.6 s a million with none, 5.0 with three).
     os.sched_setaffinity(0, {1})
-    offset = 0
-    with tempfile.TemporaryDirectory() as work:
+    counts = [int(e) for e in args.edges.split(",")]
+    if args.netns and args.clients:
+        parser.error("--netns runs no clients: they would be in this process, on no host's net")
+    with contextlib.ExitStack() as stack:
+        places: dict[str, Place] | None = None
+        if args.netns:
+            names = ["exchange", "plant", *(f"edge{n}" for n in range(max(counts)))]
+            hosts = stack.enter_context(bridge(names))
+            places = {name: Place(tuple(host.command()), host.address, host)
+                      for name, host in hosts.items()}  # fmt: skip
+        work = stack.enter_context(tempfile.TemporaryDirectory())
+        offset = 0
         for r in range(args.rounds):
-            for edges in (int(e) for e in args.edges.split(",")):
+            for edges in counts:
                 offset += 1
                 result = run_loop(run(edges, args.clients, args.rate, args.seconds, offset,
-                                      Path(work), not args.no_tier2))  # fmt: skip
+                                      Path(work), not args.no_tier2, places))  # fmt: skip
                 for metric, value, unit in result:
                     row("tickerplant", metric, round(value, 4), unit, edges=edges,
                         clients=args.clients, round=r + 1, rate=args.rate,
-                        tier2=not args.no_tier2)  # fmt: skip
+                        tier2=not args.no_tier2, netns=args.netns)  # fmt: skip
 
 
 if __name__ == "__main__":

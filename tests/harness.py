@@ -56,6 +56,7 @@ def _port_band() -> tuple[int, int]:
 
 
 _BAND = _port_band()
+MAX_SPAN = 64  # ports one call of ports() may take
 
 
 def ports(host: str = "127.0.0.1", group_base: str = "239.192.90", channels: int = 1) -> Ports:
@@ -64,7 +65,10 @@ def ports(host: str = "127.0.0.1", group_base: str = "239.192.90", channels: int
     global _next_port
     start, width = _BAND
     span = 3 + channels
-    base = start + (os.getpid() * 13 + _next_port) % (width - span)
+    # One modulus for every call, whatever its span: two calls of different spans taken modulo
+    # different widths could land on the same ports.
+    assert span <= MAX_SPAN, f"at most {MAX_SPAN - 3} channels' ports"
+    base = start + (os.getpid() * 13 + _next_port) % (width - MAX_SPAN)
     _next_port += span
     return Ports(
         Endpoint(f"{group_base}.1", base),

@@ -18,6 +18,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 COMMAND_TIMEOUT = 10.0  # seconds for one ip/nft command; they take milliseconds
 
@@ -47,6 +48,15 @@ def run(*cmd: str, stdin: str | None = None) -> str:
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: exit {done.returncode}: {done.stderr.strip()}")
     return done.stdout
+
+
+class Alive(Protocol):
+    """A child process as far as :meth:`Host.wait_joined` asks (a ``Popen``)."""
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -84,9 +94,7 @@ class Host:
         out = run("ip", "-n", self.netns, "maddr", "show", "dev", self.interface)
         return {f[1] for f in (line.split() for line in out.splitlines()) if f[:1] == ["inet"]}
 
-    def wait_joined(
-        self, groups: Sequence[str], timeout: float, alive: subprocess.Popen[str]
-    ) -> None:
+    def wait_joined(self, groups: Sequence[str], timeout: float, alive: Alive) -> None:
         """Until every group in ``groups`` is joined here, while ``alive`` keeps running."""
         end = time.monotonic() + timeout
         while not set(groups) <= self.groups():
@@ -171,17 +179,12 @@ def hosts_or_skip() -> Iterator[TwoHosts]:
 
 
 @contextlib.contextmanager
-def bridged(names: Sequence[str]) -> Iterator[dict[str, Host]]:
+def bridge(names: Sequence[str]) -> Iterator[dict[str, Host]]:
     """Hosts on one segment, as a switch joins them: a hub namespace holding a Linux bridge,
     and a veth pair per host, one end in the host, the other a port of the bridge. The bridge
     floods multicast to every port (``mcast_snooping 0``: no IGMP querier here to learn from),
-    as a hub would. Skips the test with the reason where namespaces cannot be made; everything
-    is deleted whatever happens (a namespace takes its veth ends with it)."""
-    import pytest
-
-    reason = unavailable()
-    if reason is not None:
-        pytest.skip(reason)
+    as a hub would. Raises :class:`NetnsUnavailable` if namespaces cannot be made at all;
+    everything is deleted whatever happens (a namespace takes its veth ends with it)."""
     tag = f"{os.getpid():x}{random.getrandbits(12):03x}"
     subnet = f"10.{random.randint(64, 254)}.{random.randint(0, 255)}"
     hub = f"tp-hub-{tag}"
@@ -192,7 +195,7 @@ def bridged(names: Sequence[str]) -> Iterator[dict[str, Host]]:
         try:
             run("ip", "netns", "add", hub)
         except RuntimeError as err:
-            pytest.skip(f"cannot create network namespaces here: {err}")
+            raise NetnsUnavailable(str(err)) from None
         made.append(hub)
         run("ip", "-n", hub, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
         run("ip", "-n", hub, "link", "set", "br0", "up")
@@ -214,3 +217,18 @@ def bridged(names: Sequence[str]) -> Iterator[dict[str, Host]]:
         for netns in reversed(made):
             with contextlib.suppress(RuntimeError):
                 run("ip", "netns", "del", netns)
+
+
+@contextlib.contextmanager
+def bridged(names: Sequence[str]) -> Iterator[dict[str, Host]]:
+    """:func:`bridge` for a test, which is skipped with the reason where it cannot be."""
+    import pytest
+
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    try:
+        with bridge(names) as hosts:
+            yield hosts
+    except NetnsUnavailable as err:
+        pytest.skip(f"cannot create network namespaces here: {err}")
