@@ -26,6 +26,7 @@ from tickerplant.edge.config import EdgeConfig
 from tickerplant.errors import ConfigError
 from tickerplant.feed.handler import FeedConfig, FeedHandler
 from tickerplant.io.listener import Router
+from tickerplant.io.loop import LoopLag
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.ops import passwords
 from tickerplant.ops.figures import added
@@ -37,11 +38,11 @@ from tickerplant.wire import events as ev
 class EdgeChannel:
     """One channel: its tier-2 feed, its journal, what its records say, its events server."""
 
-    def __init__(self, number: int, feed: FeedConfig, config: EdgeConfig) -> None:
+    def __init__(self, number: int, feed: FeedConfig, config: EdgeConfig, lag: LoopLag) -> None:
         self.number = number
         self.stream = ItchStream()  # the records, numbered as the plant numbered them
         self.latest = Latest()
-        self.feed = FeedHandler(feed, self._on_batch, self._on_event)
+        self.feed = FeedHandler(feed, self._on_batch, self._on_event, lag=lag)
         events = config.events
         users = {name.encode("ascii"): stored for name, stored in config.users.items()} or None
         self.events = SoupServer(FanOut(
@@ -82,7 +83,9 @@ class EdgeChannel:
 class Edge:
     def __init__(self, config: EdgeConfig) -> None:
         self.config = config
-        self.channels = [EdgeChannel(n, feed, config) for n, feed in enumerate(config.lines())]
+        self.lag = LoopLag()  # one probe of the loop for every channel's feed
+        self.channels = [EdgeChannel(n, feed, config, self.lag)
+                         for n, feed in enumerate(config.lines())]  # fmt: skip
         listen = config.events.listen
         self.router = (Router([c.events for c in self.channels], listen.host, listen.port)
                        if len(self.channels) > 1 else None)  # fmt: skip
@@ -105,6 +108,7 @@ class Edge:
                 why = os.strerror(err.errno) if err.errno else str(err)
                 raise ConfigError("events.listen", f"cannot listen on {listen}: {why}",
                                   "give a free host:port") from None  # fmt: skip
+            self.lag.start()
             for channel in self.channels:
                 await channel.feed.start()
         except BaseException:
@@ -112,6 +116,7 @@ class Edge:
             raise
 
     async def close(self) -> None:
+        self.lag.close()
         if self.router is not None:
             self.router.close()
         for channel in self.channels:

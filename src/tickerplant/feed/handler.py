@@ -88,6 +88,7 @@ class FeedHandler:
         on_batch: Callable[[Batch], None] | None = None,
         on_event: Callable[[Event], None] | None = None,
         priorities: Priorities | None = None,
+        lag: LoopLag | None = None,
     ) -> None:
         self.config = config
         # Several feeds' sockets on one loop, read by their priorities when several are ready
@@ -108,13 +109,17 @@ class FeedHandler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._report_at = 0.0  # when unusable datagrams are next reported
         self._reported: dict[Source, int] = {}  # unusable datagrams reported so far, by source
-        self._lag = LoopLag()  # the loop it shares with whatever the process runs beside it
+        # The loop it shares with whatever the process runs beside it: probed by its own, or
+        # by the one its owner gives every feed on that loop (and starts and closes itself).
+        self._owns_lag = lag is None
+        self._lag = lag if lag is not None else LoopLag()
         self._polled = False  # its sockets read by poll(), not when the loop sees them ready
 
     async def start(self) -> None:
         _warm_kernels()
         self._loop = asyncio.get_running_loop()
-        self._lag.start()
+        if self._owns_lag:
+            self._lag.start()
         cfg = self.config
         for source, group in cfg.lines:
             try:
@@ -132,7 +137,8 @@ class FeedHandler:
 
     async def close(self) -> None:
         assert self._loop is not None
-        self._lag.close()
+        if self._owns_lag:
+            self._lag.close()
         self._report_defects(clock())  # the last of them, up to the end
         suspect = self.session.sequencer.suspect
         if suspect is not None:  # stopped before it could be decided: said, not dropped unsaid

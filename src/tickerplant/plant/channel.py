@@ -21,6 +21,7 @@ from tickerplant.distribute.fanout import FanOut
 from tickerplant.distribute.journal import Journal
 from tickerplant.distribute.stream import EventStream, ItchStream
 from tickerplant.feed.handler import FeedHandler
+from tickerplant.io.loop import LoopLag
 from tickerplant.io.ready import Priorities
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.ops import passwords
@@ -33,8 +34,8 @@ from tickerplant.receive.events import Batch, Event, GapLost, SessionEnded, Sess
 
 class Channel:
     def __init__(self, config: ChannelConfig, books: LiveBooks, users: Mapping[bytes, str] | None,
-                 priorities: Priorities | None = None, tier2: Tier2 | None = None
-                 ) -> None:  # fmt: skip
+                 priorities: Priorities | None = None, tier2: Tier2 | None = None,
+                 lag: LoopLag | None = None) -> None:  # fmt: skip
         self.config = config
         self.tier2 = tier2  # the events stream republished on the plant's groups
         self.number = config.number  # from 0
@@ -44,7 +45,7 @@ class Channel:
         self.stream = ItchStream(config.feed.first_sequence, self._itch_file.reopened)
         self._events_file = _file(config.events, "events")
         self.event_stream = EventStream(self._events_file.reopened)
-        self.feed = FeedHandler(config.feed, self._on_batch, self._on_event, priorities)
+        self.feed = FeedHandler(config.feed, self._on_batch, self._on_event, priorities, lag)
 
         def server(journal: Journal, stream: StreamConfig, catalog: Catalog | None = None
                    ) -> SoupServer:  # fmt: skip

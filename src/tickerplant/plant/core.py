@@ -20,6 +20,7 @@ from typing import Any
 from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
 from tickerplant.io.listener import Router
+from tickerplant.io.loop import LoopLag
 from tickerplant.io.ready import Priorities
 from tickerplant.ops.figures import added
 from tickerplant.plant.books import LiveBooks
@@ -44,8 +45,10 @@ class Plant:
         ranks = {config.of_channel(n).feed.priority for n in range(config.channels)}
         priorities = Priorities() if len(ranks) > 1 else None
         self.tier2 = Tier2(config.tier2, config.channels) if config.tier2.on else None
-        self.channels = [Channel(config.of_channel(n), self.books, users, priorities, self.tier2)
-                         for n in range(config.channels)]  # fmt: skip
+        # One probe of the loop's lag for every channel's feed (48 of them fired 4,800 a second).
+        self.lag = LoopLag()
+        self.channels = [Channel(config.of_channel(n), self.books, users, priorities, self.tier2,
+                                 self.lag) for n in range(config.channels)]  # fmt: skip
         # With several channels, one port per stream: a router hands each login to its channel.
         self.routers = {} if config.channels == 1 else {
             name: Router([c.servers[name] for c in self.channels], listen.host, listen.port)
@@ -74,9 +77,11 @@ class Plant:
                 where = self.config.tier2.rerequest or Endpoint("", 0)
                 await self._listen("tier2.rerequest", where.host, where.port, self.tier2.start(
                     [channel.events.journal for channel in self.channels]))  # fmt: skip
+            self.lag.start()
             for channel in self.channels:
                 await channel.feed.start()
         except BaseException:
+            self.lag.close()
             await self._close_servers()
             raise
         self._refresher = asyncio.ensure_future(self._refresh())
@@ -109,6 +114,7 @@ class Plant:
             router.close()
         for channel in self.channels:
             await channel.close()
+        self.lag.close()
         if self.tier2 is not None:
             await self.tier2.close()
 
