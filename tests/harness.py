@@ -26,6 +26,10 @@ from tickerplant.client import Events, Lost, Reconnected, Record
 from tickerplant.distribute.stream import LOST
 from tickerplant.endpoint import Endpoint
 from tickerplant.exchange.synthetic import SyntheticMarket
+from tickerplant.feed.handler import FeedConfig
+from tickerplant.io.multicast import LineConfig
+from tickerplant.plant import EventsConfig, GlimpseConfig, PlantConfig, StreamConfig
+from tickerplant.plant.tier2 import Tier2Config
 from tickerplant.receive.events import Batch
 from tickerplant.wire.blocks import iter_messages, offsets_of
 from tickerplant.wire.events import RECORD_SIZE, from_blocks, where
@@ -281,4 +285,22 @@ def recovery_host(journal_dir: Path, p: Ports) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "tickerplant", "recovery", "--journal-dir", str(journal_dir),
          "--rerequest", str(p.rerequest), "--replay", str(p.replay)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def tier2_plant(lines: str, tier2_lines: str, channels: int, depth: int = 5) -> PlantConfig:
+    """A plant of ``channels`` channels of an exchange on groups ``lines``.1 and .2 at ports of
+    our own, with tier-2 on ``tier2_lines``.1 and .2 (5 % loss injected on each), its own
+    re-request port, quick heartbeats and a short End of Session."""
+    p = ports(group_base=lines, channels=channels)
+    t = ports(group_base=tier2_lines)
+    tier2 = Tier2Config(LineConfig(t.line_a.host, t.line_a.port, drop=0.05),
+                        LineConfig(t.line_b.host, t.line_b.port, drop=0.05),
+                        rerequest=t.rerequest, heartbeat_interval=0.2,
+                        end_of_session_seconds=1.0)  # fmt: skip
+    anywhere = Endpoint("127.0.0.1", 0)
+    return PlantConfig(
+        FeedConfig(p.line_a, p.line_b, rerequest=p.rerequest, replay=p.replay),
+        StreamConfig(anywhere), GlimpseConfig(anywhere),
+        events=EventsConfig(anywhere, depth=depth), channels=channels, tier2=tier2,
     )  # fmt: skip

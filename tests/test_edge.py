@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from harness import CollectedEvents, ports, until
+from harness import CollectedEvents, tier2_plant, until
 from tickerplant.client import Events, subscribe
 from tickerplant.client.quotes import as_json
 from tickerplant.edge import Edge, EdgeConfig
@@ -18,9 +18,7 @@ from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.feed.handler import FeedConfig
-from tickerplant.io.multicast import LineConfig
-from tickerplant.plant import EventsConfig, GlimpseConfig, Plant, PlantConfig, StreamConfig
-from tickerplant.plant.tier2 import Tier2Config
+from tickerplant.plant import EventsConfig, Plant
 from tickerplant.wire import events as ev
 
 ANY = Endpoint("127.0.0.1", 0)
@@ -60,16 +58,8 @@ def test_an_edge_serves_the_plants_events_with_its_numbers_and_a_client_moves_ov
     the next number; at the end, both equal the plant's journals, every record once, and a
     symbol's image from the edge is the plant's (the plant's depth 0: the records carry none)."""
     k, messages = 2, 200_000
-    p = ports(group_base="239.194.40", channels=k)
-    tier2 = Tier2Config(LineConfig("239.194.50.1", p.line_a.port + 100, drop=0.05),
-                        LineConfig("239.194.50.2", p.line_b.port + 100, drop=0.05),
-                        rerequest=Endpoint("127.0.0.1", p.replay.port + 4),
-                        heartbeat_interval=0.2, end_of_session_seconds=1.0)  # fmt: skip
-    config = PlantConfig(
-        FeedConfig(p.line_a, p.line_b, rerequest=p.rerequest, replay=p.replay),
-        StreamConfig(ANY), GlimpseConfig(ANY), events=EventsConfig(ANY, depth=0), channels=k,
-        tier2=tier2,
-    )  # fmt: skip
+    config = tier2_plant("239.194.40", "239.194.50", k, depth=0)
+    p, tier2 = config.feed, config.tier2
     a, b = tier2.line_a, tier2.line_b
     assert a is not None and b is not None
     whole, moved = CollectedEvents(), CollectedEvents()

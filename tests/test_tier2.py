@@ -8,13 +8,13 @@ import asyncio
 
 import pytest
 
-from harness import ports, until
+from harness import ports, tier2_plant, until
 from tickerplant.endpoint import Endpoint
 from tickerplant.errors import ConfigError
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.feed.handler import FeedConfig, FeedHandler
 from tickerplant.io.multicast import LineConfig
-from tickerplant.plant import EventsConfig, GlimpseConfig, Plant, PlantConfig, StreamConfig
+from tickerplant.plant import Plant, PlantConfig
 from tickerplant.plant.tier2 import Tier2Config
 from tickerplant.receive.events import Batch
 
@@ -39,16 +39,8 @@ def test_a_receiver_of_tier2_gets_each_channels_events_journal_exactly_even_join
     events journal, record for record; what both lines lost, the tier-2 re-request server
     answered."""
     k, messages = 2, 200_000
-    p = ports(group_base="239.194.20", channels=k)
-    tier2 = Tier2Config(LineConfig("239.194.30.1", p.line_a.port + 100, drop=0.05),
-                        LineConfig("239.194.30.2", p.line_b.port + 100, drop=0.05),
-                        rerequest=Endpoint("127.0.0.1", p.replay.port + 4),
-                        heartbeat_interval=0.2, end_of_session_seconds=1.0)  # fmt: skip
-    config = PlantConfig(
-        FeedConfig(p.line_a, p.line_b, rerequest=p.rerequest, replay=p.replay),
-        StreamConfig(ANY), GlimpseConfig(ANY), events=EventsConfig(ANY), channels=k,
-        tier2=tier2,
-    )  # fmt: skip
+    config = tier2_plant("239.194.20", "239.194.30", k)
+    p, tier2 = config.feed, config.tier2
     pairs = tier2.lines(k)
     got: dict[tuple[int, bool], list[bytes]] = {(n, late): [] for n in range(k)
                                                  for late in (False, True)}  # fmt: skip

@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from rich.console import Console
 
@@ -235,114 +235,110 @@ def _freeze_startup() -> int:
     return gc.get_freeze_count()
 
 
-def run(args: argparse.Namespace) -> int:
+C = TypeVar("C")  # a command's settings (a config dataclass)
+
+
+class Service(Protocol):
+    """What ``run`` and ``edge`` serve until stopped: a plant, an edge."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def figures(self) -> dict[str, Any]: ...
+
+
+def _config(cls: type[C], args: argparse.Namespace, command: str) -> C | None:
+    """The settings ``command`` was given (None: it printed every setting instead)."""
     from tickerplant.ops.config import example, load_file
-    from tickerplant.plant import Plant, PlantConfig
 
     if args.example_config:
         print(
-            "# tickerplant run CONFIG.toml: every setting at its default. Leave out what you do\n"
-            "# not change; an address is \"host:port\".\n" + example(PlantConfig, (Endpoint,))
+            f"# tickerplant {command} CONFIG.toml: every setting at its default. Leave out what\n"
+            "# you do not change; an address is \"host:port\".\n" + example(cls, (Endpoint,))
         )
+        return None
+    if args.config is None:
+        return cls()
+    return load_file(cls, args.config, {Endpoint: Endpoint.parse})
+
+
+S = TypeVar("S", bound=Service)
+
+
+def _serve(args: argparse.Namespace, command: str, make: Callable[[], S],
+           listen: Endpoint | None, said: Callable[[S], str],
+           started: Callable[[S], None] = lambda _: None) -> int:  # fmt: skip
+    """Serve what ``make`` makes until a stop (or ``--seconds``), the live table or ``--json``
+    figures at the end; ``said``: the line that says where it serves, once started."""
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        restore = stop_on_signals(stop, command)
+        service = make()
+        snapshot = Snapshot()
+        web = None
+        up = False
+        try:
+            web = _web(listen, snapshot)
+            await service.start()  # a port in use: a ConfigError naming the setting
+            up = True
+            started(service)
+            console = None if args.json else Console()
+            print(f"tickerplant {command}: {said(service)}", file=sys.stderr)
+            await _show(service.figures, snapshot, console, stop, args.seconds,
+                        f"tickerplant {command}")  # fmt: skip
+        finally:
+            final = service.figures()  # (before closing: its sockets' counters go with them)
+            if up:
+                await service.close()
+            if web is not None:
+                web.close()
+            restore()
+        if args.json:
+            print(json.dumps(final))
         return 0
-    config = (
-        load_file(PlantConfig, args.config, {Endpoint: Endpoint.parse})
-        if args.config is not None
-        else PlantConfig()
-    )
 
+    return run_loop(main())
+
+
+def run(args: argparse.Namespace) -> int:
+    from tickerplant.plant import Plant, PlantConfig
+
+    config = _config(PlantConfig, args, "run")
+    if config is None:
+        return 0
     listen = args.metrics or config.metrics.listen
-
     logging.getLogger("tickerplant.run").info(
         "config %s loaded", args.config or "(defaults)",
         extra=logs.fields(event="config_loaded", path=str(args.config or ""),
                           users=len(config.users), metrics=str(listen or "")))  # fmt: skip
+    who = (f"users: {', '.join(config.users)}" if config.users
+           else "no users configured: any login is accepted, from this host only")  # fmt: skip
+    events = config.events.listen
 
-    async def main() -> int:
-        stop = asyncio.Event()
-        restore = stop_on_signals(stop, "run")
-        plant = Plant(config)
-        snapshot = Snapshot()
-        web = None
-        started = False
-        try:
-            web = _web(listen, snapshot)
-            await plant.start()  # a port in use: a ConfigError naming the setting, none left open
-            started = True
-            plant.frozen_objects = _freeze_startup()
-            console = None if args.json else Console()
-            itch = config.itch.listen
-            who = (
-                f"users: {', '.join(config.users)}" if config.users
-                else "no users configured: any login is accepted, from this host only"
-            )  # fmt: skip
-            events = config.events.listen
-            print(
-                f"tickerplant run: serving the itch stream on {itch}, events on {events},"
-                f" snapshots on {config.glimpse.listen} ({who}); watch live BBOs with:"
-                f" tickerplant subscribe {events} --events",
-                file=sys.stderr,
-            )
-            await _show(plant.figures, snapshot, console, stop, args.seconds, "tickerplant run")
-        finally:
-            final = plant.figures()  # (before closing: its sockets' counters go with them)
-            if started:
-                await plant.close()
-            if web is not None:
-                web.close()
-            restore()
-        if args.json:
-            print(json.dumps(final))
-        return 0
+    def started(plant: Plant) -> None:
+        plant.frozen_objects = _freeze_startup()
 
-    return run_loop(main())
+    return _serve(args, "run", lambda: Plant(config), listen, lambda _: (
+        f"serving the itch stream on {config.itch.listen}, events on {events}, snapshots on"
+        f" {config.glimpse.listen} ({who}); watch live BBOs with: tickerplant subscribe"
+        f" {events} --events"), started)  # fmt: skip
 
 
 def edge(args: argparse.Namespace) -> int:
     from tickerplant.edge import Edge, EdgeConfig
-    from tickerplant.ops.config import example, load_file
 
-    if args.example_config:
-        print(
-            "# tickerplant edge CONFIG.toml: every setting at its default. Leave out what you do\n"
-            "# not change; an address is \"host:port\".\n" + example(EdgeConfig, (Endpoint,))
-        )
-        return 0
-    config = (
-        load_file(EdgeConfig, args.config, {Endpoint: Endpoint.parse})
-        if args.config is not None
-        else EdgeConfig()
-    )
-
-    async def main() -> int:
-        stop = asyncio.Event()
-        restore = stop_on_signals(stop, "edge")
-        node = Edge(config)
-        snapshot = Snapshot()
-        web = None
-        started = False
-        try:
-            web = _web(config.metrics.listen, snapshot)
-            await node.start()  # a port in use: a ConfigError naming the setting
-            started = True
-            events = Endpoint(config.events.listen.host, node.port)
-            print(f"tickerplant edge: joined tier-2 at {config.feed.line_a} and "
-                  f"{config.feed.line_b}, serving events on {events}; watch live BBOs with:"
-                  f" tickerplant subscribe {events} --events", file=sys.stderr)  # fmt: skip
-            console = None if args.json else Console()
-            await _show(node.figures, snapshot, console, stop, args.seconds, "tickerplant edge")
-        finally:
-            final = node.figures()  # (before closing: its sockets' counters go with them)
-            if started:
-                await node.close()
-            if web is not None:
-                web.close()
-            restore()
-        if args.json:
-            print(json.dumps(final))
+    config = _config(EdgeConfig, args, "edge")
+    if config is None:
         return 0
 
-    return run_loop(main())
+    def said(node: Edge) -> str:
+        events = Endpoint(config.events.listen.host, node.port)
+        return (f"joined tier-2 at {config.feed.line_a} and {config.feed.line_b}, serving events"
+                f" on {events}; watch live BBOs with: tickerplant subscribe {events} --events")
+
+    return _serve(args, "edge", lambda: Edge(config), config.metrics.listen, said)
 
 
 def subscribe(args: argparse.Namespace) -> int:
