@@ -124,3 +124,25 @@ def test_the_edge_example_config_loads_back_to_the_defaults() -> None:
 
     table = tomllib.loads(example(EdgeConfig, (Endpoint,)))
     assert load(EdgeConfig, table, "", {Endpoint: Endpoint.parse}) == EdgeConfig()
+
+
+def test_a_range_an_edge_cannot_repair_keeps_its_numbers_as_notices_and_is_counted() -> None:
+    """Each lost number a ``k`` notice naming the whole range, in place (one array, however
+    long the range), and the range counted lost."""
+    from tickerplant.edge.core import EdgeChannel
+    from tickerplant.io.loop import LoopLag
+    from tickerplant.receive.events import GapLost, SessionStarted, Source
+
+    async def main() -> tuple[bytes, int]:
+        config = EdgeConfig(events=EventsConfig(ANY))
+        channel = EdgeChannel(0, config.lines()[0], config, LoopLag())
+        channel._on_event(SessionStarted(b"EDGE000001", None))
+        channel._on_event(GapLost(1, 4, Source.LINE_A, 0.1))
+        journal = channel.stream.journal
+        assert journal is not None
+        return journal.blocks(1, len(journal))[1], channel.stream.counters.lost
+
+    blocks, lost = asyncio.run(main())
+    rows = ev.view(ev.from_blocks(blocks), ev.SKIPPED)
+    assert rows["sequence"].tolist() == [1, 2, 3] and lost == 3
+    assert set(rows["first"].tolist()) == {1} and set(rows["count"].tolist()) == {3}

@@ -84,9 +84,8 @@ def picture(engine: BookEngine, directory: Directory, next_sequence: int,
     kept = directory.by_locate
     rows = engine.live_rows() if rows is None else rows
     if stocks is not None:
-        ours = {k for k, v in zip(kept, stocks(np.array([k[1] for k in kept], dtype=np.int64)),
-                                  strict=True) if v}  # fmt: skip
-        kept = {k: m for k, m in kept.items() if k in ours}
+        ours = stocks(np.array([locate for _, locate in kept], dtype=np.int64)).tolist()
+        kept = {key: m for (key, m), mine in zip(kept.items(), ours, strict=True) if mine}
         rows = rows[stocks(rows[:, 0] >> 47)]
     for kind in (ord("R"), ord("H"), ord("Y")):  # directories first: the adds name their locates
         messages += [kept[key] for key in sorted(k for k in kept if k[0] == kind)]

@@ -15,17 +15,18 @@ place, and the records around it keep the plant's numbers.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
+from functools import reduce
 from typing import Any
+
+import numpy as np
 
 from tickerplant.distribute.fanout import FanOut
 from tickerplant.distribute.stream import ItchStream
 from tickerplant.edge.catalog import Latest
 from tickerplant.edge.config import EdgeConfig
-from tickerplant.errors import ConfigError
 from tickerplant.feed.handler import FeedConfig, FeedHandler
-from tickerplant.io.listener import Router
+from tickerplant.io.listener import Router, bound
 from tickerplant.io.loop import LoopLag
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.ops import passwords
@@ -66,9 +67,11 @@ class EdgeChannel:
     def _on_event(self, event: Event) -> None:
         if isinstance(event, GapLost):
             count = event.end - event.start
-            notices = b"".join(ev.notice(ev.SKIPPED, n, 0, event.start, count, count)
-                               for n in range(event.start, event.end))  # fmt: skip
-            self.stream.deliver(Batch(event.start, count, notices))
+            notices = ev.blocks(ev.SKIPPED, count)  # (one array: a lost range may be millions)
+            notices["sequence"] = np.arange(event.start, event.end, dtype=np.uint64)
+            notices["first"], notices["count"], notices["dropped"] = event.start, count, count
+            self.stream.deliver(Batch(event.start, count, notices.tobytes()))
+            self.stream.counters.lost += count  # (journaled as notices, not marks: still lost)
         elif isinstance(event, SessionStarted | SessionEnded):
             if self.stream.deliver(event):
                 journal = self.stream.journal
@@ -99,15 +102,10 @@ class Edge:
         """Listen first, then join tier-2: a client may log in before the first packet."""
         listen = self.config.events.listen
         try:
-            try:
-                for channel in self.channels:
-                    await channel.events.start(listen=self.router is None)
-                if self.router is not None:
-                    await self.router.start()
-            except OSError as err:
-                why = os.strerror(err.errno) if err.errno else str(err)
-                raise ConfigError("events.listen", f"cannot listen on {listen}: {why}",
-                                  "give a free host:port") from None  # fmt: skip
+            for channel in self.channels:
+                await bound("events", listen, channel.events.start(listen=self.router is None))
+            if self.router is not None:
+                await bound("events", listen, self.router.start())
             self.lag.start()
             for channel in self.channels:
                 await channel.feed.start()
@@ -134,7 +132,4 @@ class Edge:
             "stream_messages": {"events": channel.stream.counters.messages},
             "stream_lost_messages": {"events": channel.stream.counters.lost},
         } for channel in self.channels]  # fmt: skip
-        figures = each[0]
-        for other in each[1:]:
-            figures = added(figures, other)
-        return figures
+        return reduce(added, each)

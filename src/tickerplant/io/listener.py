@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
-from typing import Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from tickerplant.endpoint import Endpoint
+from tickerplant.errors import ConfigError
 from tickerplant.io.loop import Timer, clock
 from tickerplant.wire.soupbintcp import Debug, encode, login_session
 
@@ -27,8 +29,20 @@ log = logging.getLogger(__name__)
 
 ACCEPT_BATCH = 256  # connections taken a call of the listener's callback (the rest: the next)
 ACCEPT_RETRY = 1.0  # seconds before accepting again after accept() failed (asyncio's wait)
+T = TypeVar("T")
 OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 MAX_HELD = 1 << 16  # bytes a routed connection may send before its Login Request is whole
+
+
+async def bound(name: str, where: Endpoint, listening: Coroutine[Any, Any, T]) -> T:
+    """``listening`` (a server's start), a port in use or an address not of this host told as
+    the configuration error it is: ``name.listen`` and the errno's words."""
+    try:
+        return await listening
+    except OSError as err:
+        why = os.strerror(err.errno) if err.errno else str(err)  # (the loop's own repeat it)
+        raise ConfigError(f"{name}.listen", f"cannot listen on {where}: {why}",
+                          "give a free host:port") from None  # fmt: skip
 
 
 class Listener:

@@ -14,12 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
+from functools import reduce
 from typing import Any
 
 from tickerplant.endpoint import Endpoint
-from tickerplant.errors import ConfigError
-from tickerplant.io.listener import Router
+from tickerplant.io.listener import Router, bound
 from tickerplant.io.loop import LoopLag
 from tickerplant.io.ready import Priorities
 from tickerplant.ops.figures import added
@@ -68,14 +67,14 @@ class Plant:
             for name in ("itch", "events", "glimpse"):
                 for channel in self.channels:
                     server = channel.servers[name]
-                    await self._listen(name, server.host, server.port,
-                                       server.start(listen=not routed))  # fmt: skip
+                    where = Endpoint(server.host, server.port)
+                    await bound(name, where, server.start(listen=not routed))
                 if routed:
                     router = self.routers[name]
-                    await self._listen(name, router.host, router.port, router.start())
+                    await bound(name, Endpoint(router.host, router.port), router.start())
             if self.tier2 is not None:
                 where = self.config.tier2.rerequest or Endpoint("", 0)
-                await self._listen("tier2.rerequest", where.host, where.port, self.tier2.start(
+                await bound("tier2.rerequest", where, self.tier2.start(
                     [channel.events.journal for channel in self.channels]))  # fmt: skip
             self.lag.start()
             for channel in self.channels:
@@ -85,16 +84,6 @@ class Plant:
             await self._close_servers()
             raise
         self._refresher = asyncio.ensure_future(self._refresh())
-
-    @staticmethod
-    async def _listen(name: str, host: str, port: int, listening: Any) -> None:
-        try:
-            await listening
-        except OSError as err:  # in use, or not an address of this host
-            # (the errno's words: the loop's own repeat the address, reworded)
-            why = os.strerror(err.errno) if err.errno else str(err)
-            raise ConfigError(f"{name}.listen", f"cannot listen on {Endpoint(host, port)}: "
-                              f"{why}", "give a free host:port") from None  # fmt: skip
 
     async def _close_servers(self) -> None:
         if self.tier2 is not None:
@@ -143,9 +132,7 @@ class Plant:
         """The channels' figures added up (one channel: its own), the books', and with several
         channels the worst few by name."""
         each = [channel.figures() for channel in self.channels]
-        figures = each[0]
-        for other in each[1:]:
-            figures = added(figures, other)
+        figures = reduce(added, each)
         if len(each) > 1:
             figures["session"] = f"{len(each)} channels"
             figures["channels"] = _worst(self.channels, each)

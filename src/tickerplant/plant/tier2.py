@@ -17,7 +17,7 @@ is packed by the compiled packer and framed a packet at a time (a publish is a f
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -65,11 +65,7 @@ class Tier2Config:
         a, b = self.line_a, self.line_b
         assert a is not None and b is not None
         pairs = lines_of(Endpoint(a.group, a.port), Endpoint(b.group, b.port), channels)
-        return [(_at(a, pa), _at(b, pb)) for pa, pb in pairs]
-
-
-def _at(line: LineConfig, where: Endpoint) -> LineConfig:
-    return LineConfig(where.host, where.port, line.interface, line.ttl, line.loopback, line.drop)
+        return [(replace(a, group=pa.host), replace(b, group=pb.host)) for pa, pb in pairs]
 
 
 class _Session:
