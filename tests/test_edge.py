@@ -117,6 +117,83 @@ def test_an_edge_serves_the_plants_events_with_its_numbers_and_a_client_moves_ov
                                                          as_json(from_edge, {}))
 
 
+async def _snapshot(endpoint: Endpoint, session: str) -> npt.NDArray[np.void]:
+    """Every symbol's image from now, to the ``i`` notice that ends them."""
+    images = []
+    async for record in subscribe(endpoint, first=0, session=session, events=True,
+                                  snapshot=True, retry=None):  # fmt: skip
+        if isinstance(record, Events):
+            rows = record.records
+            images.append(ev.where(rows, (rows["flags"] & ev.IMAGE) != 0))
+            if (images[-1]["kind"] == ev.IMAGED).any():
+                break
+    return np.concatenate(images)
+
+
+@pytest.mark.slow
+def test_an_edge_joining_after_a_million_records_takes_a_snapshot_then_the_stream() -> None:
+    """An edge with ``join = "snapshot"`` started once the plant has journaled a million
+    records: it holds none of them (no replay from 1), but the plant's images of every symbol
+    and then the stream from the number they hold up to, record for record as the plant
+    journaled it; at the end its images of every symbol are the plant's (depth 0: the records
+    carry none)."""
+    messages = 3_000_000
+    config = tier2_plant("239.194.60", "239.194.70", 1, depth=0)
+    p, tier2 = config.feed, config.tier2
+    a, b = tier2.line_a, tier2.line_b
+    assert a is not None and b is not None
+
+    async def main() -> tuple[Plant, Edge, int, list[npt.NDArray[np.void]]]:
+        plant = Plant(config)
+        await plant.start()
+        at_plant = Endpoint("127.0.0.1", plant.channels[0].events.port)
+        edge = Edge(EdgeConfig(
+            FeedConfig(Endpoint(a.group, a.port), Endpoint(b.group, b.port),
+                       rerequest=tier2.rerequest, replay=at_plant, join="snapshot"),
+            events=EventsConfig(ANY),
+        ))  # fmt: skip
+        channel = plant.channels[0]
+        try:
+            async with ExchangeProcess(
+                p.line_a, p.line_b, p.rerequest, p.replay, "--messages", str(messages),
+                "--seed", "19", "--rate", "1000000", "--eos-seconds", "0.5",
+            ) as exchange:  # fmt: skip
+                await until(lambda: len(channel.event_stream.journal or ()) > 1_000_000, 60,
+                            lambda: f"a million records journaled: "
+                                    f"{len(channel.event_stream.journal or ())}")  # fmt: skip
+                await edge.start()
+                await exchange.summary()
+                await until(lambda: channel.stream.ended, 30, "the plant's stream ended")
+                await until(lambda: edge.channels[0].feed.session_ended.is_set(), 30,
+                            lambda: f"the edge's session ended: {edge.figures()}")  # fmt: skip
+            journal = channel.event_stream.journal
+            assert journal is not None
+            name = journal.session.decode().strip()
+            at_edge = Endpoint("127.0.0.1", edge.port)
+            images = [await _snapshot(at, name) for at in (at_plant, at_edge)]
+            return plant, edge, len(journal), images
+        finally:
+            await edge.close()
+            await plant.close()
+
+    plant, edge, records, (from_plant, from_edge) = asyncio.run(main())
+    figures = edge.figures()
+    held = edge.channels[0].stream.journal
+    assert held is not None and len(held) == records
+    joined = held.first_held
+    assert 1_000_000 < joined <= records, (joined, records)
+    assert figures["snapshots_taken"] == 1 and figures["lost_messages"] == 0
+    assert figures["messages"]["replay"] + figures["messages"]["rerequest"] < joined
+    plants = plant.channels[0].event_stream.journal
+    assert plants is not None
+    assert held.blocks(joined, records)[1] == plants.blocks(joined, records)[1]
+    assert len(from_plant) > 100 and from_plant[-1]["kind"] == ev.IMAGED
+    for image in (from_plant, from_edge):
+        image["source"] = 0  # (see edge/catalog.py)
+    assert from_edge.tobytes() == from_plant.tobytes(), (as_json(from_plant, {}),
+                                                         as_json(from_edge, {}))
+
+
 def test_the_edge_example_config_loads_back_to_the_defaults() -> None:
     import tomllib
 

@@ -93,7 +93,9 @@ def test_an_image_is_a_symbols_bbo_status_and_depth_as_of_the_numbers_it_names()
     out = decoded(images(engine, [5], 9, 6, depth=5))
     assert (out["flags"] == ev.IMAGE).all() and (out["sequence"] == 9).all()
     assert (out["source"] == 6).all()
-    assert out["kind"].tolist() == [b"y", b"b", b"s", b"d", b"d", b"d", b"s"]
+    assert out["kind"].tolist() == [b"y", b"b", b"s", b"d", b"d", b"d", b"s", b"i"]
+    imaged = ev.view(out, ev.IMAGED)  # the end: one symbol's images, up to 9
+    assert imaged[["first", "count"]].tolist() == [(10, 1)]
     assert ev.view(out, ev.SYMBOL)["symbol"].tolist() == [b"ZVZZT   "]
     depth = ev.view(out, ev.DEPTH)
     assert depth[["side", "level", "price", "size", "orders"]].tolist() == [
@@ -106,16 +108,19 @@ def test_an_image_is_a_symbols_bbo_status_and_depth_as_of_the_numbers_it_names()
 
 def test_images_of_many_symbols_are_each_ones_image_in_the_order_asked() -> None:
     """Built for all the locates at once: the same records as each locate's own image, in the
-    order asked (an unknown locate: its symbol blank, no BBO, no depth), one market status."""
+    order asked (an unknown locate: its symbol blank, no BBO, no depth), one market status,
+    one end."""
     engine = BookEngine()
     engine.process(b"".join(SyntheticMarket(3, 40).chunks(30_000)))
     asked = [*sorted(engine.symbols())[::-3], 999, 2]  # the order asked, not the locates'
     for depth in (0, 3):
         whole = images(engine, asked, 77, 55, depth)
         alone = [images(engine, [locate], 77, 55, depth) for locate in asked]
-        market = alone[0][-ev.BLOCK_SIZE:]
+        market = alone[0][-2 * ev.BLOCK_SIZE : -ev.BLOCK_SIZE]
         assert decoded(market)["kind"].tolist() == [b"s"]
-        assert whole == b"".join(a[: -ev.BLOCK_SIZE] for a in alone) + market
+        end = ev.view(decoded(whole[-ev.BLOCK_SIZE :]), ev.IMAGED)
+        assert end[["kind", "first", "count"]].tolist() == [(b"i", 78, len(asked))]
+        assert whole[: -ev.BLOCK_SIZE] == b"".join(a[: -2 * ev.BLOCK_SIZE] for a in alone) + market
     assert sum(decoded(whole)["kind"] == b"d") > len(asked)  # depth there to be ordered
 
 
@@ -153,6 +158,9 @@ class Catalog:
 
     def locate(self, symbol: bytes) -> int | None:
         return self.symbols.get(symbol)
+
+    def locates(self) -> list[int]:
+        return sorted(self.symbols.values())
 
     def images(self, locates: list[int]) -> Callable[[], bytes]:
         out = b""
@@ -252,6 +260,27 @@ def test_a_narrowed_client_gets_its_symbols_and_the_market_each_group_encoded_on
     narrow.read(0.0)
     assert narrow.records[-1] == (b"b", 0, 9, 1)
     assert fanout.counters.subscriptions == 5
+
+
+def test_every_symbol_asked_for_at_the_live_end_is_a_snapshot_of_those_not_had() -> None:
+    """``*`` at the live end: the images of every symbol the client had not asked for by name
+    (all, for one never narrowed; with the login too), then the updates; resuming: none."""
+    journal = Journal(SESSION)
+    fanout = events_fanout(journal)
+    publish(fanout, journal, bbo(1, 1, 10), bbo(2, 2, 20))
+    every, narrow = EventLink(fanout, 0.0), EventLink(fanout, 0.0)
+    narrow.request(b"+BBB     ", 0.0)
+    for link in (every, narrow):
+        link.request(b"*", 0.0)
+    with_login = EventLink(fanout, 0.0, with_login=encode(Request(b"*")))
+    resuming = EventLink(fanout, 0.0, sequence=2, with_login=encode(Request(b"*")))
+    publish(fanout, journal, bbo(3, 3, 30))
+    for link in (every, narrow, with_login, resuming):
+        link.read(0.0)
+    images = [(b"b", 1, 2, locate) for locate in (1, 2, 3)]
+    assert every.records == with_login.records == [*images, (b"b", 0, 3, 3)]
+    assert narrow.records == [images[1], images[0], images[2], (b"b", 0, 3, 3)]
+    assert resuming.records == [(b"b", 0, 2, 2), (b"b", 0, 3, 3)]
 
 
 def test_images_built_off_the_loop_go_first_in_the_order_asked_and_nothing_passes_them() -> None:

@@ -24,7 +24,13 @@ from tickerplant.receive.events import (
     Source,
     SuspectDecided,
 )
-from tickerplant.receive.feed import FeedSession, FeedSessionConfig, ReplayCancel, ReplayStart
+from tickerplant.receive.feed import (
+    FeedSession,
+    FeedSessionConfig,
+    ReplayCancel,
+    ReplayStart,
+    SnapshotStart,
+)
 from tickerplant.receive.recovery import RecoveryConfig
 from tickerplant.receive.sequencer import SUSPECT_WAIT
 from tickerplant.wire import moldudp64 as mold
@@ -48,9 +54,10 @@ def packet(first: int, count: int, session: bytes = S1) -> bytes:
 class Plant:
     """A feed session, what it put out, and the clock it was given."""
 
-    def __init__(self, rerequest: bool = False, replay: bool = False, **kw: object) -> None:
+    def __init__(self, rerequest: bool = False, replay: bool = False, snapshot: bool = False,
+                 **kw: object) -> None:  # fmt: skip
         config = FeedSessionConfig(**kw)  # type: ignore[arg-type]
-        self.session = FeedSession(config, rerequest=rerequest, replay=replay)
+        self.session = FeedSession(config, rerequest=rerequest, replay=replay, snapshot=snapshot)
         self.now = 0.0
         self.delivered: list[int] = []
         self.lost: list[tuple[int, int]] = []
@@ -80,7 +87,7 @@ class Plant:
                 got = [int(m[1:]) for m in iter_messages(item.blocks)]
                 assert got == list(range(item.first, item.end))
                 self.delivered += got
-            elif isinstance(item, ReplayStart | ReplayCancel):
+            elif isinstance(item, ReplayStart | ReplayCancel | SnapshotStart):
                 self.replays.append(item)
             elif isinstance(item, GapLost):
                 self.lost.append((item.start, item.end))
@@ -154,6 +161,61 @@ def test_a_late_join_asks_for_a_replay_and_its_runs_repair_the_gap() -> None:
     figures = p.session.figures()
     assert figures["messages"]["replay"] == 1000 and figures["replays_started"] == 1
     assert figures["replays_failed"] == 0
+
+
+def test_a_session_heard_under_way_is_joined_from_a_snapshot_and_followed_from_there() -> None:
+    """Nothing of it is asked for, nor given up, nor said, until the snapshot says where its
+    stream starts; then what is held beyond that is delivered, and what lies between the
+    snapshot and the lines is repaired as any gap (its clock started at the join)."""
+    p = Plant(rerequest=True, replay=True, snapshot=True, join="snapshot",
+              recovery=RecoveryConfig(replay_threshold=100))  # fmt: skip
+    p.send(A, packet(1001, 5), at=5.0)
+    assert p.replays == [SnapshotStart(S1)] and p.markers == []
+    p.tick(60.0)  # a slow snapshot: far past give_up_after
+    p.send(B, packet(1006, 2), at=60.0)
+    assert p.requests == [] and p.lost == [] and p.delivered == [] and p.replays[1:] == []
+    p.session.snapshot_taken(S1, 1003, 60.1)
+    p.collect()
+    assert p.markers == [SessionStarted(S1, None, 1003)]
+    assert p.delivered == list(range(1003, 1008))  # the held packet cut where the snapshot ends
+    assert p.session.figures()["snapshots_taken"] == 1
+
+    early = Plant(rerequest=True, replay=True, snapshot=True, join="snapshot")
+    early.send(A, packet(1001, 5), at=5.0)
+    early.session.snapshot_taken(S2, 990, 5.1)  # of another session: not this one's
+    early.session.snapshot_taken(S1, 990, 5.2)
+    early.collect()
+    early.tick(5.21)
+    assert early.requests == [(990, 11)]  # between the snapshot and the lines: re-requested
+    early.send(RR, packet(990, 11), at=5.22)
+    assert early.delivered == list(range(990, 1006)) and early.lost == []
+    assert early.session.counters.skipped_unreported == 0
+
+
+def test_a_session_heard_from_its_first_number_needs_no_snapshot() -> None:
+    p = Plant(snapshot=True, join="snapshot")
+    p.send(A, packet(1, 2), at=1.0)
+    assert p.markers == [SessionStarted(S1, None)] and p.delivered == [1, 2] and p.replays == []
+    empty = Plant(snapshot=True, join="snapshot")
+    empty.send(A, mold.encode_end_of_session(S1, 1), at=1.0)
+    assert [type(m) for m in empty.markers] == [SessionStarted, SessionEnded]
+
+
+def test_a_failed_snapshot_joins_the_session_from_its_first_number_by_replay() -> None:
+    p = Plant(replay=True, snapshot=True, join="snapshot",
+              recovery=RecoveryConfig(replay_threshold=10))  # fmt: skip
+    p.send(A, packet(1001, 1), at=5.0)
+    p.session.snapshot_failed(S1, "ConnectionRefusedError", 5.1)
+    p.collect()
+    p.tick(5.2)
+    assert p.markers == [SessionStarted(S1, None)]
+    assert p.replays == [SnapshotStart(S1), ReplayStart(S1, 1, 1001)]
+    assert p.session.figures()["snapshots_failed"] == 1
+    # Without a snapshot service the setting changes nothing: a replay, as before.
+    plain = Plant(replay=True, join="snapshot", recovery=RecoveryConfig(replay_threshold=10))
+    plain.send(A, packet(1001, 1), at=5.0)
+    plain.tick(5.1)
+    assert plain.replays == [ReplayStart(S1, 1, 1001)]
 
 
 def test_a_failed_replay_is_retried_then_the_gap_reported_lost_with_the_reason_counted() -> None:

@@ -92,6 +92,18 @@ def test_a_spilled_journals_index_keeps_a_mark_per_64_messages_not_an_offset_eac
                                                                 b"0123458"]  # fmt: skip
 
 
+def test_a_journal_of_a_session_joined_under_way_holds_from_its_first_number() -> None:
+    journal = Journal(b"SESSION001", first=101)
+    assert (len(journal), journal.next_sequence, journal.first_held) == (100, 101, 101)
+    journal.append(join_messages([b"a", b"b", b"c"]))
+    assert list(iter_messages(journal.blocks(102, 5)[1])) == [b"b", b"c"]
+    with pytest.raises(JournalGone, match="messages 100-100 are no longer held"):
+        journal.blocks(100, 2)
+    journal.backing = lambda offset, size: b""
+    with pytest.raises(RuntimeError, match="numbered from 1"):
+        journal.spill(keep=0, durable=3)
+
+
 def test_a_ring_lets_go_of_its_oldest_and_says_so_when_they_are_asked_for() -> None:
     journal = Journal(b"SESSION001")
     for piece in range(10):

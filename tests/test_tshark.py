@@ -327,6 +327,9 @@ def test_the_events_stream_and_a_subscription_request_decode_cleanly(tmp_path: P
         def locate(self, symbol: bytes) -> int | None:
             return 5 if symbol == b"ZVZZT   " else None
 
+        def locates(self) -> list[int]:
+            return [5]
+
         def images(self, locates: list[int]) -> Callable[[], bytes]:
             return imaging(engine, locates, len(journal), 5, depth=3)
 
@@ -351,7 +354,7 @@ def test_the_events_stream_and_a_subscription_request_decode_cleanly(tmp_path: P
 
     pcap, port = asyncio.run(main())
     kinds = b"".join(r.records["kind"].tobytes() for r in got if isinstance(r, Events))
-    assert kinds == b"sysbtb" + b"ybsds"
+    assert kinds == b"sysbtb" + b"ybsdsi"
     assert isinstance(got[-1], Lost) and (got[-1].start, got[-1].end) == (6, 8)
     pdus = []
     for packet in decode(pcap, f"tcp.port=={port},soupbintcp"):

@@ -113,7 +113,7 @@ def imaging(engine: BookEngine, locates: list[int], sequence: int, source: int,
 def encode_images(state: Images, at: npt.NDArray[np.int64], sequence: int, source: int,
                   market_state: str) -> bytes:  # fmt: skip
     """The image records of ``state`` (of the locates ``at``, in that order; the market's
-    state last), stamped ``sequence`` and ``source``."""
+    state last), stamped ``sequence`` and ``source``, and the ``i`` notice that ends them."""
     everyone = np.arange(at.shape[0])
     # Each part: its blocks, and their place: the locate's position in the order asked (the
     # market's last), then the part's order within a locate, then the level.
@@ -149,4 +149,7 @@ def encode_images(state: Images, at: npt.NDArray[np.int64], sequence: int, sourc
     raw = np.dtype((np.void, ev.BLOCK_SIZE))
     blocks = np.concatenate([block.view(raw) for block, _, _, _ in parts])
     position, order, level = (np.concatenate([p[k] for p in parts]) for k in (1, 2, 3))
-    return blocks[np.lexsort((level, order, position))].tobytes()
+    imaged = ev.blocks(ev.IMAGED, 1)
+    imaged["flags"], imaged["sequence"], imaged["source"] = ev.IMAGE, sequence, source
+    imaged["first"], imaged["count"] = sequence + 1, at.shape[0]
+    return blocks[np.lexsort((level, order, position))].tobytes() + imaged.tobytes()

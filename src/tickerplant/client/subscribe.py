@@ -253,6 +253,7 @@ async def subscribe(
     events: bool = False,
     symbols: Iterable[str] | Watchlist | None = None,
     rcvbuf: int | None = None,
+    snapshot: bool = False,
 ) -> AsyncGenerator[Record]:
     """Records from message ``first`` on (0: from now) until the End of Session.
 
@@ -262,9 +263,13 @@ async def subscribe(
     the kernel may hold unread for us (SO_RCVBUF, set before connecting; None: the kernel's
     autotuning, which grows it to megabytes): a conflated consumer that wants a fresh picture
     keeps it, and ``max_queued``, small, since what waits there is as old as it is long.
+    ``snapshot`` (events, from now): every symbol's image first (``*`` with the login), the
+    last of them an ``i`` notice saying the number they hold up to, then every update.
     """
-    if symbols is not None and not events:
-        raise ValueError("symbols narrow the events stream: give events=True")
+    if (symbols is not None or snapshot) and not events:
+        raise ValueError("symbols and snapshots are the events stream's: give events=True")
+    if snapshot and (first or symbols is not None):
+        raise ValueError("a snapshot is of every symbol, from now: give first=0, no symbols")
     watch = symbols if isinstance(symbols, Watchlist) or symbols is None else Watchlist(symbols)
     wanted = first
     reason = ""
@@ -279,6 +284,8 @@ async def subscribe(
         )
         if watch is not None:
             machine.send_unsequenced(watch.request())  # with the login: it narrows the replay
+        elif snapshot and not wanted:  # (not on a reconnect: it resumes from its number)
+            machine.send_unsequenced(b"*")
         connection = _Connection(machine, queue, max_queued, events)
         try:
             # Called within this await, before the loop goes round: it gets this connection.

@@ -38,10 +38,14 @@ class Journal:
     # doubled as it filled would copy it whole, a stall of the loop that grows with the day.
     marks_per_array = 1 << 16
 
-    def __init__(self, session: bytes) -> None:
+    def __init__(self, session: bytes, first: int = 1) -> None:
+        """``first``: the number of its first message; one past 1 (a receiver that joined the
+        session under way) holds none before it, as a ring that let them go, and keeps no file.
+        """
         self.session = session
         self.backing: Backing | None = None
-        self._count = 0
+        self._first = first
+        self._count = first - 1  # messages numbered so far
         self._bytes = 0
         # The pieces in memory, from _head on: each block stream, the number (0-based) and byte
         # offset of its first message, and where each of its messages starts within it.
@@ -50,9 +54,9 @@ class Journal:
         self._starts: list[int] = []
         self._offsets: list[np.ndarray | None] = []
         self._head = 0
-        self._out = 0  # messages before this one are no longer in memory...
+        self._out = first - 1  # messages before this one are no longer in memory...
         self._out_bytes = 0
-        self._gone = 0  # ...and before this one, not held at all (a ring's)
+        self._gone = first - 1  # ...and before this one, not held at all (a ring's)
         self._marks: list[np.ndarray] = []  # byte offset of message j x mark_every, for j x
         self._found = np.zeros(1024, dtype=np.int64)  # mark_every < _out; an append's offsets
 
@@ -88,8 +92,9 @@ class Journal:
     def spill(self, keep: int, durable: int) -> None:
         """Let go of the oldest pieces that lie wholly in the first ``durable`` bytes (what the
         backing holds) and before the newest ``keep`` bytes; needs :attr:`backing`."""
-        if self.backing is None:
-            raise RuntimeError("a journal spills only with a backing to read it back from")
+        if self.backing is None or self._first != 1:
+            raise RuntimeError("a journal spills only with a backing to read it back from "
+                               "(and numbered from 1)")
         self._release(min(durable, self._bytes - keep), marked=True)
 
     def drop(self, keep: int) -> None:

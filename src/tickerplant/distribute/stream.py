@@ -20,8 +20,7 @@ import numpy as np
 
 from tickerplant.distribute.journal import Journal
 from tickerplant.errors import InputError
-from tickerplant.receive.events import Batch, GapLost, SessionEnded, SessionStarted
-from tickerplant.receive.sequencer import Delivery
+from tickerplant.receive.events import Batch, Delivery, GapLost, SessionEnded, SessionStarted
 from tickerplant.wire import events
 from tickerplant.wire.moldudp64 import SESSION_LEN
 
@@ -67,6 +66,9 @@ class ItchStream:
             if reopened is not None and reopened.session == item.session:
                 self.journal = reopened
                 self.counters.messages = len(reopened)
+                return True
+            if item.joined is not None:  # joined under way: it holds from there
+                self.journal = Journal(item.session, item.joined)
                 return True
             self.journal = Journal(item.session)
             # Numbers below the first the feed delivers exist at the exchange: lost to us.

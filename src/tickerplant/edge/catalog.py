@@ -78,6 +78,9 @@ class Latest:
     def locate(self, symbol: bytes) -> int | None:
         return self._by_symbol.get(symbol)
 
+    def locates(self) -> list[int]:
+        return np.flatnonzero(self.defined).tolist()
+
     def images(self, locates: list[int]) -> Callable[[], bytes]:
         at = np.asarray(locates, dtype=np.int64)
         none = np.zeros(0, dtype=np.int64)

@@ -3,10 +3,14 @@ to its own clients.
 
 It joins the plant's tier-2 (``tickerplant.plant.tier2``) with the feed machinery the plant uses
 for the exchange: A/B arbitration, re-request from the plant's tier-2 re-request server, replay
-and late join from the plant's events service. Each channel's delivered records are journaled
-under the numbers the plant gave them, so a client resumes by number on the plant, on an edge,
-or on another edge, and is served with the plant's own fan-out (subscriptions, slow-consumer
-policies, images from :class:`~tickerplant.edge.catalog.Latest`).
+from the plant's events service, and a late join by replay from the session's first number or
+(``[feed] join = "snapshot"``) from a snapshot: the plant's images of every symbol (``*`` at
+the live end), then the stream from the number they hold up to. Each channel's delivered
+records are journaled under the numbers the plant gave them, so a client resumes by number on
+the plant, on an edge, or on another edge, and is served with the plant's own fan-out
+(subscriptions, slow-consumer policies, images from :class:`~tickerplant.edge.catalog.Latest`).
+An edge that joined from a snapshot holds the records from there: a client resuming from an
+earlier number is served from there and told (as by a plant whose journal is a ring).
 
 A range the edge could not repair (the plant no longer held it) keeps its numbers: each lost
 number is a ``k`` (skipped) notice naming the whole range, so that every client is told, in
@@ -15,12 +19,14 @@ place, and the records around it keep the plant's numbers.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from functools import reduce
 from typing import Any
 
 import numpy as np
 
+from tickerplant.client import Events, subscribe
 from tickerplant.distribute.fanout import FanOut
 from tickerplant.distribute.stream import ItchStream
 from tickerplant.edge.catalog import Latest
@@ -28,6 +34,7 @@ from tickerplant.edge.config import EdgeConfig
 from tickerplant.feed.handler import FeedConfig, FeedHandler
 from tickerplant.io.listener import Router, bound
 from tickerplant.io.loop import LoopLag
+from tickerplant.io.replay_client import ReplayError
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.ops import passwords
 from tickerplant.ops.figures import added
@@ -43,7 +50,8 @@ class EdgeChannel:
         self.number = number
         self.stream = ItchStream()  # the records, numbered as the plant numbered them
         self.latest = Latest()
-        self.feed = FeedHandler(feed, self._on_batch, self._on_event, lag=lag)
+        self.feed = FeedHandler(feed, self._on_batch, self._on_event, lag=lag,
+                                snapshot=self._snapshot if feed.replay is not None else None)
         events = config.events
         users = {name.encode("ascii"): stored for name, stored in config.users.items()} or None
         self.events = SoupServer(FanOut(
@@ -58,6 +66,32 @@ class EdgeChannel:
 
     def images(self, locates: list[int]) -> Callable[[], bytes]:
         return self.latest.images(locates)
+
+    def locates(self) -> list[int]:
+        return self.latest.locates()
+
+    async def _snapshot(self, session: bytes) -> int:
+        """The plant's images of every symbol of ``session`` where it stands (its events
+        service, ``*`` at the live end): this channel's state from them; returns the number
+        the stream goes on from (after the last the images hold)."""
+        feed = self.feed.config
+        assert feed.replay is not None
+        latest = Latest()
+        async with asyncio.timeout(feed.replay_timeout):
+            async for record in subscribe(feed.replay, first=0, session=session.decode("ascii"),
+                                          username=feed.replay_username,
+                                          password=feed.replay_password, events=True,
+                                          snapshot=True, retry=None):  # fmt: skip
+                if not isinstance(record, Events):
+                    continue
+                rows = record.records
+                images = ev.where(rows, (rows["flags"] & ev.IMAGE) != 0)
+                latest.apply(images)
+                end = ev.view(images, ev.IMAGED)
+                if end.shape[0]:
+                    self.latest = latest
+                    return int(end["first"][0])
+        raise ReplayError("the plant's events service ended the session before the snapshot")
 
     def _on_batch(self, batch: Batch) -> None:
         self.stream.deliver(batch)
@@ -76,7 +110,8 @@ class EdgeChannel:
             if self.stream.deliver(event):
                 journal = self.stream.journal
                 assert journal is not None
-                self.latest = Latest()  # a new session: a new day's state
+                if isinstance(event, SessionStarted) and event.joined is None:
+                    self.latest = Latest()  # a new day's (joined under way: the snapshot's)
                 self.events.start_session(journal)
             elif isinstance(event, SessionEnded):
                 self.events.end_session()

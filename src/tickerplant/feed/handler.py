@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from tickerplant.endpoint import Endpoint
-from tickerplant.errors import ConfigError
+from tickerplant.errors import ConfigError, TickerplantError
 from tickerplant.io.datagrams import DatagramDrain, Socket, open_connected
 from tickerplant.io.loop import LoopLag, Timer, clock
 from tickerplant.io.multicast import RCVBUF, open_receiver
@@ -30,6 +30,7 @@ from tickerplant.io.replay_client import ReplayClient
 from tickerplant.ops.logs import DEFECT_REPORT, fields
 from tickerplant.receive.events import (
     Batch,
+    Delivery,
     Event,
     GapLost,
     LineStateChanged,
@@ -38,8 +39,13 @@ from tickerplant.receive.events import (
     Source,
     SuspectDecided,
 )
-from tickerplant.receive.feed import FeedSession, FeedSessionConfig, ReplayCancel, ReplayStart
-from tickerplant.receive.sequencer import Delivery
+from tickerplant.receive.feed import (
+    FeedSession,
+    FeedSessionConfig,
+    ReplayCancel,
+    ReplayStart,
+    SnapshotStart,
+)
 from tickerplant.wire import moldudp64 as mold
 from tickerplant.wire import soupbintcp as soup
 from tickerplant.wire.blocks import offsets_of
@@ -81,6 +87,11 @@ class FeedConfig(FeedSessionConfig):
         return lines
 
 
+# Takes a snapshot of a session (its 10 bytes) where it stands, and returns the number its
+# stream goes on from; raises OSError, a TickerplantError or TimeoutError if it cannot.
+Snapshot = Callable[[bytes], Awaitable[int]]
+
+
 class FeedHandler:
     def __init__(
         self,
@@ -89,6 +100,7 @@ class FeedHandler:
         on_event: Callable[[Event], None] | None = None,
         priorities: Priorities | None = None,
         lag: LoopLag | None = None,
+        snapshot: Snapshot | None = None,
     ) -> None:
         self.config = config
         # Several feeds' sockets on one loop, read by their priorities when several are ready
@@ -96,7 +108,10 @@ class FeedHandler:
         self.priorities = priorities
         self.session = FeedSession(config, [source for source, _ in config.lines],
                                    rerequest=config.rerequest is not None,
-                                   replay=config.replay is not None)  # fmt: skip
+                                   replay=config.replay is not None,
+                                   snapshot=snapshot is not None)  # fmt: skip
+        self._take_snapshot = snapshot
+        self._snapshot: asyncio.Task[None] | None = None
         self.on_batch = on_batch
         self.on_event = on_event
         self.session_ended = asyncio.Event()
@@ -151,11 +166,13 @@ class FeedHandler:
             drain.sock.close()
         self._drains.clear()
         self._timer.cancel()
-        replay = self._replay
+        replay, snapshot = self._replay, self._snapshot
         self._cancel_replay()
-        if replay is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await replay
+        self._cancel_snapshot()
+        for task in (replay, snapshot):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._capture is not None:
             self._capture.close()
 
@@ -249,6 +266,9 @@ class FeedHandler:
                 self._replay = asyncio.ensure_future(self._run_replay(item))
             elif isinstance(item, ReplayCancel):
                 self._cancel_replay()
+            elif isinstance(item, SnapshotStart):
+                self._cancel_snapshot()  # (of a session since left)
+                self._snapshot = asyncio.ensure_future(self._run_snapshot(item.session))
             else:
                 if isinstance(item, SessionEnded):
                     self.session_ended.set()
@@ -307,6 +327,26 @@ class FeedHandler:
         if self._replay is not None:
             self._replay.cancel()
             self._replay = None
+
+    async def _run_snapshot(self, session: bytes) -> None:
+        assert self._take_snapshot is not None
+        try:
+            first = await self._take_snapshot(session)
+        except (OSError, TickerplantError, TimeoutError) as err:
+            self._snapshot = None
+            self.session.snapshot_failed(session, f"{type(err).__name__}: {err}", clock())
+        else:
+            self._snapshot = None
+            name = session.decode("ascii", "replace").strip()
+            log.info("joined %s from a snapshot: its stream from %d", name, first,
+                     extra=fields(event="snapshot_taken", session=name, first=first))
+            self.session.snapshot_taken(session, first, clock())
+        self._service()
+
+    def _cancel_snapshot(self) -> None:
+        if self._snapshot is not None:
+            self._snapshot.cancel()
+            self._snapshot = None
 
 
 def _warm_kernels() -> None:

@@ -63,6 +63,9 @@ FEED = (
     Figure("replays_started", _C, "TCP replay sessions started"),
     Figure("replays_failed", _C, "TCP replay sessions that ended short"),
     Figure("replay_failures", _I, "why replay sessions ended short, by reason"),
+    Figure("snapshots_taken", _C, "sessions joined under way from a snapshot"),
+    Figure("snapshots_failed", _C, "snapshots that failed (the session replayed from its "
+           "first number instead)"),
     Figure("consumer_errors", _C, "consumer callbacks that raised"),
     Figure("loop_lag_seconds", _H, "how late the event loop ran a callback that was due"),
     Figure("gc_collections", _C, "cyclic garbage collections, by generation (2: a full one, "

@@ -165,15 +165,22 @@ class Catalog:
         self._symbols = -1  # the directory's size when _by_symbol was built
 
     def locate(self, symbol: bytes) -> int | None:
+        return self._named().get(symbol)
+
+    def locates(self) -> list[int]:
+        return sorted(self._named().values())
+
+    def _named(self) -> dict[bytes, int]:
+        """This channel's stocks (the others are not its stream's), by name."""
         engine = self._books.engine
         if engine.symbol_count != self._symbols:  # a Stock Directory since: once per change
-            books = self._books  # (this channel's stocks only: the others are not its stream's)
+            books = self._books
             self._by_symbol = {name.encode("latin-1").ljust(8): loc
                                for loc, name in engine.symbols().items()
                                if books.channels == 1
                                or channel_of(loc, books.channels) == self._channel}  # fmt: skip
             self._symbols = engine.symbol_count
-        return self._by_symbol.get(symbol)
+        return self._by_symbol
 
     def images(self, locates: list[int]) -> Callable[[], bytes]:
         books, at = self._books, self._books.at[self._channel]

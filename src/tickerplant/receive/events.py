@@ -92,8 +92,12 @@ class LineStateChanged:
 
 @dataclass(frozen=True, slots=True)
 class SessionStarted:
+    """``session`` starts (``previous`` was followed before it): its stream from its first
+    number, or, for a receiver that joined it under way from a snapshot, from ``joined``."""
+
     session: bytes
     previous: bytes | None
+    joined: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,3 +121,9 @@ class SuspectDecided:
 
 
 Event = GapRepaired | GapLost | LineStateChanged | SessionStarted | SessionEnded | SuspectDecided
+
+
+# What travels in the stream between batches, in position: a consumer sees a session's last
+# batch before its end, and a lost range exactly where the messages would have been.
+Marker = GapLost | SessionStarted | SessionEnded
+Delivery = Batch | Marker

@@ -2,13 +2,14 @@
 
 In the shape of aioquic's connection. Inputs: :meth:`FeedSession.receive_datagrams` (a drained
 batch from a line or from the re-request socket), :meth:`FeedSession.receive_replay` (a run of
-messages from the TCP replay), :meth:`FeedSession.replay_ended`, and
+messages from the TCP replay), :meth:`FeedSession.replay_ended`, what a snapshot said
+(:meth:`FeedSession.snapshot_taken`, :meth:`FeedSession.snapshot_failed`), and
 :meth:`FeedSession.handle_timer` at :meth:`FeedSession.get_timer`. Outputs, drained after every
 input, two as in aioquic: :meth:`FeedSession.next_event`, one :data:`FeedOutput` at a time in the
 order the session produced them (the repaired stream's batches, with lost ranges and session
 markers in their stream positions; gap repairs, line state changes and suspects decided; TCP
-replays to start or cancel), and :meth:`FeedSession.datagrams_to_send` (re-requests, bytes for
-their socket). ``now`` always comes in as an argument.
+replays to start or cancel, a snapshot to take), and :meth:`FeedSession.datagrams_to_send`
+(re-requests, bytes for their socket). ``now`` always comes in as an argument.
 
 The machines it composes: the :class:`Sequencer` (arbitration, hold-back, gaps), the
 :class:`Recovery` (what to ask for, when to give up) and one :class:`Liveness` per line. Around
@@ -31,6 +32,7 @@ from tickerplant.errors import ConfigError
 from tickerplant.latency import Latencies
 from tickerplant.receive.events import (
     Batch,
+    Delivery,
     Event,
     GapLost,
     GapRepaired,
@@ -47,7 +49,7 @@ from tickerplant.receive.recovery import (
     Replay,
     Rerequest,
 )
-from tickerplant.receive.sequencer import MAX_HELD_BYTES, Delivery, Sequencer
+from tickerplant.receive.sequencer import MAX_HELD_BYTES, Sequencer
 from tickerplant.wire import moldudp64 as mold
 
 log = logging.getLogger(__name__)
@@ -68,8 +70,13 @@ class FeedSessionConfig:
     max_held_bytes: int = MAX_HELD_BYTES
     first_sequence: int = 1
     digest: bool = False  # sha256 of the delivered block stream, for end-to-end checks
+    # A session heard under way: "replay" it from its first number, or take a "snapshot" of
+    # the state it stands at (when there is a snapshot service) and follow it from there.
+    join: str = "replay"
 
     def __post_init__(self) -> None:
+        if self.join not in ("replay", "snapshot"):
+            raise ConfigError("join", repr(self.join), 'use "replay" or "snapshot"')
         if self.first_sequence < 1:
             raise ConfigError("first_sequence", f"{self.first_sequence}", "sequences start at 1")
         if self.session is not None:
@@ -97,8 +104,16 @@ class ReplayCancel:
     reason: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotStart:
+    """Take a snapshot of ``session`` where it stands now; report with snapshot_taken (the
+    number its stream goes on from) or snapshot_failed."""
+
+    session: bytes
+
+
 ReplayRequest = ReplayStart | ReplayCancel
-FeedOutput = Delivery | Event | ReplayRequest
+FeedOutput = Delivery | Event | ReplayRequest | SnapshotStart
 
 
 def _defects() -> dict[mold.Defect, int]:
@@ -130,21 +145,27 @@ class FeedCounters:
     skipped_unreported: int = 0  # missing from the stream without a GapLost
     rerequest_send_errors: int = 0
     replay_failures: dict[str, int] = field(default_factory=dict)  # why replays ended short
+    snapshots_taken: int = 0
+    snapshots_failed: int = 0
     sources: dict[Source, SourceCounters] = field(
         default_factory=lambda: {s: SourceCounters() for s in Source}
     )
 
 
 class FeedSession:
-    """``lines``: the lines it hears; ``rerequest``, ``replay``: whether somebody is there to
-    ask (a repair means nobody configured is never tried, and never fails)."""
+    """``lines``: the lines it hears; ``rerequest``, ``replay``, ``snapshot``: whether somebody
+    is there to ask (a repair means nobody configured is never tried, and never fails; a
+    session heard under way is joined by ``config.join`` when there is a snapshot service, by
+    replay otherwise)."""
 
     def __init__(self, config: FeedSessionConfig,
                  lines: Sequence[Source] = (Source.LINE_A, Source.LINE_B), *,
-                 rerequest: bool = False, replay: bool = False) -> None:  # fmt: skip
+                 rerequest: bool = False, replay: bool = False,
+                 snapshot: bool = False) -> None:  # fmt: skip
         self.config = config
         pinned = mold.session_bytes(config.session) if config.session else None
-        self.sequencer = Sequencer(pinned, config.first_sequence, config.max_held_bytes)
+        self.sequencer = Sequencer(pinned, config.first_sequence, config.max_held_bytes,
+                                   snapshot=snapshot and config.join == "snapshot")  # fmt: skip
         recovery = replace(
             config.recovery,
             rerequest=config.recovery.rerequest and rerequest,
@@ -163,6 +184,7 @@ class FeedSession:
         self._next_delivery = config.first_sequence
         self._digest = hashlib.sha256() if config.digest else None
         self._replaying = False
+        self._snapshot: bytes | None = None  # the session a snapshot was asked of
         self._outputs: deque[FeedOutput] = deque()
         self._datagrams: list[bytes] = []
         self._line_timer: float | None = None  # the lines' earliest deadline (all down: none)
@@ -256,6 +278,28 @@ class FeedSession:
         self.recovery.replay_finished(ok, now)
         self._advance(now)
 
+    def snapshot_taken(self, session: bytes, first: int, now: float) -> None:
+        """The snapshot asked of ``session`` is the state before ``first``: its stream goes
+        on from there (what lies between it and the lines repaired as any gap)."""
+        if session != self._snapshot or session != self.sequencer.session:
+            return  # asked of a session since left
+        self._snapshot = None
+        self.counters.snapshots_taken += 1
+        self.sequencer.start_at(first, now)
+        self._advance(now)
+
+    def snapshot_failed(self, session: bytes, reason: str, now: float) -> None:
+        """No snapshot of ``session``: it is joined from its first number, by replay."""
+        if session != self._snapshot or session != self.sequencer.session:
+            return
+        self._snapshot = None
+        self.counters.snapshots_failed += 1
+        log.warning("no snapshot of %s (%s): replaying it from %d instead",
+                    session.decode("ascii", "replace").strip(), reason,
+                    self.config.first_sequence)  # fmt: skip
+        self.sequencer.start_at(self.config.first_sequence, now)
+        self._advance(now)
+
     def rerequest_unsent(self) -> None:
         """The socket refused a re-request: no worse than a lost one (its retry timer covers
         both), but counted, so that a re-request server nobody can reach shows."""
@@ -283,7 +327,8 @@ class FeedSession:
         Never late, sometimes early: the lines' deadlines only move later while they are heard,
         so the earliest is recomputed when one changes state or fires, not on every wake-up.
         """
-        timers = [t for t in (self.recovery.get_timer(), self._line_timer,
+        recovery = None if self.sequencer.joining else self.recovery.get_timer()
+        timers = [t for t in (recovery, self._line_timer,
                               self.sequencer.get_timer()) if t is not None]  # fmt: skip
         return min(timers) if timers else None
 
@@ -327,6 +372,8 @@ class FeedSession:
             "replays_started": rc.replays_started,
             "replays_failed": rc.replays_failed,
             "replay_failures": dict(c.replay_failures),
+            "snapshots_taken": c.snapshots_taken,
+            "snapshots_failed": c.snapshots_failed,
             "repair_latency_seconds": {k.value: v.figures() for k, v in self.latencies.items()},
             "line_state": {s.label: live.state.value for s, live in self.liveness.items()},
             "packets": {s.label: f.packets for s, f in sources},
@@ -354,7 +401,14 @@ class FeedSession:
         seq = self.sequencer
         rec = self.recovery
         timer = rec.get_timer()
-        if seq.gaps or (timer is not None and now >= timer):
+        if seq.joining:
+            # Heard under way: where its stream starts for us is the snapshot's to say, and
+            # nothing before it is asked for meanwhile.
+            if seq.gaps and self._snapshot != seq.session:
+                assert seq.session is not None
+                self._snapshot = seq.session
+                self._outputs.append(SnapshotStart(seq.session))
+        elif seq.gaps or (timer is not None and now >= timer):
             rec.handle_timer(now)
             while (action := rec.next_event()) is not None:
                 if isinstance(action, Rerequest):
@@ -392,12 +446,13 @@ class FeedSession:
                 self.lost_ranges.append((item.start, item.end))
         elif isinstance(item, SessionEnded):
             self.ended = True
-        elif isinstance(item, SessionStarted) and item.previous is not None:
-            # The exchange started a new session: what was under way belonged to the old one.
-            self.ended = False
-            self._next_delivery = self.config.first_sequence
-            self._cancel_replay(None)
-            self.recovery.reset()
+        elif isinstance(item, SessionStarted):
+            self._next_delivery = item.joined or self.config.first_sequence
+            if item.previous is not None:
+                # The exchange started a new session: what was under way belonged to the old one.
+                self.ended = False
+                self._cancel_replay(None)
+                self.recovery.reset()
         self._outputs.append(item)
 
     def _check_continuity(self, first: int) -> None:

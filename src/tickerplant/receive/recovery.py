@@ -16,7 +16,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from tickerplant.ops.config import check
-from tickerplant.receive.sequencer import Gap, Sequencer
+from tickerplant.receive.gaps import Gap
+from tickerplant.receive.sequencer import Sequencer
 
 
 @dataclass(frozen=True, slots=True)

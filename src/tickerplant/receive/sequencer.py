@@ -15,6 +15,9 @@ State, all of it here:
 - ``gaps``: the ranges in [expected, horizon) that nobody has sent us yet, sorted, disjoint.
 - a suspect: one packet (or heartbeat) more than ``max_jump`` past the horizon, set aside until a
   second agrees with it; never dropped unsaid (see :meth:`Sequencer._set_aside`).
+- ``joining``: one that may join a session under way from a snapshot has heard a session but
+  not yet where its stream starts for us: at its first number (a packet there), or where a
+  snapshot ends (:meth:`Sequencer.start_at`); nothing is delivered nor said until then.
 
 A gap may be filled piecewise (from a line, a capped re-request, a replay); the :class:`GapRecord`
 its pieces share decides when it is over and who finished it.
@@ -28,53 +31,20 @@ from dataclasses import dataclass, field
 
 from tickerplant.receive.events import (
     Batch,
+    Delivery,
     Event,
     GapLost,
     GapRepaired,
+    Marker,
     SessionEnded,
     SessionStarted,
     Source,
     SuspectDecided,
 )
+from tickerplant.receive.gaps import Gap, GapRecord, Suspect
 from tickerplant.wire.blocks import offsets_of
 
 Buffer = bytes | memoryview
-# What travels in the stream between batches, in position: a consumer sees a session's last
-# batch before its end, and a lost range exactly where the messages would have been.
-Marker = GapLost | SessionStarted | SessionEnded
-Delivery = Batch | Marker
-
-
-@dataclass(slots=True)
-class GapRecord:
-    """One gap as first seen; outlives the splitting of its range into pieces."""
-
-    start: int
-    end: int
-    opened_at: float
-    revealed_by: Source
-    pieces: int = 1
-    lost: bool = False
-
-
-@dataclass(slots=True)
-class Gap:
-    """A missing range [start, end) still outstanding; recovery keeps its own notes on it."""
-
-    start: int
-    end: int
-    record: GapRecord
-    attempts: int = 0
-    next_try: float = 0.0
-    requested_end: int = -1  # end of the range the last re-request asked for
-    # When a replay covering it failed: from then it is re-requested, and its give_up_after
-    # counts from then (the replay may have held it open past that while it tried), and from
-    # each re-request answered whole (a fallback for a large gap takes many).
-    replay_failed_at: float | None = None
-
-    @property
-    def size(self) -> int:
-        return self.end - self.start
 
 
 # Early packets held back while a gap is repaired; past this, they are dropped and fetched again.
@@ -82,19 +52,6 @@ MAX_HELD_BYTES = 128 << 20
 # How long a suspect waits for a second packet to agree before it is decided: above MoldUDP64's
 # heartbeat interval, so that a line still carrying the stream has said where it is meanwhile.
 SUSPECT_WAIT = 5.0
-
-
-@dataclass(slots=True)
-class Suspect:
-    """A packet (``count`` >= 0) or heartbeat (``count`` -1) far beyond the horizon, set aside."""
-
-    source: Source
-    sequence: int
-    count: int
-    blocks: bytes
-    at: float
-    end_of_session: bool = False
-    contradicted: bool = False  # a line was heard near the stream since: it did not jump
 
 
 def _by_source() -> dict[Source, int]:
@@ -125,8 +82,12 @@ class Sequencer:
         session_timeout: float = 5.0,
         max_jump: int = 1 << 20,
         suspect_wait: float = SUSPECT_WAIT,
+        snapshot: bool = False,
     ) -> None:
         self.session = session
+        self._snapshot = snapshot
+        self.joining = False
+        self._previous: bytes | None = None  # the session followed before the one joining
         self._pinned = session is not None
         self._first_sequence = first_sequence
         self.max_held_bytes = max_held_bytes
@@ -189,6 +150,8 @@ class Sequencer:
         c = self.counters
         end = sequence + count
         expected = self.expected
+        if self.joining and sequence == expected:
+            self.start_at(expected, now)  # heard from its first number: nothing to join
         if sequence == expected and not self._held and not self.gaps and self.suspect is None:
             # The steady state: in order, nothing outstanding.
             self._out.append((sequence, count, blocks))
@@ -251,9 +214,40 @@ class Sequencer:
             if self._set_aside(suspect, now):
                 return
         self.ended_at = next_sequence
+        if self.joining and next_sequence <= self.expected:
+            self.start_at(self.expected, now)  # an empty session: it starts and ends
         self.on_heartbeat(source, next_sequence, now)
         if self.suspect is not None:  # the session is over where it was: nothing jumped
             self.decide_suspect(now)
+
+    def start_at(self, first: int, now: float) -> None:
+        """A session being joined starts for us at ``first``: what came before it was had
+        another way (a snapshot of the state up to ``first - 1``; at the session's first number,
+        nothing), so its gaps are closed (neither repaired nor lost) and what is held of it let
+        go of. The gaps from ``first`` on are opened now: nobody worked on them while the
+        session was being joined."""
+        if not self.joining or self.session is None:
+            return
+        self.joining = False
+        self._out.append(SessionStarted(self.session, self._previous,
+                                        first if first != self._first_sequence else None))
+        gaps, self.gaps = self.gaps, []
+        for gap in gaps:
+            if gap.end > first:
+                start = max(gap.start, first)
+                self.gaps.append(Gap(start, gap.end,
+                                     GapRecord(start, gap.end, now, gap.record.revealed_by)))
+        if first <= self.expected:
+            return
+        held, self._held, self._heap, self.held_bytes = self._held, {}, [], 0
+        self.expected = first
+        self.horizon = max(self.horizon, first)
+        for start, (count, blocks) in held.items():
+            assert isinstance(blocks, bytes)  # (nothing is given up before the stream starts)
+            if start + count > first:
+                skip = max(first - start, 0)
+                self._hold(start + skip, count - skip, _skip(blocks, skip) if skip else blocks)
+        self._drain_held()
 
     def decide_suspect(self, now: float) -> None:
         """Decide the suspect set aside, if any, now: rejected (counted, told with its numbers)
@@ -339,13 +333,23 @@ class Sequencer:
     # ---- internals ----------------------------------------------------------------------------
 
     def _start_session(self, session: bytes, now: float) -> None:
-        self._out.append(SessionStarted(session, self.session))
+        if self._snapshot:
+            # Said once it is known where its stream starts for us (start_at), as following on
+            # from the last session said to have started.
+            if not self.joining:
+                self._previous = self.session
+            self.joining = True
+        else:
+            self._out.append(SessionStarted(session, self.session))
         self.session = session
         self._reset(self._first_sequence)
         self._last_heard = now
 
     def _abandon_outstanding(self, now: float) -> None:
-        """A session that ends with gaps still open loses them, and says so."""
+        """A session that ends with gaps still open loses them, and says so (one never joined
+        was never started for the consumer: nothing of it is said)."""
+        if self.joining:
+            return
         self.decide_suspect(now)
         for gap in list(self.gaps):
             self.give_up(gap, now)
@@ -482,6 +486,7 @@ class Sequencer:
         if (
             self.ended_at is not None
             and not self._end_reported
+            and not self.joining
             and self.expected >= self.ended_at
             and self.session is not None
         ):

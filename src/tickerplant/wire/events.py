@@ -45,7 +45,11 @@ nanoseconds since midnight, ``locate`` the day's stock locate code, 0 for market
   - ``c`` conflated: of events numbers [first, first + count), ``dropped`` records were not
     sent as themselves to this slow consumer (``conflate`` policy): each symbol's latest BBO
     was, and its trades as one ``T`` summary (a lone trade as itself); statuses, symbols,
-    broken trades and notices are sent as they are, in order.
+    broken trades and notices are sent as they are, in order;
+  - ``i`` imaged (flags IMAGE): the end of a set of images, the last thing sent of it: the
+    ``count`` symbols' images before it hold their state up to events number ``sequence``
+    (and ``first`` = ``sequence`` + 1), so a client knows it has every image it asked for
+    (``*`` asks for every symbol's: a snapshot) before any update comes.
 
 A client that resumes logs in at the ``sequence`` of the last update it received plus one: the
 records it is sent carry their own numbers, so a client narrowed to a few symbols (whose
@@ -65,10 +69,10 @@ BLOCK_SIZE: Final = 2 + RECORD_SIZE  # as a block: u16 big-endian length, then t
 IMAGE: Final = 1
 
 BBO, TRADE, STATUS, DEPTH, SYMBOL, TRADES = b"b", b"t", b"s", b"d", b"y", b"T"
-LOST, SKIPPED, CONFLATED = b"l", b"k", b"c"
+LOST, SKIPPED, CONFLATED, IMAGED = b"l", b"k", b"c", b"i"
 NAMES: Final = {BBO: "bbo", TRADE: "trade", STATUS: "status", DEPTH: "depth", SYMBOL: "symbol",
                 TRADES: "trades", LOST: "lost", SKIPPED: "skipped",
-                CONFLATED: "conflated"}  # fmt: skip
+                CONFLATED: "conflated", IMAGED: "imaged"}  # fmt: skip
 BROKEN: Final = ord("B")  # a trade record's ``trade`` for a broken trade
 
 _HEADER: Fields = [("kind", "S1"), ("flags", "u1"), ("sequence", "<u8"), ("source", "<u8"),
@@ -110,7 +114,7 @@ _BODIES: Final[dict[bytes, Fields]] = {
              ("low", "<u4")],
     LOST: [("first", "<u8"), ("count", "<u8"), ("dropped", "<u8")],
 }  # fmt: skip
-_BODIES[SKIPPED] = _BODIES[CONFLATED] = _BODIES[LOST]
+_BODIES[SKIPPED] = _BODIES[CONFLATED] = _BODIES[IMAGED] = _BODIES[LOST]
 
 # Each kind's record (RECORDS) and the same as a block with its length (BLOCKS).
 RECORDS: Final = {kind: _record(body, block=False) for kind, body in _BODIES.items()}
@@ -131,7 +135,7 @@ def blocks(kind: bytes, n: int) -> npt.NDArray[np.void]:
 
 def notice(kind: bytes, sequence: int, source: int, first: int, count: int,
            dropped: int) -> bytes:  # fmt: skip
-    """One notice (``LOST``, ``SKIPPED``, ``CONFLATED``) as a block."""
+    """One notice (``LOST``, ``SKIPPED``, ``CONFLATED``, ``IMAGED``) as a block."""
     out = blocks(kind, 1)
     out["sequence"], out["source"] = sequence, source
     out["first"], out["count"], out["dropped"] = first, count, dropped

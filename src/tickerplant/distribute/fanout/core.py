@@ -406,9 +406,12 @@ class FanOut(Generic[H]):
         if conflated:
             unsent = min(unsent, self.limits.conflate_unsent)
         subscriber.events.append(Subscribed(login.username, first, unsent))
-        locates = subscriber.subscription.locates
-        if not login.sequence and locates is not None:
-            self._images(subscriber, locates.tolist())  # from now: state first
+        subscription = subscriber.subscription
+        if not login.sequence and self.catalog is not None:  # from now: state first
+            if subscription.whole:
+                self._images(subscriber, self.catalog.locates(), snapshot=True)
+            elif subscription.locates is not None:
+                self._images(subscriber, subscription.locates.tolist())
 
     def _request(self, subscriber: Subscriber[H], message: bytes) -> None:
         """A subscription request (:mod:`.subscriptions`). Symbols added at the live end are sent
@@ -426,24 +429,28 @@ class FanOut(Generic[H]):
         op, symbols = parsed
         self.counters.subscriptions += 1
         subscription = subscriber.subscription
+        # One waiting for images is behind only for them: it was at the live end when it asked.
+        at_end = subscriber.cursor >= self.delivery.published or subscriber.imaging
         if op == b"*":
-            subscription.everything()
+            added = subscription.everything(self.catalog.locates())
+            if subscriber.active and at_end:
+                self._images(subscriber, added, snapshot=True)
             return
         found = {s: self.catalog.locate(s.ljust(SYMBOL)) for s in symbols}
         unknown = [s.decode("latin-1").strip() for s, loc in found.items() if loc is None]
         if unknown:
             text = f"unknown symbols (not in today's Stock Directory): {' '.join(unknown)}"
             session.send_debug(text[:200].encode("ascii", "replace"))
-        # One waiting for images is behind only for them: it was at the live end when it asked.
-        at_end = subscriber.cursor >= self.delivery.published or subscriber.imaging
         added = subscription.change(op, {loc for loc in found.values() if loc is not None})
         if op == b"+" and subscriber.active and at_end:
             self._images(subscriber, added)
 
-    def _images(self, subscriber: Subscriber[H], locates: list[int]) -> None:
+    def _images(self, subscriber: Subscriber[H], locates: list[int], snapshot: bool = False
+                ) -> None:  # fmt: skip
         """The state of ``locates`` now (taken now, encoded by io off the loop), then their
-        records from the next number on."""
-        if not locates or self.catalog is None:
+        records from the next number on. A ``snapshot`` (``*``) is sent even of no symbol: its
+        ``i`` notice says where the stream stands."""
+        if (not locates and not snapshot) or self.catalog is None:
             return
         number = subscriber.subscription.imaged(locates, self.delivery.published)
         subscriber.events.append(BuildImages(number, self.catalog.images(locates)))

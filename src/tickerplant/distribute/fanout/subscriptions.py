@@ -3,7 +3,9 @@ end (their state first, then their updates).
 
 A subscription request is Unsequenced Data: ``+`` and 8-byte symbols adds them (the first ``+``
 narrows the stream from every symbol to these), ``-`` and symbols removes them, ``*`` alone goes
-back to every symbol.
+back to every symbol. At the live end each set of symbols added is sent its images: ``*``'s are
+every symbol's the client had not asked for by name (for one never narrowed, all of them: a
+snapshot of the market), ended by an ``i`` notice.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ class Catalog(Protocol):
         records (wire.events blocks) from what was taken, so it may run on a thread."""
         ...
 
+    def locates(self) -> list[int]:
+        """Every locate the stream has named today, in order (the images ``*`` asks for)."""
+        ...
+
 
 def parse(message: bytes) -> tuple[bytes, list[bytes]] | str:
     """A request's operation and symbols, or what is wrong with it."""
@@ -45,10 +51,11 @@ class Subscription:
     0), built by io and not yet sent, and the number of the next to send. Images go in the order
     asked, before anything else."""
 
-    __slots__ = ("_asked", "_built", "_sent", "group", "locates", "since")
+    __slots__ = ("_asked", "_built", "_sent", "group", "locates", "since", "whole")
 
     def __init__(self) -> None:
         self.locates: np.ndarray | None = None
+        self.whole = False  # every symbol asked for by ``*``, not by default: with images
         self.group: bytes | None = None
         self.since: dict[int, int] = {}
         self._asked = 0
@@ -60,8 +67,11 @@ class Subscription:
         """Images asked for are still being built: nothing else goes until they have."""
         return self._sent < self._asked
 
-    def everything(self) -> None:
-        self.locates, self.group, self.since = None, None, {}
+    def everything(self, known: list[int]) -> list[int]:
+        """Every symbol (``*``); returns those of ``known`` it had not asked for by name."""
+        had = set() if self.locates is None else set(self.locates.tolist())
+        self.locates, self.group, self.since, self.whole = None, None, {}, True
+        return [locate for locate in known if locate not in had]
 
     def change(self, op: bytes, chosen: set[int]) -> list[int]:
         """Add (``+``) or remove (``-``) ``chosen``; returns the locates added."""
@@ -70,7 +80,7 @@ class Subscription:
             return []  # removing from every symbol: nothing to narrow, say "+" first
         now = had | chosen if op == b"+" else had - chosen
         locates = np.array(sorted(now), dtype=np.uint16)
-        self.locates, self.group = locates, locates.tobytes()
+        self.locates, self.group, self.whole = locates, locates.tobytes(), False
         for locate in had - now:
             self.since.pop(locate, None)
         return sorted(now - had)
