@@ -5,6 +5,8 @@ process)."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +21,7 @@ from tickerplant.errors import ConfigError
 from tickerplant.exchange.child import ExchangeProcess
 from tickerplant.feed.handler import FeedConfig
 from tickerplant.plant import EventsConfig, Plant
+from tickerplant.plant.config import MIN_RING
 from tickerplant.wire import events as ev
 
 ANY = Endpoint("127.0.0.1", 0)
@@ -27,6 +30,11 @@ ANY = Endpoint("127.0.0.1", 0)
 def test_an_edge_is_told_what_it_cannot_do() -> None:
     with pytest.raises(ConfigError, match="channels: 0"):
         EdgeConfig(channels=0)
+    with pytest.raises(ConfigError, match=r"events\.memory_bytes: .* for each of 2 channels"):
+        EdgeConfig(channels=2, events=EventsConfig(ANY, memory_bytes=MIN_RING))
+    with pytest.raises(ConfigError, match=r"feed\.join: .* leave journal_dir out"):
+        EdgeConfig(FeedConfig(Endpoint("239.193.1.1", 32001), None, join="snapshot"),
+                   events=EventsConfig(ANY, journal_dir=Path("/tmp")))  # fmt: skip
     with pytest.raises(ConfigError, match=r"feed\.line_a: channel 2's line A .* as is"):
         EdgeConfig(FeedConfig(Endpoint("239.193.1.1", 32001), Endpoint("239.193.2.1", 32001)),
                    channels=2)  # fmt: skip
@@ -194,6 +202,72 @@ def test_an_edge_joining_after_a_million_records_takes_a_snapshot_then_the_strea
                                                          as_json(from_edge, {}))
 
 
+@pytest.mark.slow
+def test_an_edge_keeps_its_journal_as_the_plant_does_and_a_restarted_one_goes_on(
+        tmp_path: Path) -> None:  # fmt: skip
+    """An edge with ``[events] journal_dir`` and the least ``memory_bytes``: its journal spills
+    to the file (memory bounded); stopped mid-day and started again on the same directory, it
+    reopens the file and goes on (what the replay from 1 brings again is not journaled
+    twice); a client reading it from 1 gets the plant's journal, record for record."""
+    messages = 200_000
+    config = tier2_plant("239.194.80", "239.194.90", 1, depth=0)
+    p, tier2 = config.feed, config.tier2
+    a, b = tier2.line_a, tier2.line_b
+    assert a is not None and b is not None
+    reader = CollectedEvents()
+
+    async def main() -> tuple[Plant, list[dict[str, Any]]]:
+        plant = Plant(config)
+        await plant.start()
+        at_plant = Endpoint("127.0.0.1", plant.channels[0].events.port)
+        edge_config = EdgeConfig(
+            FeedConfig(Endpoint(a.group, a.port), Endpoint(b.group, b.port),
+                       rerequest=tier2.rerequest, replay=at_plant),
+            events=EventsConfig(ANY, journal_dir=tmp_path, memory_bytes=MIN_RING),
+        )  # fmt: skip
+        figures = []
+        edge = Edge(edge_config)
+        try:
+            async with ExchangeProcess(
+                p.line_a, p.line_b, p.rerequest, p.replay, "--messages", str(messages),
+                "--seed", "23", "--rate", "100000", "--eos-seconds", "0.5",
+            ) as exchange:  # fmt: skip
+                await edge.start()
+                await exchange.wait_published(messages // 2)
+                await until(lambda: len(edge.channels[0].stream.journal or ()) > 10_000, 30,
+                            "the first edge journaled 10,000 records")  # fmt: skip
+                figures.append(edge.figures())
+                await edge.close()
+                edge = Edge(edge_config)
+                await edge.start()
+                await exchange.summary()
+                await until(lambda: plant.channels[0].stream.ended, 30, "the plant's stream ended")
+                await until(lambda: edge.channels[0].feed.session_ended.is_set(), 30,
+                            lambda: f"the edge's session ended: {edge.figures()}")  # fmt: skip
+            journal = plant.channels[0].event_stream.journal
+            assert journal is not None
+            await asyncio.wait_for(_read(Endpoint("127.0.0.1", edge.port),
+                                         journal.session.decode().strip(), reader,
+                                         until_number=len(journal)), 30)  # fmt: skip
+            figures.append(edge.figures())
+        finally:
+            await edge.close()
+            await plant.close()
+        return plant, figures
+
+    plant, (first, second) = asyncio.run(main())
+    journal = plant.channels[0].event_stream.journal
+    assert journal is not None and len(journal) > 20_000
+    rows = ev.from_blocks(journal.blocks(1, len(journal))[1])
+    assert b"".join(reader.records) == rows.tobytes(), "every record once, in order"
+    (file,) = tmp_path.glob("*.events")
+    assert file.stat().st_size == len(journal) * ev.BLOCK_SIZE
+    for figures in (first, second):
+        assert figures["journal_memory_bytes"]["events"] <= 2 * MIN_RING, figures
+        assert figures["journal_write_errors"]["events"] == 0
+    assert second["stream_messages"]["events"] == len(journal)
+
+
 def test_the_edge_example_config_loads_back_to_the_defaults() -> None:
     import tomllib
 
@@ -212,7 +286,7 @@ def test_a_range_an_edge_cannot_repair_keeps_its_numbers_as_notices_and_is_count
 
     async def main() -> tuple[bytes, int]:
         config = EdgeConfig(events=EventsConfig(ANY))
-        channel = EdgeChannel(0, config.lines()[0], config, LoopLag())
+        channel = EdgeChannel(0, config, LoopLag())
         channel._on_event(SessionStarted(b"EDGE000001", None))
         channel._on_event(GapLost(1, 4, Source.LINE_A, 0.1))
         journal = channel.stream.journal

@@ -9,7 +9,7 @@ from tickerplant.endpoint import EDGE_EVENTS, EVENTS, TIER2_A, TIER2_B, TIER2_RE
 from tickerplant.errors import ConfigError
 from tickerplant.feed.handler import FeedConfig
 from tickerplant.io.web import MetricsConfig
-from tickerplant.plant.config import EventsConfig, check_users
+from tickerplant.plant.config import EventsConfig, check_shares, check_users, share
 from tickerplant.wire.channels import feed_lines
 
 
@@ -30,7 +30,8 @@ class EdgeConfig:
     # The plant's channels (its channels = K): channel k's tier-2 groups derived from [feed]'s.
     channels: int = 1
     # What the edge serves: each channel's events stream, numbered as the plant numbers it
-    # (several channels: one port, a login naming the session).
+    # (several channels: one port, a login naming the session), its journal kept as the
+    # plant keeps its own (journal_dir/NNN, memory_bytes shared by the channels).
     events: EventsConfig = field(default_factory=_events)
     users: dict[str, str] = field(default_factory=dict)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -38,6 +39,11 @@ class EdgeConfig:
     def __post_init__(self) -> None:
         check_users(self.users)
         self.lines()  # (a bad count, or a group two channels share: told now)
+        check_shares("events", self.events, self.channels)
+        if self.feed.join == "snapshot" and self.events.journal_dir is not None:
+            raise ConfigError("feed.join", '"snapshot" with [events] journal_dir',
+                              "a journal file holds a session from its first number: join "
+                              'by "replay", or leave journal_dir out')  # fmt: skip
 
     def lines(self) -> list[FeedConfig]:
         """Each channel's feed settings."""
@@ -47,3 +53,7 @@ class EdgeConfig:
         except ConfigError as err:
             raise err.within("feed") if err.field != "channels" else err from None
         return [replace(feed, line_a=a, line_b=b) for a, b in pairs]
+
+    def events_of(self, channel: int) -> EventsConfig:
+        """Channel ``channel``'s (from 0) events stream: its share of the memory, its files."""
+        return share(self.events, channel + 1, self.channels)

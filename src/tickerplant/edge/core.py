@@ -27,38 +27,36 @@ from typing import Any
 import numpy as np
 
 from tickerplant.client import Events, subscribe
-from tickerplant.distribute.fanout import FanOut
 from tickerplant.distribute.stream import ItchStream
 from tickerplant.edge.catalog import Latest
 from tickerplant.edge.config import EdgeConfig
-from tickerplant.feed.handler import FeedConfig, FeedHandler
+from tickerplant.feed.handler import FeedHandler
 from tickerplant.io.listener import Router, bound
 from tickerplant.io.loop import LoopLag
 from tickerplant.io.replay_client import ReplayError
-from tickerplant.io.soupbin import SoupServer
-from tickerplant.ops import passwords
 from tickerplant.ops.figures import added
-from tickerplant.plant.channel import served
+from tickerplant.plant.channel import journal_file, served, stream_server
 from tickerplant.receive.events import Batch, Event, GapLost, SessionEnded, SessionStarted
 from tickerplant.wire import events as ev
 
 
 class EdgeChannel:
-    """One channel: its tier-2 feed, its journal, what its records say, its events server."""
+    """One channel: its tier-2 feed, its journal (and file), what its records say, its events
+    server."""
 
-    def __init__(self, number: int, feed: FeedConfig, config: EdgeConfig, lag: LoopLag) -> None:
-        self.number = number
-        self.stream = ItchStream()  # the records, numbered as the plant numbered them
+    def __init__(self, number: int, config: EdgeConfig, lag: LoopLag) -> None:
+        self.number = number  # from 0
+        feed, events = config.lines()[number], config.events_of(number)
+        self.file = journal_file(events, "events")
+        # The records, numbered as the plant numbered them; a journal the run before kept goes
+        # on, and what the feed brings again below its end (a replay from 1, which rebuilds
+        # what the records say) is not journaled twice.
+        self.stream = ItchStream(reopened=self.file.reopened)
         self.latest = Latest()
         self.feed = FeedHandler(feed, self._on_batch, self._on_event, lag=lag,
                                 snapshot=self._snapshot if feed.replay is not None else None)
-        events = config.events
         users = {name.encode("ascii"): stored for name, stored in config.users.items()} or None
-        self.events = SoupServer(FanOut(
-            ItchStream.waiting(), limits=events.limits, users=users, local_only=not users,
-            catalog=self, policies=events.policies(),
-            policy=events.policy(events.slow_consumer, "slow_consumer"),
-        ), events.listen.host, events.listen.port, verify=passwords.verify)  # fmt: skip
+        self.events = stream_server(self.file.reopened, events, users, self)
 
     # The fan-out's catalog: the state of the records journaled so far.
     def locate(self, symbol: bytes) -> int | None:
@@ -96,7 +94,7 @@ class EdgeChannel:
     def _on_batch(self, batch: Batch) -> None:
         self.stream.deliver(batch)
         self.latest.apply(ev.from_blocks(batch.blocks))
-        self.events.publish()
+        self._publish()
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, GapLost):
@@ -112,18 +110,28 @@ class EdgeChannel:
                 assert journal is not None
                 if isinstance(event, SessionStarted) and event.joined is None:
                     self.latest = Latest()  # a new day's (joined under way: the snapshot's)
+                self.file.open(journal)
                 self.events.start_session(journal)
             elif isinstance(event, SessionEnded):
                 self.events.end_session()
+        self._publish()
+
+    def _publish(self) -> None:
+        # Published, then handed to the file (which may let the journal go of its oldest).
         self.events.publish()
+        self.file.write(self.stream.blocks_to_write(), self.stream.journal)
+
+    async def close(self) -> None:
+        await self.feed.close()
+        await self.events.close()
+        self.file.close()
 
 
 class Edge:
     def __init__(self, config: EdgeConfig) -> None:
         self.config = config
         self.lag = LoopLag()  # one probe of the loop for every channel's feed
-        self.channels = [EdgeChannel(n, feed, config, self.lag)
-                         for n, feed in enumerate(config.lines())]  # fmt: skip
+        self.channels = [EdgeChannel(n, config, self.lag) for n in range(config.channels)]
         listen = config.events.listen
         self.router = (Router([c.events for c in self.channels], listen.host, listen.port)
                        if len(self.channels) > 1 else None)  # fmt: skip
@@ -153,8 +161,7 @@ class Edge:
         if self.router is not None:
             self.router.close()
         for channel in self.channels:
-            await channel.feed.close()
-            await channel.events.close()
+            await channel.close()
 
     async def ended(self) -> None:
         """Until every channel's session has ended."""
@@ -166,5 +173,8 @@ class Edge:
         each = [channel.feed.figures() | served({"events": channel.events}) | {
             "stream_messages": {"events": channel.stream.counters.messages},
             "stream_lost_messages": {"events": channel.stream.counters.lost},
+            "journal_memory_bytes": {"events": channel.stream.journal.memory
+                                     if channel.stream.journal is not None else 0},
+            "journal_write_errors": {"events": channel.file.errors},
         } for channel in self.channels]  # fmt: skip
         return reduce(added, each)

@@ -17,6 +17,7 @@ from typing import Any
 from tickerplant.book import normalize
 from tickerplant.book.snapshot import Picture
 from tickerplant.capture.journal import JournalFile
+from tickerplant.distribute import fanout
 from tickerplant.distribute.fanout import FanOut
 from tickerplant.distribute.journal import Journal
 from tickerplant.distribute.stream import EventStream, ItchStream
@@ -40,26 +41,15 @@ class Channel:
         self.tier2 = tier2  # the events stream republished on the plant's groups
         self.number = config.number  # from 0
         self.books = books
-        self._itch_file = _file(config.itch, "journal")
+        self._itch_file = journal_file(config.itch, "journal")
         self._mender = Mender(self._itch_file, config.feed)
         self.stream = ItchStream(config.feed.first_sequence, self._itch_file.reopened)
-        self._events_file = _file(config.events, "events")
+        self._events_file = journal_file(config.events, "events")
         self.event_stream = EventStream(self._events_file.reopened)
         self.feed = FeedHandler(config.feed, self._on_batch, self._on_event, priorities, lag)
-
-        def server(journal: Journal, stream: StreamConfig, catalog: Catalog | None = None
-                   ) -> SoupServer:  # fmt: skip
-            """A stream's server: the plant's users (none: this host's clients only), the
-            stream's limits and its users' slow-consumer policies."""
-            return SoupServer(FanOut(
-                journal, limits=stream.limits, users=users, local_only=not users,
-                catalog=catalog, policies=stream.policies(),
-                policy=stream.policy(stream.slow_consumer, "slow_consumer"),
-            ), stream.listen.host, stream.listen.port, verify=passwords.verify)  # fmt: skip
-
-        self.itch = server(_serving(self._itch_file.reopened), config.itch)
+        self.itch = stream_server(self._itch_file.reopened, config.itch, users)
         catalog = Catalog(books, self.event_stream, config.events.depth, self.number)
-        self.events = server(_serving(self._events_file.reopened), config.events, catalog)
+        self.events = stream_server(self._events_file.reopened, config.events, users, catalog)
         glimpse = config.glimpse
         self.glimpse = SoupServer(FanOut(
             ItchStream.waiting(), limits=glimpse.limits, users=users, local_only=not users,
@@ -199,12 +189,21 @@ def served(servers: dict[str, SoupServer]) -> dict[str, Any]:
     return out
 
 
-def _file(stream: StreamConfig, suffix: str) -> JournalFile:
+def journal_file(stream: StreamConfig, suffix: str) -> JournalFile:
+    """A stream's journal file (SESSION.SUFFIX in its journal_dir; none: a ring)."""
     return JournalFile(stream.journal_dir, suffix, stream.memory_bytes, stream.keep_sessions,
                        fsync_interval=stream.fsync_interval)
 
 
-def _serving(reopened: Journal | None) -> Journal:
-    """What a stream serves before the feed hears the exchange: the journal of the run before
-    (clients resume on it at once), or an empty one waiting for the first session."""
-    return reopened if reopened is not None else ItchStream.waiting()
+def stream_server(reopened: Journal | None, stream: StreamConfig,
+                  users: Mapping[bytes, str] | None, catalog: fanout.Catalog | None = None
+                  ) -> SoupServer:  # fmt: skip
+    """A stream's server: ``users`` (none: this host's clients only), the stream's limits and
+    its users' slow-consumer policies. What it serves before the feed is heard: the journal of
+    the run before (clients resume on it at once), or an empty one waiting for the first
+    session."""
+    journal = reopened if reopened is not None else ItchStream.waiting()
+    return SoupServer(FanOut(
+        journal, limits=stream.limits, users=users, local_only=not users, catalog=catalog,
+        policies=stream.policies(), policy=stream.policy(stream.slow_consumer, "slow_consumer"),
+    ), stream.listen.host, stream.listen.port, verify=passwords.verify)  # fmt: skip

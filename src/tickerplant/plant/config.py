@@ -173,12 +173,7 @@ class PlantConfig:
             raise ConfigError("feed.capture", "is one channel's ITCH file",
                               "leave it out with several channels")
         for name in ("itch", "events"):
-            stream: StreamConfig = getattr(self, name)
-            need = self.channels * MIN_RING
-            if self.channels > 1 and stream.journal_dir is None and stream.memory_bytes < need:
-                raise ConfigError(f"{name}.memory_bytes", f"{stream.memory_bytes}",
-                                  f"give {need} or more: {MIN_RING} for each of "
-                                  f"{self.channels} channels")  # fmt: skip
+            check_shares(name, getattr(self, name), self.channels)
 
     def lines(self) -> list[tuple[Endpoint, Endpoint | None]]:
         """Every channel's A and B lines."""
@@ -200,14 +195,9 @@ class PlantConfig:
         return ChannelConfig(
             channel,
             replace(feed, line_a=line_a, line_b=line_b, session=session),
-            self._stream(self.itch, k), self._stream(self.events, k), self.glimpse,
+            share(self.itch, k, self.channels), share(self.events, k, self.channels),
+            self.glimpse,
         )
-
-    def _stream(self, stream: S, k: int) -> S:
-        """A stream's settings for channel ``k`` (from 1): its share of the memory, its files."""
-        folder = stream.journal_dir
-        return replace(stream, memory_bytes=stream.memory_bytes // self.channels,
-                       journal_dir=folder / f"{k:03d}" if folder is not None else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +212,25 @@ class ChannelConfig:
 
 
 S = TypeVar("S", bound=StreamConfig)
+
+
+def share(stream: S, k: int, channels: int) -> S:
+    """A stream's settings for channel ``k`` (from 1) of ``channels``: its share of the
+    memory, its files in journal_dir/NNN."""
+    if channels == 1:
+        return stream
+    folder = stream.journal_dir
+    return replace(stream, memory_bytes=stream.memory_bytes // channels,
+                   journal_dir=folder / f"{k:03d}" if folder is not None else None)
+
+
+def check_shares(name: str, stream: StreamConfig, channels: int) -> None:
+    """Each channel's share of a ring is still a ring a client can resume from."""
+    need = channels * MIN_RING
+    if channels > 1 and stream.journal_dir is None and stream.memory_bytes < need:
+        raise ConfigError(f"{name}.memory_bytes", f"{stream.memory_bytes}",
+                          f"give {need} or more: {MIN_RING} for each of {channels} "
+                          "channels")  # fmt: skip
 
 
 def check_users(users: dict[str, str]) -> None:
