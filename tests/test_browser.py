@@ -147,18 +147,26 @@ def test_the_dashboard_shows_the_lines_live_and_a_cut_line_going_quiet() -> None
 
 
 def test_the_dashboard_shows_a_gap_lost_when_both_lines_are_cut_and_nothing_else_repairs() -> None:
+    """Two channels (each line's port is both channels'): the channels' rows, worst first,
+    each losing what the cut took."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with demo(seconds=15, rate=100_000, recovery=False) as (metrics, cfg, result), \
+    with demo(seconds=15, rate=100_000, recovery=False, channels=2) as (metrics, cfg, result), \
             page(f"http://{metrics}/") as (tab, errors):  # fmt: skip
         tab.wait_for_function("() => Number(document.getElementById('delivered').textContent"
                               ".replace(/,/g, '')) > 0", timeout=60_000)  # fmt: skip
         assert tab.inner_text("#lost-ranges") == "none"
+        tab.wait_for_selector("#channel-2", state="visible", timeout=10_000)
         with cut(cfg.line_a.port, cfg.line_b.port):
             time.sleep(1.0)
         tab.wait_for_function("() => document.getElementById('lost-ranges').textContent"
                               ".startsWith('[')", timeout=15_000)  # fmt: skip
         tab.wait_for_selector("#event-log li[data-event='gap_lost']", state="attached")
         assert number(tab, "#lost-messages") > 0
+        for n in (1, 2):  # lost: the fourth column
+            tab.wait_for_function(f"() => Number(document.querySelector(\"#channel-{n} "
+                                  f"td[data-col='3']\").textContent.replace(/,/g, '')) > 0",
+                                  timeout=15_000)  # fmt: skip
+        assert tab.inner_text("#channels-unheard") == "0"
         tab.screenshot(path=str(ARTIFACTS / "dashboard-gap-lost.png"), full_page=True)
     assert not errors, errors
     assert result["delivered"] < result["published"]

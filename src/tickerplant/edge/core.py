@@ -34,7 +34,7 @@ from tickerplant.feed.handler import FeedHandler
 from tickerplant.io.listener import Router, bound
 from tickerplant.io.loop import LoopLag
 from tickerplant.io.replay_client import ReplayError
-from tickerplant.ops.figures import added
+from tickerplant.ops.figures import added, by_channel
 from tickerplant.plant.channel import journal_file, served, stream_server
 from tickerplant.receive.events import Batch, Event, GapLost, SessionEnded, SessionStarted
 from tickerplant.wire import events as ev
@@ -177,4 +177,4 @@ class Edge:
                                      if channel.stream.journal is not None else 0},
             "journal_write_errors": {"events": channel.file.errors},
         } for channel in self.channels]  # fmt: skip
-        return reduce(added, each)
+        return reduce(added, each) | by_channel(each)

@@ -110,6 +110,12 @@ STREAMS = (
     Figure("channels", _I, "with several channels, the worst few by number (1 from the first): "
            "their session, delivered and lost messages, gaps open, line states, events "
            "delivery p99"),
+    Figure("channel_delivered_messages", _C, "each channel's messages delivered in order",
+           ("channel",)),
+    Figure("channel_lost_messages", _C, "each channel's messages given up", ("channel",)),
+    Figure("channel_open_gaps", _G, "each channel's gaps open", ("channel",)),
+    Figure("channel_line_state", _G, "each channel's lines: 0 down, 1 quiet, 2 up",
+           ("channel", "line")),
     Figure("gc_frozen_objects", _G, "objects tickerplant run made while starting, kept out of "
            "the cyclic collector's sight (gc.freeze)"),
     Figure("stream_messages", _C, "messages journaled for the stream, lost ones included", _STREAM),
@@ -188,6 +194,37 @@ def summed(figure: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
         for label, n in inner.items():
             out[label] = out.get(label, 0) + n
     return out
+
+
+WORST = 5  # channels listed by name (the worst first): never 48 of them
+
+
+def by_channel(each: list[Figures]) -> Figures:
+    """The channels' own figures (in channel order) as the figures that name them, by channel
+    number from 1: a few of each for every channel (Prometheus labels them; 48 channels are a
+    few hundred series); with several, the WORST that fare worst in full (most lost, then
+    most gaps open, then the slowest events delivery), for the live table and the
+    dashboard."""
+    out: Figures = {f"channel_{name}": {str(n + 1): f[name] for n, f in enumerate(each)}
+                    for name in ("delivered_messages", "lost_messages", "open_gaps",
+                                 "line_state")}  # fmt: skip
+    if len(each) == 1:
+        return out
+
+    def badness(n: int) -> tuple[int, int, float]:
+        f = each[n]
+        return (f["lost_messages"], f["open_gaps"],
+                f["delivery_latency_seconds"]["events"].get("p99", 0.0))  # fmt: skip
+
+    order = sorted(range(len(each)), key=badness, reverse=True)[:WORST]
+    return out | {"session": f"{len(each)} channels", "channels": {str(n + 1): {
+        "session": each[n]["session"],
+        "delivered_messages": each[n]["delivered_messages"],
+        "lost_messages": each[n]["lost_messages"],
+        "open_gaps": each[n]["open_gaps"],
+        "line_state": each[n]["line_state"],
+        "events_delivery_p99_seconds": badness(n)[2],
+    } for n in order}}  # fmt: skip
 
 
 def added(a: Any, b: Any) -> Any:

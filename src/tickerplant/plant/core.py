@@ -21,7 +21,7 @@ from tickerplant.endpoint import Endpoint
 from tickerplant.io.listener import Router, bound
 from tickerplant.io.loop import LoopLag
 from tickerplant.io.ready import Priorities
-from tickerplant.ops.figures import added
+from tickerplant.ops.figures import added, by_channel
 from tickerplant.plant.books import LiveBooks
 from tickerplant.plant.channel import Channel
 from tickerplant.plant.config import PlantConfig
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 # Figures of the process, not of a channel: the first channel's stand for all of them.
 PROCESS = frozenset({"loop_lag_seconds", "gc_collections", "rcvbuf_bytes"})
-WORST = 5  # channels listed by name in the figures (the worst first): never 48 of them
 SILENT_AFTER = 5.0  # seconds a channel may stay unheard once another is heard, before it is said
 
 
@@ -132,10 +131,7 @@ class Plant:
         """The channels' figures added up (one channel: its own), the books', and with several
         channels the worst few by name."""
         each = [channel.figures() for channel in self.channels]
-        figures = reduce(added, each)
-        if len(each) > 1:
-            figures["session"] = f"{len(each)} channels"
-            figures["channels"] = _worst(self.channels, each)
+        figures = reduce(added, each) | by_channel(each)
         for name in PROCESS:
             figures[name] = each[0][name]
         tier2 = self.tier2.figures() if self.tier2 is not None else dict.fromkeys(TIER2, 0)
@@ -160,23 +156,3 @@ class Plant:
 
 def _unheard(channels: list[Channel]) -> list[Channel]:
     return [channel for channel in channels if channel.stream.journal is None]
-
-
-def _worst(channels: list[Channel], figures: list[dict[str, Any]]) -> dict[str, Any]:
-    """The channels that fare worst (most lost, then most gaps open, then the slowest events
-    delivery), WORST of them, by channel number from 1."""
-
-    def badness(n: int) -> tuple[int, int, float]:
-        f = figures[n]
-        return (f["lost_messages"], f["open_gaps"],
-                f["delivery_latency_seconds"]["events"].get("p99", 0.0))  # fmt: skip
-
-    order = sorted(range(len(channels)), key=badness, reverse=True)[:WORST]
-    return {str(n + 1): {
-        "session": figures[n]["session"],
-        "delivered_messages": figures[n]["delivered_messages"],
-        "lost_messages": figures[n]["lost_messages"],
-        "open_gaps": figures[n]["open_gaps"],
-        "line_state": figures[n]["line_state"],
-        "events_delivery_p99_seconds": badness(n)[2],
-    } for n in order}

@@ -60,6 +60,16 @@ function show(message) {
       fmt(r.rerequest), fmt(r.replay), fmt(f.gaps_lost[s]),
       fmt(sum(f.defects[s]) + f.foreign_packets[s])], [null, state]];
   }));
+  if (f.channels) {  // several channels: the worst few, not 48 rows
+    $("channels-section").hidden = false;
+    $("channels-unheard").textContent = fmt(f.channels_unheard);
+    rows("#channels", Object.entries(f.channels).map(([n, c]) => {
+      const lines = c.line_state || {};
+      return [`channel-${n}`, [n, c.session || "(unheard)", fmt(c.delivered_messages),
+        fmt(c.lost_messages), fmt(c.open_gaps), lines.a || "", lines.b || "",
+        ms(c.events_delivery_p99_seconds)], [null, null, null, null, null, lines.a, lines.b]];
+    }));
+  }
   rows("#latency", Object.entries(f.repair_latency_seconds).map(([k, v]) =>
     [`latency-${k}`, [k, fmt(v.count), ms(v.p50), ms(v.p99), ms(v.max)]]));
   $("lost-messages").textContent = fmt(f.lost_messages);
