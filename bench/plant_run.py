@@ -96,8 +96,14 @@ while True:
 
 def cpu_of(pid: int) -> float:
     """User and system CPU-seconds process ``pid`` has used (its threads included)."""
+    return sum(cpu_parts(pid))
+
+
+def cpu_parts(pid: int) -> tuple[float, float]:
+    """User and system CPU-seconds process ``pid`` has used (its threads included), apart."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 @contextlib.asynccontextmanager

@@ -23,7 +23,7 @@ import pytest
 from harness import Ports, ports, source_stream, until
 from netns import Host, TwoHosts, hosts_or_skip
 from tickerplant.exchange.child import ExchangeProcess
-from tickerplant.exchange.publisher import INTERLEAVE
+from tickerplant.io.multicast import INTERLEAVE
 from tickerplant.ops.figures import summed
 from tickerplant.wire.blocks import offsets_of
 

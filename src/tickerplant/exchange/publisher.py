@@ -21,30 +21,23 @@ import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import numpy.typing as npt
 
 from tickerplant.distribute.journal import Journal
 from tickerplant.errors import InputError
 from tickerplant.exchange.pacing import AsFastAsPossible, Pacer
-from tickerplant.io.multicast import Line, drop_mask
-from tickerplant.wire.blocks import I64, as_array, index_blocks
+from tickerplant.io.multicast import MAX_BLOCKS, RETRY_DELAY, Downstream, Line
+from tickerplant.wire.blocks import as_array, index_blocks
 from tickerplant.wire.channels import split
 from tickerplant.wire.moldudp64 import (
-    HEADER_LEN,
+    END_OF_SESSION_SECONDS,
     HEARTBEAT_INTERVAL,
     MAX_PACKET,
     SESSION_LEN,
     encode_end_of_session,
     encode_heartbeat,
-    frame_packets,
     pack_runs,
 )
 
-MAX_BLOCKS = MAX_PACKET - HEADER_LEN
-# How long a line with a full socket buffer waits before its backlog is tried again.
-RETRY_DELAY = 0.001
-INTERLEAVE = 16  # packets sent on one line before the other line's turn
-END_OF_SESSION_SECONDS = 3.0  # how long end-of-session packets go on, one a heartbeat interval
 SLICE_PACKETS = 128  # packets per slice (~2 ms) between event loop turns
 
 
@@ -53,19 +46,18 @@ class SourceError(InputError):
 
 
 class Channel:
-    """One MoldUDP64 session of the exchange: its journal, its lines, what it sent. ``number``
-    (from 0) tells its lines' loss apart from other channels' (:func:`drop_mask`)."""
+    """One MoldUDP64 session of the exchange: its journal, its lines (``number``, from 0, tells
+    their loss apart from other channels', as ``drop_seed`` seeds it), what it sent."""
 
-    def __init__(self, journal: Journal, lines: Sequence[Line], number: int) -> None:
-        if not lines:
-            raise ValueError("a channel needs at least one line")
+    def __init__(self, journal: Journal, lines: Sequence[Line], number: int, drop_seed: int = 0,
+                 slice_packets: int = SLICE_PACKETS) -> None:  # fmt: skip
         if len(journal.session) != SESSION_LEN:
             raise ValueError(f"session {journal.session!r} is not {SESSION_LEN} bytes")
         self.journal = journal
         self.session = journal.session
-        self.lines = list(lines)
+        self.downstream = Downstream(lines, number, drop_seed, slice_packets)
+        self.lines = self.downstream.lines
         self.number = number
-        self.session_array = np.frombuffer(self.session, dtype=np.uint8)
         self.digest = hashlib.sha256()
         self.next_sequence = journal.next_sequence
         self.messages = 0
@@ -106,7 +98,8 @@ class Publisher:
         if slice_packets < 1:
             raise ValueError(f"slice_packets must be at least 1, not {slice_packets}")
         every = [(journal, lines), *more_channels]
-        self.channels = [Channel(j, ls, k) for k, (j, ls) in enumerate(every)]
+        self.channels = [Channel(j, ls, k, drop_seed, slice_packets)
+                         for k, (j, ls) in enumerate(every)]  # fmt: skip
         if len({c.session for c in self.channels}) != len(self.channels):
             raise ValueError("two channels have the same session")
         self.journal = journal  # the first channel's
@@ -118,12 +111,9 @@ class Publisher:
         self._source = source
         self._exhausted = False
         self._digest = hashlib.sha256()
+        # A slice over several channels is cut here first: how much of the day it takes.
         self._starts = np.empty(slice_packets, dtype=np.int64)
         self._counts = np.empty(slice_packets, dtype=np.int64)
-        # Each slice's packets are framed by one compiled call into this reused buffer: nothing is
-        # allocated per packet, and no fresh memory has to be faulted in.
-        self._frames = np.empty(slice_packets * MAX_PACKET, dtype=np.uint8)
-        self._bounds = np.empty(slice_packets + 1, dtype=np.int64)
         # The chunk being published: its bytes, each message's offset, and where we are in it.
         self._chunk = memoryview(b"")
         self._offsets = np.empty(0, dtype=np.int64)
@@ -266,19 +256,21 @@ class Publisher:
             len(self._chunk) if allowed == remaining else int(self._offsets[self._index + allowed])
         )
         stream = self._chunk[self._pos : end]
-        starts, counts = self._starts, self._counts
-        packets, consumed = pack_runs(as_array(stream), MAX_BLOCKS, starts, counts)
-        segment = stream[:consumed]
         if len(self.channels) == 1:
-            messages = self._send(self.channels[0], segment, packets, now)
+            channel = self.channels[0]
+            packets, consumed = channel.downstream.pack(as_array(stream))
+            segment = stream[:consumed]
+            messages = self._send(channel, segment, packets, now)
         else:
+            _, consumed = pack_runs(as_array(stream), MAX_BLOCKS, self._starts, self._counts)
+            segment = stream[:consumed]
             self._digest.update(segment)
             # Each channel's part holds no more messages than the slice, so no more packets.
             messages = int(np.searchsorted(self._offsets, self._pos + consumed)) - self._index
             for channel, part in zip(self.channels, split(segment, len(self.channels)),
                                      strict=True):  # fmt: skip
                 if part:
-                    count, used = pack_runs(as_array(part), MAX_BLOCKS, starts, counts)
+                    count, used = channel.downstream.pack(as_array(part))
                     assert used == len(part), "a channel's part must fit its slice"
                     self._send(channel, part, count, now)
         self.messages += messages
@@ -289,62 +281,20 @@ class Publisher:
 
     def _send(self, channel: Channel, segment: memoryview | bytes, packets: int,
               now: float) -> int:  # fmt: skip
-        """Journal ``segment`` (packed into ``packets``: :attr:`_starts`, :attr:`_counts`) as
-        ``channel``'s next messages, then frame and send them on its lines; how many."""
-        starts, counts, bounds = self._starts, self._counts, self._bounds
+        """Journal ``segment`` (cut into ``packets`` by its downstream) as ``channel``'s next
+        messages, then send them on its lines; how many."""
         messages = channel.journal.append(segment)
         channel.digest.update(segment)
         first = channel.next_sequence
-        frame_packets(
-            as_array(segment),
-            len(segment),
-            starts,
-            counts,
-            packets,
-            channel.session_array,
-            first,
-            self._frames,
-            bounds,
-        )
-        self._transmit_data(channel, bounds[: packets + 1], first, counts[:packets])
+        channel.downstream.send_packed(channel.session, as_array(segment), packets, first)
         channel.next_sequence = first + messages
         channel.messages += messages
         channel.packets += packets
         channel.last_sent = now
         return messages
 
-    def _transmit_data(self, channel: Channel, bounds: I64, first: int, counts: I64) -> None:
-        """Send packet ``k`` (``frames[bounds[k]:bounds[k + 1]]``) on every line that keeps it.
-
-        Lines take turns every :data:`INTERLEAVE` packets, so the copies of a packet leave within
-        a few tens of microseconds of each other, as from an exchange's two feeds, instead of a
-        whole slice apart.
-        """
-        starts, ends = bounds[:-1], bounds[1:]
-        keep: list[npt.NDArray[np.bool_] | None] = []
-        sequences = first + np.cumsum(counts) - counts
-        lines = channel.lines
-        for number, line in enumerate(lines, start=channel.number * len(lines)):
-            if line.config.drop <= 0:
-                keep.append(None)
-                continue
-            dropped = np.asarray(
-                drop_mask(self.drop_seed, number, sequences, line.config.drop), dtype=np.bool_
-            )
-            line.dropped += int(dropped.sum())
-            keep.append(~dropped)
-        for lo in range(0, len(starts), INTERLEAVE):
-            hi = lo + INTERLEAVE
-            for line, kept in zip(lines, keep, strict=True):
-                if kept is None:
-                    line.transmit_frames(self._frames, starts[lo:hi], ends[lo:hi])
-                else:
-                    k = kept[lo:hi]
-                    line.transmit_frames(self._frames, starts[lo:hi][k], ends[lo:hi][k])
-
     def _broadcast(self, channel: Channel, packet: bytes, now: float) -> None:
-        for line in channel.lines:
-            line.transmit([packet])
+        channel.downstream.broadcast(packet)
         channel.last_sent = now
 
     def _begin_end(self, now: float) -> None:

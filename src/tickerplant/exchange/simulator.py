@@ -29,12 +29,7 @@ from tickerplant.distribute.rerequest import RerequestLimits
 from tickerplant.endpoint import Endpoint, ipv4
 from tickerplant.errors import ConfigError
 from tickerplant.exchange.pacing import AsFastAsPossible, FixedRate, ItchClock, Pacer
-from tickerplant.exchange.publisher import (
-    END_OF_SESSION_SECONDS,
-    SLICE_PACKETS,
-    Publisher,
-    SourceError,
-)
+from tickerplant.exchange.publisher import SLICE_PACKETS, Publisher, SourceError
 from tickerplant.exchange.summary import ExchangeSummary, summarize
 from tickerplant.exchange.synthetic import SyntheticMarket
 from tickerplant.io.listener import Router
@@ -43,7 +38,7 @@ from tickerplant.io.multicast import DEFAULT_SNDBUF, Line, LineConfig, SentLog, 
 from tickerplant.io.rerequest import RerequestServer
 from tickerplant.io.soupbin import SoupServer
 from tickerplant.wire.channels import lines_of, session_of
-from tickerplant.wire.moldudp64 import HEARTBEAT_INTERVAL, session_bytes
+from tickerplant.wire.moldudp64 import END_OF_SESSION_SECONDS, HEARTBEAT_INTERVAL, session_bytes
 
 PACING_MODES = ("fast", "rate", "itch")
 PROGRESS_INTERVAL = 0.5  # seconds between on_progress calls

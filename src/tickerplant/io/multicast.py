@@ -310,3 +310,81 @@ class Line:
 
     def close(self) -> None:
         self.sock.close()
+
+
+INTERLEAVE = 16  # packets sent on one line before the other line's turn
+RETRY_DELAY = 0.001  # a line whose socket was full tries its backlog again this soon
+MAX_BLOCKS = mold.MAX_PACKET - mold.HEADER_LEN  # message blocks a packet carries
+
+
+class Downstream:
+    """A MoldUDP64 session's sending end, on its lines: runs of whole messages packed into
+    packets and framed by compiled calls into one reused buffer (nothing allocated per packet,
+    no fresh memory faulted in), each packet sent on every line that keeps it: loss is injected
+    as each line's ``drop`` says (:func:`drop_mask` of ``seed`` and the line's number, from
+    ``channel`` times the lines: the same packets for the same seed, line and numbers). The
+    lines take turns every :data:`INTERLEAVE` packets, so the copies of a packet leave within a
+    few tens of microseconds of each other, as from an exchange's two feeds, instead of a
+    whole run apart."""
+
+    def __init__(self, lines: Sequence[Line], channel: int = 0, seed: int = 0,
+                 packets: int = 128) -> None:  # fmt: skip
+        if not lines:
+            raise ValueError("a session needs at least one line")
+        self.lines = list(lines)
+        self.channel = channel  # from 0
+        self.seed = seed
+        self._starts = np.empty(packets, dtype=np.int64)
+        self._counts = np.empty(packets, dtype=np.int64)
+        self._frames = np.empty(packets * mold.MAX_PACKET, dtype=np.uint8)
+        self._bounds = np.empty(packets + 1, dtype=np.int64)
+
+    def pack(self, blocks: U8) -> tuple[int, int]:
+        """The packets the first whole messages of ``blocks`` fill (at most the buffer's), and
+        the bytes they take."""
+        packets, used = mold.pack_runs(blocks, MAX_BLOCKS, self._starts, self._counts)
+        return int(packets), int(used)
+
+    def send_packed(self, session: bytes, blocks: U8, packets: int, first: int) -> None:
+        """Frame the ``packets`` packets :meth:`pack` cut of ``blocks``, numbered from
+        ``first``, and send them on the lines."""
+        counts = self._counts[:packets]
+        mold.frame_packets(blocks, blocks.shape[0], self._starts, self._counts, packets,
+                           np.frombuffer(session, dtype=np.uint8), first, self._frames,
+                           self._bounds)  # fmt: skip
+        starts, ends = self._bounds[:packets], self._bounds[1 : packets + 1]
+        sequences = first + np.cumsum(counts) - counts
+        lines = self.lines
+        keep: list[npt.NDArray[np.bool_] | None] = []
+        for number, line in enumerate(lines, start=self.channel * len(lines)):
+            if line.config.drop <= 0:
+                keep.append(None)
+                continue
+            dropped = np.asarray(drop_mask(self.seed, number, sequences, line.config.drop),
+                                 dtype=np.bool_)  # fmt: skip
+            line.dropped += int(dropped.sum())
+            keep.append(~dropped)
+        for lo in range(0, packets, INTERLEAVE):
+            hi = lo + INTERLEAVE
+            for line, kept in zip(lines, keep, strict=True):
+                if kept is None:
+                    line.transmit_frames(self._frames, starts[lo:hi], ends[lo:hi])
+                else:
+                    k = kept[lo:hi]
+                    line.transmit_frames(self._frames, starts[lo:hi][k], ends[lo:hi][k])
+
+    def send(self, session: bytes, blocks: U8, first: int) -> int:
+        """Every message of ``blocks``, numbered from ``first``; returns the packets."""
+        pos = total = 0
+        while pos < blocks.shape[0]:
+            packets, used = self.pack(blocks[pos:])
+            self.send_packed(session, blocks[pos : pos + used], packets, first)
+            first += int(self._counts[:packets].sum())
+            pos += used
+            total += packets
+        return total
+
+    def broadcast(self, packet: bytes) -> None:
+        """One packet on every line (a heartbeat, an End of Session)."""
+        for line in self.lines:
+            line.transmit([packet])

@@ -10,8 +10,9 @@ re-request server (answered from the same journals) and from the ``events`` Soup
 session that ends sends End of Session on each line for ``end_of_session_seconds``, one each
 interval, as the exchange does.
 
-What the plant publishes on ``events`` goes out at once, after its clients' pushes: a publish
-is packed by the compiled packer and framed a packet at a time (a publish is a few packets).
+What the plant publishes on ``events`` goes out at once, after its clients' pushes, packed
+and framed by compiled calls and sent as the exchange sends (:class:`~tickerplant.io.multicast.
+Downstream`).
 """
 
 from __future__ import annotations
@@ -19,21 +20,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-import numpy as np
-
 from tickerplant.distribute.journal import Journal
 from tickerplant.endpoint import TIER2_REREQUEST, Endpoint
 from tickerplant.errors import ConfigError
 from tickerplant.io.loop import Timer, clock
-from tickerplant.io.multicast import Line, LineConfig, drop_mask
+from tickerplant.io.multicast import RETRY_DELAY, Downstream, Line, LineConfig
 from tickerplant.io.rerequest import RerequestServer
 from tickerplant.wire import moldudp64 as mold
 from tickerplant.wire.blocks import as_array
 from tickerplant.wire.channels import lines_of
 
-MAX_BLOCKS = mold.MAX_PACKET - mold.HEADER_LEN
-RETRY_DELAY = 0.001  # a line whose socket was full tries its backlog again this soon
-END_OF_SESSION_SECONDS = 3.0
 TIER2 = ("tier2_packets", "tier2_heartbeats", "tier2_rerequests", "tier2_rerequests_refused")
 
 
@@ -45,7 +41,7 @@ class Tier2Config:
     line_b: LineConfig | None = None
     rerequest: Endpoint | None = TIER2_REREQUEST
     heartbeat_interval: float = mold.HEARTBEAT_INTERVAL
-    end_of_session_seconds: float = END_OF_SESSION_SECONDS
+    end_of_session_seconds: float = mold.END_OF_SESSION_SECONDS
     sndbuf: int = 4 << 20
 
     def __post_init__(self) -> None:
@@ -71,8 +67,9 @@ class Tier2Config:
 class _Session:
     """One channel's journal on its two lines: what has gone out, and when."""
 
-    def __init__(self, lines: tuple[Line, Line]) -> None:
-        self.lines = lines
+    def __init__(self, downstream: Downstream) -> None:
+        self.downstream = downstream
+        self.lines = downstream.lines
         self.journal: Journal | None = None
         self.next = 1  # the next number to send
         self.last_sent = -math.inf
@@ -81,8 +78,7 @@ class _Session:
         self.heartbeats = 0
 
     def send(self, packet: bytes, now: float) -> None:
-        for line in self.lines:
-            line.transmit([packet])
+        self.downstream.broadcast(packet)
         self.last_sent = now
 
 
@@ -91,13 +87,13 @@ class Tier2:
 
     def __init__(self, config: Tier2Config, channels: int) -> None:
         self.config = config
+        # Loss injected on a line (LineConfig.drop) as the exchange's: the same packets for
+        # the same line and numbers.
         self._sessions = [
-            _Session((Line("A", a, config.sndbuf), Line("B", b, config.sndbuf)))
-            for a, b in config.lines(channels)
+            _Session(Downstream([Line("A", a, config.sndbuf), Line("B", b, config.sndbuf)], k))
+            for k, (a, b) in enumerate(config.lines(channels))
         ]
         self.rerequest: RerequestServer | None = None
-        self._starts = np.empty(1024, dtype=np.int64)
-        self._counts = np.empty(1024, dtype=np.int64)
         self._timer = Timer(self._on_timer)
 
     async def start(self, journals: list[Journal]) -> None:
@@ -154,31 +150,8 @@ class Tier2:
         first = max(session.next, journal.first_held)  # (a ring that let go of some: gone)
         count, blocks = journal.blocks(first, journal.next_sequence - first)
         session.next = first + count
-        data = as_array(blocks)
-        packets: list[bytes] = []
-        firsts: list[int] = []
-        pos, sequence = 0, first
-        while pos < len(blocks):
-            n, used = mold.pack_runs(data[pos:], MAX_BLOCKS, self._starts, self._counts)
-            starts = (self._starts[:n] + pos).tolist()
-            ends = [*starts[1:], pos + used]
-            for start, end, messages in zip(starts, ends, self._counts[:n].tolist(),
-                                            strict=True):  # fmt: skip
-                packets.append(mold.encode_blocks(journal.session, sequence, messages,
-                                                  blocks[start:end]))  # fmt: skip
-                firsts.append(sequence)
-                sequence += messages
-            pos += used
-        session.packets += len(packets)
+        session.packets += session.downstream.send(journal.session, as_array(blocks), first)
         now = clock()
-        for number, line in enumerate(session.lines, start=2 * channel):
-            if line.config.drop > 0:  # loss injected on purpose (LineConfig.drop), as the
-                # exchange's: the same packets for the same seed, line and numbers
-                lost = drop_mask(0, number, np.array(firsts, np.int64), line.config.drop)
-                line.dropped += sum(lost)
-                line.transmit([p for p, gone in zip(packets, lost, strict=True) if not gone])
-            else:
-                line.transmit(packets)
         session.last_sent = now
         self._timer.arm(now + RETRY_DELAY if self._backlog() else None)
 

@@ -34,6 +34,9 @@ MAX_COUNT = 0xFFFE
 # Seconds of silence after which a publisher sends a heartbeat: venues use one second, and a
 # receiver judges a line's health in multiples of it.
 HEARTBEAT_INTERVAL = 1.0
+# How long a session that ended goes on saying so, one End of Session a heartbeat interval: a
+# receiver that missed the first hears another.
+END_OF_SESSION_SECONDS = 3.0
 # Kept under a 1,500-byte Ethernet MTU with room for IP/UDP headers and VLAN tags, as venues do.
 MAX_PACKET = 1400
 
