@@ -19,6 +19,8 @@ import socket
 import numpy as np
 import numpy.typing as npt
 
+from tickerplant.jit import kernel
+
 _IOVEC = np.dtype({"names": ["base", "len"], "formats": ["<u8", "<u8"], "offsets": [0, 8],
                    "itemsize": 16})
 # struct mmsghdr { struct msghdr { name, namelen, iov, iovlen, control, controllen, flags };
@@ -57,6 +59,21 @@ AVAILABLE = _LIBC is not None and os.environ.get("TICKERPLANT_NO_MMSG", "") == "
 
 def _address(arr: npt.NDArray[np.generic]) -> int:
     return int(arr.ctypes.data)
+
+
+@kernel
+def _slices(bases: npt.NDArray[np.uint64], lens: npt.NDArray[np.uint64], address: int,
+            size: int, starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64],
+            n: int) -> bool:  # pragma: no cover - compiled  # fmt: skip
+    """The iovecs of ``buffer[starts[i]:ends[i]]`` (``address``, ``size`` bytes); False, and
+    nothing to send, if a slice lies outside it."""
+    for i in range(n):
+        start, end = starts[i], ends[i]
+        if start < 0 or end < start or end > size:
+            return False
+        bases[i] = address + start
+        lens[i] = end - start
+    return True
 
 
 class Receiver:
@@ -108,6 +125,9 @@ class Sender:
         self._hdr["iovlen"] = 1
         self._call = _LIBC.sendmmsg
         self._hdr_ptr = _address(self._hdr)  # numpy's ctypes view costs microseconds a call
+        self._bases, self._lens = self._iov["base"], self._iov["len"]
+        self._buffer: npt.NDArray[np.uint8] | None = None  # the last one, and its address
+        self._address = 0
 
     def send(
         self, buffer: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64],
@@ -121,18 +141,13 @@ class Sender:
         n = min(len(starts), len(self._iov))
         if n == 0:
             return 0
+        if buffer is not self._buffer:  # (a sender reuses one buffer: its address is kept)
+            if buffer.dtype != np.uint8 or not buffer.flags.c_contiguous:
+                raise ValueError("sendmmsg slices must lie within one contiguous uint8 buffer")
+            self._buffer, self._address = buffer, _address(buffer)
         # The kernel reads through raw addresses: a bad slice would put other memory on the wire.
-        if (
-            buffer.dtype != np.uint8
-            or not buffer.flags.c_contiguous
-            or starts[:n].min() < 0
-            or (ends[:n] < starts[:n]).any()
-            or ends[:n].max() > buffer.shape[0]
-        ):
+        if not _slices(self._bases, self._lens, self._address, buffer.shape[0], starts, ends, n):
             raise ValueError("sendmmsg slices must lie within one contiguous uint8 buffer")
-        base = _address(buffer)
-        self._iov["base"][:n] = base + starts[:n].astype(np.uint64)
-        self._iov["len"][:n] = (ends[:n] - starts[:n]).astype(np.uint64)
         sent = self._call(self._fd, self._hdr_ptr, n, 0)
         if sent < 0:
             err = ctypes.get_errno()

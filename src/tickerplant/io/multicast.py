@@ -338,6 +338,9 @@ class Downstream:
         self._counts = np.empty(packets, dtype=np.int64)
         self._frames = np.empty(packets * mold.MAX_PACKET, dtype=np.uint8)
         self._bounds = np.empty(packets + 1, dtype=np.int64)
+        self._drops = any(line.config.drop > 0 for line in self.lines)
+        self._session = b""
+        self._session_array = np.zeros(0, dtype=np.uint8)
 
     def pack(self, blocks: U8) -> tuple[int, int]:
         """The packets the first whole messages of ``blocks`` fill (at most the buffer's), and
@@ -345,18 +348,38 @@ class Downstream:
         packets, used = mold.pack_runs(blocks, MAX_BLOCKS, self._starts, self._counts)
         return int(packets), int(used)
 
-    def send_packed(self, session: bytes, blocks: U8, packets: int, first: int) -> None:
+    def send_packed(self, session: bytes, blocks: U8, packets: int, first: int) -> int:
         """Frame the ``packets`` packets :meth:`pack` cut of ``blocks``, numbered from
-        ``first``, and send them on the lines."""
-        counts = self._counts[:packets]
-        mold.frame_packets(blocks, blocks.shape[0], self._starts, self._counts, packets,
-                           np.frombuffer(session, dtype=np.uint8), first, self._frames,
-                           self._bounds)  # fmt: skip
+        ``first``, and send them on the lines; returns the number after the last."""
+        if session is not self._session:
+            self._session, self._session_array = session, np.frombuffer(session, np.uint8)
+        end = mold.frame_packets(blocks, blocks.shape[0], self._starts, self._counts, packets,
+                                 self._session_array, first, self._frames,
+                                 self._bounds)  # fmt: skip
+        keep = self._kept(first, packets) if self._drops else None
+        if packets == 1 and keep is None:  # a publish of tier-2's, mostly: the least work
+            packet = self._frames.data[: int(self._bounds[1])]
+            for line in self.lines:
+                line.transmit([packet])
+            return int(end)
         starts, ends = self._bounds[:packets], self._bounds[1 : packets + 1]
+        for lo in range(0, packets, INTERLEAVE):
+            part = slice(lo, lo + INTERLEAVE)
+            for n, line in enumerate(self.lines):
+                kept = keep[n] if keep is not None else None
+                if kept is None:
+                    line.transmit_frames(self._frames, starts[part], ends[part])
+                else:
+                    line.transmit_frames(self._frames, starts[part][kept[part]],
+                                         ends[part][kept[part]])  # fmt: skip
+        return int(end)
+
+    def _kept(self, first: int, packets: int) -> list[npt.NDArray[np.bool_] | None]:
+        """Each line's packets kept (None: all of them), the loss injected counted."""
+        counts = self._counts[:packets]
         sequences = first + np.cumsum(counts) - counts
-        lines = self.lines
         keep: list[npt.NDArray[np.bool_] | None] = []
-        for number, line in enumerate(lines, start=self.channel * len(lines)):
+        for number, line in enumerate(self.lines, start=self.channel * len(self.lines)):
             if line.config.drop <= 0:
                 keep.append(None)
                 continue
@@ -364,22 +387,14 @@ class Downstream:
                                  dtype=np.bool_)  # fmt: skip
             line.dropped += int(dropped.sum())
             keep.append(~dropped)
-        for lo in range(0, packets, INTERLEAVE):
-            hi = lo + INTERLEAVE
-            for line, kept in zip(lines, keep, strict=True):
-                if kept is None:
-                    line.transmit_frames(self._frames, starts[lo:hi], ends[lo:hi])
-                else:
-                    k = kept[lo:hi]
-                    line.transmit_frames(self._frames, starts[lo:hi][k], ends[lo:hi][k])
+        return keep
 
     def send(self, session: bytes, blocks: U8, first: int) -> int:
         """Every message of ``blocks``, numbered from ``first``; returns the packets."""
         pos = total = 0
         while pos < blocks.shape[0]:
-            packets, used = self.pack(blocks[pos:])
-            self.send_packed(session, blocks[pos : pos + used], packets, first)
-            first += int(self._counts[:packets].sum())
+            packets, used = self.pack(blocks[pos:] if pos else blocks)
+            first = self.send_packed(session, blocks[pos : pos + used], packets, first)
             pos += used
             total += packets
         return total

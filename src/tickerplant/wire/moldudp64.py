@@ -277,10 +277,11 @@ def frame_packets(
     first: int,
     out: U8,
     bounds: I64,
-) -> None:  # pragma: no cover - compiled
+) -> int:  # pragma: no cover - compiled
     """Write ``packets`` MoldUDP64 packets (as cut by ``pack_runs``) back to back into ``out``.
 
     ``bounds[k]:bounds[k + 1]`` is packet ``k``; sequence numbers count up from ``first``.
+    Returns the number after the last message.
     """
     pos = 0
     sequence = first
@@ -299,3 +300,4 @@ def frame_packets(
         pos += 20 + size
         bounds[k + 1] = pos
         sequence += count
+    return sequence
