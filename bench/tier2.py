@@ -11,10 +11,12 @@ with its sent log. Rows per run:
   client's batches (the batch's last record, by its source: the itch number that raised it);
 - each edge's peak resident memory.
 
-Runs with 0, 1 and 3 edges are interleaved, ``--rounds`` times.
+Runs with 0, 1 and 3 edges are interleaved, ``--rounds`` times. ``--idle-edges`` runs the edges
+under SCHED_IDLE, so that sharing core 1 they do not make the exchange's sends burstier (and the
+plant's wakeups fewer and fuller, which is cheaper per message).
 
     .venv/bin/python bench/tier2.py [--edges 0,1,3] [--clients 0] [--rate 100000]
-        [--seconds 8] [--rounds 3]
+        [--seconds 8] [--rounds 3] [--idle-edges] [--netns] [--no-tier2]
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ class _Alive:
 
 async def run(edges: int, clients: int, rate: int, seconds: float, offset: int,
               work: Path, tier2: bool = True, places: dict[str, Place] | None = None,
-              ) -> list[tuple[str, float, str]]:  # fmt: skip
+              idle_edges: bool = False) -> list[tuple[str, float, str]]:  # fmt: skip
     """One run; ``places``: the exchange's, the plant's and each edge's (edge0, edge1, ...);
     by default all on loopback."""
     where = places or {}
@@ -174,7 +176,10 @@ interface = "{at.address}"
 [events]
 listen = "{at.address}:{port}"
 """)
-            edge_procs.append(await start(*at.prefix, "taskset", "-c", "1", sys.executable,
+            # Under SCHED_IDLE, with --idle-edges: they take core 1 only when the exchange
+            # leaves it, so its sends, and the plant's wakeups, are what they are without them.
+            idle = ("chrt", "--idle", "0") if idle_edges else ()
+            edge_procs.append(await start(*at.prefix, *idle, "taskset", "-c", "1", sys.executable,
                                           "-m", "tickerplant", "edge",
                                           str(work / f"edge{n}.toml")))  # fmt: skip
             if at.host is None:
@@ -246,6 +251,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-tier2", action="store_true",
                         help="the plant without tier-2 (a baseline: no edge can join)")
+    parser.add_argument("--idle-edges", action="store_true",
+                        help="the edges under SCHED_IDLE: on core 1 only when the exchange "
+                             "leaves it, so that they do not change how it sends")  # fmt: skip
     parser.add_argument("--netns", action="store_true",
                         help="each process a host of its own (network namespaces on a bridge, "
                              "as root): the copies of a tier-2 datagram are the bridge's, not "
@@ -271,11 +279,13 @@ def main() -> None:
             for edges in counts:
                 offset += 1
                 result = run_loop(run(edges, args.clients, args.rate, args.seconds, offset,
-                                      Path(work), not args.no_tier2, places))  # fmt: skip
+                                      Path(work), not args.no_tier2, places,
+                                      args.idle_edges))  # fmt: skip
                 for metric, value, unit in result:
                     row("tickerplant", metric, round(value, 4), unit, edges=edges,
                         clients=args.clients, round=r + 1, rate=args.rate,
-                        tier2=not args.no_tier2, netns=args.netns)  # fmt: skip
+                        tier2=not args.no_tier2, netns=args.netns,
+                        idle_edges=args.idle_edges)  # fmt: skip
 
 
 if __name__ == "__main__":
