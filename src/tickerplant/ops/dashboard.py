@@ -145,7 +145,8 @@ def _feed(now: Figures, before: Figures | None, dt: float) -> Group:
             f"session {now['session'] or '-'}",
             f"delivered {now['delivered_messages']:,}"
             f" ({_rate(now, before, dt, 'delivered_messages')}/s)",
-            f"next {now['next_sequence']:,}",
+            # (several channels: each its own numbers, which added up mean nothing)
+            *([] if "channels" in now else [f"next {now['next_sequence']:,}"]),
             f"outstanding {now['outstanding_messages']:,}",
             f"open gaps {now['open_gaps']}",
             f"duplicates delivered {now['duplicates_delivered']}",

@@ -49,7 +49,8 @@ function show(message) {
   const before = previous && previous.figures;
   $("session").textContent = f.session || "-";
   $("delivered").textContent = fmt(f.delivered_messages);
-  $("next-sequence").textContent = fmt(f.next_sequence);
+  // (several channels: each its own numbers, which added up mean nothing)
+  $("next-sequence").textContent = f.channels ? "per channel" : fmt(f.next_sequence);
   $("held-bytes").textContent = bytes(f.held_bytes);
   $("open-gaps").textContent = fmt(f.open_gaps);
   rows("#lines", Object.entries(SOURCES).map(([s, name]) => {
