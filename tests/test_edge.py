@@ -5,6 +5,7 @@ process)."""
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,9 @@ def test_an_edge_keeps_its_journal_as_the_plant_does_and_a_restarted_one_goes_on
     """An edge with ``[events] journal_dir`` and the least ``memory_bytes``: its journal spills
     to the file (memory bounded); stopped mid-day and started again on the same directory, it
     reopens the file and goes on (what the replay from 1 brings again is not journaled
-    twice); a client reading it from 1 gets the plant's journal, record for record."""
+    twice). A byte the disk then changes mid-file is fetched again from the plant's events
+    service: a client reading it from 1 is told of the bad block, resumes, and gets the plant's
+    journal, record for record."""
     messages = 200_000
     config = tier2_plant("239.194.80", "239.194.90", 1, depth=0)
     p, tier2 = config.feed, config.tier2
@@ -246,6 +249,13 @@ def test_an_edge_keeps_its_journal_as_the_plant_does_and_a_restarted_one_goes_on
                             lambda: f"the edge's session ended: {edge.figures()}")  # fmt: skip
             journal = plant.channels[0].event_stream.journal
             assert journal is not None
+            (path,) = tmp_path.glob("*.events")
+            await until(lambda: path.stat().st_size == len(journal) * ev.BLOCK_SIZE, 30,
+                        "the edge's file holding the whole session")  # fmt: skip
+            fd = os.open(path, os.O_RDWR)  # the disk changes a byte mid-file
+            at = path.stat().st_size // 2
+            os.pwrite(fd, bytes([os.pread(fd, 1, at)[0] ^ 0x01]), at)
+            os.close(fd)
             await asyncio.wait_for(_read(Endpoint("127.0.0.1", edge.port),
                                          journal.session.decode().strip(), reader,
                                          until_number=len(journal)), 30)  # fmt: skip
@@ -260,8 +270,11 @@ def test_an_edge_keeps_its_journal_as_the_plant_does_and_a_restarted_one_goes_on
     assert journal is not None and len(journal) > 20_000
     rows = ev.from_blocks(journal.blocks(1, len(journal))[1])
     assert b"".join(reader.records) == rows.tobytes(), "every record once, in order"
+    assert reader.reconnects >= 1  # told the block was bad, it resumed by number
     (file,) = tmp_path.glob("*.events")
-    assert file.stat().st_size == len(journal) * ev.BLOCK_SIZE
+    assert file.read_bytes() == journal.blocks(1, len(journal))[1]  # mended
+    assert second["journal_mended_blocks"]["events"] == 1
+    assert second["journal_unmended_blocks"]["events"] == 0
     for figures in (first, second):
         assert figures["journal_memory_bytes"]["events"] <= 2 * MIN_RING, figures
         assert figures["journal_write_errors"]["events"] == 0

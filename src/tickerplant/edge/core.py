@@ -36,6 +36,7 @@ from tickerplant.io.loop import LoopLag
 from tickerplant.io.replay_client import ReplayError
 from tickerplant.ops.figures import added, by_channel
 from tickerplant.plant.channel import journal_file, served, stream_server
+from tickerplant.plant.mend import Mender
 from tickerplant.receive.events import Batch, Event, GapLost, SessionEnded, SessionStarted
 from tickerplant.wire import events as ev
 
@@ -55,6 +56,7 @@ class EdgeChannel:
         self.latest = Latest()
         self.feed = FeedHandler(feed, self._on_batch, self._on_event, lag=lag,
                                 snapshot=self._snapshot if feed.replay is not None else None)
+        self.mender = Mender(self.file, feed)  # a block the disk changed: fetched again
         users = {name.encode("ascii"): stored for name, stored in config.users.items()} or None
         self.events = stream_server(self.file.reopened, events, users, self)
 
@@ -123,6 +125,7 @@ class EdgeChannel:
 
     async def close(self) -> None:
         await self.feed.close()
+        await self.mender.close()
         await self.events.close()
         self.file.close()
 
@@ -176,5 +179,7 @@ class Edge:
             "journal_memory_bytes": {"events": channel.stream.journal.memory
                                      if channel.stream.journal is not None else 0},
             "journal_write_errors": {"events": channel.file.errors},
+            "journal_mended_blocks": {"events": channel.mender.mended},
+            "journal_unmended_blocks": {"events": channel.mender.failed},
         } for channel in self.channels]  # fmt: skip
         return reduce(added, each) | by_channel(each)

@@ -1,13 +1,15 @@
-"""The ``itch`` journal's spilled blocks that the disk changed, fetched again from the exchange.
+"""A journal's spilled blocks that the disk changed, fetched again from where the feed came
+from: the plant's ``itch`` journal from the exchange's replay service, an edge's ``events``
+journals from the plant's ``events`` service.
 
 A block read back for a client that does not match its checksum is not served (the client is
 told and closed, and resumes by number). The messages whose bytes cover it (from the journal's
-mark before it to the one after) are fetched again from the exchange's replay service, and
-where the bytes they make match the block's checksum, kept since the plant wrote it, they are
-written over it: the next read is served. Bytes the checksum does not vouch for (the exchange
-answered otherwise, or a lost range's marks are in the block) are left unserved, and logged.
-The ``events`` journal has no such source at run time: its bad blocks stay unserved (a restart
-rebuilds its file from the books' replay)."""
+mark before it to the one after) are fetched again from the replay service, and where the
+bytes they make match the block's checksum, kept since the block was written, they are written
+over it: the next read is served. Bytes the checksum does not vouch for (the service answered
+otherwise, or a lost range's marks or notices are in the block) are left unserved, and logged.
+The plant's ``events`` journal has no such source at run time: its bad blocks stay unserved (a
+restart rebuilds its file from the books' replay)."""
 
 from __future__ import annotations
 
@@ -68,11 +70,11 @@ class Mender:
             self._failed(journal, start, end, f"the replay gave {first}..{got} of {first}.."
                          f"{last} ({client.stop_reason})")  # fmt: skip
         elif len(data) != stop - begin or not self.file.mend(journal, begin, data, start, end):
-            self._failed(journal, start, end, f"messages {first}..{last} from the exchange do "
-                         "not make the bytes its checksum vouches for")  # fmt: skip
+            self._failed(journal, start, end, f"messages {first}..{last} fetched again do not "
+                         "make the bytes its checksum vouches for")  # fmt: skip
         else:
             self.mended += 1
-            log.warning("journal %s bytes %d-%d mended with messages %d..%d from the exchange",
+            log.warning("journal %s bytes %d-%d mended with messages %d..%d fetched again",
                         journal.session.decode("ascii").strip(), start, end, first, last,
                         extra=fields(event="journal_mended", start=start, end=end,
                                      first=first, last=last))  # fmt: skip
