@@ -290,6 +290,35 @@ def test_the_edge_example_config_loads_back_to_the_defaults() -> None:
     assert load(EdgeConfig, table, "", {Endpoint: Endpoint.parse}) == EdgeConfig()
 
 
+def test_a_snapshots_state_is_the_edges_only_once_the_session_is_joined_where_it_ends() -> None:
+    """A snapshot that comes back after its session was joined another way (heard from its
+    first number, or a new session) is not the edge's state: the day starts empty."""
+    from tickerplant.edge.catalog import Latest
+    from tickerplant.edge.core import EdgeChannel
+    from tickerplant.io.loop import LoopLag
+    from tickerplant.receive.events import SessionStarted
+
+    def imaged() -> Latest:
+        state = Latest()
+        symbol = ev.blocks(ev.SYMBOL, 1)
+        symbol["locate"], symbol["symbol"], symbol["sequence"] = 7, b"ZVZZT   ", 4
+        state.apply(ev.from_blocks(symbol.tobytes()))
+        return state
+
+    async def main() -> list[list[int]]:
+        config = EdgeConfig(events=EventsConfig(ANY))
+        channel = EdgeChannel(0, config, LoopLag())
+        seen = []
+        for event in (SessionStarted(b"EDGE000001", None, 5), SessionStarted(b"EDGE000001", None),
+                      SessionStarted(b"EDGE000002", None, 5)):  # fmt: skip
+            channel._imaged = (b"EDGE000001", 5, imaged())
+            channel._on_event(event)
+            seen.append(channel.latest.locates())
+        return seen
+
+    assert asyncio.run(main()) == [[7], [], []]
+
+
 def test_a_range_an_edge_cannot_repair_keeps_its_numbers_as_notices_and_is_counted() -> None:
     """Each lost number a ``k`` notice naming the whole range, in place (one array, however
     long the range), and the range counted lost."""

@@ -190,6 +190,17 @@ def test_a_session_heard_under_way_is_joined_from_a_snapshot_and_followed_from_t
     early.send(RR, packet(990, 11), at=5.22)
     assert early.delivered == list(range(990, 1006)) and early.lost == []
     assert early.session.counters.skipped_unreported == 0
+    figures = early.session.figures()  # the gap the join cut: seen once, repaired once
+    assert figures["gaps_seen"]["a"] == 1 and figures["gaps_repaired"]["a"]["rerequest"] == 1
+
+
+def test_a_session_given_is_followed_from_its_first_number_not_joined_from_a_snapshot() -> None:
+    import pytest
+
+    from tickerplant.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r'join: "snapshot" with a session given'):
+        FeedSessionConfig(session="SESSION001", join="snapshot")
 
 
 def test_a_session_heard_from_its_first_number_needs_no_snapshot() -> None:

@@ -54,6 +54,7 @@ class EdgeChannel:
         # what the records say) is not journaled twice.
         self.stream = ItchStream(reopened=self.file.reopened)
         self.latest = Latest()
+        self._imaged: tuple[bytes, int, Latest] | None = None  # a snapshot's, not yet joined
         self.feed = FeedHandler(feed, self._on_batch, self._on_event, lag=lag,
                                 snapshot=self._snapshot if feed.replay is not None else None)
         self.mender = Mender(self.file, feed)  # a block the disk changed: fetched again
@@ -89,8 +90,9 @@ class EdgeChannel:
                 latest.apply(images)
                 end = ev.view(images, ev.IMAGED)
                 if end.shape[0]:
-                    self.latest = latest
-                    return int(end["first"][0])
+                    first = int(end["first"][0])
+                    self._imaged = (session, first, latest)  # its state once it is joined there
+                    return first
         raise ReplayError("the plant's events service ended the session before the snapshot")
 
     def _on_batch(self, batch: Batch) -> None:
@@ -110,8 +112,10 @@ class EdgeChannel:
             if self.stream.deliver(event):
                 journal = self.stream.journal
                 assert journal is not None
-                if isinstance(event, SessionStarted) and event.joined is None:
-                    self.latest = Latest()  # a new day's (joined under way: the snapshot's)
+                if isinstance(event, SessionStarted):  # a new day's state, or the snapshot's
+                    imaged, self._imaged = self._imaged, None
+                    joined = imaged is not None and imaged[:2] == (event.session, event.joined)
+                    self.latest = imaged[2] if imaged is not None and joined else Latest()
                 self.file.open(journal)
                 self.events.start_session(journal)
             elif isinstance(event, SessionEnded):

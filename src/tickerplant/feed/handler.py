@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from tickerplant.endpoint import Endpoint
-from tickerplant.errors import ConfigError, TickerplantError
+from tickerplant.errors import ConfigError
 from tickerplant.io.datagrams import DatagramDrain, Socket, open_connected
 from tickerplant.io.loop import LoopLag, Timer, clock
 from tickerplant.io.multicast import RCVBUF, open_receiver
@@ -88,7 +88,7 @@ class FeedConfig(FeedSessionConfig):
 
 
 # Takes a snapshot of a session (its 10 bytes) where it stands, and returns the number its
-# stream goes on from; raises OSError, a TickerplantError or TimeoutError if it cannot.
+# stream goes on from; whatever it raises, the session is joined by replay instead.
 Snapshot = Callable[[bytes], Awaitable[int]]
 
 
@@ -272,8 +272,12 @@ class FeedHandler:
             else:
                 if isinstance(item, SessionEnded):
                     self.session_ended.set()
-                elif isinstance(item, SessionStarted) and item.previous is not None:
-                    self.session_ended.clear()
+                elif isinstance(item, SessionStarted):
+                    # Joined another way meanwhile (heard from its first number, or a new
+                    # session): a snapshot still under way is of no use.
+                    self._cancel_snapshot()
+                    if item.previous is not None:
+                        self.session_ended.clear()
                 _tell(item, (session.sequencer.session or b"").decode("ascii", "replace").strip())
                 if self.on_event is not None:
                     self._hand_over(self.on_event, item)
@@ -332,7 +336,9 @@ class FeedHandler:
         assert self._take_snapshot is not None
         try:
             first = await self._take_snapshot(session)
-        except (OSError, TickerplantError, TimeoutError) as err:
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # refused, cut, or a peer speaking nonsense: joined by replay
             self._snapshot = None
             self.session.snapshot_failed(session, f"{type(err).__name__}: {err}", clock())
         else:

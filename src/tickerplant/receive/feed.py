@@ -77,6 +77,10 @@ class FeedSessionConfig:
     def __post_init__(self) -> None:
         if self.join not in ("replay", "snapshot"):
             raise ConfigError("join", repr(self.join), 'use "replay" or "snapshot"')
+        if self.join == "snapshot" and self.session is not None:
+            raise ConfigError("join", '"snapshot" with a session given', "a session given is "
+                              'followed from its first number: join by "replay", or leave the '
+                              "session out")  # fmt: skip
         if self.first_sequence < 1:
             raise ConfigError("first_sequence", f"{self.first_sequence}", "sequences start at 1")
         if self.session is not None:

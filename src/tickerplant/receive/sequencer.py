@@ -221,30 +221,30 @@ class Sequencer:
             self.decide_suspect(now)
 
     def start_at(self, first: int, now: float) -> None:
-        """A session being joined starts for us at ``first``: what came before it was had
-        another way (a snapshot of the state up to ``first - 1``; at the session's first number,
-        nothing), so its gaps are closed (neither repaired nor lost) and what is held of it let
-        go of. The gaps from ``first`` on are opened now: nobody worked on them while the
-        session was being joined."""
+        """A session being joined starts for us at ``first`` (what came before, a snapshot
+        holds): its gaps before are closed, neither repaired nor lost, what is held before let
+        go of, and its gaps after opened now (nobody worked on them meanwhile)."""
         if not self.joining or self.session is None:
             return
         self.joining = False
         self._out.append(SessionStarted(self.session, self._previous,
                                         first if first != self._first_sequence else None))
-        gaps, self.gaps = self.gaps, []
+        gaps, self.gaps, opened = self.gaps, [], set()
         for gap in gaps:
             if gap.end > first:
-                start = max(gap.start, first)
-                self.gaps.append(Gap(start, gap.end,
-                                     GapRecord(start, gap.end, now, gap.record.revealed_by)))
+                record = gap.record  # (each still counted once, as seen and as repaired)
+                if id(record) not in opened:
+                    opened.add(id(record))
+                    record.start, record.opened_at, record.pieces = max(record.start, first), now, 0
+                record.pieces += 1
+                self.gaps.append(Gap(max(gap.start, first), gap.end, record))
         if first <= self.expected:
             return
         held, self._held, self._heap, self.held_bytes = self._held, {}, [], 0
         self.expected = first
         self.horizon = max(self.horizon, first)
-        for start, (count, blocks) in held.items():
-            assert isinstance(blocks, bytes)  # (nothing is given up before the stream starts)
-            if start + count > first:
+        for start, (count, blocks) in held.items():  # (nothing given up before it starts)
+            if start + count > first and isinstance(blocks, bytes):
                 skip = max(first - start, 0)
                 self._hold(start + skip, count - skip, _skip(blocks, skip) if skip else blocks)
         self._drain_held()
