@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -304,3 +305,18 @@ def tier2_plant(lines: str, tier2_lines: str, channels: int, depth: int = 5) -> 
         StreamConfig(anywhere), GlimpseConfig(anywhere),
         events=EventsConfig(anywhere, depth=depth), channels=channels, tier2=tier2,
     )  # fmt: skip
+
+
+def unheard_plant_figures(channels: int, group: str) -> dict[str, Any]:
+    """The figures of a plant of ``channels`` channels (channel 1's line A on ``group``) that
+    was made but not started: nothing heard."""
+    from tickerplant.plant import Plant
+
+    async def figures() -> dict[str, Any]:
+        anywhere = Endpoint("127.0.0.1", 0)
+        plant = Plant(PlantConfig(FeedConfig(Endpoint(group, 40001), None),
+                                  StreamConfig(anywhere), GlimpseConfig(anywhere),
+                                  events=EventsConfig(anywhere), channels=channels))  # fmt: skip
+        return plant.figures()
+
+    return asyncio.run(figures())

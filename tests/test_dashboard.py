@@ -201,20 +201,9 @@ def test_several_channels_show_their_worst_and_lines_in_mixed_states() -> None:
     """A plant of 3 channels (not started: nothing heard): the screen names the worst channels
     and the unheard count, and a line whose channels disagree (down on one, up on another)
     shows both, styled as the worse."""
-    import asyncio
+    from harness import unheard_plant_figures
 
-    from tickerplant.endpoint import Endpoint
-    from tickerplant.feed.handler import FeedConfig
-    from tickerplant.plant import EventsConfig, GlimpseConfig, Plant, PlantConfig, StreamConfig
-
-    async def figures() -> Figures:
-        any_port = Endpoint("127.0.0.1", 0)
-        plant = Plant(PlantConfig(FeedConfig(Endpoint("239.192.99.1", 40001), None),
-                                  StreamConfig(any_port), GlimpseConfig(any_port),
-                                  events=EventsConfig(any_port), channels=3))  # fmt: skip
-        return plant.figures()
-
-    now = asyncio.run(figures())
+    now = unheard_plant_figures(3, "239.192.99.1")
     now["line_state"]["a"] = "down,up"
     console = Console(record=True, width=100, force_terminal=False)
     console.print(render(now, None, 0.0))

@@ -305,20 +305,10 @@ def test_the_exchange_simulator_serves_its_own_figures() -> None:
 def test_several_channels_are_each_exported_by_number_not_only_the_worst_few() -> None:
     """A plant of 7 channels (not started): its channels' own series, labelled by channel,
     for every one of them (the worst five are the table's and the dashboard's)."""
-    import asyncio
-
-    from tickerplant.feed.handler import FeedConfig
+    from harness import unheard_plant_figures
     from tickerplant.ops.metrics import family
-    from tickerplant.plant import EventsConfig, GlimpseConfig, Plant, PlantConfig, StreamConfig
 
-    async def figures() -> dict[str, Any]:
-        anywhere = Endpoint("127.0.0.1", 0)
-        plant = Plant(PlantConfig(FeedConfig(Endpoint("239.192.98.1", 40001), None),
-                                  StreamConfig(anywhere), GlimpseConfig(anywhere),
-                                  events=EventsConfig(anywhere), channels=7))  # fmt: skip
-        return plant.figures()
-
-    now = asyncio.run(figures())
+    now = unheard_plant_figures(7, "239.192.98.1")
     assert len(now["channels"]) == 5
     numbers = [str(n) for n in range(1, 8)]
     for name in ("channel_delivered_messages", "channel_lost_messages", "channel_open_gaps"):
